@@ -1,0 +1,1 @@
+"""The sans-I/O wire protocol: frames and the stream multiplexer (protocol.md)."""

@@ -1,0 +1,417 @@
+"""Frame types, their encoding, and an incremental decoder (protocol.md sections 2-4).
+
+Pure: no trio, no sockets, no clock. The decoder treats the concatenation of all
+binary WebSocket messages as one byte stream, so a frame may be split across
+messages and several frames may share one. It validates every header field (type,
+flags, stream ID, length against its cap) as soon as the ten header bytes are
+there, before a single payload byte is buffered, so hostile input can never make
+it allocate more than ``MAX_FRAME_PAYLOAD`` bytes beyond what it was handed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from typing import Final, NewType
+
+import attrs
+
+from pvtunnel._errors import ErrorCode, RemoteProtocolError
+
+StreamId = NewType("StreamId", int)
+
+HEADER: Final = struct.Struct(">BBII")
+HEADER_SIZE: Final = HEADER.size
+MAX_FRAME_PAYLOAD: Final = 65536
+MAX_STREAM_ID: Final = 2**32 - 1
+MAX_WINDOW: Final = 2**31 - 1
+MAX_FIELD_LENGTH: Final = 65535
+PROTOCOL_VERSION: Final = 1
+
+_U32: Final = struct.Struct(">I")
+_U16: Final = struct.Struct(">H")
+
+
+class FrameType(enum.IntEnum):
+    """The frame kinds of protocol.md section 3."""
+
+    HELLO = 0x01
+    ACCEPT = 0x02
+    REJECT = 0x03
+    HEAD = 0x04
+    DATA = 0x05
+    END = 0x06
+    RESET = 0x07
+    WINDOW = 0x08
+    PING = 0x09
+    PONG = 0x0A
+    GOAWAY = 0x0B
+
+
+class Flag(enum.IntFlag):
+    """Header flags; only HEAD defines one."""
+
+    INFORMATIONAL = 0x01
+
+
+# Which frames travel on stream 0 (the connection) and which on a stream.
+_CONNECTION_TYPES: Final = frozenset(
+    {FrameType.HELLO, FrameType.ACCEPT, FrameType.REJECT, FrameType.PING, FrameType.PONG,
+     FrameType.GOAWAY}
+)
+_ALLOWED_FLAGS: Final = {t: (Flag.INFORMATIONAL if t is FrameType.HEAD else 0) for t in FrameType}
+# (minimum, maximum) payload length per type, checked before the payload is read.
+_LENGTHS: Final = {
+    FrameType.HELLO: (2, MAX_FRAME_PAYLOAD),
+    FrameType.ACCEPT: (2, MAX_FRAME_PAYLOAD),
+    FrameType.REJECT: (0, MAX_FRAME_PAYLOAD),
+    FrameType.HEAD: (4, MAX_FRAME_PAYLOAD),
+    FrameType.DATA: (1, MAX_FRAME_PAYLOAD),
+    FrameType.END: (0, 0),
+    FrameType.RESET: (4, 4 + 1024),
+    FrameType.WINDOW: (4, 4),
+    FrameType.PING: (8, 8),
+    FrameType.PONG: (8, 8),
+    FrameType.GOAWAY: (5, 5 + 1024),
+}
+
+
+@attrs.frozen(kw_only=True)
+class Hello:
+    """The agent's first frame: who it is and which names it serves."""
+
+    versions: tuple[int, ...]
+    client_id: str
+    routes: tuple[str, ...]
+    window: int
+
+
+@attrs.frozen(kw_only=True)
+class Accept:
+    """The server's answer to a usable hello; ``refused`` maps route name to reason."""
+
+    version: int
+    refused: tuple[tuple[str, str], ...]
+    window: int
+
+
+@attrs.frozen(kw_only=True)
+class Reject:
+    """The server's final no to a hello; the agent logs ``reason`` and exits."""
+
+    reason: str
+
+
+@attrs.frozen(kw_only=True)
+class Head:
+    """A request or response head; ``fields`` are length-prefixed strings on the wire."""
+
+    stream_id: StreamId
+    fields: tuple[bytes, ...]
+    is_informational: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Data:
+    stream_id: StreamId
+    data: bytes
+
+
+@attrs.frozen(kw_only=True)
+class End:
+    stream_id: StreamId
+
+
+@attrs.frozen(kw_only=True)
+class Reset:
+    stream_id: StreamId
+    code: ErrorCode
+    reason: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class Window:
+    stream_id: StreamId
+    increment: int
+
+
+@attrs.frozen(kw_only=True)
+class Ping:
+    payload: bytes
+
+
+@attrs.frozen(kw_only=True)
+class Pong:
+    payload: bytes
+
+
+@attrs.frozen(kw_only=True)
+class GoAway:
+    last_stream_id: StreamId
+    code: ErrorCode = ErrorCode.NO_ERROR
+    reason: str = ""
+
+
+Frame = Hello | Accept | Reject | Head | Data | End | Reset | Window | Ping | Pong | GoAway
+
+
+def header(frame_type: FrameType, flags: int, stream_id: int, length: int) -> bytes:
+    """The ten header bytes; the hot path joins them with a payload it already holds."""
+    return HEADER.pack(frame_type, flags, stream_id, length)
+
+
+def encode_fields(fields: tuple[bytes, ...] | list[bytes]) -> bytes:
+    """Head payload: each field as a 16-bit big-endian length and its bytes."""
+    parts = []
+    for field in fields:
+        if len(field) > MAX_FIELD_LENGTH:
+            raise ValueError("head field longer than 65535 bytes")
+        parts.append(_U16.pack(len(field)))
+        parts.append(field)
+    return b"".join(parts)
+
+
+def _json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
+
+
+def _reason(reason: str) -> bytes:
+    # Reasons are diagnostics: cut them to the cap rather than fail the frame.
+    return reason.encode("utf-8")[:1024].decode("utf-8", "ignore").encode("utf-8")
+
+
+def encode(frame: Frame) -> bytes:
+    """Encode one frame to its wire bytes (header then payload).
+
+    Raises:
+        ValueError: the frame cannot be represented (payload over its cap).
+    """
+    frame_type: FrameType
+    flags = 0
+    stream_id = 0
+    match frame:
+        case Hello():
+            frame_type = FrameType.HELLO
+            payload = _json({"versions": list(frame.versions), "client_id": frame.client_id,
+                             "routes": list(frame.routes), "window": frame.window})
+        case Accept():
+            frame_type = FrameType.ACCEPT
+            payload = _json({"version": frame.version, "refused": dict(frame.refused),
+                             "window": frame.window})
+        case Reject():
+            frame_type = FrameType.REJECT
+            payload = frame.reason.encode("utf-8")
+        case Head():
+            frame_type, stream_id = FrameType.HEAD, frame.stream_id
+            flags = Flag.INFORMATIONAL if frame.is_informational else 0
+            payload = encode_fields(frame.fields)
+        case Data():
+            frame_type, stream_id, payload = FrameType.DATA, frame.stream_id, frame.data
+        case End():
+            frame_type, stream_id, payload = FrameType.END, frame.stream_id, b""
+        case Reset():
+            frame_type, stream_id = FrameType.RESET, frame.stream_id
+            payload = _U32.pack(frame.code) + _reason(frame.reason)
+        case Window():
+            frame_type, stream_id = FrameType.WINDOW, frame.stream_id
+            payload = _U32.pack(frame.increment)
+        case Ping():
+            frame_type, payload = FrameType.PING, frame.payload
+        case Pong():
+            frame_type, payload = FrameType.PONG, frame.payload
+        case GoAway():
+            frame_type = FrameType.GOAWAY
+            payload = _U32.pack(frame.last_stream_id) + bytes([frame.code]) + _reason(frame.reason)
+    low, high = _LENGTHS[frame_type]
+    if not low <= len(payload) <= high:
+        raise ValueError(f"{frame_type.name} payload of {len(payload)} bytes is out of range")
+    return HEADER.pack(frame_type, flags, stream_id, len(payload)) + payload
+
+
+class FrameDecoder:
+    """Turns a byte stream into frames, validating each header before its payload.
+
+    ``feed`` bytes in any split; ``frames`` returns every whole frame so far. After a
+    `RemoteProtocolError` the decoder is poisoned and every later call raises it again:
+    the connection must be closed with the error's code.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes held waiting for the rest of a frame (never above header + cap)."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Add bytes and return the frames they complete.
+
+        Raises:
+            RemoteProtocolError: the bytes break protocol.md; the decoder is poisoned.
+        """
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            view: bytes | bytearray = buffer
+        else:
+            view = data
+        try:
+            frames, consumed = _decode_all(view)
+        except RemoteProtocolError as exc:
+            self._error = exc
+            self._buffer = bytearray()
+            raise
+        if buffer:
+            del buffer[:consumed]
+        elif consumed < len(data):
+            buffer += data[consumed:]
+        return frames
+
+
+def _fail(message: str) -> RemoteProtocolError:
+    return RemoteProtocolError(message, ErrorCode.PROTOCOL_ERROR)
+
+
+def _decode_all(view: bytes | bytearray) -> tuple[list[Frame], int]:
+    frames: list[Frame] = []
+    offset = 0
+    end = len(view)
+    unpack_header = HEADER.unpack_from
+    while end - offset >= HEADER_SIZE:
+        raw_type, flags, stream_id, length = unpack_header(view, offset)
+        try:
+            frame_type = FrameType(raw_type)
+        except ValueError:
+            raise _fail(f"unknown frame type 0x{raw_type:02x}") from None
+        low, high = _LENGTHS[frame_type]
+        if not low <= length <= high:
+            raise _fail(f"{frame_type.name} frame with a payload of {length} bytes")
+        if flags & ~_ALLOWED_FLAGS[frame_type]:
+            raise _fail(f"{frame_type.name} frame with reserved flags 0x{flags:02x}")
+        if (stream_id == 0) != (frame_type in _CONNECTION_TYPES):
+            raise _fail(f"{frame_type.name} frame on stream {stream_id}")
+        start = offset + HEADER_SIZE
+        if end - start < length:
+            break
+        payload = bytes(view[start : start + length])
+        frames.append(_decode_payload(frame_type, flags, StreamId(stream_id), payload))
+        offset = start + length
+    return frames, offset
+
+
+def _decode_payload(frame_type: FrameType, flags: int, stream_id: StreamId,
+                    payload: bytes) -> Frame:
+    match frame_type:
+        case FrameType.DATA:
+            return Data(stream_id=stream_id, data=payload)
+        case FrameType.HEAD:
+            return Head(stream_id=stream_id, fields=decode_fields(payload),
+                        is_informational=bool(flags & Flag.INFORMATIONAL))
+        case FrameType.END:
+            return End(stream_id=stream_id)
+        case FrameType.WINDOW:
+            (increment,) = _U32.unpack(payload)
+            if not 1 <= increment <= MAX_WINDOW:
+                raise _fail(f"WINDOW increment {increment} out of range")
+            return Window(stream_id=stream_id, increment=increment)
+        case FrameType.RESET:
+            return Reset(stream_id=stream_id, code=_code(_U32.unpack_from(payload)[0]),
+                         reason=_text(payload[4:]))
+        case FrameType.PING:
+            return Ping(payload=payload)
+        case FrameType.PONG:
+            return Pong(payload=payload)
+        case FrameType.GOAWAY:
+            (last_stream_id,) = _U32.unpack_from(payload)
+            return GoAway(last_stream_id=StreamId(last_stream_id), code=_code(payload[4]),
+                          reason=_text(payload[5:]))
+        case FrameType.HELLO:
+            return _decode_hello(payload)
+        case FrameType.ACCEPT:
+            return _decode_accept(payload)
+        case FrameType.REJECT:
+            return Reject(reason=_text(payload))
+
+
+def _code(raw: int) -> ErrorCode:
+    try:
+        return ErrorCode(raw)
+    except ValueError:
+        # Unknown codes are legal (forward compatibility) and mean an internal error.
+        return ErrorCode.INTERNAL_ERROR
+
+
+def _text(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail("text that is not UTF-8") from None
+
+
+def decode_fields(payload: bytes) -> tuple[bytes, ...]:
+    """Split a head payload into its fields.
+
+    Raises:
+        RemoteProtocolError: a length runs past the end of the payload.
+    """
+    fields = []
+    offset = 0
+    end = len(payload)
+    unpack = _U16.unpack_from
+    while offset < end:
+        if end - offset < 2:
+            raise _fail("truncated head field length")
+        (length,) = unpack(payload, offset)
+        offset += 2
+        if end - offset < length:
+            raise _fail("head field runs past the frame")
+        fields.append(payload[offset : offset + length])
+        offset += length
+    return tuple(fields)
+
+
+def _load_object(payload: bytes, what: str) -> dict[str, object]:
+    try:
+        value = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise _fail(f"{what} payload is not UTF-8 JSON") from None
+    if not isinstance(value, dict):
+        raise _fail(f"{what} payload is not a JSON object")
+    return value
+
+
+def _window(value: object, what: str) -> int:
+    if type(value) is not int or not 1 <= value <= MAX_WINDOW:
+        raise _fail(f"{what} window must be an integer from 1 to {MAX_WINDOW}")
+    return value
+
+
+def _decode_hello(payload: bytes) -> Hello:
+    obj = _load_object(payload, "HELLO")
+    versions, client_id, routes = obj.get("versions"), obj.get("client_id"), obj.get("routes")
+    if not (isinstance(versions, list) and versions
+            and all(type(v) is int and v >= 0 for v in versions)):
+        raise _fail("HELLO versions must be a non-empty list of integers")
+    if not isinstance(client_id, str):
+        raise _fail("HELLO client_id must be a string")
+    if not (isinstance(routes, list) and all(isinstance(r, str) for r in routes)):
+        raise _fail("HELLO routes must be a list of strings")
+    return Hello(versions=tuple(versions), client_id=client_id, routes=tuple(routes),
+                 window=_window(obj.get("window"), "HELLO"))
+
+
+def _decode_accept(payload: bytes) -> Accept:
+    obj = _load_object(payload, "ACCEPT")
+    version, refused = obj.get("version"), obj.get("refused")
+    if type(version) is not int:
+        raise _fail("ACCEPT version must be an integer")
+    if not (isinstance(refused, dict)
+            and all(isinstance(reason, str) for reason in refused.values())):
+        raise _fail("ACCEPT refused must map route names to reasons")
+    return Accept(version=version, refused=tuple(sorted(refused.items())),
+                  window=_window(obj.get("window"), "ACCEPT"))

@@ -1,0 +1,503 @@
+"""The stream multiplexer: one per agent connection, on each end (protocol.md sections 5-7).
+
+Two state machines live here, both as tables from ``(state, input)`` to the next
+state; a pair missing from a table is a protocol error.
+
+* The connection (section 5): the agent sends HELLO, the server answers ACCEPT
+  or REJECT; streams exist only once the connection is OPEN.
+* Each stream is two independent halves, one per direction (section 6). A half
+  goes IDLE -HEAD-> OPEN -END-> CLOSED, stays IDLE on an informational HEAD
+  (1xx before the final response) and carries DATA only while OPEN. RESET drops
+  both halves at once. A stream is forgotten as soon as both halves are CLOSED.
+
+Only the server opens streams, with strictly increasing IDs, so a frame for an
+unknown ID at or below the highest ever used belongs to a stream that is gone
+(late data after a reset, a late WINDOW) and is ignored without keeping state.
+
+Flow control (section 7): each side grants every stream an initial window (its
+HELLO/ACCEPT ``window``); DATA spends the sender's credit and WINDOW returns it.
+Credit is returned only when the application says it consumed the bytes, so a
+stream's buffered data can never exceed its window, whoever is slow.
+
+Pure: no trio, no sockets, no clock. Feed bytes with `receive_data`, drain bytes
+with `data_to_send`; commands raise `LocalProtocolError` when they break the
+protocol, and `receive_data` raises `RemoteProtocolError` when the peer did, after
+which the multiplexer is poisoned and the connection must be closed.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from pvtunnel._errors import (
+    ErrorCode,
+    LocalProtocolError,
+    PvTunnelError,
+    RemoteProtocolError,
+)
+from pvtunnel._wire import events as ev
+from pvtunnel._wire import frames as fr
+from pvtunnel._wire.frames import HEADER, MAX_FRAME_PAYLOAD, FrameType, StreamId
+from pvtunnel._wire.heads import RequestHead, ResponseHead
+
+DEFAULT_WINDOW: Final = 512 * 1024
+DEFAULT_MAX_STREAMS: Final = 4096
+
+
+class Role(enum.Enum):
+    SERVER = "server"
+    AGENT = "agent"
+
+
+class StreamClosedError(PvTunnelError):
+    """The stream is gone (reset, or finished): a race, not a protocol violation."""
+
+
+class ConnectionState(enum.Enum):
+    START = "start"  # agent before its HELLO
+    AWAIT_HELLO = "await-hello"  # server before the agent's HELLO
+    HELLO_SENT = "hello-sent"
+    HELLO_RECEIVED = "hello-received"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class _Input(enum.Enum):
+    SEND_HELLO = "send-hello"
+    RECEIVE_HELLO = "receive-hello"
+    SEND_ACCEPT = "send-accept"
+    RECEIVE_ACCEPT = "receive-accept"
+    SEND_REJECT = "send-reject"
+    RECEIVE_REJECT = "receive-reject"
+
+
+_CONNECTION_TRANSITIONS: Final = {
+    (ConnectionState.START, _Input.SEND_HELLO): ConnectionState.HELLO_SENT,
+    (ConnectionState.AWAIT_HELLO, _Input.RECEIVE_HELLO): ConnectionState.HELLO_RECEIVED,
+    (ConnectionState.HELLO_RECEIVED, _Input.SEND_ACCEPT): ConnectionState.OPEN,
+    (ConnectionState.HELLO_RECEIVED, _Input.SEND_REJECT): ConnectionState.CLOSED,
+    (ConnectionState.HELLO_SENT, _Input.RECEIVE_ACCEPT): ConnectionState.OPEN,
+    (ConnectionState.HELLO_SENT, _Input.RECEIVE_REJECT): ConnectionState.CLOSED,
+}
+
+
+class Half(enum.Enum):
+    IDLE = "idle"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+class Move(enum.Enum):
+    HEAD = "head"
+    INFORMATIONAL_HEAD = "informational-head"
+    DATA = "data"
+    END = "end"
+
+
+HALF_TRANSITIONS: Final = {
+    (Half.IDLE, Move.HEAD): Half.OPEN,
+    (Half.IDLE, Move.INFORMATIONAL_HEAD): Half.IDLE,
+    (Half.OPEN, Move.DATA): Half.OPEN,
+    (Half.OPEN, Move.END): Half.CLOSED,
+}
+
+_HEAD: Final = FrameType.HEAD
+_DATA: Final = FrameType.DATA
+_END: Final = FrameType.END
+_WINDOW: Final = FrameType.WINDOW
+_pack_header = HEADER.pack
+
+
+class _Stream:
+    """Per-stream bookkeeping; private and mutable, never handed out."""
+
+    __slots__ = ("local", "remote", "send_credit", "receive_allowed", "unacknowledged")
+
+    def __init__(self, local: Half, remote: Half, send_credit: int, receive_allowed: int) -> None:
+        self.local = local
+        self.remote = remote
+        self.send_credit = send_credit
+        self.receive_allowed = receive_allowed
+        self.unacknowledged = 0
+
+
+class Multiplexer:
+    """One end of an agent connection: handshake, streams and their credit.
+
+    Args:
+        role: which end this is; the server opens streams, the agent answers them.
+        window: the initial credit this end grants the peer on every stream, in bytes.
+        max_streams: streams the agent accepts at once; beyond it new ones are refused
+            with RESET REFUSED_STREAM (the server enforces its own limit before opening).
+    """
+
+    def __init__(self, role: Role, *, window: int = DEFAULT_WINDOW,
+                 max_streams: int = DEFAULT_MAX_STREAMS) -> None:
+        if not 1 <= window <= fr.MAX_WINDOW:
+            raise ValueError("window out of range")
+        self.role = role
+        self.state = (ConnectionState.AWAIT_HELLO if role is Role.SERVER
+                      else ConnectionState.START)
+        self._window = window
+        self._ack_threshold = max(1, window // 4)
+        self._peer_window = 0
+        self._max_streams = max_streams
+        self._decoder = fr.FrameDecoder()
+        self._out: list[bytes] = []
+        self._streams: dict[int, _Stream] = {}
+        self._highest_stream_id = 0
+        self._goaway_sent_at: int | None = None
+        self._goaway_received_at: int | None = None
+        self._error: RemoteProtocolError | None = None
+
+    # -- queries -----------------------------------------------------------------
+
+    @property
+    def stream_count(self) -> int:
+        return len(self._streams)
+
+    @property
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
+
+    @property
+    def is_going_away(self) -> bool:
+        """Either side said GOAWAY: no new streams on this connection."""
+        return self._goaway_sent_at is not None or self._goaway_received_at is not None
+
+    @property
+    def can_open_stream(self) -> bool:
+        return (self.role is Role.SERVER and self.state is ConnectionState.OPEN
+                and not self.is_going_away and self._highest_stream_id < fr.MAX_STREAM_ID)
+
+    def send_credit(self, stream_id: StreamId) -> int:
+        """Bytes `send_data` may send now on the stream (0 if it is gone or ended)."""
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.local is not Half.OPEN:
+            return 0
+        return stream.send_credit
+
+    def is_stream_open(self, stream_id: StreamId) -> bool:
+        return stream_id in self._streams
+
+    # -- connection commands -------------------------------------------------------
+
+    def send_hello(self, *, client_id: str, routes: tuple[str, ...]) -> None:
+        """Agent: introduce this agent and the names it serves."""
+        self._move_connection(_Input.SEND_HELLO, local=True)
+        self._queue(fr.encode(fr.Hello(versions=(fr.PROTOCOL_VERSION,), client_id=client_id,
+                                       routes=routes, window=self._window)))
+
+    def accept(self, *, refused: tuple[tuple[str, str], ...] = ()) -> None:
+        """Server: take the agent; ``refused`` pairs route names with reasons."""
+        self._move_connection(_Input.SEND_ACCEPT, local=True)
+        self._queue(fr.encode(fr.Accept(version=fr.PROTOCOL_VERSION, refused=refused,
+                                        window=self._window)))
+
+    def reject(self, reason: str) -> None:
+        """Server: refuse the agent for good; close the connection after sending."""
+        self._move_connection(_Input.SEND_REJECT, local=True)
+        self._queue(fr.encode(fr.Reject(reason=reason)))
+
+    def ping(self, payload: bytes) -> None:
+        """Queue a PING with 8 opaque bytes; the peer echoes them in a PONG."""
+        self._queue(fr.encode(fr.Ping(payload=payload)))
+
+    def goaway(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Announce that no new streams will be opened or accepted; open ones finish."""
+        if self._goaway_sent_at is None:
+            self._goaway_sent_at = self._highest_stream_id
+        self._queue(fr.encode(fr.GoAway(last_stream_id=StreamId(self._highest_stream_id),
+                                        code=code, reason=reason)))
+
+    # -- stream commands -----------------------------------------------------------
+
+    def open_stream(self, head: RequestHead, *, end_stream: bool = False) -> StreamId:
+        """Server: send a request head on a new stream and return its ID.
+
+        Raises:
+            LocalProtocolError: not the server, not open, going away, or out of IDs.
+        """
+        if not self.can_open_stream:
+            raise LocalProtocolError("cannot open a stream on this connection now")
+        self._highest_stream_id += 1
+        stream_id = StreamId(self._highest_stream_id)
+        stream = _Stream(Half.OPEN, Half.IDLE, self._peer_window, self._window)
+        self._streams[stream_id] = stream
+        payload = fr.encode_fields(head.to_fields())
+        self._out.append(_pack_header(_HEAD, 0, stream_id, len(payload)) + payload)
+        if end_stream:
+            self.end_stream(stream_id)
+        return stream_id
+
+    def send_response(self, stream_id: StreamId, head: ResponseHead) -> None:
+        """Agent: send a response head (a 1xx one keeps the half IDLE)."""
+        if self.role is not Role.AGENT:
+            raise LocalProtocolError("only the agent sends response heads")
+        stream = self._stream_for_sending(stream_id)
+        informational = head.is_informational
+        self._move_half(stream, "local", Move.INFORMATIONAL_HEAD if informational else Move.HEAD)
+        payload = fr.encode_fields(head.to_fields())
+        self._out.append(_pack_header(_HEAD, 1 if informational else 0, stream_id,
+                                      len(payload)) + payload)
+
+    def send_data(self, stream_id: StreamId, data: bytes) -> None:
+        """Queue body bytes, split into frames of at most MAX_FRAME_PAYLOAD.
+
+        Raises:
+            StreamClosedError: the stream was reset or is gone.
+            LocalProtocolError: more bytes than the peer's credit, or the half is not open.
+        """
+        stream = self._stream_for_sending(stream_id)
+        size = len(data)
+        if stream.local is not Half.OPEN:
+            raise LocalProtocolError(f"DATA on a {stream.local.value} stream")
+        if size > stream.send_credit:
+            raise LocalProtocolError(f"{size} bytes exceed the credit of {stream.send_credit}")
+        stream.send_credit -= size
+        out = self._out
+        if size <= MAX_FRAME_PAYLOAD:
+            if size:
+                out.append(_pack_header(_DATA, 0, stream_id, size))
+                out.append(data)
+            return
+        view = memoryview(data)
+        for start in range(0, size, MAX_FRAME_PAYLOAD):
+            chunk = view[start : start + MAX_FRAME_PAYLOAD]
+            out.append(_pack_header(_DATA, 0, stream_id, len(chunk)))
+            out.append(bytes(chunk))
+
+    def end_stream(self, stream_id: StreamId) -> None:
+        """Close this side's half: no more DATA from us on the stream."""
+        stream = self._stream_for_sending(stream_id)
+        self._move_half(stream, "local", Move.END)
+        self._out.append(_pack_header(_END, 0, stream_id, 0))
+        if stream.remote is Half.CLOSED:
+            del self._streams[stream_id]
+
+    def reset_stream(self, stream_id: StreamId, code: ErrorCode, reason: str = "") -> None:
+        """Abort the stream both ways; a no-op when it is already gone."""
+        if self._streams.pop(stream_id, None) is None:
+            return
+        self._queue(fr.encode(fr.Reset(stream_id=stream_id, code=code, reason=reason)))
+
+    def acknowledge_data(self, stream_id: StreamId, size: int) -> None:
+        """Say ``size`` received bytes were consumed, so the peer may send more.
+
+        Credit goes back in batches of a quarter window, which keeps WINDOW frames
+        rare while a steady stream never stalls waiting for them.
+        """
+        stream = self._streams.get(stream_id)
+        if stream is None or stream.remote is not Half.OPEN:
+            return
+        stream.unacknowledged += size
+        if stream.unacknowledged >= self._ack_threshold:
+            increment = stream.unacknowledged
+            stream.unacknowledged = 0
+            stream.receive_allowed += increment
+            self._out.append(_pack_header(_WINDOW, 0, stream_id, 4) + increment.to_bytes(4))
+
+    def data_to_send(self, max_bytes: int | None = None) -> bytes:
+        """Drain queued frames as bytes for one WebSocket message (b"" when idle).
+
+        With ``max_bytes``, whole frames are taken until the next would pass it (at
+        least one), so messages stay near the size the transport handles best.
+        """
+        out = self._out
+        if max_bytes is None or sum(map(len, out)) <= max_bytes:
+            self._out = []
+            return b"".join(out)
+        total = 0
+        count = 0
+        for count, piece in enumerate(out, 1):  # noqa: B007 (count is used below)
+            total += len(piece)
+            if total >= max_bytes:
+                break
+        # Never split a frame: a DATA header and its payload are adjacent pieces.
+        if count < len(out) and len(out[count - 1]) == fr.HEADER_SIZE and out[count - 1][0] == _DATA:
+            count += 1
+        taken = out[:count]
+        del out[:count]
+        return b"".join(taken)
+
+    # -- receiving -----------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> list[ev.Event]:
+        """Feed bytes from the peer and return what it did.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol; its ``code`` is the
+                reason to close with. The multiplexer is poisoned afterwards.
+        """
+        if self._error is not None:
+            raise self._error
+        try:
+            frames = self._decoder.feed(data)
+            result: list[ev.Event] = []
+            for frame in frames:
+                self._handle(frame, result)
+        except RemoteProtocolError as exc:
+            self._error = exc
+            self.state = ConnectionState.CLOSED
+            raise
+        return result
+
+    def _handle(self, frame: fr.Frame, out: list[ev.Event]) -> None:
+        match frame:
+            case fr.Data():
+                self._on_data(frame, out)
+            case fr.Head():
+                self._on_head(frame, out)
+            case fr.End():
+                self._on_end(frame, out)
+            case fr.Window():
+                self._on_window(frame, out)
+            case fr.Reset():
+                self._on_reset(frame, out)
+            case fr.Ping():
+                self._queue(fr.encode(fr.Pong(payload=frame.payload)))
+                out.append(ev.PingReceived(payload=frame.payload))
+            case fr.Pong():
+                out.append(ev.PongReceived(payload=frame.payload))
+            case fr.GoAway():
+                self._on_goaway(frame, out)
+            case fr.Hello():
+                self._on_hello(frame, out)
+            case fr.Accept():
+                self._require_role(Role.AGENT, "ACCEPT")
+                self._move_connection(_Input.RECEIVE_ACCEPT, local=False)
+                self._peer_window = frame.window
+                out.append(ev.Accepted(refused=frame.refused))
+            case fr.Reject():
+                self._require_role(Role.AGENT, "REJECT")
+                self._move_connection(_Input.RECEIVE_REJECT, local=False)
+                out.append(ev.Rejected(reason=frame.reason))
+
+    def _on_hello(self, frame: fr.Hello, out: list[ev.Event]) -> None:
+        self._require_role(Role.SERVER, "HELLO")
+        self._move_connection(_Input.RECEIVE_HELLO, local=False)
+        if fr.PROTOCOL_VERSION not in frame.versions:
+            self.reject(f"unsupported protocol versions {list(frame.versions)}; "
+                        f"this server speaks {fr.PROTOCOL_VERSION}")
+            raise RemoteProtocolError("agent speaks no protocol version we know")
+        self._peer_window = frame.window
+        out.append(ev.HelloReceived(client_id=frame.client_id, routes=frame.routes))
+
+    def _on_data(self, frame: fr.Data, out: list[ev.Event]) -> None:
+        stream = self._stream_for_receiving(frame.stream_id)
+        if stream is None:
+            return
+        self._move_half(stream, "remote", Move.DATA)
+        stream.receive_allowed -= len(frame.data)
+        if stream.receive_allowed < 0:
+            raise RemoteProtocolError(f"stream {frame.stream_id}: DATA beyond the granted "
+                                      "window", ErrorCode.FLOW_CONTROL_ERROR)
+        out.append(ev.DataReceived(stream_id=frame.stream_id, data=frame.data))
+
+    def _on_head(self, frame: fr.Head, out: list[ev.Event]) -> None:
+        stream_id = frame.stream_id
+        if self.role is Role.SERVER:
+            stream = self._stream_for_receiving(stream_id)
+            if stream is None:
+                return
+            head = ResponseHead.from_fields(frame.fields, is_informational=frame.is_informational)
+            self._move_half(stream, "remote",
+                            Move.INFORMATIONAL_HEAD if frame.is_informational else Move.HEAD)
+            out.append(ev.ResponseReceived(stream_id=stream_id, head=head))
+            return
+        self._require_open()
+        if stream_id <= self._highest_stream_id or frame.is_informational:
+            raise RemoteProtocolError(f"request HEAD reuses stream {stream_id} or is 1xx")
+        self._highest_stream_id = stream_id
+        request = RequestHead.from_fields(frame.fields)
+        if self._goaway_sent_at is not None or len(self._streams) >= self._max_streams:
+            self._queue(fr.encode(fr.Reset(stream_id=stream_id, code=ErrorCode.REFUSED_STREAM,
+                                           reason="agent is at its stream limit or leaving")))
+            return
+        self._streams[stream_id] = _Stream(Half.IDLE, Half.OPEN, self._peer_window, self._window)
+        out.append(ev.StreamOpened(stream_id=stream_id, head=request))
+
+    def _on_end(self, frame: fr.End, out: list[ev.Event]) -> None:
+        stream = self._stream_for_receiving(frame.stream_id)
+        if stream is None:
+            return
+        self._move_half(stream, "remote", Move.END)
+        if stream.local is Half.CLOSED:
+            del self._streams[frame.stream_id]
+        out.append(ev.StreamEnded(stream_id=frame.stream_id))
+
+    def _on_window(self, frame: fr.Window, out: list[ev.Event]) -> None:
+        stream = self._stream_for_receiving(frame.stream_id)
+        if stream is None:
+            return
+        stream.send_credit += frame.increment
+        if stream.send_credit > fr.MAX_WINDOW:
+            raise RemoteProtocolError(f"stream {frame.stream_id}: credit above 2^31-1",
+                                      ErrorCode.FLOW_CONTROL_ERROR)
+        out.append(ev.CreditGranted(stream_id=frame.stream_id, increment=frame.increment))
+
+    def _on_reset(self, frame: fr.Reset, out: list[ev.Event]) -> None:
+        if self._stream_for_receiving(frame.stream_id) is None:
+            return
+        del self._streams[frame.stream_id]
+        out.append(ev.StreamReset(stream_id=frame.stream_id, code=frame.code,
+                                  reason=frame.reason))
+
+    def _on_goaway(self, frame: fr.GoAway, out: list[ev.Event]) -> None:
+        self._require_open()
+        last = frame.last_stream_id
+        if self._goaway_received_at is not None and last > self._goaway_received_at:
+            raise RemoteProtocolError("GOAWAY raised its last stream ID")
+        self._goaway_received_at = last
+        out.append(ev.GoAwayReceived(last_stream_id=last, code=frame.code, reason=frame.reason))
+        if self.role is Role.SERVER:
+            # Streams the agent never saw are refused: safe to retry elsewhere.
+            for stream_id in [s for s in self._streams if s > last]:
+                del self._streams[stream_id]
+                out.append(ev.StreamReset(stream_id=StreamId(stream_id),
+                                          code=ErrorCode.REFUSED_STREAM,
+                                          reason="agent is going away"))
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _queue(self, frame_bytes: bytes) -> None:
+        self._out.append(frame_bytes)
+
+    def _require_role(self, role: Role, what: str) -> None:
+        if self.role is not role:
+            raise RemoteProtocolError(f"{what} sent to the {self.role.value}")
+
+    def _require_open(self) -> None:
+        if self.state is not ConnectionState.OPEN:
+            raise RemoteProtocolError(f"stream frame while the connection is {self.state.value}")
+
+    def _move_connection(self, what: _Input, *, local: bool) -> None:
+        next_state = _CONNECTION_TRANSITIONS.get((self.state, what))
+        if next_state is None:
+            message = f"{what.value} while the connection is {self.state.value}"
+            raise LocalProtocolError(message) if local else RemoteProtocolError(message)
+        self.state = next_state
+
+    def _stream_for_sending(self, stream_id: StreamId) -> _Stream:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise StreamClosedError(f"stream {stream_id} is closed")
+        return stream
+
+    def _stream_for_receiving(self, stream_id: StreamId) -> _Stream | None:
+        """The stream, or None for one that is gone; an ID never used is an error."""
+        self._require_open()
+        stream = self._streams.get(stream_id)
+        if stream is None and stream_id > self._highest_stream_id:
+            raise RemoteProtocolError(f"frame for stream {stream_id}, which was never opened")
+        return stream
+
+    @staticmethod
+    def _move_half(stream: _Stream, side: str, move: Move) -> None:
+        current: Half = getattr(stream, side)
+        next_half = HALF_TRANSITIONS.get((current, move))
+        if next_half is None:
+            message = f"{move.value} on a {current.value} half"
+            raise LocalProtocolError(message) if side == "local" else RemoteProtocolError(message)
+        setattr(stream, side, next_half)
