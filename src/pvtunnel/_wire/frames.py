@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from typing import Final, NewType
+from typing import Final, NewType, assert_never
 
 import attrs
 
@@ -28,6 +28,7 @@ MAX_STREAM_ID: Final = 2**32 - 1
 MAX_WINDOW: Final = 2**31 - 1
 MAX_FIELD_LENGTH: Final = 65535
 PROTOCOL_VERSION: Final = 1
+MAX_REASON_LENGTH: Final = 1024
 
 _U32: Final = struct.Struct(">I")
 _U16: Final = struct.Struct(">H")
@@ -60,20 +61,23 @@ _CONNECTION_TYPES: Final = frozenset(
     {FrameType.HELLO, FrameType.ACCEPT, FrameType.REJECT, FrameType.PING, FrameType.PONG,
      FrameType.GOAWAY}
 )
-_ALLOWED_FLAGS: Final = {t: (Flag.INFORMATIONAL if t is FrameType.HEAD else 0) for t in FrameType}
+# Plain ints: ``~Flag.INFORMATIONAL`` is Flag(0) (the complement within the enum's
+# own bits), which would let every reserved bit through the check below.
+_ALLOWED_FLAGS: Final = {t: (int(Flag.INFORMATIONAL) if t is FrameType.HEAD else 0)
+                         for t in FrameType}
 # (minimum, maximum) payload length per type, checked before the payload is read.
 _LENGTHS: Final = {
     FrameType.HELLO: (2, MAX_FRAME_PAYLOAD),
     FrameType.ACCEPT: (2, MAX_FRAME_PAYLOAD),
-    FrameType.REJECT: (0, MAX_FRAME_PAYLOAD),
+    FrameType.REJECT: (0, MAX_REASON_LENGTH),
     FrameType.HEAD: (4, MAX_FRAME_PAYLOAD),
     FrameType.DATA: (1, MAX_FRAME_PAYLOAD),
     FrameType.END: (0, 0),
-    FrameType.RESET: (4, 4 + 1024),
+    FrameType.RESET: (4, 4 + MAX_REASON_LENGTH),
     FrameType.WINDOW: (4, 4),
     FrameType.PING: (8, 8),
     FrameType.PONG: (8, 8),
-    FrameType.GOAWAY: (5, 5 + 1024),
+    FrameType.GOAWAY: (5, 5 + MAX_REASON_LENGTH),
 }
 
 
@@ -178,7 +182,8 @@ def _json(value: object) -> bytes:
 
 def _reason(reason: str) -> bytes:
     # Reasons are diagnostics: cut them to the cap rather than fail the frame.
-    return reason.encode("utf-8")[:1024].decode("utf-8", "ignore").encode("utf-8")
+    cut = reason.encode("utf-8")[:MAX_REASON_LENGTH]
+    return cut.decode("utf-8", "ignore").encode("utf-8")
 
 
 def encode(frame: Frame) -> bytes:
@@ -201,7 +206,7 @@ def encode(frame: Frame) -> bytes:
                              "window": frame.window})
         case Reject():
             frame_type = FrameType.REJECT
-            payload = frame.reason.encode("utf-8")
+            payload = _reason(frame.reason)
         case Head():
             frame_type, stream_id = FrameType.HEAD, frame.stream_id
             flags = Flag.INFORMATIONAL if frame.is_informational else 0
@@ -223,6 +228,8 @@ def encode(frame: Frame) -> bytes:
         case GoAway():
             frame_type = FrameType.GOAWAY
             payload = _U32.pack(frame.last_stream_id) + bytes([frame.code]) + _reason(frame.reason)
+        case _:  # pragma: no cover  (a new frame class fails the type check here)
+            assert_never(frame)
     low, high = _LENGTHS[frame_type]
     if not low <= len(payload) <= high:
         raise ValueError(f"{frame_type.name} payload of {len(payload)} bytes is out of range")
@@ -336,6 +343,8 @@ def _decode_payload(frame_type: FrameType, flags: int, stream_id: StreamId,
             return _decode_accept(payload)
         case FrameType.REJECT:
             return Reject(reason=_text(payload))
+        case _:  # pragma: no cover  (a new frame type fails the type check here)
+            assert_never(frame_type)
 
 
 def _code(raw: int) -> ErrorCode:
@@ -378,7 +387,9 @@ def decode_fields(payload: bytes) -> tuple[bytes, ...]:
 def _load_object(payload: bytes, what: str) -> dict[str, object]:
     try:
         value = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):
+        # UnicodeDecodeError is a ValueError; RecursionError is how the json module
+        # answers deep nesting ("[[[[..."), which fits easily in one payload.
         raise _fail(f"{what} payload is not UTF-8 JSON") from None
     if not isinstance(value, dict):
         raise _fail(f"{what} payload is not a JSON object")

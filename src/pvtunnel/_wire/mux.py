@@ -28,7 +28,7 @@ which the multiplexer is poisoned and the connection must be closed.
 from __future__ import annotations
 
 import enum
-from typing import Final
+from typing import Final, assert_never
 
 from pvtunnel._errors import (
     ErrorCode,
@@ -112,7 +112,7 @@ _pack_header = HEADER.pack
 class _Stream:
     """Per-stream bookkeeping; private and mutable, never handed out."""
 
-    __slots__ = ("local", "remote", "send_credit", "receive_allowed", "unacknowledged")
+    __slots__ = ("local", "receive_allowed", "remote", "send_credit", "unacknowledged")
 
     def __init__(self, local: Half, remote: Half, send_credit: int, receive_allowed: int) -> None:
         self.local = local
@@ -205,10 +205,23 @@ class Multiplexer:
         self._queue(fr.encode(fr.Ping(payload=payload)))
 
     def goaway(self, code: ErrorCode = ErrorCode.NO_ERROR, reason: str = "") -> None:
-        """Announce that no new streams will be opened or accepted; open ones finish."""
+        """Announce that no new streams will be opened or accepted; open ones finish.
+
+        A no-op once the connection is CLOSED (rejected, or failed): there is nobody
+        left to tell, and a drain may race with the failure.
+
+        Raises:
+            LocalProtocolError: the handshake is not done (the peer would reject it).
+        """
+        if self.state is ConnectionState.CLOSED:
+            return
+        if self.state is not ConnectionState.OPEN:
+            raise LocalProtocolError(f"GOAWAY while the connection is {self.state.value}")
         if self._goaway_sent_at is None:
             self._goaway_sent_at = self._highest_stream_id
-        self._queue(fr.encode(fr.GoAway(last_stream_id=StreamId(self._highest_stream_id),
+        # A repeated GOAWAY repeats the first last-stream-ID: the agent's highest ID
+        # still grows as it refuses late HEADs, and the peer rejects a raised one.
+        self._queue(fr.encode(fr.GoAway(last_stream_id=StreamId(self._goaway_sent_at),
                                         code=code, reason=reason)))
 
     # -- stream commands -----------------------------------------------------------
@@ -217,28 +230,42 @@ class Multiplexer:
         """Server: send a request head on a new stream and return its ID.
 
         Raises:
-            LocalProtocolError: not the server, not open, going away, or out of IDs.
+            LocalProtocolError: not the server, not open, going away, or out of IDs;
+                or a head the agent would refuse (empty method or target, a route
+                that is not ASCII, more than one frame). Nothing changes then.
         """
         if not self.can_open_stream:
             raise LocalProtocolError("cannot open a stream on this connection now")
+        if not head.method or not head.target or not head.route.isascii():
+            raise LocalProtocolError("request head with an empty method or target, "
+                                     "or a route that is not ASCII")
+        payload = _head_payload(head.to_fields())
         self._highest_stream_id += 1
         stream_id = StreamId(self._highest_stream_id)
         stream = _Stream(Half.OPEN, Half.IDLE, self._peer_window, self._window)
         self._streams[stream_id] = stream
-        payload = fr.encode_fields(head.to_fields())
         self._out.append(_pack_header(_HEAD, 0, stream_id, len(payload)) + payload)
         if end_stream:
             self.end_stream(stream_id)
         return stream_id
 
     def send_response(self, stream_id: StreamId, head: ResponseHead) -> None:
-        """Agent: send a response head (a 1xx one keeps the half IDLE)."""
+        """Agent: send a response head (a 1xx one keeps the half IDLE).
+
+        Raises:
+            StreamClosedError: the stream was reset or is gone.
+            LocalProtocolError: not the agent, a final head already sent, a status
+                outside 100-599 or a head over one frame (the server would close
+                the whole connection for it). Nothing changes then.
+        """
         if self.role is not Role.AGENT:
             raise LocalProtocolError("only the agent sends response heads")
         stream = self._stream_for_sending(stream_id)
+        if not 100 <= head.status <= 599:
+            raise LocalProtocolError(f"response status {head.status} is not 100-599")
+        payload = _head_payload(head.to_fields())
         informational = head.is_informational
         self._move_half(stream, "local", Move.INFORMATIONAL_HEAD if informational else Move.HEAD)
-        payload = fr.encode_fields(head.to_fields())
         self._out.append(_pack_header(_HEAD, 1 if informational else 0, stream_id,
                                       len(payload)) + payload)
 
@@ -286,11 +313,20 @@ class Multiplexer:
         """Say ``size`` received bytes were consumed, so the peer may send more.
 
         Credit goes back in batches of a quarter window, which keeps WINDOW frames
-        rare while a steady stream never stalls waiting for them.
+        rare while a steady stream never stalls waiting for them. A no-op once the
+        stream is gone or the peer ended its half.
+
+        Raises:
+            LocalProtocolError: ``size`` is negative or more than was received and not
+                yet acknowledged (the extra credit would break the memory bound).
         """
         stream = self._streams.get(stream_id)
         if stream is None or stream.remote is not Half.OPEN:
             return
+        # window - receive_allowed - unacknowledged = received but not yet acknowledged.
+        if not 0 <= size <= self._window - stream.receive_allowed - stream.unacknowledged:
+            raise LocalProtocolError(f"stream {stream_id}: acknowledging {size} bytes, more "
+                                     "than were received")
         stream.unacknowledged += size
         if stream.unacknowledged >= self._ack_threshold:
             increment = stream.unacknowledged
@@ -308,15 +344,20 @@ class Multiplexer:
         if max_bytes is None or sum(map(len, out)) <= max_bytes:
             self._out = []
             return b"".join(out)
+        # ``out`` holds whole frames, except that a DATA header and its payload are two
+        # adjacent pieces. Walking from a frame boundary, a 10-byte piece of type DATA
+        # can only be such a header (DATA is never empty), never a payload.
         total = 0
         count = 0
-        for count, piece in enumerate(out, 1):  # noqa: B007 (count is used below)
-            total += len(piece)
-            if total >= max_bytes:
+        while count < len(out):
+            size = len(out[count])
+            pieces = 2 if size == fr.HEADER_SIZE and out[count][0] == _DATA else 1
+            if pieces == 2:
+                size += len(out[count + 1])
+            if count and total + size > max_bytes:
                 break
-        # Never split a frame: a DATA header and its payload are adjacent pieces.
-        if count < len(out) and len(out[count - 1]) == fr.HEADER_SIZE and out[count - 1][0] == _DATA:
-            count += 1
+            total += size
+            count += pieces
         taken = out[:count]
         del out[:count]
         return b"".join(taken)
@@ -367,12 +408,17 @@ class Multiplexer:
             case fr.Accept():
                 self._require_role(Role.AGENT, "ACCEPT")
                 self._move_connection(_Input.RECEIVE_ACCEPT, local=False)
+                if frame.version != fr.PROTOCOL_VERSION:
+                    raise RemoteProtocolError(f"ACCEPT chose version {frame.version}, "
+                                              "which this agent did not offer")
                 self._peer_window = frame.window
                 out.append(ev.Accepted(refused=frame.refused))
             case fr.Reject():
                 self._require_role(Role.AGENT, "REJECT")
                 self._move_connection(_Input.RECEIVE_REJECT, local=False)
                 out.append(ev.Rejected(reason=frame.reason))
+            case _:  # pragma: no cover  (a new frame class fails the type check here)
+                assert_never(frame)
 
     def _on_hello(self, frame: fr.Hello, out: list[ev.Event]) -> None:
         self._require_role(Role.SERVER, "HELLO")
@@ -501,3 +547,14 @@ class Multiplexer:
             message = f"{move.value} on a {current.value} half"
             raise LocalProtocolError(message) if side == "local" else RemoteProtocolError(message)
         setattr(stream, side, next_half)
+
+
+def _head_payload(fields: list[bytes]) -> bytes:
+    """A head's payload, refused before it can reach a peer that would reject it."""
+    try:
+        payload = fr.encode_fields(fields)
+    except ValueError as exc:
+        raise LocalProtocolError(str(exc)) from None
+    if len(payload) > MAX_FRAME_PAYLOAD:
+        raise LocalProtocolError(f"head of {len(payload)} bytes does not fit in one frame")
+    return payload

@@ -1,0 +1,5 @@
+"""``python -m pvtunnel``."""
+
+from pvtunnel._cli import main
+
+main()

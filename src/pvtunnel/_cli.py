@@ -1,0 +1,265 @@
+"""`pvtunnel`: argparse -> config -> trio.run, nothing more (SPEC section 3).
+
+Exit statuses: 0 after a clean stop (including SIGINT/SIGTERM after draining),
+2 for a configuration or usage mistake (one line per problem, no traceback),
+1 when the server refuses an agent for good, or for an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+import attrs
+import trio
+
+from pvtunnel import __version__
+from pvtunnel._config import (
+    AgentConfig,
+    InternalConfig,
+    Secret,
+    ServerConfig,
+    ServerEndpoint,
+    check_file,
+    generate_token,
+    load_agent_config,
+    load_server_config,
+    with_agent_overrides,
+    with_overrides,
+    write_init_files,
+)
+from pvtunnel._errors import ConfigError, HandshakeRefusedError
+from pvtunnel._logs import configure_logging
+from pvtunnel._trio.agent import TunnelAgent
+from pvtunnel._trio.demo import serve_demo_upstream
+from pvtunnel._trio.server import ServerAddresses, TunnelServer
+from pvtunnel._trio.tunnel import first_error
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+logger = logging.getLogger("pvtunnel.cli")
+
+AGENT_GRACE_S = 10.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pvtunnel",
+        description="A reverse HTTP tunnel: reach private services "
+        "through one outbound WebSocket per agent.",
+    )
+    parser.add_argument("--version", action="version", version=f"pvtunnel {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    common.add_argument("--log-format", default="text", choices=["text", "json"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the tunnel server")
+    serve.add_argument("--config", type=Path, help="server.toml")
+    serve.add_argument("--host", help="bind address of both listeners")
+    serve.add_argument("--internal-port", type=int, help="port agents connect to (0: any)")
+    serve.add_argument("--external-port", type=int, help="port HTTP clients use (0: any)")
+
+    agent = commands.add_parser("agent", parents=[common], help="run an agent")
+    agent.add_argument("--config", type=Path, help="agent.toml")
+    agent.add_argument("--server", help="ws://host:port, wss://host:port or host:port")
+    agent.add_argument("--client-id", help="this agent's name in the server's logs")
+    agent.add_argument(
+        "--route",
+        action="append",
+        default=[],
+        metavar="NAME=HOST:PORT",
+        help="serve NAME by sending its requests to HOST:PORT (repeatable)",
+    )
+
+    init = commands.add_parser("init", help="write server.toml and agent.toml with fresh tokens")
+    init.add_argument("--dir", type=Path, default=Path("."))
+    init.add_argument("--force", action="store_true", help="overwrite existing files")
+
+    check = commands.add_parser("check", help="validate a server or agent config file")
+    check.add_argument("file", type=Path)
+
+    demo = commands.add_parser(
+        "demo", parents=[common], help="server + agent + a sample service in one process"
+    )
+    demo.add_argument(
+        "--port", type=int, default=8080, help="external port to try first (any free port if taken)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = _parser().parse_args(argv)
+    command: Callable[[argparse.Namespace], int] = {
+        "serve": _serve,
+        "agent": _agent,
+        "init": _init,
+        "check": _check,
+        "demo": _demo,
+    }[args.command]
+    try:
+        status = command(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        status = 2
+    sys.exit(status)
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_server_config(args.config, environ=os.environ)
+    config = with_overrides(
+        config, host=args.host, internal_port=args.internal_port, external_port=args.external_port
+    )
+    if config.internal.token is None and not config.internal.tokens:
+        token = generate_token()
+        config = attrs.evolve(config, internal=attrs.evolve(config.internal, token=Secret(token)))
+        _say(f"pvtunnel serve: no agent token configured; this run's token is {token}")
+    configure_logging(args.log_level, args.log_format)
+    return trio.run(_run_server, config)
+
+
+async def _run_server(config: ServerConfig) -> int:
+    server = TunnelServer(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_stop_on_signal, signals, server.drain, nursery.cancel_scope)
+            addresses: ServerAddresses = await nursery.start(server.serve)
+            _say(
+                f"pvtunnel serve: ready internal={_url('ws', addresses.internal)} "
+                f"external={_url('http', addresses.external)}"
+            )
+    return 0
+
+
+async def _stop_on_signal(
+    signals: AsyncIterator[int],
+    drain: Callable[[], Awaitable[None]],
+    scope: trio.CancelScope,
+) -> None:
+    """First SIGINT/SIGTERM: drain (bounded by the grace period), then stop everything."""
+    async for signum in signals:
+        logger.info("%s: finishing in-flight requests, then stopping", signal.Signals(signum).name)
+        break
+    await drain()
+    scope.cancel()
+
+
+def _agent(args: argparse.Namespace) -> int:
+    config = load_agent_config(args.config, environ=os.environ)
+    config = with_agent_overrides(
+        config, server_url=args.server, client_id=args.client_id, routes=args.route
+    )
+    problems = config.validate_runnable()
+    if problems:
+        raise ConfigError([f"pvtunnel agent: {problem}" for problem in problems])
+    configure_logging(args.log_level, args.log_format)
+    try:
+        return trio.run(_run_agent, config)
+    except HandshakeRefusedError as exc:
+        _say(f"pvtunnel agent: {exc}")
+        return 1
+
+
+async def _run_agent(config: AgentConfig) -> int:
+    agent = TunnelAgent(config)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                drain = functools.partial(agent.drain, grace_s=AGENT_GRACE_S)
+                nursery.start_soon(_stop_on_signal, signals, drain, nursery.cancel_scope)
+                status = await nursery.start(agent.serve)
+                _say(
+                    f"pvtunnel agent: ready server={status.server_url} "
+                    f"routes={','.join(status.routes)}"
+                )
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    server_path, agent_path = write_init_files(args.dir, force=args.force)
+    print(f"wrote {server_path} and {agent_path} (mode 0600; they hold fresh tokens)")
+    print(f"start the server: pvtunnel serve --config {server_path}")
+    print(f"start an agent:   pvtunnel agent --config {agent_path}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    kind, problems = check_file(args.file, environ=os.environ)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{args.file}: a valid {kind} configuration")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, args.log_format)
+    return trio.run(_run_demo, args.port)
+
+
+async def _run_demo(preferred_port: int) -> int:
+    token = generate_token()
+    server_config = ServerConfig(
+        host="127.0.0.1", internal=InternalConfig(port=0, token=Secret(token))
+    )
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            upstream_port = await nursery.start(serve_demo_upstream)
+            server, addresses = await _start_server_on(nursery, server_config, preferred_port)
+            nursery.start_soon(_stop_on_signal, signals, server.drain, nursery.cancel_scope)
+            agent_config = with_agent_overrides(
+                AgentConfig(client_id="demo-agent", server=_endpoint(addresses, token)),
+                routes=[f"demo=127.0.0.1:{upstream_port}"],
+            )
+            await nursery.start(TunnelAgent(agent_config).serve)
+            port = addresses.external[1]
+            _say(
+                f"pvtunnel demo: ready. A server, an agent and a sample service are running.\n"
+                f"Try:\n"
+                f"  curl -H 'Host: demo' http://127.0.0.1:{port}/\n"
+                f"  curl -x http://127.0.0.1:{port} http://demo/hello\n"
+                f"  curl -H 'Host: demo' --data-binary 'echo me' http://127.0.0.1:{port}/echo\n"
+                f"Ctrl-C stops it."
+            )
+    return 0
+
+
+async def _start_server_on(
+    nursery: trio.Nursery, config: ServerConfig, preferred_port: int
+) -> tuple[TunnelServer, ServerAddresses]:
+    """Start on the preferred external port, or any free one when it is taken."""
+    for port in (preferred_port, 0):
+        server = TunnelServer(
+            attrs.evolve(config, external=attrs.evolve(config.external, port=port))
+        )
+        with contextlib.suppress(OSError):
+            addresses: ServerAddresses = await nursery.start(server.serve)
+            return server, addresses
+    raise OSError("no free port")
+
+
+def _endpoint(addresses: ServerAddresses, token: str) -> ServerEndpoint:
+    return ServerEndpoint(urls=(_url("ws", addresses.internal),), token=Secret(token))
+
+
+def _url(scheme: str, address: tuple[str, int]) -> str:
+    host = f"[{address[0]}]" if ":" in address[0] else address[0]
+    return f"{scheme}://{host}:{address[1]}"

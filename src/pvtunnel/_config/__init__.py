@@ -1,0 +1,49 @@
+"""Configuration: the attrs classes, TOML loading, flags, secrets and ``init``.
+
+A package because one module would pass the size limit of STYLE section 7; this
+file is its whole interface, and the rest of pvtunnel imports only from here.
+"""
+
+from .loading import ConfigKind, check_file, load_agent_config, load_server_config
+from .model import (
+    AdminConfig,
+    AgentConfig,
+    AgentTimeouts,
+    ExternalConfig,
+    InternalConfig,
+    LimitsConfig,
+    Route,
+    RouteType,
+    ScopedToken,
+    ServerConfig,
+    ServerEndpoint,
+    TimeoutsConfig,
+)
+from .overrides import parse_route_flag, with_agent_overrides, with_overrides
+from .scaffold import write_init_files
+from .secret import Secret, generate_token
+
+__all__ = [
+    "AdminConfig",
+    "AgentConfig",
+    "AgentTimeouts",
+    "ConfigKind",
+    "ExternalConfig",
+    "InternalConfig",
+    "LimitsConfig",
+    "Route",
+    "RouteType",
+    "ScopedToken",
+    "Secret",
+    "ServerConfig",
+    "ServerEndpoint",
+    "TimeoutsConfig",
+    "check_file",
+    "generate_token",
+    "load_agent_config",
+    "load_server_config",
+    "parse_route_flag",
+    "with_agent_overrides",
+    "with_overrides",
+    "write_init_files",
+]

@@ -1,0 +1,460 @@
+"""Reading server.toml and agent.toml into finished config objects.
+
+The pipeline, for both kinds of file:
+
+1. tomllib parses the file (a syntax error is one problem line with its position);
+2. secrets and paths are resolved on the raw tables: ``token_file`` is read
+   relative to the file's directory, environment variables replace tokens (the
+   environment wins over the file), relative TLS/CA paths become absolute;
+3. one cattrs converter (``forbid_extra_keys``, detailed validation) structures the
+   tables into the attrs classes of ``model``, running each field's rule as its
+   hook, so every problem in the file is collected, not just the first;
+4. the resulting exception tree is flattened into ``"<file>: <key.path>: <message>"``
+   lines for one ``ConfigError``.
+
+Nothing here formats ``str(exc)`` of an unknown exception into a message, so a
+token can never slip into a problem line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import socket
+import tomllib
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, get_args, get_origin
+
+import attrs
+import cattrs
+from cattrs.errors import (
+    ClassValidationError,
+    ForbiddenExtraKeysError,
+    IterableValidationError,
+    IterableValidationNote,
+)
+from cattrs.gen import make_dict_structure_fn, override
+
+from pvtunnel._errors import ConfigError
+
+from . import rules
+from .model import TOML_KEY, AgentConfig, Route, ServerConfig, duplicate_route_names
+from .rules import FieldError, InvalidValue, Rule, describe, join_path, show
+from .secret import Secret
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping
+
+ConfigKind = Literal["server", "agent", "unknown"]
+
+T = TypeVar("T")
+
+ENVIRONMENT_SOURCE: Final = "environment"
+SERVER_TOKEN_ENV: Final = {
+    "PVTUNNEL_INTERNAL_TOKEN": "internal",
+    "PVTUNNEL_EXTERNAL_TOKEN": "external",
+}
+AGENT_TOKEN_ENV: Final = {"PVTUNNEL_TOKEN": "server"}
+_PATH_KEYS: Final = ("tls_cert", "tls_key", "ca_file")
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+# check_file tells the kinds apart by these top-level keys; the strong ones first,
+# the weak ones only when no strong key is present.
+_SERVER_KEYS: Final = frozenset({"internal", "external"})
+_AGENT_KEYS: Final = frozenset({"client_id", "server", "routes"})
+_WEAK_SERVER_KEYS: Final = frozenset({"host", "limits"})
+_WEAK_AGENT_KEYS: Final = frozenset({"max_streams", "stream_window_bytes", "upstream_pool_size"})
+
+
+# ---------------------------------------------------------------- the converter
+
+
+# cattrs types **kwargs so that a dict of overrides could also fill its
+# `_cattrs_*` flags, which mypy rejects; the overrides here never use those names.
+_make_structure_fn = cast(
+    "Callable[..., Callable[[Any, Any], Any]]",
+    make_dict_structure_fn,
+)
+
+
+def _toml_key(cls: type, attribute: str) -> str:
+    field = attrs.fields_dict(cls).get(attribute)
+    return attribute if field is None else str(field.metadata.get(TOML_KEY, attribute))
+
+
+def _rule_hook(rule: Rule[Any]) -> Callable[[Any, Any], Any]:
+    def structure(value: Any, _type: Any) -> Any:
+        return rule.parse(value)
+
+    return structure
+
+
+def _table_hook(converter: cattrs.Converter, cls: Any) -> Callable[[Any, Any], Any]:
+    overrides = {}
+    for field in attrs.fields(cls):
+        options: dict[str, Any] = {}
+        if isinstance(field.validator, Rule):
+            options["struct_hook"] = _rule_hook(field.validator)
+        if TOML_KEY in field.metadata:
+            options["rename"] = field.metadata[TOML_KEY]
+        if options:
+            overrides[field.name] = override(**options)
+    generated = _make_structure_fn(cls, converter, _cattrs_forbid_extra_keys=True, **overrides)
+
+    def structure(value: Any, type_: Any) -> Any:
+        if not isinstance(value, dict):
+            # Described, not quoted: `internal = "<token>"` is an easy slip to make.
+            raise InvalidValue(f"expected a table, got {describe(value)}")
+        return generated(value, type_)
+
+    return structure
+
+
+def _raw_route_name(table: object) -> str | None:
+    if not isinstance(table, dict):
+        return None
+    try:
+        return rules.route_name(table.get("name"))
+    except InvalidValue:
+        return None
+
+
+def _is_table_array(type_: Any) -> bool:
+    args = get_args(type_)
+    return get_origin(type_) is tuple and len(args) == 2 and args[1] is ... and attrs.has(args[0])
+
+
+def _table_array_hook(converter: cattrs.Converter, type_: Any) -> Callable[[Any, Any], Any]:
+    element = get_args(type_)[0]
+
+    def structure(value: Any, _type: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            raise InvalidValue(f"expected an array of tables, got {describe(value)}")
+        items: list[Any] = []
+        errors: list[Exception] = []
+        for index, item in enumerate(value):
+            try:
+                items.append(converter.structure(item, element))
+            except Exception as exc:  # cattrs' own convention: collect, flatten later
+                note = IterableValidationNote(
+                    f"Structuring {type_} @ index {index}", index, element
+                )
+                exc.__notes__ = [*getattr(exc, "__notes__", []), note]
+                errors.append(exc)
+        if element is Route:
+            # Checked here, on the raw names, rather than by AgentConfig's validator,
+            # so duplicates are reported along with the file's other problems.
+            duplicates = duplicate_route_names([_raw_route_name(item) for item in value])
+            if duplicates:
+                errors.append(InvalidValue.many(duplicates))
+        if errors:
+            raise IterableValidationError(f"While structuring {type_}", errors, type_)
+        return tuple(items)
+
+    return structure
+
+
+def _make_converter() -> cattrs.Converter:
+    converter = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    converter.register_structure_hook_factory(attrs.has, lambda cls: _table_hook(converter, cls))
+    converter.register_structure_hook_factory(
+        _is_table_array, lambda type_: _table_array_hook(converter, type_)
+    )
+    # Unstructuring is for display (status pages, debugging); keep tokens out of it.
+    converter.register_unstructure_hook(Secret, lambda _secret: str(_secret))
+    converter.register_unstructure_hook(Path, str)
+    return converter
+
+
+CONVERTER: Final = _make_converter()
+"""The one converter for config tables (STYLE section 3)."""
+
+
+# ---------------------------------------------------------------- error lines
+
+
+def _format_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else show(key)
+
+
+def _unknown_key_message(cls: type, key: str) -> str:
+    known = [_toml_key(cls, field.name) for field in attrs.fields(cls) if field.init]
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"unknown key (did you mean {show(close[0])}?)" if close else "unknown key"
+
+
+def flatten(error: BaseException, path: str = "") -> Iterator[tuple[str, str]]:
+    """Turn a structuring failure into ``(key.path, message)`` pairs, in file order.
+
+    The same walk as ``cattrs.transform_error``, but with TOML key names (``url``,
+    not ``urls``), one line per unknown key, and our own messages.
+    """
+    if isinstance(error, ClassValidationError):
+        noted, bare = error.group_exceptions()
+        for sub, attribute_note in noted:
+            key = _toml_key(error.cl, attribute_note.name)
+            yield from flatten(sub, join_path(path, key))
+        for sub in bare:
+            yield from flatten(sub, path)
+    elif isinstance(error, IterableValidationError):
+        indexed, bare = error.group_exceptions()
+        for sub, index_note in indexed:
+            yield from flatten(sub, f"{path}[{index_note.index}]")
+        for sub in bare:
+            yield from flatten(sub, path)
+    elif isinstance(error, ForbiddenExtraKeysError):
+        for key in sorted(error.extra_fields):
+            yield join_path(path, _format_key(key)), _unknown_key_message(error.cl, key)
+    elif isinstance(error, InvalidValue | FieldError):
+        for at, message in error.entries:
+            yield join_path(path, at), message
+    elif isinstance(error, KeyError):
+        yield path, "missing required key"
+    else:
+        # Deliberately not str(error): it could quote a value, and values may be tokens.
+        yield path, f"invalid value ({type(error).__name__})"
+
+
+# ---------------------------------------------------------------- reading
+
+
+@attrs.define
+class _Problems:
+    """Problem lines collected across all stages, so one run reports everything."""
+
+    source: str
+    lines: list[str] = attrs.field(factory=list)
+    # Keys whose problem was already reported by an earlier stage (a token_file that
+    # could not be read), so the converter's "missing required key" is not repeated.
+    reported: set[str] = attrs.field(factory=set)
+
+    def add(self, path: str, message: str) -> None:
+        self.lines.append(
+            f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}"
+        )
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file or raise ``ConfigError`` with one line saying why not.
+
+    Args:
+        path: The file, named in the message exactly as given.
+
+    Returns:
+        The parsed top-level table.
+
+    Raises:
+        ConfigError: The file cannot be read, is not UTF-8, or is not valid TOML.
+    """
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        # The message already ends with "(at line L, column C)".
+        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: invalid TOML: the file is not UTF-8 text"]) from None
+
+
+def _secret_tables(raw: dict[str, Any], kind: ConfigKind) -> Iterator[tuple[str, dict[str, Any]]]:
+    names = ("internal", "external", "admin") if kind == "server" else ("server", "admin")
+    for name in names:
+        table = raw.get(name)
+        if isinstance(table, dict):
+            yield name, table
+    internal = raw.get("internal")
+    scoped = internal.get("tokens") if kind == "server" and isinstance(internal, dict) else None
+    if isinstance(scoped, list):
+        for index, table in enumerate(scoped):
+            if isinstance(table, dict):
+                yield f"internal.tokens[{index}]", table
+
+
+def _read_token_file(table: dict[str, Any], key_path: str, base: Path, problems: _Problems) -> None:
+    name = table.pop("token_file")
+    problems.reported.add(join_path(key_path, "token"))
+    if not isinstance(name, str) or not name:
+        problems.add(join_path(key_path, "token_file"), f"expected a file path, got {show(name)}")
+        return
+    file = (base / Path(name).expanduser()).resolve()
+    try:
+        text = file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        problems.add(
+            join_path(key_path, "token_file"), f"cannot read {file}: {exc.strerror or exc}"
+        )
+        return
+    except UnicodeDecodeError:
+        problems.add(join_path(key_path, "token_file"), f"{file} is not UTF-8 text")
+        return
+    problem = rules.token_text(text)
+    if problem is not None:
+        problems.add(join_path(key_path, "token_file"), f"the token in {file} {problem}")
+        return
+    problems.reported.discard(join_path(key_path, "token"))
+    table["token"] = Secret(text)
+
+
+def _environment_tokens(
+    environ: Mapping[str, str], names: Mapping[str, str], problems: list[str]
+) -> dict[str, Secret]:
+    tokens: dict[str, Secret] = {}
+    for variable, table_name in names.items():
+        value = environ.get(variable)
+        if value is None:
+            continue
+        text = value.strip()
+        problem = rules.token_text(text)
+        if problem is None:
+            tokens[table_name] = Secret(text)
+        else:
+            problems.append(f"{ENVIRONMENT_SOURCE}: {variable}: the token {problem}")
+    return tokens
+
+
+def _resolve(
+    raw: dict[str, Any],
+    kind: ConfigKind,
+    base: Path,
+    environment_tokens: Mapping[str, Secret],
+    problems: _Problems,
+) -> None:
+    """Put finished tokens and absolute paths into the raw tables, in place."""
+    for key_path, table in _secret_tables(raw, kind):
+        if "token_file" in table and "token" in table:
+            problems.add(
+                join_path(key_path, "token_file"), "set either token or token_file, not both"
+            )
+            del table["token_file"]
+        elif "token_file" in table and key_path in environment_tokens:
+            # The environment overrides it anyway: do not fail on a file not meant
+            # to be there (say, a production path on a developer's machine).
+            del table["token_file"]
+        elif "token_file" in table:
+            _read_token_file(table, key_path, base, problems)
+        for key in _PATH_KEYS:
+            value = table.get(key)
+            if isinstance(value, str) and value:
+                resolved = (base / Path(value).expanduser()).resolve()
+                table[key] = str(resolved)
+                if not resolved.is_file():
+                    problems.add(join_path(key_path, key), f"no such file: {resolved}")
+    for table_name, token in environment_tokens.items():
+        table = raw.setdefault(table_name, {})
+        if isinstance(table, dict):  # else the converter reports the table itself
+            table["token"] = token
+
+
+def _structure(raw: dict[str, Any], cls: type[T], problems: _Problems) -> T | None:
+    try:
+        return CONVERTER.structure(raw, cls)
+    except ClassValidationError as exc:
+        for key_path, message in flatten(exc):
+            if not (message == "missing required key" and key_path in problems.reported):
+                problems.add(key_path, message)
+        return None
+
+
+def _load(path: Path | None, environ: Mapping[str, str], kind: ConfigKind, cls: type[T]) -> T:
+    problems = _Problems(source=str(path) if path is not None else ENVIRONMENT_SOURCE)
+    raw = read_toml(path) if path is not None else {}
+    base = path.parent if path is not None else Path.cwd()
+    env_problems: list[str] = []
+    env_names = SERVER_TOKEN_ENV if kind == "server" else AGENT_TOKEN_ENV
+    _resolve(raw, kind, base, _environment_tokens(environ, env_names, env_problems), problems)
+    if kind == "agent" and "client_id" not in raw:
+        raw["client_id"] = socket.gethostname()
+    config = _structure(raw, cls, problems)
+    all_problems = problems.lines + env_problems
+    if all_problems:
+        raise ConfigError(all_problems)
+    assert config is not None
+    return config
+
+
+def load_server_config(path: Path | None, *, environ: Mapping[str, str]) -> ServerConfig:
+    """Build the server's configuration from server.toml and the environment.
+
+    Args:
+        path: The TOML file, or None for defaults only (a first run needs no file).
+        environ: Where ``PVTUNNEL_INTERNAL_TOKEN`` and ``PVTUNNEL_EXTERNAL_TOKEN``
+            are looked up (pass ``os.environ``); they win over the file.
+
+    Returns:
+        A finished config: tokens resolved, relative paths made absolute.
+
+    Raises:
+        ConfigError: With one ``"<file>: <key.path>: <message>"`` line for every
+            problem found (unreadable file, TOML syntax, unknown keys, bad values,
+            unreadable token files, empty environment tokens).
+    """
+    return _load(path, environ, "server", ServerConfig)
+
+
+def load_agent_config(path: Path | None, *, environ: Mapping[str, str]) -> AgentConfig:
+    """Build the agent's configuration from agent.toml and the environment.
+
+    The file may leave out the server URL, the token and the routes, since flags
+    and ``PVTUNNEL_TOKEN`` can supply them; ``AgentConfig.validate_runnable`` checks
+    for them once flags are applied. ``client_id`` defaults to the host name.
+
+    Args:
+        path: The TOML file, or None for defaults only.
+        environ: Where ``PVTUNNEL_TOKEN`` is looked up; it wins over the file.
+
+    Returns:
+        A finished config: tokens resolved, paths absolute, route names lower-case.
+
+    Raises:
+        ConfigError: With one line per problem, as for ``load_server_config``, plus
+            duplicate route names.
+    """
+    return _load(path, environ, "agent", AgentConfig)
+
+
+def _detect_kind(raw: Mapping[str, Any]) -> ConfigKind:
+    keys = set(raw)
+    for server_keys, agent_keys in (
+        (_SERVER_KEYS, _AGENT_KEYS),
+        (_WEAK_SERVER_KEYS, _WEAK_AGENT_KEYS),
+    ):
+        is_server, is_agent = bool(keys & server_keys), bool(keys & agent_keys)
+        if is_server != is_agent:
+            return "server" if is_server else "agent"
+        if is_server:
+            return "unknown"
+    return "unknown"
+
+
+def check_file(path: Path, *, environ: Mapping[str, str]) -> tuple[ConfigKind, list[str]]:
+    """Validate a config file without knowing which kind it is (``pvtunnel check``).
+
+    Args:
+        path: A server.toml or agent.toml, whatever its name.
+        environ: The environment the file would run with; its tokens are checked too.
+
+    Returns:
+        ``"server"`` or ``"agent"`` (``"unknown"`` when the file cannot be read or
+        its keys do not say) and the problem lines, empty when the file is good.
+    """
+    try:
+        raw = read_toml(path)
+    except ConfigError as exc:
+        return "unknown", exc.problems
+    kind = _detect_kind(raw)
+    if kind == "unknown":
+        return kind, [
+            f"{path}: cannot tell a server config from an agent config: expected "
+            "[internal]/[external] (server) or client_id, [server], [[routes]] (agent), "
+            "but not both"
+        ]
+    try:
+        if kind == "server":
+            load_server_config(path, environ=environ)
+        else:
+            load_agent_config(path, environ=environ)
+    except ConfigError as exc:
+        return kind, exc.problems
+    return kind, []

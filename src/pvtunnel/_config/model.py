@@ -1,0 +1,364 @@
+"""The configuration objects: one frozen attrs class per TOML table.
+
+These are what the rest of pvtunnel (and library users) consume, so they hold
+finished values only: tokens already resolved from files or the environment,
+relative paths already resolved, route names lower-cased. Every field carries its
+rule (see ``rules``) as its validator, so an object that exists is valid, whether
+the loader, a flag or ``attrs.evolve`` built it.
+
+Cross-field checks live in ``__attrs_post_init__`` and raise ``FieldError`` naming
+the key the user should change.
+"""
+
+# No `from __future__ import annotations` here: cattrs reads these classes'
+# annotations at run time, so the names in them must be real imports.
+
+import enum
+import ipaddress
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from . import rules
+from .rules import FieldError, InvalidValue, Network, Rule, join_path, show
+from .secret import Secret
+
+TOML_KEY: Final = "pvtunnel.toml_key"
+"""Field metadata: the TOML key, where it differs from the attribute name."""
+
+
+def _check_tls_pair(owner: object, cert: Path | None, key: Path | None) -> None:
+    if (cert is None) != (key is None):
+        missing, present = ("tls_key", "tls_cert") if key is None else ("tls_cert", "tls_key")
+        raise FieldError(
+            type(owner).__name__,
+            [(missing, f"required when {present} is set: TLS needs the certificate and its key")],
+        )
+
+
+# Converters lower-case only ASCII text and leave the rest to the validator, which
+# refuses it: "\u212a".lower() is "k", a name the user never wrote.
+def _lower(value: str) -> str:
+    return value.lower() if value.isascii() else value
+
+
+def _lower_optional(value: str | None) -> str | None:
+    return None if value is None else _lower(value)
+
+
+def _lower_all(value: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_lower(item) for item in value)
+
+
+@attrs.frozen(kw_only=True)
+class ScopedToken:
+    """An agent token that may only claim the route names its patterns cover.
+
+    ``[[internal.tokens]]`` in server.toml: lets one server host several teams
+    without any of them being able to take over another's names.
+    """
+
+    token: Secret = attrs.field(validator=Rule(rules.secret))
+    routes: tuple[str, ...] = attrs.field(
+        converter=_lower_all, validator=Rule(rules.scope_patterns)
+    )
+
+
+@attrs.frozen(kw_only=True)
+class InternalConfig:
+    """The listener agents connect to (``[internal]``)."""
+
+    port: int = attrs.field(default=8081, validator=Rule(rules.listen_port))
+    token: Secret | None = attrs.field(default=None, validator=Rule(rules.optional_secret))
+    tokens: tuple[ScopedToken, ...] = ()
+    tls_cert: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
+    tls_key: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
+
+    def __attrs_post_init__(self) -> None:
+        _check_tls_pair(self, self.tls_cert, self.tls_key)
+
+
+@attrs.frozen(kw_only=True)
+class ExternalConfig:
+    """The listener HTTP clients connect to (``[external]``)."""
+
+    port: int = attrs.field(default=8080, validator=Rule(rules.listen_port))
+    token: Secret | None = attrs.field(default=None, validator=Rule(rules.optional_secret))
+    whitelisted_ips: tuple[str, ...] = attrs.field(default=(), validator=Rule(rules.whitelist))
+    domain: str | None = attrs.field(
+        default=None, converter=_lower_optional, validator=Rule(rules.domain)
+    )
+    tls_cert: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
+    tls_key: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
+    # Parsed once here: allows() runs for every client connection.
+    _networks: tuple[Network, ...] = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        _check_tls_pair(self, self.tls_cert, self.tls_key)
+        networks = tuple(rules.network(entry) for entry in self.whitelisted_ips)
+        object.__setattr__(self, "_networks", networks)
+
+    def allows(self, address: str) -> bool:
+        """Decide whether a client may use the external port at all (SPEC section 4).
+
+        Args:
+            address: The peer address as the socket reports it (IPv4 or IPv6).
+
+        Returns:
+            True when the whitelist is empty or covers the address. An IPv4 client
+            seen on a dual-stack socket as ``::ffff:a.b.c.d`` matches IPv4 entries.
+            Anything that is not an IP address is refused.
+        """
+        if not self._networks:
+            return True
+        try:
+            client = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [client]
+        if isinstance(client, ipaddress.IPv6Address) and client.ipv4_mapped is not None:
+            candidates.append(client.ipv4_mapped)
+        # `in` is False across IP versions, so mixed lists need no sorting.
+        return any(candidate in net for net in self._networks for candidate in candidates)
+
+
+@attrs.frozen(kw_only=True)
+class TimeoutsConfig:
+    """Server-side time limits in seconds (``[timeouts]`` in server.toml)."""
+
+    request_head_s: float = attrs.field(default=30.0, validator=Rule(rules.seconds))
+    idle_s: float = attrs.field(default=75.0, validator=Rule(rules.seconds))
+    upstream_response_s: float = attrs.field(default=60.0, validator=Rule(rules.seconds))
+    grace_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
+    handshake_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
+
+
+@attrs.frozen(kw_only=True)
+class LimitsConfig:
+    """Server-side resource caps (``[limits]``); they bound memory per agent and client."""
+
+    max_streams_per_agent: int = attrs.field(
+        default=1024, validator=Rule(rules.integer(1, rules.MAX_INT32))
+    )
+    max_request_head_bytes: int = attrs.field(
+        default=32768, validator=Rule(rules.integer(1024, 60000))
+    )
+    max_client_connections: int = attrs.field(
+        default=10000, validator=Rule(rules.integer(1, rules.MAX_INT32))
+    )
+    stream_window_bytes: int = attrs.field(
+        default=524288, validator=Rule(rules.integer(16384, rules.MAX_INT32))
+    )
+
+
+@attrs.frozen(kw_only=True)
+class AdminConfig:
+    """The admin listener (``[admin]``): /metrics, /live, /ready, /status.
+
+    It reveals routes and traffic figures, so anywhere but loopback it needs a token.
+    """
+
+    port: int = attrs.field(validator=Rule(rules.listen_port))
+    host: str = attrs.field(default="127.0.0.1", validator=Rule(rules.host))
+    token: Secret | None = attrs.field(default=None, validator=Rule(rules.optional_secret))
+
+    def __attrs_post_init__(self) -> None:
+        if self.token is None and not rules.is_loopback(self.host):
+            raise FieldError(
+                type(self).__name__,
+                [
+                    (
+                        "token",
+                        f"required when host is not a loopback address (got {show(self.host)})",
+                    )
+                ],
+            )
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    """Everything ``pvtunnel serve`` needs (server.toml plus flags and environment)."""
+
+    host: str = attrs.field(default="0.0.0.0", validator=Rule(rules.host))
+    internal: InternalConfig = attrs.field(factory=InternalConfig)
+    external: ExternalConfig = attrs.field(factory=ExternalConfig)
+    timeouts: TimeoutsConfig = attrs.field(factory=TimeoutsConfig)
+    limits: LimitsConfig = attrs.field(factory=LimitsConfig)
+    admin: AdminConfig | None = None
+
+
+def _normalised_urls(value: tuple[str, ...]) -> tuple[str, ...]:
+    # Best effort for objects built in code; the validator reports what cannot be fixed.
+    try:
+        return rules.server_urls(value)
+    except InvalidValue:
+        return value
+
+
+@attrs.frozen(kw_only=True)
+class ServerEndpoint:
+    """Where the agent dials (``[server]``): one connection per URL (SPEC section 7)."""
+
+    urls: tuple[str, ...] = attrs.field(
+        default=(),
+        converter=_normalised_urls,
+        validator=Rule(rules.server_urls),
+        metadata={TOML_KEY: "url"},
+    )
+    token: Secret | None = attrs.field(default=None, validator=Rule(rules.optional_secret))
+    ca_file: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
+
+
+class RouteType(enum.Enum):
+    """How a route's ``value`` is read: a name to resolve, or an address as is."""
+
+    CNAME = "cname"
+    IP = "ip"
+
+
+def route_type(value: object) -> RouteType:
+    """The rule for ``type``: the TOML spelling or the enum itself."""
+    if isinstance(value, RouteType):
+        return value
+    if isinstance(value, str):
+        try:
+            return RouteType(value)
+        except ValueError:
+            pass
+    raise InvalidValue(f'expected "cname" or "ip", got {show(value)}')
+
+
+def _unbracket(value: str) -> str:
+    inner = value[1:-1]
+    if value.startswith("[") and value.endswith("]") and rules.is_ip_literal(inner):
+        return inner
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class Route:
+    """One name an agent serves and the fixed target it replays requests to."""
+
+    name: str = attrs.field(converter=_lower, validator=Rule(rules.route_name))
+    value: str = attrs.field(converter=_unbracket, validator=Rule(rules.route_target))
+    port: int = attrs.field(validator=Rule(rules.route_port))
+    type: RouteType = attrs.field(default=RouteType.CNAME, validator=Rule(route_type))
+    host_header: str = attrs.field(default="preserve", validator=Rule(rules.host_header))
+    # Computed once: upstream_host_header() runs for every request.
+    _fixed_host: bytes | None = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.type is RouteType.IP and not rules.is_ip_literal(self.value):
+            raise FieldError(
+                type(self).__name__,
+                [
+                    (
+                        "value",
+                        f'expected an IP literal for a route of type "ip", got {show(self.value)}',
+                    )
+                ],
+            )
+        fixed: bytes | None
+        if self.host_header == "preserve":
+            fixed = None
+        elif self.host_header == "rewrite":
+            host = f"[{self.value}]" if ":" in self.value else self.value
+            fixed = f"{host}:{self.port}".encode("ascii")
+        else:
+            fixed = self.host_header.encode("ascii")
+        object.__setattr__(self, "_fixed_host", fixed)
+
+    def upstream_host_header(self, original: bytes | None) -> bytes | None:
+        """Choose the Host header the upstream receives (SPEC section 4, Forwarding).
+
+        Args:
+            original: The client's Host value, or None if it sent none.
+
+        Returns:
+            ``original`` for "preserve"; ``b"value:port"`` (IPv6 in brackets) for
+            "rewrite"; the configured bytes for a fixed value.
+        """
+        return original if self._fixed_host is None else self._fixed_host
+
+
+def duplicate_route_names(names: Sequence[str | None]) -> list[tuple[str, str]]:
+    """Find names claimed twice; None stands for a name that is invalid anyway.
+
+    Returns:
+        ``(sub-path, message)`` pairs, the sub-path relative to the routes array.
+    """
+    first_index: dict[str, int] = {}
+    problems: list[tuple[str, str]] = []
+    for index, name in enumerate(names):
+        if name is None:
+            continue
+        if name in first_index:
+            message = f"duplicate route name {show(name)} (also routes[{first_index[name]}])"
+            problems.append((f"[{index}].name", message))
+        else:
+            first_index[name] = index
+    return problems
+
+
+def _unique_route_names(
+    instance: object, attribute: "attrs.Attribute[Any]", value: Sequence[Route]
+) -> None:
+    problems = duplicate_route_names([route.name for route in value])
+    if problems:
+        raise FieldError(
+            type(instance).__name__,
+            [(join_path(attribute.name, at), message) for at, message in problems],
+        )
+
+
+@attrs.frozen(kw_only=True)
+class AgentTimeouts:
+    """Agent-side time limits in seconds (``[timeouts]`` in agent.toml)."""
+
+    connect_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
+    upstream_connect_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
+    reconnect_max_s: float = attrs.field(default=30.0, validator=Rule(rules.seconds))
+    upstream_idle_s: float = attrs.field(default=60.0, validator=Rule(rules.seconds))
+
+
+@attrs.frozen(kw_only=True)
+class AgentConfig:
+    """Everything ``pvtunnel agent`` needs (agent.toml plus flags and environment)."""
+
+    client_id: str = attrs.field(validator=Rule(rules.client_id))
+    server: ServerEndpoint = attrs.field(factory=ServerEndpoint)
+    routes: tuple[Route, ...] = attrs.field(default=(), validator=_unique_route_names)
+    timeouts: AgentTimeouts = attrs.field(factory=AgentTimeouts)
+    admin: AdminConfig | None = None
+    max_streams: int = attrs.field(default=4096, validator=Rule(rules.integer(1, rules.MAX_INT32)))
+    stream_window_bytes: int = attrs.field(
+        default=524288, validator=Rule(rules.integer(16384, rules.MAX_INT32))
+    )
+    upstream_pool_size: int = attrs.field(
+        default=64, validator=Rule(rules.integer(0, rules.MAX_INT32))
+    )
+
+    def validate_runnable(self) -> list[str]:
+        """List what is still missing before the agent can run.
+
+        A file may leave these out because flags and the environment can supply
+        them, so the CLI calls this once everything is applied.
+
+        Returns:
+            One ``"key.path: message"`` line per missing piece; empty when runnable.
+        """
+        problems: list[str] = []
+        if not self.server.urls:
+            problems.append("server.url: no server to connect to; set it or pass --server URL")
+        if self.server.token is None:
+            problems.append(
+                "server.token: no token; set token or token_file in [server], "
+                "or the PVTUNNEL_TOKEN environment variable"
+            )
+        if not self.routes:
+            problems.append(
+                "routes: no routes to serve; add a [[routes]] table or pass --route NAME=HOST:PORT"
+            )
+        return problems

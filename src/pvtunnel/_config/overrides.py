@@ -1,0 +1,189 @@
+"""Command-line flags applied on top of a loaded config (SPEC section 3).
+
+Flags win over the file. Each flag value goes through the same rule as the TOML
+key it replaces; a bad one is reported as ``"--flag: message"`` (the message
+quotes the value), or ``"--route VALUE: message"`` since routes come several at a
+time. All bad flags are reported together.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+import attrs
+
+from pvtunnel._errors import ConfigError
+
+from . import rules
+from .model import AgentConfig, Route, RouteType, ServerConfig
+from .rules import FieldError, InvalidValue
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+_ROUTE_FORMAT: Final = "expected NAME=HOST:PORT"
+
+
+def _flag(name: str, value: object, parse: Callable[[object], object], problems: list[str]) -> None:
+    try:
+        parse(value)
+    except InvalidValue as exc:
+        problems.extend(f"{name}: {message}" for _, message in exc.entries)
+
+
+def with_overrides(
+    config: ServerConfig,
+    *,
+    host: str | None = None,
+    internal_port: int | None = None,
+    external_port: int | None = None,
+) -> ServerConfig:
+    """Apply ``pvtunnel serve`` flags; None leaves the file's (or default) value.
+
+    Args:
+        config: The loaded configuration.
+        host: ``--host``: bind address of both listeners.
+        internal_port: ``--internal-port``; 0 means any free port.
+        external_port: ``--external-port``; 0 means any free port.
+
+    Returns:
+        A new config; ``config`` itself is unchanged.
+
+    Raises:
+        ConfigError: One ``"--flag: message"`` line per bad value.
+    """
+    problems: list[str] = []
+    if host is not None:
+        _flag("--host", host, rules.host, problems)
+    if internal_port is not None:
+        _flag("--internal-port", internal_port, rules.listen_port, problems)
+    if external_port is not None:
+        _flag("--external-port", external_port, rules.listen_port, problems)
+    if problems:
+        raise ConfigError(problems)
+    internal, external = config.internal, config.external
+    if internal_port is not None:
+        internal = attrs.evolve(internal, port=internal_port)
+    if external_port is not None:
+        external = attrs.evolve(external, port=external_port)
+    return attrs.evolve(
+        config,
+        host=config.host if host is None else host,
+        internal=internal,
+        external=external,
+    )
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    if target.startswith("["):
+        address, bracket, rest = target[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise InvalidValue(f"{_ROUTE_FORMAT} (an IPv6 address as [ADDRESS]:PORT)")
+        if not rules.is_ip_literal(address):
+            raise InvalidValue(
+                f"expected an IP address in brackets, got {rules.show(address)}", at="value"
+            )
+        return address, rest[1:]
+    host, colon, port = target.rpartition(":")
+    if not colon or not host:
+        raise InvalidValue(_ROUTE_FORMAT)
+    if ":" in host:
+        raise InvalidValue(f"{_ROUTE_FORMAT} (put an IPv6 address in brackets: NAME=[::1]:PORT)")
+    return host, port
+
+
+def parse_route_flag(flag: str) -> Route:
+    """Turn one ``--route NAME=HOST:PORT`` into a route.
+
+    The type is inferred: an IP literal (IPv6 in brackets) makes an "ip" route,
+    anything else a "cname" route.
+
+    Args:
+        flag: The flag's value, e.g. ``"app=127.0.0.1:3000"`` or ``"v6=[::1]:3000"``.
+
+    Returns:
+        The route, its name lower-cased.
+
+    Raises:
+        ConfigError: One ``"--route FLAG: message"`` line per problem.
+    """
+    try:
+        name, equals, target = flag.partition("=")
+        if not equals or not name or not target:
+            raise InvalidValue(_ROUTE_FORMAT)
+        host, port_text = _split_target(target)
+        digits = port_text.isascii() and port_text.isdigit()
+        port = _route_port(int(port_text) if digits else port_text)
+        route_type = RouteType.IP if rules.is_ip_literal(host) else RouteType.CNAME
+        return Route(name=name, value=host, port=port, type=route_type)
+    except (InvalidValue, FieldError) as exc:
+        lines = [f"--route {flag}: {_prefixed(at, message)}" for at, message in exc.entries]
+        raise ConfigError(lines) from None
+
+
+def _prefixed(key: str, message: str) -> str:
+    return f"{key}: {message}" if key else message
+
+
+def _route_port(value: object) -> int:
+    try:
+        return rules.route_port(value)
+    except InvalidValue as exc:
+        raise InvalidValue(exc.entries[0][1], at="port") from None
+
+
+def _merge_routes(file_routes: Sequence[Route], flag_routes: Sequence[Route]) -> tuple[Route, ...]:
+    by_name = {route.name: route for route in flag_routes}
+    merged = [by_name.pop(route.name, route) for route in file_routes]
+    return (*merged, *by_name.values())
+
+
+def with_agent_overrides(
+    config: AgentConfig,
+    *,
+    server_url: str | None = None,
+    client_id: str | None = None,
+    routes: Sequence[str] = (),
+) -> AgentConfig:
+    """Apply ``pvtunnel agent`` flags; None or empty leaves the file's value.
+
+    Args:
+        config: The loaded configuration.
+        server_url: ``--server``: replaces every URL from the file.
+        client_id: ``--client-id``.
+        routes: ``--route NAME=HOST:PORT`` values. A flag route replaces the file's
+            route of the same name (in place); new names are appended.
+
+    Returns:
+        A new config; ``config`` itself is unchanged. It may still lack what
+        ``AgentConfig.validate_runnable`` reports.
+
+    Raises:
+        ConfigError: One line per bad flag, including a name given twice.
+    """
+    problems: list[str] = []
+    if server_url is not None:
+        _flag("--server", server_url, rules.server_url, problems)
+    if client_id is not None:
+        _flag("--client-id", client_id, rules.client_id, problems)
+    flag_routes: dict[str, Route] = {}
+    for flag in routes:
+        try:
+            route = parse_route_flag(flag)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if route.name in flag_routes:
+            problems.append(f"--route {flag}: route name {rules.show(route.name)} given twice")
+        flag_routes[route.name] = route
+    if problems:
+        raise ConfigError(problems)
+    server = config.server
+    if server_url is not None:
+        server = attrs.evolve(server, urls=(rules.server_url(server_url),))
+    return attrs.evolve(
+        config,
+        client_id=config.client_id if client_id is None else client_id,
+        server=server,
+        routes=_merge_routes(config.routes, tuple(flag_routes.values())),
+    )

@@ -1,0 +1,448 @@
+"""The checks behind every configuration value, shared by files, flags and code.
+
+A rule is a function from a raw value (whatever TOML, a flag or a caller handed
+over) to the finished value, raising ``InvalidValue`` with a message written to
+follow ``"<file>: <key.path>: "``. One function serves three callers, so a port
+means the same thing everywhere: the cattrs converter uses it as the field's
+structure hook (every bad field is reported, each with its own key path), attrs
+runs it as the field's validator (so objects built in code or by ``attrs.evolve``
+cannot skip it), and the flag parsers call it directly.
+
+Messages quote what the user wrote (``got "80a"``) except for tokens, which are
+never echoed anywhere.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import attrs
+
+from pvtunnel._errors import ConfigError
+
+from .secret import Secret
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+T = TypeVar("T")
+
+MAX_INT32: Final = 2**31 - 1
+MAX_HOST_NAME_LENGTH: Final = 253
+MAX_CLIENT_ID_LENGTH: Final = 255
+_MAX_SHOWN_CHARS: Final = 80
+
+# RFC 1123 labels; route *targets* also accept "_" because Docker and Kubernetes
+# service names may carry one and resolve fine, while route *names* travel in Host
+# headers, where browsers reject it. re.ASCII: with IGNORECASE alone, [a-z] also
+# matches the Kelvin sign and the long s, which cannot be encoded into a Host header.
+_LABEL: Final = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_TARGET_LABEL: Final = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOST_NAME: Final = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.IGNORECASE | re.ASCII)
+_TARGET_NAME: Final = re.compile(
+    rf"{_TARGET_LABEL}(?:\.{_TARGET_LABEL})*", re.IGNORECASE | re.ASCII
+)
+_PORT_DIGITS: Final = re.compile(r"[0-9]{1,5}")
+# A fixed Host header value goes out verbatim: keep it to what a host[:port] can hold,
+# so no configuration can smuggle whitespace or line breaks into a request head.
+_HOST_HEADER_VALUE: Final = re.compile(r"[A-Za-z0-9._~:\[\]-]+")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class InvalidValue(ValueError):
+    """A raw value broke a rule; ``entries`` pairs a sub-path with a message.
+
+    The sub-path is relative to the value ("" for the value itself, "[2]" for an
+    array element), so whoever knows where the value sits can prefix it.
+    """
+
+    def __init__(self, message: str, *, at: str = "") -> None:
+        super().__init__(message)
+        self.entries: tuple[tuple[str, str], ...] = ((at, message),)
+
+    @classmethod
+    def many(cls, entries: Sequence[tuple[str, str]]) -> InvalidValue:
+        """Bundle several problems so an array reports every bad element at once."""
+        error = cls(entries[0][1], at=entries[0][0])
+        error.entries = tuple(entries)
+        return error
+
+
+class FieldError(ConfigError):
+    """An attrs config object was built with a value that breaks its rule.
+
+    Raised from validators and ``__attrs_post_init__``, so code that builds configs
+    directly gets the same ``ConfigError`` lines as the loaders. ``entries`` hold
+    paths relative to the object, which the loader prefixes with the table's path.
+    """
+
+    def __init__(self, owner: str, entries: Sequence[tuple[str, str]]) -> None:
+        super().__init__([f"{owner}.{path}: {message}" for path, message in entries])
+        self.entries = tuple(entries)
+
+
+@attrs.frozen
+class Rule(Generic[T]):
+    """An attrs validator that runs ``parse``; the converter also uses ``parse`` as hook."""
+
+    parse: Callable[[object], T]
+
+    def __call__(self, instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        try:
+            self.parse(value)
+        except InvalidValue as exc:
+            entries = [(join_path(attribute.name, at), message) for at, message in exc.entries]
+            raise FieldError(type(instance).__name__, entries) from None
+
+
+def join_path(base: str, sub: str) -> str:
+    """Append a key or an index (``"[3]"``) to a dotted key path."""
+    if not sub:
+        return base
+    if not base or sub.startswith("["):
+        return base + sub
+    return f"{base}.{sub}"
+
+
+def show(value: object) -> str:
+    """Render a user's value in TOML spelling, short enough for a one-line message."""
+    if isinstance(value, str):
+        text = value if len(value) <= _MAX_SHOWN_CHARS else value[:_MAX_SHOWN_CHARS] + "..."
+        return json.dumps(text, ensure_ascii=False)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return f"a {type(value).__name__}"
+
+
+def describe(value: object) -> str:
+    """Name a value's TOML type without quoting it, for values that may be secret."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a float"
+    return show(value)  # arrays, tables and dates, which show() never quotes
+
+
+def is_ip_literal(text: str) -> bool:
+    """Whether ``text`` is an IPv4 or IPv6 address (no brackets, no port)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_host_name(text: str) -> bool:
+    """Whether ``text`` is an RFC 1123 host name (what a Host header may carry)."""
+    return len(text) <= MAX_HOST_NAME_LENGTH and _HOST_NAME.fullmatch(text) is not None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` keeps a listener on this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def integer(low: int, high: int) -> Callable[[object], int]:
+    """Build the rule for an integer in ``low..high``; strings like "80" are refused."""
+
+    def parse(value: object) -> int:
+        # TOML booleans are Python ints: `port = true` must not mean port 1.
+        if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
+            return value
+        raise InvalidValue(f"expected an integer from {low} to {high}, got {show(value)}")
+
+    return parse
+
+
+listen_port = integer(0, 65535)
+"""A port to listen on; 0 asks the OS for any free port (SPEC section 3)."""
+
+route_port = integer(1, 65535)
+"""A port to connect to: 0 is never a real destination."""
+
+
+def seconds(value: object) -> float:
+    """A duration in seconds: positive and finite (``inf`` and ``nan`` are valid TOML)."""
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    ):
+        return float(value)
+    raise InvalidValue(f"expected a finite number of seconds greater than 0, got {show(value)}")
+
+
+def string(value: object, what: str) -> str:
+    """Narrow ``value`` to ``str`` or explain what was expected instead."""
+    if not isinstance(value, str):
+        raise InvalidValue(f"expected {what}, got {show(value)}")
+    return value
+
+
+def host(value: object) -> str:
+    """A bind address: an IP literal or a host name."""
+    text = string(value, "a host name or IP address")
+    if not (is_ip_literal(text) or is_host_name(text)):
+        raise InvalidValue(f"expected a host name or IP address, got {show(value)}")
+    return text
+
+
+def domain(value: object) -> str | None:
+    """The optional base domain for subdomain routing, lower-cased."""
+    if value is None:
+        return None
+    text = string(value, "a domain name")
+    if not is_host_name(text) or is_ip_literal(text):
+        raise InvalidValue(f"expected a domain name such as tunnel.example.com, got {show(value)}")
+    return text.lower()
+
+
+def client_id(value: object) -> str:
+    """An agent's name in logs and /status: printable, no spaces, at most 255 characters."""
+    text = string(value, "a string")
+    if not text:
+        raise InvalidValue("must not be empty")
+    if (
+        len(text) > MAX_CLIENT_ID_LENGTH
+        or not text.isprintable()
+        or any(char.isspace() for char in text)
+    ):
+        raise InvalidValue(
+            f"expected at most {MAX_CLIENT_ID_LENGTH} printable characters without spaces, "
+            f"got {show(value)}"
+        )
+    return text
+
+
+def token_text(text: str) -> str | None:
+    """Return why ``text`` cannot be a token, or None; never mentions the text itself."""
+    if not text:
+        return "must not be empty"
+    # Tokens travel in Authorization headers: anything outside visible ASCII would
+    # corrupt the request head or be mangled on the way.
+    if not all("!" <= char <= "~" for char in text):
+        return "must be printable ASCII without spaces (it is sent in an HTTP header)"
+    return None
+
+
+def secret(value: object) -> Secret:
+    """A token given inline; the message never repeats the value."""
+    if isinstance(value, Secret):
+        text = value.reveal()
+    elif isinstance(value, str):
+        text = value
+    else:
+        raise InvalidValue("expected a string")
+    problem = token_text(text)
+    if problem is not None:
+        raise InvalidValue(problem)
+    return value if isinstance(value, Secret) else Secret(text)
+
+
+def optional(parse: Callable[[object], T]) -> Callable[[object], T | None]:
+    """Let None (an absent key) through ``parse``."""
+
+    def parse_optional(value: object) -> T | None:
+        return None if value is None else parse(value)
+
+    return parse_optional
+
+
+optional_secret = optional(secret)
+
+
+def path(value: object) -> Path:
+    """A file path; the loader has already made relative ones relative to the file."""
+    if isinstance(value, Path):
+        return value
+    text = string(value, "a file path")
+    if not text:
+        raise InvalidValue("expected a file path, got an empty string")
+    return Path(text)
+
+
+optional_path = optional(path)
+
+
+def array(item: Callable[[object], T], what: str) -> Callable[[object], tuple[T, ...]]:
+    """Build the rule for an array whose every element obeys ``item``.
+
+    All bad elements are reported, each at its own index.
+    """
+
+    def parse(value: object) -> tuple[T, ...]:
+        if not isinstance(value, list | tuple):
+            raise InvalidValue(f"expected an array of {what}, got {show(value)}")
+        items: list[T] = []
+        problems: list[tuple[str, str]] = []
+        for index, element in enumerate(value):
+            try:
+                items.append(item(element))
+            except InvalidValue as exc:
+                problems.extend((join_path(f"[{index}]", at), msg) for at, msg in exc.entries)
+        if problems:
+            raise InvalidValue.many(problems)
+        return tuple(items)
+
+    return parse
+
+
+def network(value: object) -> Network:
+    """A whitelist entry: an address or a CIDR range without host bits."""
+    text = string(value, "an IP address or CIDR range")
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise InvalidValue(f"expected an IP address or CIDR range, got {show(value)}") from None
+    # Silently widening "10.0.0.1/8" would let in more clients than the user may think.
+    raise InvalidValue(f"{show(value)} has host bits set; write the network, {show(str(loose))}")
+
+
+def whitelist_entry(value: object) -> str:
+    """Keep the entry as written (for messages and /status) once it parses."""
+    network(value)
+    assert isinstance(value, str)
+    return value
+
+
+whitelist = array(whitelist_entry, "IP addresses or CIDR ranges")
+
+
+def route_name(value: object) -> str:
+    """A route alias: a host name, optionally with ":port", lower-cased for matching."""
+    text = string(value, "a route name")
+    # ASCII before lower(): "\u212a".lower() is "k", a name the user never wrote.
+    name, colon, port = text.lower().partition(":")
+    if (
+        not text.isascii()
+        or not is_host_name(name)
+        or (colon and not (_PORT_DIGITS.fullmatch(port) and 1 <= int(port) <= 65535))
+    ):
+        raise InvalidValue(
+            "expected a route name (letters, digits, '-' and '.', optionally ':port'), "
+            f"got {show(value)}"
+        )
+    return text.lower()
+
+
+def route_target(value: object) -> str:
+    """Where a route leads: a host name or an IP literal (IPv6 without brackets)."""
+    text = string(value, "a host name or IP address")
+    if text.startswith("[") and text.endswith("]") and is_ip_literal(text[1:-1]):
+        text = text[1:-1]
+    if is_ip_literal(text):
+        return text
+    if len(text) > MAX_HOST_NAME_LENGTH or _TARGET_NAME.fullmatch(text) is None:
+        raise InvalidValue(f"expected a host name or IP address, got {show(value)}")
+    return text
+
+
+def host_header(value: object) -> str:
+    """``preserve``, ``rewrite`` or a fixed Host value that is safe to send verbatim."""
+    text = string(value, '"preserve", "rewrite" or a fixed host name')
+    if _HOST_HEADER_VALUE.fullmatch(text) is None:
+        raise InvalidValue(
+            f'expected "preserve", "rewrite" or a fixed host[:port], got {show(value)}'
+        )
+    return text
+
+
+def scope_pattern(value: object) -> str:
+    """A scoped token's claim: "*", "*.suffix" or an exact route name."""
+    text = string(value, "a route name pattern")
+    if not text.isascii():
+        raise InvalidValue(f'expected a route name, "*.domain" or "*", got {show(value)}')
+    text = text.lower()
+    if text == "*":
+        return text
+    exact = text[2:] if text.startswith("*.") else text
+    try:
+        route_name(exact)
+    except InvalidValue:
+        raise InvalidValue(f'expected a route name, "*.domain" or "*", got {show(value)}') from None
+    return text
+
+
+def scope_patterns(value: object) -> tuple[str, ...]:
+    """At least one pattern: a token that may claim nothing is a mistake."""
+    patterns = array(scope_pattern, "route name patterns")(value)
+    if not patterns:
+        raise InvalidValue('expected at least one route name pattern, such as "*.example.com"')
+    return patterns
+
+
+def server_url(value: object) -> str:
+    """Normalise one server address to a ws:// or wss:// URL.
+
+    A bare "host:port" (the seed's form) means ws://. Credentials in the URL are
+    refused without echoing it: the token has its own keys so it stays out of argv
+    and logs.
+    """
+    text = string(value, "a ws:// or wss:// URL")
+    url = text if "://" in text else f"ws://{text}"
+    authority = url.partition("://")[2].partition("/")[0]
+    if "@" in authority:
+        # Checked before anything that would quote the URL back.
+        raise InvalidValue("credentials in the URL are not allowed: set token or token_file")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise InvalidValue(f"expected a ws:// or wss:// URL, got {show(value)}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("ws", "wss"):
+        raise InvalidValue(f"expected a ws:// or wss:// URL, got {show(value)}")
+    hostname = parts.hostname or ""
+    if not (is_ip_literal(hostname) or is_host_name(hostname)):
+        raise InvalidValue(f"expected a URL with a host name or IP address, got {show(value)}")
+    if port == 0 or parts.fragment or any(char.isspace() for char in url):
+        raise InvalidValue(f"expected a ws:// or wss:// URL, got {show(value)}")
+    return f"{scheme}{url[len(parts.scheme) :]}"
+
+
+def server_urls(value: object) -> tuple[str, ...]:
+    """One URL or an array of them (one connection per server, SPEC section 7)."""
+    if isinstance(value, str):
+        urls: tuple[str, ...] = (server_url(value),)
+    elif isinstance(value, list | tuple):
+        urls = _url_array(value)
+    else:
+        raise InvalidValue(f"expected a ws:// or wss:// URL or an array of them, got {show(value)}")
+    for index, url in enumerate(urls):
+        if url in urls[:index]:
+            raise InvalidValue(f"duplicate server URL {show(url)}", at=f"[{index}]")
+    return urls
+
+
+_url_array = array(server_url, "ws:// or wss:// URLs")

@@ -1,0 +1,1 @@
+"""Pure HTTP decisions: routing, header rewriting, error responses (no trio)."""

@@ -1,0 +1,106 @@
+"""Header rewriting on the way through the tunnel (RFC 9110 section 7.6).
+
+Hop-by-hop fields belong to one connection, so each hop removes them: the fixed
+set below plus every field the Connection header names. Framing is re-derived at
+each hop: Content-Length when the length is known, otherwise the next hop's h11
+frames the body as chunked.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from pvtunnel._wire.heads import Headers
+
+HOP_BY_HOP: Final = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+VIA: Final = b"1.1 pvtunnel"
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    return frozenset(tokens)
+
+
+def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Drop hop-by-hop fields; names must already be lower-case (as h11 gives them)."""
+    items = list(headers)
+    named = _connection_tokens(items)
+    if named:
+        return [(n, v) for n, v in items if n not in HOP_BY_HOP and n not in named]
+    return [(n, v) for n, v in items if n not in HOP_BY_HOP]
+
+
+def _append(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:
+    """Append to an existing comma-separated field, or add it."""
+    for index, (existing, old) in enumerate(headers):
+        if existing == name:
+            headers[index] = (name, old + b", " + value)
+            return
+    headers.append((name, value))
+
+
+def request_headers(
+    headers: Iterable[tuple[bytes, bytes]],
+    *,
+    client_address: str,
+    host: bytes | None,
+    proto: bytes,
+    is_chunked: bool,
+) -> Headers:
+    """Headers the agent replays upstream: end-to-end ones plus X-Forwarded-* and Via.
+
+    ``host`` replaces the client's Host (the authority of an absolute-form target);
+    ``is_chunked`` asks the next hop to frame a body of unknown length as chunked.
+    """
+    result = end_to_end(headers)
+    if host is not None:
+        result = [(n, v) for n, v in result if n != b"host"]
+        result.insert(0, (b"host", host))
+    original_host = next((v for n, v in result if n == b"host"), None)
+    _append(result, b"x-forwarded-for", client_address.encode("ascii"))
+    if original_host is not None:
+        result = [(n, v) for n, v in result if n != b"x-forwarded-host"]
+        result.append((b"x-forwarded-host", original_host))
+    result = [(n, v) for n, v in result if n != b"x-forwarded-proto"]
+    result.append((b"x-forwarded-proto", proto))
+    _append(result, b"via", VIA)
+    if is_chunked:
+        result.append((b"transfer-encoding", b"chunked"))
+    return tuple(result)
+
+
+def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Headers sent back to the client: end-to-end ones plus Via."""
+    result = end_to_end(headers)
+    _append(result, b"via", VIA)
+    return result
+
+
+def is_chunked(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a parsed message (h11 already validated it) uses chunked framing."""
+    return any(n == b"transfer-encoding" for n, _ in headers)
+
+
+def content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)
+    return None

@@ -1,0 +1,110 @@
+"""Which route a request is for, and which agent serves it (SPEC section 4, "Routing").
+
+The route key is the request target's authority in absolute form (proxy mode),
+else the Host header. Names match case-insensitively: first ``host:port`` whole,
+then the host without its port, then ``<name>.<domain>`` when a domain is set.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+_ABSOLUTE_PREFIXES = (b"http://", b"https://")
+
+
+class Session(Protocol):
+    """What the router needs of an agent session: how busy it is."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+
+SessionT = TypeVar("SessionT", bound=Session)
+
+
+def split_target(target: bytes) -> tuple[bytes | None, bytes]:
+    """Split an absolute-form target into (authority, origin-form target).
+
+    Returns ``(None, target)`` for origin-form (and asterisk-form) targets. RFC 9112
+    section 3.2.2: a proxy forwards the origin form and takes Host from the
+    authority, ignoring any Host header the client sent.
+    """
+    lowered = target[:8].lower()
+    for prefix in _ABSOLUTE_PREFIXES:
+        if lowered.startswith(prefix):
+            rest = target[len(prefix) :]
+            cut = len(rest)
+            for mark in (b"/", b"?", b"#"):
+                found = rest.find(mark)
+                if found != -1 and found < cut:
+                    cut = found
+            authority = rest[:cut]
+            if b"@" in authority:  # userinfo is never part of the route
+                authority = authority.rsplit(b"@", 1)[1]
+            path = rest[cut:]
+            if not path.startswith(b"/"):
+                path = b"/" + path
+            return authority, path
+    return None, target
+
+
+def strip_port(authority: str) -> str:
+    """``host:port`` -> ``host``; keeps IPv6 literals whole (``[::1]:80`` -> ``[::1]``)."""
+    if authority.startswith("["):
+        end = authority.find("]")
+        return authority[: end + 1] if end != -1 else authority
+    host, sep, port = authority.rpartition(":")
+    return host if sep and port.isdigit() else authority
+
+
+class Router(Generic[SessionT]):
+    """Route names to the agent sessions that serve them; least in-flight wins.
+
+    A session removed with `remove` is never chosen again, which is what keeps a
+    request from going to an agent that has left.
+    """
+
+    def __init__(self, *, domain: str | None = None) -> None:
+        self._domain_suffix = "." + domain.lower().strip(".") if domain else None
+        self._routes: dict[str, list[SessionT]] = {}
+
+    def add(self, session: SessionT, names: Iterable[str]) -> None:
+        for name in names:
+            sessions = self._routes.setdefault(name.lower(), [])
+            if session not in sessions:
+                sessions.append(session)
+
+    def remove(self, session: SessionT) -> None:
+        for name in [n for n, sessions in self._routes.items() if session in sessions]:
+            sessions = self._routes[name]
+            sessions.remove(session)
+            if not sessions:
+                del self._routes[name]
+
+    def names(self) -> dict[str, tuple[SessionT, ...]]:
+        return {name: tuple(sessions) for name, sessions in self._routes.items()}
+
+    def lookup(self, authority: str) -> tuple[str, SessionT] | None:
+        """The matched route name and the least busy session serving it, or None."""
+        routes = self._routes
+        key = authority.lower()
+        sessions = routes.get(key)
+        if sessions is None:
+            key = strip_port(key)
+            sessions = routes.get(key)
+            suffix = self._domain_suffix
+            if sessions is None and suffix is not None and key.endswith(suffix):
+                key = key[: -len(suffix)]
+                sessions = routes.get(key)
+            if sessions is None:
+                return None
+        if len(sessions) == 1:
+            return key, sessions[0]
+        return key, min(sessions, key=_in_flight)
+
+
+def _in_flight(session: Session) -> int:
+    return session.in_flight

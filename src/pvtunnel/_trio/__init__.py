@@ -1,0 +1,1 @@
+"""The Trio layer: tasks, sockets and WebSockets around the pure core."""

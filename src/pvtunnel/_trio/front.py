@@ -1,0 +1,344 @@
+"""The external port: HTTP/1.1 clients in, one tunnel stream per request out.
+
+One task per client connection, one h11 connection in it. Time limits use a
+single cancel scope per client connection whose deadline moves with the phase
+(waiting for a head, waiting for the upstream's response), which costs far less
+than a scope per request (PERF-NOTES.md). What the deadline meant when it fired
+is read from ``phase``.
+
+Failure rules (SPEC section 4): before the response head goes out, a failure
+becomes a short text/plain error response; after it, the client connection is
+closed so the client sees a truncated body, never a spliced one.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from typing import TYPE_CHECKING, Final
+
+import h11
+import trio
+
+from pvtunnel._errors import ErrorCode, TunnelClosedError
+from pvtunnel._http import headers as hdr
+from pvtunnel._http.access import PROXY_AUTHENTICATE, presented_token
+from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
+from pvtunnel._http.routing import split_target
+from pvtunnel._trio.http11 import BROKEN, H11Stream
+from pvtunnel._trio.tunnel import END, Channel, StreamResetError, first_error
+from pvtunnel._wire.heads import RequestHead, ResponseHead
+
+if TYPE_CHECKING:
+    from pvtunnel._trio.server import ServerState
+
+logger = logging.getLogger("pvtunnel.access")
+
+
+class Phase(enum.Enum):
+    HEAD = "head"  # waiting for (the rest of) a request head
+    PROXYING = "proxying"
+    RESPONSE = "response"  # waiting for the upstream's response head
+
+
+class _ClientGone(Exception):
+    """The client connection broke or sent something unusable mid-request."""
+
+
+class ClientConnection:
+    """One client TCP connection: keep-alive loop, routing, relaying."""
+
+    def __init__(
+        self, stream: trio.abc.Stream, state: ServerState, address: str, proto: bytes
+    ) -> None:
+        self.stream = stream
+        self.state = state
+        self.address = address
+        self.proto = proto
+        self.conn = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=state.config.limits.max_request_head_bytes
+        )
+        self.http = H11Stream(self.conn, stream)
+        self.scope = trio.CancelScope()
+        self.phase = Phase.HEAD
+        self.client_error: Exception | None = None
+        # h11 caps only incomplete heads; a whole head that arrived at once is checked here.
+        self.max_head_bytes = state.config.limits.max_request_head_bytes
+
+    async def serve(self) -> None:
+        """Serve requests until the client leaves, breaks framing or times out."""
+        timeouts = self.state.config.timeouts
+        conn = self.conn
+        first = True
+        with self.scope:
+            while True:
+                self.phase = Phase.HEAD
+                self.http.received = 0
+                self.scope.deadline = trio.current_time() + (
+                    timeouts.request_head_s if first else timeouts.idle_s
+                )
+                first = False
+                try:
+                    event = await self.http.next_event()
+                except h11.RemoteProtocolError as exc:
+                    await self._send_error(exc.error_status_hint, "malformed request", close=True)
+                    return
+                if isinstance(event, h11.ConnectionClosed):
+                    return
+                assert isinstance(event, h11.Request), event
+                if (
+                    self.http.received > self.max_head_bytes
+                    and _head_size(event) > self.max_head_bytes
+                ):
+                    await self._send_error(431, "request head too large", close=True)
+                    return
+                self.scope.deadline = math.inf
+                self.phase = Phase.PROXYING
+                if not await self._proxy(event):
+                    return
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        if self.scope.cancelled_caught and self.phase is Phase.HEAD:
+            logger.debug("closing idle or slow client connection from %s", self.address)
+
+    async def _send_error(
+        self,
+        status: int,
+        detail: str,
+        *,
+        close: bool = False,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> None:
+        """A short text/plain answer, if the response has not started yet."""
+        if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        body = error_body(status, detail)
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", b"%d" % len(body)),
+            *extra,
+        ]
+        if close:
+            headers.append((b"connection", b"close"))
+        try:
+            await self.http.send(
+                h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
+            )
+            await self.http.send(h11.Data(data=body))
+            await self.http.send(h11.EndOfMessage())
+        except (*BROKEN, h11.LocalProtocolError):
+            return
+
+    async def _refuse(
+        self,
+        request: h11.Request,
+        status: int,
+        detail: str,
+        *,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+    ) -> bool:
+        """Answer without proxying; keep the connection if the request body is small."""
+        # Reading an unread body to keep the connection is not worth it: close instead.
+        has_body = hdr.is_chunked(request.headers) or (hdr.content_length(request.headers) or 0)
+        await self._send_error(status, detail, close=bool(has_body), extra=extra)
+        self.state.log_request(request, self.address, status, 0, None)
+        return not has_body
+
+    async def _proxy(self, request: h11.Request) -> bool:
+        """Proxy one request; False when the connection must be closed afterwards."""
+        state = self.state
+        config = state.config
+        chunked = hdr.is_chunked(request.headers)
+        has_body = chunked or bool(hdr.content_length(request.headers))
+        if not has_body:
+            # h11 still owes us the EndOfMessage of a bodiless request; it needs no I/O.
+            end = self.conn.next_event()
+            assert isinstance(end, h11.EndOfMessage), end
+        authority, origin_target = split_target(request.target)
+        host_override = authority
+        if authority is None:
+            authority = next((v for n, v in request.headers if n == b"host"), None)
+        if not authority:
+            return await self._refuse(request, 400, "the request names no host")
+        external_token = config.external.token
+        if external_token is not None:
+            presented = presented_token(request.headers)
+            if presented is None or not external_token.matches(presented):
+                return await self._refuse(
+                    request, 407, "proxy authentication required", extra=(PROXY_AUTHENTICATE,)
+                )
+        if state.draining:
+            return await self._refuse(request, 503, "the server is shutting down")
+        match = state.router.lookup(authority.decode("latin-1"))
+        if match is None:
+            return await self._refuse(request, 404, "no agent serves this host")
+        route, session = match
+        if session.in_flight >= config.limits.max_streams_per_agent:
+            return await self._refuse(request, 503, "the agent for this host is at its limit")
+        head = RequestHead(
+            route=route,
+            method=request.method,
+            target=origin_target,
+            headers=hdr.request_headers(
+                request.headers,
+                client_address=self.address,
+                host=host_override,
+                proto=self.proto,
+                is_chunked=chunked,
+            ),
+        )
+        try:
+            channel = session.tunnel.open_stream(head, end_stream=not has_body)
+        except TunnelClosedError:
+            return await self._refuse(request, 502, "the agent for this host went away")
+        state.stream_started(session)
+        try:
+            if not has_body:
+                return await self._relay_response(channel, request, session.client_id)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._pump_request_body, channel)
+                    keep = await self._relay_response(channel, request, session.client_id)
+                    nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
+            return keep and self.client_error is None
+        finally:
+            session.tunnel.forget(channel.stream_id)
+            if channel.failure is None and session.tunnel.mux.is_stream_open(channel.stream_id):
+                channel.reset(ErrorCode.CANCEL, "client request ended")
+            state.stream_finished(session)
+
+    async def _pump_request_body(self, channel: Channel) -> None:
+        """Client body -> stream. A broken client resets the stream."""
+        try:
+            while True:
+                event = await self.http.next_event()
+                if isinstance(event, h11.Data):
+                    await channel.send_data(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    channel.end()
+                    return
+                else:
+                    raise _ClientGone(f"unexpected {type(event).__name__} in request body")
+        except (h11.RemoteProtocolError, _ClientGone, *BROKEN) as exc:
+            self.client_error = exc
+            channel.reset(ErrorCode.CANCEL, "client request body broke off")
+        except TunnelClosedError:
+            return  # the response side reports it
+
+    async def _relay_response(self, channel: Channel, request: h11.Request, agent: str) -> bool:
+        """Stream -> client. False when the client connection must be closed."""
+        started = trio.current_time()
+        self.phase = Phase.RESPONSE
+        self.scope.deadline = started + self.state.config.timeouts.upstream_response_s
+        try:
+            head = await self._receive_final_head(channel)
+            self.scope.deadline = math.inf
+            self.phase = Phase.PROXYING
+        except StreamResetError as exc:
+            if self.client_error is not None:
+                await self._send_error(400, "malformed request body", close=True)
+                return False
+            status = status_for_reset(exc.code)
+            await self._send_error(status, _RESET_DETAIL.get(status, "upstream failed"))
+            self.state.log_request(request, self.address, status, 0, agent, started)
+            return True
+        except TunnelClosedError:
+            await self._send_error(502, "the agent went away before answering")
+            self.state.log_request(request, self.address, 502, 0, agent, started)
+            return True
+        sent = 0
+        try:
+            await self.http.send(
+                h11.Response(
+                    status_code=head.status,
+                    headers=hdr.response_headers(head.headers),
+                    reason=head.reason,
+                )
+            )
+            while True:
+                item = await channel.receive()
+                if item is END:
+                    await self.http.send(h11.EndOfMessage())
+                    break
+                assert isinstance(item, bytes)
+                await self.http.send(h11.Data(data=item))
+                sent += len(item)
+                channel.consume(len(item))
+        except (TunnelClosedError, h11.LocalProtocolError, *BROKEN) as exc:
+            logger.info("response to %s aborted after %d body bytes: %s", self.address, sent, exc)
+            self.state.log_request(request, self.address, head.status, sent, agent, started)
+            return False
+        self.state.log_request(request, self.address, head.status, sent, agent, started)
+        return True
+
+    async def _receive_final_head(self, channel: Channel) -> ResponseHead:
+        while True:
+            item = await channel.receive()
+            if not isinstance(item, ResponseHead):
+                raise StreamResetError(ErrorCode.UPSTREAM_PROTOCOL_ERROR, "no response head")
+            if not item.is_informational:
+                return item
+            if item.status == 100 and not self.conn.they_are_waiting_for_100_continue:
+                continue
+            await self.http.send(
+                h11.InformationalResponse(
+                    status_code=item.status,
+                    headers=hdr.response_headers(item.headers),
+                    reason=item.reason,
+                )
+            )
+
+
+_RESET_DETAIL: Final = {
+    502: "the agent could not reach the upstream service",
+    503: "the agent refused the request (at its limit or leaving)",
+    504: "the upstream service took too long",
+    404: "the agent does not serve this host",
+}
+
+
+async def handle_client(
+    stream: trio.abc.Stream, state: ServerState, *, proto: bytes = b"http"
+) -> None:
+    """Serve one client connection; never raises for client misbehaviour."""
+    address = _peer_address(stream)
+    client = ClientConnection(stream, state, address, proto)
+    try:
+        if not state.config.external.allows(address):
+            await client._send_error(403, "your address may not use this tunnel", close=True)
+            return
+        await client.serve()
+        if client.scope.cancelled_caught and client.phase is Phase.RESPONSE:
+            await client._send_error(504, "the upstream service took too long", close=True)
+    except BROKEN:
+        pass
+    except Exception:
+        # Boundary: one client connection's failure must not reach the listener.
+        logger.exception("internal error serving %s", address)
+        await client._send_error(500, "internal error", close=True)
+    finally:
+        with trio.move_on_after(1, shield=True):
+            await stream.aclose()
+
+
+def _head_size(request: h11.Request) -> int:
+    """Bytes of the head as sent, near enough: request line plus ``name: value\r\n`` lines."""
+    size = len(request.method) + len(request.target) + 14
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
+def _peer_address(stream: trio.abc.Stream) -> str:
+    transport = stream
+    while isinstance(transport, trio.SSLStream):
+        transport = transport.transport_stream
+    if isinstance(transport, trio.SocketStream):
+        peer = transport.socket.getpeername()
+        if isinstance(peer, tuple):
+            return str(peer[0])
+    return "unknown"

@@ -1,0 +1,335 @@
+"""`pvtunnel serve`: the internal WebSocket listener for agents and the external HTTP port.
+
+`TunnelServer.serve` is startable: ``addresses = await nursery.start(server.serve)``
+returns once both listeners accept, and it runs until cancelled. `drain` is the
+graceful half of a shutdown: stop accepting, tell agents GOAWAY, and wait (up to
+the grace period) for in-flight requests to finish; cancel afterwards.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import ssl
+import time
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import trio
+import trio_websocket
+
+from pvtunnel._errors import ErrorCode, ProtocolError, RemoteProtocolError
+from pvtunnel._http.routing import Router
+from pvtunnel._trio.front import handle_client
+from pvtunnel._trio.tunnel import (
+    WEBSOCKET_MAX_MESSAGE,
+    WEBSOCKET_RECEIVE_BUFFER,
+    Tunnel,
+    close_websocket,
+)
+from pvtunnel._wire import events as ev
+from pvtunnel._wire.mux import Multiplexer, Role
+
+if TYPE_CHECKING:
+    import h11
+
+    from pvtunnel._config import ServerConfig
+
+logger = logging.getLogger("pvtunnel.server")
+access_logger = logging.getLogger("pvtunnel.access")
+
+_ROUTE_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.:[]*_")
+
+
+@attrs.frozen(kw_only=True)
+class ServerAddresses:
+    """Where a started server listens (real ports, also when port 0 was asked)."""
+
+    internal: tuple[str, int]
+    external: tuple[str, int]
+
+
+@attrs.define(eq=False)
+class AgentSession:
+    """One connected agent: what the router balances over."""
+
+    tunnel: Tunnel
+    client_id: str
+    address: str
+    routes: tuple[str, ...]
+    connected_at: float = attrs.field(factory=time.time)
+    requests: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return self.tunnel.in_flight
+
+
+class ServerState:
+    """What the client and agent handlers share."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.router: Router[AgentSession] = Router(domain=config.external.domain)
+        self.sessions: set[AgentSession] = set()
+        self.in_flight = 0
+        self.draining = False
+        self.idle = trio.Event()
+        self.idle.set()
+
+    def stream_started(self, session: AgentSession) -> None:
+        session.requests += 1
+        self.in_flight += 1
+        if self.in_flight == 1:
+            self.idle = trio.Event()
+
+    def stream_finished(self, session: AgentSession) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    def log_request(
+        self,
+        request: h11.Request,
+        address: str,
+        status: int,
+        size: int,
+        agent: str | None,
+        started: float | None = None,
+    ) -> None:
+        if not access_logger.isEnabledFor(logging.INFO):
+            return
+        host = next((v for n, v in request.headers if n == b"host"), b"-")
+        duration_ms = (trio.current_time() - started) * 1000 if started is not None else 0.0
+        access_logger.info(
+            "%s %s %s %s %d %dB %.1fms agent=%s",
+            address,
+            request.method.decode("latin-1"),
+            host.decode("latin-1"),
+            request.target.decode("latin-1"),
+            status,
+            size,
+            duration_ms,
+            agent or "-",
+        )
+
+
+class TunnelServer:
+    """The server side of pvtunnel, embeddable in any Trio program.
+
+    Args:
+        config: a finished `ServerConfig` (tokens resolved; see `load_server_config`).
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        if config.internal.token is None and not config.internal.tokens:
+            raise ValueError("the server needs an internal token for its agents")
+        self.config = config
+        self.state = ServerState(config)
+        self._listen_scope = trio.CancelScope()
+        self._draining = False
+
+    @property
+    def sessions(self) -> frozenset[AgentSession]:
+        return frozenset(self.state.sessions)
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[ServerAddresses] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen on both ports until cancelled (startable)."""
+        config = self.config
+        async with trio.open_nursery() as handlers:
+            async with trio.open_nursery() as listening:
+                self._listen_scope = listening.cancel_scope
+                ws_server = await listening.start(
+                    functools.partial(
+                        trio_websocket.serve_websocket,
+                        self._handle_agent,
+                        config.host,
+                        config.internal.port,
+                        _ssl_context(config.internal.tls_cert, config.internal.tls_key),
+                        handler_nursery=handlers,
+                        max_message_size=WEBSOCKET_MAX_MESSAGE,
+                        receive_buffer_size=WEBSOCKET_RECEIVE_BUFFER,
+                        connect_timeout=config.timeouts.handshake_s,
+                    )
+                )
+                listeners = await trio.open_tcp_listeners(config.external.port, host=config.host)
+                external = listeners[0].socket.getsockname()
+                ext_ssl = _ssl_context(config.external.tls_cert, config.external.tls_key)
+                handler = functools.partial(
+                    handle_client, state=self.state, proto=b"http" if ext_ssl is None else b"https"
+                )
+                if ext_ssl is None:
+                    await listening.start(
+                        functools.partial(
+                            trio.serve_listeners, handler, listeners, handler_nursery=handlers
+                        )
+                    )
+                else:
+                    secure = [
+                        trio.SSLListener(listener, ext_ssl, https_compatible=True)
+                        for listener in listeners
+                    ]
+                    await listening.start(
+                        functools.partial(
+                            trio.serve_listeners, handler, secure, handler_nursery=handlers
+                        )
+                    )
+                task_status.started(
+                    ServerAddresses(
+                        internal=_address(ws_server.listeners[0]),
+                        external=(external[0], external[1]),
+                    )
+                )
+            # Draining: no more listeners; connections finish until we are cancelled.
+            await trio.sleep_forever()
+
+    async def drain(self) -> None:
+        """Stop accepting, send GOAWAY to agents, wait for in-flight requests.
+
+        Returns once nothing is in flight or the grace period is over; the caller
+        then cancels `serve`. Keep-alive clients get no new requests proxied after
+        this: the agents have been told to go away and leave the router.
+        """
+        self._draining = True
+        self.state.draining = True
+        self._listen_scope.cancel()
+        for session in list(self.state.sessions):
+            self.state.router.remove(session)
+            session.tunnel.mux.goaway(ErrorCode.NO_ERROR, "server shutting down")
+            session.tunnel.wake_writer()
+        with trio.move_on_after(self.config.timeouts.grace_s):
+            await self.state.idle.wait()
+
+    async def _handle_agent(self, request: trio_websocket.WebSocketRequest) -> None:
+        config = self.config
+        address = (
+            request.remote.address if isinstance(request.remote, trio_websocket.Endpoint) else "?"
+        )
+        token = _bearer(request.headers)
+        scopes = self._token_scopes(token)
+        if scopes is None or self._draining:
+            logger.warning(
+                "agent connection from %s refused: %s",
+                address,
+                "server draining" if self._draining else "bad or missing token",
+            )
+            await request.reject(
+                503 if self._draining else 401,
+                body=b"server draining\n"
+                if self._draining
+                else b"401 Unauthorized: bad or missing agent token\n",
+            )
+            return
+        ws = await request.accept()
+        mux = Multiplexer(Role.SERVER, window=config.limits.stream_window_bytes)
+        tunnel = Tunnel(ws, mux, label=str(address))
+        try:
+            with trio.fail_after(config.timeouts.handshake_s):
+                hello = await _receive_hello(tunnel)
+            refused = _refusals(hello.routes, scopes)
+            accepted = tuple(
+                dict.fromkeys(r.lower() for r in hello.routes if r not in dict(refused))
+            )
+            mux.accept(refused=refused)
+            await tunnel.flush()
+        except (ProtocolError, trio.TooSlowError, trio_websocket.ConnectionClosed) as exc:
+            logger.warning("agent handshake from %s failed: %s", address, exc)
+            await tunnel.aclose("handshake failed")
+            return
+        session = AgentSession(
+            tunnel=tunnel, client_id=hello.client_id, address=str(address), routes=accepted
+        )
+        for name, reason in refused:
+            logger.warning("agent %s: route %r refused: %s", hello.client_id, name, reason)
+        self.state.sessions.add(session)
+        self.state.router.add(session, accepted)
+        logger.info(
+            "agent %s connected from %s with routes %s",
+            hello.client_id,
+            address,
+            ", ".join(accepted) or "(none)",
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._unroute_when_leaving, session)
+                await tunnel.run()
+                nursery.cancel_scope.cancel()
+        except* ProtocolError as group:
+            logger.warning("agent %s broke the protocol: %s", hello.client_id, group.exceptions[0])
+        finally:
+            self.state.router.remove(session)
+            self.state.sessions.discard(session)
+            logger.info("agent %s disconnected", hello.client_id)
+            await close_websocket(ws)
+
+    async def _unroute_when_leaving(self, session: AgentSession) -> None:
+        """An agent's GOAWAY: its in-flight requests finish, new ones go elsewhere."""
+        await session.tunnel.going_away.wait()
+        self.state.router.remove(session)
+
+    def _token_scopes(self, token: bytes | None) -> tuple[str, ...] | None:
+        """Route patterns the token may claim (("*",) = any), or None if it is no token."""
+        if token is None:
+            return None
+        internal = self.config.internal
+        if internal.token is not None and internal.token.matches(token):
+            return ("*",)
+        for scoped in internal.tokens:
+            if scoped.token.matches(token):
+                return scoped.routes
+        return None
+
+
+async def _receive_hello(tunnel: Tunnel) -> ev.HelloReceived:
+    message = await tunnel.ws.get_message()
+    if isinstance(message, str):
+        raise RemoteProtocolError("text WebSocket message on the tunnel")
+    events = tunnel.mux.receive_data(message)
+    if len(events) != 1 or not isinstance(events[0], ev.HelloReceived):
+        raise RemoteProtocolError("the first frame must be a lone HELLO")
+    return events[0]
+
+
+def _refusals(routes: tuple[str, ...], scopes: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    refused: list[tuple[str, str]] = []
+    for route in routes:
+        name = route.lower()
+        if not name or not _ROUTE_CHARS.issuperset(name) or len(name) > 253:
+            refused.append((route, "not a valid route name"))
+        elif not any(_covers(pattern, name) for pattern in scopes):
+            refused.append((route, "this agent's token does not cover that name"))
+    return tuple(refused)
+
+
+def _covers(pattern: str, name: str) -> bool:
+    pattern = pattern.lower()
+    if pattern == "*":
+        return True
+    if pattern.startswith("*."):
+        return name.endswith(pattern[1:]) and len(name) > len(pattern) - 1
+    return name == pattern
+
+
+def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
+    for name, value in headers:
+        if name.lower() == b"authorization":
+            scheme, _, token = value.strip().partition(b" ")
+            if scheme.lower() == b"bearer" and token.strip():
+                return token.strip()
+    return None
+
+
+def _ssl_context(cert: object, key: object) -> ssl.SSLContext | None:
+    if cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    return context
+
+
+def _address(listener: trio_websocket.Endpoint | str) -> tuple[str, int]:
+    if isinstance(listener, trio_websocket.Endpoint):
+        return (str(listener.address), listener.port)
+    return (str(listener), 0)

@@ -1,0 +1,418 @@
+"""One agent connection on either end: a WebSocket, a Multiplexer, and its streams.
+
+Thin by design: one reader task feeds WebSocket messages to the multiplexer and
+hands each event to its stream; one writer task drains the multiplexer into
+WebSocket messages. Everything that queues frames (any stream's task) only wakes
+the writer, so frames queued during one scheduling pass share one message, and
+writes are never concurrent.
+
+A stream's inbox cannot grow without bound: the peer may only send what the
+stream's credit window allows, and credit comes back only after `Channel.consume`
+has been called for bytes the stream's task has actually passed on.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final
+
+import trio
+import trio_websocket
+
+from pvtunnel._errors import (
+    ErrorCode,
+    ProtocolError,
+    RemoteProtocolError,
+    TunnelClosedError,
+)
+from pvtunnel._wire import events as ev
+from pvtunnel._wire.heads import RequestHead, ResponseHead
+from pvtunnel._wire.mux import Multiplexer, StreamClosedError
+
+if TYPE_CHECKING:
+    from pvtunnel._wire.frames import StreamId
+
+logger = logging.getLogger(__name__)
+
+# Messages around 64-256 KiB move fastest through wsproto (PERF-NOTES.md).
+MAX_MESSAGE_BYTES: Final = 256 * 1024
+WEBSOCKET_MAX_MESSAGE: Final = 4 * 1024 * 1024
+WEBSOCKET_RECEIVE_BUFFER: Final = 64 * 1024
+CLOSE_GRACE_S: Final = 2.0
+
+
+_CLOSED: Final = (
+    trio_websocket.ConnectionClosed,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+
+
+async def close_websocket(
+    ws: trio_websocket.WebSocketConnection, code: int = 1000, reason: str = ""
+) -> None:
+    """Close with a bounded handshake; at once if we are being cancelled.
+
+    Deliberately not shielded: trio-websocket's ``aclose`` closes the socket in a
+    ``finally`` when cancelled, so under cancellation this costs no wait at all,
+    where a shielded close would wait out the grace period for a peer that (in a
+    shutdown) is itself busy closing.
+    """
+    with trio.move_on_after(CLOSE_GRACE_S):
+        await ws.aclose(code, reason or None)
+
+
+class _End:
+    """Inbox marker: the peer finished its half of the stream."""
+
+
+END: Final = _End()
+
+InboxItem = bytes | ResponseHead | _End
+
+
+class Channel:
+    """The Trio side of one stream: an inbox of what the peer sent, and send helpers.
+
+    Items are `ResponseHead` (server side), body ``bytes``, and `END`. A reset or a
+    lost connection makes `receive` raise; a reset also cancels ``cancel_scope``
+    so whoever serves the stream stops at once.
+    """
+
+    __slots__ = (
+        "_credit_lot",
+        "_failure",
+        "_inbox",
+        "_lot",
+        "_tunnel",
+        "cancel_scope",
+        "stream_id",
+    )
+
+    def __init__(self, tunnel: Tunnel, stream_id: StreamId) -> None:
+        self._tunnel = tunnel
+        self.stream_id = stream_id
+        self._inbox: collections.deque[InboxItem] = collections.deque()
+        self._lot = trio.lowlevel.ParkingLot()
+        self._credit_lot = trio.lowlevel.ParkingLot()
+        self._failure: Exception | None = None
+        self.cancel_scope = trio.CancelScope()
+
+    @property
+    def failure(self) -> Exception | None:
+        """Why the stream stopped early (a `StreamResetError` or `TunnelClosedError`)."""
+        return self._failure
+
+    def _push(self, item: InboxItem) -> None:
+        self._inbox.append(item)
+        self._lot.unpark_all()
+
+    def _fail(self, failure: Exception) -> None:
+        if self._failure is None:
+            self._failure = failure
+        self._lot.unpark_all()
+        self._credit_lot.unpark_all()
+
+    def _credit_granted(self) -> None:
+        self._credit_lot.unpark_all()
+
+    async def receive(self) -> InboxItem:
+        """The next item from the peer.
+
+        Raises:
+            StreamResetError: the peer reset the stream.
+            TunnelClosedError: the connection is gone.
+        """
+        while not self._inbox:
+            if self._failure is not None:
+                raise self._failure
+            await self._lot.park()
+        return self._inbox.popleft()
+
+    def consume(self, size: int) -> None:
+        """Return ``size`` bytes of credit once they were passed on."""
+        tunnel = self._tunnel
+        tunnel.mux.acknowledge_data(self.stream_id, size)
+        tunnel.wake_writer()
+
+    async def send_data(self, data: bytes) -> None:
+        """Send body bytes, waiting for credit as needed.
+
+        Raises:
+            StreamResetError / TunnelClosedError: the stream or connection is gone.
+        """
+        tunnel = self._tunnel
+        mux = tunnel.mux
+        stream_id = self.stream_id
+        while data:
+            if self._failure is not None:
+                raise self._failure
+            credit = mux.send_credit(stream_id)
+            if credit == 0:
+                if not mux.is_stream_open(stream_id):
+                    raise StreamResetError(ErrorCode.CANCEL, "stream closed")
+                await self._credit_lot.park()
+                continue
+            if credit >= len(data):
+                chunk, data = data, b""
+            else:
+                chunk, data = data[:credit], data[credit:]
+            self._call(mux.send_data, stream_id, chunk)
+            tunnel.wake_writer()
+
+    def send_response(self, head: ResponseHead) -> None:
+        self._call(self._tunnel.mux.send_response, self.stream_id, head)
+        self._tunnel.wake_writer()
+
+    def end(self) -> None:
+        """Finish our half of the stream."""
+        self._call(self._tunnel.mux.end_stream, self.stream_id)
+        self._tunnel.wake_writer()
+
+    def reset(self, code: ErrorCode, reason: str = "") -> None:
+        """Abort the stream both ways; harmless when it already ended."""
+        tunnel = self._tunnel
+        tunnel.mux.reset_stream(self.stream_id, code, reason)
+        tunnel.forget(self.stream_id)
+        tunnel.wake_writer()
+        self._fail(StreamResetError(code, "reset here"))
+
+    def _call(self, method: Callable[..., None], *args: object) -> None:
+        if self._failure is not None:
+            raise self._failure
+        try:
+            method(*args)
+        except StreamClosedError:
+            raise StreamResetError(ErrorCode.CANCEL, "stream closed") from None
+
+
+class StreamResetError(TunnelClosedError):
+    """The peer reset this stream; ``code`` says why."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(f"stream reset: {code.name} {reason}".rstrip())
+        self.code = code
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The failure that made a two-task nursery give up, for callers that catch leaves.
+
+    A nursery wraps even a single failure in a group; the sibling it cancelled
+    adds only `trio.Cancelled`. Cancellation is level-triggered in Trio, so an
+    outer cancel is delivered again at the next checkpoint and is not lost.
+    """
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return first_error(exc)
+        if not isinstance(exc, trio.Cancelled):
+            return exc
+    return group
+
+
+StreamHandler = Callable[[Channel, RequestHead], Awaitable[None]]
+
+
+class Tunnel:
+    """An agent connection once the handshake is over; owns the channels of its streams.
+
+    Args:
+        ws: the open WebSocket.
+        mux: the multiplexer, past its handshake.
+        on_stream: agent side: called in a new task (inside ``channel.cancel_scope``)
+            for each request the server opens.
+        label: who is on the other end, for logs.
+    """
+
+    def __init__(
+        self,
+        ws: trio_websocket.WebSocketConnection,
+        mux: Multiplexer,
+        *,
+        on_stream: StreamHandler | None = None,
+        label: str = "",
+    ) -> None:
+        self.ws = ws
+        self.mux = mux
+        self.label = label
+        self._on_stream = on_stream
+        self._channels: dict[int, Channel] = {}
+        self._write_lot = trio.lowlevel.ParkingLot()
+        self._finished_lot = trio.lowlevel.ParkingLot()
+        self.closed: TunnelClosedError | None = None
+        self.going_away = trio.Event()
+        self.on_pong: Callable[[bytes], None] | None = None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._channels)
+
+    def wake_writer(self) -> None:
+        if self._write_lot:
+            self._write_lot.unpark_all()
+
+    def open_stream(self, head: RequestHead, *, end_stream: bool) -> Channel:
+        """Server: send a request head on a new stream.
+
+        Raises:
+            TunnelClosedError: the connection is closed or going away.
+        """
+        if self.closed is not None:
+            raise self.closed
+        if not self.mux.can_open_stream:
+            raise TunnelClosedError("agent connection is going away")
+        stream_id = self.mux.open_stream(head, end_stream=end_stream)
+        channel = Channel(self, stream_id)
+        self._channels[stream_id] = channel
+        self.wake_writer()
+        return channel
+
+    def forget(self, stream_id: StreamId) -> None:
+        """Drop a channel whose stream finished or was reset by us."""
+        if self._channels.pop(stream_id, None) is not None and self._finished_lot:
+            self._finished_lot.unpark_all()
+
+    async def wait_stream_finished(self) -> None:
+        """Wait until some stream finishes (or the connection closes)."""
+        if self.closed is None and self._channels:
+            await self._finished_lot.park()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Read and write until the connection ends; returns normally on a clean close.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol (the WebSocket is closed
+                with the reason first).
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                task_status.started()
+                await self._reader(nursery)
+                nursery.cancel_scope.cancel()
+        except* ProtocolError as group:
+            error = group.exceptions[0]
+            assert isinstance(error, ProtocolError)
+            self._close_all(TunnelClosedError(f"protocol error: {error}"))
+            await self._close_ws(1002, str(error)[:100])
+            raise
+        finally:
+            self._close_all(TunnelClosedError("agent connection closed"))
+
+    async def aclose(self, reason: str = "closing") -> None:
+        """Close the WebSocket; in-flight streams fail with `TunnelClosedError`."""
+        self._close_all(TunnelClosedError(reason))
+        await self._close_ws(1000, reason)
+
+    async def flush(self) -> None:
+        """Send whatever is queued now (used around the handshake and on shutdown)."""
+        data = self.mux.data_to_send()
+        if data:
+            await self.ws.send_message(data)
+
+    async def _close_ws(self, code: int, reason: str) -> None:
+        with contextlib.suppress(*_CLOSED):
+            await self.flush()
+        await close_websocket(self.ws, code, reason)
+
+    def _close_all(self, error: TunnelClosedError) -> None:
+        if self.closed is None:
+            self.closed = error
+        channels = list(self._channels.values())
+        self._channels.clear()
+        for channel in channels:
+            channel._fail(error)
+        self.going_away.set()
+        self._finished_lot.unpark_all()
+
+    async def _writer(self) -> None:
+        mux = self.mux
+        send = self.ws.send_message
+        try:
+            while True:
+                if not mux.has_data_to_send:
+                    await self._write_lot.park()
+                    continue
+                await send(mux.data_to_send(MAX_MESSAGE_BYTES))
+        except (
+            trio_websocket.ConnectionClosed,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+        ):
+            self._close_all(TunnelClosedError("agent connection lost while sending"))
+
+    async def _reader(self, nursery: trio.Nursery) -> None:
+        mux = self.mux
+        get_message = self.ws.get_message
+        while True:
+            try:
+                message = await get_message()
+            except trio_websocket.ConnectionClosed:
+                return
+            if isinstance(message, str):
+                raise RemoteProtocolError("text WebSocket message on the tunnel")
+            for event in mux.receive_data(message):
+                self._dispatch(event, nursery)
+            if mux.has_data_to_send:
+                self.wake_writer()
+
+    def _dispatch(self, event: ev.Event, nursery: trio.Nursery) -> None:
+        match event:
+            case ev.DataReceived():
+                channel = self._channels.get(event.stream_id)
+                if channel is not None:
+                    channel._push(event.data)
+                else:  # we dropped it (reset raced): give the credit back now
+                    self.mux.acknowledge_data(event.stream_id, len(event.data))
+            case ev.ResponseReceived():
+                channel = self._channels.get(event.stream_id)
+                if channel is not None:
+                    channel._push(event.head)
+            case ev.StreamEnded():
+                channel = self._channels.get(event.stream_id)
+                if channel is not None:
+                    channel._push(END)
+            case ev.StreamReset():
+                channel = self._channels.get(event.stream_id)
+                if channel is not None:
+                    self.forget(event.stream_id)
+                    channel._fail(StreamResetError(event.code, event.reason))
+                    channel.cancel_scope.cancel()
+            case ev.CreditGranted():
+                channel = self._channels.get(event.stream_id)
+                if channel is not None:
+                    channel._credit_granted()
+            case ev.StreamOpened():
+                self._start_stream(event, nursery)
+            case ev.PongReceived():
+                if self.on_pong is not None:
+                    self.on_pong(event.payload)
+            case ev.GoAwayReceived():
+                self.going_away.set()
+            case ev.PingReceived():
+                pass
+            case ev.HelloReceived() | ev.Accepted() | ev.Rejected():
+                raise RemoteProtocolError("handshake frame after the handshake")
+
+    def _start_stream(self, event: ev.StreamOpened, nursery: trio.Nursery) -> None:
+        handler = self._on_stream
+        if handler is None:
+            raise RemoteProtocolError("the agent may not open streams")
+        channel = Channel(self, event.stream_id)
+        self._channels[event.stream_id] = channel
+        nursery.start_soon(self._serve_stream, handler, channel, event.head)
+
+    async def _serve_stream(
+        self, handler: StreamHandler, channel: Channel, head: RequestHead
+    ) -> None:
+        # Boundary: one failing stream must never take down its neighbours.
+        try:
+            with channel.cancel_scope:
+                await handler(channel, head)
+        except Exception:
+            logger.exception("%s stream %d: internal error", self.label, channel.stream_id)
+            channel.reset(ErrorCode.INTERNAL_ERROR, "agent internal error")
+        finally:
+            self.forget(channel.stream_id)

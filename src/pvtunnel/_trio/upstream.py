@@ -1,0 +1,259 @@
+"""The agent's side of a request: replay it to the route's target and stream the answer back.
+
+Targets come only from the agent's own configuration: the server names a route,
+never a host or port, so nothing it sends can make the agent dial elsewhere
+(SPEC section 4). Upstream connections are kept alive and pooled per route; a
+request that fails on a pooled connection before any answer, and had no body to
+replay, is retried once on a fresh connection, since the upstream may have
+closed the idle connection at the same moment we reused it.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import socket
+from typing import TYPE_CHECKING, Final
+
+import h11
+import trio
+
+from pvtunnel._errors import ErrorCode, TunnelClosedError, UpstreamError
+from pvtunnel._http.headers import content_length, end_to_end, is_chunked
+from pvtunnel._trio.http11 import H11Stream
+from pvtunnel._trio.tunnel import END, Channel, first_error
+from pvtunnel._wire.heads import RequestHead, ResponseHead
+
+if TYPE_CHECKING:
+    from pvtunnel._config import AgentConfig, Route
+
+logger = logging.getLogger("pvtunnel.agent")
+
+MAX_RESPONSE_HEAD_BYTES: Final = 60000
+_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+class UpstreamConnection(H11Stream):
+    """One keep-alive HTTP/1.1 connection to a route's target."""
+
+    __slots__ = ("idle_since",)
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        super().__init__(
+            h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_RESPONSE_HEAD_BYTES),
+            stream,
+        )
+        self.idle_since = 0.0
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(1, shield=True):
+            await self.stream.aclose()
+
+
+class UpstreamPool:
+    """Idle keep-alive connections per route, newest first, at most ``size`` each."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self._config = config
+        self._idle: dict[str, collections.deque[UpstreamConnection]] = {}
+
+    def idle_count(self, route: str) -> int:
+        return len(self._idle.get(route, ()))
+
+    async def acquire(self, route: Route) -> tuple[UpstreamConnection, bool]:
+        """A connection and whether it was reused from the pool.
+
+        Raises:
+            UpstreamError: connecting failed (refused, DNS, timeout).
+        """
+        idle = self._idle.get(route.name)
+        now = trio.current_time()
+        while idle:
+            connection = idle.pop()
+            if now - connection.idle_since < self._config.timeouts.upstream_idle_s:
+                return connection, True
+            await connection.aclose()
+        return await self._connect(route), False
+
+    async def _connect(self, route: Route) -> UpstreamConnection:
+        try:
+            with trio.fail_after(self._config.timeouts.upstream_connect_s):
+                stream = await trio.open_tcp_stream(route.value, route.port)
+        except trio.TooSlowError:
+            raise UpstreamError(
+                f"connecting to {route.value}:{route.port} timed out",
+                ErrorCode.UPSTREAM_CONNECT_FAILED,
+            ) from None
+        except OSError as exc:
+            raise UpstreamError(
+                f"cannot connect to {route.value}:{route.port}: {exc.strerror or exc}",
+                ErrorCode.UPSTREAM_CONNECT_FAILED,
+            ) from None
+        _quickack(stream)
+        return UpstreamConnection(stream)
+
+    async def release(self, route: Route, connection: UpstreamConnection) -> None:
+        """Keep the connection if both sides finished cleanly, else close it."""
+        conn = connection.conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+            idle = self._idle.setdefault(route.name, collections.deque())
+            if len(idle) < self._config.upstream_pool_size:
+                connection.idle_since = trio.current_time()
+                _quickack(connection.stream)
+                idle.append(connection)
+                return
+        await connection.aclose()
+
+    async def aclose(self) -> None:
+        pools = list(self._idle.values())
+        self._idle.clear()
+        for idle in pools:
+            for connection in idle:
+                await connection.aclose()
+
+
+def _quickack(stream: trio.abc.Stream) -> None:
+    # Upstreams that write head and body separately meet Nagle + delayed ACK on
+    # pooled connections (~40 ms per request); quick ACKs avoid it (PERF-NOTES.md).
+    # Linux clears the flag after a while, so it is set again on each reuse.
+    quickack = getattr(socket, "TCP_QUICKACK", None)
+    if quickack is not None and isinstance(stream, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            stream.setsockopt(socket.IPPROTO_TCP, quickack, 1)
+
+
+class Replay:
+    """Replays one request; a fresh object per stream."""
+
+    def __init__(
+        self, channel: Channel, head: RequestHead, route: Route, pool: UpstreamPool
+    ) -> None:
+        self.channel = channel
+        self.head = head
+        self.route = route
+        self.pool = pool
+        self.head_sent = False
+
+    def _request(self) -> h11.Request:
+        head = self.head
+        headers = list(head.headers)
+        original = next((v for n, v in headers if n == b"host"), None)
+        host = self.route.upstream_host_header(original)
+        if host != original:
+            headers = [(n, v) for n, v in headers if n != b"host"]
+            if host is not None:
+                headers.insert(0, (b"host", host))
+        return h11.Request(method=head.method, target=head.target, headers=headers)
+
+    async def run(self) -> None:
+        channel = self.channel
+        try:
+            request = self._request()
+        except h11.LocalProtocolError as exc:
+            channel.reset(ErrorCode.PROTOCOL_ERROR, f"unusable request head: {exc}")
+            return
+        has_body = is_chunked(request.headers) or bool(content_length(request.headers))
+        for attempt in (1, 2):
+            try:
+                connection, reused = await self.pool.acquire(self.route)
+            except UpstreamError as exc:
+                logger.warning("route %s stream %d: %s", self.route.name, channel.stream_id, exc)
+                channel.reset(exc.code, str(exc))
+                return
+            try:
+                await self._exchange(connection, request, has_body)
+            except (*_BROKEN, h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
+                await connection.aclose()
+                if reused and not has_body and not self.head_sent and attempt == 1:
+                    continue
+                code = (
+                    ErrorCode.UPSTREAM_PROTOCOL_ERROR
+                    if isinstance(exc, h11.ProtocolError)
+                    else ErrorCode.UPSTREAM_CLOSED
+                )
+                logger.warning(
+                    "route %s stream %d: upstream failed: %s",
+                    self.route.name,
+                    channel.stream_id,
+                    exc,
+                )
+                channel.reset(code, "upstream connection failed")
+                return
+            except TunnelClosedError:
+                await connection.aclose()  # the server reset the stream, or left
+                return
+            except BaseException:
+                await connection.aclose()
+                raise
+            await self.pool.release(self.route, connection)
+            return
+
+    async def _exchange(
+        self, connection: UpstreamConnection, request: h11.Request, has_body: bool
+    ) -> None:
+        await connection.send(request)
+        if not has_body:
+            await connection.send(h11.EndOfMessage())
+            await self._relay_response(connection)
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._pump_body, connection)
+                await self._relay_response(connection)
+                if connection.conn.our_state is not h11.DONE:
+                    # The upstream answered before taking the whole body: stop sending.
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+
+    async def _pump_body(self, connection: UpstreamConnection) -> None:
+        channel = self.channel
+        while True:
+            try:
+                item = await channel.receive()
+            except TunnelClosedError:
+                return
+            if item is END:
+                await connection.send(h11.EndOfMessage())
+                return
+            assert isinstance(item, bytes)
+            await connection.send(h11.Data(data=item))
+            channel.consume(len(item))
+
+    async def _relay_response(self, connection: UpstreamConnection) -> None:
+        channel = self.channel
+        while True:
+            event = await connection.next_event()
+            if isinstance(event, h11.InformationalResponse):
+                if event.status_code == 101:
+                    raise h11.RemoteProtocolError("unexpected 101 from upstream")
+                channel.send_response(
+                    ResponseHead(
+                        status=event.status_code,
+                        reason=event.reason,
+                        headers=tuple(end_to_end(event.headers)),
+                    )
+                )
+                continue
+            if isinstance(event, h11.Response):
+                break
+            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} from upstream")
+        channel.send_response(
+            ResponseHead(
+                status=event.status_code,
+                reason=event.reason,
+                headers=tuple(end_to_end(event.headers)),
+            )
+        )
+        self.head_sent = True
+        while True:
+            event = await connection.next_event()
+            if isinstance(event, h11.Data):
+                await channel.send_data(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                channel.end()
+                return
+            else:
+                raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} in body")

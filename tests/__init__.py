@@ -1,0 +1,1 @@
+"""pvtunnel's tests; a package so that `fuzz/` can share `tests.strategies`."""

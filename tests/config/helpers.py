@@ -1,0 +1,38 @@
+"""Writing config files and collecting the problems a loader reports."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import TYPE_CHECKING
+
+import pytest
+
+from pvtunnel._config import load_agent_config, load_server_config
+from pvtunnel._errors import ConfigError
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+TOKEN = "tok-Very-Secret-4711"
+
+
+def write(directory: Path, name: str, text: str) -> Path:
+    """Write a dedented file under ``directory``, creating folders on the way."""
+    path = directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def server_problems(path: Path | None, environ: dict[str, str] | None = None) -> list[str]:
+    """The lines of the ConfigError that loading this server config must raise."""
+    with pytest.raises(ConfigError) as caught:
+        load_server_config(path, environ=environ or {})
+    return caught.value.problems
+
+
+def agent_problems(path: Path | None, environ: dict[str, str] | None = None) -> list[str]:
+    """The lines of the ConfigError that loading this agent config must raise."""
+    with pytest.raises(ConfigError) as caught:
+        load_agent_config(path, environ=environ or {})
+    return caught.value.problems

@@ -1,0 +1,416 @@
+"""Every kind of problem line the loaders report: format, key paths, all at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pvtunnel._config import (
+    AdminConfig,
+    load_agent_config,
+    load_server_config,
+)
+from pvtunnel._config.loading import flatten
+from tests.config.helpers import TOKEN, agent_problems, server_problems, write
+
+# ------------------------------------------------------------------ error lines
+
+
+def test_the_spec_example_line(here: Path) -> None:
+    write(
+        here,
+        "agent.toml",
+        """
+        client_id = "a"
+        [[routes]]
+        name = "one"
+        value = "localhost"
+        port = 1
+        [[routes]]
+        name = "two"
+        value = "localhost"
+        port = "80a"
+        """,
+    )
+    assert agent_problems(Path("agent.toml")) == [
+        'agent.toml: routes[1].port: expected an integer from 1 to 65535, got "80a"'
+    ]
+
+
+def test_the_file_is_named_as_given(here: Path) -> None:
+    write(here, "conf/my agent.toml", "client_id = 5\n")
+    assert agent_problems(Path("conf/my agent.toml")) == [
+        "conf/my agent.toml: client_id: expected a string, got 5"
+    ]
+
+
+def test_all_problems_are_reported_together(here: Path) -> None:
+    write(
+        here,
+        "server.toml",
+        """
+        host = "not a host"
+        surplus = 1
+        [internal]
+        port = 70000
+        [external]
+        port = -1
+        whitelisted_ips = ["10.0.0.1/8", "nonsense", "10.1.0.0/16"]
+        domain = "10.0.0.1"
+        [timeouts]
+        idle_s = 0
+        grace_s = nan
+        [limits]
+        max_request_head_bytes = 100
+        stream_window_bytes = 1
+        """,
+    )
+    assert server_problems(Path("server.toml")) == [
+        'server.toml: host: expected a host name or IP address, got "not a host"',
+        "server.toml: internal.port: expected an integer from 0 to 65535, got 70000",
+        "server.toml: external.port: expected an integer from 0 to 65535, got -1",
+        'server.toml: external.whitelisted_ips[0]: "10.0.0.1/8" has host bits set; '
+        'write the network, "10.0.0.0/8"',
+        "server.toml: external.whitelisted_ips[1]: expected an IP address or CIDR range, "
+        'got "nonsense"',
+        "server.toml: external.domain: expected a domain name such as tunnel.example.com, "
+        'got "10.0.0.1"',
+        "server.toml: timeouts.idle_s: expected a finite number of seconds greater than 0, got 0",
+        "server.toml: timeouts.grace_s: expected a finite number of seconds greater than 0, "
+        "got nan",
+        "server.toml: limits.max_request_head_bytes: expected an integer from 1024 to 60000, "
+        "got 100",
+        "server.toml: limits.stream_window_bytes: expected an integer from 16384 to 2147483647, "
+        "got 1",
+        "server.toml: surplus: unknown key",
+    ]
+
+
+def test_agent_problems_across_tables_are_reported_together(here: Path) -> None:
+    write(
+        here,
+        "agent.toml",
+        """
+        client_id = ""
+        max_streams = 0
+        [server]
+        url = ["ftp://proxy", "proxy:99999", "ws://:80"]
+        [[routes]]
+        name = "Bad_Name"
+        value = "bad host!"
+        port = 0
+        type = "dns"
+        host_header = "evil\\r\\nX: 1"
+        [timeouts]
+        connect_s = "10"
+        """,
+    )
+    assert agent_problems(Path("agent.toml")) == [
+        "agent.toml: client_id: must not be empty",
+        'agent.toml: server.url[0]: expected a ws:// or wss:// URL, got "ftp://proxy"',
+        'agent.toml: server.url[1]: expected a ws:// or wss:// URL, got "proxy:99999"',
+        'agent.toml: server.url[2]: expected a URL with a host name or IP address, got "ws://:80"',
+        "agent.toml: routes[0].name: expected a route name (letters, digits, '-' and '.', "
+        "optionally ':port'), got \"Bad_Name\"",
+        'agent.toml: routes[0].value: expected a host name or IP address, got "bad host!"',
+        "agent.toml: routes[0].port: expected an integer from 1 to 65535, got 0",
+        'agent.toml: routes[0].type: expected "cname" or "ip", got "dns"',
+        'agent.toml: routes[0].host_header: expected "preserve", "rewrite" or a fixed '
+        'host[:port], got "evil\\r\\nX: 1"',
+        "agent.toml: timeouts.connect_s: expected a finite number of seconds greater than 0, "
+        'got "10"',
+        "agent.toml: max_streams: expected an integer from 1 to 2147483647, got 0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("true", "true"), ("80.5", "80.5"), ('"80"', '"80"'), ("[80]", "an array")],
+)
+def test_ports_must_be_integers(here: Path, value: str, shown: str) -> None:
+    write(here, "server.toml", f"[internal]\nport = {value}\n")
+    assert server_problems(Path("server.toml")) == [
+        f"server.toml: internal.port: expected an integer from 0 to 65535, got {shown}"
+    ]
+
+
+@pytest.mark.parametrize(("port", "valid"), [(0, False), (1, True), (65535, True), (65536, False)])
+def test_route_ports_are_1_to_65535(here: Path, port: int, valid: bool) -> None:
+    write(
+        here,
+        "agent.toml",
+        f'client_id = "a"\n[[routes]]\nname = "r"\nvalue = "localhost"\nport = {port}\n',
+    )
+    if valid:
+        assert load_agent_config(Path("agent.toml"), environ={}).routes[0].port == port
+    else:
+        assert agent_problems(Path("agent.toml")) == [
+            f"agent.toml: routes[0].port: expected an integer from 1 to 65535, got {port}"
+        ]
+
+
+@pytest.mark.parametrize(("port", "valid"), [(-1, False), (0, True), (65535, True), (65536, False)])
+def test_server_ports_are_0_to_65535(here: Path, port: int, valid: bool) -> None:
+    write(here, "server.toml", f"[external]\nport = {port}\n[admin]\nport = {port}\n")
+    if valid:
+        config = load_server_config(Path("server.toml"), environ={})
+        assert config.external.port == port
+        assert config.admin == AdminConfig(port=port)
+    else:
+        message = f"expected an integer from 0 to 65535, got {port}"
+        assert server_problems(Path("server.toml")) == [
+            f"server.toml: external.port: {message}",
+            f"server.toml: admin.port: {message}",
+        ]
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("bogus = 1\n", "bogus: unknown key"),
+        ("[internal]\nprot = 1\n", 'internal.prot: unknown key (did you mean "port"?)'),
+        (
+            "[external]\nwhitelist = []\n",
+            'external.whitelist: unknown key (did you mean "whitelisted_ips"?)',
+        ),
+        ("[timeouts]\nidle = 1\n", 'timeouts.idle: unknown key (did you mean "idle_s"?)'),
+        ("[limits]\nx = 1\n", "limits.x: unknown key"),
+        ("[admin]\nport = 1\nx = 1\n", "admin.x: unknown key"),
+        (
+            '[[internal.tokens]]\ntoken = "t"\nroutes = ["*"]\nx = 1\n',
+            "internal.tokens[0].x: unknown key",
+        ),
+        ('[internal]\n"odd key" = 1\n', 'internal."odd key": unknown key'),
+    ],
+)
+def test_unknown_keys_at_every_server_level(here: Path, text: str, line: str) -> None:
+    write(here, "server.toml", text)
+    assert server_problems(Path("server.toml")) == [f"server.toml: {line}"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('client_id = "a"\nbogus = 1\n', "bogus: unknown key"),
+        (
+            'client_id = "a"\n[server]\nurls = "x:1"\n',
+            'server.urls: unknown key (did you mean "url"?)',
+        ),
+        (
+            'client_id = "a"\n[[routes]]\nname = "r"\nvalue = "h"\nport = 1\nhost = "x"\n',
+            "routes[0].host: unknown key",
+        ),
+        ('client_id = "a"\n[timeouts]\nidle_s = 1\n', "timeouts.idle_s: unknown key"),
+        ('client_id = "a"\n[admin]\nport = 1\nx = 1\n', "admin.x: unknown key"),
+    ],
+)
+def test_unknown_keys_at_every_agent_level(here: Path, text: str, line: str) -> None:
+    write(here, "agent.toml", text)
+    assert agent_problems(Path("agent.toml")) == [f"agent.toml: {line}"]
+
+
+def test_agent_keys_are_unknown_in_a_server_file_and_vice_versa(here: Path) -> None:
+    write(here, "server.toml", 'client_id = "a"\n')
+    write(here, "agent.toml", 'client_id = "a"\nhost = "0.0.0.0"\n')
+    assert server_problems(Path("server.toml")) == ["server.toml: client_id: unknown key"]
+    assert agent_problems(Path("agent.toml")) == ["agent.toml: host: unknown key"]
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('internal = "x"', "internal: expected a table, got a string"),
+        ("external = 5", "external: expected a table, got an integer"),
+        ("timeouts = []", "timeouts: expected a table, got an array"),
+        ("[internal]\ntokens = {}", "internal.tokens: expected an array of tables, got a table"),
+        ("[internal]\ntokens = [1]", "internal.tokens[0]: expected a table, got an integer"),
+        (
+            '[external]\nwhitelisted_ips = "10.0.0.0/8"',
+            "external.whitelisted_ips: expected an array of IP addresses or CIDR ranges, "
+            'got "10.0.0.0/8"',
+        ),
+        ("[internal]\ntls_cert = 5\ntls_key = 6", "internal.tls_cert: expected a file path, got 5"),
+        ("[admin]\nhost = 1", "admin.port: missing required key"),
+        (
+            '[internal]\ntls_cert = ""\ntls_key = ""',
+            "internal.tls_cert: expected a file path, got an empty string",
+        ),
+        (
+            "[internal]\nport = 1979-05-27",
+            "internal.port: expected an integer from 0 to 65535, got a date",
+        ),
+        ("[external]\ntoken = true", "external.token: expected a string"),
+        ("internal = 1.5", "internal: expected a table, got a float"),
+        ("internal = false", "internal: expected a table, got a boolean"),
+    ],
+)
+def test_wrong_types_in_a_server_file(here: Path, text: str, line: str) -> None:
+    write(here, "server.toml", text + "\n")
+    assert server_problems(Path("server.toml"))[0] == f"server.toml: {line}"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('server = "ws://x:1"', "server: expected a table, got a string"),
+        ("routes = 1", "routes: expected an array of tables, got an integer"),
+        ('routes = ["a=b:1"]', "routes[0]: expected a table, got a string"),
+        (
+            "[server]\nurl = 8081",
+            "server.url: expected a ws:// or wss:// URL or an array of them, got 8081",
+        ),
+        ("[server]\nurl = [1]", "server.url[0]: expected a ws:// or wss:// URL, got 1"),
+        ('[[routes]]\nname = "r"\nvalue = "h"', "routes[0].port: missing required key"),
+        ('[[routes]]\nvalue = "h"\nport = 1', "routes[0].name: missing required key"),
+        (
+            '[[routes]]\nname = "r"\nvalue = "h"\nport = 1\ntype = 1',
+            'routes[0].type: expected "cname" or "ip", got 1',
+        ),
+    ],
+)
+def test_wrong_types_in_an_agent_file(here: Path, text: str, line: str) -> None:
+    write(here, "agent.toml", 'client_id = "a"\n' + text + "\n")
+    assert agent_problems(Path("agent.toml")) == [f"agent.toml: {line}"]
+
+
+def test_an_ip_route_needs_an_ip_literal(here: Path) -> None:
+    write(
+        here,
+        "agent.toml",
+        'client_id = "a"\n[[routes]]\nname = "r"\nvalue = "localhost"\nport = 80\ntype = "ip"\n',
+    )
+    assert agent_problems(Path("agent.toml")) == [
+        'agent.toml: routes[0].value: expected an IP literal for a route of type "ip", '
+        'got "localhost"'
+    ]
+
+
+def test_a_bracketed_ipv6_route_value_loses_its_brackets(here: Path) -> None:
+    write(
+        here,
+        "agent.toml",
+        'client_id = "a"\n[[routes]]\nname = "r"\nvalue = "[::1]"\nport = 80\ntype = "ip"\n',
+    )
+    assert load_agent_config(Path("agent.toml"), environ={}).routes[0].value == "::1"
+
+
+def test_an_unexpected_failure_is_named_but_never_quoted() -> None:
+    assert list(flatten(ValueError(TOKEN), "internal.token")) == [
+        ("internal.token", "invalid value (ValueError)")
+    ]
+
+
+def test_duplicate_route_names_even_when_other_routes_are_broken(here: Path) -> None:
+    write(
+        here,
+        "agent.toml",
+        """
+        client_id = "a"
+        [[routes]]
+        name = "App"
+        value = "h"
+        port = 1
+        [[routes]]
+        name = "other"
+        value = "h"
+        port = 0
+        [[routes]]
+        name = "app"
+        value = "h2"
+        port = 2
+        """,
+    )
+    assert agent_problems(Path("agent.toml")) == [
+        "agent.toml: routes[1].port: expected an integer from 1 to 65535, got 0",
+        'agent.toml: routes[2].name: duplicate route name "app" (also routes[0])',
+    ]
+
+
+def test_duplicate_server_urls(here: Path) -> None:
+    write(here, "agent.toml", 'client_id = "a"\n[server]\nurl = ["p:1", "ws://p:1"]\n')
+    assert agent_problems(Path("agent.toml")) == [
+        'agent.toml: server.url[1]: duplicate server URL "ws://p:1"'
+    ]
+
+
+def test_scoped_tokens_need_patterns(here: Path) -> None:
+    write(
+        here,
+        "server.toml",
+        """
+        [[internal.tokens]]
+        token = "a-token"
+        routes = []
+        [[internal.tokens]]
+        routes = ["*", "*.ok.example.com", "bad pattern"]
+        """,
+    )
+    assert server_problems(Path("server.toml")) == [
+        "server.toml: internal.tokens[0].routes: expected at least one route name pattern, "
+        'such as "*.example.com"',
+        "server.toml: internal.tokens[1].token: missing required key",
+        'server.toml: internal.tokens[1].routes[2]: expected a route name, "*.domain" or "*", '
+        'got "bad pattern"',
+    ]
+
+
+def test_tls_needs_both_files(here: Path) -> None:
+    write(here, "cert.pem", "cert")
+    write(here, "server.toml", '[external]\ntls_cert = "cert.pem"\n')
+    assert server_problems(Path("server.toml")) == [
+        "server.toml: external.tls_key: required when tls_cert is set: "
+        "TLS needs the certificate and its key"
+    ]
+
+
+def test_tls_and_ca_paths_are_relative_to_the_file_and_must_exist(here: Path) -> None:
+    write(here, "etc/cert.pem", "cert")
+    write(here, "etc/server.toml", '[internal]\ntls_cert = "cert.pem"\ntls_key = "key.pem"\n')
+    write(here, "etc/agent.toml", 'client_id = "a"\n[server]\nca_file = "../ca.pem"\n')
+    assert server_problems(Path("etc/server.toml")) == [
+        f"etc/server.toml: internal.tls_key: no such file: {(here / 'etc/key.pem').resolve()}"
+    ]
+    assert agent_problems(Path("etc/agent.toml")) == [
+        f"etc/agent.toml: server.ca_file: no such file: {(here / 'ca.pem').resolve()}"
+    ]
+    write(here, "etc/key.pem", "key")
+    config = load_server_config(Path("etc/server.toml"), environ={})
+    assert config.internal.tls_cert == (here / "etc/cert.pem").resolve()
+    assert config.internal.tls_key == (here / "etc/key.pem").resolve()
+
+
+def test_admin_off_loopback_needs_a_token(here: Path) -> None:
+    write(here, "server.toml", '[admin]\nport = 9100\nhost = "10.0.0.1"\n')
+    assert server_problems(Path("server.toml")) == [
+        'server.toml: admin.token: required when host is not a loopback address (got "10.0.0.1")'
+    ]
+
+
+# ------------------------------------------------------------------ the file itself
+
+
+def test_toml_syntax_error_is_one_line_with_its_position(here: Path) -> None:
+    write(here, "agent.toml", 'client_id = "a"\n[server\n')
+    (line,) = agent_problems(Path("agent.toml"))
+    assert line.startswith("agent.toml: invalid TOML: ")
+    assert "line 2" in line
+    assert "column" in line
+
+
+def test_missing_file(here: Path) -> None:
+    assert server_problems(Path("nope.toml")) == [
+        "nope.toml: cannot read the file: No such file or directory"
+    ]
+
+
+def test_a_directory_is_not_a_file(here: Path) -> None:
+    (here / "conf.toml").mkdir()
+    assert agent_problems(Path("conf.toml")) == ["conf.toml: cannot read the file: Is a directory"]
+
+
+def test_a_file_that_is_not_utf8(here: Path) -> None:
+    (here / "server.toml").write_bytes(b'host = "\xff"\n')
+    assert server_problems(Path("server.toml")) == [
+        "server.toml: invalid TOML: the file is not UTF-8 text"
+    ]

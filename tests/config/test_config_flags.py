@@ -1,0 +1,171 @@
+"""Command-line flags on top of a loaded config."""
+
+from __future__ import annotations
+
+import pytest
+
+from pvtunnel._config import (
+    AgentConfig,
+    InternalConfig,
+    Route,
+    RouteType,
+    Secret,
+    ServerConfig,
+    ServerEndpoint,
+    parse_route_flag,
+    with_agent_overrides,
+    with_overrides,
+)
+from pvtunnel._errors import ConfigError
+
+# ------------------------------------------------------------------ serve
+
+
+def test_server_flags_override_the_file() -> None:
+    config = ServerConfig(internal=InternalConfig(port=9000, token=Secret("t")))
+    changed = with_overrides(config, host="127.0.0.1", internal_port=0, external_port=18080)
+    assert changed.host == "127.0.0.1"
+    assert changed.internal == InternalConfig(port=0, token=Secret("t"))
+    assert changed.external.port == 18080
+    assert config.internal.port == 9000  # the original is untouched
+
+
+def test_absent_server_flags_change_nothing() -> None:
+    config = ServerConfig(host="::")
+    assert with_overrides(config) == config
+    assert with_overrides(config, external_port=1).internal == config.internal
+
+
+def test_bad_server_flags_are_all_reported() -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(ServerConfig(), host="a b", internal_port=-1, external_port=65536)
+    assert caught.value.problems == [
+        '--host: expected a host name or IP address, got "a b"',
+        "--internal-port: expected an integer from 0 to 65535, got -1",
+        "--external-port: expected an integer from 0 to 65535, got 65536",
+    ]
+
+
+# ------------------------------------------------------------------ --route
+
+
+@pytest.mark.parametrize(
+    ("flag", "route"),
+    [
+        ("app=127.0.0.1:3000", Route(name="app", value="127.0.0.1", port=3000, type=RouteType.IP)),
+        ("App=localhost:80", Route(name="app", value="localhost", port=80)),
+        ("v6=[::1]:8080", Route(name="v6", value="::1", port=8080, type=RouteType.IP)),
+        (
+            "api.example.com:8443=[2001:db8::5]:443",
+            Route(name="api.example.com:8443", value="2001:db8::5", port=443, type=RouteType.IP),
+        ),
+        (
+            "svc=my_service.default.svc:9000",
+            Route(name="svc", value="my_service.default.svc", port=9000),
+        ),
+    ],
+)
+def test_route_flags(flag: str, route: Route) -> None:
+    assert parse_route_flag(flag) == route
+
+
+@pytest.mark.parametrize(
+    ("flag", "problem"),
+    [
+        ("app", "expected NAME=HOST:PORT"),
+        ("app=", "expected NAME=HOST:PORT"),
+        ("=h:1", "expected NAME=HOST:PORT"),
+        ("app=x", "expected NAME=HOST:PORT"),
+        ("app=:80", "expected NAME=HOST:PORT"),
+        (
+            "app=::1:80",
+            "expected NAME=HOST:PORT (put an IPv6 address in brackets: NAME=[::1]:PORT)",
+        ),
+        ("app=[::1]", "expected NAME=HOST:PORT (an IPv6 address as [ADDRESS]:PORT)"),
+        ("app=[::1:80", "expected NAME=HOST:PORT (an IPv6 address as [ADDRESS]:PORT)"),
+        ("app=h:0", "port: expected an integer from 1 to 65535, got 0"),
+        ("app=h:65536", "port: expected an integer from 1 to 65535, got 65536"),
+        ("app=h:80a", 'port: expected an integer from 1 to 65535, got "80a"'),
+        ("app=h:", 'port: expected an integer from 1 to 65535, got ""'),
+        ("app=h:٣", 'port: expected an integer from 1 to 65535, got "٣"'),
+        (
+            "a b=h:1",
+            "name: expected a route name (letters, digits, '-' and '.', optionally ':port'), "
+            'got "a b"',
+        ),
+        ("app=bad host:1", 'value: expected a host name or IP address, got "bad host"'),
+        ("app=[nope]:1", 'value: expected an IP address in brackets, got "nope"'),
+    ],
+)
+def test_bad_route_flags(flag: str, problem: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_route_flag(flag)
+    assert caught.value.problems == [f"--route {flag}: {problem}"]
+
+
+# ------------------------------------------------------------------ agent
+
+
+FILE_AGENT = AgentConfig(
+    client_id="from-file",
+    server=ServerEndpoint(urls=("ws://a:1", "ws://b:2"), token=Secret("t")),
+    routes=(
+        Route(name="one", value="localhost", port=1),
+        Route(name="two", value="localhost", port=2),
+    ),
+)
+
+
+def test_agent_flags_override_the_file() -> None:
+    changed = with_agent_overrides(
+        FILE_AGENT,
+        server_url="proxy.example.com:8081",
+        client_id="from-flag",
+        routes=["TWO=10.0.0.2:22", "three=h:3"],
+    )
+    assert changed.client_id == "from-flag"
+    assert changed.server == ServerEndpoint(
+        urls=("ws://proxy.example.com:8081",), token=Secret("t")
+    )
+    assert changed.routes == (
+        Route(name="one", value="localhost", port=1),
+        Route(name="two", value="10.0.0.2", port=22, type=RouteType.IP),
+        Route(name="three", value="h", port=3),
+    )
+    assert FILE_AGENT.routes[1].port == 2
+
+
+def test_absent_agent_flags_change_nothing() -> None:
+    assert with_agent_overrides(FILE_AGENT) == FILE_AGENT
+
+
+def test_flags_alone_make_a_runnable_agent() -> None:
+    config = AgentConfig(client_id="x", server=ServerEndpoint(token=Secret("t")))
+    assert config.validate_runnable() != []
+    changed = with_agent_overrides(
+        config, server_url="ws://proxy:8081", routes=["app=127.0.0.1:3000"]
+    )
+    assert changed.validate_runnable() == []
+
+
+def test_bad_agent_flags_are_all_reported() -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_agent_overrides(
+            FILE_AGENT,
+            server_url="http://proxy",
+            client_id="has space",
+            routes=["ok=h:1", "bad", "OK=h:2", "x=h:0"],
+        )
+    assert caught.value.problems == [
+        '--server: expected a ws:// or wss:// URL, got "http://proxy"',
+        '--client-id: expected at most 255 printable characters without spaces, got "has space"',
+        "--route bad: expected NAME=HOST:PORT",
+        '--route OK=h:2: route name "ok" given twice',
+        "--route x=h:0: port: expected an integer from 1 to 65535, got 0",
+    ]
+
+
+def test_a_server_url_with_credentials_is_not_echoed() -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_agent_overrides(FILE_AGENT, server_url="ws://user:hunter2@proxy:8081")
+    assert "hunter2" not in str(caught.value)

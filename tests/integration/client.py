@@ -1,0 +1,134 @@
+"""A small HTTP/1.1 client on h11 for tests: one connection, many requests (keep-alive)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+import h11
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import TracebackType
+
+
+@attrs.frozen(kw_only=True)
+class Reply:
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    informational: tuple[int, ...] = ()
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for n, v in self.headers if n == name), None)
+
+
+class Client:
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.conn = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def connect(cls, port: int, host: str = "127.0.0.1") -> Client:
+        return cls(await trio.open_tcp_stream(host, port))
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stream.aclose()
+
+    async def request(
+        self,
+        method: bytes,
+        target: bytes,
+        *,
+        host: bytes | None = b"app",
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes | None = None,
+        chunks: Sequence[bytes] | None = None,
+    ) -> Reply:
+        hdrs = list(headers)
+        if host is not None:
+            hdrs.insert(0, (b"host", host))
+        if body is not None:
+            hdrs.append((b"content-length", b"%d" % len(body)))
+        if chunks is not None:
+            hdrs.append((b"transfer-encoding", b"chunked"))
+        await self._send(h11.Request(method=method, target=target, headers=hdrs))
+        if body:
+            await self._send(h11.Data(data=body))
+        for chunk in chunks or ():
+            await self._send(h11.Data(data=chunk))
+        await self._send(h11.EndOfMessage())
+        return await self.read_reply()
+
+    async def read_reply(self) -> Reply:
+        informational = []
+        while True:
+            event = await self._next()
+            if isinstance(event, h11.InformationalResponse):
+                informational.append(event.status_code)
+                continue
+            assert isinstance(event, h11.Response), event
+            break
+        body = bytearray()
+        while True:
+            item = await self._next()
+            if isinstance(item, h11.Data):
+                body += item.data
+            elif isinstance(item, h11.EndOfMessage):
+                break
+            else:
+                raise AssertionError(f"unexpected {item!r}")
+        reply = Reply(
+            status=event.status_code,
+            headers=tuple(event.headers),
+            body=bytes(body),
+            informational=tuple(informational),
+        )
+        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
+            self.conn.start_next_cycle()
+        return reply
+
+    async def _send(self, event: h11.Event) -> None:
+        data = self.conn.send(event)
+        if data:
+            await self.stream.send_all(data)
+
+    async def _next(self) -> h11.Event:
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(bytes(await self.stream.receive_some(65536)))
+                continue
+            assert not isinstance(event, type)
+            return event
+
+
+async def fetch(port: int, method: bytes, target: bytes, **kwargs: object) -> Reply:
+    async with await Client.connect(port) as client:
+        return await client.request(method, target, **kwargs)  # type: ignore[arg-type]
+
+
+async def raw_exchange(port: int, data: bytes, *, limit: int = 1 << 20) -> bytes:
+    """Send raw bytes, read until the server closes (or ``limit``): for malformed input."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        received = bytearray()
+        while len(received) < limit:
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not chunk:
+                break
+            received += chunk
+        return bytes(received)

@@ -1,0 +1,100 @@
+"""Start a real server, agents and upstreams on 127.0.0.1 (port 0) inside a test's nursery."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import trio
+
+from pvtunnel._config import (
+    AgentConfig,
+    ExternalConfig,
+    InternalConfig,
+    LimitsConfig,
+    Route,
+    RouteType,
+    Secret,
+    ServerConfig,
+    ServerEndpoint,
+    TimeoutsConfig,
+)
+from pvtunnel._trio.agent import AgentStatus, TunnelAgent
+from pvtunnel._trio.server import ServerAddresses, TunnelServer
+from tests.integration.upstream import RecordingUpstream
+
+TOKEN = "test-internal-token-0123456789"
+
+
+def server_config(
+    *,
+    external: dict[str, Any] | None = None,
+    timeouts: dict[str, Any] | None = None,
+    limits: dict[str, Any] | None = None,
+    internal: dict[str, Any] | None = None,
+) -> ServerConfig:
+    return ServerConfig(
+        host="127.0.0.1",
+        internal=InternalConfig(port=0, **({"token": Secret(TOKEN)} | (internal or {}))),
+        external=ExternalConfig(port=0, **(external or {})),
+        timeouts=TimeoutsConfig(**(timeouts or {})),
+        limits=LimitsConfig(**(limits or {})),
+    )
+
+
+def agent_config(
+    addresses: ServerAddresses,
+    routes: dict[str, int],
+    *,
+    client_id: str = "agent-1",
+    token: str = TOKEN,
+    **changes: Any,
+) -> AgentConfig:
+    host, port = addresses.internal
+    return AgentConfig(
+        client_id=client_id,
+        server=ServerEndpoint(urls=(f"ws://{host}:{port}",), token=Secret(token)),
+        routes=tuple(
+            Route(name=name, value="127.0.0.1", port=upstream_port, type=RouteType.IP)
+            for name, upstream_port in routes.items()
+        ),
+        **changes,
+    )
+
+
+@attrs.define
+class Running:
+    server: TunnelServer
+    addresses: ServerAddresses
+
+    @property
+    def port(self) -> int:
+        return self.addresses.external[1]
+
+
+async def start_server(nursery: trio.Nursery, config: ServerConfig | None = None) -> Running:
+    server = TunnelServer(config or server_config())
+    addresses: ServerAddresses = await nursery.start(server.serve)
+    return Running(server=server, addresses=addresses)
+
+
+async def start_agent(
+    nursery: trio.Nursery, running: Running, routes: dict[str, int], **kwargs: Any
+) -> tuple[TunnelAgent, AgentStatus, trio.CancelScope]:
+    """Start an agent in its own cancel scope, so a test can kill it alone."""
+    agent = TunnelAgent(agent_config(running.addresses, routes, **kwargs))
+    scope_box: list[trio.CancelScope] = []
+
+    async def run(*, task_status: trio.TaskStatus[AgentStatus] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            scope_box.append(scope)
+            await agent.serve(task_status=task_status)
+
+    status: AgentStatus = await nursery.start(run)
+    return agent, status, scope_box[0]
+
+
+async def start_upstream(nursery: trio.Nursery, name: str) -> tuple[RecordingUpstream, int]:
+    upstream = RecordingUpstream(name)
+    port: int = await nursery.start(upstream.serve)
+    return upstream, port

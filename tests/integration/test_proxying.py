@@ -1,0 +1,366 @@
+"""Requests through a real server and agent to real upstreams, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import h11
+import trio
+
+from tests.integration.client import Client, fetch, raw_exchange
+from tests.integration.harness import (
+    server_config,
+    start_agent,
+    start_server,
+    start_upstream,
+)
+
+LIMIT_S = 10
+
+
+async def test_seed_timeline_two_agents_each_request_reaches_its_own() -> None:
+    """The seed's T1-T7: one server, agents A1 and B1 with different routes."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream_a, port_a = await start_upstream(nursery, "service-a")
+            upstream_b, port_b = await start_upstream(nursery, "service-b")
+            _, status_a, _ = await start_agent(nursery, running, {"route1": port_a}, client_id="A1")
+            _, status_b, _ = await start_agent(
+                nursery, running, {"localhost:8085": port_b}, client_id="B1"
+            )
+            assert status_a.routes == ("route1",)
+            assert status_b.routes == ("localhost:8085",)
+            reply_a = await fetch(running.port, b"GET", b"/a", host=b"route1")
+            reply_b = await fetch(running.port, b"GET", b"/b", host=b"localhost:8085")
+            assert reply_a.body == b"service-a saw GET /a"
+            assert reply_b.body == b"service-b saw GET /b"
+            assert [r.target for r in upstream_a.requests] == [b"/a"]
+            assert [r.target for r in upstream_b.requests] == [b"/b"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_methods_bodies_queries_and_headers_arrive_intact() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            async with await Client.connect(running.port) as client:
+                for method in (b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"):
+                    body = b"payload for " + method if method != b"GET" else None
+                    reply = await client.request(
+                        method,
+                        b"/echo?q=1&x=%20y",
+                        headers=[(b"x-custom", b"Value With  Spaces"), (b"accept", b"*/*")],
+                        body=body,
+                    )
+                    assert reply.status == 200
+                    assert reply.body == (body or b"")
+                    recorded = upstream.requests[-1]
+                    assert recorded.method == method
+                    assert recorded.target == b"/echo?q=1&x=%20y"
+                    assert recorded.header(b"x-custom") == b"Value With  Spaces"
+                    assert recorded.header(b"accept") == b"*/*"
+                    assert recorded.body == (body or b"")
+                head = await client.request(b"HEAD", b"/bytes/5000")
+                assert head.status == 200
+                assert head.header(b"content-length") == b"5000"
+                assert head.body == b""
+            nursery.cancel_scope.cancel()
+
+
+async def test_upstream_statuses_pass_through() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            async with await Client.connect(running.port) as client:
+                for status in (200, 201, 204, 301, 304, 400, 404, 418, 500, 503):
+                    reply = await client.request(b"GET", b"/status/%d" % status)
+                    assert reply.status == status
+                    expected = b"" if status in (204, 304) else b"status %d\n" % status
+                    assert reply.body == expected
+            nursery.cancel_scope.cancel()
+
+
+async def test_chunked_request_and_response_bodies() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            async with await Client.connect(running.port) as client:
+                reply = await client.request(
+                    b"POST", b"/echo", chunks=[b"one,", b"two,", b"x" * 100_000]
+                )
+                assert reply.body == b"one,two," + b"x" * 100_000
+                assert upstream.requests[-1].header(b"transfer-encoding") == b"chunked"
+                chunked = await client.request(b"GET", b"/chunked?parts=5")
+                assert chunked.body == b"part 0;part 1;part 2;part 3;part 4;"
+                assert chunked.header(b"transfer-encoding") == b"chunked"
+            nursery.cancel_scope.cancel()
+
+
+async def test_twenty_requests_on_one_keep_alive_connection() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            async with await Client.connect(running.port) as client:
+                for index in range(20):
+                    reply = await client.request(b"GET", b"/n/%d" % index)
+                    assert reply.body == b"svc saw GET /n/%d" % index
+            assert len(upstream.requests) == 20
+            # The agent pools its upstream connection: one is enough for 20 in a row.
+            assert upstream.connections == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_two_hundred_concurrent_requests_share_one_agent() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            results: dict[int, bytes] = {}
+
+            async def one(index: int) -> None:
+                size = 1000 + index * 37
+                reply = await fetch(
+                    running.port, b"POST", b"/echo", body=bytes([index % 256]) * size
+                )
+                assert reply.status == 200
+                results[index] = reply.body
+
+            async with trio.open_nursery() as clients:
+                for index in range(200):
+                    clients.start_soon(one, index)
+            assert len(results) == 200
+            for index, body in results.items():
+                assert body == bytes([index % 256]) * (1000 + index * 37)
+            assert len(upstream.requests) == 200
+            nursery.cancel_scope.cancel()
+
+
+async def test_unknown_host_is_404_and_upstream_down_is_502() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            listener = trio.socket.socket()
+            await listener.bind(("127.0.0.1", 0))
+            closed_port = listener.getsockname()[1]
+            listener.close()  # nothing listens there now: connection refused
+            await start_agent(nursery, running, {"app": closed_port})
+            async with await Client.connect(running.port) as client:
+                missing = await client.request(b"GET", b"/", host=b"nobody.example")
+                assert missing.status == 404
+                assert missing.header(b"content-type") == b"text/plain; charset=utf-8"
+                assert b"no agent serves this host" in missing.body
+                down = await client.request(b"GET", b"/")
+                assert down.status == 502
+                assert b"could not reach the upstream" in down.body
+            nursery.cancel_scope.cancel()
+
+
+async def test_absolute_form_target_routes_by_its_authority() -> None:
+    """`curl -x http://server:port http://app/path`: proxy mode."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            async with await Client.connect(running.port) as client:
+                reply = await client.request(
+                    b"GET", b"http://APP:80/path?x=1", host=b"ignored.example"
+                )
+            assert reply.status == 200
+            recorded = upstream.requests[-1]
+            assert recorded.target == b"/path?x=1"
+            assert recorded.header(b"host") == b"APP:80"
+            nursery.cancel_scope.cancel()
+
+
+async def test_routing_by_case_port_and_domain_suffix() -> None:
+    config = server_config(external={"domain": "tunnel.example.com"})
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            _, port_a = await start_upstream(nursery, "a")
+            _, port_b = await start_upstream(nursery, "b")
+            await start_agent(nursery, running, {"app": port_a, "app:9000": port_b})
+            for host, expected in (
+                (b"APP", b"a"),
+                (b"app:1234", b"a"),
+                (b"app:9000", b"b"),
+                (b"app.tunnel.example.com", b"a"),
+                (b"App.Tunnel.Example.Com:8080", b"a"),
+            ):
+                reply = await fetch(running.port, b"GET", b"/", host=host)
+                assert reply.header(b"x-upstream") == expected, host
+            assert (await fetch(running.port, b"GET", b"/", host=b"x.app.example")).status == 404
+            nursery.cancel_scope.cancel()
+
+
+async def test_forwarding_headers_added_and_hop_by_hop_removed() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            reply = await fetch(
+                running.port,
+                b"GET",
+                b"/",
+                headers=[
+                    (b"connection", b"keep-alive, x-private"),
+                    (b"x-private", b"secret"),
+                    (b"keep-alive", b"timeout=5"),
+                    (b"te", b"trailers"),
+                    (b"proxy-authorization", b"Basic abc"),
+                    (b"x-forwarded-for", b"198.51.100.9"),
+                    (b"via", b"1.0 corp-proxy"),
+                ],
+            )
+            assert reply.status == 200
+            assert reply.header(b"via") == b"1.1 pvtunnel"
+            recorded = upstream.requests[-1]
+            names = {name for name, _ in recorded.headers}
+            assert not names & {b"x-private", b"keep-alive", b"te", b"proxy-authorization"}
+            # The agent's own connection header is fine; the client's tokens are gone.
+            assert recorded.header(b"connection") in (None, b"keep-alive")
+            assert recorded.header(b"x-forwarded-for") == b"198.51.100.9, 127.0.0.1"
+            assert recorded.header(b"x-forwarded-host") == b"app"
+            assert recorded.header(b"x-forwarded-proto") == b"http"
+            assert recorded.header(b"via") == b"1.0 corp-proxy, 1.1 pvtunnel"
+            assert recorded.header(b"host") == b"app"
+            nursery.cancel_scope.cancel()
+
+
+async def test_expect_100_continue_is_relayed() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            async with await Client.connect(running.port) as client:
+                body = b"u" * 2_000_000
+                await client._send(
+                    h11.Request(
+                        method=b"POST",
+                        target=b"/echo",
+                        headers=[
+                            (b"host", b"app"),
+                            (b"expect", b"100-continue"),
+                            (b"content-length", b"%d" % len(body)),
+                        ],
+                    )
+                )
+                # The client waits for 100 before sending its body, as curl does.
+                event = await client._next()
+                assert getattr(event, "status_code", None) == 100
+                await client._send(h11.Data(data=body))
+                await client._send(h11.EndOfMessage())
+                reply = await client.read_reply()
+            assert reply.status == 200
+            assert reply.body == body
+            assert upstream.requests[-1].header(b"expect") == b"100-continue"
+            nursery.cancel_scope.cancel()
+
+
+async def test_malformed_and_oversized_heads() -> None:
+    config = server_config(limits={"max_request_head_bytes": 4096})
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            bad = await raw_exchange(running.port, b"GET / HTTP/1.1\r\nHost app\r\n\r\n")
+            assert bad.startswith(b"HTTP/1.1 400 ")
+            big = await raw_exchange(
+                running.port, b"GET / HTTP/1.1\r\nHost: app\r\nX-Big: " + b"a" * 8000 + b"\r\n\r\n"
+            )
+            assert big.startswith(b"HTTP/1.1 431 ")
+            assert upstream.requests == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_upstream_too_slow_is_504() -> None:
+    config = server_config(timeouts={"upstream_response_s": 0.5})
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            _, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            reply = await fetch(running.port, b"GET", b"/never")
+            assert reply.status == 504
+            assert b"took too long" in reply.body
+            nursery.cancel_scope.cancel()
+
+
+async def test_server_at_its_stream_limit_answers_503() -> None:
+    config = server_config(limits={"max_streams_per_agent": 2})
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            replies: list[int] = []
+
+            async def held() -> None:
+                replies.append((await fetch(running.port, b"GET", b"/hold")).status)
+
+            async with trio.open_nursery() as clients:
+                clients.start_soon(held)
+                clients.start_soon(held)
+                while upstream.holding < 2:
+                    upstream.hold_started = trio.Event()
+                    await upstream.hold_started.wait()
+                busy = await fetch(running.port, b"GET", b"/")
+                assert busy.status == 503
+                upstream.release.set()
+            assert replies == [200, 200]
+            nursery.cancel_scope.cancel()
+
+
+async def test_upstream_dropping_mid_body_truncates_the_client_response() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            raw = await raw_exchange(running.port, b"GET /close HTTP/1.1\r\nHost: app\r\n\r\n")
+            head, _, body = raw.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert b"content-length: 1000" in head.lower()
+            assert body == b"partial"  # then the server closed: truncated, not spliced
+            # Other requests are not disturbed.
+            assert (await fetch(running.port, b"GET", b"/")).status == 200
+            nursery.cancel_scope.cancel()
+
+
+async def test_agent_killed_mid_request_gives_502_quickly() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            _, _, agent_scope = await start_agent(nursery, running, {"app": port})
+            outcome: list[int | str] = []
+
+            async def client() -> None:
+                try:
+                    outcome.append((await fetch(running.port, b"GET", b"/hold")).status)
+                except (h11.RemoteProtocolError, trio.BrokenResourceError):
+                    outcome.append("closed")
+
+            async with trio.open_nursery() as clients:
+                clients.start_soon(client)
+                await upstream.hold_started.wait()
+                with trio.fail_after(5):
+                    agent_scope.cancel()
+            assert outcome[0] in (502, "closed")
+            session_count = len(running.server.sessions)
+            assert session_count == 0
+            assert running.server.state.in_flight == 0
+            assert (await fetch(running.port, b"GET", b"/")).status == 404
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,171 @@
+"""A recording HTTP/1.1 upstream for integration tests, written with h11.
+
+Every request it receives is appended to ``requests`` (head and whole body), so
+tests can assert on exactly what crossed the tunnel. Paths choose behaviour:
+
+- ``/status/NNN``: answer NNN with a short body (none for 1xx/204/304).
+- ``/chunked``: answer with a chunked body of the pieces in ``?parts=N`` (default 3).
+- ``/echo``: answer the request body back with Content-Length.
+- ``/bytes/N``: answer N bytes of a repeating pattern.
+- ``/hold``: wait until ``release`` is set, then answer.
+- ``/never``: never answer (the tunnel must time out).
+- ``/close``: send a partial body, then drop the connection.
+- anything else: 200 with a body naming the upstream and the target.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Final
+
+import attrs
+import h11
+import trio
+
+PATTERN: Final = bytes(range(256)) * 256
+
+
+@attrs.frozen(kw_only=True)
+class Recorded:
+    method: bytes
+    target: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for n, v in self.headers if n == name), None)
+
+
+class RecordingUpstream:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.requests: list[Recorded] = []
+        self.connections = 0
+        self.release = trio.Event()
+        self.holding = 0
+        self.hold_started = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                functools.partial(trio.serve_listeners, self._connection, listeners)
+            )
+            task_status.started(port)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        self.connections += 1
+        conn = h11.Connection(h11.SERVER)
+
+        async def send(*events: h11.Event) -> None:
+            await stream.send_all(b"".join(conn.send(e) or b"" for e in events))
+
+        try:
+            while True:
+                request: h11.Request | None = None
+                body = bytearray()
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        if conn.they_are_waiting_for_100_continue:
+                            await send(h11.InformationalResponse(status_code=100, headers=[]))
+                        conn.receive_data(await stream.receive_some(65536))
+                        continue
+                    if isinstance(event, h11.Request):
+                        request = event
+                    elif isinstance(event, h11.Data):
+                        body += event.data
+                    elif isinstance(event, h11.EndOfMessage):
+                        break
+                    else:
+                        return
+                assert request is not None
+                self.requests.append(
+                    Recorded(
+                        method=request.method,
+                        target=request.target,
+                        headers=tuple(request.headers),
+                        body=bytes(body),
+                    )
+                )
+                await self._answer(request, bytes(body), send, stream)
+                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                conn.start_next_cycle()
+        except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        finally:
+            await stream.aclose()
+
+    async def _answer(
+        self, request: h11.Request, body: bytes, send: object, stream: trio.SocketStream
+    ) -> None:
+        assert callable(send)
+        path = request.target.split(b"?", 1)[0]
+        query = request.target.split(b"?", 1)[1] if b"?" in request.target else b""
+        if path.startswith(b"/status/"):
+            status = int(path.rsplit(b"/", 1)[1])
+            payload = b"" if status in (204, 304) else b"status %d\n" % status
+            headers = [(b"content-length", b"%d" % len(payload))] if payload else []
+            await send(
+                h11.Response(status_code=status, headers=headers),
+                *([h11.Data(data=payload)] if payload else []),
+                h11.EndOfMessage(),
+            )
+            return
+        if path == b"/chunked":
+            parts = int(query.split(b"=", 1)[1]) if query.startswith(b"parts=") else 3
+            await send(h11.Response(status_code=200, headers=[(b"transfer-encoding", b"chunked")]))
+            for index in range(parts):
+                await send(h11.Data(data=b"part %d;" % index))
+            await send(h11.EndOfMessage())
+            return
+        if path == b"/echo":
+            await send(
+                h11.Response(
+                    status_code=200,
+                    headers=[
+                        (b"content-length", b"%d" % len(body)),
+                        (b"x-upstream", self.name.encode()),
+                    ],
+                ),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            )
+            return
+        if path.startswith(b"/bytes/"):
+            size = int(path.rsplit(b"/", 1)[1])
+            await send(h11.Response(status_code=200, headers=[(b"content-length", b"%d" % size)]))
+            sent = 0
+            while sent < size:
+                chunk = PATTERN[: min(len(PATTERN), size - sent)]
+                await send(h11.Data(data=chunk))
+                sent += len(chunk)
+            await send(h11.EndOfMessage())
+            return
+        if path == b"/hold":
+            self.holding += 1
+            self.hold_started.set()
+            await self.release.wait()
+        if path == b"/never":
+            await trio.sleep_forever()
+        if path == b"/close":
+            await send(
+                h11.Response(status_code=200, headers=[(b"content-length", b"1000")]),
+                h11.Data(data=b"partial"),
+            )
+            await stream.aclose()
+            return
+        payload = b"%s saw %s %s" % (self.name.encode(), request.method, request.target)
+        await send(
+            h11.Response(
+                status_code=200,
+                headers=[
+                    (b"content-length", b"%d" % len(payload)),
+                    (b"x-upstream", self.name.encode()),
+                ],
+            ),
+            h11.Data(data=payload),
+            h11.EndOfMessage(),
+        )

@@ -1,0 +1,1 @@
+"""Synchronous, fast tests of the sans-I/O wire layer (no trio, no sockets)."""
