@@ -36,8 +36,7 @@ from pvtunnel._errors import (
     PvTunnelError,
     RemoteProtocolError,
 )
-from pvtunnel._wire import events as ev
-from pvtunnel._wire import frames as fr
+from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import HEADER, MAX_FRAME_PAYLOAD, FrameType, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
