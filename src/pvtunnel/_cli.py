@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -37,6 +36,13 @@ from pvtunnel._config import (
 )
 from pvtunnel._errors import ConfigError, HandshakeRefusedError
 from pvtunnel._logs import configure_logging
+from pvtunnel._status import (
+    DEFAULT_ADMIN_URL,
+    StatusError,
+    admin_url,
+    fetch_status,
+    format_status,
+)
 from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.demo import serve_demo_upstream
 from pvtunnel._trio.server import ServerAddresses, TunnelServer
@@ -46,8 +52,6 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 logger = logging.getLogger("pvtunnel.cli")
-
-AGENT_GRACE_S = 10.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,11 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address of both listeners")
     serve.add_argument("--internal-port", type=int, help="port agents connect to (0: any)")
     serve.add_argument("--external-port", type=int, help="port HTTP clients use (0: any)")
+    serve.add_argument(
+        "--admin-port", type=int, help="serve /metrics, /status, /live, /ready here (0: any)"
+    )
 
     agent = commands.add_parser("agent", parents=[common], help="run an agent")
     agent.add_argument("--config", type=Path, help="agent.toml")
     agent.add_argument("--server", help="ws://host:port, wss://host:port or host:port")
     agent.add_argument("--client-id", help="this agent's name in the server's logs")
+    agent.add_argument(
+        "--admin-port", type=int, help="serve /metrics, /status, /live, /ready here (0: any)"
+    )
     agent.add_argument(
         "--route",
         action="append",
@@ -88,6 +98,21 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate a server or agent config file")
     check.add_argument("file", type=Path)
+
+    status = commands.add_parser(
+        "status", help="show a running server's or agent's /status as tables"
+    )
+    status.add_argument(
+        "--admin",
+        default=DEFAULT_ADMIN_URL,
+        metavar="URL",
+        help=f"its admin listener (default {DEFAULT_ADMIN_URL}; HOST:PORT works too)",
+    )
+    status.add_argument(
+        "--token-file",
+        type=Path,
+        help="a file holding the admin token (else $PVTUNNEL_ADMIN_TOKEN, if set)",
+    )
 
     demo = commands.add_parser(
         "demo", parents=[common], help="server + agent + a sample service in one process"
@@ -105,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         "agent": _agent,
         "init": _init,
         "check": _check,
+        "status": _status,
         "demo": _demo,
     }[args.command]
     try:
@@ -123,7 +149,11 @@ def _say(text: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     config = load_server_config(args.config, environ=os.environ)
     config = with_overrides(
-        config, host=args.host, internal_port=args.internal_port, external_port=args.external_port
+        config,
+        host=args.host,
+        internal_port=args.internal_port,
+        external_port=args.external_port,
+        admin_port=args.admin_port,
     )
     if config.internal.token is None and not config.internal.tokens:
         token = generate_token()
@@ -142,6 +172,7 @@ async def _run_server(config: ServerConfig) -> int:
             _say(
                 f"pvtunnel serve: ready internal={_url('ws', addresses.internal)} "
                 f"external={_url('http', addresses.external)}"
+                + (f" admin={_url('http', addresses.admin)}" if addresses.admin else "")
             )
     return 0
 
@@ -162,7 +193,11 @@ async def _stop_on_signal(
 def _agent(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config, environ=os.environ)
     config = with_agent_overrides(
-        config, server_url=args.server, client_id=args.client_id, routes=args.route
+        config,
+        server_url=args.server,
+        client_id=args.client_id,
+        routes=args.route,
+        admin_port=args.admin_port,
     )
     problems = config.validate_runnable()
     if problems:
@@ -180,12 +215,12 @@ async def _run_agent(config: AgentConfig) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             async with trio.open_nursery() as nursery:
-                drain = functools.partial(agent.drain, grace_s=AGENT_GRACE_S)
-                nursery.start_soon(_stop_on_signal, signals, drain, nursery.cancel_scope)
+                nursery.start_soon(_stop_on_signal, signals, agent.drain, nursery.cancel_scope)
                 status = await nursery.start(agent.serve)
                 _say(
                     f"pvtunnel agent: ready server={status.server_url} "
                     f"routes={','.join(status.routes)}"
+                    + (f" admin={_url('http', status.admin)}" if status.admin else "")
                 )
         except BaseExceptionGroup as group:
             raise first_error(group) from None
@@ -207,6 +242,23 @@ def _check(args: argparse.Namespace) -> int:
     if problems:
         return 2
     print(f"{args.file}: a valid {kind} configuration")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    token = os.environ.get("PVTUNNEL_ADMIN_TOKEN")
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"--token-file: cannot read {args.token_file}: {exc}"]) from None
+    url = admin_url(args.admin)
+    try:
+        document = fetch_status(url, token or None)
+    except StatusError as exc:
+        _say(f"pvtunnel status: {exc}")
+        return 1
+    print(format_status(document, url.removesuffix("/status")))
     return 0
 
 

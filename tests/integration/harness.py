@@ -35,8 +35,8 @@ def server_config(
 ) -> ServerConfig:
     return ServerConfig(
         host="127.0.0.1",
-        internal=InternalConfig(port=0, **({"token": Secret(TOKEN)} | (internal or {}))),
-        external=ExternalConfig(port=0, **(external or {})),
+        internal=InternalConfig(**({"port": 0, "token": Secret(TOKEN)} | (internal or {}))),
+        external=ExternalConfig(**({"port": 0} | (external or {}))),
         timeouts=TimeoutsConfig(**(timeouts or {})),
         limits=LimitsConfig(**(limits or {})),
     )

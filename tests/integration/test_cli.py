@@ -234,6 +234,8 @@ async def test_agent_process_killed_mid_request_gives_502_within_5_seconds(launc
             with trio.fail_after(5):  # the bar in the issue: the client hears within 5 s
                 await answered.wait()
             assert outcome == [502]
+            with trio.fail_after(5):  # the server's per-agent state drops back to zero
+                await running.server.state.idle.wait()
             assert running.server.state.in_flight == 0
             nursery.cancel_scope.cancel()
 

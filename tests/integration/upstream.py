@@ -8,6 +8,8 @@ tests can assert on exactly what crossed the tunnel. Paths choose behaviour:
 - ``/echo``: answer the request body back with Content-Length.
 - ``/bytes/N``: answer N bytes of a repeating pattern.
 - ``/hold``: wait until ``release`` is set, then answer.
+- ``/watch``: like ``/hold``, but record a hang-up (``hangups``, ``hung_up``) if the
+  tunnel closes the connection first.
 - ``/never``: never answer (the tunnel must time out).
 - ``/close``: send a partial body, then drop the connection.
 - anything else: 200 with a body naming the upstream and the target.
@@ -44,6 +46,8 @@ class RecordingUpstream:
         self.release = trio.Event()
         self.holding = 0
         self.hold_started = trio.Event()
+        self.hangups = 0
+        self.hung_up = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
@@ -61,9 +65,10 @@ class RecordingUpstream:
         async def send(*events: h11.Event) -> None:
             await stream.send_all(b"".join(conn.send(e) or b"" for e in events))
 
+        request: h11.Request | None = None
         try:
             while True:
-                request: h11.Request | None = None
+                request = None
                 body = bytearray()
                 while True:
                     event = conn.next_event()
@@ -72,6 +77,9 @@ class RecordingUpstream:
                             await send(h11.InformationalResponse(status_code=100, headers=[]))
                         conn.receive_data(await stream.receive_some(65536))
                         continue
+                    if isinstance(event, h11.ConnectionClosed) and request is not None:
+                        self._hang_up()  # closed in the middle of a request body
+                        return
                     if isinstance(event, h11.Request):
                         request = event
                     elif isinstance(event, h11.Data):
@@ -93,10 +101,18 @@ class RecordingUpstream:
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
-        except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+        except h11.RemoteProtocolError:
+            if conn.their_state is h11.ERROR and request is not None:
+                self._hang_up()
+            return
+        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             return
         finally:
             await stream.aclose()
+
+    def _hang_up(self) -> None:
+        self.hangups += 1
+        self.hung_up.set()
 
     async def _answer(
         self, request: h11.Request, body: bytes, send: object, stream: trio.SocketStream
@@ -144,6 +160,21 @@ class RecordingUpstream:
                 sent += len(chunk)
             await send(h11.EndOfMessage())
             return
+        if path == b"/watch":
+            # Hold until released, but notice (and record) the tunnel hanging up.
+            self.holding += 1
+            self.hold_started.set()
+            async with trio.open_nursery() as nursery:
+
+                async def released() -> None:
+                    await self.release.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(released)
+                if await stream.receive_some(1) == b"":
+                    self._hang_up()
+                    return
+                nursery.cancel_scope.cancel()
         if path == b"/hold":
             self.holding += 1
             self.hold_started.set()

@@ -133,6 +133,10 @@ class TimeoutsConfig:
     upstream_response_s: float = attrs.field(default=60.0, validator=Rule(rules.seconds))
     grace_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
     handshake_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
+    # Both ends PING every heartbeat_s; a peer silent for heartbeat_timeout_s is dead,
+    # so a blackholed network is noticed in seconds, not at TCP's timeout.
+    heartbeat_s: float = attrs.field(default=5.0, validator=Rule(rules.seconds))
+    heartbeat_timeout_s: float = attrs.field(default=15.0, validator=Rule(rules.seconds))
 
 
 @attrs.frozen(kw_only=True)
@@ -321,6 +325,9 @@ class AgentTimeouts:
     upstream_connect_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
     reconnect_max_s: float = attrs.field(default=30.0, validator=Rule(rules.seconds))
     upstream_idle_s: float = attrs.field(default=60.0, validator=Rule(rules.seconds))
+    heartbeat_s: float = attrs.field(default=5.0, validator=Rule(rules.seconds))
+    heartbeat_timeout_s: float = attrs.field(default=15.0, validator=Rule(rules.seconds))
+    grace_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
 
 
 @attrs.frozen(kw_only=True)

@@ -9,15 +9,15 @@ jittered exponential backoff, forever.
 from __future__ import annotations
 
 import logging
-import random
 import ssl
-import time
+import urllib.parse
 from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
 import trio_websocket
 
+from pvtunnel._backoff import Backoff
 from pvtunnel._errors import (
     ErrorCode,
     HandshakeRefusedError,
@@ -25,6 +25,8 @@ from pvtunnel._errors import (
     RemoteProtocolError,
     TunnelClosedError,
 )
+from pvtunnel._metrics import AgentMetrics
+from pvtunnel._trio.admin import AgentAdmin, serve_admin
 from pvtunnel._trio.tunnel import (
     WEBSOCKET_MAX_MESSAGE,
     WEBSOCKET_RECEIVE_BUFFER,
@@ -55,6 +57,7 @@ class AgentStatus:
     server_url: str
     routes: tuple[str, ...]
     refused: tuple[tuple[str, str], ...]
+    admin: tuple[str, int] | None = None
 
 
 class TunnelAgent:
@@ -70,8 +73,13 @@ class TunnelAgent:
             raise ValueError("; ".join(problems))
         self.config = config
         self.routes: dict[str, Route] = {route.name: route for route in config.routes}
-        self.pool = UpstreamPool(config)
+        self.metrics = AgentMetrics()
+        self.pool = UpstreamPool(config, self.metrics)
         self.connected = False
+        # trio.current_time() at registration; /status turns it into wall-clock time.
+        self.connected_at = 0.0
+        self.draining = False
+        self.admin_address: tuple[str, int] | None = None
         self.reconnects = 0
         self._tunnel: Tunnel | None = None
         self._started = False
@@ -85,17 +93,35 @@ class TunnelAgent:
     ) -> None:
         """Stay connected until cancelled (startable: returns once first registered).
 
+        With ``config.admin`` set, the admin listener starts first, so probes are
+        answered (``/ready``: 503) while the agent is not yet registered.
+
         Raises:
             HandshakeRefusedError: the server refused the token or the hello.
+            OSError: the admin port cannot be bound.
         """
+        admin = self.config.admin
+        if admin is None:
+            await self._serve_sessions(task_status)
+            return
+        try:
+            async with trio.open_nursery() as nursery:
+                self.admin_address = await nursery.start(serve_admin, admin, AgentAdmin(self))
+                await self._serve_sessions(task_status)
+        except BaseExceptionGroup as group:
+            # Callers catch HandshakeRefusedError itself, with or without the listener.
+            raise first_error(group) from None
+
+    async def _serve_sessions(self, task_status: trio.TaskStatus[AgentStatus]) -> None:
+        """Connect, serve until the connection ends, back off, reconnect: forever."""
         url = self.config.server.urls[0]
-        backoff = INITIAL_BACKOFF_S
+        backoff = Backoff(INITIAL_BACKOFF_S, self.config.timeouts.reconnect_max_s)
         try:
             while True:
-                began = time.monotonic()
+                began = trio.current_time()
                 try:
                     await self._session(url, task_status)
-                    logger.warning("server %s closed the connection", url)
+                    logger.warning("the connection to %s ended", url)
                 except (
                     OSError,
                     trio_websocket.HandshakeError,
@@ -104,19 +130,22 @@ class TunnelAgent:
                     ProtocolError,
                     trio.TooSlowError,
                 ) as exc:
+                    if isinstance(exc, ProtocolError):
+                        self.metrics.protocol_errors += 1
                     logger.warning("connection to %s failed: %s", url, _describe(exc))
-                if time.monotonic() - began > STABLE_SESSION_S:
-                    backoff = INITIAL_BACKOFF_S
-                delay = random.uniform(backoff / 2, backoff)
+                if trio.current_time() - began > STABLE_SESSION_S:
+                    backoff.reset()
+                delay = backoff.next_delay()
                 logger.info("reconnecting in %.1fs", delay)
                 await trio.sleep(delay)
-                backoff = min(backoff * 2, self.config.timeouts.reconnect_max_s)
                 self.reconnects += 1
         finally:
             await self.pool.aclose()
 
-    async def drain(self, grace_s: float) -> None:
-        """Say GOAWAY to the server and wait (bounded) for in-flight streams to finish."""
+    async def drain(self) -> None:
+        """Say GOAWAY to the server and wait (up to ``timeouts.grace_s``) for in-flight streams."""
+        grace_s = self.config.timeouts.grace_s
+        self.draining = True
         tunnel = self._tunnel
         if tunnel is None:
             return
@@ -137,9 +166,16 @@ class TunnelAgent:
             raise _final_if_refused(exc, url) from None
 
     async def _session_tasks(self, url: str, task_status: trio.TaskStatus[AgentStatus]) -> None:
-        async with trio.open_nursery() as nursery:
+        target = urllib.parse.urlsplit(url)
+        host = target.hostname or ""
+        port = target.port or (443 if target.scheme == "wss" else 80)
+        with trio.fail_after(self.config.timeouts.connect_s):
+            stream = await _open_stream(host, port, _client_ssl_context(url, self.config))
+        # We own the transport, so it is closed however the handshake ends: a refusal
+        # or a TLS failure surfaces from trio-websocket's reader task, in ``nursery``.
+        async with stream, trio.open_nursery() as nursery:
             with trio.fail_after(self.config.timeouts.connect_s):
-                ws = await self._connect(nursery, url)
+                ws = await self._handshake(nursery, stream, host, port, target)
             try:
                 await self._register_and_run(ws, url, nursery, task_status)
             finally:
@@ -148,15 +184,26 @@ class TunnelAgent:
                 nursery.cancel_scope.cancel()
                 await close_websocket(ws)
 
-    async def _connect(self, nursery: trio.Nursery, url: str) -> trio_websocket.WebSocketConnection:
+    async def _handshake(
+        self,
+        nursery: trio.Nursery,
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+        host: str,
+        port: int,
+        target: urllib.parse.SplitResult,
+    ) -> trio_websocket.WebSocketConnection:
         token = self.config.server.token
         assert token is not None
-        # A refusal (HTTP 401) surfaces from trio-websocket's reader task, which runs
-        # in ``nursery``: `_session` turns it into HandshakeRefusedError.
-        return await trio_websocket.connect_websocket_url(
+        default_port = 443 if target.scheme == "wss" else 80
+        host_header = host if port == default_port else f"{host}:{port}"
+        if ":" in host:
+            host_header = f"[{host}]" if port == default_port else f"[{host}]:{port}"
+        resource = (target.path or "/") + (f"?{target.query}" if target.query else "")
+        return await trio_websocket.wrap_client_stream(
             nursery,
-            url,
-            _client_ssl_context(url, self.config),
+            stream,
+            host_header,
+            resource,
             extra_headers=[(b"authorization", b"Bearer " + token.reveal().encode())],
             max_message_size=WEBSOCKET_MAX_MESSAGE,
             receive_buffer_size=WEBSOCKET_RECEIVE_BUFFER,
@@ -173,7 +220,14 @@ class TunnelAgent:
         mux = Multiplexer(
             Role.AGENT, window=config.stream_window_bytes, max_streams=config.max_streams
         )
-        tunnel = Tunnel(ws, mux, on_stream=self._serve_stream, label=url)
+        tunnel = Tunnel(
+            ws,
+            mux,
+            on_stream=self._serve_stream,
+            label=url,
+            heartbeat_s=config.timeouts.heartbeat_s,
+            heartbeat_timeout_s=config.timeouts.heartbeat_timeout_s,
+        )
         mux.send_hello(client_id=config.client_id, routes=tuple(self.routes))
         with trio.fail_after(config.timeouts.connect_s):
             await tunnel.flush()
@@ -184,9 +238,12 @@ class TunnelAgent:
         served = tuple(r for r in self.routes if r not in dict(refused))
         if not served:
             raise HandshakeRefusedError("the server refused every route of this agent")
-        status = AgentStatus(server_url=url, routes=served, refused=refused)
+        status = AgentStatus(
+            server_url=url, routes=served, refused=refused, admin=self.admin_address
+        )
         self._tunnel = tunnel
         self.connected = True
+        self.connected_at = trio.current_time()
         logger.info("registered with %s: routes %s", url, ", ".join(served))
         if not self._started:
             self._started = True
@@ -207,6 +264,7 @@ class TunnelAgent:
         if route is None:
             channel.reset(ErrorCode.UNKNOWN_ROUTE, f"no route {head.route!r} here")
             return
+        self.metrics.stream_started(route.name)
         await Replay(channel, head, route, self.pool).run()
 
 
@@ -231,6 +289,16 @@ def _final_if_refused(exc: BaseException, url: str) -> BaseException:
             f"the server at {url} refused this agent's token (HTTP {exc.status_code})"
         )
     return exc
+
+
+async def _open_stream(
+    host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+    if ssl_context is None:
+        return await trio.open_tcp_stream(host, port)
+    return await trio.open_ssl_over_tcp_stream(
+        host, port, ssl_context=ssl_context, https_compatible=True
+    )
 
 
 def _client_ssl_context(url: str, config: AgentConfig) -> ssl.SSLContext | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import socket
 from typing import TYPE_CHECKING, Final
 
 import h11
@@ -63,6 +64,9 @@ class ClientConnection:
         self.scope = trio.CancelScope()
         self.phase = Phase.HEAD
         self.client_error: Exception | None = None
+        # The current request's route and request body bytes forwarded, for its log line.
+        self.route: str | None = None
+        self.request_bytes = 0
         # h11 caps only incomplete heads; a whole head that arrived at once is checked here.
         self.max_head_bytes = state.config.limits.max_request_head_bytes
 
@@ -82,6 +86,7 @@ class ClientConnection:
                 try:
                     event = await self.http.next_event()
                 except h11.RemoteProtocolError as exc:
+                    self.state.metrics.client_protocol_errors += 1
                     await self._send_error(exc.error_status_hint, "malformed request", close=True)
                     return
                 if isinstance(event, h11.ConnectionClosed):
@@ -138,18 +143,20 @@ class ClientConnection:
         detail: str,
         *,
         extra: tuple[tuple[bytes, bytes], ...] = (),
+        route: str | None = None,
     ) -> bool:
         """Answer without proxying; keep the connection if the request body is small."""
         # Reading an unread body to keep the connection is not worth it: close instead.
         has_body = hdr.is_chunked(request.headers) or (hdr.content_length(request.headers) or 0)
         await self._send_error(status, detail, close=bool(has_body), extra=extra)
-        self.state.log_request(request, self.address, status, 0, None)
+        self.state.log_request(request, self.address, status, 0, None, route=route)
         return not has_body
 
     async def _proxy(self, request: h11.Request) -> bool:
         """Proxy one request; False when the connection must be closed afterwards."""
         state = self.state
         config = state.config
+        self.route, self.request_bytes = None, 0
         chunked = hdr.is_chunked(request.headers)
         has_body = chunked or bool(hdr.content_length(request.headers))
         if not has_body:
@@ -175,8 +182,11 @@ class ClientConnection:
         if match is None:
             return await self._refuse(request, 404, "no agent serves this host")
         route, session = match
+        self.route = route
         if session.in_flight >= config.limits.max_streams_per_agent:
-            return await self._refuse(request, 503, "the agent for this host is at its limit")
+            return await self._refuse(
+                request, 503, "the agent for this host is at its limit", route=route
+            )
         head = RequestHead(
             route=route,
             method=request.method,
@@ -192,14 +202,17 @@ class ClientConnection:
         try:
             channel = session.tunnel.open_stream(head, end_stream=not has_body)
         except TunnelClosedError:
-            return await self._refuse(request, 502, "the agent for this host went away")
+            return await self._refuse(
+                request, 502, "the agent for this host went away", route=route
+            )
         state.stream_started(session)
         try:
-            if not has_body:
-                return await self._relay_response(channel, request, session.client_id)
+            # While the response comes, the client side is watched too: the body is
+            # pumped upstream, or (no body) a hang-up is noticed and resets the stream.
+            watch = self._pump_request_body if has_body else self._watch_for_hangup
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._pump_request_body, channel)
+                    nursery.start_soon(watch, channel)
                     keep = await self._relay_response(channel, request, session.client_id)
                     nursery.cancel_scope.cancel()
             except BaseExceptionGroup as group:
@@ -211,6 +224,24 @@ class ClientConnection:
                 channel.reset(ErrorCode.CANCEL, "client request ended")
             state.stream_finished(session)
 
+    async def _watch_for_hangup(self, channel: Channel) -> None:
+        """Reset the stream if the client closes its connection while we wait.
+
+        Peeks at the raw socket, so nothing is consumed: data that arrives instead
+        (a pipelined request) just ends the watch.
+        """
+        sock = _raw_socket(self.stream)
+        if sock is None:
+            return
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            peeked = await sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            peeked = b""
+        if not peeked:
+            self.client_error = _ClientGone("the client closed its connection")
+            channel.reset(ErrorCode.CANCEL, "the client went away")
+
     async def _pump_request_body(self, channel: Channel) -> None:
         """Client body -> stream. A broken client resets the stream."""
         try:
@@ -218,6 +249,7 @@ class ClientConnection:
                 event = await self.http.next_event()
                 if isinstance(event, h11.Data):
                     await channel.send_data(bytes(event.data))
+                    self.request_bytes += len(event.data)
                 elif isinstance(event, h11.EndOfMessage):
                     channel.end()
                     return
@@ -244,11 +276,11 @@ class ClientConnection:
                 return False
             status = status_for_reset(exc.code)
             await self._send_error(status, _RESET_DETAIL.get(status, "upstream failed"))
-            self.state.log_request(request, self.address, status, 0, agent, started)
+            self._log_proxied(request, status, 0, agent, started, channel)
             return True
         except TunnelClosedError:
             await self._send_error(502, "the agent went away before answering")
-            self.state.log_request(request, self.address, 502, 0, agent, started)
+            self._log_proxied(request, 502, 0, agent, started, channel)
             return True
         sent = 0
         try:
@@ -270,10 +302,31 @@ class ClientConnection:
                 channel.consume(len(item))
         except (TunnelClosedError, h11.LocalProtocolError, *BROKEN) as exc:
             logger.info("response to %s aborted after %d body bytes: %s", self.address, sent, exc)
-            self.state.log_request(request, self.address, head.status, sent, agent, started)
+            self._log_proxied(request, head.status, sent, agent, started, channel)
             return False
-        self.state.log_request(request, self.address, head.status, sent, agent, started)
+        self._log_proxied(request, head.status, sent, agent, started, channel)
         return True
+
+    def _log_proxied(
+        self,
+        request: h11.Request,
+        status: int,
+        sent: int,
+        agent: str,
+        started: float,
+        channel: Channel,
+    ) -> None:
+        self.state.log_request(
+            request,
+            self.address,
+            status,
+            sent,
+            agent,
+            started,
+            route=self.route,
+            bytes_in=self.request_bytes,
+            stream_id=channel.stream_id,
+        )
 
     async def _receive_final_head(self, channel: Channel) -> ResponseHead:
         while True:
@@ -307,7 +360,11 @@ async def handle_client(
     """Serve one client connection; never raises for client misbehaviour."""
     address = _peer_address(stream)
     client = ClientConnection(stream, state, address, proto)
+    state.client_connections += 1
     try:
+        if state.client_connections > state.config.limits.max_client_connections:
+            await client._send_error(503, "the server is at its connection limit", close=True)
+            return
         if not state.config.external.allows(address):
             await client._send_error(403, "your address may not use this tunnel", close=True)
             return
@@ -321,6 +378,7 @@ async def handle_client(
         logger.exception("internal error serving %s", address)
         await client._send_error(500, "internal error", close=True)
     finally:
+        state.client_connections -= 1
         with trio.move_on_after(1, shield=True):
             await stream.aclose()
 
@@ -333,12 +391,17 @@ def _head_size(request: h11.Request) -> int:
     return size
 
 
-def _peer_address(stream: trio.abc.Stream) -> str:
+def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     transport = stream
     while isinstance(transport, trio.SSLStream):
         transport = transport.transport_stream
-    if isinstance(transport, trio.SocketStream):
-        peer = transport.socket.getpeername()
+    return transport.socket if isinstance(transport, trio.SocketStream) else None
+
+
+def _peer_address(stream: trio.abc.Stream) -> str:
+    sock = _raw_socket(stream)
+    if sock is not None:
+        peer = sock.getpeername()
         if isinstance(peer, tuple):
             return str(peer[0])
     return "unknown"

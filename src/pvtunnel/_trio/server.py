@@ -20,6 +20,8 @@ import trio_websocket
 
 from pvtunnel._errors import ErrorCode, ProtocolError, RemoteProtocolError
 from pvtunnel._http.routing import Router
+from pvtunnel._metrics import ServerMetrics
+from pvtunnel._trio.admin import ServerAdmin, serve_admin
 from pvtunnel._trio.front import handle_client
 from pvtunnel._trio.tunnel import (
     WEBSOCKET_MAX_MESSAGE,
@@ -47,6 +49,7 @@ class ServerAddresses:
 
     internal: tuple[str, int]
     external: tuple[str, int]
+    admin: tuple[str, int] | None = None
 
 
 @attrs.define(eq=False)
@@ -59,6 +62,8 @@ class AgentSession:
     routes: tuple[str, ...]
     connected_at: float = attrs.field(factory=time.time)
     requests: int = 0
+    # Cancelled when a newer connection with the same client_id replaces this one.
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
 
     @property
     def in_flight(self) -> int:
@@ -72,10 +77,27 @@ class ServerState:
         self.config = config
         self.router: Router[AgentSession] = Router(domain=config.external.domain)
         self.sessions: set[AgentSession] = set()
+        self._sessions_changed = trio.lowlevel.ParkingLot()
         self.in_flight = 0
+        self.client_connections = 0
         self.draining = False
+        # Set once both listeners accept: /ready is false before that (and while draining).
+        self.listening = False
+        self.metrics = ServerMetrics()
         self.idle = trio.Event()
         self.idle.set()
+
+    def add_session(self, session: AgentSession) -> None:
+        self.sessions.add(session)
+        self._sessions_changed.unpark_all()
+
+    def discard_session(self, session: AgentSession) -> None:
+        self.sessions.discard(session)
+        self._sessions_changed.unpark_all()
+
+    async def wait_sessions_changed(self) -> None:
+        """Wait until an agent connects or leaves (for status pages and tests)."""
+        await self._sessions_changed.park()
 
     def stream_started(self, session: AgentSession) -> None:
         session.requests += 1
@@ -96,21 +118,51 @@ class ServerState:
         size: int,
         agent: str | None,
         started: float | None = None,
+        *,
+        route: str | None = None,
+        bytes_in: int = 0,
+        stream_id: int | None = None,
     ) -> None:
+        """Count and log one answered request: the single hook for /metrics and the access log.
+
+        ``size`` is the response body bytes sent, ``bytes_in`` the request body bytes
+        forwarded, ``started`` when the stream to the agent opened (None if the request
+        never reached one).
+        """
+        duration_s = trio.current_time() - started if started is not None else None
+        self.metrics.record_request(route, status, bytes_in, size, duration_s)
         if not access_logger.isEnabledFor(logging.INFO):
             return
-        host = next((v for n, v in request.headers if n == b"host"), b"-")
-        duration_ms = (trio.current_time() - started) * 1000 if started is not None else 0.0
+        host = next((v for n, v in request.headers if n == b"host"), b"-").decode("latin-1")
+        method = request.method.decode("latin-1")
+        target = request.target.decode("latin-1")
+        duration_ms = round(duration_s * 1000, 3) if duration_s is not None else 0.0
         access_logger.info(
-            "%s %s %s %s %d %dB %.1fms agent=%s",
+            "%s %s %s %s %d %dB %.1fms agent=%s route=%s stream=%s",
             address,
-            request.method.decode("latin-1"),
-            host.decode("latin-1"),
-            request.target.decode("latin-1"),
+            method,
+            host,
+            target,
             status,
             size,
             duration_ms,
             agent or "-",
+            route or "-",
+            "-" if stream_id is None else stream_id,
+            # Keys of `--log-format json`; present on every request line, null if unknown.
+            extra={
+                "client": address,
+                "method": method,
+                "host": host,
+                "target": target,
+                "status": status,
+                "bytes_in": bytes_in,
+                "bytes_out": size,
+                "duration_ms": duration_ms,
+                "route": route,
+                "agent": agent,
+                "stream_id": stream_id,
+            },
         )
 
 
@@ -139,6 +191,11 @@ class TunnelServer:
         """Listen on both ports until cancelled (startable)."""
         config = self.config
         async with trio.open_nursery() as handlers:
+            # First and outside `listening`, so probes get answers (/ready: 503) while
+            # the listeners start, and during a drain.
+            admin: tuple[str, int] | None = None
+            if config.admin is not None:
+                admin = await handlers.start(serve_admin, config.admin, ServerAdmin(self))
             async with trio.open_nursery() as listening:
                 self._listen_scope = listening.cancel_scope
                 ws_server = await listening.start(
@@ -176,10 +233,12 @@ class TunnelServer:
                             trio.serve_listeners, handler, secure, handler_nursery=handlers
                         )
                     )
+                self.state.listening = True
                 task_status.started(
                     ServerAddresses(
                         internal=_address(ws_server.listeners[0]),
                         external=(external[0], external[1]),
+                        admin=admin,
                     )
                 )
             # Draining: no more listeners; connections finish until we are cancelled.
@@ -224,7 +283,13 @@ class TunnelServer:
             return
         ws = await request.accept()
         mux = Multiplexer(Role.SERVER, window=config.limits.stream_window_bytes)
-        tunnel = Tunnel(ws, mux, label=str(address))
+        tunnel = Tunnel(
+            ws,
+            mux,
+            label=str(address),
+            heartbeat_s=config.timeouts.heartbeat_s,
+            heartbeat_timeout_s=config.timeouts.heartbeat_timeout_s,
+        )
         try:
             with trio.fail_after(config.timeouts.handshake_s):
                 hello = await _receive_hello(tunnel)
@@ -235,6 +300,8 @@ class TunnelServer:
             mux.accept(refused=refused)
             await tunnel.flush()
         except (ProtocolError, trio.TooSlowError, trio_websocket.ConnectionClosed) as exc:
+            if isinstance(exc, ProtocolError):
+                self.state.metrics.agent_protocol_errors += 1
             logger.warning("agent handshake from %s failed: %s", address, exc)
             await tunnel.aclose("handshake failed")
             return
@@ -243,7 +310,9 @@ class TunnelServer:
         )
         for name, reason in refused:
             logger.warning("agent %s: route %r refused: %s", hello.client_id, name, reason)
-        self.state.sessions.add(session)
+        self._replace_same_client(session)
+        self.state.add_session(session)
+        self.state.metrics.agent_connects += 1
         self.state.router.add(session, accepted)
         logger.info(
             "agent %s connected from %s with routes %s",
@@ -252,17 +321,41 @@ class TunnelServer:
             ", ".join(accepted) or "(none)",
         )
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._unroute_when_leaving, session)
-                await tunnel.run()
-                nursery.cancel_scope.cancel()
+            with session.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._unroute_when_leaving, session)
+                    await tunnel.run()
+                    nursery.cancel_scope.cancel()
         except* ProtocolError as group:
+            self.state.metrics.agent_protocol_errors += 1
             logger.warning("agent %s broke the protocol: %s", hello.client_id, group.exceptions[0])
+        except* Exception:
+            # Boundary: one agent connection's failure must not reach the listener.
+            logger.exception("agent %s: internal error", hello.client_id)
         finally:
             self.state.router.remove(session)
-            self.state.sessions.discard(session)
+            self.state.discard_session(session)
+            self.state.metrics.agent_disconnects += 1
             logger.info("agent %s disconnected", hello.client_id)
             await close_websocket(ws)
+
+    def _replace_same_client(self, session: AgentSession) -> None:
+        """A reconnecting agent wins over the session the server still holds for it.
+
+        The old connection is most likely dead (its network went away before the
+        heartbeat noticed); its in-flight requests fail with 502 and new ones go to
+        the new connection.
+        """
+        for old in [s for s in self.state.sessions if s.client_id == session.client_id]:
+            logger.info(
+                "agent %s reconnected from %s; closing its previous connection from %s",
+                session.client_id,
+                session.address,
+                old.address,
+            )
+            self.state.router.remove(old)
+            self.state.discard_session(old)
+            old.scope.cancel()
 
     async def _unroute_when_leaving(self, session: AgentSession) -> None:
         """An agent's GOAWAY: its in-flight requests finish, new ones go elsewhere."""

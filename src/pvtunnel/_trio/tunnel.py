@@ -16,6 +16,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
+import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
@@ -44,6 +47,7 @@ WEBSOCKET_RECEIVE_BUFFER: Final = 64 * 1024
 CLOSE_GRACE_S: Final = 2.0
 
 
+_PING: Final = struct.Struct(">Q")
 _CLOSED: Final = (
     trio_websocket.ConnectionClosed,
     trio.BrokenResourceError,
@@ -233,17 +237,23 @@ class Tunnel:
         *,
         on_stream: StreamHandler | None = None,
         label: str = "",
+        heartbeat_s: float | None = None,
+        heartbeat_timeout_s: float = math.inf,
     ) -> None:
         self.ws = ws
         self.mux = mux
         self.label = label
+        self._heartbeat_s = heartbeat_s
+        self._heartbeat_timeout_s = heartbeat_timeout_s
+        self.last_heard = trio.current_time()
+        self.rtt_s: float | None = None
+        self.declared_dead = False
         self._on_stream = on_stream
         self._channels: dict[int, Channel] = {}
         self._write_lot = trio.lowlevel.ParkingLot()
         self._finished_lot = trio.lowlevel.ParkingLot()
         self.closed: TunnelClosedError | None = None
         self.going_away = trio.Event()
-        self.on_pong: Callable[[bytes], None] | None = None
 
     @property
     def in_flight(self) -> int:
@@ -289,6 +299,8 @@ class Tunnel:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
+                if self._heartbeat_s is not None:
+                    nursery.start_soon(self._heartbeat, self._heartbeat_s, nursery.cancel_scope)
                 task_status.started()
                 await self._reader(nursery)
                 nursery.cancel_scope.cancel()
@@ -343,6 +355,28 @@ class Tunnel:
         ):
             self._close_all(TunnelClosedError("agent connection lost while sending"))
 
+    async def _heartbeat(self, interval_s: float, scope: trio.CancelScope) -> None:
+        """PING every interval; a peer silent for the timeout is declared dead.
+
+        Any message counts as a sign of life, so a busy connection needs no extra
+        round trips to stay alive; the PONG's echoed clock gives the round-trip time.
+        """
+        while True:
+            await trio.sleep(interval_s)
+            silent_s = trio.current_time() - self.last_heard
+            if silent_s >= self._heartbeat_timeout_s:
+                logger.warning(
+                    "%s: nothing heard for %.1fs; declaring the connection dead",
+                    self.label,
+                    silent_s,
+                )
+                self.declared_dead = True
+                self._close_all(TunnelClosedError("the peer stopped answering heartbeats"))
+                scope.cancel()
+                return
+            self.mux.ping(_PING.pack(time.monotonic_ns()))
+            self.wake_writer()
+
     async def _reader(self, nursery: trio.Nursery) -> None:
         mux = self.mux
         get_message = self.ws.get_message
@@ -351,6 +385,7 @@ class Tunnel:
                 message = await get_message()
             except trio_websocket.ConnectionClosed:
                 return
+            self.last_heard = trio.current_time()
             if isinstance(message, str):
                 raise RemoteProtocolError("text WebSocket message on the tunnel")
             for event in mux.receive_data(message):
@@ -387,8 +422,8 @@ class Tunnel:
             case ev.StreamOpened():
                 self._start_stream(event, nursery)
             case ev.PongReceived():
-                if self.on_pong is not None:
-                    self.on_pong(event.payload)
+                (sent_ns,) = _PING.unpack(event.payload)
+                self.rtt_s = max(0.0, (time.monotonic_ns() - sent_ns) / 1e9)
             case ev.GoAwayReceived():
                 self.going_away.set()
             case ev.PingReceived():

@@ -21,6 +21,7 @@ import trio
 
 from pvtunnel._errors import ErrorCode, TunnelClosedError, UpstreamError
 from pvtunnel._http.headers import content_length, end_to_end, is_chunked
+from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.tunnel import END, Channel, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
@@ -54,8 +55,9 @@ class UpstreamConnection(H11Stream):
 class UpstreamPool:
     """Idle keep-alive connections per route, newest first, at most ``size`` each."""
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(self, config: AgentConfig, metrics: AgentMetrics | None = None) -> None:
         self._config = config
+        self._metrics = AgentMetrics() if metrics is None else metrics
         self._idle: dict[str, collections.deque[UpstreamConnection]] = {}
 
     def idle_count(self, route: str) -> int:
@@ -81,11 +83,13 @@ class UpstreamPool:
             with trio.fail_after(self._config.timeouts.upstream_connect_s):
                 stream = await trio.open_tcp_stream(route.value, route.port)
         except trio.TooSlowError:
+            self._metrics.upstream_connect_failed(route.name)
             raise UpstreamError(
                 f"connecting to {route.value}:{route.port} timed out",
                 ErrorCode.UPSTREAM_CONNECT_FAILED,
             ) from None
         except OSError as exc:
+            self._metrics.upstream_connect_failed(route.name)
             raise UpstreamError(
                 f"cannot connect to {route.value}:{route.port}: {exc.strerror or exc}",
                 ErrorCode.UPSTREAM_CONNECT_FAILED,

@@ -1,0 +1,270 @@
+"""Networks drop, stall and lie; agents reboot; servers get redeployed (issue: resilience)."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import attrs
+import h11
+import pytest
+import trio
+
+from pvtunnel._backoff import Backoff
+from pvtunnel._config import AgentTimeouts
+from tests.integration.client import Client, fetch
+from tests.integration.harness import (
+    Running,
+    server_config,
+    start_agent,
+    start_server,
+    start_upstream,
+)
+from tests.integration.relay import Relay
+
+if TYPE_CHECKING:
+    from pvtunnel._trio.server import ServerAddresses
+
+FAST_HEARTBEAT = {"heartbeat_s": 0.1, "heartbeat_timeout_s": 0.5}
+
+
+def test_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() -> None:
+    backoff = Backoff(0.5, 30.0, random.Random(7))
+    steps = [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    for step in steps:
+        delay = backoff.next_delay()
+        assert step / 2 <= delay <= step
+    backoff.reset()
+    assert 0.25 <= backoff.next_delay() <= 0.5
+    with pytest.raises(ValueError, match="initial_s"):
+        Backoff(0, 1)
+
+
+async def wait_for_sessions(running: Running, count: int) -> None:
+    while len(running.server.sessions) != count:
+        await running.server.state.wait_sessions_changed()
+
+
+def via(running: Running, port: int) -> Running:
+    """The same server, as seen through a relay on ``port``."""
+    return Running(
+        server=running.server,
+        addresses=attrs.evolve(running.addresses, internal=("127.0.0.1", port)),
+    )
+
+
+async def test_blackholed_network_is_noticed_and_the_agent_comes_back() -> None:
+    config = server_config(timeouts=FAST_HEARTBEAT)
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            _, port = await start_upstream(nursery, "svc")
+            relay = Relay(running.addresses.internal[1])
+            relay_port = await nursery.start(relay.serve)
+            agent, _, _ = await start_agent(
+                nursery,
+                via(running, relay_port),
+                {"app": port},
+                timeouts=AgentTimeouts(**FAST_HEARTBEAT),
+            )
+            assert (await fetch(running.port, b"GET", b"/")).status == 200
+            relay.blackhole()
+            # Both ends notice within the heartbeat window (0.5 s), not TCP's minutes.
+            with trio.fail_after(3):
+                await wait_for_sessions(running, 0)
+            assert (await fetch(running.port, b"GET", b"/")).status == 404
+            relay.heal()
+            with trio.fail_after(10):
+                await wait_for_sessions(running, 1)
+            assert (await fetch(running.port, b"GET", b"/")).status == 200
+            assert agent.reconnects >= 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_agent_survives_server_restarts() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            _, port = await start_upstream(nursery, "svc")
+            first = await start_server_in_scope(nursery, server_config())
+            internal_port = first[0].addresses.internal[1]
+            external_port = first[0].port
+            await start_agent(nursery, first[0], {"app": port})
+            assert (await fetch(external_port, b"GET", b"/")).status == 200
+            first[1].cancel()
+            for _ in range(2):
+                config = server_config(
+                    internal={"port": internal_port}, external={"port": external_port}
+                )
+                running, scope = await start_server_in_scope(nursery, config)
+                with trio.fail_after(10):
+                    await wait_for_sessions(running, 1)
+                assert (await fetch(external_port, b"GET", b"/x")).status == 200
+                scope.cancel()
+            nursery.cancel_scope.cancel()
+
+
+async def start_server_in_scope(
+    nursery: trio.Nursery, config: object
+) -> tuple[Running, trio.CancelScope]:
+    from pvtunnel._config import ServerConfig
+    from pvtunnel._trio.server import TunnelServer
+
+    assert isinstance(config, ServerConfig)
+    server = TunnelServer(config)
+    scopes: list[trio.CancelScope] = []
+
+    async def run(
+        *, task_status: trio.TaskStatus[ServerAddresses] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            await server.serve(task_status=task_status)
+
+    addresses: ServerAddresses = await nursery.start(run)
+    return Running(server=server, addresses=addresses), scopes[0]
+
+
+async def test_reconnecting_client_id_replaces_its_stale_session() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port_old = await start_upstream(nursery, "old")
+            _, port_new = await start_upstream(nursery, "new")
+            relay = Relay(running.addresses.internal[1])
+            relay_port = await nursery.start(relay.serve)
+            await start_agent(
+                nursery, via(running, relay_port), {"app": port_old}, client_id="edge-1"
+            )
+            relay.blackhole()  # the old connection is dead, but nobody knows yet
+            await start_agent(nursery, running, {"app": port_new}, client_id="edge-1")
+            assert len(running.server.sessions) == 1
+            reply = await fetch(running.port, b"GET", b"/")
+            assert reply.header(b"x-upstream") == b"new"
+            nursery.cancel_scope.cancel()
+
+
+async def test_client_hanging_up_resets_the_stream_and_the_upstream_connection() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            client = await Client.connect(running.port)
+            await client._send(
+                h11.Request(method=b"GET", target=b"/watch", headers=[(b"host", b"app")])
+            )
+            await client._send(h11.EndOfMessage())
+            await upstream.hold_started.wait()
+            await client.stream.aclose()
+            with trio.fail_after(5):
+                await upstream.hung_up.wait()
+                await running.server.state.idle.wait()
+            assert upstream.hangups == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_client_hanging_up_mid_body_resets_the_stream() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+            await stream.send_all(
+                b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000
+            )
+            while upstream.connections == 0:
+                await trio.testing.wait_all_tasks_blocked()
+            await stream.aclose()
+            with trio.fail_after(5):
+                await upstream.hung_up.wait()
+                await running.server.state.idle.wait()
+            assert upstream.requests == []  # the partial request never completed upstream
+            nursery.cancel_scope.cancel()
+
+
+async def test_many_slow_requests_do_not_block_fast_ones() -> None:
+    """1,000 requests held by the upstream; fast requests still go through meanwhile."""
+    slow_count = 1000
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            slow_upstream, slow_port = await start_upstream(nursery, "slow")
+            _, fast_port = await start_upstream(nursery, "fast")
+            await start_agent(nursery, running, {"slow": slow_port, "fast": fast_port})
+            statuses: list[int] = []
+
+            async def slow() -> None:
+                reply = await fetch(running.port, b"GET", b"/hold", host=b"slow")
+                statuses.append(reply.status)
+
+            async with trio.open_nursery() as clients:
+                for _ in range(slow_count):
+                    clients.start_soon(slow)
+                while slow_upstream.holding < slow_count:
+                    slow_upstream.hold_started = trio.Event()
+                    await slow_upstream.hold_started.wait()
+                # All 1,000 are in flight through one agent connection; fast ones still work.
+                async with await Client.connect(running.port) as client:
+                    for index in range(50):
+                        reply = await client.request(b"GET", b"/f/%d" % index, host=b"fast")
+                        assert reply.body == b"fast saw GET /f/%d" % index
+                assert statuses == []
+                slow_upstream.release.set()
+            assert statuses == [200] * slow_count
+            nursery.cancel_scope.cancel()
+
+
+async def test_idle_half_sent_connections_do_not_stop_other_clients() -> None:
+    config = server_config(timeouts={"request_head_s": 1.0})
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            _, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            idle = []
+            for _ in range(300):
+                stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: ap")
+                idle.append(stream)
+            for index in range(20):
+                reply = await fetch(running.port, b"GET", b"/ok/%d" % index)
+                assert reply.status == 200
+            # Slowloris: each half-sent head is cut off once request_head_s passes.
+            for stream in idle:
+                assert await stream.receive_some(1024) == b""
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_drain_finishes_in_flight_requests_and_refuses_new_ones() -> None:
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            statuses: list[int] = []
+            async with await Client.connect(running.port) as kept_alive:
+                assert (await kept_alive.request(b"GET", b"/")).status == 200
+
+                async def in_flight() -> None:
+                    statuses.append((await fetch(running.port, b"GET", b"/hold")).status)
+
+                async with trio.open_nursery() as work:
+                    work.start_soon(in_flight)
+                    await upstream.hold_started.wait()
+                    drained = trio.Event()
+
+                    async def drain() -> None:
+                        await running.server.drain()
+                        drained.set()
+
+                    work.start_soon(drain)
+                    await trio.testing.wait_all_tasks_blocked()
+                    refused = await kept_alive.request(b"GET", b"/new")
+                    assert refused.status == 503
+                    assert not drained.is_set()
+                    upstream.release.set()
+                    await drained.wait()
+            assert statuses == [200]
+            nursery.cancel_scope.cancel()
