@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from pvtunnel._wire import events as ev
-from pvtunnel._wire import frames as fr
+from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import FrameDecoder, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, Role

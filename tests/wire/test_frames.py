@@ -6,8 +6,7 @@ import json
 from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import example, given
-from hypothesis import strategies as st
+from hypothesis import example, given, strategies as st
 
 from pvtunnel._errors import ErrorCode, RemoteProtocolError
 from pvtunnel._wire import frames as fr

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pvtunnel._wire import events as ev
-from pvtunnel._wire import frames as fr
+from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import FrameDecoder
 from pvtunnel._wire.mux import Multiplexer, Role
 from tests.wire.golden import (

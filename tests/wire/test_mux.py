@@ -5,12 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 from pvtunnel._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from pvtunnel._wire import events as ev
-from pvtunnel._wire import frames as fr
+from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import HEADER_SIZE, MAX_FRAME_PAYLOAD, FrameType, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import (

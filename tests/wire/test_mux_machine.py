@@ -28,8 +28,7 @@ from hypothesis.stateful import (
 )
 
 from pvtunnel._errors import ErrorCode, LocalProtocolError
-from pvtunnel._wire import events as ev
-from pvtunnel._wire import frames as fr
+from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import FrameDecoder, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, Role, StreamClosedError

@@ -14,8 +14,7 @@ from collections.abc import Callable
 import pytest
 
 from pvtunnel._errors import LocalProtocolError, RemoteProtocolError
-from pvtunnel._wire import frames as fr
-from pvtunnel._wire import mux as mux_module
+from pvtunnel._wire import frames as fr, mux as mux_module
 from pvtunnel._wire.frames import StreamId
 from pvtunnel._wire.mux import HALF_TRANSITIONS, ConnectionState, Half, Move, Multiplexer, Role
 from tests.wire.golden import PROTOCOL_MD

@@ -94,6 +94,17 @@ class GoAwayReceived:
     reason: str
 
 
-Event = (HelloReceived | Accepted | Rejected | StreamOpened | ResponseReceived | DataReceived
-         | StreamEnded | StreamReset | CreditGranted | PingReceived | PongReceived
-         | GoAwayReceived)
+Event = (
+    HelloReceived
+    | Accepted
+    | Rejected
+    | StreamOpened
+    | ResponseReceived
+    | DataReceived
+    | StreamEnded
+    | StreamReset
+    | CreditGranted
+    | PingReceived
+    | PongReceived
+    | GoAwayReceived
+)

@@ -58,13 +58,20 @@ class Flag(enum.IntFlag):
 
 # Which frames travel on stream 0 (the connection) and which on a stream.
 _CONNECTION_TYPES: Final = frozenset(
-    {FrameType.HELLO, FrameType.ACCEPT, FrameType.REJECT, FrameType.PING, FrameType.PONG,
-     FrameType.GOAWAY}
+    {
+        FrameType.HELLO,
+        FrameType.ACCEPT,
+        FrameType.REJECT,
+        FrameType.PING,
+        FrameType.PONG,
+        FrameType.GOAWAY,
+    }
 )
 # Plain ints: ``~Flag.INFORMATIONAL`` is Flag(0) (the complement within the enum's
 # own bits), which would let every reserved bit through the check below.
-_ALLOWED_FLAGS: Final = {t: (int(Flag.INFORMATIONAL) if t is FrameType.HEAD else 0)
-                         for t in FrameType}
+_ALLOWED_FLAGS: Final = {
+    t: (int(Flag.INFORMATIONAL) if t is FrameType.HEAD else 0) for t in FrameType
+}
 # (minimum, maximum) payload length per type, checked before the payload is read.
 _LENGTHS: Final = {
     FrameType.HELLO: (2, MAX_FRAME_PAYLOAD),
@@ -198,12 +205,19 @@ def encode(frame: Frame) -> bytes:
     match frame:
         case Hello():
             frame_type = FrameType.HELLO
-            payload = _json({"versions": list(frame.versions), "client_id": frame.client_id,
-                             "routes": list(frame.routes), "window": frame.window})
+            payload = _json(
+                {
+                    "versions": list(frame.versions),
+                    "client_id": frame.client_id,
+                    "routes": list(frame.routes),
+                    "window": frame.window,
+                }
+            )
         case Accept():
             frame_type = FrameType.ACCEPT
-            payload = _json({"version": frame.version, "refused": dict(frame.refused),
-                             "window": frame.window})
+            payload = _json(
+                {"version": frame.version, "refused": dict(frame.refused), "window": frame.window}
+            )
         case Reject():
             frame_type = FrameType.REJECT
             payload = _reason(frame.reason)
@@ -311,14 +325,18 @@ def _decode_all(view: bytes | bytearray) -> tuple[list[Frame], int]:
     return frames, offset
 
 
-def _decode_payload(frame_type: FrameType, flags: int, stream_id: StreamId,
-                    payload: bytes) -> Frame:
+def _decode_payload(
+    frame_type: FrameType, flags: int, stream_id: StreamId, payload: bytes
+) -> Frame:
     match frame_type:
         case FrameType.DATA:
             return Data(stream_id=stream_id, data=payload)
         case FrameType.HEAD:
-            return Head(stream_id=stream_id, fields=decode_fields(payload),
-                        is_informational=bool(flags & Flag.INFORMATIONAL))
+            return Head(
+                stream_id=stream_id,
+                fields=decode_fields(payload),
+                is_informational=bool(flags & Flag.INFORMATIONAL),
+            )
         case FrameType.END:
             return End(stream_id=stream_id)
         case FrameType.WINDOW:
@@ -327,16 +345,22 @@ def _decode_payload(frame_type: FrameType, flags: int, stream_id: StreamId,
                 raise _fail(f"WINDOW increment {increment} out of range")
             return Window(stream_id=stream_id, increment=increment)
         case FrameType.RESET:
-            return Reset(stream_id=stream_id, code=_code(_U32.unpack_from(payload)[0]),
-                         reason=_text(payload[4:]))
+            return Reset(
+                stream_id=stream_id,
+                code=_code(_U32.unpack_from(payload)[0]),
+                reason=_text(payload[4:]),
+            )
         case FrameType.PING:
             return Ping(payload=payload)
         case FrameType.PONG:
             return Pong(payload=payload)
         case FrameType.GOAWAY:
             (last_stream_id,) = _U32.unpack_from(payload)
-            return GoAway(last_stream_id=StreamId(last_stream_id), code=_code(payload[4]),
-                          reason=_text(payload[5:]))
+            return GoAway(
+                last_stream_id=StreamId(last_stream_id),
+                code=_code(payload[4]),
+                reason=_text(payload[5:]),
+            )
         case FrameType.HELLO:
             return _decode_hello(payload)
         case FrameType.ACCEPT:
@@ -405,15 +429,20 @@ def _window(value: object, what: str) -> int:
 def _decode_hello(payload: bytes) -> Hello:
     obj = _load_object(payload, "HELLO")
     versions, client_id, routes = obj.get("versions"), obj.get("client_id"), obj.get("routes")
-    if not (isinstance(versions, list) and versions
-            and all(type(v) is int and v >= 0 for v in versions)):
+    if not (
+        isinstance(versions, list) and versions and all(type(v) is int and v >= 0 for v in versions)
+    ):
         raise _fail("HELLO versions must be a non-empty list of integers")
     if not isinstance(client_id, str):
         raise _fail("HELLO client_id must be a string")
     if not (isinstance(routes, list) and all(isinstance(r, str) for r in routes)):
         raise _fail("HELLO routes must be a list of strings")
-    return Hello(versions=tuple(versions), client_id=client_id, routes=tuple(routes),
-                 window=_window(obj.get("window"), "HELLO"))
+    return Hello(
+        versions=tuple(versions),
+        client_id=client_id,
+        routes=tuple(routes),
+        window=_window(obj.get("window"), "HELLO"),
+    )
 
 
 def _decode_accept(payload: bytes) -> Accept:
@@ -421,8 +450,12 @@ def _decode_accept(payload: bytes) -> Accept:
     version, refused = obj.get("version"), obj.get("refused")
     if type(version) is not int:
         raise _fail("ACCEPT version must be an integer")
-    if not (isinstance(refused, dict)
-            and all(isinstance(reason, str) for reason in refused.values())):
+    if not (
+        isinstance(refused, dict) and all(isinstance(reason, str) for reason in refused.values())
+    ):
         raise _fail("ACCEPT refused must map route names to reasons")
-    return Accept(version=version, refused=tuple(sorted(refused.items())),
-                  window=_window(obj.get("window"), "ACCEPT"))
+    return Accept(
+        version=version,
+        refused=tuple(sorted(refused.items())),
+        window=_window(obj.get("window"), "ACCEPT"),
+    )

@@ -42,8 +42,9 @@ class RequestHead:
         route, method, target = fields[0], fields[1], fields[2]
         if not route.isascii() or not method or not target:
             raise RemoteProtocolError("request head with an empty method or target")
-        return cls(route=route.decode("ascii"), method=method, target=target,
-                   headers=_pairs(fields, 3))
+        return cls(
+            route=route.decode("ascii"), method=method, target=target, headers=_pairs(fields, 3)
+        )
 
 
 @attrs.frozen(kw_only=True)

@@ -131,13 +131,13 @@ class Multiplexer:
             with RESET REFUSED_STREAM (the server enforces its own limit before opening).
     """
 
-    def __init__(self, role: Role, *, window: int = DEFAULT_WINDOW,
-                 max_streams: int = DEFAULT_MAX_STREAMS) -> None:
+    def __init__(
+        self, role: Role, *, window: int = DEFAULT_WINDOW, max_streams: int = DEFAULT_MAX_STREAMS
+    ) -> None:
         if not 1 <= window <= fr.MAX_WINDOW:
             raise ValueError("window out of range")
         self.role = role
-        self.state = (ConnectionState.AWAIT_HELLO if role is Role.SERVER
-                      else ConnectionState.START)
+        self.state = ConnectionState.AWAIT_HELLO if role is Role.SERVER else ConnectionState.START
         self._window = window
         self._ack_threshold = max(1, window // 4)
         self._peer_window = 0
@@ -167,8 +167,12 @@ class Multiplexer:
 
     @property
     def can_open_stream(self) -> bool:
-        return (self.role is Role.SERVER and self.state is ConnectionState.OPEN
-                and not self.is_going_away and self._highest_stream_id < fr.MAX_STREAM_ID)
+        return (
+            self.role is Role.SERVER
+            and self.state is ConnectionState.OPEN
+            and not self.is_going_away
+            and self._highest_stream_id < fr.MAX_STREAM_ID
+        )
 
     def send_credit(self, stream_id: StreamId) -> int:
         """Bytes `send_data` may send now on the stream (0 if it is gone or ended)."""
@@ -185,14 +189,23 @@ class Multiplexer:
     def send_hello(self, *, client_id: str, routes: tuple[str, ...]) -> None:
         """Agent: introduce this agent and the names it serves."""
         self._move_connection(_Input.SEND_HELLO, local=True)
-        self._queue(fr.encode(fr.Hello(versions=(fr.PROTOCOL_VERSION,), client_id=client_id,
-                                       routes=routes, window=self._window)))
+        self._queue(
+            fr.encode(
+                fr.Hello(
+                    versions=(fr.PROTOCOL_VERSION,),
+                    client_id=client_id,
+                    routes=routes,
+                    window=self._window,
+                )
+            )
+        )
 
     def accept(self, *, refused: tuple[tuple[str, str], ...] = ()) -> None:
         """Server: take the agent; ``refused`` pairs route names with reasons."""
         self._move_connection(_Input.SEND_ACCEPT, local=True)
-        self._queue(fr.encode(fr.Accept(version=fr.PROTOCOL_VERSION, refused=refused,
-                                        window=self._window)))
+        self._queue(
+            fr.encode(fr.Accept(version=fr.PROTOCOL_VERSION, refused=refused, window=self._window))
+        )
 
     def reject(self, reason: str) -> None:
         """Server: refuse the agent for good; close the connection after sending."""
@@ -220,8 +233,11 @@ class Multiplexer:
             self._goaway_sent_at = self._highest_stream_id
         # A repeated GOAWAY repeats the first last-stream-ID: the agent's highest ID
         # still grows as it refuses late HEADs, and the peer rejects a raised one.
-        self._queue(fr.encode(fr.GoAway(last_stream_id=StreamId(self._goaway_sent_at),
-                                        code=code, reason=reason)))
+        self._queue(
+            fr.encode(
+                fr.GoAway(last_stream_id=StreamId(self._goaway_sent_at), code=code, reason=reason)
+            )
+        )
 
     # -- stream commands -----------------------------------------------------------
 
@@ -236,8 +252,9 @@ class Multiplexer:
         if not self.can_open_stream:
             raise LocalProtocolError("cannot open a stream on this connection now")
         if not head.method or not head.target or not head.route.isascii():
-            raise LocalProtocolError("request head with an empty method or target, "
-                                     "or a route that is not ASCII")
+            raise LocalProtocolError(
+                "request head with an empty method or target, or a route that is not ASCII"
+            )
         payload = _head_payload(head.to_fields())
         self._highest_stream_id += 1
         stream_id = StreamId(self._highest_stream_id)
@@ -265,8 +282,9 @@ class Multiplexer:
         payload = _head_payload(head.to_fields())
         informational = head.is_informational
         self._move_half(stream, "local", Move.INFORMATIONAL_HEAD if informational else Move.HEAD)
-        self._out.append(_pack_header(_HEAD, 1 if informational else 0, stream_id,
-                                      len(payload)) + payload)
+        self._out.append(
+            _pack_header(_HEAD, 1 if informational else 0, stream_id, len(payload)) + payload
+        )
 
     def send_data(self, stream_id: StreamId, data: bytes) -> None:
         """Queue body bytes, split into frames of at most MAX_FRAME_PAYLOAD.
@@ -324,8 +342,9 @@ class Multiplexer:
             return
         # window - receive_allowed - unacknowledged = received but not yet acknowledged.
         if not 0 <= size <= self._window - stream.receive_allowed - stream.unacknowledged:
-            raise LocalProtocolError(f"stream {stream_id}: acknowledging {size} bytes, more "
-                                     "than were received")
+            raise LocalProtocolError(
+                f"stream {stream_id}: acknowledging {size} bytes, more than were received"
+            )
         stream.unacknowledged += size
         if stream.unacknowledged >= self._ack_threshold:
             increment = stream.unacknowledged
@@ -408,8 +427,9 @@ class Multiplexer:
                 self._require_role(Role.AGENT, "ACCEPT")
                 self._move_connection(_Input.RECEIVE_ACCEPT, local=False)
                 if frame.version != fr.PROTOCOL_VERSION:
-                    raise RemoteProtocolError(f"ACCEPT chose version {frame.version}, "
-                                              "which this agent did not offer")
+                    raise RemoteProtocolError(
+                        f"ACCEPT chose version {frame.version}, which this agent did not offer"
+                    )
                 self._peer_window = frame.window
                 out.append(ev.Accepted(refused=frame.refused))
             case fr.Reject():
@@ -423,8 +443,10 @@ class Multiplexer:
         self._require_role(Role.SERVER, "HELLO")
         self._move_connection(_Input.RECEIVE_HELLO, local=False)
         if fr.PROTOCOL_VERSION not in frame.versions:
-            self.reject(f"unsupported protocol versions {list(frame.versions)}; "
-                        f"this server speaks {fr.PROTOCOL_VERSION}")
+            self.reject(
+                f"unsupported protocol versions {list(frame.versions)}; "
+                f"this server speaks {fr.PROTOCOL_VERSION}"
+            )
             raise RemoteProtocolError("agent speaks no protocol version we know")
         self._peer_window = frame.window
         out.append(ev.HelloReceived(client_id=frame.client_id, routes=frame.routes))
@@ -436,8 +458,10 @@ class Multiplexer:
         self._move_half(stream, "remote", Move.DATA)
         stream.receive_allowed -= len(frame.data)
         if stream.receive_allowed < 0:
-            raise RemoteProtocolError(f"stream {frame.stream_id}: DATA beyond the granted "
-                                      "window", ErrorCode.FLOW_CONTROL_ERROR)
+            raise RemoteProtocolError(
+                f"stream {frame.stream_id}: DATA beyond the granted window",
+                ErrorCode.FLOW_CONTROL_ERROR,
+            )
         out.append(ev.DataReceived(stream_id=frame.stream_id, data=frame.data))
 
     def _on_head(self, frame: fr.Head, out: list[ev.Event]) -> None:
@@ -447,8 +471,9 @@ class Multiplexer:
             if stream is None:
                 return
             head = ResponseHead.from_fields(frame.fields, is_informational=frame.is_informational)
-            self._move_half(stream, "remote",
-                            Move.INFORMATIONAL_HEAD if frame.is_informational else Move.HEAD)
+            self._move_half(
+                stream, "remote", Move.INFORMATIONAL_HEAD if frame.is_informational else Move.HEAD
+            )
             out.append(ev.ResponseReceived(stream_id=stream_id, head=head))
             return
         self._require_open()
@@ -457,8 +482,15 @@ class Multiplexer:
         self._highest_stream_id = stream_id
         request = RequestHead.from_fields(frame.fields)
         if self._goaway_sent_at is not None or len(self._streams) >= self._max_streams:
-            self._queue(fr.encode(fr.Reset(stream_id=stream_id, code=ErrorCode.REFUSED_STREAM,
-                                           reason="agent is at its stream limit or leaving")))
+            self._queue(
+                fr.encode(
+                    fr.Reset(
+                        stream_id=stream_id,
+                        code=ErrorCode.REFUSED_STREAM,
+                        reason="agent is at its stream limit or leaving",
+                    )
+                )
+            )
             return
         self._streams[stream_id] = _Stream(Half.IDLE, Half.OPEN, self._peer_window, self._window)
         out.append(ev.StreamOpened(stream_id=stream_id, head=request))
@@ -478,16 +510,16 @@ class Multiplexer:
             return
         stream.send_credit += frame.increment
         if stream.send_credit > fr.MAX_WINDOW:
-            raise RemoteProtocolError(f"stream {frame.stream_id}: credit above 2^31-1",
-                                      ErrorCode.FLOW_CONTROL_ERROR)
+            raise RemoteProtocolError(
+                f"stream {frame.stream_id}: credit above 2^31-1", ErrorCode.FLOW_CONTROL_ERROR
+            )
         out.append(ev.CreditGranted(stream_id=frame.stream_id, increment=frame.increment))
 
     def _on_reset(self, frame: fr.Reset, out: list[ev.Event]) -> None:
         if self._stream_for_receiving(frame.stream_id) is None:
             return
         del self._streams[frame.stream_id]
-        out.append(ev.StreamReset(stream_id=frame.stream_id, code=frame.code,
-                                  reason=frame.reason))
+        out.append(ev.StreamReset(stream_id=frame.stream_id, code=frame.code, reason=frame.reason))
 
     def _on_goaway(self, frame: fr.GoAway, out: list[ev.Event]) -> None:
         self._require_open()
@@ -500,9 +532,13 @@ class Multiplexer:
             # Streams the agent never saw are refused: safe to retry elsewhere.
             for stream_id in [s for s in self._streams if s > last]:
                 del self._streams[stream_id]
-                out.append(ev.StreamReset(stream_id=StreamId(stream_id),
-                                          code=ErrorCode.REFUSED_STREAM,
-                                          reason="agent is going away"))
+                out.append(
+                    ev.StreamReset(
+                        stream_id=StreamId(stream_id),
+                        code=ErrorCode.REFUSED_STREAM,
+                        reason="agent is going away",
+                    )
+                )
 
     # -- helpers -------------------------------------------------------------------
 

@@ -1,0 +1,19 @@
+"""The frame codec: re-chunked round trips and hostile bytes."""
+
+from __future__ import annotations
+
+from fuzz._registry import Target, given_target
+from tests.wire import test_frames
+
+TARGETS: list[Target] = [
+    given_target(
+        "codec-split",
+        "valid frames, split and coalesced at random, decode the same",
+        test_frames.test_any_split_or_coalescing_decodes_to_the_same_frames,
+    ),
+    given_target(
+        "codec-hostile",
+        "garbage and mutated frames raise only RemoteProtocolError",
+        test_frames.test_hostile_bytes_either_decode_or_raise_remote_protocol_error,
+    ),
+]
