@@ -36,6 +36,7 @@ def hellos() -> st.SearchStrategy[fr.Hello]:
         client_id=st.text(max_size=30),
         routes=st.lists(st.text(max_size=20), max_size=4).map(tuple),
         window=windows,
+        connection_window=windows,
     )
 
 
@@ -47,6 +48,7 @@ def accepts() -> st.SearchStrategy[fr.Accept]:
             lambda refused: tuple(sorted(refused.items()))
         ),
         window=windows,
+        connection_window=windows,
     )
 
 
@@ -70,7 +72,8 @@ def frames(stream_id: st.SearchStrategy[StreamId] = stream_ids) -> st.SearchStra
     """Any single valid frame, every kind equally likely.
 
     Narrow ``stream_id`` (say to 1-3) to aim at a multiplexer's open streams rather than
-    at IDs it never opened.
+    at IDs it never opened. WINDOW frames go to stream 0 (the connection) or to one of
+    ``stream_id``.
     """
     return st.one_of(
         hellos(),
@@ -80,7 +83,12 @@ def frames(stream_id: st.SearchStrategy[StreamId] = stream_ids) -> st.SearchStra
         datas(stream_id),
         st.builds(fr.End, stream_id=stream_id),
         st.builds(fr.Reset, stream_id=stream_id, code=error_codes, reason=reasons),
-        st.builds(fr.Window, stream_id=stream_id, increment=windows),
+        # WINDOW on stream 0 returns connection credit.
+        st.builds(
+            fr.Window,
+            stream_id=st.one_of(st.just(fr.CONNECTION_STREAM), stream_id),
+            increment=windows,
+        ),
         st.builds(fr.Ping, payload=ping_payloads),
         st.builds(fr.Pong, payload=ping_payloads),
         st.builds(

@@ -33,9 +33,10 @@ def server_config(
     limits: dict[str, Any] | None = None,
     internal: dict[str, Any] | None = None,
 ) -> ServerConfig:
+    internal_fields: dict[str, Any] = {"port": 0, "token": Secret(TOKEN)}
     return ServerConfig(
         host="127.0.0.1",
-        internal=InternalConfig(**({"port": 0, "token": Secret(TOKEN)} | (internal or {}))),
+        internal=InternalConfig(**(internal_fields | (internal or {}))),
         external=ExternalConfig(**({"port": 0} | (external or {}))),
         timeouts=TimeoutsConfig(**(timeouts or {})),
         limits=LimitsConfig(**(limits or {})),

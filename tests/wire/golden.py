@@ -23,6 +23,7 @@ _BLOCK: Final = re.compile(r"<!-- golden: (\S+) -->\n```[^\n]*\n(.*?)```", re.DO
 
 S1: Final = StreamId(1)
 WINDOW: Final = 512 * 1024
+CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 
 EXAMPLE_REQUEST: Final = RequestHead(
     route="app",
@@ -39,9 +40,22 @@ EXAMPLE_BODY: Final = b"hello"
 
 # One message per entry: each is the frames one WebSocket message carries.
 GOLDEN: Final[dict[str, tuple[fr.Frame, ...]]] = {
-    "hello": (fr.Hello(versions=(1,), client_id="agent-1", routes=("app",), window=WINDOW),),
+    "hello": (
+        fr.Hello(
+            versions=(1,),
+            client_id="agent-1",
+            routes=("app",),
+            window=WINDOW,
+            connection_window=CONNECTION_WINDOW,
+        ),
+    ),
     "accept": (
-        fr.Accept(version=1, refused=(("db", "not allowed for this token"),), window=WINDOW),
+        fr.Accept(
+            version=1,
+            refused=(("db", "not allowed for this token"),),
+            window=WINDOW,
+            connection_window=CONNECTION_WINDOW,
+        ),
     ),
     "reject": (fr.Reject(reason="no common version"),),
     "head": (fr.Head(stream_id=S1, fields=(b"app", b"GET", b"/", b"host", b"app")),),
@@ -52,14 +66,23 @@ GOLDEN: Final[dict[str, tuple[fr.Frame, ...]]] = {
     "end": (fr.End(stream_id=S1),),
     "reset": (fr.Reset(stream_id=S1, code=ErrorCode.UPSTREAM_TIMEOUT, reason="slow"),),
     "window": (fr.Window(stream_id=S1, increment=131072),),
+    "window-connection": (fr.Window(stream_id=fr.CONNECTION_STREAM, increment=4194304),),
     "ping": (fr.Ping(payload=bytes(range(8))),),
     "pong": (fr.Pong(payload=bytes(range(8))),),
     "goaway": (fr.GoAway(last_stream_id=StreamId(7), code=ErrorCode.NO_ERROR, reason="bye"),),
     # The worked example: a GET and its 200, message by message.
     "example-hello": (
-        fr.Hello(versions=(1,), client_id="agent-1", routes=("app",), window=WINDOW),
+        fr.Hello(
+            versions=(1,),
+            client_id="agent-1",
+            routes=("app",),
+            window=WINDOW,
+            connection_window=CONNECTION_WINDOW,
+        ),
     ),
-    "example-accept": (fr.Accept(version=1, refused=(), window=WINDOW),),
+    "example-accept": (
+        fr.Accept(version=1, refused=(), window=WINDOW, connection_window=CONNECTION_WINDOW),
+    ),
     "example-request": (
         fr.Head(stream_id=S1, fields=tuple(EXAMPLE_REQUEST.to_fields())),
         fr.End(stream_id=S1),

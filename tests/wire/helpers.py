@@ -7,7 +7,7 @@ from typing import Final
 from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import FrameDecoder, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
-from pvtunnel._wire.mux import Multiplexer, Role
+from pvtunnel._wire.mux import DEFAULT_CONNECTION_WINDOW, Multiplexer, Role
 
 GET: Final = RequestHead(route="app", method=b"GET", target=b"/", headers=((b"host", b"app"),))
 OK: Final = ResponseHead(status=200, reason=b"OK")
@@ -22,10 +22,23 @@ class MuxPair:
     """
 
     def __init__(
-        self, *, server_window: int = 1024, agent_window: int = 1024, max_streams: int = 16
+        self,
+        *,
+        server_window: int = 1024,
+        agent_window: int = 1024,
+        server_connection_window: int = DEFAULT_CONNECTION_WINDOW,
+        agent_connection_window: int = DEFAULT_CONNECTION_WINDOW,
+        max_streams: int = 16,
     ) -> None:
-        self.server = Multiplexer(Role.SERVER, window=server_window)
-        self.agent = Multiplexer(Role.AGENT, window=agent_window, max_streams=max_streams)
+        self.server = Multiplexer(
+            Role.SERVER, window=server_window, connection_window=server_connection_window
+        )
+        self.agent = Multiplexer(
+            Role.AGENT,
+            window=agent_window,
+            connection_window=agent_connection_window,
+            max_streams=max_streams,
+        )
 
     def to_agent(self) -> list[ev.Event]:
         """Deliver everything the server has queued; the agent's events."""

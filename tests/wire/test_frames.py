@@ -33,6 +33,8 @@ CONNECTION_TYPES = {
     FrameType.PONG,
     FrameType.GOAWAY,
 }
+# WINDOW goes on a stream (stream credit) or on stream 0 (connection credit).
+ANY_STREAM_TYPES = {FrameType.WINDOW}
 # protocol.md section 3, written out again so that a change to _LENGTHS must be deliberate.
 LENGTHS = {
     FrameType.HELLO: (2, 65536),
@@ -60,7 +62,7 @@ def header_is_valid(frame_type: int, flags: int, stream_id: int, length: int) ->
     return (
         low <= length <= high
         and not flags & ~allowed_flags
-        and (stream_id == 0) == (kind in CONNECTION_TYPES)
+        and (kind in ANY_STREAM_TYPES or (stream_id == 0) == (kind in CONNECTION_TYPES))
     )
 
 
@@ -261,6 +263,13 @@ def test_header_violations_are_caught_without_any_payload() -> None:
             FrameDecoder().feed(header)
 
 
+def test_window_is_valid_on_stream_0_for_the_connection_and_on_any_stream() -> None:
+    frames = [fr.Window(stream_id=StreamId(s), increment=9) for s in (0, 1, 2**32 - 1)]
+    wire = b"".join(fr.encode(frame) for frame in frames)
+    assert wire[2:6] == bytes(4)  # stream 0 on the wire
+    assert FrameDecoder().feed(wire) == frames
+
+
 def payload_error(frame_type: FrameType, stream_id: int, payload: bytes) -> str:
     with pytest.raises(RemoteProtocolError) as info:
         FrameDecoder().feed(raw_frame(frame_type, stream_id, payload))
@@ -269,7 +278,13 @@ def payload_error(frame_type: FrameType, stream_id: int, payload: bytes) -> str:
 
 
 def hello(**overrides: object) -> bytes:
-    body: dict[str, object] = {"versions": [1], "client_id": "a", "routes": ["r"], "window": 10}
+    body: dict[str, object] = {
+        "versions": [1],
+        "client_id": "a",
+        "routes": ["r"],
+        "window": 10,
+        "connection_window": 20,
+    }
     body.update(overrides)
     return json.dumps({k: v for k, v in body.items() if v is not None}).encode()
 
@@ -295,6 +310,11 @@ def hello(**overrides: object) -> bytes:
         (hello(window=MAX_WINDOW + 1), "window"),
         (hello(window=True), "window"),
         (hello(window=1.5), "window"),
+        (hello(connection_window=None), "connection_window"),
+        (hello(connection_window=0), "connection_window"),
+        (hello(connection_window=MAX_WINDOW + 1), "connection_window"),
+        (hello(connection_window=False), "connection_window"),
+        (hello(connection_window="20"), "connection_window"),
     ],
 )
 def test_bad_hello_payloads(payload: bytes, message: str) -> None:
@@ -304,28 +324,38 @@ def test_bad_hello_payloads(payload: bytes, message: str) -> None:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"refused": {}, "window": 10}, "version"),
-        ({"version": "1", "refused": {}, "window": 10}, "version"),
-        ({"version": True, "refused": {}, "window": 10}, "version"),
-        ({"version": 1, "window": 10}, "refused"),
-        ({"version": 1, "refused": [], "window": 10}, "refused"),
-        ({"version": 1, "refused": {"r": 1}, "window": 10}, "refused"),
-        ({"version": 1, "refused": {}}, "window"),
-        ({"version": 1, "refused": {}, "window": -5}, "window"),
+        ({"refused": {}}, "version"),
+        ({"version": "1", "refused": {}}, "version"),
+        ({"version": True, "refused": {}}, "version"),
+        ({"version": 1}, "refused"),
+        ({"version": 1, "refused": []}, "refused"),
+        ({"version": 1, "refused": {"r": 1}}, "refused"),
+        ({"version": 1, "refused": {}, "window": None}, "ACCEPT window"),
+        ({"version": 1, "refused": {}, "window": -5}, "ACCEPT window"),
+        ({"version": 1, "refused": {}, "connection_window": None}, "connection_window"),
+        ({"version": 1, "refused": {}, "connection_window": 0}, "connection_window"),
+        ({"version": 1, "refused": {}, "connection_window": 2**31}, "connection_window"),
     ],
 )
 def test_bad_accept_payloads(body: dict[str, object], message: str) -> None:
-    assert message in payload_error(FrameType.ACCEPT, 0, json.dumps(body).encode())
+    good: dict[str, object] = {"window": 10, "connection_window": 20}
+    payload = json.dumps({k: v for k, v in (good | body).items() if v is not None})
+    assert message in payload_error(FrameType.ACCEPT, 0, payload.encode())
 
 
 def test_json_payloads_accept_any_key_order_whitespace_and_unknown_keys() -> None:
-    payload = b' { "window" : 7, "extra": [1], "routes": [], "client_id": "", "versions": [0, 1] }'
+    payload = (
+        b' { "window" : 7, "extra": [1], "routes": [], "client_id": "", '
+        b'"connection_window": 8, "versions": [0, 1] }'
+    )
     assert FrameDecoder().feed(raw_frame(FrameType.HELLO, 0, payload)) == [
-        fr.Hello(versions=(0, 1), client_id="", routes=(), window=7)
+        fr.Hello(versions=(0, 1), client_id="", routes=(), window=7, connection_window=8)
     ]
-    payload = b'{"version": 1, "window": 1, "refused": {"b": "x", "a": "y"}}'
+    payload = (
+        b'{"connection_window": 2, "version": 1, "window": 1, "refused": {"b": "x", "a": "y"}}'
+    )
     assert FrameDecoder().feed(raw_frame(FrameType.ACCEPT, 0, payload)) == [
-        fr.Accept(version=1, refused=(("a", "y"), ("b", "x")), window=1)
+        fr.Accept(version=1, refused=(("a", "y"), ("b", "x")), window=1, connection_window=2)
     ]
 
 

@@ -8,6 +8,7 @@ from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import FrameDecoder
 from pvtunnel._wire.mux import Multiplexer, Role
 from tests.wire.golden import (
+    CONNECTION_WINDOW,
     EXAMPLE_BODY,
     EXAMPLE_REQUEST,
     EXAMPLE_RESPONSE,
@@ -26,6 +27,8 @@ def test_document_shows_every_golden_case_and_every_frame_type() -> None:
     shown = {type(frame) for frames in GOLDEN.values() for frame in frames}
     assert len(shown) == len(fr.FrameType)
     assert any(f.is_informational for fs in GOLDEN.values() for f in fs if isinstance(f, fr.Head))
+    windows = [f for fs in GOLDEN.values() for f in fs if isinstance(f, fr.Window)]
+    assert {w.stream_id == 0 for w in windows} == {True, False}  # connection and stream
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
@@ -58,8 +61,8 @@ def test_documented_bytes_decode_whole_bytewise_and_with_trailing_bytes(name: st
 
 def test_worked_example_is_what_two_multiplexers_send() -> None:
     """Section 12 is not a hand-written illustration: it is the real exchange."""
-    server = Multiplexer(Role.SERVER, window=WINDOW)
-    agent = Multiplexer(Role.AGENT, window=WINDOW)
+    server = Multiplexer(Role.SERVER, window=WINDOW, connection_window=CONNECTION_WINDOW)
+    agent = Multiplexer(Role.AGENT, window=WINDOW, connection_window=CONNECTION_WINDOW)
 
     agent.send_hello(client_id="agent-1", routes=("app",))
     message = agent.data_to_send()
@@ -88,7 +91,9 @@ def test_worked_example_is_what_two_multiplexers_send() -> None:
         ev.DataReceived(stream_id=S1, data=EXAMPLE_BODY),
         ev.StreamEnded(stream_id=S1),
     ]
+    assert server.held_bytes == len(EXAMPLE_BODY)  # forgotten, but not yet passed on
     server.acknowledge_data(S1, len(EXAMPLE_BODY))
+    assert server.held_bytes == 0
     assert (server.stream_count, agent.stream_count) == (0, 0)
     assert not server.has_data_to_send
     assert not agent.has_data_to_send

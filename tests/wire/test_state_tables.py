@@ -75,8 +75,10 @@ def test_protocol_md_half_table_is_the_codes() -> None:
 
 # -- the connection machine -----------------------------------------------------------
 
-HELLO = fr.encode(fr.Hello(versions=(1,), client_id="a", routes=(), window=10))
-ACCEPT = fr.encode(fr.Accept(version=1, refused=(), window=10))
+HELLO = fr.encode(
+    fr.Hello(versions=(1,), client_id="a", routes=(), window=10, connection_window=20)
+)
+ACCEPT = fr.encode(fr.Accept(version=1, refused=(), window=10, connection_window=20))
 REJECT = fr.encode(fr.Reject(reason="no"))
 
 

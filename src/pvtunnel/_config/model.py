@@ -155,6 +155,11 @@ class LimitsConfig:
     stream_window_bytes: int = attrs.field(
         default=524288, validator=Rule(rules.integer(16384, rules.MAX_INT32))
     )
+    # At most this many unconsumed body bytes per agent connection, whatever the
+    # stream count (protocol.md section 7).
+    connection_window_bytes: int = attrs.field(
+        default=16777216, validator=Rule(rules.integer(16384, rules.MAX_INT32))
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -342,6 +347,11 @@ class AgentConfig:
     max_streams: int = attrs.field(default=4096, validator=Rule(rules.integer(1, rules.MAX_INT32)))
     stream_window_bytes: int = attrs.field(
         default=524288, validator=Rule(rules.integer(16384, rules.MAX_INT32))
+    )
+    # At most this many unconsumed body bytes per agent connection, whatever the
+    # stream count (protocol.md section 7).
+    connection_window_bytes: int = attrs.field(
+        default=16777216, validator=Rule(rules.integer(16384, rules.MAX_INT32))
     )
     upstream_pool_size: int = attrs.field(
         default=64, validator=Rule(rules.integer(0, rules.MAX_INT32))

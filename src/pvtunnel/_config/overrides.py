@@ -15,7 +15,7 @@ import attrs
 from pvtunnel._errors import ConfigError
 
 from . import rules
-from .model import AgentConfig, Route, RouteType, ServerConfig
+from .model import AdminConfig, AgentConfig, Route, RouteType, ServerConfig
 from .rules import FieldError, InvalidValue
 
 if TYPE_CHECKING:
@@ -37,6 +37,7 @@ def with_overrides(
     host: str | None = None,
     internal_port: int | None = None,
     external_port: int | None = None,
+    admin_port: int | None = None,
 ) -> ServerConfig:
     """Apply ``pvtunnel serve`` flags; None leaves the file's (or default) value.
 
@@ -45,6 +46,8 @@ def with_overrides(
         host: ``--host``: bind address of both listeners.
         internal_port: ``--internal-port``; 0 means any free port.
         external_port: ``--external-port``; 0 means any free port.
+        admin_port: ``--admin-port``: turns the admin listener on (loopback,
+            unless the file's ``[admin]`` says otherwise); 0 means any free port.
 
     Returns:
         A new config; ``config`` itself is unchanged.
@@ -59,6 +62,8 @@ def with_overrides(
         _flag("--internal-port", internal_port, rules.listen_port, problems)
     if external_port is not None:
         _flag("--external-port", external_port, rules.listen_port, problems)
+    if admin_port is not None:
+        _flag("--admin-port", admin_port, rules.listen_port, problems)
     if problems:
         raise ConfigError(problems)
     internal, external = config.internal, config.external
@@ -71,7 +76,14 @@ def with_overrides(
         host=config.host if host is None else host,
         internal=internal,
         external=external,
+        admin=_admin_on(config.admin, admin_port),
     )
+
+
+def _admin_on(admin: AdminConfig | None, port: int | None) -> AdminConfig | None:
+    if port is None:
+        return admin
+    return AdminConfig(port=port) if admin is None else attrs.evolve(admin, port=port)
 
 
 def _split_target(target: str) -> tuple[str, str]:
@@ -144,6 +156,7 @@ def with_agent_overrides(
     server_url: str | None = None,
     client_id: str | None = None,
     routes: Sequence[str] = (),
+    admin_port: int | None = None,
 ) -> AgentConfig:
     """Apply ``pvtunnel agent`` flags; None or empty leaves the file's value.
 
@@ -153,6 +166,7 @@ def with_agent_overrides(
         client_id: ``--client-id``.
         routes: ``--route NAME=HOST:PORT`` values. A flag route replaces the file's
             route of the same name (in place); new names are appended.
+        admin_port: ``--admin-port``, as for `with_overrides`.
 
     Returns:
         A new config; ``config`` itself is unchanged. It may still lack what
@@ -166,6 +180,8 @@ def with_agent_overrides(
         _flag("--server", server_url, rules.server_url, problems)
     if client_id is not None:
         _flag("--client-id", client_id, rules.client_id, problems)
+    if admin_port is not None:
+        _flag("--admin-port", admin_port, rules.listen_port, problems)
     flag_routes: dict[str, Route] = {}
     for flag in routes:
         try:
@@ -186,4 +202,5 @@ def with_agent_overrides(
         client_id=config.client_id if client_id is None else client_id,
         server=server,
         routes=_merge_routes(config.routes, tuple(flag_routes.values())),
+        admin=_admin_on(config.admin, admin_port),
     )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+import attrs
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -104,3 +106,37 @@ def content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
         if name == b"content-length":
             return int(value)
     return None
+
+
+@attrs.frozen(kw_only=True)
+class Switch:
+    """A request that may turn its stream into a raw byte pipe.
+
+    ``upgrade`` is the Upgrade header's value (WebSocket and friends); None means
+    CONNECT. The switch happens only if the upstream agrees: 101 for an upgrade,
+    any 2xx for CONNECT; any other answer is an ordinary response.
+    """
+
+    upgrade: bytes | None
+
+    def accepts(self, status: int) -> bool:
+        if self.upgrade is not None:
+            return status == 101
+        return 200 <= status < 300
+
+    def request_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        """Hop-by-hop fields the next hop needs to agree to the same switch."""
+        if self.upgrade is None:
+            return ()
+        return ((b"connection", b"upgrade"), (b"upgrade", self.upgrade))
+
+
+def protocol_switch(method: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Switch | None:
+    """The switch a request asks for, if any (RFC 9110 sections 7.8 and 9.3.6)."""
+    if method == b"CONNECT":
+        return Switch(upgrade=None)
+    items = list(headers)
+    if b"upgrade" not in _connection_tokens(items):
+        return None
+    upgrade = next((v for n, v in items if n == b"upgrade"), None)
+    return Switch(upgrade=upgrade) if upgrade else None

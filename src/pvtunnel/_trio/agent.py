@@ -4,6 +4,13 @@ Failures split in two (SPEC section 5): a refused token (HTTP 401 at the upgrade
 or a REJECT of the hello is final and raises `HandshakeRefusedError`; anything
 the network does (refused, reset, a server restart) is retried with capped,
 jittered exponential backoff, forever.
+
+A server certificate that does not verify is configuration, not the network (a
+missing ``ca_file``, a wrong host name): before the agent has ever registered it
+is final (`ServerCertificateError`), so a mistake shows at once instead of as a
+retry loop. Once registered, the server has proven itself with a good
+certificate, so a later failure (a botched renewal) is logged as an error and
+retried, and agents come back by themselves when the certificate is fixed.
 """
 
 from __future__ import annotations
@@ -48,6 +55,10 @@ logger = logging.getLogger("pvtunnel.agent")
 INITIAL_BACKOFF_S: Final = 0.5
 # A session that lasted this long resets the backoff: it was not a crash loop.
 STABLE_SESSION_S: Final = 10.0
+
+
+class ServerCertificateError(HandshakeRefusedError):
+    """The server's TLS certificate failed verification (see the module docstring)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -122,6 +133,10 @@ class TunnelAgent:
                 try:
                     await self._session(url, task_status)
                     logger.warning("the connection to %s ended", url)
+                except ServerCertificateError as exc:
+                    logger.error("%s", exc)
+                    if not self._started:
+                        raise
                 except (
                     OSError,
                     trio_websocket.HandshakeError,
@@ -218,7 +233,10 @@ class TunnelAgent:
     ) -> None:
         config = self.config
         mux = Multiplexer(
-            Role.AGENT, window=config.stream_window_bytes, max_streams=config.max_streams
+            Role.AGENT,
+            window=config.stream_window_bytes,
+            connection_window=config.connection_window_bytes,
+            max_streams=config.max_streams,
         )
         tunnel = Tunnel(
             ws,
@@ -296,9 +314,32 @@ async def _open_stream(
 ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
     if ssl_context is None:
         return await trio.open_tcp_stream(host, port)
-    return await trio.open_ssl_over_tcp_stream(
+    stream = await trio.open_ssl_over_tcp_stream(
         host, port, ssl_context=ssl_context, https_compatible=True
     )
+    # Shake hands here: left to trio-websocket (0.12), a TLS failure is swallowed by
+    # its reader task and the upgrade then waits until connect_s runs out, unexplained.
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(stream)
+        raise _tls_failure(exc.__cause__, host, port) from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
+
+
+def _tls_failure(cause: BaseException | None, host: str, port: int) -> Exception:
+    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return ServerCertificateError(
+            f"TLS certificate verification failed for the server at {server}: "
+            f"{cause.verify_message or cause.reason} "
+            "(a server with a private CA needs [server] ca_file)"
+        )
+    reason = cause or "the connection closed"
+    return TunnelClosedError(f"TLS handshake with the server at {server} failed: {reason}")
 
 
 def _client_ssl_context(url: str, config: AgentConfig) -> ssl.SSLContext | None:

@@ -26,8 +26,10 @@ from pvtunnel._errors import ErrorCode, TunnelClosedError
 from pvtunnel._http import headers as hdr
 from pvtunnel._http.access import PROXY_AUTHENTICATE, presented_token
 from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
+from pvtunnel._http.framing import request_head_problem
 from pvtunnel._http.routing import split_target
 from pvtunnel._trio.http11 import BROKEN, H11Stream
+from pvtunnel._trio.pipe import run_pipe
 from pvtunnel._trio.tunnel import END, Channel, StreamResetError, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
     from pvtunnel._trio.server import ServerState
 
 logger = logging.getLogger("pvtunnel.access")
+
+
+FLUSH_BYTES: Final = 65536
 
 
 class Phase(enum.Enum):
@@ -79,6 +84,9 @@ class ClientConnection:
             while True:
                 self.phase = Phase.HEAD
                 self.http.received = 0
+                # The head's raw bytes for request_head_problem, starting with any
+                # pipelined bytes h11 already holds; recording stops at the head.
+                self.http.recording = bytearray(conn.trailing_data[0])
                 self.scope.deadline = trio.current_time() + (
                     timeouts.request_head_s if first else timeouts.idle_s
                 )
@@ -92,11 +100,20 @@ class ClientConnection:
                 if isinstance(event, h11.ConnectionClosed):
                     return
                 assert isinstance(event, h11.Request), event
+                received, self.http.recording = self.http.recording, None
                 if (
                     self.http.received > self.max_head_bytes
                     and _head_size(event) > self.max_head_bytes
                 ):
                     await self._send_error(431, "request head too large", close=True)
+                    return
+                problem = request_head_problem(event.headers, event.http_version, received or b"")
+                if problem is not None:
+                    # RFC 9112 section 6.3: answer, then close without reading the
+                    # body, whose framing we cannot trust.
+                    self.state.metrics.client_protocol_errors += 1
+                    await self._send_error(400, problem, close=True)
+                    self.state.log_request(event, self.address, 400, 0, None)
                     return
                 self.scope.deadline = math.inf
                 self.phase = Phase.PROXYING
@@ -127,13 +144,16 @@ class ClientConnection:
         ]
         if close:
             headers.append((b"connection", b"close"))
+        http = self.http
         try:
-            await self.http.send(
+            http.queue(
                 h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
             )
-            await self.http.send(h11.Data(data=body))
-            await self.http.send(h11.EndOfMessage())
+            http.queue(h11.Data(data=body))
+            http.queue(h11.EndOfMessage())
+            await http.flush()
         except (*BROKEN, h11.LocalProtocolError):
+            http.discard()
             return
 
     async def _refuse(
@@ -165,6 +185,9 @@ class ClientConnection:
             assert isinstance(end, h11.EndOfMessage), end
         authority, origin_target = split_target(request.target)
         host_override = authority
+        switch = hdr.protocol_switch(request.method, request.headers)
+        if request.method == b"CONNECT":
+            authority = request.target  # authority-form: the route is the target
         if authority is None:
             authority = next((v for n, v in request.headers if n == b"host"), None)
         if not authority:
@@ -197,10 +220,12 @@ class ClientConnection:
                 host=host_override,
                 proto=self.proto,
                 is_chunked=chunked,
-            ),
+            )
+            + (switch.request_headers() if switch is not None else ()),
         )
         try:
-            channel = session.tunnel.open_stream(head, end_stream=not has_body)
+            # A switching request keeps its half open: raw bytes may follow the head.
+            channel = session.tunnel.open_stream(head, end_stream=not has_body and switch is None)
         except TunnelClosedError:
             return await self._refuse(
                 request, 502, "the agent for this host went away", route=route
@@ -209,6 +234,9 @@ class ClientConnection:
         try:
             # While the response comes, the client side is watched too: the body is
             # pumped upstream, or (no body) a hang-up is noticed and resets the stream.
+            if switch is not None and not has_body:
+                # No hang-up watch here: after a switch the pipe itself reads the socket.
+                return await self._relay_response(channel, request, session.client_id, switch)
             watch = self._pump_request_body if has_body else self._watch_for_hangup
             try:
                 async with trio.open_nursery() as nursery:
@@ -261,7 +289,13 @@ class ClientConnection:
         except TunnelClosedError:
             return  # the response side reports it
 
-    async def _relay_response(self, channel: Channel, request: h11.Request, agent: str) -> bool:
+    async def _relay_response(
+        self,
+        channel: Channel,
+        request: h11.Request,
+        agent: str,
+        switch: hdr.Switch | None = None,
+    ) -> bool:
         """Stream -> client. False when the client connection must be closed."""
         started = trio.current_time()
         self.phase = Phase.RESPONSE
@@ -282,30 +316,72 @@ class ClientConnection:
             await self._send_error(502, "the agent went away before answering")
             self._log_proxied(request, 502, 0, agent, started, channel)
             return True
+        if switch is not None:
+            if switch.accepts(head.status):
+                await self._switch(channel, request, agent, started, head, switch)
+                return False
+            channel.end()  # refused: the client sends nothing more on this request
         sent = 0
+        http = self.http
         try:
-            await self.http.send(
+            http.queue(
                 h11.Response(
                     status_code=head.status,
                     headers=hdr.response_headers(head.headers),
                     reason=head.reason,
                 )
             )
+            # Write what has arrived in one send; wait (flushed) only when nothing has.
+            # Credit goes back once bytes are handed to the socket, so what we hold
+            # stays within the stream window plus one flush.
             while True:
-                item = await channel.receive()
+                item = channel.receive_nowait()
+                if item is None:
+                    await http.flush()
+                    item = await channel.receive()
                 if item is END:
-                    await self.http.send(h11.EndOfMessage())
+                    http.queue(h11.EndOfMessage())
+                    await http.flush()
                     break
                 assert isinstance(item, bytes)
-                await self.http.send(h11.Data(data=item))
+                if http.queue(h11.Data(data=item)) >= FLUSH_BYTES:
+                    await http.flush()
                 sent += len(item)
                 channel.consume(len(item))
         except (TunnelClosedError, h11.LocalProtocolError, *BROKEN) as exc:
+            http.discard()
             logger.info("response to %s aborted after %d body bytes: %s", self.address, sent, exc)
             self._log_proxied(request, head.status, sent, agent, started, channel)
             return False
         self._log_proxied(request, head.status, sent, agent, started, channel)
         return True
+
+    async def _switch(
+        self,
+        channel: Channel,
+        request: h11.Request,
+        agent: str,
+        started: float,
+        head: ResponseHead,
+        switch: hdr.Switch,
+    ) -> None:
+        """Answer the switch, then pipe raw bytes until both sides are done."""
+        headers = hdr.response_headers(head.headers)
+        event: h11.InformationalResponse | h11.Response
+        if switch.upgrade is not None:
+            upgrade = next((v for n, v in head.headers if n == b"upgrade"), switch.upgrade)
+            headers += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
+            event = h11.InformationalResponse(status_code=101, headers=headers, reason=head.reason)
+        else:
+            event = h11.Response(status_code=head.status, headers=headers, reason=head.reason)
+        try:
+            await self.http.send(event)
+        except BROKEN:
+            channel.reset(ErrorCode.CANCEL, "the client went away")
+            return
+        self._log_proxied(request, head.status, 0, agent, started, channel)
+        initial, _ = self.conn.trailing_data
+        await run_pipe(self.stream, channel, bytes(initial))
 
     def _log_proxied(
         self,

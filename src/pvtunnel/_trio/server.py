@@ -282,7 +282,11 @@ class TunnelServer:
             )
             return
         ws = await request.accept()
-        mux = Multiplexer(Role.SERVER, window=config.limits.stream_window_bytes)
+        mux = Multiplexer(
+            Role.SERVER,
+            window=config.limits.stream_window_bytes,
+            connection_window=config.limits.connection_window_bytes,
+        )
         tunnel = Tunnel(
             ws,
             mux,

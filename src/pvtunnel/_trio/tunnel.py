@@ -7,8 +7,9 @@ the writer, so frames queued during one scheduling pass share one message, and
 writes are never concurrent.
 
 A stream's inbox cannot grow without bound: the peer may only send what the
-stream's credit window allows, and credit comes back only after `Channel.consume`
-has been called for bytes the stream's task has actually passed on.
+stream's credit window allows, and all inboxes together what the connection window
+allows; credit comes back only after `Channel.consume` has been called for bytes
+the stream's task has actually passed on (or the channel was reset or forgotten).
 """
 
 from __future__ import annotations
@@ -136,8 +137,22 @@ class Channel:
             await self._lot.park()
         return self._inbox.popleft()
 
+    def receive_nowait(self) -> InboxItem | None:
+        """The next item if one is already here, else None (raises like `receive`)."""
+        if self._inbox:
+            return self._inbox.popleft()
+        if self._failure is not None:
+            raise self._failure
+        return None
+
     def consume(self, size: int) -> None:
-        """Return ``size`` bytes of credit once they were passed on."""
+        """Return ``size`` bytes of credit once they were passed on.
+
+        A no-op once the channel failed: a reset gave back whatever the stream still
+        held, and a closed connection has no credit left to return.
+        """
+        if self._failure is not None:
+            return
         tunnel = self._tunnel
         tunnel.mux.acknowledge_data(self.stream_id, size)
         tunnel.wake_writer()
@@ -158,7 +173,12 @@ class Channel:
             if credit == 0:
                 if not mux.is_stream_open(stream_id):
                     raise StreamResetError(ErrorCode.CANCEL, "stream closed")
-                await self._credit_lot.park()
+                # Registered so that connection credit (stream 0) wakes us too.
+                tunnel._credit_waiters.add(self)
+                try:
+                    await self._credit_lot.park()
+                finally:
+                    tunnel._credit_waiters.discard(self)
                 continue
             if credit >= len(data):
                 chunk, data = data, b""
@@ -250,6 +270,8 @@ class Tunnel:
         self.declared_dead = False
         self._on_stream = on_stream
         self._channels: dict[int, Channel] = {}
+        # Channels parked in `Channel.send_data` for credit: connection credit wakes them.
+        self._credit_waiters: set[Channel] = set()
         self._write_lot = trio.lowlevel.ParkingLot()
         self._finished_lot = trio.lowlevel.ParkingLot()
         self.closed: TunnelClosedError | None = None
@@ -280,8 +302,17 @@ class Tunnel:
         return channel
 
     def forget(self, stream_id: StreamId) -> None:
-        """Drop a channel whose stream finished or was reset by us."""
-        if self._channels.pop(stream_id, None) is not None and self._finished_lot:
+        """Drop a channel whose stream finished or was reset by us.
+
+        Whatever the channel received and never consumed is acknowledged now, so an
+        abandoned inbox cannot keep connection credit from the other streams.
+        """
+        if self._channels.pop(stream_id, None) is None:
+            return
+        self.mux.acknowledge_all(stream_id)
+        if self.mux.has_data_to_send:
+            self.wake_writer()
+        if self._finished_lot:
             self._finished_lot.unpark_all()
 
     async def wait_stream_finished(self) -> None:
@@ -399,8 +430,9 @@ class Tunnel:
                 channel = self._channels.get(event.stream_id)
                 if channel is not None:
                     channel._push(event.data)
-                else:  # we dropped it (reset raced): give the credit back now
-                    self.mux.acknowledge_data(event.stream_id, len(event.data))
+                else:  # we forgot the channel: nobody will consume it, give it back now
+                    # (all it holds: a RESET later in the same message may have freed it)
+                    self.mux.acknowledge_all(event.stream_id)
             case ev.ResponseReceived():
                 channel = self._channels.get(event.stream_id)
                 if channel is not None:
@@ -415,6 +447,10 @@ class Tunnel:
                     self.forget(event.stream_id)
                     channel._fail(StreamResetError(event.code, event.reason))
                     channel.cancel_scope.cancel()
+            case ev.CreditGranted() if event.stream_id == 0:
+                # Connection credit: every stream waiting for credit may go on.
+                for waiting in list(self._credit_waiters):
+                    waiting._credit_granted()
             case ev.CreditGranted():
                 channel = self._channels.get(event.stream_id)
                 if channel is not None:

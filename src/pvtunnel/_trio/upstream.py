@@ -5,7 +5,11 @@ never a host or port, so nothing it sends can make the agent dial elsewhere
 (SPEC section 4). Upstream connections are kept alive and pooled per route; a
 request that fails on a pooled connection before any answer, and had no body to
 replay, is retried once on a fresh connection, since the upstream may have
-closed the idle connection at the same moment we reused it.
+closed the idle connection at the same moment we reused it; only idempotent
+methods are, so one client request never becomes two (RFC 9110 section 9.2.2).
+A connection goes back to the pool only if nothing follows the response, and is
+dropped on reuse if anything arrived while it was idle: stray bytes would
+otherwise answer another client's request (response splitting).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import select
 import socket
 from typing import TYPE_CHECKING, Final
 
@@ -20,9 +25,11 @@ import h11
 import trio
 
 from pvtunnel._errors import ErrorCode, TunnelClosedError, UpstreamError
+from pvtunnel._http.framing import framing_problem
 from pvtunnel._http.headers import content_length, end_to_end, is_chunked
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.http11 import H11Stream
+from pvtunnel._trio.pipe import run_pipe
 from pvtunnel._trio.tunnel import END, Channel, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
@@ -33,6 +40,7 @@ logger = logging.getLogger("pvtunnel.agent")
 
 MAX_RESPONSE_HEAD_BYTES: Final = 60000
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class UpstreamConnection(H11Stream):
@@ -73,12 +81,14 @@ class UpstreamPool:
         now = trio.current_time()
         while idle:
             connection = idle.pop()
-            if now - connection.idle_since < self._config.timeouts.upstream_idle_s:
+            fresh = now - connection.idle_since < self._config.timeouts.upstream_idle_s
+            if fresh and not _has_input(connection.stream):
                 return connection, True
             await connection.aclose()
-        return await self._connect(route), False
+        return await self.connect(route), False
 
-    async def _connect(self, route: Route) -> UpstreamConnection:
+    async def connect(self, route: Route) -> UpstreamConnection:
+        """A fresh connection to the route's target (raises `UpstreamError`)."""
         try:
             with trio.fail_after(self._config.timeouts.upstream_connect_s):
                 stream = await trio.open_tcp_stream(route.value, route.port)
@@ -100,7 +110,11 @@ class UpstreamPool:
     async def release(self, route: Route, connection: UpstreamConnection) -> None:
         """Keep the connection if both sides finished cleanly, else close it."""
         conn = connection.conn
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+        if (
+            conn.our_state is h11.DONE
+            and conn.their_state is h11.DONE
+            and not conn.trailing_data[0]
+        ):
             conn.start_next_cycle()
             idle = self._idle.setdefault(route.name, collections.deque())
             if len(idle) < self._config.upstream_pool_size:
@@ -116,6 +130,18 @@ class UpstreamPool:
         for idle in pools:
             for connection in idle:
                 await connection.aclose()
+
+
+def _has_input(stream: trio.abc.Stream) -> bool:
+    """Whether an idle connection is readable: the upstream closed it or sent stray bytes."""
+    if not isinstance(stream, trio.SocketStream):
+        return False
+    fd = stream.socket.fileno()
+    if hasattr(select, "poll"):  # select() cannot take descriptors past FD_SETSIZE
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _quickack(stream: trio.abc.Stream) -> None:
@@ -153,6 +179,9 @@ class Replay:
 
     async def run(self) -> None:
         channel = self.channel
+        if self.head.method == b"CONNECT":
+            await self._connect_tunnel()
+            return
         try:
             request = self._request()
         except h11.LocalProtocolError as exc:
@@ -166,11 +195,19 @@ class Replay:
                 logger.warning("route %s stream %d: %s", self.route.name, channel.stream_id, exc)
                 channel.reset(exc.code, str(exc))
                 return
+            received_before = connection.received
             try:
                 await self._exchange(connection, request, has_body)
             except (*_BROKEN, h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
                 await connection.aclose()
-                if reused and not has_body and not self.head_sent and attempt == 1:
+                if (
+                    reused
+                    and not has_body
+                    and not self.head_sent
+                    and connection.received == received_before  # not a single byte back
+                    and request.method in _IDEMPOTENT
+                    and attempt == 1
+                ):
                     continue
                 code = (
                     ErrorCode.UPSTREAM_PROTOCOL_ERROR
@@ -194,6 +231,23 @@ class Replay:
             await self.pool.release(self.route, connection)
             return
 
+    async def _connect_tunnel(self) -> None:
+        """CONNECT: a raw TCP pipe to the route's own target, never the requested port."""
+        channel = self.channel
+        try:
+            connection = await self.pool.connect(self.route)
+        except UpstreamError as exc:
+            logger.warning("route %s stream %d: %s", self.route.name, channel.stream_id, exc)
+            channel.reset(exc.code, str(exc))
+            return
+        try:
+            channel.send_response(ResponseHead(status=200, reason=b"Connection established"))
+            await run_pipe(connection.stream, channel)
+        except TunnelClosedError:
+            pass
+        finally:
+            await connection.aclose()
+
     async def _exchange(
         self, connection: UpstreamConnection, request: h11.Request, has_body: bool
     ) -> None:
@@ -211,6 +265,22 @@ class Replay:
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise first_error(group) from None
+
+    async def _switched(
+        self, connection: UpstreamConnection, event: h11.InformationalResponse
+    ) -> None:
+        """The upstream accepted an Upgrade: relay its 101, then pipe raw bytes.
+
+        h11 only reaches this for a request that asked to upgrade (anything else is
+        a protocol error there). The connection is not reusable afterwards, which
+        `UpstreamPool.release` sees from h11's state.
+        """
+        upgrade = next((v for n, v in event.headers if n == b"upgrade"), b"")
+        headers = (*end_to_end(event.headers), (b"connection", b"upgrade"), (b"upgrade", upgrade))
+        self.channel.send_response(ResponseHead(status=101, reason=event.reason, headers=headers))
+        self.head_sent = True
+        initial, _ = connection.conn.trailing_data
+        await run_pipe(connection.stream, self.channel, bytes(initial))
 
     async def _pump_body(self, connection: UpstreamConnection) -> None:
         channel = self.channel
@@ -232,7 +302,8 @@ class Replay:
             event = await connection.next_event()
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
-                    raise h11.RemoteProtocolError("unexpected 101 from upstream")
+                    await self._switched(connection, event)
+                    return
                 channel.send_response(
                     ResponseHead(
                         status=event.status_code,
@@ -244,6 +315,12 @@ class Replay:
             if isinstance(event, h11.Response):
                 break
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} from upstream")
+        problem = framing_problem(event.headers, event.http_version)
+        if problem is not None:
+            raise h11.RemoteProtocolError(problem)  # a 502 for the client, never the bytes
+        # Parse the body bytes already received (no I/O) before the head goes out: a
+        # body broken from its start (a bad first chunk size) is then a 502 too.
+        pending = connection.conn.next_event()
         channel.send_response(
             ResponseHead(
                 status=event.status_code,
@@ -253,7 +330,10 @@ class Replay:
         )
         self.head_sent = True
         while True:
-            event = await connection.next_event()
+            if isinstance(pending, h11.Event):
+                event, pending = pending, h11.NEED_DATA
+            else:
+                event = await connection.next_event()
             if isinstance(event, h11.Data):
                 await channel.send_data(bytes(event.data))
             elif isinstance(event, h11.EndOfMessage):

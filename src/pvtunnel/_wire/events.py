@@ -69,6 +69,9 @@ class StreamReset:
 
 @attrs.frozen(kw_only=True)
 class CreditGranted:
+    """The peer returned credit: for one stream, or when ``stream_id`` is 0 for the
+    connection, which may let every stream waiting for credit send again."""
+
     stream_id: StreamId
     increment: int
 

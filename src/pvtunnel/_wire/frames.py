@@ -56,17 +56,25 @@ class Flag(enum.IntFlag):
     INFORMATIONAL = 0x01
 
 
-# Which frames travel on stream 0 (the connection) and which on a stream.
-_CONNECTION_TYPES: Final = frozenset(
-    {
-        FrameType.HELLO,
-        FrameType.ACCEPT,
-        FrameType.REJECT,
-        FrameType.PING,
-        FrameType.PONG,
-        FrameType.GOAWAY,
-    }
-)
+# Which stream IDs each type may carry, as (on stream 0, on a stream): connection
+# frames only on 0, stream frames never on 0, and WINDOW on both (on 0 it returns
+# connection credit, section 7).
+_CONNECTION_ONLY: Final = (True, False)
+_STREAM_ONLY: Final = (False, True)
+_STREAM_IDS: Final = {
+    FrameType.HELLO: _CONNECTION_ONLY,
+    FrameType.ACCEPT: _CONNECTION_ONLY,
+    FrameType.REJECT: _CONNECTION_ONLY,
+    FrameType.HEAD: _STREAM_ONLY,
+    FrameType.DATA: _STREAM_ONLY,
+    FrameType.END: _STREAM_ONLY,
+    FrameType.RESET: _STREAM_ONLY,
+    FrameType.WINDOW: (True, True),
+    FrameType.PING: _CONNECTION_ONLY,
+    FrameType.PONG: _CONNECTION_ONLY,
+    FrameType.GOAWAY: _CONNECTION_ONLY,
+}
+CONNECTION_STREAM: Final = StreamId(0)
 # Plain ints: ``~Flag.INFORMATIONAL`` is Flag(0) (the complement within the enum's
 # own bits), which would let every reserved bit through the check below.
 _ALLOWED_FLAGS: Final = {
@@ -96,6 +104,7 @@ class Hello:
     client_id: str
     routes: tuple[str, ...]
     window: int
+    connection_window: int
 
 
 @attrs.frozen(kw_only=True)
@@ -105,6 +114,7 @@ class Accept:
     version: int
     refused: tuple[tuple[str, str], ...]
     window: int
+    connection_window: int
 
 
 @attrs.frozen(kw_only=True)
@@ -143,6 +153,8 @@ class Reset:
 
 @attrs.frozen(kw_only=True)
 class Window:
+    """Credit returned: for one stream, or for the connection when ``stream_id`` is 0."""
+
     stream_id: StreamId
     increment: int
 
@@ -211,12 +223,18 @@ def encode(frame: Frame) -> bytes:
                     "client_id": frame.client_id,
                     "routes": list(frame.routes),
                     "window": frame.window,
+                    "connection_window": frame.connection_window,
                 }
             )
         case Accept():
             frame_type = FrameType.ACCEPT
             payload = _json(
-                {"version": frame.version, "refused": dict(frame.refused), "window": frame.window}
+                {
+                    "version": frame.version,
+                    "refused": dict(frame.refused),
+                    "window": frame.window,
+                    "connection_window": frame.connection_window,
+                }
             )
         case Reject():
             frame_type = FrameType.REJECT
@@ -314,7 +332,7 @@ def _decode_all(view: bytes | bytearray) -> tuple[list[Frame], int]:
             raise _fail(f"{frame_type.name} frame with a payload of {length} bytes")
         if flags & ~_ALLOWED_FLAGS[frame_type]:
             raise _fail(f"{frame_type.name} frame with reserved flags 0x{flags:02x}")
-        if (stream_id == 0) != (frame_type in _CONNECTION_TYPES):
+        if not _STREAM_IDS[frame_type][stream_id != 0]:
             raise _fail(f"{frame_type.name} frame on stream {stream_id}")
         start = offset + HEADER_SIZE
         if end - start < length:
@@ -420,9 +438,10 @@ def _load_object(payload: bytes, what: str) -> dict[str, object]:
     return value
 
 
-def _window(value: object, what: str) -> int:
+def _window(obj: dict[str, object], key: str, what: str) -> int:
+    value = obj.get(key)
     if type(value) is not int or not 1 <= value <= MAX_WINDOW:
-        raise _fail(f"{what} window must be an integer from 1 to {MAX_WINDOW}")
+        raise _fail(f"{what} {key} must be an integer from 1 to {MAX_WINDOW}")
     return value
 
 
@@ -441,7 +460,8 @@ def _decode_hello(payload: bytes) -> Hello:
         versions=tuple(versions),
         client_id=client_id,
         routes=tuple(routes),
-        window=_window(obj.get("window"), "HELLO"),
+        window=_window(obj, "window", "HELLO"),
+        connection_window=_window(obj, "connection_window", "HELLO"),
     )
 
 
@@ -457,5 +477,6 @@ def _decode_accept(payload: bytes) -> Accept:
     return Accept(
         version=version,
         refused=tuple(sorted(refused.items())),
-        window=_window(obj.get("window"), "ACCEPT"),
+        window=_window(obj, "window", "ACCEPT"),
+        connection_window=_window(obj, "connection_window", "ACCEPT"),
     )

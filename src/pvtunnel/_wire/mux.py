@@ -14,10 +14,16 @@ Only the server opens streams, with strictly increasing IDs, so a frame for an
 unknown ID at or below the highest ever used belongs to a stream that is gone
 (late data after a reset, a late WINDOW) and is ignored without keeping state.
 
-Flow control (section 7): each side grants every stream an initial window (its
-HELLO/ACCEPT ``window``); DATA spends the sender's credit and WINDOW returns it.
-Credit is returned only when the application says it consumed the bytes, so a
-stream's buffered data can never exceed its window, whoever is slow.
+Flow control (section 7) works at two levels, as in HTTP/2. Each side grants
+every stream an initial window (its HELLO/ACCEPT ``window``) and the connection
+as a whole another (``connection_window``); DATA spends both of the sender's
+credits, WINDOW on a stream returns stream credit and WINDOW on stream 0
+connection credit. Credit is returned only when the application says it consumed
+the bytes, so what the application holds can never exceed a stream's window on
+that stream, nor the connection window over all streams, whoever is slow. Bytes
+nobody will consume count as consumed at once: DATA for a stream that is gone,
+and what a reset stream held. A stream forgotten after both halves closed keeps
+a residual (the bytes the application still holds) until they are acknowledged.
 
 Pure: no trio, no sockets, no clock. Feed bytes with `receive_data`, drain bytes
 with `data_to_send`; commands raise `LocalProtocolError` when they break the
@@ -41,6 +47,7 @@ from pvtunnel._wire.frames import HEADER, MAX_FRAME_PAYLOAD, FrameType, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
 DEFAULT_WINDOW: Final = 512 * 1024
+DEFAULT_CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 DEFAULT_MAX_STREAMS: Final = 4096
 
 
@@ -105,20 +112,26 @@ _HEAD: Final = FrameType.HEAD
 _DATA: Final = FrameType.DATA
 _END: Final = FrameType.END
 _WINDOW: Final = FrameType.WINDOW
+_CONNECTION: Final = fr.CONNECTION_STREAM
 _pack_header = HEADER.pack
 
 
 class _Stream:
-    """Per-stream bookkeeping; private and mutable, never handed out."""
+    """Per-stream bookkeeping; private and mutable, never handed out.
 
-    __slots__ = ("local", "receive_allowed", "remote", "send_credit", "unacknowledged")
+    ``held`` is DATA received and not yet acknowledged; ``unreturned`` is DATA
+    acknowledged and not yet returned in a WINDOW.
+    """
+
+    __slots__ = ("held", "local", "receive_allowed", "remote", "send_credit", "unreturned")
 
     def __init__(self, local: Half, remote: Half, send_credit: int, receive_allowed: int) -> None:
         self.local = local
         self.remote = remote
         self.send_credit = send_credit
         self.receive_allowed = receive_allowed
-        self.unacknowledged = 0
+        self.held = 0
+        self.unreturned = 0
 
 
 class Multiplexer:
@@ -127,20 +140,42 @@ class Multiplexer:
     Args:
         role: which end this is; the server opens streams, the agent answers them.
         window: the initial credit this end grants the peer on every stream, in bytes.
+        connection_window: the credit this end grants the peer over all streams
+            together, in bytes: the most body bytes it will ever hold unconsumed.
         max_streams: streams the agent accepts at once; beyond it new ones are refused
             with RESET REFUSED_STREAM (the server enforces its own limit before opening).
     """
 
     def __init__(
-        self, role: Role, *, window: int = DEFAULT_WINDOW, max_streams: int = DEFAULT_MAX_STREAMS
+        self,
+        role: Role,
+        *,
+        window: int = DEFAULT_WINDOW,
+        connection_window: int = DEFAULT_CONNECTION_WINDOW,
+        max_streams: int = DEFAULT_MAX_STREAMS,
     ) -> None:
         if not 1 <= window <= fr.MAX_WINDOW:
             raise ValueError("window out of range")
+        if not 1 <= connection_window <= fr.MAX_WINDOW:
+            raise ValueError("connection window out of range")
         self.role = role
         self.state = ConnectionState.AWAIT_HELLO if role is Role.SERVER else ConnectionState.START
         self._window = window
         self._ack_threshold = max(1, window // 4)
         self._peer_window = 0
+        # Connection level, sending: credit the peer granted over all streams.
+        self._connection_credit = 0
+        # Connection level, receiving: what the peer may still send, what the
+        # application holds, and what it consumed that no WINDOW returned yet.
+        self._connection_window = connection_window
+        self._connection_ack_threshold = max(1, connection_window // 4)
+        self._connection_receive_allowed = connection_window
+        self._held = 0
+        self._peak_held = 0
+        self._connection_unreturned = 0
+        # Streams forgotten (both halves closed) whose bytes the application still
+        # holds: stream ID -> bytes not yet acknowledged. Never above the window.
+        self._residual: dict[int, int] = {}
         self._max_streams = max_streams
         self._decoder = fr.FrameDecoder()
         self._out: list[bytes] = []
@@ -175,11 +210,31 @@ class Multiplexer:
         )
 
     def send_credit(self, stream_id: StreamId) -> int:
-        """Bytes `send_data` may send now on the stream (0 if it is gone or ended)."""
+        """Bytes `send_data` may send now on the stream (0 if it is gone or ended).
+
+        The smaller of the stream's credit and the connection's: a `CreditGranted`
+        for the stream, or for stream 0 (the connection), may raise it.
+        """
         stream = self._streams.get(stream_id)
         if stream is None or stream.local is not Half.OPEN:
             return 0
-        return stream.send_credit
+        return min(stream.send_credit, self._connection_credit)
+
+    @property
+    def connection_credit(self) -> int:
+        """Bytes `send_data` may send now over all streams together."""
+        return self._connection_credit
+
+    @property
+    def held_bytes(self) -> int:
+        """DATA bytes received and not yet acknowledged, over all streams (live or
+        gone): what the application holds. Never above ``connection_window``."""
+        return self._held
+
+    @property
+    def peak_held_bytes(self) -> int:
+        """The most `held_bytes` has ever been on this connection."""
+        return self._peak_held
 
     def is_stream_open(self, stream_id: StreamId) -> bool:
         return stream_id in self._streams
@@ -196,6 +251,7 @@ class Multiplexer:
                     client_id=client_id,
                     routes=routes,
                     window=self._window,
+                    connection_window=self._connection_window,
                 )
             )
         )
@@ -204,7 +260,14 @@ class Multiplexer:
         """Server: take the agent; ``refused`` pairs route names with reasons."""
         self._move_connection(_Input.SEND_ACCEPT, local=True)
         self._queue(
-            fr.encode(fr.Accept(version=fr.PROTOCOL_VERSION, refused=refused, window=self._window))
+            fr.encode(
+                fr.Accept(
+                    version=fr.PROTOCOL_VERSION,
+                    refused=refused,
+                    window=self._window,
+                    connection_window=self._connection_window,
+                )
+            )
         )
 
     def reject(self, reason: str) -> None:
@@ -291,7 +354,8 @@ class Multiplexer:
 
         Raises:
             StreamClosedError: the stream was reset or is gone.
-            LocalProtocolError: more bytes than the peer's credit, or the half is not open.
+            LocalProtocolError: more bytes than the peer's credit on the stream or on
+                the connection (`send_credit`), or the half is not open.
         """
         stream = self._stream_for_sending(stream_id)
         size = len(data)
@@ -299,7 +363,12 @@ class Multiplexer:
             raise LocalProtocolError(f"DATA on a {stream.local.value} stream")
         if size > stream.send_credit:
             raise LocalProtocolError(f"{size} bytes exceed the credit of {stream.send_credit}")
+        if size > self._connection_credit:
+            raise LocalProtocolError(
+                f"{size} bytes exceed the connection credit of {self._connection_credit}"
+            )
         stream.send_credit -= size
+        self._connection_credit -= size
         out = self._out
         if size <= MAX_FRAME_PAYLOAD:
             if size:
@@ -318,39 +387,74 @@ class Multiplexer:
         self._move_half(stream, "local", Move.END)
         self._out.append(_pack_header(_END, 0, stream_id, 0))
         if stream.remote is Half.CLOSED:
-            del self._streams[stream_id]
+            self._forget(stream_id, stream)
 
     def reset_stream(self, stream_id: StreamId, code: ErrorCode, reason: str = "") -> None:
-        """Abort the stream both ways; a no-op when it is already gone."""
-        if self._streams.pop(stream_id, None) is None:
+        """Abort the stream both ways; what it held goes back to the connection window.
+
+        The bytes received on the stream and not yet acknowledged count as consumed:
+        after a reset the application must not acknowledge them again. On a stream
+        that is already gone this only releases what the application still held of
+        it (nothing is sent).
+        """
+        stream = self._streams.pop(stream_id, None)
+        if stream is None:
+            self._release(self._residual.pop(stream_id, 0))
             return
         self._queue(fr.encode(fr.Reset(stream_id=stream_id, code=code, reason=reason)))
+        self._release(stream.held)
 
     def acknowledge_data(self, stream_id: StreamId, size: int) -> None:
         """Say ``size`` received bytes were consumed, so the peer may send more.
 
-        Credit goes back in batches of a quarter window, which keeps WINDOW frames
-        rare while a steady stream never stalls waiting for them. A no-op once the
-        stream is gone or the peer ended its half.
+        Credit goes back in batches of a quarter window, at each level, which keeps
+        WINDOW frames rare while a steady stream never stalls waiting for them. A
+        stream whose peer ended its half gets no more stream credit, but its bytes
+        still return connection credit, also once the stream is gone (both halves
+        closed while the application was still draining it).
 
         Raises:
-            LocalProtocolError: ``size`` is negative or more than was received and not
-                yet acknowledged (the extra credit would break the memory bound).
+            LocalProtocolError: ``size`` is negative or more than was received on the
+                stream and not yet acknowledged, or released by a reset (the extra
+                credit would break the memory bound).
         """
         stream = self._streams.get(stream_id)
-        if stream is None or stream.remote is not Half.OPEN:
-            return
-        # window - receive_allowed - unacknowledged = received but not yet acknowledged.
-        if not 0 <= size <= self._window - stream.receive_allowed - stream.unacknowledged:
+        held = self._residual.get(stream_id, 0) if stream is None else stream.held
+        if not 0 <= size <= held:
             raise LocalProtocolError(
-                f"stream {stream_id}: acknowledging {size} bytes, more than were received"
+                f"stream {stream_id}: acknowledging {size} bytes, more than it holds ({held})"
             )
-        stream.unacknowledged += size
-        if stream.unacknowledged >= self._ack_threshold:
-            increment = stream.unacknowledged
-            stream.unacknowledged = 0
-            stream.receive_allowed += increment
-            self._out.append(_pack_header(_WINDOW, 0, stream_id, 4) + increment.to_bytes(4))
+        if not size:
+            return
+        if stream is None:
+            if size == held:
+                del self._residual[stream_id]
+            else:
+                self._residual[stream_id] = held - size
+        else:
+            stream.held = held - size
+            if stream.remote is Half.OPEN:
+                unreturned = stream.unreturned + size
+                if unreturned >= self._ack_threshold:
+                    stream.unreturned = 0
+                    stream.receive_allowed += unreturned
+                    self._out.append(
+                        _pack_header(_WINDOW, 0, stream_id, 4) + unreturned.to_bytes(4)
+                    )
+                else:
+                    stream.unreturned = unreturned
+        self._release(size)
+
+    def acknowledge_all(self, stream_id: StreamId) -> None:
+        """Acknowledge every byte the stream holds: the application drops its channel.
+
+        The same as `acknowledge_data` with all that is outstanding (nothing once the
+        stream was reset); later DATA on a live stream must still be acknowledged.
+        """
+        stream = self._streams.get(stream_id)
+        self.acknowledge_data(
+            stream_id, self._residual.get(stream_id, 0) if stream is None else stream.held
+        )
 
     def data_to_send(self, max_bytes: int | None = None) -> bytes:
         """Drain queued frames as bytes for one WebSocket message (b"" when idle).
@@ -431,6 +535,7 @@ class Multiplexer:
                         f"ACCEPT chose version {frame.version}, which this agent did not offer"
                     )
                 self._peer_window = frame.window
+                self._connection_credit = frame.connection_window
                 out.append(ev.Accepted(refused=frame.refused))
             case fr.Reject():
                 self._require_role(Role.AGENT, "REJECT")
@@ -449,19 +554,35 @@ class Multiplexer:
             )
             raise RemoteProtocolError("agent speaks no protocol version we know")
         self._peer_window = frame.window
+        self._connection_credit = frame.connection_window
         out.append(ev.HelloReceived(client_id=frame.client_id, routes=frame.routes))
 
     def _on_data(self, frame: fr.Data, out: list[ev.Event]) -> None:
         stream = self._stream_for_receiving(frame.stream_id)
+        size = len(frame.data)
+        # Every DATA frame counts against the connection window, even for a stream
+        # that is gone: the sender spent connection credit on it.
+        self._connection_receive_allowed -= size
+        if self._connection_receive_allowed < 0:
+            raise RemoteProtocolError(
+                "DATA beyond the granted connection window", ErrorCode.FLOW_CONTROL_ERROR
+            )
         if stream is None:
+            # Nobody will consume it: its credit goes back as if it were consumed now.
+            self._return_credit(size)
             return
         self._move_half(stream, "remote", Move.DATA)
-        stream.receive_allowed -= len(frame.data)
+        stream.receive_allowed -= size
         if stream.receive_allowed < 0:
             raise RemoteProtocolError(
                 f"stream {frame.stream_id}: DATA beyond the granted window",
                 ErrorCode.FLOW_CONTROL_ERROR,
             )
+        stream.held += size
+        held = self._held + size
+        self._held = held
+        if held > self._peak_held:
+            self._peak_held = held
         out.append(ev.DataReceived(stream_id=frame.stream_id, data=frame.data))
 
     def _on_head(self, frame: fr.Head, out: list[ev.Event]) -> None:
@@ -501,10 +622,19 @@ class Multiplexer:
             return
         self._move_half(stream, "remote", Move.END)
         if stream.local is Half.CLOSED:
-            del self._streams[frame.stream_id]
+            self._forget(frame.stream_id, stream)
         out.append(ev.StreamEnded(stream_id=frame.stream_id))
 
     def _on_window(self, frame: fr.Window, out: list[ev.Event]) -> None:
+        if frame.stream_id == _CONNECTION:
+            self._require_open()
+            self._connection_credit += frame.increment
+            if self._connection_credit > fr.MAX_WINDOW:
+                raise RemoteProtocolError(
+                    "connection credit above 2^31-1", ErrorCode.FLOW_CONTROL_ERROR
+                )
+            out.append(ev.CreditGranted(stream_id=_CONNECTION, increment=frame.increment))
+            return
         stream = self._stream_for_receiving(frame.stream_id)
         if stream is None:
             return
@@ -516,9 +646,11 @@ class Multiplexer:
         out.append(ev.CreditGranted(stream_id=frame.stream_id, increment=frame.increment))
 
     def _on_reset(self, frame: fr.Reset, out: list[ev.Event]) -> None:
-        if self._stream_for_receiving(frame.stream_id) is None:
+        stream = self._stream_for_receiving(frame.stream_id)
+        if stream is None:
             return
         del self._streams[frame.stream_id]
+        self._release(stream.held)
         out.append(ev.StreamReset(stream_id=frame.stream_id, code=frame.code, reason=frame.reason))
 
     def _on_goaway(self, frame: fr.GoAway, out: list[ev.Event]) -> None:
@@ -531,7 +663,7 @@ class Multiplexer:
         if self.role is Role.SERVER:
             # Streams the agent never saw are refused: safe to retry elsewhere.
             for stream_id in [s for s in self._streams if s > last]:
-                del self._streams[stream_id]
+                self._release(self._streams.pop(stream_id).held)
                 out.append(
                     ev.StreamReset(
                         stream_id=StreamId(stream_id),
@@ -544,6 +676,31 @@ class Multiplexer:
 
     def _queue(self, frame_bytes: bytes) -> None:
         self._out.append(frame_bytes)
+
+    def _forget(self, stream_id: int, stream: _Stream) -> None:
+        """Drop a finished stream, keeping what the application still holds of it."""
+        del self._streams[stream_id]
+        if stream.held:
+            self._residual[stream_id] = stream.held
+
+    def _release(self, size: int) -> None:
+        """``size`` held bytes were consumed, or dropped by a reset."""
+        self._held -= size
+        self._return_credit(size)
+
+    def _return_credit(self, size: int) -> None:
+        """Connection credit for ``size`` bytes consumed or dropped, batched like stream
+        credit: one WINDOW on stream 0 once a quarter of the connection window is due,
+        carrying all of it."""
+        if not size:
+            return
+        unreturned = self._connection_unreturned + size
+        if unreturned >= self._connection_ack_threshold:
+            self._connection_unreturned = 0
+            self._connection_receive_allowed += unreturned
+            self._out.append(_pack_header(_WINDOW, 0, 0, 4) + unreturned.to_bytes(4))
+        else:
+            self._connection_unreturned = unreturned
 
     def _require_role(self, role: Role, what: str) -> None:
         if self.role is not role:

@@ -1,0 +1,845 @@
+"""Shared plumbing for the benchmark scripts (``run.py``, ``memory.py``).
+
+Everything here is plain standard library: free loopback ports, child processes that
+always get stopped, readiness by connecting or by a ready line (never a fixed sleep),
+peak-RSS and CPU readings from ``/proc``, and small raw-socket HTTP/1.1 clients that
+stream large bodies without buffering them.
+
+Only loopback addresses are ever used.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Mapping, Sequence
+    from types import FrameType
+
+LOOPBACK: Final = "127.0.0.1"
+KIB: Final = 1024
+MIB: Final = 1024 * 1024
+GIB: Final = 1024 * MIB
+READY_TIMEOUT_S: Final = 20.0
+STOP_TIMEOUT_S: Final = 10.0
+IO_BLOCK: Final = MIB
+
+
+class BenchError(Exception):
+    """A step of the benchmark failed; the message says which and why."""
+
+
+# --------------------------------------------------------------------------- signals
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM and SIGHUP into KeyboardInterrupt so every ``finally`` runs."""
+
+    def _raise(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _raise)
+    signal.signal(signal.SIGHUP, _raise)
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def free_ports(count: int, host: str = LOOPBACK) -> list[int]:
+    """Return ``count`` distinct free TCP ports, found by binding port 0.
+
+    All sockets stay bound until every port is chosen, so the kernel cannot hand out
+    the same port twice. There is an unavoidable window between closing the probe
+    and the real server binding it; on a loopback-only benchmark machine it is tiny.
+    """
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(probe)
+            probe.bind((host, 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
+
+
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    what: str,
+    timeout_s: float = READY_TIMEOUT_S,
+    alive: Callable[[], str | None] | None = None,
+) -> None:
+    """Retry ``check`` (which itself blocks on a connect or read) until it is true.
+
+    Used only with checks that do real I/O (connecting, fetching a page), with a short
+    growing back-off between refused attempts so a refused connect does not spin.
+
+    Raises:
+        BenchError: on timeout, or as soon as ``alive`` reports that a child died.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        if alive is not None and (problem := alive()) is not None:
+            raise BenchError(f"{what}: {problem}")
+        if check():
+            return
+        if time.monotonic() > deadline:
+            raise BenchError(f"{what}: not ready after {timeout_s:.0f} s")
+        time.sleep(delay)  # back-off between refused connects, not a readiness sleep
+        delay = min(delay * 2, 0.2)
+
+
+def can_connect(port: int, host: str = LOOPBACK) -> bool:
+    """True when a TCP connect to ``host:port`` succeeds."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- /proc
+
+
+def _read_stat(pid: int) -> list[str] | None:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name is in parentheses and may contain spaces: split after it.
+    head, _, tail = raw.rpartition(")")
+    return [head.split(" (", 1)[1], *tail.split()]
+
+
+def proc_comm(pid: int) -> str | None:
+    """The process's command name (``/proc/PID/comm``), or None if it is gone."""
+    stat = _read_stat(pid)
+    return None if stat is None else stat[0]
+
+
+def proc_start_ticks(pid: int) -> int | None:
+    """Start time in clock ticks since boot: with the PID it names a process uniquely."""
+    stat = _read_stat(pid)
+    return None if stat is None else int(stat[20])
+
+
+def proc_cpu_s(pid: int) -> float | None:
+    """User plus system CPU seconds used so far by ``pid`` (not its children)."""
+    stat = _read_stat(pid)
+    if stat is None:
+        return None
+    return (int(stat[12]) + int(stat[13])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status_kib(pid: int, key: str) -> int | None:
+    """A ``kB`` field of ``/proc/PID/status`` (e.g. ``VmHWM``, ``VmRSS``) in KiB."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs`` value 5)."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (children, grandchildren, ...)."""
+    children: dict[int, list[int]] = collections.defaultdict(list)
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        stat = _read_stat(int(entry))
+        if stat is not None:
+            children[int(stat[2])].append(int(entry))
+    found: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, []))
+    return found
+
+
+@dataclass(frozen=True)
+class ProcSample:
+    """Peak RSS and CPU of one process at one moment."""
+
+    pid: int
+    comm: str
+    vmhwm_kib: int
+    vmrss_kib: int
+    cpu_s: float
+
+
+def sample(pids: Sequence[int]) -> list[ProcSample]:
+    """Read VmHWM, VmRSS and CPU of each live process in ``pids``."""
+    samples: list[ProcSample] = []
+    for pid in pids:
+        comm = proc_comm(pid)
+        hwm = proc_status_kib(pid, "VmHWM")
+        rss = proc_status_kib(pid, "VmRSS")
+        cpu = proc_cpu_s(pid)
+        if comm is None or hwm is None or rss is None or cpu is None:
+            continue
+        samples.append(ProcSample(pid=pid, comm=comm, vmhwm_kib=hwm, vmrss_kib=rss, cpu_s=cpu))
+    return samples
+
+
+def cpu_total_s(pids: Sequence[int]) -> float:
+    """Sum of user+system CPU seconds of the live processes in ``pids``."""
+    return sum(cpu for pid in pids if (cpu := proc_cpu_s(pid)) is not None)
+
+
+def _busy_ticks() -> int:
+    """Machine-wide user+nice+system clock ticks (/proc/stat). irq/softirq are left
+    out: loopback traffic of our own shows up there."""
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()
+    return int(fields[1]) + int(fields[2]) + int(fields[3])
+
+
+def _own_tree_s() -> float:
+    """CPU seconds used by this process and all its descendants, live or reaped."""
+    times = os.times()
+    total = times.user + times.system + times.children_user + times.children_system
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in descendants(os.getpid()):
+        stat = _read_stat(pid)
+        if stat is not None:  # utime, stime, cutime, cstime (reaped children)
+            total += sum(int(value) for value in stat[12:16]) / ticks
+    return total
+
+
+class ForeignLoad:
+    """Measures CPU used by processes that are not ours (another test run, a build)
+    over a window: machine busy time minus our process tree's. On a 2-core machine a
+    busy neighbour moves every figure, so reports carry this number."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+        self._busy = _busy_ticks()
+        self._own = _own_tree_s()
+
+    def cores(self) -> float:
+        """Average number of cores used by others since construction (>= 0)."""
+        elapsed = time.monotonic() - self._start
+        if elapsed <= 0:
+            return 0.0
+        busy_s = (_busy_ticks() - self._busy) / os.sysconf("SC_CLK_TCK")
+        return max(0.0, (busy_s - (_own_tree_s() - self._own)) / elapsed)
+
+
+# --------------------------------------------------------------------------- children
+
+
+class Child:
+    """A child process in its own session (so its whole group can be signalled).
+
+    Its stdout and stderr go straight to ``log_path`` (no pipe: a reader thread in
+    this process would compete with the tunnel for CPU when the child logs every
+    request). :meth:`wait_ready` reads that file for a line containing ``ready_word``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        log_path: Path,
+        env: Mapping[str, str] | None = None,
+        ready_word: str | None = None,
+        stdin: int | IO[bytes] = subprocess.DEVNULL,
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.ready_word = ready_word
+        self.ready_line: str | None = None
+        self.exit_code: int | None = None
+        self.killed = False
+        self._scanned = 0  # bytes of the log already searched for the ready word
+        self._owned_descendants: list[tuple[int, int | None]] = []
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        self._log = open(log_path, "wb")  # noqa: SIM115  # closed in stop()
+        try:
+            self.proc = subprocess.Popen(
+                self.argv,
+                stdin=stdin,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            self._log.close()
+            raise BenchError(f"{name}: cannot start {self.argv[0]}: {exc}") from exc
+
+    @property
+    def pid(self) -> int:
+        """The child's PID (also its process-group ID)."""
+        return self.proc.pid
+
+    def tail(self, lines: int = 8) -> str:
+        """The last lines the child printed, for error messages."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(max(0, log.seek(0, os.SEEK_END) - 4096))
+                text = log.read().decode("utf-8", "replace")
+        except OSError:
+            return "(no output)"
+        return " | ".join(text.strip().splitlines()[-lines:]) or "(no output)"
+
+    def problem(self) -> str | None:
+        """None while the child runs; otherwise what happened to it."""
+        code = self.proc.poll()
+        if code is None:
+            return None
+        return f"{self.name} exited with code {code}: {self.tail()}"
+
+    def _saw_ready_line(self) -> bool:
+        assert self.ready_word is not None
+        with open(self.log_path, "rb") as log:
+            log.seek(self._scanned)
+            data = log.read(1024 * 1024)
+        complete = data[: data.rfind(b"\n") + 1]  # only whole lines
+        for raw in complete.splitlines():
+            line = raw.decode("utf-8", "replace")
+            if self.ready_word in line:
+                self.ready_line = line
+                return True
+        self._scanned += len(complete)
+        return False
+
+    def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> str:
+        """Block until the child prints a line containing ``ready_word``.
+
+        Raises:
+            BenchError: if it exits first or says nothing ready in time.
+        """
+        try:
+            wait_until(
+                self._saw_ready_line,
+                what=f"{self.name} (waiting for a line containing {self.ready_word!r})",
+                timeout_s=timeout_s,
+                alive=self.problem,
+            )
+        except BenchError as exc:
+            if self.proc.poll() is None:  # timed out: show what it did say
+                raise BenchError(f"{exc}; its output so far: {self.tail()}") from None
+            raise
+        assert self.ready_line is not None
+        return self.ready_line
+
+    def adopt_descendants(self) -> None:
+        """Remember the current descendants, so :meth:`stop` also ends those that
+        left the process group (sshd's per-connection children call ``setsid``)."""
+        for pid in descendants(self.pid):
+            self._owned_descendants.append((pid, proc_start_ticks(pid)))
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        """Signal the child, wait, then SIGKILL its group and adopted descendants.
+
+        Returns the exit code (negative: killed by that signal). ``killed`` tells
+        whether it had to be SIGKILLed after not exiting in ``timeout_s``.
+        """
+        self.adopt_descendants()
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.killed = True
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=timeout_s)
+        self.exit_code = self.proc.returncode
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)  # leftovers in the group (workers)
+        for pid, ticks in self._owned_descendants:
+            if ticks is not None and proc_start_ticks(pid) == ticks:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        self._log.close()
+        return self.exit_code
+
+
+class Children:
+    """Owns every child started during a run and stops them in reverse order."""
+
+    def __init__(self) -> None:
+        self._children: list[Child] = []
+
+    def start(self, *args: object, **kwargs: object) -> Child:
+        """Start a :class:`Child` (same arguments) and register it for stopping."""
+        child = Child(*args, **kwargs)  # type: ignore[arg-type]  # forwarded verbatim
+        self._children.append(child)
+        return child
+
+    def stop(self, child: Child, sig: int = signal.SIGTERM) -> int | None:
+        """Stop one child now and forget it."""
+        try:
+            return child.stop(sig)
+        finally:
+            if child in self._children:
+                self._children.remove(child)
+
+    def stop_all(self) -> None:
+        """Stop all remaining children, newest first, whatever goes wrong."""
+        while self._children:
+            child = self._children.pop()
+            try:
+                child.stop()
+            except Exception as exc:  # keep stopping the others
+                print(f"warning: stopping {child.name}: {exc}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def find_tool(name: str, *extra_dirs: str) -> str | None:
+    """``shutil.which`` that also looks in sbin directories (not on every PATH)."""
+    path = os.pathsep.join([os.environ.get("PATH", ""), *extra_dirs, "/usr/sbin", "/sbin"])
+    return shutil.which(name, path=path)
+
+
+def ensure_debian_packages(wanted: Mapping[str, str], *, install: bool) -> dict[str, str]:
+    """Make sure each tool in ``wanted`` (tool -> Debian package) is present.
+
+    Missing tools are installed with ``apt-get install -y`` (after ``apt-get update``
+    if the package lists are stale) when ``install`` is true and we are root.
+
+    Returns:
+        tool name -> absolute path.
+
+    Raises:
+        BenchError: when a tool is missing and cannot be installed.
+    """
+    missing = {tool: pkg for tool, pkg in wanted.items() if find_tool(tool) is None}
+    if missing:
+        packages = sorted(set(missing.values()))
+        command = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+        if not install:
+            raise BenchError(f"missing {sorted(missing)}; install with: {' '.join(command)}")
+        if os.geteuid() != 0 or shutil.which("apt-get") is None:
+            raise BenchError(
+                f"missing {sorted(missing)}; run as root on Debian, or: sudo {' '.join(command)}"
+            )
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        print(f"installing {' '.join(packages)} with apt-get ...", file=sys.stderr)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            print("apt-get install failed; running apt-get update first", file=sys.stderr)
+            subprocess.run(
+                ["apt-get", "update"], env=env, capture_output=True, text=True, timeout=600
+            )
+            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+            if done.returncode != 0:
+                raise BenchError(f"{' '.join(command)} failed: {done.stderr.strip()[-800:]}")
+    found: dict[str, str] = {}
+    for tool in wanted:
+        path = find_tool(tool)
+        if path is None:
+            raise BenchError(f"{tool} still missing after installing {wanted[tool]}")
+        found[tool] = path
+    return found
+
+
+def pvtunnel_command() -> list[str]:
+    """How to run the pvtunnel CLI: ``$PVTUNNEL_BIN``, the script beside this
+    interpreter, ``pvtunnel`` on PATH, or ``python -m pvtunnel`` as a last resort."""
+    if explicit := os.environ.get("PVTUNNEL_BIN"):
+        return explicit.split()
+    beside = Path(sys.executable).parent / "pvtunnel"
+    if beside.exists():
+        return [str(beside)]
+    if on_path := shutil.which("pvtunnel"):
+        return [on_path]
+    return [sys.executable, "-m", "pvtunnel"]
+
+
+def check_pvtunnel(command: Sequence[str]) -> str:
+    """Return ``pvtunnel --version`` output, or raise BenchError saying why it fails."""
+    try:
+        done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BenchError(f"pvtunnel CLI not usable ({' '.join(command)}): {exc}") from exc
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise BenchError(
+            f"pvtunnel CLI not working yet: `{' '.join(command)} --version` exited "
+            f"{done.returncode}: {last[0]}"
+        )
+    return (done.stdout.strip() or done.stderr.strip()).splitlines()[0]
+
+
+@dataclass
+class Tunnel:
+    """A running pvtunnel server + agent pair."""
+
+    server: Child
+    agent: Child
+    internal_port: int
+    external_port: int
+    exit_codes: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def pids(self) -> list[int]:
+        """PIDs whose peak RSS counts as the tunnel's."""
+        return [self.server.pid, self.agent.pid]
+
+
+@contextlib.contextmanager
+def open_pvtunnel(
+    children: Children,
+    *,
+    upstream_port: int,
+    log_dir: Path,
+    route: str = "app",
+    extra_server_args: Sequence[str] = (),
+    extra_agent_args: Sequence[str] = (),
+) -> Iterator[Tunnel]:
+    """Start ``pvtunnel serve`` and ``pvtunnel agent`` (route ``route`` -> upstream).
+
+    Waits for each one's ready line; on exit sends SIGTERM (agent first) and records
+    the exit codes in ``Tunnel.exit_codes`` (the contract says both exit 0).
+    """
+    command = pvtunnel_command()
+    check_pvtunnel(command)
+    internal_port, external_port = free_ports(2)
+    token = os.urandom(16).hex()
+    exit_codes: dict[str, int | None] = {}
+    server = children.start(
+        "pvtunnel serve",
+        [
+            *command,
+            "serve",
+            "--host",
+            LOOPBACK,
+            "--internal-port",
+            str(internal_port),
+            "--external-port",
+            str(external_port),
+            *extra_server_args,
+        ],
+        log_path=log_dir / "pvtunnel-server.log",
+        env={"PVTUNNEL_INTERNAL_TOKEN": token},
+        ready_word="ready",
+    )
+    agent: Child | None = None
+    try:
+        server.wait_ready()
+        agent = children.start(
+            "pvtunnel agent",
+            [
+                *command,
+                "agent",
+                "--server",
+                f"ws://{LOOPBACK}:{internal_port}",
+                "--client-id",
+                "bench",
+                "--route",
+                f"{route}={LOOPBACK}:{upstream_port}",
+                *extra_agent_args,
+            ],
+            log_path=log_dir / "pvtunnel-agent.log",
+            env={"PVTUNNEL_TOKEN": token},
+            ready_word="ready",
+        )
+        agent.wait_ready()
+        yield Tunnel(server, agent, internal_port, external_port, exit_codes)
+    finally:
+        if agent is not None:
+            exit_codes["agent"] = children.stop(agent)
+            if agent.killed:
+                exit_codes["agent_needed_sigkill"] = 1
+        exit_codes["server"] = children.stop(server)
+        if server.killed:
+            exit_codes["server_needed_sigkill"] = 1
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+@dataclass
+class Response:
+    """A parsed HTTP/1.1 response head plus body bytes (or only their count)."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    body_bytes: int
+    seconds: float
+
+    def header(self, name: str) -> str | None:
+        """First value of header ``name`` (case-insensitive), or None."""
+        lowered = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lowered), None)
+
+
+class SocketReader:
+    """Buffered reads from a socket into one reusable block."""
+
+    def __init__(
+        self, sock: socket.socket, block: int = IO_BLOCK, *, deadline: float | None = None
+    ) -> None:
+        self.sock = sock
+        self.buffer = bytearray(block)
+        self.view = memoryview(self.buffer)
+        self.pending = b""
+        self.deadline = deadline  # time.monotonic() value after which reads fail
+        self._timeout = sock.gettimeout()
+
+    def _check_deadline(self) -> None:
+        if self.deadline is None:
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise BenchError("transfer exceeded its total time limit")
+        self.sock.settimeout(left if self._timeout is None else min(left, self._timeout))
+
+    def read_head(self, limit: int = 64 * KIB) -> bytes:
+        data = self.pending
+        while b"\r\n\r\n" not in data:
+            if len(data) > limit:
+                raise BenchError("response head too large")
+            self._check_deadline()
+            got = self.sock.recv(65536)
+            if not got:
+                raise BenchError(f"connection closed before a response head ({len(data)} bytes)")
+            data += got
+        head, _, rest = data.partition(b"\r\n\r\n")
+        self.pending = rest
+        return head
+
+    def read_some(self) -> memoryview:
+        """The next bytes: leftovers first, then one recv (empty view at EOF)."""
+        if self.pending:
+            data, self.pending = self.pending, b""
+            return memoryview(data)
+        self._check_deadline()
+        count = self.sock.recv_into(self.buffer)
+        return self.view[:count]
+
+
+class ChunkedCounter:
+    """Incremental ``Transfer-Encoding: chunked`` decoder that counts (and optionally
+    keeps or checksums) the payload without copying it when it does not have to."""
+
+    def __init__(self, *, keep: bool = False, on_data: Callable[[memoryview], None] | None = None):
+        self.count = 0
+        self.done = False
+        self.kept = bytearray() if keep else None
+        self._on_data = on_data
+        self._line = b""
+        self._remaining = 0
+        self._state = "size"  # size -> data -> data_crlf -> size ... -> trailer
+
+    def feed(self, data: memoryview) -> memoryview:
+        """Consume ``data``; returns what follows the body (non-empty only when done)."""
+        pos = 0
+        end = len(data)
+        while pos < end and not self.done:
+            if self._state == "data":
+                take = min(self._remaining, end - pos)
+                piece = data[pos : pos + take]
+                self.count += take
+                if self.kept is not None:
+                    self.kept += piece
+                if self._on_data is not None:
+                    self._on_data(piece)
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = "data_crlf"
+                continue
+            newline = bytes(data[pos : min(end, pos + 1024)]).find(b"\n")
+            if newline < 0:
+                self._line += bytes(data[pos:end])
+                if len(self._line) > 4096:
+                    raise BenchError("chunked: line too long")
+                pos = end
+                break
+            line = (self._line + bytes(data[pos : pos + newline])).rstrip(b"\r")
+            self._line = b""
+            pos += newline + 1
+            if self._state == "size":
+                size_text = line.split(b";", 1)[0].strip()
+                try:
+                    self._remaining = int(size_text, 16)
+                except ValueError as exc:
+                    raise BenchError(f"chunked: bad size line {line[:40]!r}") from exc
+                self._state = "data" if self._remaining else "trailer"
+            elif self._state == "data_crlf":
+                if line:
+                    raise BenchError("chunked: missing CRLF after chunk data")
+                self._state = "size"
+            elif not line:  # trailer section ends with an empty line
+                self.done = True
+        return data[pos:end]
+
+
+def _parse_head(head: bytes) -> tuple[int, list[tuple[str, str]]]:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
+        raise BenchError(f"bad status line {lines[0][:80]!r}")
+    headers = []
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers.append((name.strip(), value.strip()))
+    return int(parts[1]), headers
+
+
+def read_response(
+    reader: SocketReader,
+    *,
+    keep_body: bool,
+    on_data: Callable[[memoryview], None] | None = None,
+    is_head: bool = False,
+) -> tuple[int, list[tuple[str, str]], bytes, int]:
+    """Read one response; returns (status, headers, body or b"", body byte count)."""
+    while True:
+        status, headers = _parse_head(reader.read_head())
+        if status >= 200:
+            break  # skip 1xx interim responses
+    fields = {k.lower(): v for k, v in headers}
+    kept = bytearray()
+    if is_head or status in (204, 304):
+        return status, headers, b"", 0
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        decoder = ChunkedCounter(keep=keep_body, on_data=on_data)
+        while True:
+            data = reader.read_some()
+            if not data:
+                raise BenchError(f"connection closed inside a chunked body at {decoder.count} B")
+            rest = decoder.feed(data)
+            if decoder.done:
+                reader.pending = bytes(rest)
+                break
+        return status, headers, bytes(decoder.kept or b""), decoder.count
+    length_text = fields.get("content-length")
+    remaining = int(length_text) if length_text is not None else -1
+    count = 0
+    while remaining != 0:
+        data = reader.read_some()
+        if not data:
+            if remaining > 0:
+                raise BenchError(f"connection closed after {count} of {length_text} body bytes")
+            break
+        if 0 < remaining < len(data):
+            reader.pending = bytes(data[remaining:])
+            data = data[:remaining]
+        count += len(data)
+        if remaining > 0:
+            remaining -= len(data)
+        if keep_body:
+            kept += data
+        if on_data is not None:
+            on_data(data)
+    return status, headers, bytes(kept), count
+
+
+def http_request(
+    port: int,
+    method: str,
+    path: str,
+    *,
+    host_header: str = "app",
+    headers: Sequence[tuple[str, str]] = (),
+    body: bytes | None = None,
+    body_source: Callable[[socket.socket], None] | None = None,
+    keep_body: bool = True,
+    on_data: Callable[[memoryview], None] | None = None,
+    timeout_s: float = 60.0,
+    total_timeout_s: float = 600.0,
+    host: str = LOOPBACK,
+) -> Response:
+    """One request on a fresh connection; streams the body in and counts it out.
+
+    ``body_source`` (if given) writes the request body itself after the head, so
+    uploads of any size can be streamed. ``timeout_s`` bounds each socket call (a
+    ``sendall`` as a whole), ``total_timeout_s`` the reading of the whole response.
+    The timer starts after connecting and stops when the last response byte is read.
+    """
+    with socket.create_connection((host, port), timeout=timeout_s) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {host_header}"]
+        lines += [f"{k}: {v}" for k, v in headers]
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        reader = SocketReader(sock, deadline=time.monotonic() + total_timeout_s)
+        start = time.perf_counter()
+        sock.sendall(head)
+        if body is not None:
+            sock.sendall(body)
+        if body_source is not None:
+            body_source(sock)
+        status, response_headers, data, count = read_response(
+            reader, keep_body=keep_body, on_data=on_data, is_head=method == "HEAD"
+        )
+        seconds = time.perf_counter() - start
+    return Response(status, response_headers, data, count, seconds)
+
+
+def send_repeated(
+    block: bytes, total: int, *, chunked: bool, each_block: Callable[[], None] | None = None
+) -> Callable[[socket.socket], None]:
+    """A ``body_source`` that sends ``total`` bytes made of ``block`` repeated,
+    either raw (for Content-Length) or as chunks of ``len(block)`` bytes.
+    ``each_block`` runs before every block (e.g. a deadline check)."""
+    view = memoryview(block)
+
+    def source(sock: socket.socket) -> None:
+        left = total
+        while left:
+            if each_block is not None:
+                each_block()
+            piece = view[: min(left, len(view))]
+            if chunked:
+                sock.sendall(b"%x\r\n" % len(piece))
+                sock.sendall(piece)
+                sock.sendall(b"\r\n")
+            else:
+                sock.sendall(piece)
+            left -= len(piece)
+        if chunked:
+            sock.sendall(b"0\r\n\r\n")
+
+    return source
+
+
+def median(values: Sequence[float]) -> float:
+    """Median of a non-empty sequence."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2

@@ -1,0 +1,93 @@
+"""The message-framing checks h11 leaves to a proxy (request smuggling, response splitting).
+
+h11 already refuses most malformed messages: conflicting Content-Lengths,
+whitespace before a colon, bare CR, NUL and other control bytes, unknown or
+repeated transfer codings. Three shapes it accepts are dangerous in a proxy,
+because a server behind or in front of us may read them differently:
+
+- Content-Length together with Transfer-Encoding. RFC 9112 section 6.3: such a
+  message "ought to be handled as an error", and a server "MUST close the
+  connection after responding to such a request". h11 lets Transfer-Encoding win.
+- Transfer-Encoding in an HTTP/1.0 message. RFC 9112 section 6.1: the recipient
+  "MUST treat the message as if the framing is faulty".
+- obs-fold (a header line continued on the next line by leading whitespace).
+  RFC 9112 section 5.2 lets a server reject it with 400; h11 unfolds it silently,
+  so only the raw head bytes show it, and a folded ``Transfer-Encoding`` is a
+  classic smuggling vector.
+
+Pure functions over values; the caller decides the status (400 for a client, 502
+for an upstream) and closes the connection.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+# h11 ends a head at the first empty line, LF or CRLF terminated (its blank_line_regex).
+_HEAD_END: Final = re.compile(rb"\n\r?\n")
+_FOLDED_LINE: Final = re.compile(rb"\n[ \t]")
+
+
+def framing_problem(headers: Iterable[tuple[bytes, bytes]], http_version: bytes) -> str | None:
+    """Why a message parsed by h11 must not be forwarded, or None when it is fine.
+
+    Args:
+        headers: The message's header fields, names lower-cased as h11 gives them.
+        http_version: ``b"1.1"`` or ``b"1.0"``, as h11 reports it.
+
+    Returns:
+        A short reason fit for a ``text/plain`` error body, or None.
+    """
+    has_length = False
+    has_coding = False
+    for name, _ in headers:
+        if name == b"content-length":
+            has_length = True
+        elif name == b"transfer-encoding":
+            has_coding = True
+    if not has_coding:
+        return None
+    if has_length:
+        return "both Content-Length and Transfer-Encoding (RFC 9112 section 6.3)"
+    if http_version == b"1.0":
+        return "Transfer-Encoding in an HTTP/1.0 message (RFC 9112 section 6.1)"
+    return None
+
+
+def has_obs_fold(received: bytes | bytearray) -> bool:
+    """Whether the head at the start of ``received`` folds a header over two lines.
+
+    Args:
+        received: The bytes h11 parsed a head from, starting at its request or
+            status line; anything after the head (body, a pipelined request) is
+            ignored. A head h11 accepted never starts with whitespace.
+
+    Returns:
+        True when a line of the head starts with a space or a tab.
+    """
+    end = _HEAD_END.search(received)
+    head = received if end is None else received[: end.start() + 1]
+    return _FOLDED_LINE.search(head) is not None
+
+
+def request_head_problem(
+    headers: Iterable[tuple[bytes, bytes]], http_version: bytes, received: bytes | bytearray
+) -> str | None:
+    """Why the server must answer a parsed request head with 400 and close, or None.
+
+    Args:
+        headers: The request's header fields as h11 parsed them.
+        http_version: The request's HTTP version as h11 reports it.
+        received: The raw bytes the head was parsed from, head first.
+
+    Returns:
+        A short reason for the error body, or None when the head may be routed.
+    """
+    problem = framing_problem(headers, http_version)
+    if problem is None and has_obs_fold(received):
+        problem = "a header folded over two lines (obs-fold, RFC 9112 section 5.2)"
+    return problem

@@ -1,0 +1,325 @@
+"""Figures for ``/metrics``: plain integers bumped on the hot path, rendered on scrape.
+
+Why not prometheus-client's metric objects: each ``labels(...).inc()`` hashes a
+label tuple and takes a lock, and a request should cost no more than a few
+attribute increments. So the figures live in plain slotted objects here, with no
+I/O and no trio, and `render_server` / `render_agent` write the Prometheus text
+exposition format (version 0.0.4) only when someone scrapes. The format is small
+and exact enough to write by hand; the tests read it back with prometheus-client's
+own parser.
+
+Label sets stay bounded: a route label only ever holds a name some authenticated
+agent announced (a request no route matched counts under `NO_ROUTE`, never under
+the Host header a client made up), and statuses are folded into classes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+
+NO_ROUTE: Final = "(none)"
+"""The route label of requests no route matched; parentheses never occur in a route name."""
+
+DURATION_BUCKETS_S: Final = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+"""Upper bounds of the request duration histogram, in seconds (Prometheus' defaults, to 60 s)."""
+
+# Classes 1xx-5xx are always exposed (zero included, so rate() works from the first
+# scrape); 6xx-9xx only once seen, since h11 lets an upstream send any 3-digit status.
+_ALWAYS_SHOWN_CLASSES: Final = range(1, 6)
+
+
+class Histogram:
+    """Counts per bucket (not yet cumulative) and the sum of what was observed."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...] = DURATION_BUCKETS_S) -> None:
+        self.bounds = bounds
+        # One slot per bound plus the +Inf bucket.
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # bisect_left: a value equal to a bound belongs to that bucket (le means <=).
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """``(upper bound, observations <= bound)`` pairs, ending with +Inf."""
+        pairs: list[tuple[float, int]] = []
+        total = 0
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            total += count
+            pairs.append((bound, total))
+        return pairs
+
+
+class RouteFigures:
+    """What the server counted for one route; created once, on the route's first request."""
+
+    __slots__ = ("bytes_in", "bytes_out", "duration", "status_classes")
+
+    def __init__(self) -> None:
+        # Index = status // 100, so recording needs no branching or lookup.
+        self.status_classes = [0] * 10
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.duration = Histogram()
+
+
+class ServerMetrics:
+    """The server's counters; gauges (streams, agents) are read from live state on scrape."""
+
+    __slots__ = (
+        "agent_connects",
+        "agent_disconnects",
+        "agent_protocol_errors",
+        "client_protocol_errors",
+        "routes",
+    )
+
+    def __init__(self) -> None:
+        self.routes: dict[str, RouteFigures] = {}
+        self.agent_connects = 0
+        self.agent_disconnects = 0
+        self.agent_protocol_errors = 0
+        self.client_protocol_errors = 0
+
+    def record_request(
+        self,
+        route: str | None,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
+        duration_s: float | None,
+    ) -> None:
+        """Count one answered request (proxied or refused).
+
+        Args:
+            route: The matched route name, or None when no route matched.
+            status: The status the client was sent.
+            bytes_in: Request body bytes forwarded to the agent.
+            bytes_out: Response body bytes sent to the client.
+            duration_s: From opening the stream to the end of the response; None
+                for a request answered without reaching an agent, which the
+                duration histogram leaves out (it would only add zeros).
+        """
+        key = NO_ROUTE if route is None else route
+        figures = self.routes.get(key)
+        if figures is None:
+            figures = self.routes[key] = RouteFigures()
+        figures.status_classes[status // 100] += 1
+        figures.bytes_in += bytes_in
+        figures.bytes_out += bytes_out
+        if duration_s is not None:
+            figures.duration.observe(duration_s)
+
+
+class AgentMetrics:
+    """The agent's counters; connection state, reconnects and pool sizes are read on scrape."""
+
+    __slots__ = ("protocol_errors", "streams", "upstream_connect_errors")
+
+    def __init__(self) -> None:
+        self.streams: dict[str, int] = {}
+        self.upstream_connect_errors: dict[str, int] = {}
+        self.protocol_errors = 0
+
+    def stream_started(self, route: str) -> None:
+        streams = self.streams
+        streams[route] = streams.get(route, 0) + 1
+
+    def upstream_connect_failed(self, route: str) -> None:
+        errors = self.upstream_connect_errors
+        errors[route] = errors.get(route, 0) + 1
+
+
+def render_server(metrics: ServerMetrics, *, active_streams: int, connected_agents: int) -> str:
+    """The server's /metrics page.
+
+    Args:
+        metrics: The counters.
+        active_streams: Requests in flight through agents right now.
+        connected_agents: Agents registered right now.
+
+    Returns:
+        Prometheus text exposition format 0.0.4 (serve it as `CONTENT_TYPE`).
+    """
+    out = _Exposition()
+    routes = sorted(metrics.routes.items())
+    out.family(
+        "pvtunnel_requests_total", "counter", "Requests answered, by route and status class."
+    )
+    for route, figures in routes:
+        for index, count in enumerate(figures.status_classes):
+            if count or index in _ALWAYS_SHOWN_CLASSES:
+                out.sample("pvtunnel_requests_total", count, route=route, status_class=f"{index}xx")
+    out.family(
+        "pvtunnel_request_body_bytes_total",
+        "counter",
+        "Request body bytes received from clients and forwarded to agents, by route.",
+    )
+    for route, figures in routes:
+        out.sample("pvtunnel_request_body_bytes_total", figures.bytes_in, route=route)
+    out.family(
+        "pvtunnel_response_body_bytes_total",
+        "counter",
+        "Response body bytes sent to clients, by route.",
+    )
+    for route, figures in routes:
+        out.sample("pvtunnel_response_body_bytes_total", figures.bytes_out, route=route)
+    out.family(
+        "pvtunnel_request_duration_seconds",
+        "histogram",
+        "Time from opening a stream to an agent to the end of the response, by route.",
+    )
+    for route, figures in routes:
+        # Only routes that reached an agent: for NO_ROUTE it would be all zeros forever.
+        if figures.duration.count:
+            out.histogram("pvtunnel_request_duration_seconds", figures.duration, route=route)
+    out.family("pvtunnel_active_streams", "gauge", "Requests in flight through agents.")
+    out.sample("pvtunnel_active_streams", active_streams)
+    out.family("pvtunnel_connected_agents", "gauge", "Agents connected and registered.")
+    out.sample("pvtunnel_connected_agents", connected_agents)
+    out.family("pvtunnel_agent_connects_total", "counter", "Agents that completed the handshake.")
+    out.sample("pvtunnel_agent_connects_total", metrics.agent_connects)
+    out.family(
+        "pvtunnel_agent_disconnects_total", "counter", "Registered agents whose connection ended."
+    )
+    out.sample("pvtunnel_agent_disconnects_total", metrics.agent_disconnects)
+    out.family(
+        "pvtunnel_protocol_errors_total",
+        "counter",
+        "Peers that broke the protocol: agents (tunnel frames) or clients (malformed HTTP).",
+    )
+    out.sample("pvtunnel_protocol_errors_total", metrics.agent_protocol_errors, peer="agent")
+    out.sample("pvtunnel_protocol_errors_total", metrics.client_protocol_errors, peer="client")
+    return out.text()
+
+
+def render_agent(
+    metrics: AgentMetrics,
+    *,
+    connected: bool,
+    reconnects: int,
+    active_streams: int,
+    idle_connections: Mapping[str, int],
+) -> str:
+    """The agent's /metrics page.
+
+    Args:
+        metrics: The counters.
+        connected: Whether the agent is registered with its server right now.
+        reconnects: Connection attempts after the first.
+        active_streams: Requests being replayed right now.
+        idle_connections: Pooled keep-alive upstream connections per route; its
+            keys are the configured routes, so every route gets its series.
+
+    Returns:
+        Prometheus text exposition format 0.0.4 (serve it as `CONTENT_TYPE`).
+    """
+    out = _Exposition()
+    routes = sorted(idle_connections)
+    out.family("pvtunnel_agent_connected", "gauge", "1 while registered with the server.")
+    out.sample("pvtunnel_agent_connected", int(connected))
+    out.family(
+        "pvtunnel_agent_reconnects_total", "counter", "Connection attempts after the first one."
+    )
+    out.sample("pvtunnel_agent_reconnects_total", reconnects)
+    out.family("pvtunnel_agent_active_streams", "gauge", "Requests being replayed right now.")
+    out.sample("pvtunnel_agent_active_streams", active_streams)
+    out.family("pvtunnel_agent_streams_total", "counter", "Requests received to replay, by route.")
+    for route in routes:
+        out.sample("pvtunnel_agent_streams_total", metrics.streams.get(route, 0), route=route)
+    out.family(
+        "pvtunnel_upstream_connect_errors_total",
+        "counter",
+        "Failed connection attempts to a route's target (refused, DNS, timeout).",
+    )
+    for route in routes:
+        errors = metrics.upstream_connect_errors.get(route, 0)
+        out.sample("pvtunnel_upstream_connect_errors_total", errors, route=route)
+    out.family(
+        "pvtunnel_upstream_idle_connections",
+        "gauge",
+        "Keep-alive upstream connections waiting in the pool, by route.",
+    )
+    for route in routes:
+        out.sample("pvtunnel_upstream_idle_connections", idle_connections[route], route=route)
+    out.family(
+        "pvtunnel_protocol_errors_total", "counter", "Times the server broke the tunnel protocol."
+    )
+    out.sample("pvtunnel_protocol_errors_total", metrics.protocol_errors, peer="server")
+    return out.text()
+
+
+class _Exposition:
+    """Lines of the text format; families must be written whole, one after another."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self._lines.append(f"# HELP {name} {_escape_help(help_text)}")
+        self._lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, value: float, **labels: str) -> None:
+        self._lines.append(f"{name}{_labels(labels.items())} {_number(value)}")
+
+    def histogram(self, name: str, histogram: Histogram, **labels: str) -> None:
+        for bound, count in histogram.cumulative():
+            le = (*labels.items(), ("le", _number(bound)))
+            self._lines.append(f"{name}_bucket{_labels(le)} {count}")
+        self._lines.append(f"{name}_sum{_labels(labels.items())} {_number(histogram.sum)}")
+        self._lines.append(f"{name}_count{_labels(labels.items())} {histogram.count}")
+
+    def text(self) -> str:
+        return "\n".join(self._lines) + "\n"
+
+
+def _labels(pairs: Iterable[tuple[str, str]]) -> str:
+    inner = ",".join(f'{name}="{_escape_label(value)}"' for name, value in pairs)
+    return f"{{{inner}}}" if inner else ""
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _number(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return repr(value)

@@ -1,0 +1,253 @@
+"""The ``/status`` document and `pvtunnel status`, which reads it and prints tables.
+
+The document's shape is written down once here, as TypedDicts, so the admin
+listener that produces it and the command that reads it cannot drift apart
+silently (mypy checks both ends). Reading uses blocking ``urllib``: the command
+makes one request and exits, so it has no use for an event loop.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import TYPE_CHECKING, Final, Literal, TypedDict, cast
+
+from pvtunnel._errors import PvTunnelError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+DEFAULT_ADMIN_URL: Final = "http://127.0.0.1:8082"
+FETCH_TIMEOUT_S: Final = 5.0
+
+
+class ServerAgentEntry(TypedDict):
+    client_id: str
+    address: str
+    connected_since: str
+    connected_for_s: float
+    routes: list[str]
+    in_flight: int
+    requests: int
+
+
+class ServerRouteEntry(TypedDict):
+    name: str
+    agents: list[str]
+
+
+class ServerStatusDocument(TypedDict):
+    kind: Literal["server"]
+    ready: bool
+    draining: bool
+    in_flight: int
+    agents: list[ServerAgentEntry]
+    routes: list[ServerRouteEntry]
+
+
+class AgentRouteEntry(TypedDict):
+    name: str
+    target: str
+    streams: int
+    idle_connections: int
+    connect_errors: int
+
+
+class AgentStatusDocument(TypedDict):
+    kind: Literal["agent"]
+    client_id: str
+    server: str
+    ready: bool
+    connected: bool
+    draining: bool
+    connected_since: str | None
+    connected_for_s: float | None
+    reconnects: int
+    in_flight: int
+    routes: list[AgentRouteEntry]
+
+
+StatusDocument = ServerStatusDocument | AgentStatusDocument
+
+
+class StatusError(PvTunnelError):
+    """The admin listener could not be reached or gave no usable answer."""
+
+
+def iso_utc(timestamp: float) -> str:
+    """A wall-clock time as the status document shows it: ``2025-01-31T12:00:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def admin_url(text: str) -> str:
+    """``host:port`` or a URL -> the URL of ``/status`` (a bare address means http://)."""
+    base = text if "://" in text else f"http://{text}"
+    return base.rstrip("/") + "/status"
+
+
+def fetch_status(url: str, token: str | None) -> StatusDocument:
+    """GET the ``/status`` document.
+
+    Args:
+        url: The full URL of ``/status`` (see `admin_url`).
+        token: The admin token, sent as ``Authorization: Bearer``; None sends none.
+
+    Returns:
+        The document, checked to be a server's or an agent's.
+
+    Raises:
+        StatusError: Unreachable, refused (401), another HTTP error, or not a
+            status document. The message never contains the token.
+    """
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            hint = "a token is needed" if token is None else "the token was refused"
+            raise StatusError(
+                f"{url}: HTTP 401, {hint} (set PVTUNNEL_ADMIN_TOKEN or pass --token-file)"
+            ) from None
+        raise StatusError(f"{url}: HTTP {exc.code}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        raise StatusError(f"cannot reach {url}: {reason}") from None
+    try:
+        document = json.loads(body)
+    except ValueError:
+        raise StatusError(f"{url}: the answer is not JSON") from None
+    if not isinstance(document, dict) or document.get("kind") not in ("server", "agent"):
+        raise StatusError(f"{url}: the answer is not a pvtunnel status document")
+    # Checked just above as far as the formatter relies on it; json.loads gives Any.
+    return cast("StatusDocument", document)
+
+
+def format_status(document: StatusDocument, source: str) -> str:
+    """The document as a summary line and aligned tables, for a terminal.
+
+    Args:
+        document: A server's or an agent's status.
+        source: Where it came from, named in the summary line.
+    """
+    if document["kind"] == "server":
+        return _format_server(document, source)
+    return _format_agent(document, source)
+
+
+def _format_server(document: ServerStatusDocument, source: str) -> str:
+    agents = document["agents"]
+    state = _state(ready=document["ready"], draining=document["draining"])
+    lines = [
+        f"pvtunnel server at {source}: {state}, {_count(len(agents), 'agent')}, "
+        f"{_count(document['in_flight'], 'stream')} in flight",
+        "",
+    ]
+    if agents:
+        lines += _table(
+            ("AGENT", "ADDRESS", "CONNECTED SINCE", "FOR", "IN FLIGHT", "REQUESTS", "ROUTES"),
+            [
+                (
+                    agent["client_id"],
+                    agent["address"],
+                    agent["connected_since"],
+                    _duration(agent["connected_for_s"]),
+                    str(agent["in_flight"]),
+                    str(agent["requests"]),
+                    ", ".join(agent["routes"]) or "-",
+                )
+                for agent in agents
+            ],
+            numeric={4, 5},
+        )
+    else:
+        lines.append("no agents connected")
+    lines.append("")
+    routes = document["routes"]
+    if routes:
+        lines += _table(
+            ("ROUTE", "AGENTS"),
+            [(route["name"], ", ".join(route["agents"])) for route in routes],
+        )
+    else:
+        lines.append("no routes served")
+    return "\n".join(lines)
+
+
+def _format_agent(document: AgentStatusDocument, source: str) -> str:
+    state = _state(ready=document["ready"], draining=document["draining"])
+    if document["connected"]:
+        since = document["connected_since"] or "?"
+        for_s = document["connected_for_s"]
+        link = f"connected to {document['server']} since {since}"
+        if for_s is not None:
+            link += f" ({_duration(for_s)})"
+    else:
+        link = f"not connected to {document['server']}"
+    lines = [
+        f"pvtunnel agent {document['client_id']} at {source}: {state}, {link}, "
+        f"{_count(document['reconnects'], 'reconnect')}, "
+        f"{_count(document['in_flight'], 'stream')} in flight",
+        "",
+    ]
+    lines += _table(
+        ("ROUTE", "TARGET", "STREAMS", "IDLE CONNECTIONS", "CONNECT ERRORS"),
+        [
+            (
+                route["name"],
+                route["target"],
+                str(route["streams"]),
+                str(route["idle_connections"]),
+                str(route["connect_errors"]),
+            )
+            for route in document["routes"]
+        ],
+        numeric={2, 3, 4},
+    )
+    return "\n".join(lines)
+
+
+def _state(*, ready: bool, draining: bool) -> str:
+    if draining:
+        return "draining"
+    return "ready" if ready else "not ready"
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m05s``, ``2h03m``, ``4d02h``: precise enough to read at a glance."""
+    whole = max(0, int(seconds))
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"
+
+
+def _table(
+    header: Sequence[str], rows: Sequence[Sequence[str]], *, numeric: set[int] | None = None
+) -> list[str]:
+    """Columns two spaces apart; numbers right-aligned; the last column not padded."""
+    numeric = numeric or set()
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = []
+    for row in (header, *rows):
+        cells = [
+            cell.rjust(width) if i in numeric else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return lines

@@ -1,0 +1,76 @@
+"""A raw byte pipe between a socket and a tunnel stream (after a 101, or for CONNECT).
+
+Once a stream stops carrying HTTP, it carries bytes both ways with the same flow
+control as a body. Each direction ends on its own: the socket's EOF becomes the
+stream's END, and the stream's END becomes a half-close (``send_eof``) of the
+socket, so protocols that half-close (a client that shuts down writing and still
+reads the answer) work. The pipe ends when both directions have, or at once on a
+reset or a broken socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Final
+
+import trio
+
+from pvtunnel._errors import ErrorCode, TunnelClosedError
+from pvtunnel._trio.tunnel import END, first_error
+
+if TYPE_CHECKING:
+    from pvtunnel._trio.tunnel import Channel
+
+RECEIVE_SIZE: Final = 65536
+_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+async def run_pipe(stream: trio.abc.Stream, channel: Channel, initial: bytes = b"") -> None:
+    """Move bytes both ways until both directions ended; never raises for I/O failures.
+
+    Args:
+        stream: the client or upstream connection, already past HTTP.
+        channel: the tunnel stream.
+        initial: bytes already read from ``stream`` beyond the HTTP head (h11's
+            trailing data), sent first.
+    """
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_socket_to_stream, stream, channel, initial, nursery.cancel_scope)
+            nursery.start_soon(_stream_to_socket, stream, channel, nursery.cancel_scope)
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+
+
+async def _socket_to_stream(
+    stream: trio.abc.Stream, channel: Channel, initial: bytes, scope: trio.CancelScope
+) -> None:
+    try:
+        if initial:
+            await channel.send_data(initial)
+        while data := await stream.receive_some(RECEIVE_SIZE):
+            await channel.send_data(bytes(data))
+        channel.end()
+    except _BROKEN:
+        channel.reset(ErrorCode.CANCEL, "connection broken")
+        scope.cancel()
+    except TunnelClosedError:
+        scope.cancel()
+
+
+async def _stream_to_socket(
+    stream: trio.abc.Stream, channel: Channel, scope: trio.CancelScope
+) -> None:
+    try:
+        while (item := await channel.receive()) is not END:
+            assert isinstance(item, bytes)
+            await stream.send_all(item)
+            channel.consume(len(item))
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            with contextlib.suppress(*_BROKEN):
+                await stream.send_eof()
+    except _BROKEN:
+        channel.reset(ErrorCode.CANCEL, "connection broken")
+        scope.cancel()
+    except TunnelClosedError:
+        scope.cancel()

@@ -1,0 +1,589 @@
+"""The admin listener of a real server and agent: /metrics, /ready, /live, /status.
+
+Counters are checked after real traffic with prometheus-client's parser, against
+exactly the requests sent. ``wait_all_tasks_blocked`` stands between a reply and a
+scrape: the server counts a request right after its last byte went out, and a
+test must not race that.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import attrs
+import pytest
+import trio
+import trio.testing
+import trio_websocket
+
+from pvtunnel._config import AdminConfig, Secret
+from pvtunnel._logs import JsonFormatter
+from pvtunnel._metrics import NO_ROUTE
+from pvtunnel._trio.admin import AgentAdmin, ServerAdmin, serve_admin
+from pvtunnel._trio.agent import TunnelAgent
+from pvtunnel._trio.server import TunnelServer
+from tests.integration.client import Client, Reply, fetch, raw_exchange
+from tests.integration.harness import (
+    TOKEN,
+    Running,
+    agent_config,
+    server_config,
+    start_agent,
+    start_server,
+    start_upstream,
+)
+from tests.prometheus import Scrape
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping
+
+LIMIT_S = 15
+PVTUNNEL = [sys.executable, "-m", "pvtunnel"]
+ADMIN_TOKEN = "admin-token-for-tests-0123"
+
+
+async def admin_get(
+    address: tuple[str, int] | None, path: bytes, *, token: str | None = None
+) -> Reply:
+    assert address is not None
+    headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
+    async with await Client.connect(address[1], address[0]) as client:
+        return await client.request(b"GET", path, host=b"admin", headers=headers)
+
+
+async def scrape(address: tuple[str, int] | None, *, token: str | None = None) -> Scrape:
+    await trio.testing.wait_all_tasks_blocked()
+    reply = await admin_get(address, b"/metrics", token=token)
+    assert reply.status == 200, reply
+    assert reply.header(b"content-type") == b"text/plain; version=0.0.4; charset=utf-8"
+    return Scrape(reply.body.decode())
+
+
+async def status_of(address: tuple[str, int] | None) -> dict[str, object]:
+    reply = await admin_get(address, b"/status")
+    assert reply.status == 200, reply
+    assert reply.header(b"content-type") == b"application/json"
+    document = json.loads(reply.body)
+    assert isinstance(document, dict)
+    return document
+
+
+async def start_admin_server(nursery: trio.Nursery, token: Secret | None = None) -> Running:
+    config = attrs.evolve(server_config(), admin=AdminConfig(port=0, token=token))
+    return await start_server(nursery, config)
+
+
+async def test_metrics_count_exactly_the_traffic_sent() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_admin_server(nursery)
+            admin = running.addresses.admin
+            _, upstream_port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": upstream_port})
+            before = await scrape(admin)
+            assert before.series("pvtunnel_requests_total") == {}
+            assert before.value("pvtunnel_connected_agents") == 1
+
+            replies: list[Reply] = []
+            async with await Client.connect(running.port) as client:
+                for target in (b"/bytes/1000", b"/bytes/70000", b"/"):
+                    replies.append(await client.request(b"GET", target))
+                replies.append(await client.request(b"POST", b"/echo", body=b"x" * 5000))
+                replies.append(
+                    await client.request(b"POST", b"/echo", chunks=[b"a" * 10, b"b" * 20])
+                )
+                replies.append(await client.request(b"GET", b"/status/503"))
+                missing = await client.request(b"GET", b"/", host=b"nobody-serves-this")
+            assert [reply.status for reply in replies] == [200, 200, 200, 200, 200, 503]
+            assert missing.status == 404
+
+            after = await scrape(admin)
+            requests = after.series("pvtunnel_requests_total")
+            assert {labels: count for labels, count in requests.items() if count} == {
+                (("route", "app"), ("status_class", "2xx")): 5,
+                (("route", "app"), ("status_class", "5xx")): 1,
+                (("route", NO_ROUTE), ("status_class", "4xx")): 1,
+            }
+            assert after.value("pvtunnel_request_body_bytes_total", route="app") == 5030
+            assert after.value("pvtunnel_response_body_bytes_total", route="app") == sum(
+                len(reply.body) for reply in replies
+            )
+            assert after.value("pvtunnel_response_body_bytes_total", route=NO_ROUTE) == 0
+            assert after.value("pvtunnel_request_duration_seconds_count", route="app") == 6
+            assert (
+                after.value("pvtunnel_request_duration_seconds_bucket", route="app", le="+Inf") == 6
+            )
+            assert 0 < after.value("pvtunnel_request_duration_seconds_sum", route="app") < LIMIT_S
+            assert after.value("pvtunnel_active_streams") == 0
+            assert after.value("pvtunnel_agent_connects_total") == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_unmatched_hosts_share_one_series() -> None:
+    """Clients choose Host headers: they must not choose label values."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_admin_server(nursery)
+            async with await Client.connect(running.port) as client:
+                for index in range(20):
+                    reply = await client.request(b"GET", b"/", host=b"host-%d" % index)
+                    assert reply.status == 404
+            after = await scrape(running.addresses.admin)
+            routes = {dict(labels)["route"] for labels in after.series("pvtunnel_requests_total")}
+            assert routes == {NO_ROUTE}
+            assert after.value("pvtunnel_requests_total", route=NO_ROUTE, status_class="4xx") == 20
+            nursery.cancel_scope.cancel()
+
+
+async def test_agent_connects_disconnects_and_protocol_errors() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_admin_server(nursery)
+            admin = running.addresses.admin
+            _, upstream_port = await start_upstream(nursery, "svc")
+            _, _, agent_scope = await start_agent(nursery, running, {"app": upstream_port})
+            assert (await scrape(admin)).value("pvtunnel_connected_agents") == 1
+
+            agent_scope.cancel()
+            state = running.server.state
+            while state.sessions:
+                await state.wait_sessions_changed()
+            # An agent that sends a text message instead of its HELLO.
+            host, port = running.addresses.internal
+            stream = await trio.open_tcp_stream(host, port)
+            async with stream, trio.open_nursery() as websocket_tasks:
+                ws = await trio_websocket.wrap_client_stream(
+                    websocket_tasks,
+                    stream,
+                    f"{host}:{port}",
+                    "/",
+                    extra_headers=[(b"authorization", b"Bearer " + TOKEN.encode())],
+                )
+                await ws.send_message("not a hello")
+                with pytest.raises(trio_websocket.ConnectionClosed):
+                    await ws.get_message()
+            # A client that does not speak HTTP.
+            answer = await raw_exchange(running.port, b"NOT HTTP AT ALL\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 400 ")
+
+            after = await scrape(admin)
+            assert after.value("pvtunnel_connected_agents") == 0
+            assert after.value("pvtunnel_agent_connects_total") == 1
+            assert after.value("pvtunnel_agent_disconnects_total") == 1
+            assert after.value("pvtunnel_protocol_errors_total", peer="agent") == 1
+            assert after.value("pvtunnel_protocol_errors_total", peer="client") == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_server_is_ready_once_listening_and_not_while_draining() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            server = TunnelServer(server_config())
+            # The same listener and readiness logic the server starts for itself, opened
+            # before the server listens (its own opens first too, but that moment is
+            # over before nursery.start returns).
+            early = await nursery.start(serve_admin, AdminConfig(port=0), ServerAdmin(server))
+            assert (await admin_get(early, b"/ready")).status == 503
+            assert (await admin_get(early, b"/live")).status == 200
+            assert (await status_of(early))["ready"] is False
+
+            addresses = await nursery.start(server.serve)
+            running = Running(server=server, addresses=addresses)
+            assert (await admin_get(early, b"/ready")).status == 200
+
+            upstream, upstream_port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": upstream_port})
+            held: list[int] = []
+
+            async def held_request() -> None:
+                held.append((await fetch(running.port, b"GET", b"/hold")).status)
+
+            nursery.start_soon(held_request)
+            await upstream.hold_started.wait()
+            async with trio.open_nursery() as draining:
+                draining.start_soon(server.drain)
+                await trio.testing.wait_all_tasks_blocked()
+                assert (await admin_get(early, b"/ready")).status == 503
+                assert (await admin_get(early, b"/live")).status == 200
+                document = await status_of(early)
+                assert (document["ready"], document["draining"], document["in_flight"]) == (
+                    False,
+                    True,
+                    1,
+                )
+                upstream.release.set()
+            assert held == [200]
+            assert (await admin_get(early, b"/ready")).status == 503
+            nursery.cancel_scope.cancel()
+
+
+async def test_agent_is_ready_only_while_registered_and_not_draining() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, upstream_port = await start_upstream(nursery, "svc")
+            agent = TunnelAgent(
+                agent_config(running.addresses, {"app": upstream_port}, admin=AdminConfig(port=0))
+            )
+            early = await nursery.start(serve_admin, AdminConfig(port=0), AgentAdmin(agent))
+            assert (await admin_get(early, b"/ready")).status == 503
+            assert (await admin_get(early, b"/live")).status == 200
+
+            status = await nursery.start(agent.serve)
+            assert status.admin is not None
+            assert status.admin == agent.admin_address
+            assert (await admin_get(status.admin, b"/ready")).status == 200
+            assert (await admin_get(early, b"/ready")).status == 200
+
+            await agent.drain()
+            assert (await admin_get(status.admin, b"/ready")).status == 503
+            assert (await admin_get(status.admin, b"/live")).status == 200
+            nursery.cancel_scope.cancel()
+
+
+async def test_agent_metrics_count_streams_connect_errors_and_pooled_connections() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, upstream_port = await start_upstream(nursery, "svc")
+            # Bound but not listening: connecting is refused, and the port stays ours.
+            with trio.socket.socket() as refusing:
+                await refusing.bind(("127.0.0.1", 0))
+                down_port = refusing.getsockname()[1]
+                _, status, _ = await start_agent(
+                    nursery,
+                    running,
+                    {"app": upstream_port, "down": down_port},
+                    admin=AdminConfig(port=0),
+                )
+                before = await scrape(status.admin)
+                assert before.value("pvtunnel_agent_connected") == 1
+                assert before.value("pvtunnel_agent_streams_total", route="app") == 0
+
+                async with await Client.connect(running.port) as client:
+                    assert (await client.request(b"GET", b"/a")).status == 200
+                    assert (await client.request(b"GET", b"/b")).status == 200
+                    assert (await client.request(b"GET", b"/", host=b"down")).status == 502
+
+                after = await scrape(status.admin)
+            assert upstream.connections == 1  # the second request reused the pooled one
+            assert after.series("pvtunnel_agent_streams_total") == {
+                (("route", "app"),): 2,
+                (("route", "down"),): 1,
+            }
+            assert after.series("pvtunnel_upstream_connect_errors_total") == {
+                (("route", "app"),): 0,
+                (("route", "down"),): 1,
+            }
+            assert after.value("pvtunnel_upstream_idle_connections", route="app") == 1
+            assert after.value("pvtunnel_upstream_idle_connections", route="down") == 0
+            assert after.value("pvtunnel_agent_reconnects_total") == 0
+            assert after.value("pvtunnel_agent_active_streams") == 0
+
+            document = await status_of(status.admin)
+            assert document["kind"] == "agent"
+            assert document["connected"] is True
+            assert document["routes"] == [
+                {
+                    "name": "app",
+                    "target": f"127.0.0.1:{upstream_port}",
+                    "streams": 2,
+                    "idle_connections": 1,
+                    "connect_errors": 0,
+                },
+                {
+                    "name": "down",
+                    "target": f"127.0.0.1:{down_port}",
+                    "streams": 1,
+                    "idle_connections": 0,
+                    "connect_errors": 1,
+                },
+            ]
+            nursery.cancel_scope.cancel()
+
+
+async def test_status_lists_agents_routes_and_streams_in_flight() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_admin_server(nursery)
+            upstream, upstream_port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": upstream_port, "api": upstream_port})
+            await start_agent(nursery, running, {"app": upstream_port}, client_id="agent-2")
+            nursery.start_soon(fetch, running.port, b"GET", b"/hold")
+            await upstream.hold_started.wait()
+
+            document = await status_of(running.addresses.admin)
+            assert document["kind"] == "server"
+            assert (document["ready"], document["draining"], document["in_flight"]) == (
+                True,
+                False,
+                1,
+            )
+            agents = document["agents"]
+            assert isinstance(agents, list)
+            assert [(a["client_id"], a["address"], a["routes"]) for a in agents] == [
+                ("agent-1", "127.0.0.1", ["app", "api"]),
+                ("agent-2", "127.0.0.1", ["app"]),
+            ]
+            assert sum(agent["in_flight"] for agent in agents) == 1
+            for agent in agents:
+                assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", agent["connected_since"])
+                assert 0 <= agent["connected_for_s"] < LIMIT_S
+            assert document["routes"] == [
+                {"name": "api", "agents": ["agent-1"]},
+                {"name": "app", "agents": ["agent-1", "agent-2"]},
+            ]
+
+            result = await pvtunnel("status", "--admin", _url(running.addresses.admin))
+            assert result.returncode == 0, result.stderr
+            lines = result.stdout.decode().splitlines()
+            assert re.match(
+                r"pvtunnel server at http://127\.0\.0\.1:\d+: ready, 2 agents, 1 stream in flight$",
+                lines[0],
+            )
+            assert lines[2].split() == [
+                "AGENT",
+                "ADDRESS",
+                "CONNECTED",
+                "SINCE",
+                "FOR",
+                "IN",
+                "FLIGHT",
+                "REQUESTS",
+                "ROUTES",
+            ]
+            assert re.match(r"agent-1 +127\.0\.0\.1 +\S+Z +\d+s +\d +1 +app, api$", lines[3])
+            assert re.match(r"agent-2 +127\.0\.0\.1 ", lines[4])
+            assert lines[6:] == ["ROUTE  AGENTS", "api    agent-1", "app    agent-1, agent-2"]
+            upstream.release.set()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_token_guards_metrics_and_status_but_not_the_probes() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_admin_server(nursery, token=Secret(ADMIN_TOKEN))
+            admin = running.addresses.admin
+            for path in (b"/metrics", b"/status"):
+                assert (await admin_get(admin, path)).status == 401
+                assert (await admin_get(admin, path, token="wrong")).status == 401
+                assert (await admin_get(admin, path, token=ADMIN_TOKEN)).status == 200
+            assert (await admin_get(admin, b"/ready")).status == 200
+            assert (await admin_get(admin, b"/live")).status == 200
+
+            refused = await pvtunnel("status", "--admin", _url(admin))
+            assert refused.returncode == 1
+            assert b"HTTP 401, a token is needed" in refused.stderr
+            allowed = await pvtunnel(
+                "status", "--admin", _url(admin), env={"PVTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN}
+            )
+            assert allowed.returncode == 0, allowed.stderr
+            assert b"no agents connected" in allowed.stdout
+            assert ADMIN_TOKEN.encode() not in refused.stderr + allowed.stdout + allowed.stderr
+            nursery.cancel_scope.cancel()
+
+
+async def test_request_log_lines_carry_route_agent_status_bytes_duration_and_stream(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="pvtunnel.access")
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, upstream_port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": upstream_port})
+            async with await Client.connect(running.port) as client:
+                await client.request(b"GET", b"/bytes/10")
+                await client.request(b"POST", b"/echo", body=b"1234567")
+                await client.request(b"GET", b"/", host=b"nobody")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    formatter = JsonFormatter()
+    lines = [
+        json.loads(formatter.format(record))
+        for record in caplog.records
+        if record.name == "pvtunnel.access" and "status" in vars(record)
+    ]
+    assert [list(line) for line in lines] == [
+        [
+            "ts",
+            "level",
+            "logger",
+            "message",
+            "client",
+            "method",
+            "host",
+            "target",
+            "status",
+            "bytes_in",
+            "bytes_out",
+            "duration_ms",
+            "route",
+            "agent",
+            "stream_id",
+        ]
+    ] * 3
+    get, post, missing = lines
+    assert _pick(get, "route", "agent", "status", "bytes_in", "bytes_out") == {
+        "route": "app",
+        "agent": "agent-1",
+        "status": 200,
+        "bytes_in": 0,
+        "bytes_out": 10,
+    }
+    assert _pick(post, "method", "target", "status", "bytes_in", "bytes_out") == {
+        "method": "POST",
+        "target": "/echo",
+        "status": 200,
+        "bytes_in": 7,
+        "bytes_out": 7,
+    }
+    assert isinstance(get["stream_id"], int)
+    assert isinstance(post["stream_id"], int)
+    assert get["stream_id"] != post["stream_id"]
+    assert get["duration_ms"] > 0
+    assert _pick(missing, "status", "route", "agent", "stream_id", "host") == {
+        "status": 404,
+        "route": None,
+        "agent": None,
+        "stream_id": None,
+        "host": "nobody",
+    }
+    assert f"stream={get['stream_id']}" in get["message"]
+
+
+@pytest.fixture
+async def processes() -> AsyncIterator[list[Process]]:
+    """Processes a test launched; afterwards each is gone and its pipe closed."""
+    launched: list[Process] = []
+    yield launched
+    for process in launched:
+        await process.close()
+
+
+async def test_serve_and_agent_take_admin_port_flags_and_status_reads_both(
+    processes: list[Process],
+) -> None:
+    with trio.fail_after(LIMIT_S * 2):
+        async with trio.open_nursery() as nursery:
+            _, upstream_port = await start_upstream(nursery, "svc")
+            server = await Process.launch(
+                "serve",
+                "--host=127.0.0.1",
+                "--internal-port=0",
+                "--external-port=0",
+                "--admin-port=0",
+                env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+            )
+            processes.append(server)
+            ready = await server.wait_for(
+                r"ready internal=(ws://\S+) external=http://127\.0\.0\.1:(\d+) "
+                r"admin=(http://127\.0\.0\.1:\d+)$"
+            )
+            agent = await Process.launch(
+                "agent",
+                f"--server={ready.group(1)}",
+                f"--route=app=127.0.0.1:{upstream_port}",
+                "--client-id=cli-agent",
+                "--admin-port=0",
+                env={"PVTUNNEL_TOKEN": TOKEN},
+            )
+            processes.append(agent)
+            agent_ready = await agent.wait_for(r"routes=app admin=(http://127\.0\.0\.1:\d+)$")
+            assert (await fetch(int(ready.group(2)), b"GET", b"/")).status == 200
+
+            server_view = await pvtunnel("status", "--admin", ready.group(3))
+            assert server_view.returncode == 0, server_view.stderr
+            assert b"ready, 1 agent, 0 streams in flight" in server_view.stdout
+            assert re.search(rb"\ncli-agent +127\.0\.0\.1 .* 1  app\n", server_view.stdout)
+            agent_view = await pvtunnel("status", "--admin", agent_ready.group(1))
+            assert agent_view.returncode == 0, agent_view.stderr
+            assert b"pvtunnel agent cli-agent at " in agent_view.stdout
+            assert re.search(
+                rb"\napp +127\.0\.0\.1:%d +1 +\d +0$" % upstream_port, agent_view.stdout
+            )
+
+            for process in (agent, server):
+                process.process.send_signal(signal.SIGTERM)
+                assert await process.process.wait() == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_status_reports_an_unreachable_admin_listener() -> None:
+    with trio.socket.socket() as refusing:
+        await refusing.bind(("127.0.0.1", 0))
+        port = refusing.getsockname()[1]
+        with trio.fail_after(LIMIT_S):
+            result = await pvtunnel("status", "--admin", f"127.0.0.1:{port}")
+    assert result.returncode == 1
+    assert result.stderr.startswith(b"pvtunnel status: cannot reach http://127.0.0.1:")
+
+
+def _url(address: tuple[str, int] | None) -> str:
+    assert address is not None
+    return f"http://{address[0]}:{address[1]}"
+
+
+def _pick(line: Mapping[str, object], *keys: str) -> dict[str, object]:
+    return {key: line[key] for key in keys}
+
+
+async def pvtunnel(
+    *args: str, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the command without blocking the event loop the server under test runs in."""
+    environ = {k: v for k, v in os.environ.items() if k != "PVTUNNEL_ADMIN_TOKEN"}
+    return await trio.run_process(
+        [*PVTUNNEL, *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={**environ, **(env or {})},
+    )
+
+
+class Process:
+    """A pvtunnel process whose stderr is read line by line."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self._buffer = b""
+
+    @classmethod
+    async def launch(cls, *args: str, env: Mapping[str, str]) -> Process:
+        process = await trio.lowlevel.open_process(
+            [*PVTUNNEL, *args],
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            env={**os.environ, **env},
+        )
+        return cls(process)
+
+    async def wait_for(self, pattern: str) -> re.Match[str]:
+        stream = self.process.stderr
+        assert stream is not None
+        while True:
+            for line in self.lines:
+                if match := re.search(pattern, line):
+                    return match
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                raise AssertionError(f"process ended without {pattern!r}: {self.lines}")
+            self._buffer += chunk
+            *complete, self._buffer = self._buffer.split(b"\n")
+            self.lines.extend(line.decode() for line in complete)
+
+    async def close(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+        assert self.process.stderr is not None
+        await self.process.stderr.aclose()

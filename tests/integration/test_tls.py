@@ -1,0 +1,333 @@
+"""TLS on both listeners (issue 3): wss:// for agents, https:// for clients, trustme certificates.
+
+The agent verifies the server by the system trust store, or by ``[server] ca_file``
+for a private CA; there is no switch to skip verification. A certificate that
+does not verify stops an agent that has never registered (it is configuration),
+and is retried, loudly, by one that has (the server proved itself before).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import ssl
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import attrs
+import pytest
+import trio
+import trustme
+
+from pvtunnel._config import AgentTimeouts, Secret
+from pvtunnel._errors import HandshakeRefusedError
+from pvtunnel._trio.agent import ServerCertificateError, TunnelAgent
+from pvtunnel._trio.server import ServerAddresses, TunnelServer
+from tests.integration.client import Client, fetch, raw_exchange
+from tests.integration.harness import (
+    Running,
+    agent_config,
+    server_config,
+    start_server,
+    start_upstream,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from pvtunnel._config import AgentConfig, ServerConfig
+
+LIMIT_S: Final = 10
+EXTERNAL_TOKEN: Final = "tls-external-secret-19c4"
+
+
+@attrs.frozen
+class Pki:
+    """A CA and the PEM files of a certificate it issued for 127.0.0.1 and localhost."""
+
+    ca: trustme.CA
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+
+
+def _issue(tmp_path: Path, name: str, *identities: str) -> Pki:
+    ca = trustme.CA()
+    cert = ca.issue_cert(*identities)
+    ca_file = tmp_path / f"{name}-ca.pem"
+    cert_file = tmp_path / f"{name}-cert.pem"
+    key_file = tmp_path / f"{name}-key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    cert.private_key_pem.write_to_path(str(key_file))
+    return Pki(ca=ca, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return _issue(tmp_path, "good", "127.0.0.1", "localhost")
+
+
+@pytest.fixture
+def other_pki(tmp_path: Path) -> Pki:
+    """Same names, another CA: what an agent without the right ca_file sees."""
+    return _issue(tmp_path, "other", "127.0.0.1", "localhost")
+
+
+def _tls_server_config(
+    pki: Pki, *, internal: bool = True, external: bool = False, internal_port: int = 0
+) -> ServerConfig:
+    files = {"tls_cert": pki.cert_file, "tls_key": pki.key_file}
+    return server_config(
+        internal={"port": internal_port, **(files if internal else {})},
+        external=files if external else None,
+    )
+
+
+def _wss_agent_config(
+    running: Running | ServerAddresses, routes: dict[str, int], **changes: Any
+) -> AgentConfig:
+    addresses = running.addresses if isinstance(running, Running) else running
+    config = agent_config(addresses, routes)
+    host, port = addresses.internal
+    server = attrs.evolve(config.server, urls=(f"wss://{host}:{port}",), **changes)
+    return attrs.evolve(config, server=server)
+
+
+async def _https_client(pki: Pki, port: int) -> Client:
+    context = ssl.create_default_context()
+    pki.ca.configure_trust(context)
+    stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=context)
+    return Client(stream)
+
+
+class LogWaiter(logging.Handler):
+    """Sets ``event`` when a record matching ``pattern`` is logged (from Trio's thread)."""
+
+    def __init__(self, pattern: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.pattern = re.compile(pattern)
+        self.event = trio.Event()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if self.pattern.search(message):
+            self.messages.append(message)
+            self.event.set()
+
+    def rearm(self) -> None:
+        self.event = trio.Event()
+
+
+@pytest.fixture
+def agent_log() -> Iterator[list[LogWaiter]]:
+    waiters: list[LogWaiter] = []
+    logger = logging.getLogger("pvtunnel.agent")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield waiters
+    for waiter in waiters:
+        logger.removeHandler(waiter)
+    logger.setLevel(level)
+
+
+def _wait_for_log(waiters: list[LogWaiter], pattern: str) -> LogWaiter:
+    waiter = LogWaiter(pattern)
+    logging.getLogger("pvtunnel.agent").addHandler(waiter)
+    waiters.append(waiter)
+    return waiter
+
+
+async def test_wss_agent_with_ca_file_connects_and_proxies(pki: Pki) -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, _tls_server_config(pki))
+            upstream, port = await start_upstream(nursery, "svc")
+            agent = TunnelAgent(_wss_agent_config(running, {"app": port}, ca_file=pki.ca_file))
+            status = await nursery.start(agent.serve)
+            assert status.server_url.startswith("wss://")
+            reply = await fetch(running.port, b"POST", b"/echo", body=b"over wss")
+            assert (reply.status, reply.body) == (200, b"over wss")
+            assert upstream.requests[-1].body == b"over wss"
+            assert len(running.server.sessions) == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_https_on_the_external_port_end_to_end(pki: Pki) -> None:
+    config = _tls_server_config(pki, internal=True, external=True)
+    config = attrs.evolve(
+        config,
+        external=attrs.evolve(
+            config.external, token=Secret(EXTERNAL_TOKEN), whitelisted_ips=("127.0.0.1",)
+        ),
+    )
+    credential = (b"proxy-authorization", b"Bearer " + EXTERNAL_TOKEN.encode())
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            upstream, port = await start_upstream(nursery, "svc")
+            agent = TunnelAgent(_wss_agent_config(running, {"app": port}, ca_file=pki.ca_file))
+            await nursery.start(agent.serve)
+            async with await _https_client(pki, running.port) as client:
+                first = await client.request(b"GET", b"/one", headers=[credential])
+                refused = await client.request(b"GET", b"/two")
+                body = b"b" * 300_000
+                second = await client.request(b"POST", b"/echo", headers=[credential], body=body)
+            assert first.status == 200
+            assert first.body == b"svc saw GET /one"
+            assert refused.status == 407
+            assert (second.status, second.body) == (200, body)
+            assert [r.target for r in upstream.requests] == [b"/one", b"/echo"]
+            assert upstream.requests[0].header(b"x-forwarded-proto") == b"https"
+            assert upstream.requests[0].header(b"x-forwarded-for") == b"127.0.0.1"
+            assert upstream.requests[0].header(b"proxy-authorization") is None
+            # A plain-HTTP client on the https port gets no HTTP answer, and harms nothing.
+            plain = await raw_exchange(running.port, b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            assert b"HTTP/1.1 200" not in plain
+            async with await _https_client(pki, running.port) as client:
+                again = await client.request(b"GET", b"/three", headers=[credential])
+            assert again.status == 200
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("trust", ["system", "other-ca"])
+async def test_agent_that_cannot_verify_the_server_stops_with_a_clear_message(
+    pki: Pki, other_pki: Pki, trust: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    ca_file = None if trust == "system" else other_pki.ca_file
+    # Far below connect_s (10 s): the failure is reported at once, not after a timeout.
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, _tls_server_config(pki))
+            _, port = await start_upstream(nursery, "svc")
+            agent = TunnelAgent(_wss_agent_config(running, {"app": port}, ca_file=ca_file))
+            with pytest.raises(ServerCertificateError) as failure:
+                await agent.serve()
+            assert isinstance(failure.value, HandshakeRefusedError)  # the CLI exits non-zero
+            message = str(failure.value)
+            assert message.startswith(
+                "TLS certificate verification failed for the server at 127.0.0.1:"
+            )
+            assert "unable to get local issuer certificate" in message
+            assert "[server] ca_file" in message
+            assert (
+                "pvtunnel.agent",
+                logging.ERROR,
+                message,
+            ) in caplog.record_tuples
+            assert running.server.sessions == frozenset()
+            nursery.cancel_scope.cancel()
+
+
+async def test_agent_refuses_a_certificate_for_another_host_name(tmp_path: Path) -> None:
+    localhost_only = _issue(tmp_path, "named", "localhost")
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, _tls_server_config(localhost_only))
+            _, port = await start_upstream(nursery, "svc")
+            config = _wss_agent_config(running, {"app": port}, ca_file=localhost_only.ca_file)
+            with pytest.raises(ServerCertificateError, match="IP address mismatch"):
+                await TunnelAgent(config).serve()
+            # The same server by the name on its certificate is fine.
+            by_name = attrs.evolve(
+                running.addresses, internal=("localhost", running.addresses.internal[1])
+            )
+            agent = TunnelAgent(
+                _wss_agent_config(by_name, {"app": port}, ca_file=localhost_only.ca_file)
+            )
+            await nursery.start(agent.serve)
+            assert (await fetch(running.port, b"GET", b"/")).status == 200
+            nursery.cancel_scope.cancel()
+
+
+async def _start_server_alone(
+    nursery: trio.Nursery, config: ServerConfig
+) -> tuple[Running, trio.CancelScope]:
+    server = TunnelServer(config)
+
+    async def run(
+        *, task_status: trio.TaskStatus[ServerAddresses] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            await server.serve(task_status=task_status)
+
+    scopes: list[trio.CancelScope] = []
+    addresses: ServerAddresses = await nursery.start(run)
+    return Running(server=server, addresses=addresses), scopes[0]
+
+
+async def test_registered_agent_retries_after_a_certificate_failure(
+    pki: Pki, other_pki: Pki, agent_log: list[LogWaiter]
+) -> None:
+    """A server that proved itself once gets retried: a bad renewal is fixable live."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            upstream, port = await start_upstream(nursery, "svc")
+            first, first_scope = await _start_server_alone(nursery, _tls_server_config(pki))
+            internal_port = first.addresses.internal[1]
+            config = attrs.evolve(
+                _wss_agent_config(first, {"app": port}, ca_file=pki.ca_file),
+                timeouts=AgentTimeouts(reconnect_max_s=0.5),
+            )
+            agent = TunnelAgent(config)
+            await nursery.start(agent.serve)
+            cert_failed = _wait_for_log(agent_log, "TLS certificate verification failed")
+            registered = _wait_for_log(agent_log, "registered with")
+            # The server comes back on the same port with a certificate the agent
+            # cannot verify: it says so, and keeps trying.
+            first_scope.cancel()
+            impostor, impostor_scope = await _start_server_alone(
+                nursery, _tls_server_config(other_pki, internal_port=internal_port)
+            )
+            await cert_failed.event.wait()
+            assert impostor.server.sessions == frozenset()
+            cert_failed.rearm()
+            await cert_failed.event.wait()  # retried, not given up
+            # Fixed: the agent is back without a restart.
+            impostor_scope.cancel()
+            fixed, _ = await _start_server_alone(
+                nursery, _tls_server_config(pki, internal_port=internal_port)
+            )
+            await registered.event.wait()
+            assert (await fetch(fixed.port, b"GET", b"/back")).status == 200
+            assert upstream.requests[-1].target == b"/back"
+            nursery.cancel_scope.cancel()
+
+
+async def test_wrong_agent_token_over_wss_is_still_refused(pki: Pki) -> None:
+    """TLS changes nothing about the token check: a wrong agent token is a 401."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, _tls_server_config(pki))
+            _, port = await start_upstream(nursery, "svc")
+            config = _wss_agent_config(
+                running, {"app": port}, ca_file=pki.ca_file, token=Secret("not-the-token")
+            )
+            with pytest.raises(HandshakeRefusedError, match=r"token \(HTTP 401\)"):
+                await TunnelAgent(config).serve()
+            assert running.server.sessions == frozenset()
+            nursery.cancel_scope.cancel()
+
+
+async def test_tls_handshake_failure_that_is_no_certificate_problem_is_retried(
+    pki: Pki, agent_log: list[LogWaiter]
+) -> None:
+    """wss:// to a plain listener: logged with its cause and retried, like the network."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            plain = await start_server(nursery)  # no TLS on its internal port
+            _, port = await start_upstream(nursery, "svc")
+            config = attrs.evolve(
+                _wss_agent_config(plain, {"app": port}, ca_file=pki.ca_file),
+                timeouts=AgentTimeouts(reconnect_max_s=0.5),
+            )
+            failed = _wait_for_log(agent_log, r"TLS handshake with the server at 127\.0\.0\.1:")
+            nursery.start_soon(TunnelAgent(config).serve)
+            await failed.event.wait()
+            failed.rearm()
+            await failed.event.wait()  # a second attempt: the agent did not give up
+            assert "failed: [SSL" in failed.messages[0]
+            assert plain.server.sessions == frozenset()
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,127 @@
+"""`pvtunnel status`'s tables, from status documents (the shapes in `pvtunnel._status`)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pvtunnel._status import (
+    AgentStatusDocument,
+    ServerStatusDocument,
+    _duration,
+    admin_url,
+    format_status,
+)
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+SERVER = ServerStatusDocument(
+    kind="server",
+    ready=True,
+    draining=False,
+    in_flight=0,
+    agents=[
+        {
+            "client_id": "billing-ec2",
+            "address": "10.0.3.17",
+            "connected_since": "2025-03-02T09:14:05Z",
+            "connected_for_s": 7391.0,
+            "routes": ["billing", "grafana"],
+            "in_flight": 0,
+            "requests": 918,
+        }
+    ],
+    routes=[
+        {"name": "billing", "agents": ["billing-ec2"]},
+        {"name": "grafana", "agents": ["billing-ec2"]},
+    ],
+)
+
+
+def agent_document(**changes: object) -> AgentStatusDocument:
+    document = AgentStatusDocument(
+        kind="agent",
+        client_id="k8s-agent-7f9c",
+        server="wss://agents.example.com",
+        ready=True,
+        connected=True,
+        draining=False,
+        connected_since="2025-03-02T09:14:05Z",
+        connected_for_s=65.2,
+        reconnects=1,
+        in_flight=2,
+        routes=[
+            {
+                "name": "hello",
+                "target": "hello.pvtunnel.svc.cluster.local:80",
+                "streams": 1200,
+                "idle_connections": 3,
+                "connect_errors": 0,
+            },
+            {
+                "name": "v6",
+                "target": "[::1]:3000",
+                "streams": 5,
+                "idle_connections": 0,
+                "connect_errors": 17,
+            },
+        ],
+    )
+    # Keys and types vary per test; TypedDict.update cannot check a **kwargs mapping.
+    document.update(changes)  # type: ignore[typeddict-item]
+    return document
+
+
+def test_the_readme_shows_what_the_command_prints() -> None:
+    block = re.search(r"\$ pvtunnel status --admin 127\.0\.0\.1:8082\n(.*?)```", README, re.S)
+    assert block is not None
+    assert format_status(SERVER, "http://127.0.0.1:8082") + "\n" == block.group(1)
+
+
+def test_agent_table() -> None:
+    text = format_status(agent_document(), "http://127.0.0.1:8083")
+    assert text.splitlines() == [
+        "pvtunnel agent k8s-agent-7f9c at http://127.0.0.1:8083: ready, connected to "
+        "wss://agents.example.com since 2025-03-02T09:14:05Z (1m05s), 1 reconnect, "
+        "2 streams in flight",
+        "",
+        "ROUTE  TARGET                               STREAMS  IDLE CONNECTIONS  CONNECT ERRORS",
+        "hello  hello.pvtunnel.svc.cluster.local:80     1200                 3               0",
+        "v6     [::1]:3000                                 5                 0              17",
+    ]
+
+
+def test_a_disconnected_or_draining_agent_says_so() -> None:
+    down = agent_document(ready=False, connected=False, connected_since=None, connected_for_s=None)
+    assert "not ready, not connected to wss://agents.example.com" in format_status(down, "x")
+    leaving = agent_document(ready=False, draining=True)
+    assert ": draining, connected to" in format_status(leaving, "x")
+
+
+def test_a_server_without_agents() -> None:
+    empty = ServerStatusDocument(
+        kind="server", ready=False, draining=False, in_flight=0, agents=[], routes=[]
+    )
+    assert format_status(empty, "x").splitlines() == [
+        "pvtunnel server at x: not ready, 0 agents, 0 streams in flight",
+        "",
+        "no agents connected",
+        "",
+        "no routes served",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(0, "0s"), (59.9, "59s"), (65, "1m05s"), (3600, "1h00m"), (90061, "1d01h"), (-3, "0s")],
+)
+def test_durations(seconds: float, shown: str) -> None:
+    assert _duration(seconds) == shown
+
+
+def test_admin_urls() -> None:
+    assert admin_url("127.0.0.1:8082") == "http://127.0.0.1:8082/status"
+    assert admin_url("http://[::1]:8082/") == "http://[::1]:8082/status"
+    assert admin_url("https://admin.example.com") == "https://admin.example.com/status"
