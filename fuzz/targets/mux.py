@@ -13,7 +13,7 @@ TARGETS: list[Target] = [
     ),
     machine_target(
         "mux-machine",
-        "two multiplexers, random commands and delivery, vs a model",
+        "two multiplexers, random commands and delivery, vs a model (both credit levels)",
         test_mux_machine.MuxMachine,
     ),
 ]

@@ -959,7 +959,13 @@ def test_data_to_send_takes_whole_frames_up_to_max_bytes() -> None:
 def test_an_open_multiplexer_fed_anything_raises_only_remote_protocol_error(
     role: Role, chunks: list[bytes]
 ) -> None:
-    pair = opened_pair(agent_window=64, server_window=64, max_streams=2)
+    pair = opened_pair(
+        agent_window=64,
+        server_window=64,
+        agent_connection_window=96,
+        server_connection_window=96,
+        max_streams=2,
+    )
     stream_id = pair.open()
     pair.agent.send_response(stream_id, OK)
     pair.to_server()
@@ -972,3 +978,4 @@ def test_an_open_multiplexer_fed_anything_raises_only_remote_protocol_error(
         assert mux.state is ConnectionState.CLOSED
         return
     assert mux.stream_count <= (1 if role is Role.SERVER else 2)  # only the server opens
+    assert mux.held_bytes <= 96  # whatever the peer sends, never above the window

@@ -63,7 +63,9 @@ _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
 _SERVER_KEYS: Final = frozenset({"internal", "external"})
 _AGENT_KEYS: Final = frozenset({"client_id", "server", "routes"})
 _WEAK_SERVER_KEYS: Final = frozenset({"host", "limits"})
-_WEAK_AGENT_KEYS: Final = frozenset({"max_streams", "stream_window_bytes", "upstream_pool_size"})
+_WEAK_AGENT_KEYS: Final = frozenset(
+    {"max_streams", "stream_window_bytes", "connection_window_bytes", "upstream_pool_size"}
+)
 
 
 # ---------------------------------------------------------------- the converter

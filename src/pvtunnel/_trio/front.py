@@ -69,6 +69,8 @@ class ClientConnection:
         self.scope = trio.CancelScope()
         self.phase = Phase.HEAD
         self.client_error: Exception | None = None
+        # The current request's method: an answer to HEAD has a head only.
+        self.method: bytes | None = None
         # The current request's route and request body bytes forwarded, for its log line.
         self.route: str | None = None
         self.request_bytes = 0
@@ -83,6 +85,7 @@ class ClientConnection:
         with self.scope:
             while True:
                 self.phase = Phase.HEAD
+                self.method = None
                 self.http.received = 0
                 # The head's raw bytes for request_head_problem, starting with any
                 # pipelined bytes h11 already holds; recording stops at the head.
@@ -100,6 +103,7 @@ class ClientConnection:
                 if isinstance(event, h11.ConnectionClosed):
                     return
                 assert isinstance(event, h11.Request), event
+                self.method = event.method
                 received, self.http.recording = self.http.recording, None
                 if (
                     self.http.received > self.max_head_bytes
@@ -149,7 +153,8 @@ class ClientConnection:
             http.queue(
                 h11.Response(status_code=status, headers=headers, reason=reason_phrase(status))
             )
-            http.queue(h11.Data(data=body))
+            if self.method != b"HEAD":  # h11 refuses body bytes there (and nothing went out)
+                http.queue(h11.Data(data=body))
             http.queue(h11.EndOfMessage())
             await http.flush()
         except (*BROKEN, h11.LocalProtocolError):
@@ -305,8 +310,13 @@ class ClientConnection:
             self.scope.deadline = math.inf
             self.phase = Phase.PROXYING
         except StreamResetError as exc:
+            if isinstance(self.client_error, _ClientGone):
+                # Nobody is left to answer; logged as nginx does, 499 "client closed".
+                self._log_proxied(request, 499, 0, agent, started, channel)
+                return False
             if self.client_error is not None:
                 await self._send_error(400, "malformed request body", close=True)
+                self._log_proxied(request, 400, 0, agent, started, channel)
                 return False
             status = status_for_reset(exc.code)
             await self._send_error(status, _RESET_DETAIL.get(status, "upstream failed"))

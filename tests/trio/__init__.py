@@ -1,0 +1,1 @@
+"""The Trio layer over in-memory streams: real code, no sockets, no real time."""
