@@ -2,6 +2,7 @@
 
 Everything here is plain standard library: free loopback ports, child processes that
 always get stopped, readiness by connecting or by a ready line (never a fixed sleep),
+the CPU used by other processes during a measurement (shared machines),
 peak-RSS and CPU readings from ``/proc``, and small raw-socket HTTP/1.1 clients that
 stream large bodies without buffering them.
 
@@ -84,8 +85,9 @@ def wait_until(
 ) -> None:
     """Retry ``check`` (which itself blocks on a connect or read) until it is true.
 
-    Used only with checks that do real I/O (connecting, fetching a page), with a short
-    growing back-off between refused attempts so a refused connect does not spin.
+    Used only with checks that do real I/O (connecting, fetching a page, reading a
+    child's log for its ready line), with a short growing back-off between failed
+    attempts so a refused connect does not spin.
 
     Raises:
         BenchError: on timeout, or as soon as ``alive`` reports that a child died.
@@ -101,15 +103,6 @@ def wait_until(
             raise BenchError(f"{what}: not ready after {timeout_s:.0f} s")
         time.sleep(delay)  # back-off between refused connects, not a readiness sleep
         delay = min(delay * 2, 0.2)
-
-
-def can_connect(port: int, host: str = LOOPBACK) -> bool:
-    """True when a TCP connect to ``host:port`` succeeds."""
-    try:
-        with socket.create_connection((host, port), timeout=1.0):
-            return True
-    except OSError:
-        return False
 
 
 # --------------------------------------------------------------------------- /proc
@@ -403,21 +396,28 @@ class Children:
         return child
 
     def stop(self, child: Child, sig: int = signal.SIGTERM) -> int | None:
-        """Stop one child now and forget it."""
-        try:
-            return child.stop(sig)
-        finally:
-            if child in self._children:
-                self._children.remove(child)
+        """Stop one child now and forget it (if interrupted, stop_all retries it)."""
+        code = child.stop(sig)
+        if child in self._children:
+            self._children.remove(child)
+        return code
 
     def stop_all(self) -> None:
-        """Stop all remaining children, newest first, whatever goes wrong."""
-        while self._children:
-            child = self._children.pop()
-            try:
-                child.stop()
-            except Exception as exc:  # keep stopping the others
-                print(f"warning: stopping {child.name}: {exc}", file=sys.stderr)
+        """Stop all remaining children, newest first, whatever goes wrong. A second
+        Ctrl-C meanwhile is ignored, so the clean-up (bounded by the stop timeouts)
+        cannot be cut short and leave children behind."""
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
+        try:
+            while self._children:
+                child = self._children.pop()
+                try:
+                    child.stop()
+                except Exception as exc:  # keep stopping the others
+                    print(f"warning: stopping {child.name}: {exc}", file=sys.stderr)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 # --------------------------------------------------------------------------- tools
