@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Protocol, cast
@@ -43,7 +44,7 @@ class _Handle(Protocol):
 class _GivenTest(Protocol):
     hypothesis: _Handle
 
-    def __call__(self) -> None: ...
+    def __call__(self, *args: object) -> None: ...
 
 
 def _given_test(test: Callable[..., None]) -> _GivenTest:
@@ -51,11 +52,19 @@ def _given_test(test: Callable[..., None]) -> _GivenTest:
     return cast("_GivenTest", test)
 
 
-def given_target(name: str, description: str, test: Callable[..., None]) -> Target:
+def given_target(
+    name: str,
+    description: str,
+    test: Callable[..., None],
+    *,
+    arguments: Callable[[], contextlib.AbstractContextManager[tuple[object, ...]]] | None = None,
+) -> Target:
     """A target from a ``@given`` test function taking no fixtures.
 
     The test must have been decorated while the ``fuzz`` profile was loaded (the
     runner loads it before importing targets): ``@given`` fixes its settings then.
+    ``arguments``, if given, is entered around each batch and yields the positional
+    arguments that ``@given`` leaves to the caller (say, a running server).
     """
     given_test = _given_test(test)
     original = given_test.hypothesis.inner_test
@@ -71,7 +80,8 @@ def given_target(name: str, description: str, test: Callable[..., None]) -> Targ
     def run_batch(budget: Budget) -> None:
         current.append(budget)
         try:
-            given_test()
+            with arguments() if arguments is not None else contextlib.nullcontext(()) as args:
+                given_test(*args)
         finally:
             current.pop()
 

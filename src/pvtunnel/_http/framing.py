@@ -1,9 +1,9 @@
 """The message-framing checks h11 leaves to a proxy (request smuggling, response splitting).
 
 h11 already refuses most malformed messages: conflicting Content-Lengths,
-whitespace before a colon, bare CR, NUL and other control bytes, unknown or
-repeated transfer codings. Three shapes it accepts are dangerous in a proxy,
-because a server behind or in front of us may read them differently:
+whitespace before a colon, bare CR, NUL, unknown or repeated transfer codings.
+Five shapes it accepts are dangerous in a proxy, because a server behind or in
+front of us may read them differently:
 
 - Content-Length together with Transfer-Encoding. RFC 9112 section 6.3: such a
   message "ought to be handled as an error", and a server "MUST close the
@@ -14,6 +14,12 @@ because a server behind or in front of us may read them differently:
   RFC 9112 section 5.2 lets a server reject it with 400; h11 unfolds it silently,
   so only the raw head bytes show it, and a folded ``Transfer-Encoding`` is a
   classic smuggling vector.
+- Control bytes in a header value. h11 refuses NUL, CR, LF, VT and FF but passes
+  the others (0x01-0x08, 0x0E-0x1F, DEL), which RFC 9110 section 5.5 rules out of
+  field values and which servers behind us may read differently.
+- A version that is not HTTP/1.x (``HTTP/0.9``, ``HTTP/2.0``: h11 reads any
+  ``d.d``). RFC 9112 section 2.3: the message is not HTTP/1.1; h11 would still
+  frame it as one (Transfer-Encoding in ``HTTP/0.9`` too).
 
 Pure functions over values; the caller decides the status (400 for a client, 502
 for an upstream) and closes the connection.
@@ -30,6 +36,8 @@ if TYPE_CHECKING:
 # h11 ends a head at the first empty line, LF or CRLF terminated (its blank_line_regex).
 _HEAD_END: Final = re.compile(rb"\n\r?\n")
 _FOLDED_LINE: Final = re.compile(rb"\n[ \t]")
+# Control bytes other than HTAB (RFC 9110 section 5.5).
+_CONTROL_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def framing_problem(headers: Iterable[tuple[bytes, bytes]], http_version: bytes) -> str | None:
@@ -42,13 +50,17 @@ def framing_problem(headers: Iterable[tuple[bytes, bytes]], http_version: bytes)
     Returns:
         A short reason fit for a ``text/plain`` error body, or None.
     """
+    if not http_version.startswith(b"1."):
+        return "not an HTTP/1.x message (RFC 9112 section 2.3)"
     has_length = False
     has_coding = False
-    for name, _ in headers:
+    for name, value in headers:
         if name == b"content-length":
             has_length = True
         elif name == b"transfer-encoding":
             has_coding = True
+        if _CONTROL_BYTE.search(value) is not None:
+            return "a control byte in a header value (RFC 9110 section 5.5)"
     if not has_coding:
         return None
     if has_length:

@@ -30,6 +30,10 @@ HOP_BY_HOP: Final = frozenset(
         b"upgrade",
     }
 )
+# Fields a Connection header cannot drop: the next hop needs them back at once (HTTP/1.1
+# requires Host, RFC 9112 section 3.2; Content-Length frames the body, RFC 9110 section
+# 8.6). "Connection: content-length" would otherwise forward a body without its length.
+KEPT_DESPITE_CONNECTION: Final = frozenset({b"host", b"content-length"})
 VIA: Final = b"1.1 pvtunnel"
 
 
@@ -44,15 +48,21 @@ def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
 def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Drop hop-by-hop fields; names must already be lower-case (as h11 gives them)."""
     items = list(headers)
-    named = _connection_tokens(items)
+    named = _connection_tokens(items) - KEPT_DESPITE_CONNECTION
     if named:
         return [(n, v) for n, v in items if n not in HOP_BY_HOP and n not in named]
     return [(n, v) for n, v in items if n not in HOP_BY_HOP]
 
 
 def _append(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:
-    """Append to an existing comma-separated field, or add it."""
-    for index, (existing, old) in enumerate(headers):
+    """Append to an existing comma-separated field, or add it.
+
+    Several lines of one field read as one list in order (RFC 9110 section 5.3), so
+    the value goes on the *last* line: on the first, a client's second
+    ``X-Forwarded-For`` line would still be the right-most entry.
+    """
+    for index in range(len(headers) - 1, -1, -1):
+        existing, old = headers[index]
         if existing == name:
             headers[index] = (name, old + b", " + value)
             return
