@@ -99,3 +99,13 @@ async def start_upstream(nursery: trio.Nursery, name: str) -> tuple[RecordingUps
     upstream = RecordingUpstream(name)
     port: int = await nursery.start(upstream.serve)
     return upstream, port
+
+
+async def start_tunnel(
+    nursery: trio.Nursery, config: ServerConfig | None = None, *, route: str = "app"
+) -> tuple[Running, RecordingUpstream]:
+    """The common case: a server, one recording upstream "svc" and an agent serving it."""
+    running = await start_server(nursery, config)
+    upstream, port = await start_upstream(nursery, "svc")
+    await start_agent(nursery, running, {route: port})
+    return running, upstream

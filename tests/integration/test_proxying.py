@@ -10,6 +10,7 @@ from tests.integration.harness import (
     server_config,
     start_agent,
     start_server,
+    start_tunnel,
     start_upstream,
 )
 
@@ -41,9 +42,7 @@ async def test_seed_timeline_two_agents_each_request_reaches_its_own() -> None:
 async def test_methods_bodies_queries_and_headers_arrive_intact() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             async with await Client.connect(running.port) as client:
                 for method in (b"GET", b"POST", b"PUT", b"DELETE", b"PATCH", b"OPTIONS"):
                     body = b"payload for " + method if method != b"GET" else None
@@ -71,9 +70,7 @@ async def test_methods_bodies_queries_and_headers_arrive_intact() -> None:
 async def test_upstream_statuses_pass_through() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            _, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, _ = await start_tunnel(nursery)
             async with await Client.connect(running.port) as client:
                 for status in (200, 201, 204, 301, 304, 400, 404, 418, 500, 503):
                     reply = await client.request(b"GET", b"/status/%d" % status)
@@ -86,9 +83,7 @@ async def test_upstream_statuses_pass_through() -> None:
 async def test_chunked_request_and_response_bodies() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             async with await Client.connect(running.port) as client:
                 reply = await client.request(
                     b"POST", b"/echo", chunks=[b"one,", b"two,", b"x" * 100_000]
@@ -104,9 +99,7 @@ async def test_chunked_request_and_response_bodies() -> None:
 async def test_twenty_requests_on_one_keep_alive_connection() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             async with await Client.connect(running.port) as client:
                 for index in range(20):
                     reply = await client.request(b"GET", b"/n/%d" % index)
@@ -120,9 +113,7 @@ async def test_twenty_requests_on_one_keep_alive_connection() -> None:
 async def test_two_hundred_concurrent_requests_share_one_agent() -> None:
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             results: dict[int, bytes] = {}
 
             async def one(index: int) -> None:
@@ -167,9 +158,7 @@ async def test_absolute_form_target_routes_by_its_authority() -> None:
     """`curl -x http://server:port http://app/path`: proxy mode."""
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             async with await Client.connect(running.port) as client:
                 reply = await client.request(
                     b"GET", b"http://APP:80/path?x=1", host=b"ignored.example"
@@ -205,9 +194,7 @@ async def test_routing_by_case_port_and_domain_suffix() -> None:
 async def test_forwarding_headers_added_and_hop_by_hop_removed() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             reply = await fetch(
                 running.port,
                 b"GET",
@@ -240,9 +227,7 @@ async def test_forwarding_headers_added_and_hop_by_hop_removed() -> None:
 async def test_expect_100_continue_is_relayed() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             async with await Client.connect(running.port) as client:
                 body = b"u" * 2_000_000
                 await client._send(
@@ -272,9 +257,7 @@ async def test_malformed_and_oversized_heads() -> None:
     config = server_config(limits={"max_request_head_bytes": 4096})
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery, config)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery, config)
             bad = await raw_exchange(running.port, b"GET / HTTP/1.1\r\nHost app\r\n\r\n")
             assert bad.startswith(b"HTTP/1.1 400 ")
             big = await raw_exchange(
@@ -289,9 +272,7 @@ async def test_upstream_too_slow_is_504() -> None:
     config = server_config(timeouts={"upstream_response_s": 0.5})
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery, config)
-            _, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, _ = await start_tunnel(nursery, config)
             reply = await fetch(running.port, b"GET", b"/never")
             assert reply.status == 504
             assert b"took too long" in reply.body
@@ -302,9 +283,7 @@ async def test_server_at_its_stream_limit_answers_503() -> None:
     config = server_config(limits={"max_streams_per_agent": 2})
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery, config)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery, config)
             replies: list[int] = []
 
             async def held() -> None:
@@ -326,9 +305,7 @@ async def test_server_at_its_stream_limit_answers_503() -> None:
 async def test_upstream_dropping_mid_body_truncates_the_client_response() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            _, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, _ = await start_tunnel(nursery)
             raw = await raw_exchange(running.port, b"GET /close HTTP/1.1\r\nHost: app\r\n\r\n")
             head, _, body = raw.partition(b"\r\n\r\n")
             assert head.startswith(b"HTTP/1.1 200 ")

@@ -18,6 +18,7 @@ from tests.integration.harness import (
     server_config,
     start_agent,
     start_server,
+    start_tunnel,
     start_upstream,
 )
 from tests.integration.relay import Relay
@@ -146,9 +147,7 @@ async def test_reconnecting_client_id_replaces_its_stale_session() -> None:
 async def test_client_hanging_up_resets_the_stream_and_the_upstream_connection() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             client = await Client.connect(running.port)
             await client._send(
                 h11.Request(method=b"GET", target=b"/watch", headers=[(b"host", b"app")])
@@ -166,9 +165,7 @@ async def test_client_hanging_up_resets_the_stream_and_the_upstream_connection()
 async def test_client_hanging_up_mid_body_resets_the_stream() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             stream = await trio.open_tcp_stream("127.0.0.1", running.port)
             await stream.send_all(
                 b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000
@@ -219,9 +216,7 @@ async def test_idle_half_sent_connections_do_not_stop_other_clients() -> None:
     config = server_config(timeouts={"request_head_s": 1.0})
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery, config)
-            _, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, _ = await start_tunnel(nursery, config)
             idle = []
             for _ in range(300):
                 stream = await trio.open_tcp_stream("127.0.0.1", running.port)
@@ -240,9 +235,7 @@ async def test_idle_half_sent_connections_do_not_stop_other_clients() -> None:
 async def test_drain_finishes_in_flight_requests_and_refuses_new_ones() -> None:
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             statuses: list[int] = []
             async with await Client.connect(running.port) as kept_alive:
                 assert (await kept_alive.request(b"GET", b"/")).status == 200

@@ -28,6 +28,7 @@ from tests.integration.harness import (
     server_config,
     start_agent,
     start_server,
+    start_tunnel,
     start_upstream,
 )
 
@@ -189,9 +190,7 @@ async def test_external_token_is_required_for_every_request_and_never_forwarded(
     token = EXTERNAL_TOKEN.encode()
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery, config)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery, config)
             refused = (
                 (),
                 ((b"proxy-authorization", b"Bearer " + WRONG_TOKEN.encode()),),
@@ -245,9 +244,7 @@ async def test_a_refused_request_with_a_body_is_not_forwarded_and_closes() -> No
     config = server_config(external={"token": Secret(EXTERNAL_TOKEN)})
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery, config)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery, config)
             request = (
                 b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\n\r\nhello"
                 b"GET /after HTTP/1.1\r\nHost: app\r\nProxy-Authorization: Bearer "
@@ -659,9 +656,7 @@ async def test_smuggling_shapes_never_make_a_second_upstream_request(
     last = b"GET /last HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             answer = await exchange(running.port, raw + last)
             assert b"smuggled" not in answer
             targets = [r.target for r in upstream.requests]
@@ -686,9 +681,7 @@ async def test_pipelined_requests_are_checked_one_by_one() -> None:
     last = b"GET /last HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             answer = await exchange(running.port, first + last)
             assert statuses(answer) == [200, 200]
             assert [(r.target, r.body) for r in upstream.requests] == [
@@ -705,9 +698,7 @@ async def test_an_abandoned_request_body_never_reaches_the_next_client() -> None
     """Clients that break off mid-body; the next request must arrive alone and whole."""
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_upstream(nursery, "svc")
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_tunnel(nursery)
             # Warm the agent's pool so the next request reuses its upstream connection.
             assert (await fetch(running.port, b"GET", b"/warm")).status == 200
             # A chunk goes upstream, then the client's framing breaks.
