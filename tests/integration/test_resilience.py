@@ -261,3 +261,26 @@ async def test_drain_finishes_in_flight_requests_and_refuses_new_ones() -> None:
                     await drained.wait()
             assert statuses == [200]
             nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_link_delays_but_never_breaks_requests() -> None:
+    """Every chunk between agent and server held back 50 ms: slower, still correct."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_upstream(nursery, "svc")
+            relay = Relay(running.addresses.internal[1])
+            relay_port = await nursery.start(relay.serve)
+            await start_agent(nursery, via(running, relay_port), {"app": port})
+            relay.delay_s = 0.05
+            body = bytes(range(256)) * 1024  # 256 KiB: several delayed chunks and WINDOWs
+            async with trio.open_nursery() as clients:
+                for _ in range(4):
+                    clients.start_soon(fetch_and_check, running.port, body)
+            nursery.cancel_scope.cancel()
+
+
+async def fetch_and_check(port: int, body: bytes) -> None:
+    reply = await fetch(port, b"POST", b"/echo", body=body)
+    assert reply.status == 200
+    assert reply.body == body
