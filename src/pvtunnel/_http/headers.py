@@ -35,6 +35,8 @@ HOP_BY_HOP: Final = frozenset(
 # 8.6). "Connection: content-length" would otherwise forward a body without its length.
 KEPT_DESPITE_CONNECTION: Final = frozenset({b"host", b"content-length"})
 VIA: Final = b"1.1 pvtunnel"
+# Set by the server on every forwarded request; a client's own lines are dropped.
+_SET_BY_US: Final = frozenset({b"x-forwarded-host", b"x-forwarded-proto"})
 
 
 def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -61,12 +63,8 @@ def _append(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> No
     the value goes on the *last* line: on the first, a client's second
     ``X-Forwarded-For`` line would still be the right-most entry.
     """
-    for index in range(len(headers) - 1, -1, -1):
-        existing, old = headers[index]
-        if existing == name:
-            headers[index] = (name, old + b", " + value)
-            return
-    headers.append((name, value))
+    last = next((i for i in range(len(headers) - 1, -1, -1) if headers[i][0] == name), -1)
+    _extend_at(headers, last, name, value)
 
 
 def request_headers(
@@ -82,21 +80,43 @@ def request_headers(
     ``host`` replaces the client's Host (the authority of an absolute-form target);
     ``is_chunked`` asks the next hop to frame a body of unknown length as chunked.
     """
-    result = end_to_end(headers)
-    if host is not None:
-        result = [(n, v) for n, v in result if n != b"host"]
-        result.insert(0, (b"host", host))
-    original_host = next((v for n, v in result if n == b"host"), None)
-    _append(result, b"x-forwarded-for", client_address.encode("ascii"))
+    # One pass on the per-request hot path: drop hop-by-hop and Connection-named
+    # fields, the Host being replaced and the X-Forwarded-Host/Proto we set, and
+    # remember the last X-Forwarded-For and Via lines to append to.
+    items = list(headers)
+    named = _connection_tokens(items) - KEPT_DESPITE_CONNECTION
+    result: list[tuple[bytes, bytes]] = [] if host is None else [(b"host", host)]
+    original_host = host
+    last_forwarded_for = last_via = -1
+    for name, value in items:
+        if name in HOP_BY_HOP or name in _SET_BY_US or name in named:
+            continue
+        if name == b"host":
+            if host is not None:
+                continue
+            if original_host is None:
+                original_host = value
+        elif name == b"x-forwarded-for":
+            last_forwarded_for = len(result)
+        elif name == b"via":
+            last_via = len(result)
+        result.append((name, value))
+    _extend_at(result, last_forwarded_for, b"x-forwarded-for", client_address.encode("ascii"))
     if original_host is not None:
-        result = [(n, v) for n, v in result if n != b"x-forwarded-host"]
         result.append((b"x-forwarded-host", original_host))
-    result = [(n, v) for n, v in result if n != b"x-forwarded-proto"]
     result.append((b"x-forwarded-proto", proto))
-    _append(result, b"via", VIA)
+    _extend_at(result, last_via, b"via", VIA)
     if is_chunked:
         result.append((b"transfer-encoding", b"chunked"))
     return tuple(result)
+
+
+def _extend_at(headers: list[tuple[bytes, bytes]], index: int, name: bytes, value: bytes) -> None:
+    """Append ``value`` to the line at ``index`` (-1: add a new line at the end)."""
+    if index < 0:
+        headers.append((name, value))
+    else:
+        headers[index] = (name, headers[index][1] + b", " + value)
 
 
 def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
