@@ -22,7 +22,7 @@ from pvtunnel._errors import ErrorCode, ProtocolError, RemoteProtocolError
 from pvtunnel._http.routing import Router
 from pvtunnel._metrics import ServerMetrics
 from pvtunnel._trio.admin import ServerAdmin, serve_admin
-from pvtunnel._trio.front import handle_client
+from pvtunnel._trio.front import handle_client, watch_hangups
 from pvtunnel._trio.tunnel import (
     WEBSOCKET_MAX_MESSAGE,
     WEBSOCKET_RECEIVE_BUFFER,
@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     import h11
 
     from pvtunnel._config import ServerConfig
+    from pvtunnel._trio.front import ClientConnection
+    from pvtunnel._trio.tunnel import Channel
 
 logger = logging.getLogger("pvtunnel.server")
 access_logger = logging.getLogger("pvtunnel.access")
@@ -86,6 +88,9 @@ class ServerState:
         self.metrics = ServerMetrics()
         self.idle = trio.Event()
         self.idle.set()
+        # Clients waiting for the response to a bodiless request, for `watch_hangups`.
+        self.awaiting: dict[ClientConnection, Channel] = {}
+        self.awaiting_started = trio.lowlevel.ParkingLot()
 
     def add_session(self, session: AgentSession) -> None:
         self.sessions.add(session)
@@ -191,6 +196,7 @@ class TunnelServer:
         """Listen on both ports until cancelled (startable)."""
         config = self.config
         async with trio.open_nursery() as handlers:
+            handlers.start_soon(watch_hangups, self.state)
             # First and outside `listening`, so probes get answers (/ready: 503) while
             # the listeners start, and during a drain.
             admin: tuple[str, int] | None = None
