@@ -46,6 +46,11 @@ MAX_MESSAGE_BYTES: Final = 256 * 1024
 WEBSOCKET_MAX_MESSAGE: Final = 4 * 1024 * 1024
 WEBSOCKET_RECEIVE_BUFFER: Final = 64 * 1024
 CLOSE_GRACE_S: Final = 2.0
+# Once this many frame pieces are queued, the task that queued the last one sends
+# them at once instead of leaving them for the writer's next turn: the peer starts
+# on a bounded batch while we go on producing, so both processes work at the same
+# time instead of taking turns with one batch of everything (PERF-NOTES.md).
+EARLY_FLUSH_PIECES: Final = 24
 
 
 _PING: Final = struct.Struct(">Q")
@@ -349,6 +354,16 @@ class Tunnel:
         self._close_all(TunnelClosedError(reason))
         await self._close_ws(1000, reason)
 
+    async def flush_if_batched(self) -> None:
+        """Send now if a bounded batch has built up; otherwise the writer sends later."""
+        mux = self.mux
+        if mux.queued_pieces < EARLY_FLUSH_PIECES:
+            return
+        try:
+            await self.ws.send_message(mux.data_to_send(MAX_MESSAGE_BYTES))
+        except _CLOSED:
+            self._close_all(TunnelClosedError("agent connection lost while sending"))
+
     async def flush(self) -> None:
         """Send whatever is queued now (used around the handshake and on shutdown)."""
         data = self.mux.data_to_send()
@@ -482,6 +497,7 @@ class Tunnel:
         try:
             with channel.cancel_scope:
                 await handler(channel, head)
+            await self.flush_if_batched()
         except Exception:
             logger.exception("%s stream %d: internal error", self.label, channel.stream_id)
             channel.reset(ErrorCode.INTERNAL_ERROR, "agent internal error")
