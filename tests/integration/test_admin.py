@@ -201,9 +201,11 @@ async def test_server_is_ready_once_listening_and_not_while_draining() -> None:
             upstream, upstream_port = await start_upstream(nursery, "svc")
             await start_agent(nursery, running, {"app": upstream_port})
             held: list[int] = []
+            answered = trio.Event()
 
             async def held_request() -> None:
                 held.append((await fetch(running.port, b"GET", b"/hold")).status)
+                answered.set()
 
             nursery.start_soon(held_request)
             await upstream.hold_started.wait()
@@ -219,6 +221,8 @@ async def test_server_is_ready_once_listening_and_not_while_draining() -> None:
                     1,
                 )
                 upstream.release.set()
+            # The drain ends once the response is written; the client reads it after.
+            await answered.wait()
             assert held == [200]
             assert (await admin_get(early, b"/ready")).status == 503
             nursery.cancel_scope.cancel()

@@ -13,6 +13,7 @@ closed so the client sees a truncated body, never a spliced one.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import math
@@ -372,6 +373,11 @@ class ClientConnection:
                 sent += len(item)
                 channel.consume(len(item))
         except (TunnelClosedError, h11.LocalProtocolError, *BROKEN) as exc:
+            if isinstance(exc, TunnelClosedError):
+                # What arrived before the reset (the head, part of the body) still goes
+                # out, so the client sees a truncated response rather than none at all.
+                with contextlib.suppress(*BROKEN):
+                    await http.flush()
             http.discard()
             logger.info("response to %s aborted after %d body bytes: %s", self.address, sent, exc)
             self._log_proxied(request, head.status, sent, agent, started, channel)

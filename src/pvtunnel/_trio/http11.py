@@ -7,6 +7,8 @@ from typing import Final
 import h11
 import trio
 
+from pvtunnel._trio.sockio import fast_io
+
 RECEIVE_SIZE: Final = 65536
 BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 
@@ -20,11 +22,12 @@ class H11Stream:
     caller can check what h11 normalises away (obs-fold, see ``_http.framing``).
     """
 
-    __slots__ = ("conn", "pending", "pending_bytes", "received", "recording", "stream")
+    __slots__ = ("conn", "io", "pending", "pending_bytes", "received", "recording", "stream")
 
     def __init__(self, conn: h11.Connection, stream: trio.abc.Stream) -> None:
         self.conn = conn
         self.stream = stream
+        self.io = fast_io(stream)
         self.received = 0
         self.recording: bytearray | None = None
         self.pending: list[bytes] = []
@@ -45,7 +48,7 @@ class H11Stream:
             if event is h11.PAUSED:
                 raise h11.RemoteProtocolError("pipelined request before the response")
             try:
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                data = await self.io.receive_some(RECEIVE_SIZE)
             except BROKEN:
                 data = b""
             self.received += len(data)
@@ -59,7 +62,7 @@ class H11Stream:
             self.pending.append(data or b"")
             await self.flush()
         elif data:
-            await self.stream.send_all(data)
+            await self.io.send_all(data)
 
     def queue(self, event: h11.Event) -> int:
         """Serialise an event to go out with the next `flush`; returns bytes queued.
@@ -83,4 +86,4 @@ class H11Stream:
             data = b"".join(self.pending)
             self.pending.clear()
             self.pending_bytes = 0
-            await self.stream.send_all(data)
+            await self.io.send_all(data)
