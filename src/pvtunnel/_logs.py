@@ -49,5 +49,3 @@ def configure_logging(level: str, log_format: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # trio-websocket logs every frame at debug; keep it quiet unless asked for.
-    logging.getLogger("trio-websocket").setLevel(max(root.level, logging.INFO))

@@ -15,7 +15,7 @@ from pvtunnel._wire.heads import RequestHead
 from pvtunnel._wire.mux import Multiplexer, Role
 
 if TYPE_CHECKING:
-    import trio_websocket
+    from pvtunnel._trio.websocket import WebSocket
 
 GET = RequestHead(route="app", method=b"GET", target=b"/", headers=())
 
@@ -24,7 +24,7 @@ class RecordingWebSocket:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
 
-    async def send_message(self, message: bytes) -> None:
+    async def send(self, message: bytes) -> None:
         self.sent.append(message)
 
 
@@ -37,7 +37,7 @@ def _tunnel() -> tuple[Tunnel, RecordingWebSocket, Multiplexer]:
     server.receive_data(agent.data_to_send())
     server.accept()
     agent.receive_data(server.data_to_send())
-    return Tunnel(cast("trio_websocket.WebSocketConnection", ws), server), ws, agent
+    return Tunnel(cast("WebSocket", ws), server), ws, agent
 
 
 async def test_a_small_batch_is_left_for_the_writer() -> None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import cast
 
 import trio
 import trio.testing
-import trio_websocket
 
 from pvtunnel._errors import ErrorCode
 from pvtunnel._trio.tunnel import END, Channel, Tunnel
+from pvtunnel._trio.websocket import WebSocket, connect, read_upgrade
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, Role
@@ -29,14 +28,6 @@ LIMIT_S = 10
 Handler = Callable[[Channel, RequestHead], Awaitable[None]]
 
 
-async def _wrap_client(
-    nursery: trio.Nursery, stream: trio.abc.Stream
-) -> trio_websocket.WebSocketConnection:
-    # trio-websocket annotates a socket or TLS stream, but takes any trio stream.
-    socket_stream = cast("trio.SocketStream", stream)
-    return await trio_websocket.wrap_client_stream(nursery, socket_stream, "agent", "/")
-
-
 @asynccontextmanager
 async def tunnel_pair(
     handler: Handler, *, agent_connection_window: int
@@ -44,15 +35,16 @@ async def tunnel_pair(
     """(server, agent) tunnels past their handshake, running until the block ends."""
     async with trio.open_nursery() as nursery:
         agent_end, server_end = trio.testing.memory_stream_pair()
-        accepted: list[trio_websocket.WebSocketConnection] = []
+        accepted: list[WebSocket] = []
 
         async def accept() -> None:
-            request = await trio_websocket.wrap_server_stream(nursery, server_end)
+            request = await read_upgrade(server_end)
+            assert request is not None
             accepted.append(await request.accept())
 
         async with trio.open_nursery() as handshake:
             handshake.start_soon(accept)
-            agent_ws = await _wrap_client(nursery, agent_end)
+            agent_ws = await connect(agent_end, "server", "/", [])
         (server_ws,) = accepted
         server = Tunnel(server_ws, Multiplexer(Role.SERVER), label="server")
         agent = Tunnel(
@@ -64,16 +56,12 @@ async def tunnel_pair(
         )
         agent.mux.send_hello(client_id="agent-1", routes=("app",))
         await agent.flush()
-        message = await server_ws.get_message()
-        assert isinstance(message, bytes)
-        assert server.mux.receive_data(message) == [
-            ev.HelloReceived(client_id="agent-1", routes=("app",))
-        ]
+        assert await server.receive_handshake() == ev.HelloReceived(
+            client_id="agent-1", routes=("app",)
+        )
         server.mux.accept()
         await server.flush()
-        message = await agent_ws.get_message()
-        assert isinstance(message, bytes)
-        assert agent.mux.receive_data(message) == [ev.Accepted(refused=())]
+        assert await agent.receive_handshake() == ev.Accepted(refused=())
         await nursery.start(server.run)
         await nursery.start(agent.run)
         yield server, agent

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
-import trio_websocket
 
 from pvtunnel._backoff import Backoff
 from pvtunnel._errors import (
@@ -34,15 +33,15 @@ from pvtunnel._errors import (
 )
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.admin import AgentAdmin, serve_admin
-from pvtunnel._trio.tunnel import (
-    WEBSOCKET_MAX_MESSAGE,
-    WEBSOCKET_RECEIVE_BUFFER,
-    Channel,
-    Tunnel,
-    close_websocket,
-    first_error,
-)
+from pvtunnel._trio.tunnel import Channel, Tunnel, first_error
 from pvtunnel._trio.upstream import Replay, UpstreamPool
+from pvtunnel._trio.websocket import (
+    ConnectionRejected,
+    HandshakeError,
+    WebSocket,
+    WebSocketClosed,
+    connect,
+)
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.mux import Multiplexer, Role
 
@@ -139,8 +138,8 @@ class TunnelAgent:
                         raise
                 except (
                     OSError,
-                    trio_websocket.HandshakeError,
-                    trio_websocket.ConnectionClosed,
+                    HandshakeError,
+                    WebSocketClosed,
                     TunnelClosedError,
                     ProtocolError,
                     trio.TooSlowError,
@@ -177,7 +176,7 @@ class TunnelAgent:
             # The session's nursery wraps even one failure; the retry loop and the
             # CLI decide on the leaf (network error: retry; refusal: exit).
             raise _final_if_refused(first_error(group), url) from None
-        except trio_websocket.ConnectionRejected as exc:
+        except ConnectionRejected as exc:
             raise _final_if_refused(exc, url) from None
 
     async def _session_tasks(self, url: str, task_status: trio.TaskStatus[AgentStatus]) -> None:
@@ -186,27 +185,29 @@ class TunnelAgent:
         port = target.port or (443 if target.scheme == "wss" else 80)
         with trio.fail_after(self.config.timeouts.connect_s):
             stream = await _open_stream(host, port, _client_ssl_context(url, self.config))
-        # We own the transport, so it is closed however the handshake ends: a refusal
-        # or a TLS failure surfaces from trio-websocket's reader task, in ``nursery``.
-        async with stream, trio.open_nursery() as nursery:
+        # We own the transport, so it is closed however the handshake ends.
+        async with stream:
             with trio.fail_after(self.config.timeouts.connect_s):
-                ws = await self._handshake(nursery, stream, host, port, target)
+                ws = await self._handshake(stream, host, port, target)
             try:
-                await self._register_and_run(ws, url, nursery, task_status)
+                async with trio.open_nursery() as nursery:
+                    try:
+                        await self._register_and_run(ws, url, nursery, task_status)
+                    finally:
+                        self._tunnel = None
+                        self.connected = False
+                        nursery.cancel_scope.cancel()
             finally:
-                self._tunnel = None
-                self.connected = False
-                nursery.cancel_scope.cancel()
-                await close_websocket(ws)
+                # Outside the cancelled nursery, so the close is said, not cut short.
+                await ws.aclose()
 
     async def _handshake(
         self,
-        nursery: trio.Nursery,
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
         host: str,
         port: int,
         target: urllib.parse.SplitResult,
-    ) -> trio_websocket.WebSocketConnection:
+    ) -> WebSocket:
         token = self.config.server.token
         assert token is not None
         default_port = 443 if target.scheme == "wss" else 80
@@ -214,19 +215,16 @@ class TunnelAgent:
         if ":" in host:
             host_header = f"[{host}]" if port == default_port else f"[{host}]:{port}"
         resource = (target.path or "/") + (f"?{target.query}" if target.query else "")
-        return await trio_websocket.wrap_client_stream(
-            nursery,
+        return await connect(
             stream,
             host_header,
             resource,
-            extra_headers=[(b"authorization", b"Bearer " + token.reveal().encode())],
-            max_message_size=WEBSOCKET_MAX_MESSAGE,
-            receive_buffer_size=WEBSOCKET_RECEIVE_BUFFER,
+            [(b"authorization", b"Bearer " + token.reveal().encode())],
         )
 
     async def _register_and_run(
         self,
-        ws: trio_websocket.WebSocketConnection,
+        ws: WebSocket,
         url: str,
         nursery: trio.Nursery,
         task_status: trio.TaskStatus[AgentStatus],
@@ -287,13 +285,7 @@ class TunnelAgent:
 
 
 async def _receive_answer(tunnel: Tunnel) -> ev.Accepted:
-    message = await tunnel.ws.get_message()
-    if isinstance(message, str):
-        raise RemoteProtocolError("text WebSocket message on the tunnel")
-    events = tunnel.mux.receive_data(message)
-    if not events:
-        raise RemoteProtocolError("the server's first message held no answer")
-    answer = events[0]
+    answer = await tunnel.receive_handshake()
     if isinstance(answer, ev.Rejected):
         raise HandshakeRefusedError(f"the server rejected this agent: {answer.reason}")
     if not isinstance(answer, ev.Accepted):
@@ -302,7 +294,7 @@ async def _receive_answer(tunnel: Tunnel) -> ev.Accepted:
 
 
 def _final_if_refused(exc: BaseException, url: str) -> BaseException:
-    if isinstance(exc, trio_websocket.ConnectionRejected) and exc.status_code in (401, 403):
+    if isinstance(exc, ConnectionRejected) and exc.status_code in (401, 403):
         return HandshakeRefusedError(
             f"the server at {url} refused this agent's token (HTTP {exc.status_code})"
         )
@@ -317,8 +309,7 @@ async def _open_stream(
     stream = await trio.open_ssl_over_tcp_stream(
         host, port, ssl_context=ssl_context, https_compatible=True
     )
-    # Shake hands here: left to trio-websocket (0.12), a TLS failure is swallowed by
-    # its reader task and the upgrade then waits until connect_s runs out, unexplained.
+    # Shake hands here, so a TLS failure is told apart from a refused upgrade.
     try:
         await stream.do_handshake()
     except trio.BrokenResourceError as exc:
@@ -350,8 +341,8 @@ def _client_ssl_context(url: str, config: AgentConfig) -> ssl.SSLContext | None:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, trio_websocket.ConnectionRejected):
+    if isinstance(exc, ConnectionRejected):
         return f"the server answered HTTP {exc.status_code}"
-    if isinstance(exc, trio_websocket.ConnectionClosed):
+    if isinstance(exc, WebSocketClosed):
         return f"connection closed ({exc.reason})"
     return str(exc) or type(exc).__name__

@@ -112,7 +112,10 @@ class ClientConnection:
                 ):
                     await self._send_error(431, "request head too large", close=True)
                     return
-                problem = request_head_problem(event.headers, event.http_version, received or b"")
+                # h11's header sequence is slow to iterate; the checks below go over it
+                # about ten times, so they share one list.
+                headers = list(event.headers)
+                problem = request_head_problem(headers, event.http_version, received or b"")
                 if problem is not None:
                     # RFC 9112 section 6.3: answer, then close without reading the
                     # body, whose framing we cannot trust.
@@ -122,7 +125,7 @@ class ClientConnection:
                     return
                 self.scope.deadline = math.inf
                 self.phase = Phase.PROXYING
-                if not await self._proxy(event):
+                if not await self._proxy(event, headers):
                     return
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
@@ -178,29 +181,29 @@ class ClientConnection:
         self.state.log_request(request, self.address, status, 0, None, route=route)
         return not has_body
 
-    async def _proxy(self, request: h11.Request) -> bool:
+    async def _proxy(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
         """Proxy one request; False when the connection must be closed afterwards."""
         state = self.state
         config = state.config
         self.route, self.request_bytes = None, 0
-        chunked = hdr.is_chunked(request.headers)
-        has_body = chunked or bool(hdr.content_length(request.headers))
+        chunked = hdr.is_chunked(headers)
+        has_body = chunked or bool(hdr.content_length(headers))
         if not has_body:
             # h11 still owes us the EndOfMessage of a bodiless request; it needs no I/O.
             end = self.conn.next_event()
             assert isinstance(end, h11.EndOfMessage), end
         authority, origin_target = split_target(request.target)
         host_override = authority
-        switch = hdr.protocol_switch(request.method, request.headers)
+        switch = hdr.protocol_switch(request.method, headers)
         if request.method == b"CONNECT":
             authority = request.target  # authority-form: the route is the target
         if authority is None:
-            authority = next((v for n, v in request.headers if n == b"host"), None)
+            authority = next((v for n, v in headers if n == b"host"), None)
         if not authority:
             return await self._refuse(request, 400, "the request names no host")
         external_token = config.external.token
         if external_token is not None:
-            presented = presented_token(request.headers)
+            presented = presented_token(headers)
             if presented is None or not external_token.matches(presented):
                 return await self._refuse(
                     request, 407, "proxy authentication required", extra=(PROXY_AUTHENTICATE,)
@@ -221,7 +224,7 @@ class ClientConnection:
             method=request.method,
             target=origin_target,
             headers=hdr.request_headers(
-                request.headers,
+                headers,
                 client_address=self.address,
                 host=host_override,
                 proto=self.proto,
@@ -463,7 +466,7 @@ async def handle_client(
     stream: trio.abc.Stream, state: ServerState, *, proto: bytes = b"http"
 ) -> None:
     """Serve one client connection; never raises for client misbehaviour."""
-    address = _peer_address(stream)
+    address = peer_address(stream)
     client = ClientConnection(stream, state, address, proto)
     state.client_connections += 1
     try:
@@ -527,7 +530,7 @@ def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     return transport.socket if isinstance(transport, trio.SocketStream) else None
 
 
-def _peer_address(stream: trio.abc.Stream) -> str:
+def peer_address(stream: trio.abc.Stream) -> str:
     sock = _raw_socket(stream)
     if sock is not None:
         peer = sock.getpeername()

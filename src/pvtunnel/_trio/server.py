@@ -16,19 +16,14 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 import trio
-import trio_websocket
 
-from pvtunnel._errors import ErrorCode, ProtocolError, RemoteProtocolError
+from pvtunnel._errors import ErrorCode, ProtocolError, RemoteProtocolError, TunnelClosedError
 from pvtunnel._http.routing import Router
 from pvtunnel._metrics import ServerMetrics
 from pvtunnel._trio.admin import ServerAdmin, serve_admin
-from pvtunnel._trio.front import handle_client, watch_hangups
-from pvtunnel._trio.tunnel import (
-    WEBSOCKET_MAX_MESSAGE,
-    WEBSOCKET_RECEIVE_BUFFER,
-    Tunnel,
-    close_websocket,
-)
+from pvtunnel._trio.front import handle_client, peer_address, watch_hangups
+from pvtunnel._trio.tunnel import Tunnel
+from pvtunnel._trio.websocket import WebSocketClosed, read_upgrade
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.mux import Multiplexer, Role
 
@@ -204,17 +199,19 @@ class TunnelServer:
                 admin = await handlers.start(serve_admin, config.admin, ServerAdmin(self))
             async with trio.open_nursery() as listening:
                 self._listen_scope = listening.cancel_scope
-                ws_server = await listening.start(
+                internal_listeners = await trio.open_tcp_listeners(
+                    config.internal.port, host=config.host
+                )
+                internal = internal_listeners[0].socket.getsockname()
+                await listening.start(
                     functools.partial(
-                        trio_websocket.serve_websocket,
+                        trio.serve_listeners,
                         self._handle_agent,
-                        config.host,
-                        config.internal.port,
-                        _ssl_context(config.internal.tls_cert, config.internal.tls_key),
+                        _secure(
+                            internal_listeners,
+                            _ssl_context(config.internal.tls_cert, config.internal.tls_key),
+                        ),
                         handler_nursery=handlers,
-                        max_message_size=WEBSOCKET_MAX_MESSAGE,
-                        receive_buffer_size=WEBSOCKET_RECEIVE_BUFFER,
-                        connect_timeout=config.timeouts.handshake_s,
                     )
                 )
                 listeners = await trio.open_tcp_listeners(config.external.port, host=config.host)
@@ -223,26 +220,18 @@ class TunnelServer:
                 handler = functools.partial(
                     handle_client, state=self.state, proto=b"http" if ext_ssl is None else b"https"
                 )
-                if ext_ssl is None:
-                    await listening.start(
-                        functools.partial(
-                            trio.serve_listeners, handler, listeners, handler_nursery=handlers
-                        )
+                await listening.start(
+                    functools.partial(
+                        trio.serve_listeners,
+                        handler,
+                        _secure(listeners, ext_ssl),
+                        handler_nursery=handlers,
                     )
-                else:
-                    secure = [
-                        trio.SSLListener(listener, ext_ssl, https_compatible=True)
-                        for listener in listeners
-                    ]
-                    await listening.start(
-                        functools.partial(
-                            trio.serve_listeners, handler, secure, handler_nursery=handlers
-                        )
-                    )
+                )
                 self.state.listening = True
                 task_status.started(
                     ServerAddresses(
-                        internal=_address(ws_server.listeners[0]),
+                        internal=(internal[0], internal[1]),
                         external=(external[0], external[1]),
                         admin=admin,
                     )
@@ -267,11 +256,14 @@ class TunnelServer:
         with trio.move_on_after(self.config.timeouts.grace_s):
             await self.state.idle.wait()
 
-    async def _handle_agent(self, request: trio_websocket.WebSocketRequest) -> None:
+    async def _handle_agent(self, stream: trio.abc.Stream) -> None:
         config = self.config
-        address = (
-            request.remote.address if isinstance(request.remote, trio_websocket.Endpoint) else "?"
-        )
+        address = peer_address(stream)
+        with trio.move_on_after(config.timeouts.handshake_s):
+            request = await read_upgrade(stream)
+        if request is None:  # not an upgrade (answered), or gone, or too slow
+            await trio.aclose_forcefully(stream)
+            return
         token = _bearer(request.headers)
         scopes = self._token_scopes(token)
         if scopes is None or self._draining:
@@ -287,7 +279,7 @@ class TunnelServer:
                 else b"401 Unauthorized: bad or missing agent token\n",
             )
             return
-        ws = await request.accept()
+        ws = await request.accept(address)
         mux = Multiplexer(
             Role.SERVER,
             window=config.limits.stream_window_bytes,
@@ -309,7 +301,13 @@ class TunnelServer:
             )
             mux.accept(refused=refused)
             await tunnel.flush()
-        except (ProtocolError, trio.TooSlowError, trio_websocket.ConnectionClosed) as exc:
+        except (
+            ProtocolError,
+            TunnelClosedError,
+            trio.TooSlowError,
+            WebSocketClosed,
+            trio.BrokenResourceError,
+        ) as exc:
             if isinstance(exc, ProtocolError):
                 self.state.metrics.agent_protocol_errors += 1
             logger.warning("agent handshake from %s failed: %s", address, exc)
@@ -347,7 +345,7 @@ class TunnelServer:
             self.state.discard_session(session)
             self.state.metrics.agent_disconnects += 1
             logger.info("agent %s disconnected", hello.client_id)
-            await close_websocket(ws)
+            await ws.aclose()
 
     def _replace_same_client(self, session: AgentSession) -> None:
         """A reconnecting agent wins over the session the server still holds for it.
@@ -386,13 +384,10 @@ class TunnelServer:
 
 
 async def _receive_hello(tunnel: Tunnel) -> ev.HelloReceived:
-    message = await tunnel.ws.get_message()
-    if isinstance(message, str):
-        raise RemoteProtocolError("text WebSocket message on the tunnel")
-    events = tunnel.mux.receive_data(message)
-    if len(events) != 1 or not isinstance(events[0], ev.HelloReceived):
-        raise RemoteProtocolError("the first frame must be a lone HELLO")
-    return events[0]
+    event = await tunnel.receive_handshake()
+    if not isinstance(event, ev.HelloReceived):
+        raise RemoteProtocolError("the first frame must be HELLO")
+    return event
 
 
 def _refusals(routes: tuple[str, ...], scopes: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -432,7 +427,9 @@ def _ssl_context(cert: object, key: object) -> ssl.SSLContext | None:
     return context
 
 
-def _address(listener: trio_websocket.Endpoint | str) -> tuple[str, int]:
-    if isinstance(listener, trio_websocket.Endpoint):
-        return (str(listener.address), listener.port)
-    return (str(listener), 0)
+def _secure(
+    listeners: list[trio.SocketListener], context: ssl.SSLContext | None
+) -> list[trio.abc.Listener[trio.abc.Stream]]:
+    if context is None:
+        return list(listeners)
+    return [trio.SSLListener(listener, context, https_compatible=True) for listener in listeners]

@@ -24,7 +24,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import trio
-import trio_websocket
 
 from pvtunnel._errors import (
     ErrorCode,
@@ -32,6 +31,7 @@ from pvtunnel._errors import (
     RemoteProtocolError,
     TunnelClosedError,
 )
+from pvtunnel._trio.websocket import WebSocket, WebSocketClosed
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, StreamClosedError
@@ -43,9 +43,6 @@ logger = logging.getLogger(__name__)
 
 # Messages around 64-256 KiB move fastest through wsproto (PERF-NOTES.md).
 MAX_MESSAGE_BYTES: Final = 256 * 1024
-WEBSOCKET_MAX_MESSAGE: Final = 4 * 1024 * 1024
-WEBSOCKET_RECEIVE_BUFFER: Final = 64 * 1024
-CLOSE_GRACE_S: Final = 2.0
 # Once this many frame pieces are queued, the task that queued the last one sends
 # them at once instead of leaving them for the writer's next turn: the peer starts
 # on a bounded batch while we go on producing, so both processes work at the same
@@ -54,25 +51,7 @@ EARLY_FLUSH_PIECES: Final = 24
 
 
 _PING: Final = struct.Struct(">Q")
-_CLOSED: Final = (
-    trio_websocket.ConnectionClosed,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-)
-
-
-async def close_websocket(
-    ws: trio_websocket.WebSocketConnection, code: int = 1000, reason: str = ""
-) -> None:
-    """Close with a bounded handshake; at once if we are being cancelled.
-
-    Deliberately not shielded: trio-websocket's ``aclose`` closes the socket in a
-    ``finally`` when cancelled, so under cancellation this costs no wait at all,
-    where a shielded close would wait out the grace period for a peer that (in a
-    shutdown) is itself busy closing.
-    """
-    with trio.move_on_after(CLOSE_GRACE_S):
-        await ws.aclose(code, reason or None)
+_CLOSED: Final = (WebSocketClosed, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class _End:
@@ -257,7 +236,7 @@ class Tunnel:
 
     def __init__(
         self,
-        ws: trio_websocket.WebSocketConnection,
+        ws: WebSocket,
         mux: Multiplexer,
         *,
         on_stream: StreamHandler | None = None,
@@ -278,6 +257,11 @@ class Tunnel:
         # Channels parked in `Channel.send_data` for credit: connection credit wakes them.
         self._credit_waiters: set[Channel] = set()
         self._write_lot = trio.lowlevel.ParkingLot()
+        # One sender at a time, in queue order: the writer or an early flush.
+        self._sending = False
+        self._send_done = trio.lowlevel.ParkingLot()
+        # Frames that came in the same read as the handshake's answer, for `run`.
+        self._early: list[ev.Event] = []
         self._finished_lot = trio.lowlevel.ParkingLot()
         self.closed: TunnelClosedError | None = None
         self.going_away = trio.Event()
@@ -356,24 +340,52 @@ class Tunnel:
 
     async def flush_if_batched(self) -> None:
         """Send now if a bounded batch has built up; otherwise the writer sends later."""
-        mux = self.mux
-        if mux.queued_pieces < EARLY_FLUSH_PIECES:
+        if self.mux.queued_pieces < EARLY_FLUSH_PIECES or self._sending:
             return
         try:
-            await self.ws.send_message(mux.data_to_send(MAX_MESSAGE_BYTES))
+            await self._send_queued()
         except _CLOSED:
             self._close_all(TunnelClosedError("agent connection lost while sending"))
 
     async def flush(self) -> None:
         """Send whatever is queued now (used around the handshake and on shutdown)."""
-        data = self.mux.data_to_send()
-        if data:
-            await self.ws.send_message(data)
+        await self._send_queued()
+
+    async def _send_queued(self) -> None:
+        """Send what the multiplexer holds, one sender at a time so messages keep its order."""
+        while self._sending:
+            await self._send_done.park()
+        mux = self.mux
+        if not mux.has_data_to_send:
+            return
+        self._sending = True
+        try:
+            await self.ws.send(mux.data_to_send(MAX_MESSAGE_BYTES))
+        finally:
+            self._sending = False
+            if self._send_done:
+                self._send_done.unpark_all()
+
+    async def receive_handshake(self) -> ev.Event:
+        """The first event from the peer (HELLO or its answer); later ones wait for `run`.
+
+        Raises:
+            TunnelClosedError: the connection closed first.
+            RemoteProtocolError: the peer broke the protocol.
+        """
+        while True:
+            data = await self.ws.receive_some()
+            if not data:
+                raise TunnelClosedError("the connection closed during the handshake")
+            events = self.mux.receive_data(data)
+            if events:
+                self._early.extend(events[1:])
+                return events[0]
 
     async def _close_ws(self, code: int, reason: str) -> None:
         with contextlib.suppress(*_CLOSED):
             await self.flush()
-        await close_websocket(self.ws, code, reason)
+        await self.ws.aclose(code, reason)
 
     def _close_all(self, error: TunnelClosedError) -> None:
         if self.closed is None:
@@ -387,18 +399,13 @@ class Tunnel:
 
     async def _writer(self) -> None:
         mux = self.mux
-        send = self.ws.send_message
         try:
             while True:
                 if not mux.has_data_to_send:
                     await self._write_lot.park()
                     continue
-                await send(mux.data_to_send(MAX_MESSAGE_BYTES))
-        except (
-            trio_websocket.ConnectionClosed,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-        ):
+                await self._send_queued()
+        except _CLOSED:
             self._close_all(TunnelClosedError("agent connection lost while sending"))
 
     async def _heartbeat(self, interval_s: float, scope: trio.CancelScope) -> None:
@@ -425,16 +432,16 @@ class Tunnel:
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         mux = self.mux
-        get_message = self.ws.get_message
+        receive = self.ws.receive_some
+        early, self._early = self._early, []
+        for event in early:
+            self._dispatch(event, nursery)
         while True:
-            try:
-                message = await get_message()
-            except trio_websocket.ConnectionClosed:
+            data = await receive()
+            if not data:
                 return
             self.last_heard = trio.current_time()
-            if isinstance(message, str):
-                raise RemoteProtocolError("text WebSocket message on the tunnel")
-            for event in mux.receive_data(message):
+            for event in mux.receive_data(data):
                 self._dispatch(event, nursery)
             if mux.has_data_to_send:
                 self.wake_writer()
