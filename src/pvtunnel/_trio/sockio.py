@@ -32,15 +32,18 @@ class ByteStream(Protocol):
 class FastSocket:
     """``receive_some`` and ``send_all`` of a `trio.SocketStream`, without the extra round.
 
-    One task may receive while another sends, as with the stream itself; two at
-    once in the same direction raise `trio.BusyResourceError` while they wait.
+    One task may receive while another sends, as with the stream itself; a second
+    call in the same direction while one is under way raises `trio.BusyResourceError`
+    (a send that interleaved with a waiting one would splice their bytes).
     """
 
-    __slots__ = ("_sock", "_unyielded")
+    __slots__ = ("_receiving", "_sending", "_sock", "_unyielded")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self._sock = stream.socket
         self._unyielded = 0
+        self._sending = False
+        self._receiving = False
 
     async def _checkpoint(self) -> None:
         self._unyielded += 1
@@ -58,34 +61,48 @@ class FastSocket:
         return fd
 
     async def receive_some(self, max_bytes: int | None = None, /) -> bytes:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving on this socket")
         await self._checkpoint()
         size = 65536 if max_bytes is None else max_bytes
-        while True:
-            try:
-                return os.read(self._fd(), size)
-            except BlockingIOError:
-                self._unyielded = 0
-                await trio.lowlevel.wait_readable(self._sock)
-            except trio.ClosedResourceError:
-                raise
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"receiving failed: {exc}") from exc
-
-    async def send_all(self, data: bytes | bytearray | memoryview, /) -> None:
-        await self._checkpoint()
-        with memoryview(data) as view:
-            sent = 0
-            total = len(view)
-            while sent < total:
+        self._receiving = True
+        try:
+            while True:
                 try:
-                    sent += os.write(self._fd(), view[sent:])
+                    return os.read(self._fd(), size)
                 except BlockingIOError:
                     self._unyielded = 0
-                    await trio.lowlevel.wait_writable(self._sock)
+                    await trio.lowlevel.wait_readable(self._sock)
                 except trio.ClosedResourceError:
                     raise
                 except OSError as exc:
-                    raise trio.BrokenResourceError(f"sending failed: {exc}") from exc
+                    raise trio.BrokenResourceError(f"receiving failed: {exc}") from exc
+        finally:
+            self._receiving = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview, /) -> None:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this socket")
+        await self._checkpoint()
+        self._sending = True
+        try:
+            with memoryview(data) as view:
+                sent = 0
+                total = len(view)
+                while sent < total:
+                    try:
+                        sent += os.write(self._fd(), view[sent:])
+                    except BlockingIOError:
+                        self._unyielded = 0
+                        await trio.lowlevel.wait_writable(self._sock)
+                    except trio.ClosedResourceError:
+                        raise
+                    except OSError as exc:
+                        raise trio.BrokenResourceError(f"sending failed: {exc}") from exc
+        finally:
+            self._sending = False
 
 
 def fast_io(stream: trio.abc.Stream) -> ByteStream:

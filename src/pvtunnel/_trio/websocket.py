@@ -84,6 +84,8 @@ class WebSocket:
         self._receiving = False
         self._broken = False
         self._close_seen = trio.Event()
+        self._writing = False
+        self._write_done = trio.lowlevel.ParkingLot()
         self.closed: WebSocketClosed | None = None
 
     async def receive_some(self) -> bytes:
@@ -122,7 +124,7 @@ class WebSocket:
         """
         if self.closed is not None:
             raise self.closed
-        await self._write(self._ws.send(BytesMessage(data=data)))
+        await self._write(BytesMessage(data=data))
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close: say why, wait a moment for the peer's close, then drop the transport.
@@ -134,7 +136,7 @@ class WebSocket:
             with trio.move_on_after(CLOSE_GRACE_S):
                 if self.closed is None and not self._broken:
                     self.closed = WebSocketClosed(reason or "closed here", code)
-                    await self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
+                    await self._write(CloseConnection(code=code, reason=reason))
                     if self._receiving:
                         # The tunnel's reader sees the peer's close and tells us.
                         await self._close_seen.wait()
@@ -178,7 +180,7 @@ class WebSocket:
             case TextMessage():
                 await self._fail_protocol("text WebSocket message on the tunnel", 1003)
             case Ping() if self._ws.state is ConnectionState.OPEN:
-                await self._write(self._ws.send(event.response()))
+                await self._write(event.response())
             case CloseConnection() if self._ws.state is ConnectionState.OPEN:
                 # Still open: no close came from the peer, wsproto found a bad frame.
                 await self._fail_protocol(f"WebSocket protocol error: {event.reason}", event.code)
@@ -188,7 +190,7 @@ class WebSocket:
                     # Answer the close (the peer waits for it), unless we began it.
                     if self._ws.state is ConnectionState.REMOTE_CLOSING:
                         with contextlib.suppress(WebSocketClosed):
-                            await self._write(self._ws.send(event.response()))
+                            await self._write(event.response())
                 self._close_seen.set()
             case _:
                 pass  # pongs (we send no WebSocket pings), pings once closing
@@ -201,22 +203,39 @@ class WebSocket:
                 # A close reason has room for 123 bytes.
                 short = reason.encode()[:120].decode(errors="ignore")
                 with contextlib.suppress(WebSocketClosed):
-                    await self._write(self._ws.send(CloseConnection(code=code, reason=short)))
+                    await self._write(CloseConnection(code=code, reason=short))
         self._close_seen.set()
         raise RemoteProtocolError(reason)
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, event: Event) -> None:
+        """Serialise and send one event; one writer at a time, so frames never interleave.
+
+        The event is serialised only once it is this task's turn, so nothing queued
+        behind a close goes out after it.
+        """
+        while self._writing:
+            await self._write_done.park()
         if self._broken:
             raise WebSocketClosed("the connection is broken")
+        self._writing = True
         try:
+            try:
+                data = self._ws.send(event)
+            except wsproto.utilities.LocalProtocolError:
+                raise self.closed or WebSocketClosed("the WebSocket is closing") from None
             await self._io.send_all(data)
         except _BROKEN:
             self._lost("the connection broke while sending")
             raise self.closed or WebSocketClosed("the connection broke") from None
-        except BaseException:
-            # Cancelled mid-message: what is on the wire is no longer framed.
-            self._broken = True
+        except BaseException as exc:
+            if not isinstance(exc, WebSocketClosed):
+                # Cancelled mid-message: what is on the wire is no longer framed.
+                self._broken = True
             raise
+        finally:
+            self._writing = False
+            if self._write_done:
+                self._write_done.unpark_all()
 
     def _lost(self, reason: str) -> None:
         self._broken = True
