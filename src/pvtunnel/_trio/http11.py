@@ -17,18 +17,29 @@ class H11Stream:
     """``conn`` over ``stream``; a broken stream reads as end of input, which h11 judges.
 
     ``received`` counts bytes fed to h11 since it was last reset, so a caller can
-    tell how big a head really was (h11 only caps heads that arrive incomplete).
+    tell how big a head really was (h11 only caps heads that arrive incomplete);
+    ``reads`` counts the reads that brought them.
     While ``recording`` is a buffer, the bytes fed are also appended to it, so a
     caller can check what h11 normalises away (obs-fold, see ``_http.framing``).
     """
 
-    __slots__ = ("conn", "io", "pending", "pending_bytes", "received", "recording", "stream")
+    __slots__ = (
+        "conn",
+        "io",
+        "pending",
+        "pending_bytes",
+        "reads",
+        "received",
+        "recording",
+        "stream",
+    )
 
     def __init__(self, conn: h11.Connection, stream: trio.abc.Stream) -> None:
         self.conn = conn
         self.stream = stream
         self.io = fast_io(stream)
         self.received = 0
+        self.reads = 0
         self.recording: bytearray | None = None
         self.pending: list[bytes] = []
         self.pending_bytes = 0
@@ -52,6 +63,7 @@ class H11Stream:
             except BROKEN:
                 data = b""
             self.received += len(data)
+            self.reads += 1
             if self.recording is not None:
                 self.recording += data
             conn.receive_data(bytes(data))

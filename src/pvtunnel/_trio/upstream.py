@@ -46,7 +46,7 @@ _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b
 class UpstreamConnection(H11Stream):
     """One keep-alive HTTP/1.1 connection to a route's target."""
 
-    __slots__ = ("idle_since",)
+    __slots__ = ("idle_since", "split_writes")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         super().__init__(
@@ -54,6 +54,9 @@ class UpstreamConnection(H11Stream):
             stream,
         )
         self.idle_since = 0.0
+        # Whether a response ever took more than one read: an upstream that writes
+        # head and body apart, which needs quick ACKs on reuse (see `_quickack`).
+        self.split_writes = False
 
     async def aclose(self) -> None:
         with trio.move_on_after(1, shield=True):
@@ -70,6 +73,10 @@ class UpstreamPool:
 
     def idle_count(self, route: str) -> int:
         return len(self._idle.get(route, ()))
+
+    def idle_connections(self, route: str) -> tuple[UpstreamConnection, ...]:
+        """The route's idle connections, oldest first (for status pages and tests)."""
+        return tuple(self._idle.get(route, ()))
 
     async def acquire(self, route: Route) -> tuple[UpstreamConnection, bool]:
         """A connection and whether it was reused from the pool.
@@ -119,7 +126,8 @@ class UpstreamPool:
             idle = self._idle.setdefault(route.name, collections.deque())
             if len(idle) < self._config.upstream_pool_size:
                 connection.idle_since = trio.current_time()
-                _quickack(connection.stream)
+                if connection.split_writes:
+                    _quickack(connection.stream)
                 idle.append(connection)
                 return
         await connection.aclose()
@@ -147,7 +155,9 @@ def _has_input(stream: trio.abc.Stream) -> bool:
 def _quickack(stream: trio.abc.Stream) -> None:
     # Upstreams that write head and body separately meet Nagle + delayed ACK on
     # pooled connections (~40 ms per request); quick ACKs avoid it (PERF-NOTES.md).
-    # Linux clears the flag after a while, so it is set again on each reuse.
+    # Linux clears the flag after a while, so it is set on every new connection and
+    # again on each reuse of one whose responses came in pieces; the system call
+    # is saved for upstreams that answer in one write (nginx, most servers).
     quickack = getattr(socket, "TCP_QUICKACK", None)
     if quickack is not None and isinstance(stream, trio.SocketStream):
         with contextlib.suppress(OSError):
@@ -187,7 +197,8 @@ class Replay:
         except h11.LocalProtocolError as exc:
             channel.reset(ErrorCode.PROTOCOL_ERROR, f"unusable request head: {exc}")
             return
-        has_body = is_chunked(request.headers) or bool(content_length(request.headers))
+        headers = self.head.headers
+        has_body = is_chunked(headers) or bool(content_length(headers))
         for attempt in (1, 2):
             try:
                 connection, reused = await self.pool.acquire(self.route)
@@ -196,6 +207,7 @@ class Replay:
                 channel.reset(exc.code, str(exc))
                 return
             received_before = connection.received
+            reads_before = connection.reads
             try:
                 await self._exchange(connection, request, has_body)
             except (*_BROKEN, h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
@@ -228,6 +240,8 @@ class Replay:
             except BaseException:
                 await connection.aclose()
                 raise
+            if connection.reads - reads_before > 1:
+                connection.split_writes = True
             await self.pool.release(self.route, connection)
             return
 
@@ -315,7 +329,8 @@ class Replay:
             if isinstance(event, h11.Response):
                 break
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} from upstream")
-        problem = framing_problem(event.headers, event.http_version)
+        headers = list(event.headers)  # h11's sequence is slow to iterate: once only
+        problem = framing_problem(headers, event.http_version)
         if problem is not None:
             raise h11.RemoteProtocolError(problem)  # a 502 for the client, never the bytes
         # Parse the body bytes already received (no I/O) before the head goes out: a
@@ -323,9 +338,7 @@ class Replay:
         pending = connection.conn.next_event()
         channel.send_response(
             ResponseHead(
-                status=event.status_code,
-                reason=event.reason,
-                headers=tuple(end_to_end(event.headers)),
+                status=event.status_code, reason=event.reason, headers=tuple(end_to_end(headers))
             )
         )
         self.head_sent = True
