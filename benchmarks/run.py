@@ -19,7 +19,10 @@ that is checked byte for byte), and a private sshd with throwaway keys provides 
                    keep-alive: the best single-hop proxy;
 - ``ssh -N -R``    OpenSSH remote forwarding as people run it (Nagle-bound on loopback);
 - ``ssh -R best``  the same with ``-tt`` and a remote ``sleep``: TCP_NODELAY on;
-- ``pvtunnel``     ``pvtunnel serve`` + ``pvtunnel agent``, route ``app`` -> nginx.
+- ``pvtunnel``     ``pvtunnel serve`` + ``pvtunnel agent``, route ``app`` -> nginx, and
+                   route ``slow`` -> a slow upstream (``slow.py``): after the row's
+                   figures, 1,000 slow requests are held through that one agent while
+                   wrk measures the fast route's p99 (SPEC section 6).
 
 Per row: wrk with 64 connections / 2 threads and 1 connection / 1 thread (req/s, p50,
 p99), the median of several 100 MiB downloads and uploads (MB/s = 10**6 B/s), the
@@ -55,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Final
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
+import slow
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -247,6 +251,7 @@ class RowResult:
     processes: list[dict[str, Any]] = field(default_factory=list)
     exit_codes: dict[str, int | None] = field(default_factory=dict)
     other_load_cores: float | None = None
+    slow: slow.SlowResult | None = None  # 1,000 slow requests (pvtunnel only)
 
 
 @dataclass
@@ -255,6 +260,7 @@ class Target:
 
     port: int
     tunnel_pids: Callable[[], list[int]]
+    slow_upstream: slow.SlowUpstream | None = None  # the row's agent also routes `slow`
 
 
 # --------------------------------------------------------------------------- world
@@ -572,11 +578,18 @@ def row_ssh_best(world: World, row: RowResult) -> Iterator[Target]:
 def row_pvtunnel(world: World, row: RowResult) -> Iterator[Target]:
     codes: dict[str, int | None] = {}
     try:
-        with h.open_pvtunnel(
-            world.children, upstream_port=world.nginx_port, log_dir=world.logs, route=HOST_HEADER
-        ) as tunnel:
+        with (
+            slow.slow_upstream(world.children, world.logs) as slow_upstream,
+            h.open_pvtunnel(
+                world.children,
+                upstream_port=world.nginx_port,
+                log_dir=world.logs,
+                route=HOST_HEADER,
+                extra_agent_args=slow.agent_route_args(slow_upstream),
+            ) as tunnel,
+        ):
             codes = tunnel.exit_codes  # filled in when the block exits (SIGTERM)
-            yield Target(tunnel.external_port, lambda: tunnel.pids)
+            yield Target(tunnel.external_port, lambda: tunnel.pids, slow_upstream)
     finally:
         row.exit_codes.update(codes)
         for who in ("server", "agent"):
@@ -754,6 +767,37 @@ def run_suite(world: World, row: RowResult, target: Target) -> None:
     print(f"   upload: {row.upload.median_mb_s:,.0f} MB/s", file=sys.stderr)
 
 
+def measure_slow(world: World, target: Target, upstream: slow.SlowUpstream) -> slow.SlowResult:
+    """1,000 slow requests through the row's agent while wrk measures the fast route."""
+    seconds = slow.fast_seconds(world.settings.wrk_s)
+    print(
+        f"   {slow.SLOW_REQUESTS:,} slow requests + fast runs ({seconds} s each)", file=sys.stderr
+    )
+    pids = target.tunnel_pids()
+
+    def fast(run_s: int) -> WrkResult:
+        return run_wrk(
+            world,
+            target.port,
+            connections=slow.FAST_CONNECTIONS,
+            threads=slow.FAST_THREADS,
+            seconds=run_s,
+            pids=pids,
+        )
+
+    result = slow.measure_slow(
+        world.children,
+        world.logs,
+        upstream,
+        tunnel_port=target.port,
+        tunnel_pids=pids,
+        seconds=seconds,
+        fast=fast,
+    )
+    print(f"   slow: {result.summary()}", file=sys.stderr)
+    return result
+
+
 def sample_tunnel(row: RowResult, target: Target, others: h.ForeignLoad) -> None:
     """Peak RSS of the tunnel's processes (before they stop) and the other load."""
     pids = target.tunnel_pids()
@@ -781,6 +825,8 @@ def measure_row(world: World, name: str) -> RowResult:
                 run_suite(world, row, target)
             finally:  # also after a failure: the figures help to explain it
                 sample_tunnel(row, target, others)
+            if target.slow_upstream is not None:  # after the RSS sample: its own bar
+                row.slow = measure_slow(world, target, target.slow_upstream)
         row.ok = True
     except (h.BenchError, OSError, subprocess.SubprocessError) as exc:
         row.error = (
@@ -940,6 +986,17 @@ def judge_bars(rows: dict[str, RowResult]) -> list[Bar]:
     relative("100 MiB download", "down", plain, 1.0, PLAIN_SSH)
     relative("100 MiB upload", "up", plain, 1.0, PLAIN_SSH)
     absolute("peak RSS, server + agent", "rss", 80.0, "MiB")
+    slow_what = (
+        f"{slow.SLOW_REQUESTS:,} slow requests: fast p99 < 10 ms and < 2x alone; all complete"
+    )
+    slow_needed = (
+        f"p99 < {slow.P99_LIMIT_MS:g} ms and < {slow.P99_FACTOR:g} x alone; "
+        f"{slow.SLOW_REQUESTS:,}/{slow.SLOW_REQUESTS:,} complete"
+    )
+    if tunnel is None or tunnel.slow is None:
+        bars.append(Bar(slow_what, slow_needed, "not measured", False if attempted else None))
+    else:
+        bars.append(Bar(slow_what, slow_needed, tunnel.slow.summary(), tunnel.slow.passed()))
     return bars
 
 
@@ -998,6 +1055,18 @@ def render_tables(
         for name in rows:
             cells = [fmt(ratios[name][base_name][key], ".2f") for key, _ in RATIO_METRICS]
             out.append(f"| {name} | " + " | ".join(cells) + " |")
+    for name, row in rows.items():
+        if row.slow is not None:
+            s = row.slow
+            out.append(
+                f"\n{name}, {s.slow_requests:,} slow requests held through its one agent: "
+                f"fast route wrk -c{s.fast_connections} -t{s.fast_threads} {s.fast_seconds} s: "
+                f"p99 {fmt(s.fast_p99_alone_ms, '.3f')} ms alone "
+                f"({fmt(s.fast_rps_alone)} req/s), {fmt(s.fast_p99_under_load_ms, '.3f')} ms "
+                f"under load ({fmt(s.fast_rps_under_load)} req/s), ratio "
+                f"{fmt(s.p99_ratio, '.2f')}; slow completed {s.completed:,}/{s.slow_requests:,}"
+                + (f"; error: {one_line(s.error)}" if s.error else "")
+            )
     out.append("\nSPEC section 6 bars (pvtunnel)\n")
     out.append("| bar | needed | pvtunnel | result |")
     out.append("|---|---|---|---|")
