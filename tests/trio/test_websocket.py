@@ -192,7 +192,7 @@ async def test_a_rejected_upgrade_gives_the_client_the_status_and_body(
         pytest.param(
             b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
-            [426],
+            [400, 426],  # RFC 6455 section 4.4: "an appropriate HTTP error code"
             id="old-websocket-version",
         ),
         pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", [400], id="not-http"),

@@ -1,48 +1,55 @@
-"""The tunnel's WebSocket: wsproto driven straight from the task that needs it.
+"""The tunnel's WebSocket: the sans-I/O core of `websockets`, driven by the tunnel's tasks.
 
-trio-websocket runs a reader task per connection that hands each message over a
-memory channel, and sends under a lock; on the tunnel's hot path that was two
-extra task switches per message on each side, and whole messages were gathered
-before the multiplexer saw a byte. Here the tunnel's own reader feeds received
-payload to the multiplexer as it arrives (its decoder takes any split), and a
-send is one system call when the socket has room (`sockio.FastSocket`). The
-handshake is wsproto's too: an HTTP/1.1 upgrade parsed and answered by h11.
+trio-websocket ran a reader task per connection that handed each message over a
+memory channel and sent under a lock: two extra task switches per message on each
+side. wsproto, which it drives, masks in pure Python and copies each payload five
+times: framing 256 KiB from the agent (the masked direction, so every download)
+took 1.2 ms, capping downloads near 200 MB/s. The `websockets` protocol masks in
+C (``websockets.speedups``) and frames a 256 KiB message in ~65 us; here the
+tunnel's reader feeds it straight from the socket and hands payload to the
+multiplexer, and a send is one system call when the socket has room
+(`sockio.FastSocket`).
 
 Only binary messages are part of the tunnel; a text message is a protocol error.
-WebSocket pings are answered; the tunnel's own liveness check is its PING frame.
+WebSocket pings are answered (by the protocol); the tunnel's own liveness check is
+its PING frame. The protocol's logger never logs at debug level: the upgrade's
+headers carry the agent's token.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
+import logging
 from typing import Final, NoReturn
 
 import trio
-import wsproto
-import wsproto.utilities
-from wsproto.connection import ConnectionState
-from wsproto.events import (
-    AcceptConnection,
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Ping,
-    RejectConnection,
-    RejectData,
-    Request,
-    TextMessage,
-)
+from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidState
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import SEND_EOF, State
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
 
 from pvtunnel._errors import RemoteProtocolError
 from pvtunnel._trio.sockio import fast_io
 
 RECEIVE_SIZE: Final = 65536
 CLOSE_GRACE_S: Final = 2.0
-# An upgrade request or answer is a few hundred bytes; this bounds a hostile one
-# (h11 inside wsproto caps an incomplete head at 16 KiB on its own).
+# Largest message taken from a peer; the tunnel's own stay under 300 KiB. A frame is
+# buffered whole before it is parsed, so this also bounds memory per connection.
+MAX_MESSAGE_BYTES: Final = 1024 * 1024
+# An upgrade request or answer is a few hundred bytes; this bounds a hostile one.
 MAX_HANDSHAKE_BYTES: Final = 64 * 1024
 _BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
+_BAD_UPGRADE: Final = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 30\r\nConnection: close\r\n\r\nthis is no WebSocket upgrade.\n"
+)
+
+# Never at debug level: the protocol would log the upgrade's headers, token included.
+_protocol_logger = logging.getLogger("pvtunnel.websocket")
+_protocol_logger.setLevel(logging.WARNING)
 
 
 class WebSocketClosed(Exception):
@@ -75,17 +82,24 @@ class WebSocket:
     """
 
     def __init__(
-        self, stream: trio.abc.Stream, connection: wsproto.WSConnection, remote: str = ""
+        self,
+        stream: trio.abc.Stream,
+        protocol: ClientProtocol | ServerProtocol,
+        remote: str = "",
+        pending: list[object] | None = None,
     ) -> None:
         self.stream = stream
         self.remote = remote
         self._io = fast_io(stream)
-        self._ws = connection
+        self._protocol = protocol
         self._receiving = False
         self._broken = False
-        self._close_seen = trio.Event()
         self._writing = False
         self._write_done = trio.lowlevel.ParkingLot()
+        # Set once the peer's close arrived or the transport ended: nothing more to read.
+        self._close_seen = trio.Event()
+        # Frames parsed together with the upgrade, before this object existed.
+        self._pending = pending or []
         self.closed: WebSocketClosed | None = None
 
     async def receive_some(self) -> bytes:
@@ -96,13 +110,12 @@ class WebSocket:
         Raises:
             RemoteProtocolError: the peer broke the WebSocket protocol, or sent text.
         """
-        # After a close we sent, data may still come until the peer's close does.
         if self._close_seen.is_set():
             return b""
         self._receiving = True
         try:
             while True:
-                payload = await self._drain_events()
+                payload = await self._take_events()
                 if payload or self._close_seen.is_set():
                     return payload
                 try:
@@ -112,7 +125,7 @@ class WebSocket:
                 if not data:
                     self._lost("the connection closed without a WebSocket close")
                     return b""
-                self._ws.receive_data(bytes(data))
+                self._protocol.receive_data(data)
         finally:
             self._receiving = False
 
@@ -124,7 +137,11 @@ class WebSocket:
         """
         if self.closed is not None:
             raise self.closed
-        await self._write(BytesMessage(data=data))
+        try:
+            self._protocol.send_binary(data)
+        except InvalidState:
+            raise WebSocketClosed("the WebSocket is closing") from None
+        await self._flush()
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close: say why, wait a moment for the peer's close, then drop the transport.
@@ -132,11 +149,14 @@ class WebSocket:
         Not shielded: cancelled, it drops the transport at once, where a shielded close
         would wait out the grace period for a peer that is itself shutting down.
         """
+        protocol = self._protocol
         try:
             with trio.move_on_after(CLOSE_GRACE_S):
                 if self.closed is None and not self._broken:
                     self.closed = WebSocketClosed(reason or "closed here", code)
-                    await self._write(CloseConnection(code=code, reason=reason))
+                    if protocol.state is State.OPEN:
+                        protocol.send_close(code, _short(reason))
+                        await self._flush()
                     if self._receiving:
                         # The tunnel's reader sees the peer's close and tells us.
                         await self._close_seen.wait()
@@ -151,7 +171,7 @@ class WebSocket:
 
     async def _await_close(self) -> None:
         while not self._close_seen.is_set():
-            await self._drain_events()
+            await self._take_events()
             if self._close_seen.is_set():
                 return
             try:
@@ -160,77 +180,81 @@ class WebSocket:
                 return
             if not data:
                 return
-            self._ws.receive_data(bytes(data))
+            self._protocol.receive_data(data)
 
-    async def _drain_events(self) -> bytes:
+    async def _take_events(self) -> bytes:
+        """Payload of the frames received so far; answers pings and closes on the way."""
+        protocol = self._protocol
         chunks: list[bytes] = []
-        try:
-            for event in self._ws.events():
-                await self._handle(event, chunks)
-        except wsproto.utilities.RemoteProtocolError as exc:
-            await self._fail_protocol(f"WebSocket protocol error: {exc}", 1002)
+        text = False
+        events: list[object] = list(protocol.events_received())
+        if self._pending:
+            events[:0], self._pending = self._pending, []
+        for event in events:
+            if not isinstance(event, Frame):
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                chunks.append(bytes(event.data))
+            elif opcode is Opcode.TEXT:
+                text = True
+        if text:
+            await self._fail_protocol("text WebSocket message on the tunnel", 1003)
+        if protocol.parser_exc is not None and not isinstance(protocol.parser_exc, EOFError):
+            # The protocol already queued a close saying why; it goes out first.
+            await self._fail_protocol(f"WebSocket protocol error: {protocol.parser_exc}", 1002)
+        if protocol.close_rcvd is not None and not self._close_seen.is_set():
+            close = protocol.close_rcvd
+            if self.closed is None:
+                self.closed = WebSocketClosed(close.reason or "closed by the peer", close.code)
+            self._close_seen.set()
+        if protocol.writes:  # pongs, the answer to a close
+            # The peer may have left right after its close: nothing more to say then.
+            with contextlib.suppress(WebSocketClosed):
+                await self._flush()
         if len(chunks) == 1:
             return chunks[0]
         return b"".join(chunks)
 
-    async def _handle(self, event: Event, chunks: list[bytes]) -> None:
-        match event:
-            case BytesMessage():
-                chunks.append(bytes(event.data))
-            case TextMessage():
-                await self._fail_protocol("text WebSocket message on the tunnel", 1003)
-            case Ping() if self._ws.state is ConnectionState.OPEN:
-                await self._write(event.response())
-            case CloseConnection() if self._ws.state is ConnectionState.OPEN:
-                # Still open: no close came from the peer, wsproto found a bad frame.
-                await self._fail_protocol(f"WebSocket protocol error: {event.reason}", event.code)
-            case CloseConnection():
-                if self.closed is None:
-                    self.closed = WebSocketClosed(event.reason or "closed by the peer", event.code)
-                    # Answer the close (the peer waits for it), unless we began it.
-                    if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                        with contextlib.suppress(WebSocketClosed):
-                            await self._write(event.response())
-                self._close_seen.set()
-            case _:
-                pass  # pongs (we send no WebSocket pings), pings once closing
-
     async def _fail_protocol(self, reason: str, code: int) -> NoReturn:
         """Tell the peer why (a close with ``code``), then raise `RemoteProtocolError`."""
+        protocol = self._protocol
         if self.closed is None:
             self.closed = WebSocketClosed(reason, code)
-            if self._ws.state is ConnectionState.OPEN and not self._broken:
-                # A close reason has room for 123 bytes.
-                short = reason.encode()[:120].decode(errors="ignore")
-                with contextlib.suppress(WebSocketClosed):
-                    await self._write(CloseConnection(code=code, reason=short))
+        if protocol.state is State.OPEN:
+            protocol.fail(code, _short(reason))
+        if not self._broken:
+            with contextlib.suppress(WebSocketClosed):
+                await self._flush()
         self._close_seen.set()
         raise RemoteProtocolError(reason)
 
-    async def _write(self, event: Event) -> None:
-        """Serialise and send one event; one writer at a time, so frames never interleave.
+    async def _flush(self) -> None:
+        """Send what the protocol has queued; one writer at a time, so frames never interleave.
 
-        The event is serialised only once it is this task's turn, so nothing queued
-        behind a close goes out after it.
+        Frames are serialised when queued, in call order, and leave in that order:
+        whoever writes takes everything queued so far.
         """
         while self._writing:
             await self._write_done.park()
+        writes = self._protocol.data_to_send()
+        if not writes:
+            return
         if self._broken:
             raise WebSocketClosed("the connection is broken")
         self._writing = True
         try:
-            try:
-                data = self._ws.send(event)
-            except wsproto.utilities.LocalProtocolError:
-                raise self.closed or WebSocketClosed("the WebSocket is closing") from None
-            await self._io.send_all(data)
+            for data in writes:
+                if data is SEND_EOF or not data:
+                    await _send_eof(self.stream)
+                else:
+                    await self._io.send_all(data)
         except _BROKEN:
             self._lost("the connection broke while sending")
             raise self.closed or WebSocketClosed("the connection broke") from None
-        except BaseException as exc:
-            if not isinstance(exc, WebSocketClosed):
-                # Cancelled mid-message: what is on the wire is no longer framed.
-                self._broken = True
+        except BaseException:
+            # Cancelled mid-message: what is on the wire is no longer framed.
+            self._broken = True
             raise
         finally:
             self._writing = False
@@ -245,39 +269,39 @@ class WebSocket:
 
 
 class UpgradeRequest:
-    """An upgrade the server has read and not yet answered."""
+    """An upgrade the server has read and found valid, not yet answered."""
 
     def __init__(
-        self, stream: trio.abc.Stream, connection: wsproto.WSConnection, request: Request
+        self,
+        stream: trio.abc.Stream,
+        protocol: ServerProtocol,
+        request: Request,
+        accepted: Response,
+        pending: list[object],
     ) -> None:
         self.stream = stream
-        self._connection = connection
-        self.path = request.target
+        self._protocol = protocol
+        self._accepted = accepted
+        self._pending = pending
+        self.path = request.path
         self.headers: list[tuple[bytes, bytes]] = [
-            (bytes(name).lower(), bytes(value)) for name, value in request.extra_headers
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in request.headers.raw_items()
         ]
 
     async def accept(self, remote: str = "") -> WebSocket:
-        data = self._connection.send(AcceptConnection())
-        await fast_io(self.stream).send_all(data)
-        return WebSocket(self.stream, self._connection, remote)
+        protocol = self._protocol
+        protocol.send_response(self._accepted)
+        for data in protocol.data_to_send():
+            await fast_io(self.stream).send_all(data)
+        return WebSocket(self.stream, protocol, remote, self._pending)
 
     async def reject(self, status: int, body: bytes) -> None:
         """Answer with an HTTP error and close the transport."""
-        connection = self._connection
+        protocol = self._protocol
         try:
-            data = connection.send(
-                RejectConnection(
-                    status_code=status,
-                    headers=[
-                        (b"content-type", b"text/plain; charset=utf-8"),
-                        (b"content-length", b"%d" % len(body)),
-                    ],
-                    has_body=True,
-                )
-            )
-            data += connection.send(RejectData(data=body))
-            await fast_io(self.stream).send_all(data)
+            protocol.send_response(protocol.reject(status, body.decode()))
+            await _write_all(self.stream, protocol.data_to_send())
         except _BROKEN:
             pass
         finally:
@@ -286,36 +310,42 @@ class UpgradeRequest:
 
 async def read_upgrade(stream: trio.abc.Stream) -> UpgradeRequest | None:
     """Read an agent's upgrade request; None if it was no usable upgrade (answered, closed)."""
-    connection = wsproto.WSConnection(wsproto.ConnectionType.SERVER)
+    protocol = ServerProtocol(max_size=MAX_MESSAGE_BYTES, logger=_protocol_logger)
     io = fast_io(stream)
     received = 0
     try:
         while True:
-            for event in connection.events():
-                if isinstance(event, Request):
-                    return UpgradeRequest(stream, connection, event)
+            events = protocol.events_received()
+            if events:
+                request = events[0]
+                assert isinstance(request, Request)
+                response = protocol.accept(request)
+                if response.status_code == 101:
+                    return UpgradeRequest(stream, protocol, request, response, list(events[1:]))
+                protocol.send_response(response)  # 400, 426...: not a usable upgrade
+                await _write_all(stream, protocol.data_to_send())
+                break
+            if protocol.handshake_exc is not None:  # not HTTP, or too large
+                writes = protocol.data_to_send()
+                if not any(writes):  # the protocol gave up without an answer: ours
+                    writes = [_BAD_UPGRADE]
+                await _write_all(stream, writes)
+                break
             if received > MAX_HANDSHAKE_BYTES:
-                raise wsproto.utilities.RemoteProtocolError(
-                    "upgrade request too large", event_hint=RejectConnection(status_code=431)
-                )
+                await _write_all(stream, [_BAD_UPGRADE])
+                break
             try:
                 data = await io.receive_some(RECEIVE_SIZE)
             except _BROKEN:
                 data = b""
             if not data:
-                await trio.aclose_forcefully(stream)
-                return None
+                break
             received += len(data)
-            connection.receive_data(bytes(data))
-    except wsproto.utilities.RemoteProtocolError as exc:
-        hint = exc.event_hint
-        if isinstance(hint, RejectConnection):
-            try:
-                await io.send_all(connection.send(hint))
-            except (*_BROKEN, wsproto.utilities.LocalProtocolError):
-                pass
-        await trio.aclose_forcefully(stream)
-        return None
+            protocol.receive_data(data)
+    except _BROKEN:
+        pass
+    await trio.aclose_forcefully(stream)
+    return None
 
 
 async def connect(
@@ -326,46 +356,72 @@ async def connect(
 ) -> WebSocket:
     """The client's upgrade over an open transport.
 
+    ``host`` is the Host header (with a port when not the default).
+
     Raises:
         ConnectionRejected: the server answered with an HTTP status (401, 503...).
         HandshakeError: the answer was not HTTP or never came whole.
     """
-    connection = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    protocol = ClientProtocol(
+        parse_uri("ws://pvtunnel" + resource),
+        max_size=MAX_MESSAGE_BYTES,
+        logger=_protocol_logger,
+    )
+    request = protocol.connect()
+    del request.headers["Host"]
+    request.headers["Host"] = host
+    for name, value in extra_headers:
+        request.headers[name.decode("latin-1")] = value.decode("latin-1")
+    protocol.send_request(request)
     io = fast_io(stream)
     try:
-        await io.send_all(
-            connection.send(Request(host=host, target=resource, extra_headers=extra_headers))
-        )
+        await _write_all(stream, protocol.data_to_send())
     except _BROKEN as exc:
         raise HandshakeError("the connection closed during the upgrade") from exc
-    rejected: int | None = None
-    body: collections.deque[bytes] = collections.deque()
     received = 0
-    try:
-        while True:
-            for event in connection.events():
-                if isinstance(event, AcceptConnection):
-                    return WebSocket(stream, connection, host)
-                if isinstance(event, RejectConnection):
-                    rejected = event.status_code
-                    if not event.has_body:
-                        raise ConnectionRejected(rejected, b"")
-                elif isinstance(event, RejectData):
-                    body.append(event.data)
-                    if event.body_finished:
-                        assert rejected is not None
-                        raise ConnectionRejected(rejected, b"".join(body))
-            if received > MAX_HANDSHAKE_BYTES:
-                raise HandshakeError("the upgrade answer is too large")
-            try:
-                data = await io.receive_some(RECEIVE_SIZE)
-            except _BROKEN:
-                data = b""
-            if not data:
-                if rejected is not None:
-                    raise ConnectionRejected(rejected, b"".join(body))
-                raise HandshakeError("the connection closed during the upgrade")
-            received += len(data)
-            connection.receive_data(bytes(data))
-    except wsproto.utilities.RemoteProtocolError as exc:
-        raise HandshakeError(f"bad upgrade answer: {exc}") from None
+    while True:
+        events = protocol.events_received()
+        for index, event in enumerate(events):
+            if isinstance(event, Response):
+                if event.status_code != 101:
+                    raise ConnectionRejected(event.status_code, bytes(event.body))
+                if protocol.handshake_exc is not None:
+                    raise HandshakeError(f"bad upgrade answer: {protocol.handshake_exc}")
+                # Frames that came in the same read as the answer are the tunnel's.
+                return WebSocket(stream, protocol, host, list(events[index + 1 :]))
+        if protocol.handshake_exc is not None:
+            raise HandshakeError(f"bad upgrade answer: {protocol.handshake_exc}")
+        if received > MAX_HANDSHAKE_BYTES:
+            raise HandshakeError("the upgrade answer is too large")
+        try:
+            data = await io.receive_some(RECEIVE_SIZE)
+        except _BROKEN:
+            data = b""
+        if not data:
+            protocol.receive_eof()
+            for event in protocol.events_received():  # an answer ended by the close
+                if isinstance(event, Response) and event.status_code != 101:
+                    raise ConnectionRejected(event.status_code, bytes(event.body))
+            raise HandshakeError("the connection closed during the upgrade")
+        received += len(data)
+        protocol.receive_data(data)
+
+
+async def _write_all(stream: trio.abc.Stream, writes: list[bytes]) -> None:
+    io = fast_io(stream)
+    for data in writes:
+        if data is SEND_EOF or not data:
+            await _send_eof(stream)
+        else:
+            await io.send_all(data)
+
+
+async def _send_eof(stream: trio.abc.Stream) -> None:
+    # The protocol's end of stream; a TLS stream cannot half-close, and need not.
+    if isinstance(stream, trio.abc.HalfCloseableStream):
+        await stream.send_eof()
+
+
+def _short(reason: str) -> str:
+    """A close reason has room for 123 bytes."""
+    return reason.encode()[:120].decode(errors="ignore")
