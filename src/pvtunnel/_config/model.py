@@ -153,7 +153,7 @@ class LimitsConfig:
         default=10000, validator=Rule(rules.integer(1, rules.MAX_INT32))
     )
     stream_window_bytes: int = attrs.field(
-        default=524288, validator=Rule(rules.integer(16384, rules.MAX_INT32))
+        default=2097152, validator=Rule(rules.integer(16384, rules.MAX_INT32))
     )
     # At most this many unconsumed body bytes per agent connection, whatever the
     # stream count (protocol.md section 7).
@@ -346,7 +346,7 @@ class AgentConfig:
     admin: AdminConfig | None = None
     max_streams: int = attrs.field(default=4096, validator=Rule(rules.integer(1, rules.MAX_INT32)))
     stream_window_bytes: int = attrs.field(
-        default=524288, validator=Rule(rules.integer(16384, rules.MAX_INT32))
+        default=2097152, validator=Rule(rules.integer(16384, rules.MAX_INT32))
     )
     # At most this many unconsumed body bytes per agent connection, whatever the
     # stream count (protocol.md section 7).

@@ -46,7 +46,7 @@ from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import HEADER, MAX_FRAME_PAYLOAD, FrameType, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
-DEFAULT_WINDOW: Final = 512 * 1024
+DEFAULT_WINDOW: Final = 2 * 1024 * 1024
 DEFAULT_CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 DEFAULT_MAX_STREAMS: Final = 4096
 
