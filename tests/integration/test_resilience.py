@@ -284,3 +284,28 @@ async def fetch_and_check(port: int, body: bytes) -> None:
     reply = await fetch(port, b"POST", b"/echo", body=body)
     assert reply.status == 200
     assert reply.body == body
+
+
+async def test_a_request_pipelined_while_waiting_is_not_taken_for_a_hang_up() -> None:
+    """The hang-up check peeks at a waiting client: data there is a next request, not EOF."""
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery)
+            state = running.server.state
+            stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+            await stream.send_all(b"GET /hold HTTP/1.1\r\nHost: app\r\n\r\n")
+            await upstream.hold_started.wait()
+            await stream.send_all(b"GET /next HTTP/1.1\r\nHost: app\r\n\r\n")
+            # A whole round of checks after the pipelined bytes: the client is settled.
+            while state.awaiting:
+                await state.hangups_checked.park()
+            upstream.release.set()
+            answer = bytearray()
+            while answer.count(b"HTTP/1.1 200 ") < 2:
+                chunk = await stream.receive_some(65536)
+                assert chunk, bytes(answer)
+                answer += chunk
+            assert [r.target for r in upstream.requests] == [b"/hold", b"/next"]
+            assert upstream.hangups == 0
+            await stream.aclose()
+            nursery.cancel_scope.cancel()

@@ -513,6 +513,7 @@ async def watch_hangups(state: ServerState) -> None:
             settled = awaiting.get(client) is channel and await client.check_hangup(channel)
             if settled and awaiting.get(client) is channel:
                 del awaiting[client]
+        state.hangups_checked.unpark_all()
 
 
 def _head_size(request: h11.Request) -> int:

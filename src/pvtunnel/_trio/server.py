@@ -86,6 +86,8 @@ class ServerState:
         # Clients waiting for the response to a bodiless request, for `watch_hangups`.
         self.awaiting: dict[ClientConnection, Channel] = {}
         self.awaiting_started = trio.lowlevel.ParkingLot()
+        # Unparked after each round of checks (tests wait on it instead of the clock).
+        self.hangups_checked = trio.lowlevel.ParkingLot()
 
     def add_session(self, session: AgentSession) -> None:
         self.sessions.add(session)
