@@ -161,6 +161,19 @@ def test_request_and_response_with_bodies_both_ways() -> None:
     assert pair.server.stream_count == 0
 
 
+def test_queued_pieces_counts_frames_until_they_are_taken() -> None:
+    """The cheap batch size the Trio layer flushes on: a DATA frame is two pieces."""
+    pair = opened_pair()
+    assert pair.server.queued_pieces == 0
+    stream_id = pair.server.open_stream(GET, end_stream=False)
+    assert pair.server.queued_pieces == 1
+    pair.server.send_data(stream_id, b"body")
+    pair.server.end_stream(stream_id)
+    assert pair.server.queued_pieces == 4
+    pair.server.data_to_send()
+    assert pair.server.queued_pieces == 0
+
+
 def test_stream_ids_increase_from_one() -> None:
     pair = opened_pair()
     assert [pair.open() for _ in range(3)] == [1, 2, 3]
