@@ -26,6 +26,7 @@ from pvtunnel._errors import RemoteProtocolError
 from pvtunnel._trio.websocket import (
     CLOSE_GRACE_S,
     MAX_HANDSHAKE_BYTES,
+    MAX_MESSAGE_BYTES,
     ConnectionRejected,
     UpgradeRequest,
     WebSocket,
@@ -160,6 +161,18 @@ async def test_a_large_message_arrives_intact() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server.send, payload[::-1])
         assert await receive_exactly(client, MiB) == payload[::-1]
+
+
+async def test_a_message_over_the_limit_is_refused_with_1009() -> None:
+    """A frame is buffered whole before it is parsed: the limit bounds that memory."""
+    client, server, _ = await open_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.send, b"x" * (MAX_MESSAGE_BYTES + 1))
+        with trio.fail_after(LIMIT_S), pytest.raises(RemoteProtocolError):
+            await receive_exactly(server, 1)
+    assert await client.receive_some() == b""
+    assert client.closed is not None
+    assert client.closed.code == 1009
 
 
 @pytest.mark.parametrize(
