@@ -1,10 +1,11 @@
 """One agent connection on either end: a WebSocket, a Multiplexer, and its streams.
 
-Thin by design: one reader task feeds WebSocket messages to the multiplexer and
+Thin by design: one reader task feeds WebSocket payload to the multiplexer and
 hands each event to its stream; one writer task drains the multiplexer into
-WebSocket messages. Everything that queues frames (any stream's task) only wakes
-the writer, so frames queued during one scheduling pass share one message, and
-writes are never concurrent.
+WebSocket messages. Whatever queues frames (any stream's task) wakes the writer,
+so frames queued during one scheduling pass share one message; once a bounded
+batch has built up, the task that queued it sends it itself (`flush_if_batched`).
+One sender at a time keeps the frames in queue order.
 
 A stream's inbox cannot grow without bound: the peer may only send what the
 stream's credit window allows, and all inboxes together what the connection window
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Messages around 64-256 KiB move fastest through wsproto (PERF-NOTES.md).
+# Messages of up to 256 KiB: large enough to carry a 2 MiB window in a few, small
+# enough that the peer (which parses a frame only once it is whole) starts early.
 MAX_MESSAGE_BYTES: Final = 256 * 1024
 # Once this many frame pieces are queued, the task that queued the last one sends
 # them at once instead of leaving them for the writer's next turn: the peer starts
