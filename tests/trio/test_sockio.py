@@ -6,13 +6,14 @@ directions, EOF as ``b""``, waiting when the kernel says so, Trio's exceptions r
 than raw `OSError`, cancellation checked before any byte moves, and a yield now and
 then so a busy connection cannot starve the other tasks. Every test runs on real
 sockets (a socket pair, or loopback TCP where TCP itself matters), and synchronises
-through Trio, never through sleeping.
+through Trio, never through sleeping. `FastSocket` reads and writes file
+descriptors, so these tests are for POSIX systems, where `fast_io` uses it (as are
+the CLI tests, which stop processes with SIGTERM and SIGINT).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import struct
 from contextlib import asynccontextmanager
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
 LIMIT_S = 10
 Kind = Literal["socketpair", "tcp"]
 KINDS: tuple[Kind, ...] = ("socketpair", "tcp")
-
-pytestmark = pytest.mark.skipif(os.name != "posix", reason="FastSocket needs file descriptors")
 
 
 @asynccontextmanager
