@@ -43,6 +43,8 @@ import _harness as h
 import h11
 import trio
 
+from pvtunnel._trio.demo import read_request, send_response
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
@@ -103,31 +105,6 @@ class HoldState:
         }
 
 
-async def _read_request(stream: trio.SocketStream, conn: h11.Connection) -> h11.Request | None:
-    """The next complete request (its body is read and dropped), or None at EOF."""
-    request: h11.Request | None = None
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(65536))
-        elif isinstance(event, h11.Request):
-            request = event
-        elif isinstance(event, h11.EndOfMessage):
-            return request
-        elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-            return None
-        # h11.Data: a request body, not needed
-
-
-async def _send_response(
-    stream: trio.SocketStream, conn: h11.Connection, status: int, body: bytes
-) -> None:
-    headers = [("content-type", "text/plain"), ("content-length", str(len(body)))]
-    data = conn.send(h11.Response(status_code=status, headers=headers))
-    data += conn.send(h11.Data(data=body)) + conn.send(h11.EndOfMessage())
-    await stream.send_all(data)
-
-
 async def _hold(state: HoldState, target: bytes) -> bytes:
     state.held += 1
     state.peak_held = max(state.peak_held, state.held)
@@ -147,9 +124,10 @@ async def _serve_connection(stream: trio.SocketStream, *, state: HoldState) -> N
     try:
         async with stream:
             while True:
-                request = await _read_request(stream, conn)
-                if request is None:
+                received = await read_request(stream, conn)
+                if received is None:
                     return
+                request, _ = received
                 held = False
                 if request.target == CONTROL + b"stats":
                     status, body = 200, json.dumps(state.stats()).encode()
@@ -161,7 +139,13 @@ async def _serve_connection(stream: trio.SocketStream, *, state: HoldState) -> N
                 else:
                     status, body, held = 200, await _hold(state, request.target), True
                 try:
-                    await _send_response(stream, conn, status, body)
+                    await send_response(
+                        stream,
+                        conn,
+                        body,
+                        status=status,
+                        headers=[(b"content-type", b"text/plain")],
+                    )
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     state.send_failed += held
                     return

@@ -31,6 +31,8 @@ from typing import Final
 import h11
 import trio
 
+from pvtunnel._trio.demo import read_request, send_response
+
 TOKEN: Final = "soak-token-0123456789abcdef"
 SMALL: Final = bytes(range(256)) * 4
 MEDIUM: Final = random.Random(3).randbytes(256 * 1024)
@@ -51,43 +53,18 @@ def rss_kib(pid: int, key: str = "VmRSS") -> int:
 async def upstream_connection(stream: trio.SocketStream) -> None:
     conn = h11.Connection(h11.SERVER)
     try:
-        while True:
-            body = bytearray()
-            request: h11.Request | None = None
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(await stream.receive_some(65536))
-                elif isinstance(event, h11.Request):
-                    request = event
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:
-                    return
-            assert request is not None
+        while (received := await read_request(stream, conn)) is not None:
+            request, body = received
             if request.target == b"/medium":
                 payload = MEDIUM
             elif request.target == b"/echo":
-                payload = bytes(body)
+                payload = body
             elif request.target.startswith(b"/slow"):
                 await trio.sleep(random.uniform(0.2, 1.0))
                 payload = SMALL
             else:
                 payload = SMALL
-            await stream.send_all(
-                (
-                    conn.send(
-                        h11.Response(
-                            status_code=200, headers=[(b"content-length", b"%d" % len(payload))]
-                        )
-                    )
-                    or b""
-                )
-                + (conn.send(h11.Data(data=payload)) or b"")
-                + (conn.send(h11.EndOfMessage()) or b"")
-            )
+            await send_response(stream, conn, payload)
             conn.start_next_cycle()
     except (h11.ProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
         return

@@ -24,6 +24,8 @@ import attrs
 import h11
 import trio
 
+from pvtunnel._trio.demo import read_request
+
 PATTERN: Final = bytes(range(256)) * 256
 
 
@@ -65,44 +67,24 @@ class RecordingUpstream:
         async def send(*events: h11.Event) -> None:
             await stream.send_all(b"".join(conn.send(e) or b"" for e in events))
 
-        request: h11.Request | None = None
         try:
-            while True:
-                request = None
-                body = bytearray()
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        if conn.they_are_waiting_for_100_continue:
-                            await send(h11.InformationalResponse(status_code=100, headers=[]))
-                        conn.receive_data(await stream.receive_some(65536))
-                        continue
-                    if isinstance(event, h11.ConnectionClosed) and request is not None:
-                        self._hang_up()  # closed in the middle of a request body
-                        return
-                    if isinstance(event, h11.Request):
-                        request = event
-                    elif isinstance(event, h11.Data):
-                        body += event.data
-                    elif isinstance(event, h11.EndOfMessage):
-                        break
-                    else:
-                        return
-                assert request is not None
+            while (received := await read_request(stream, conn)) is not None:
+                request, body = received
                 self.requests.append(
                     Recorded(
                         method=request.method,
                         target=request.target,
                         headers=tuple(request.headers),
-                        body=bytes(body),
+                        body=body,
                     )
                 )
-                await self._answer(request, bytes(body), send, stream)
+                await self._answer(request, body, send, stream)
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
                     return
                 conn.start_next_cycle()
         except h11.RemoteProtocolError:
-            if conn.their_state is h11.ERROR and request is not None:
+            # A request head came (we owe it an answer) and its sender left mid-body.
+            if conn.their_state is h11.ERROR and conn.our_state is h11.SEND_RESPONSE:
                 self._hang_up()
             return
         except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
