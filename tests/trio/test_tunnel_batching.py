@@ -23,6 +23,7 @@ GET = RequestHead(route="app", method=b"GET", target=b"/", headers=())
 class RecordingWebSocket:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.sending = False  # never busy: its sends complete at once
 
     async def send(self, message: bytes) -> None:
         self.sent.append(message)

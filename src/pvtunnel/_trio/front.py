@@ -75,6 +75,8 @@ class ClientConnection:
         # The current request's route and request body bytes forwarded, for its log line.
         self.route: str | None = None
         self.request_bytes = 0
+        # Whether the current request has a body (a refusal then closes the connection).
+        self.has_body = False
         # h11 caps only incomplete heads; a whole head that arrived at once is checked here.
         self.max_head_bytes = state.config.limits.max_request_head_bytes
 
@@ -174,10 +176,10 @@ class ClientConnection:
         extra: tuple[tuple[bytes, bytes], ...] = (),
         route: str | None = None,
     ) -> bool:
-        """Answer without proxying; keep the connection if the request body is small."""
+        """Answer without proxying; keep the connection only if the request has no body."""
         # Reading an unread body to keep the connection is not worth it: close instead.
-        has_body = hdr.is_chunked(request.headers) or (hdr.content_length(request.headers) or 0)
-        await self._send_error(status, detail, close=bool(has_body), extra=extra)
+        has_body = self.has_body
+        await self._send_error(status, detail, close=has_body, extra=extra)
         self.state.log_request(request, self.address, status, 0, None, route=route)
         return not has_body
 
@@ -187,7 +189,7 @@ class ClientConnection:
         config = state.config
         self.route, self.request_bytes = None, 0
         chunked = hdr.is_chunked(headers)
-        has_body = chunked or bool(hdr.content_length(headers))
+        has_body = self.has_body = chunked or bool(hdr.content_length(headers))
         if not has_body:
             # h11 still owes us the EndOfMessage of a bodiless request; it needs no I/O.
             end = self.conn.next_event()

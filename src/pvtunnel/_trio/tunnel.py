@@ -259,9 +259,6 @@ class Tunnel:
         # Channels parked in `Channel.send_data` for credit: connection credit wakes them.
         self._credit_waiters: set[Channel] = set()
         self._write_lot = trio.lowlevel.ParkingLot()
-        # One sender at a time, in queue order: the writer or an early flush.
-        self._sending = False
-        self._send_done = trio.lowlevel.ParkingLot()
         # Frames that came in the same read as the handshake's answer, for `run`.
         self._early: list[ev.Event] = []
         self._finished_lot = trio.lowlevel.ParkingLot()
@@ -342,7 +339,7 @@ class Tunnel:
 
     async def flush_if_batched(self) -> None:
         """Send now if a bounded batch has built up; otherwise the writer sends later."""
-        if self.mux.queued_pieces < EARLY_FLUSH_PIECES or self._sending:
+        if self.mux.queued_pieces < EARLY_FLUSH_PIECES or self.ws.sending:
             return
         try:
             await self._send_queued()
@@ -354,19 +351,15 @@ class Tunnel:
         await self._send_queued()
 
     async def _send_queued(self) -> None:
-        """Send what the multiplexer holds, one sender at a time so messages keep its order."""
-        while self._sending:
-            await self._send_done.park()
+        """Send what the multiplexer holds as one message.
+
+        Nothing yields between taking the frames and handing them to the WebSocket,
+        which sends what it is handed in that order, one writer at a time: so
+        messages keep the multiplexer's order whoever sends them.
+        """
         mux = self.mux
-        if not mux.has_data_to_send:
-            return
-        self._sending = True
-        try:
+        if mux.has_data_to_send:
             await self.ws.send(mux.data_to_send(MAX_MESSAGE_BYTES))
-        finally:
-            self._sending = False
-            if self._send_done:
-                self._send_done.unpark_all()
 
     async def receive_handshake(self) -> ev.Event:
         """The first event from the peer (HELLO or its answer); later ones wait for `run`.

@@ -27,7 +27,7 @@ from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import SEND_EOF, State
+from websockets.protocol import SEND_EOF, Event, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
@@ -86,7 +86,7 @@ class WebSocket:
         stream: trio.abc.Stream,
         protocol: ClientProtocol | ServerProtocol,
         remote: str = "",
-        pending: list[object] | None = None,
+        pending: list[Event] | None = None,
     ) -> None:
         self.stream = stream
         self.remote = remote
@@ -101,6 +101,11 @@ class WebSocket:
         # Frames parsed together with the upgrade, before this object existed.
         self._pending = pending or []
         self.closed: WebSocketClosed | None = None
+
+    @property
+    def sending(self) -> bool:
+        """Whether a write is under way (a caller may leave its frames to that writer)."""
+        return self._writing
 
     async def receive_some(self) -> bytes:
         """Binary payload bytes as they arrive, across message boundaries; b"" once closed.
@@ -130,7 +135,10 @@ class WebSocket:
             self._receiving = False
 
     async def send(self, data: bytes) -> None:
-        """Send one binary message.
+        """Send one binary message, after whatever earlier calls handed over.
+
+        The message is framed before anything yields, so messages leave in the order
+        of the calls even when a write under way makes this one wait.
 
         Raises:
             WebSocketClosed: the WebSocket is closed or the transport broke.
@@ -187,9 +195,9 @@ class WebSocket:
         protocol = self._protocol
         chunks: list[bytes] = []
         text = False
-        events: list[object] = list(protocol.events_received())
+        events = protocol.events_received()
         if self._pending:
-            events[:0], self._pending = self._pending, []
+            events, self._pending = self._pending + events, []
         for event in events:
             if not isinstance(event, Frame):
                 continue
@@ -277,7 +285,7 @@ class UpgradeRequest:
         protocol: ServerProtocol,
         request: Request,
         accepted: Response,
-        pending: list[object],
+        pending: list[Event],
     ) -> None:
         self.stream = stream
         self._protocol = protocol
