@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Final
+from typing import IO, TYPE_CHECKING, Final, NoReturn
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -39,6 +39,21 @@ IO_BLOCK: Final = MIB
 
 class BenchError(Exception):
     """A step of the benchmark failed; the message says which and why."""
+
+
+def run_main(main: Callable[[], int]) -> NoReturn:
+    """Exit with ``main()``'s code; a `BenchError` or Ctrl-C becomes a one-line message.
+
+    Whatever the script started is stopped by then: children live in context managers.
+    """
+    try:
+        sys.exit(main())
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: all children stopped", file=sys.stderr)
+        sys.exit(130)
 
 
 # --------------------------------------------------------------------------- signals
