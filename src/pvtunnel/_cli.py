@@ -35,6 +35,7 @@ from pvtunnel._config import (
     write_init_files,
 )
 from pvtunnel._errors import ConfigError, HandshakeRefusedError
+from pvtunnel._heap import tune_heap
 from pvtunnel._logs import configure_logging
 from pvtunnel._status import (
     DEFAULT_ADMIN_URL,
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 logger = logging.getLogger("pvtunnel.cli")
+
+# Commands that stream bodies for hours: they get the heap settings of `_heap`.
+_LONG_RUNNING = frozenset({"serve", "agent", "demo"})
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -125,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = _parser().parse_args(argv)
+    if args.command in _LONG_RUNNING:
+        tune_heap()
     command: Callable[[argparse.Namespace], int] = {
         "serve": _serve,
         "agent": _agent,
