@@ -94,6 +94,10 @@ _LENGTHS: Final = {
     FrameType.PONG: (8, 8),
     FrameType.GOAWAY: (5, 5 + MAX_REASON_LENGTH),
 }
+# The above per type byte, for the decoder: plain int keys hash in C, where
+# IntEnum members hash through Python code (enum.Enum.__hash__).
+_RULES: Final = {int(t): (t, *_LENGTHS[t], _ALLOWED_FLAGS[t], _STREAM_IDS[t]) for t in FrameType}
+_INFORMATIONAL: Final = int(Flag.INFORMATIONAL)
 
 
 @attrs.frozen(kw_only=True)
@@ -323,16 +327,15 @@ def _decode_all(view: bytes | bytearray) -> tuple[list[Frame], int]:
     unpack_header = HEADER.unpack_from
     while end - offset >= HEADER_SIZE:
         raw_type, flags, stream_id, length = unpack_header(view, offset)
-        try:
-            frame_type = FrameType(raw_type)
-        except ValueError:
-            raise _fail(f"unknown frame type 0x{raw_type:02x}") from None
-        low, high = _LENGTHS[frame_type]
+        rules = _RULES.get(raw_type)
+        if rules is None:
+            raise _fail(f"unknown frame type 0x{raw_type:02x}")
+        frame_type, low, high, allowed_flags, on_stream = rules
         if not low <= length <= high:
             raise _fail(f"{frame_type.name} frame with a payload of {length} bytes")
-        if flags & ~_ALLOWED_FLAGS[frame_type]:
+        if flags & ~allowed_flags:
             raise _fail(f"{frame_type.name} frame with reserved flags 0x{flags:02x}")
-        if not _STREAM_IDS[frame_type][stream_id != 0]:
+        if not on_stream[stream_id != 0]:
             raise _fail(f"{frame_type.name} frame on stream {stream_id}")
         start = offset + HEADER_SIZE
         if end - start < length:
@@ -353,7 +356,7 @@ def _decode_payload(
             return Head(
                 stream_id=stream_id,
                 fields=decode_fields(payload),
-                is_informational=bool(flags & Flag.INFORMATIONAL),
+                is_informational=bool(flags & _INFORMATIONAL),
             )
         case FrameType.END:
             return End(stream_id=stream_id)

@@ -51,7 +51,14 @@ DEFAULT_CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 DEFAULT_MAX_STREAMS: Final = 4096
 
 
-class Role(enum.Enum):
+class _StateEnum(enum.Enum):
+    """Members hash by identity, in C: Enum's own ``__hash__`` is Python code, and
+    the state tables below look members up for every frame sent or received."""
+
+    __hash__ = object.__hash__
+
+
+class Role(_StateEnum):
     SERVER = "server"
     AGENT = "agent"
 
@@ -60,7 +67,7 @@ class StreamClosedError(PvTunnelError):
     """The stream is gone (reset, or finished): a race, not a protocol violation."""
 
 
-class ConnectionState(enum.Enum):
+class ConnectionState(_StateEnum):
     START = "start"  # agent before its HELLO
     AWAIT_HELLO = "await-hello"  # server before the agent's HELLO
     HELLO_SENT = "hello-sent"
@@ -69,7 +76,7 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"
 
 
-class _Input(enum.Enum):
+class _Input(_StateEnum):
     SEND_HELLO = "send-hello"
     RECEIVE_HELLO = "receive-hello"
     SEND_ACCEPT = "send-accept"
@@ -88,13 +95,13 @@ _CONNECTION_TRANSITIONS: Final = {
 }
 
 
-class Half(enum.Enum):
+class Half(_StateEnum):
     IDLE = "idle"
     OPEN = "open"
     CLOSED = "closed"
 
 
-class Move(enum.Enum):
+class Move(_StateEnum):
     HEAD = "head"
     INFORMATIONAL_HEAD = "informational-head"
     DATA = "data"
