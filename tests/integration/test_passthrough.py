@@ -9,6 +9,7 @@ import socket
 
 import h11
 import trio
+import trio.testing
 import trio_websocket
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
@@ -184,6 +185,35 @@ async def test_connect_pipes_fifty_mib_both_ways_to_the_routes_own_target() -> N
             assert echo.connections == 1
             await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_connect_pipe_outlives_upstream_response_s(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The response deadline ends with the 200; the pipe itself has none.
+
+    The clock moves only when the test jumps it: past the deadline, short of a
+    heartbeat.
+    """
+    config = server_config(timeouts={"upstream_response_s": 1.0})
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, config)
+        echo = TcpEcho()
+        echo_port = await nursery.start(echo.serve)
+        await start_agent(nursery, running, {"db": echo_port})
+        stream, head = await open_connect(running, b"db:1")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        mock_clock.jump(3)
+        await trio.testing.wait_all_tasks_blocked()
+        await stream.send_all(b"still there?")
+        echoed = b""
+        while len(echoed) < 12:
+            chunk = await stream.receive_some(65536)
+            assert chunk, echoed  # closed: the deadline outlived the 200
+            echoed += chunk
+        assert echoed == b"still there?"
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
 
 
 async def test_connect_access_control_and_upstream_failure() -> None:

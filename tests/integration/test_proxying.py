@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import h11
 import trio
+import trio.testing
 
 from tests.integration.client import Client, fetch, raw_exchange
 from tests.integration.harness import (
@@ -277,6 +278,42 @@ async def test_upstream_too_slow_is_504() -> None:
             assert reply.status == 504
             assert b"took too long" in reply.body
             nursery.cancel_scope.cancel()
+
+
+async def test_upstream_response_s_bounds_the_head_not_the_body(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A body may take longer than upstream_response_s once its head is here.
+
+    The clock stands still unless the test moves it, so the only time that
+    passes is the jump, which lies past the deadline but short of a heartbeat.
+    """
+    config = server_config(timeouts={"upstream_response_s": 1.0})
+    async with trio.open_nursery() as nursery:
+        running, upstream = await start_tunnel(nursery, config)
+        stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+        await stream.send_all(b"GET /trickle HTTP/1.1\r\nHost: app\r\n\r\n")
+        received = b""
+        while not received.endswith(b"first"):
+            chunk = await stream.receive_some(65536)
+            assert chunk, received
+            received += chunk
+        mock_clock.jump(3)
+        await trio.testing.wait_all_tasks_blocked()
+        upstream.release.set()
+        while not received.endswith(b"-rest"):
+            chunk = await stream.receive_some(65536)
+            assert chunk, received  # cut off: the deadline outlived the head
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200 ")
+        # Still a keep-alive connection, whose next request gets a deadline again.
+        await stream.send_all(b"GET /never HTTP/1.1\r\nHost: app\r\n\r\n")
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(3)
+        answer = await stream.receive_some(65536)
+        assert answer.startswith(b"HTTP/1.1 504 "), answer
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
 
 
 async def test_server_at_its_stream_limit_answers_503() -> None:

@@ -161,6 +161,17 @@ class RecordingUpstream:
             self.holding += 1
             self.hold_started.set()
             await self.release.wait()
+        if path == b"/trickle":
+            # The head and part of the body at once; the rest once released.
+            await send(
+                h11.Response(status_code=200, headers=[(b"content-length", b"10")]),
+                h11.Data(data=b"first"),
+            )
+            self.holding += 1
+            self.hold_started.set()
+            await self.release.wait()
+            await send(h11.Data(data=b"-rest"), h11.EndOfMessage())
+            return
         if path == b"/never":
             await trio.sleep_forever()
         if path == b"/close":

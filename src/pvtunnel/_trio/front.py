@@ -77,6 +77,8 @@ class ClientConnection:
         self.request_bytes = 0
         # Whether the current request has a body (a refusal then closes the connection).
         self.has_body = False
+        # When the current request's head was read (trio clock), for its log line.
+        self.started = 0.0
         # h11 caps only incomplete heads; a whole head that arrived at once is checked here.
         self.max_head_bytes = state.config.limits.max_request_head_bytes
 
@@ -125,8 +127,10 @@ class ClientConnection:
                     await self._send_error(400, problem, close=True)
                     self.state.log_request(event, self.address, 400, 0, None)
                     return
-                self.scope.deadline = math.inf
-                self.phase = Phase.PROXYING
+                # From here the upstream has `upstream_response_s` to answer.
+                self.started = trio.current_time()
+                self.scope.deadline = self.started + timeouts.upstream_response_s
+                self.phase = Phase.RESPONSE
                 if not await self._proxy(event, headers):
                     return
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -321,12 +325,12 @@ class ClientConnection:
         switch: hdr.Switch | None = None,
     ) -> bool:
         """Stream -> client. False when the client connection must be closed."""
-        started = trio.current_time()
-        self.phase = Phase.RESPONSE
-        self.scope.deadline = started + self.state.config.timeouts.upstream_response_s
+        started = self.started
         try:
             head = await self._receive_final_head(channel)
-            self.scope.deadline = math.inf
+            # The deadline is lifted only before a wait (a cancel scope's deadline
+            # costs a heap entry each time it moves): a response that arrived whole
+            # is written under it.
             self.phase = Phase.PROXYING
         except StreamResetError as exc:
             if isinstance(self.client_error, _ClientGone):
@@ -347,6 +351,7 @@ class ClientConnection:
             return True
         if switch is not None:
             if switch.accepts(head.status):
+                self.scope.deadline = math.inf
                 await self._switch(channel, request, agent, started, head, switch)
                 return False
             channel.end()  # refused: the client sends nothing more on this request
@@ -363,9 +368,12 @@ class ClientConnection:
             # Write what has arrived in one send; wait (flushed) only when nothing has.
             # Credit goes back once bytes are handed to the socket, so what we hold
             # stays within the stream window plus one flush.
+            limited = True
             while True:
                 item = channel.receive_nowait()
                 if item is None:
+                    if limited:
+                        self.scope.deadline, limited = math.inf, False
                     await http.flush()
                     item = await channel.receive()
                 if item is END:
@@ -374,6 +382,8 @@ class ClientConnection:
                     break
                 assert isinstance(item, bytes)
                 if http.queue(h11.Data(data=item)) >= FLUSH_BYTES:
+                    if limited:
+                        self.scope.deadline, limited = math.inf, False
                     await http.flush()
                 sent += len(item)
                 channel.consume(len(item))
