@@ -405,3 +405,46 @@ async def test_a_second_sender_is_refused_while_the_first_waits() -> None:
                 received += len(chunk)
     await local.aclose()
     await peer.aclose()
+
+
+# 9. try_send: what the kernel takes now, never a wait
+
+
+async def test_try_send_writes_what_fits_and_never_waits() -> None:
+    big = bytes(range(256)) * (16 * 1024)  # 4 MiB: far more than the socket buffers
+    async with stream_pair("socketpair") as (local, peer):
+        fast = FastSocket(local)
+        assert fast.try_send(b"small") == 5
+        assert await receive_exactly(peer, 5) == b"small"
+        taken = fast.try_send(big)
+        assert 0 < taken < len(big)  # a part, at once
+        assert fast.try_send(big[taken:]) == 0  # full: nothing, and no waiting
+        with trio.fail_after(LIMIT_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fast.send_all, big[taken:])
+                assert await receive_exactly(peer, len(big)) == big
+
+
+async def test_try_send_is_refused_while_a_send_all_waits() -> None:
+    big = b"x" * (4 * 1024 * 1024)
+    async with stream_pair("socketpair") as (local, peer):
+        fast = FastSocket(local)
+        with trio.fail_after(LIMIT_S):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fast.send_all, big)
+                await trio.testing.wait_all_tasks_blocked()
+                with pytest.raises(trio.BusyResourceError):
+                    fast.try_send(b"spliced?")
+                assert await receive_exactly(peer, len(big)) == big
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_try_send_on_a_shut_or_closed_socket_raises(kind: Kind) -> None:
+    async with stream_pair(kind) as (local, _peer):
+        fast = FastSocket(local)
+        local.socket.shutdown(socket.SHUT_WR)
+        with pytest.raises(trio.BrokenResourceError):
+            fast.try_send(b"after shutdown")
+        await local.aclose()
+        with pytest.raises(trio.ClosedResourceError):
+            fast.try_send(b"after close")

