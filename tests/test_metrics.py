@@ -12,6 +12,7 @@ from pvtunnel._metrics import (
     NO_ROUTE,
     AgentMetrics,
     Histogram,
+    ServerLinkFigures,
     ServerMetrics,
     render_agent,
     render_server,
@@ -187,3 +188,31 @@ def test_recording_a_request_allocates_nothing_that_stays() -> None:
     )
     assert grown < 1024, grown
     assert set(metrics.routes) == {"app", NO_ROUTE}
+
+
+def test_agent_page_has_a_series_per_server_link() -> None:
+    text = render_agent(
+        AgentMetrics(),
+        connected=True,
+        reconnects=3,
+        active_streams=0,
+        idle_connections={"app": 0},
+        servers=[
+            ServerLinkFigures(url="wss://a.example.com", connected=True, reconnects=0),
+            ServerLinkFigures(url="wss://b.example.com", connected=False, reconnects=3),
+        ],
+    )
+    scrape = Scrape(text)
+    assert scrape.types["pvtunnel_agent_server_connected"] == "gauge"
+    assert scrape.types["pvtunnel_agent_server_reconnects"] == "counter"
+    assert scrape.series("pvtunnel_agent_server_connected") == {
+        (("server", "wss://a.example.com"),): 1,
+        (("server", "wss://b.example.com"),): 0,
+    }
+    assert scrape.series("pvtunnel_agent_server_reconnects_total") == {
+        (("server", "wss://a.example.com"),): 0,
+        (("server", "wss://b.example.com"),): 3,
+    }
+    # The unlabelled figures keep their meaning: any server, and all servers together.
+    assert scrape.value("pvtunnel_agent_connected") == 1
+    assert scrape.value("pvtunnel_agent_reconnects_total") == 3

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pvtunnel._status import (
+    AgentServerEntry,
     AgentStatusDocument,
     ServerStatusDocument,
     _duration,
@@ -125,3 +126,60 @@ def test_admin_urls() -> None:
     assert admin_url("127.0.0.1:8082") == "http://127.0.0.1:8082/status"
     assert admin_url("http://[::1]:8082/") == "http://[::1]:8082/status"
     assert admin_url("https://admin.example.com") == "https://admin.example.com/status"
+
+
+def server_entry(url: str, **changes: object) -> AgentServerEntry:
+    entry = AgentServerEntry(
+        url=url,
+        connected=True,
+        connected_since="2025-03-02T09:14:05Z",
+        connected_for_s=65.2,
+        reconnects=0,
+        in_flight=1,
+        refused=None,
+    )
+    entry.update(changes)  # type: ignore[typeddict-item]
+    return entry
+
+
+def test_an_agent_with_several_servers_shows_a_row_for_each() -> None:
+    servers = [
+        server_entry("wss://a.example.com"),
+        server_entry(
+            "wss://b.example.com",
+            connected=False,
+            connected_since=None,
+            connected_for_s=None,
+            reconnects=1,
+            in_flight=0,
+        ),
+        server_entry(
+            "wss://c.example.com",
+            connected=False,
+            connected_since=None,
+            connected_for_s=None,
+            in_flight=0,
+            refused="the server at wss://c.example.com refused this agent's token (HTTP 401)",
+        ),
+    ]
+    document = agent_document(
+        server="wss://a.example.com, wss://b.example.com, wss://c.example.com", servers=servers
+    )
+    lines = format_status(document, "x").splitlines()
+    assert lines[:7] == [
+        "pvtunnel agent k8s-agent-7f9c at x: ready, connected to 1 of 3 servers, "
+        "1 reconnect, 2 streams in flight",
+        "",
+        "SERVER               STATE       CONNECTED SINCE       FOR    RECONNECTS  IN FLIGHT",
+        "wss://a.example.com  connected   2025-03-02T09:14:05Z  1m05s           0          1",
+        "wss://b.example.com  connecting  -                     -               1          0",
+        "wss://c.example.com  refused     -                     -               0          0",
+        "",
+    ]
+    assert lines[7].startswith("ROUTE  TARGET")
+
+
+def test_one_server_needs_no_server_table() -> None:
+    """With one server the summary line says it all, as before the list existed."""
+    one = agent_document(servers=[server_entry("wss://agents.example.com")])
+    assert format_status(one, "x") == format_status(agent_document(), "x")

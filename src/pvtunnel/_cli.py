@@ -83,7 +83,14 @@ def _parser() -> argparse.ArgumentParser:
 
     agent = commands.add_parser("agent", parents=[common], help="run an agent")
     agent.add_argument("--config", type=Path, help="agent.toml")
-    agent.add_argument("--server", help="ws://host:port, wss://host:port or host:port")
+    agent.add_argument(
+        "--server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="ws://host:port, wss://host:port or host:port (repeatable: the agent "
+        "holds one connection to each server)",
+    )
     agent.add_argument("--client-id", help="this agent's name in the server's logs")
     agent.add_argument(
         "--admin-port", type=int, help="serve /metrics, /status, /live, /ready here (0: any)"
@@ -200,7 +207,7 @@ def _agent(args: argparse.Namespace) -> int:
     config = load_agent_config(args.config, environ=os.environ)
     config = with_agent_overrides(
         config,
-        server_url=args.server,
+        server_urls=args.server,
         client_id=args.client_id,
         routes=args.route,
         admin_port=args.admin_port,

@@ -19,8 +19,10 @@ import bisect
 import math
 from typing import TYPE_CHECKING, Final
 
+import attrs
+
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -159,6 +161,15 @@ class AgentMetrics:
         errors[route] = errors.get(route, 0) + 1
 
 
+@attrs.frozen(kw_only=True)
+class ServerLinkFigures:
+    """One of the agent's server connections, as a scrape sees it."""
+
+    url: str
+    connected: bool
+    reconnects: int
+
+
 def render_server(metrics: ServerMetrics, *, active_streams: int, connected_agents: int) -> str:
     """The server's /metrics page.
 
@@ -229,28 +240,43 @@ def render_agent(
     reconnects: int,
     active_streams: int,
     idle_connections: Mapping[str, int],
+    servers: Sequence[ServerLinkFigures] = (),
 ) -> str:
     """The agent's /metrics page.
 
     Args:
         metrics: The counters.
-        connected: Whether the agent is registered with its server right now.
-        reconnects: Connection attempts after the first.
+        connected: Whether the agent is registered with at least one server now.
+        reconnects: Connection attempts after the first, summed over all servers.
         active_streams: Requests being replayed right now.
         idle_connections: Pooled keep-alive upstream connections per route; its
             keys are the configured routes, so every route gets its series.
+        servers: Each configured server URL's link, for the per-server series
+            (a ``server`` label holds only URLs from the agent's own config).
 
     Returns:
         Prometheus text exposition format 0.0.4 (serve it as `CONTENT_TYPE`).
     """
     out = _Exposition()
     routes = sorted(idle_connections)
-    out.family("pvtunnel_agent_connected", "gauge", "1 while registered with the server.")
+    out.family("pvtunnel_agent_connected", "gauge", "1 while registered with at least one server.")
     out.sample("pvtunnel_agent_connected", int(connected))
     out.family(
-        "pvtunnel_agent_reconnects_total", "counter", "Connection attempts after the first one."
+        "pvtunnel_agent_reconnects_total",
+        "counter",
+        "Connection attempts after the first one, all servers together.",
     )
     out.sample("pvtunnel_agent_reconnects_total", reconnects)
+    out.family("pvtunnel_agent_server_connected", "gauge", "1 while registered with this server.")
+    for server in servers:
+        out.sample("pvtunnel_agent_server_connected", int(server.connected), server=server.url)
+    out.family(
+        "pvtunnel_agent_server_reconnects_total",
+        "counter",
+        "Connection attempts to this server after the first one.",
+    )
+    for server in servers:
+        out.sample("pvtunnel_agent_server_reconnects_total", server.reconnects, server=server.url)
     out.family("pvtunnel_agent_active_streams", "gauge", "Requests being replayed right now.")
     out.sample("pvtunnel_agent_active_streams", active_streams)
     out.family("pvtunnel_agent_streams_total", "counter", "Requests received to replay, by route.")

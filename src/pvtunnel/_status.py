@@ -13,7 +13,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from typing import TYPE_CHECKING, Final, Literal, TypedDict, cast
+from typing import TYPE_CHECKING, Final, Literal, NotRequired, TypedDict, cast
 
 from pvtunnel._errors import PvTunnelError
 
@@ -56,7 +56,30 @@ class AgentRouteEntry(TypedDict):
     connect_errors: int
 
 
+class AgentServerEntry(TypedDict):
+    """One server URL the agent holds a connection to (SPEC section 7)."""
+
+    url: str
+    connected: bool
+    connected_since: str | None
+    connected_for_s: float | None
+    reconnects: int
+    in_flight: int
+    # Why the server turned the agent away for good (token, hello, certificate); None
+    # while the link is connected or still retrying.
+    refused: str | None
+
+
 class AgentStatusDocument(TypedDict):
+    """An agent's ``/status``; the top-level figures cover all its server links.
+
+    ``server`` is the configured URL, or the URLs joined by ", " when there are
+    several; ``connected`` means registered with at least one; ``connected_since``
+    is the oldest registration still standing; ``reconnects`` and ``in_flight``
+    are sums. ``servers`` has one entry per URL; documents from agents older than
+    it lack the key, so readers use ``.get``.
+    """
+
     kind: Literal["agent"]
     client_id: str
     server: str
@@ -68,6 +91,7 @@ class AgentStatusDocument(TypedDict):
     reconnects: int
     in_flight: int
     routes: list[AgentRouteEntry]
+    servers: NotRequired[list[AgentServerEntry]]
 
 
 StatusDocument = ServerStatusDocument | AgentStatusDocument
@@ -181,7 +205,11 @@ def _format_server(document: ServerStatusDocument, source: str) -> str:
 
 def _format_agent(document: AgentStatusDocument, source: str) -> str:
     state = _state(ready=document["ready"], draining=document["draining"])
-    if document["connected"]:
+    servers = document.get("servers", [])
+    if len(servers) > 1:
+        up = sum(server["connected"] for server in servers)
+        link = f"connected to {up} of {len(servers)} servers"
+    elif document["connected"]:
         since = document["connected_since"] or "?"
         for_s = document["connected_for_s"]
         link = f"connected to {document['server']} since {since}"
@@ -195,6 +223,9 @@ def _format_agent(document: AgentStatusDocument, source: str) -> str:
         f"{_count(document['in_flight'], 'stream')} in flight",
         "",
     ]
+    if len(servers) > 1:
+        lines += _servers_table(servers)
+        lines.append("")
     lines += _table(
         ("ROUTE", "TARGET", "STREAMS", "IDLE CONNECTIONS", "CONNECT ERRORS"),
         [
@@ -210,6 +241,32 @@ def _format_agent(document: AgentStatusDocument, source: str) -> str:
         numeric={2, 3, 4},
     )
     return "\n".join(lines)
+
+
+def _servers_table(servers: Sequence[AgentServerEntry]) -> list[str]:
+    """One row per server link; shown only with several, since one fits the summary line."""
+    rows = []
+    for server in servers:
+        if server["connected"]:
+            link = "connected"
+        else:
+            link = "connecting" if server["refused"] is None else "refused"
+        for_s = server["connected_for_s"]
+        rows.append(
+            (
+                server["url"],
+                link,
+                server["connected_since"] or "-",
+                "-" if for_s is None else _duration(for_s),
+                str(server["reconnects"]),
+                str(server["in_flight"]),
+            )
+        )
+    return _table(
+        ("SERVER", "STATE", "CONNECTED SINCE", "FOR", "RECONNECTS", "IN FLIGHT"),
+        rows,
+        numeric={4, 5},
+    )
 
 
 def _state(*, ready: bool, draining: bool) -> str:

@@ -169,3 +169,24 @@ def test_a_server_url_with_credentials_is_not_echoed() -> None:
     with pytest.raises(ConfigError) as caught:
         with_agent_overrides(FILE_AGENT, server_url="ws://user:hunter2@proxy:8081")
     assert "hunter2" not in str(caught.value)
+
+
+def test_server_flag_given_several_times_sets_one_url_per_server() -> None:
+    changed = with_agent_overrides(
+        FILE_AGENT, server_urls=["proxy-a:8081", "wss://proxy-b.example.com"]
+    )
+    assert changed.server.urls == ("ws://proxy-a:8081", "wss://proxy-b.example.com")
+    assert changed.server.token == Secret("t")
+    # --server replaces the file's list whole, even when given once.
+    assert with_agent_overrides(FILE_AGENT, server_urls=["ws://c:3"]).server.urls == ("ws://c:3",)
+
+
+def test_bad_or_repeated_server_flags_are_all_reported() -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_agent_overrides(
+            FILE_AGENT, server_urls=["ws://a:1", "http://proxy", "a:1", "ws://b:2"]
+        )
+    assert caught.value.problems == [
+        '--server: expected a ws:// or wss:// URL, got "http://proxy"',
+        '--server: server URL "ws://a:1" given twice',
+    ]

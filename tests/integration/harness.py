@@ -109,3 +109,21 @@ async def start_tunnel(
     upstream, port = await start_upstream(nursery, "svc")
     await start_agent(nursery, running, {route: port})
     return running, upstream
+
+
+async def start_server_in_scope(
+    nursery: trio.Nursery, config: ServerConfig
+) -> tuple[Running, trio.CancelScope]:
+    """A server a test can stop alone (and start again on the same ports)."""
+    server = TunnelServer(config)
+    scopes: list[trio.CancelScope] = []
+
+    async def run(
+        *, task_status: trio.TaskStatus[ServerAddresses] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        with trio.CancelScope() as scope:
+            scopes.append(scope)
+            await server.serve(task_status=task_status)
+
+    addresses: ServerAddresses = await nursery.start(run)
+    return Running(server=server, addresses=addresses), scopes[0]

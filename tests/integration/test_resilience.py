@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING
 
 import attrs
 import h11
@@ -18,13 +17,11 @@ from tests.integration.harness import (
     server_config,
     start_agent,
     start_server,
+    start_server_in_scope,
     start_tunnel,
     start_upstream,
 )
 from tests.integration.relay import Relay
-
-if TYPE_CHECKING:
-    from pvtunnel._trio.server import ServerAddresses
 
 FAST_HEARTBEAT = {"heartbeat_s": 0.1, "heartbeat_timeout_s": 0.5}
 
@@ -102,27 +99,6 @@ async def test_agent_survives_server_restarts() -> None:
                 assert (await fetch(external_port, b"GET", b"/x")).status == 200
                 scope.cancel()
             nursery.cancel_scope.cancel()
-
-
-async def start_server_in_scope(
-    nursery: trio.Nursery, config: object
-) -> tuple[Running, trio.CancelScope]:
-    from pvtunnel._config import ServerConfig
-    from pvtunnel._trio.server import TunnelServer
-
-    assert isinstance(config, ServerConfig)
-    server = TunnelServer(config)
-    scopes: list[trio.CancelScope] = []
-
-    async def run(
-        *, task_status: trio.TaskStatus[ServerAddresses] = trio.TASK_STATUS_IGNORED
-    ) -> None:
-        with trio.CancelScope() as scope:
-            scopes.append(scope)
-            await server.serve(task_status=task_status)
-
-    addresses: ServerAddresses = await nursery.start(run)
-    return Running(server=server, addresses=addresses), scopes[0]
 
 
 async def test_reconnecting_client_id_replaces_its_stale_session() -> None:

@@ -157,12 +157,16 @@ def with_agent_overrides(
     client_id: str | None = None,
     routes: Sequence[str] = (),
     admin_port: int | None = None,
+    server_urls: Sequence[str] = (),
 ) -> AgentConfig:
     """Apply ``pvtunnel agent`` flags; None or empty leaves the file's value.
 
     Args:
         config: The loaded configuration.
-        server_url: ``--server``: replaces every URL from the file.
+        server_url: One ``--server``: replaces every URL from the file.
+        server_urls: Each ``--server`` given (it is repeatable): together, after
+            ``server_url``, they replace every URL from the file, and the agent
+            holds one connection to each (SPEC section 7).
         client_id: ``--client-id``.
         routes: ``--route NAME=HOST:PORT`` values. A flag route replaces the file's
             route of the same name (in place); new names are appended.
@@ -176,8 +180,17 @@ def with_agent_overrides(
         ConfigError: One line per bad flag, including a name given twice.
     """
     problems: list[str] = []
-    if server_url is not None:
-        _flag("--server", server_url, rules.server_url, problems)
+    flag_urls: list[str] = []
+    for flag in (*(() if server_url is None else (server_url,)), *server_urls):
+        try:
+            url = rules.server_url(flag)
+        except InvalidValue as exc:
+            problems.extend(f"--server: {message}" for _, message in exc.entries)
+            continue
+        if url in flag_urls:
+            problems.append(f"--server: server URL {rules.show(url)} given twice")
+        else:
+            flag_urls.append(url)
     if client_id is not None:
         _flag("--client-id", client_id, rules.client_id, problems)
     if admin_port is not None:
@@ -195,8 +208,8 @@ def with_agent_overrides(
     if problems:
         raise ConfigError(problems)
     server = config.server
-    if server_url is not None:
-        server = attrs.evolve(server, urls=(rules.server_url(server_url),))
+    if flag_urls:
+        server = attrs.evolve(server, urls=tuple(flag_urls))
     return attrs.evolve(
         config,
         client_id=config.client_id if client_id is None else client_id,

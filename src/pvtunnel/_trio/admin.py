@@ -13,15 +13,16 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypedDict
 
 import h11
 import trio
 
 from pvtunnel._http.admin import AdminResponse, AdminSource, respond
-from pvtunnel._metrics import render_agent, render_server
+from pvtunnel._metrics import ServerLinkFigures, render_agent, render_server
 from pvtunnel._status import (
     AgentRouteEntry,
+    AgentServerEntry,
     AgentStatusDocument,
     ServerAgentEntry,
     ServerRouteEntry,
@@ -165,6 +166,7 @@ class AgentAdmin:
         self._agent = agent
 
     def is_ready(self) -> bool:
+        # One registered link is enough: each server only routes to agents it holds.
         return self._agent.connected and not self._agent.draining
 
     def metrics_text(self) -> str:
@@ -175,13 +177,19 @@ class AgentAdmin:
             reconnects=agent.reconnects,
             active_streams=agent.in_flight,
             idle_connections={name: agent.pool.idle_count(name) for name in agent.routes},
+            servers=[
+                ServerLinkFigures(
+                    url=link.url, connected=link.connected, reconnects=link.reconnects
+                )
+                for link in agent.links
+            ],
         )
 
     def status(self) -> AgentStatusDocument:
         agent = self._agent
         metrics = agent.metrics
         # The agent keeps trio's clock (tests may run it on a fake one); wall time here.
-        connected_for_s = trio.current_time() - agent.connected_at if agent.connected else None
+        now, wall_now = trio.current_time(), time.time()
         routes = [
             AgentRouteEntry(
                 name=name,
@@ -192,22 +200,46 @@ class AgentAdmin:
             )
             for name, route in sorted(agent.routes.items())
         ]
+        servers = [
+            AgentServerEntry(
+                url=link.url,
+                connected=link.connected,
+                **_since(now - link.connected_at if link.connected else None, wall_now),
+                reconnects=link.reconnects,
+                in_flight=link.in_flight,
+                refused=None if link.refusal is None else str(link.refusal),
+            )
+            for link in agent.links
+        ]
         return AgentStatusDocument(
             kind="agent",
             client_id=agent.config.client_id,
-            server=agent.config.server.urls[0],
+            server=", ".join(link.url for link in agent.links),
             ready=self.is_ready(),
             connected=agent.connected,
             draining=agent.draining,
-            connected_since=None
-            if connected_for_s is None
-            else iso_utc(time.time() - connected_for_s),
-            connected_for_s=None if connected_for_s is None else round(connected_for_s, 3),
+            **_since(now - agent.connected_at if agent.connected else None, wall_now),
             reconnects=agent.reconnects,
             in_flight=agent.in_flight,
             routes=routes,
+            servers=servers,
         )
 
 
 def _target(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class _Since(TypedDict):
+    connected_since: str | None
+    connected_for_s: float | None
+
+
+def _since(connected_for_s: float | None, wall_now: float) -> _Since:
+    """Both fields from one reading of each clock, so every entry agrees on "now"."""
+    if connected_for_s is None:
+        return _Since(connected_since=None, connected_for_s=None)
+    return _Since(
+        connected_since=iso_utc(wall_now - connected_for_s),
+        connected_for_s=round(connected_for_s, 3),
+    )

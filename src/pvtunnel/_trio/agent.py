@@ -1,16 +1,24 @@
-"""`pvtunnel agent`: dial out to the server, announce routes, replay what it sends.
+"""`pvtunnel agent`: dial out to the servers, announce routes, replay what they send.
+
+The agent holds one connection to each configured server URL at once (SPEC
+section 7, like cloudflared's HA connections): servers behind a load balancer
+share no state, so every one of them must hear from every agent. Each URL is a
+`ServerLink` with its own reconnect loop and backoff; the upstream pool, the
+routes and the metrics are shared.
 
 Failures split in two (SPEC section 5): a refused token (HTTP 401 at the upgrade)
-or a REJECT of the hello is final and raises `HandshakeRefusedError`; anything
-the network does (refused, reset, a server restart) is retried with capped,
-jittered exponential backoff, forever.
+or a REJECT of the hello is final for that server and ends its link;
+anything the network does (refused, reset, a server restart) is retried with
+capped, jittered exponential backoff, forever. The agent raises
+`HandshakeRefusedError` only once every link has ended that way: while one
+server still takes it, the agent has work to do.
 
 A server certificate that does not verify is configuration, not the network (a
-missing ``ca_file``, a wrong host name): before the agent has ever registered it
-is final (`ServerCertificateError`), so a mistake shows at once instead of as a
-retry loop. Once registered, the server has proven itself with a good
-certificate, so a later failure (a botched renewal) is logged as an error and
-retried, and agents come back by themselves when the certificate is fixed.
+missing ``ca_file``, a wrong host name): before a link has ever registered it is
+final for that link (`ServerCertificateError`), so a mistake shows at once
+instead of as a retry loop. Once registered, the server has proven itself with a
+good certificate, so a later failure (a botched renewal) is logged as an error
+and retried, and agents come back by themselves when the certificate is fixed.
 """
 
 from __future__ import annotations
@@ -62,7 +70,11 @@ class ServerCertificateError(HandshakeRefusedError):
 
 @attrs.frozen(kw_only=True)
 class AgentStatus:
-    """What a started agent registered: the server and the routes it now serves."""
+    """What a started agent registered: the server and the routes it now serves.
+
+    ``server_url`` is the server that accepted the agent first; with several URLs
+    the others register on their own (see `TunnelAgent.links`).
+    """
 
     server_url: str
     routes: tuple[str, ...]
@@ -70,11 +82,56 @@ class AgentStatus:
     admin: tuple[str, int] | None = None
 
 
+@attrs.define(eq=False)
+class ServerLink:
+    """The agent's connection to one server URL, as ``/status`` and `drain` read it.
+
+    Live state, rewritten by the link's own reconnect loop: the tunnel while
+    registered, and why the link ended if a refusal ended it for good.
+    """
+
+    url: str
+    tunnel: Tunnel | None = None
+    # trio.current_time() at the latest registration; /status turns it into wall time.
+    connected_at: float = 0.0
+    reconnects: int = 0
+    # A server that once showed a good certificate gets retried after a bad one.
+    has_registered: bool = False
+    refusal: HandshakeRefusedError | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self.tunnel is not None
+
+    @property
+    def in_flight(self) -> int:
+        return self.tunnel.in_flight if self.tunnel is not None else 0
+
+
+class _Startup:
+    """Tells `serve`'s caller about the first registration, or that none can come."""
+
+    def __init__(self, links: int) -> None:
+        self.status: AgentStatus | None = None
+        self.settled = trio.Event()
+        self._links_left = links
+
+    def registered(self, status: AgentStatus) -> None:
+        if self.status is None:
+            self.status = status
+            self.settled.set()
+
+    def link_ended(self) -> None:
+        self._links_left -= 1
+        if self._links_left == 0:
+            self.settled.set()
+
+
 class TunnelAgent:
     """The agent side of pvtunnel, embeddable in any Trio program.
 
     Args:
-        config: a finished `AgentConfig` with a server URL, a token and routes.
+        config: a finished `AgentConfig` with server URLs, a token and routes.
     """
 
     def __init__(self, config: AgentConfig) -> None:
@@ -85,101 +142,162 @@ class TunnelAgent:
         self.routes: dict[str, Route] = {route.name: route for route in config.routes}
         self.metrics = AgentMetrics()
         self.pool = UpstreamPool(config, self.metrics)
-        self.connected = False
-        # trio.current_time() at registration; /status turns it into wall-clock time.
-        self.connected_at = 0.0
+        self.links: tuple[ServerLink, ...] = tuple(ServerLink(url) for url in config.server.urls)
         self.draining = False
         self.admin_address: tuple[str, int] | None = None
-        self.reconnects = 0
-        self._tunnel: Tunnel | None = None
-        self._started = False
+        self._links_changed = trio.lowlevel.ParkingLot()
+
+    @property
+    def connected(self) -> bool:
+        """Registered with at least one server: the agent can take requests."""
+        return any(link.connected for link in self.links)
+
+    @property
+    def connected_at(self) -> float:
+        """When the longest-standing registered link registered (trio's clock); 0 if none."""
+        return min((link.connected_at for link in self.links if link.connected), default=0.0)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(link.reconnects for link in self.links)
 
     @property
     def in_flight(self) -> int:
-        return self._tunnel.in_flight if self._tunnel is not None else 0
+        return sum(link.in_flight for link in self.links)
+
+    async def wait_links_changed(self) -> None:
+        """Wait until a link registers, disconnects, retries or ends (re-check, then call again)."""
+        await self._links_changed.park()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[AgentStatus] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Stay connected until cancelled (startable: returns once first registered).
+        """Stay connected to every server until cancelled (startable).
 
-        With ``config.admin`` set, the admin listener starts first, so probes are
+        Returns to ``nursery.start`` once the first server registers the agent;
+        the other links keep connecting and reconnecting on their own. With
+        ``config.admin`` set, the admin listener starts first, so probes are
         answered (``/ready``: 503) while the agent is not yet registered.
 
         Raises:
-            HandshakeRefusedError: the server refused the token or the hello.
+            HandshakeRefusedError: every server refused the token, the hello or
+                the certificate (with one URL: that server's refusal itself).
             OSError: the admin port cannot be bound.
         """
         admin = self.config.admin
         if admin is None:
-            await self._serve_sessions(task_status)
+            await self._serve_links(task_status)
             return
         try:
             async with trio.open_nursery() as nursery:
                 self.admin_address = await nursery.start(serve_admin, admin, AgentAdmin(self))
-                await self._serve_sessions(task_status)
+                await self._serve_links(task_status)
         except BaseExceptionGroup as group:
             # Callers catch HandshakeRefusedError itself, with or without the listener.
             raise first_error(group) from None
 
-    async def _serve_sessions(self, task_status: trio.TaskStatus[AgentStatus]) -> None:
-        """Connect, serve until the connection ends, back off, reconnect: forever."""
-        url = self.config.server.urls[0]
-        backoff = Backoff(INITIAL_BACKOFF_S, self.config.timeouts.reconnect_max_s)
+    async def _serve_links(self, task_status: trio.TaskStatus[AgentStatus]) -> None:
+        """One reconnect loop per URL; returns (by raising) once every one has ended."""
+        startup = _Startup(len(self.links))
         try:
-            while True:
-                began = trio.current_time()
-                try:
-                    await self._session(url, task_status)
-                    logger.warning("the connection to %s ended", url)
-                except ServerCertificateError as exc:
-                    logger.error("%s", exc)
-                    if not self._started:
-                        raise
-                except (
-                    OSError,
-                    HandshakeError,
-                    WebSocketClosed,
-                    TunnelClosedError,
-                    ProtocolError,
-                    trio.TooSlowError,
-                ) as exc:
-                    if isinstance(exc, ProtocolError):
-                        self.metrics.protocol_errors += 1
-                    logger.warning("connection to %s failed: %s", url, _describe(exc))
-                if trio.current_time() - began > STABLE_SESSION_S:
-                    backoff.reset()
-                delay = backoff.next_delay()
-                logger.info("reconnecting in %.1fs", delay)
-                await trio.sleep(delay)
-                self.reconnects += 1
+            async with trio.open_nursery() as nursery:
+                for link in self.links:
+                    nursery.start_soon(self._serve_link, link, startup)
+                # Reported from this task, the one `nursery.start` is waiting on.
+                await startup.settled.wait()
+                if startup.status is not None:
+                    task_status.started(startup.status)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
         finally:
             await self.pool.aclose()
+        raise self._refusal()
+
+    async def _serve_link(self, link: ServerLink, startup: _Startup) -> None:
+        """Connect, serve until the connection ends, back off, reconnect: until refused."""
+        backoff = Backoff(INITIAL_BACKOFF_S, self.config.timeouts.reconnect_max_s)
+        while True:
+            began = trio.current_time()
+            try:
+                await self._session(link, startup)
+                logger.warning("the connection to %s ended", link.url)
+            except ServerCertificateError as exc:
+                if not link.has_registered:
+                    self._end_link(link, exc, startup)
+                    return
+                logger.error("%s", exc)
+            except HandshakeRefusedError as exc:
+                self._end_link(link, exc, startup)
+                return
+            except (
+                OSError,
+                HandshakeError,
+                WebSocketClosed,
+                TunnelClosedError,
+                ProtocolError,
+                trio.TooSlowError,
+            ) as exc:
+                if isinstance(exc, ProtocolError):
+                    self.metrics.protocol_errors += 1
+                logger.warning("connection to %s failed: %s", link.url, _describe(exc))
+            if trio.current_time() - began > STABLE_SESSION_S:
+                backoff.reset()
+            delay = backoff.next_delay()
+            logger.info("reconnecting to %s in %.1fs", link.url, delay)
+            await trio.sleep(delay)
+            link.reconnects += 1
+            self._links_changed.unpark_all()
+
+    def _end_link(
+        self, link: ServerLink, refusal: HandshakeRefusedError, startup: _Startup
+    ) -> None:
+        """A refusal is final for its server: never retried, since retrying cannot fix it."""
+        link.refusal = refusal
+        if len(self.links) > 1:
+            logger.error("giving up on %s: %s", link.url, refusal)
+        elif isinstance(refusal, ServerCertificateError):
+            # One server: the refusal is raised to the caller as well, as it always was.
+            logger.error("%s", refusal)
+        self._links_changed.unpark_all()
+        startup.link_ended()
+
+    def _refusal(self) -> HandshakeRefusedError:
+        """What `serve` raises once no link is left: one server's refusal, or all of them."""
+        refusals = [(link.url, link.refusal) for link in self.links if link.refusal is not None]
+        assert len(refusals) == len(self.links), "links end only by refusal"
+        if len(refusals) == 1:
+            return refusals[0][1]
+        every_certificate = all(isinstance(r, ServerCertificateError) for _, r in refusals)
+        kind = ServerCertificateError if every_certificate else HandshakeRefusedError
+        return kind(
+            "every server refused this agent: "
+            + "; ".join(str(r) if url in str(r) else f"{url}: {r}" for url, r in refusals)
+        )
 
     async def drain(self) -> None:
-        """Say GOAWAY to the server and wait (up to ``timeouts.grace_s``) for in-flight streams."""
-        grace_s = self.config.timeouts.grace_s
+        """Say GOAWAY to every server; wait (up to ``timeouts.grace_s``) for in-flight streams."""
         self.draining = True
-        tunnel = self._tunnel
-        if tunnel is None:
-            return
-        tunnel.mux.goaway(ErrorCode.NO_ERROR, "agent shutting down")
-        tunnel.wake_writer()
-        with trio.move_on_after(grace_s):
-            while tunnel.in_flight and tunnel.closed is None:
-                await tunnel.wait_stream_finished()
+        tunnels = [link.tunnel for link in self.links if link.tunnel is not None]
+        for tunnel in tunnels:
+            tunnel.mux.goaway(ErrorCode.NO_ERROR, "agent shutting down")
+            tunnel.wake_writer()
+        with trio.move_on_after(self.config.timeouts.grace_s):
+            async with trio.open_nursery() as nursery:
+                for tunnel in tunnels:
+                    nursery.start_soon(_wait_streams_finished, tunnel)
 
-    async def _session(self, url: str, task_status: trio.TaskStatus[AgentStatus]) -> None:
+    async def _session(self, link: ServerLink, startup: _Startup) -> None:
         try:
-            await self._session_tasks(url, task_status)
+            await self._session_tasks(link, startup)
         except BaseExceptionGroup as group:
             # The session's nursery wraps even one failure; the retry loop and the
             # CLI decide on the leaf (network error: retry; refusal: exit).
-            raise _final_if_refused(first_error(group), url) from None
+            raise _final_if_refused(first_error(group), link.url) from None
         except ConnectionRejected as exc:
-            raise _final_if_refused(exc, url) from None
+            raise _final_if_refused(exc, link.url) from None
 
-    async def _session_tasks(self, url: str, task_status: trio.TaskStatus[AgentStatus]) -> None:
+    async def _session_tasks(self, link: ServerLink, startup: _Startup) -> None:
+        url = link.url
         target = urllib.parse.urlsplit(url)
         host = target.hostname or ""
         port = target.port or (443 if target.scheme == "wss" else 80)
@@ -192,10 +310,11 @@ class TunnelAgent:
             try:
                 async with trio.open_nursery() as nursery:
                     try:
-                        await self._register_and_run(ws, url, nursery, task_status)
+                        await self._register_and_run(ws, link, nursery, startup)
                     finally:
-                        self._tunnel = None
-                        self.connected = False
+                        if link.tunnel is not None:
+                            link.tunnel = None
+                            self._links_changed.unpark_all()
                         nursery.cancel_scope.cancel()
             finally:
                 # Outside the cancelled nursery, so the close is said, not cut short.
@@ -225,9 +344,9 @@ class TunnelAgent:
     async def _register_and_run(
         self,
         ws: WebSocket,
-        url: str,
+        link: ServerLink,
         nursery: trio.Nursery,
-        task_status: trio.TaskStatus[AgentStatus],
+        startup: _Startup,
     ) -> None:
         config = self.config
         mux = Multiplexer(
@@ -240,7 +359,7 @@ class TunnelAgent:
             ws,
             mux,
             on_stream=self._serve_stream,
-            label=url,
+            label=link.url,
             heartbeat_s=config.timeouts.heartbeat_s,
             heartbeat_timeout_s=config.timeouts.heartbeat_timeout_s,
         )
@@ -249,21 +368,26 @@ class TunnelAgent:
             await tunnel.flush()
             accepted = await _receive_answer(tunnel)
         refused = accepted.refused
+        server = "the server" if len(self.links) == 1 else link.url
         for name, reason in refused:
-            logger.error("route %s refused by the server: %s", name, reason)
+            logger.error("route %s refused by %s: %s", name, server, reason)
         served = tuple(r for r in self.routes if r not in dict(refused))
         if not served:
             raise HandshakeRefusedError("the server refused every route of this agent")
-        status = AgentStatus(
-            server_url=url, routes=served, refused=refused, admin=self.admin_address
+        link.tunnel = tunnel
+        link.connected_at = trio.current_time()
+        link.has_registered = True
+        if self.draining:
+            # A link that (re)registers mid-drain leaves like the others: its server
+            # must not route new requests to an agent on its way out.
+            mux.goaway(ErrorCode.NO_ERROR, "agent shutting down")
+        self._links_changed.unpark_all()
+        logger.info("registered with %s: routes %s", link.url, ", ".join(served))
+        startup.registered(
+            AgentStatus(
+                server_url=link.url, routes=served, refused=refused, admin=self.admin_address
+            )
         )
-        self._tunnel = tunnel
-        self.connected = True
-        self.connected_at = trio.current_time()
-        logger.info("registered with %s: routes %s", url, ", ".join(served))
-        if not self._started:
-            self._started = True
-            task_status.started(status)
         nursery.start_soon(self._leave_when_told, tunnel)
         await tunnel.run()
 
@@ -271,8 +395,7 @@ class TunnelAgent:
     async def _leave_when_told(tunnel: Tunnel) -> None:
         """After the server's GOAWAY, finish in-flight streams, then hang up and reconnect."""
         await tunnel.going_away.wait()
-        while tunnel.in_flight and tunnel.closed is None:
-            await tunnel.wait_stream_finished()
+        await _wait_streams_finished(tunnel)
         await tunnel.aclose("the server asked this agent to go away")
 
     async def _serve_stream(self, channel: Channel, head: RequestHead) -> None:
@@ -282,6 +405,11 @@ class TunnelAgent:
             return
         self.metrics.stream_started(route.name)
         await Replay(channel, head, route, self.pool).run()
+
+
+async def _wait_streams_finished(tunnel: Tunnel) -> None:
+    while tunnel.in_flight and tunnel.closed is None:
+        await tunnel.wait_stream_finished()
 
 
 async def _receive_answer(tunnel: Tunnel) -> ev.Accepted:
