@@ -1,4 +1,4 @@
-"""Every (state, input) pair of both state machines in mux.py, through the public API.
+"""Every (state, input) pair of both state machines in states.py, through the public API.
 
 Each pair either moves to the state protocol.md sections 5 and 6 name, or raises the
 documented error and changes nothing (a local command) or poisons the connection (a
@@ -14,9 +14,16 @@ from collections.abc import Callable
 import pytest
 
 from pvtunnel._errors import LocalProtocolError, RemoteProtocolError
-from pvtunnel._wire import frames as fr, mux as mux_module
+from pvtunnel._wire import frames as fr
 from pvtunnel._wire.frames import StreamId
-from pvtunnel._wire.mux import HALF_TRANSITIONS, ConnectionState, Half, Move, Multiplexer, Role
+from pvtunnel._wire.mux import Multiplexer, Role
+from pvtunnel._wire.states import (
+    CONNECTION_TRANSITIONS,
+    HALF_TRANSITIONS,
+    ConnectionState,
+    Half,
+    Move,
+)
 from tests.wire.golden import PROTOCOL_MD
 from tests.wire.helpers import CONTINUE, OK, MuxPair, opened_pair
 
@@ -54,7 +61,7 @@ def test_protocol_md_connection_table_is_the_codes() -> None:
     assert documented == CONNECTION_TABLE
     # The code's inputs are spelled "send-hello"; the document's "send HELLO".
     code: dict[tuple[ConnectionState, str], ConnectionState] = {}
-    for (state, what), to in mux_module._CONNECTION_TRANSITIONS.items():
+    for (state, what), to in CONNECTION_TRANSITIONS.items():
         verb, frame = what.value.split("-")
         code[state, f"{verb} {frame.upper()}"] = to
     assert code == CONNECTION_TABLE

@@ -1,29 +1,12 @@
 """The stream multiplexer: one per agent connection, on each end (protocol.md sections 5-7).
 
-Two state machines live here, both as tables from ``(state, input)`` to the next
-state; a pair missing from a table is a protocol error.
-
-* The connection (section 5): the agent sends HELLO, the server answers ACCEPT
-  or REJECT; streams exist only once the connection is OPEN.
-* Each stream is two independent halves, one per direction (section 6). A half
-  goes IDLE -HEAD-> OPEN -END-> CLOSED, stays IDLE on an informational HEAD
-  (1xx before the final response) and carries DATA only while OPEN. RESET drops
-  both halves at once. A stream is forgotten as soon as both halves are CLOSED.
+It drives the two state machines of states.py (the connection, section 5, and
+each stream's two halves, section 6) and keeps the receiving side of flow control
+(section 7) in a `ReceiveCredit` from credit.py.
 
 Only the server opens streams, with strictly increasing IDs, so a frame for an
 unknown ID at or below the highest ever used belongs to a stream that is gone
 (late data after a reset, a late WINDOW) and is ignored without keeping state.
-
-Flow control (section 7) works at two levels, as in HTTP/2. Each side grants
-every stream an initial window (its HELLO/ACCEPT ``window``) and the connection
-as a whole another (``connection_window``); DATA spends both of the sender's
-credits, WINDOW on a stream returns stream credit and WINDOW on stream 0
-connection credit. Credit is returned only when the application says it consumed
-the bytes, so what the application holds can never exceed a stream's window on
-that stream, nor the connection window over all streams, whoever is slow. Bytes
-nobody will consume count as consumed at once: DATA for a stream that is gone,
-and what a reset stream held. A stream forgotten after both halves closed keeps
-a residual (the bytes the application still holds) until they are acknowledged.
 
 Pure: no trio, no sockets, no clock. Feed bytes with `receive_data`, drain bytes
 with `data_to_send`; commands raise `LocalProtocolError` when they break the
@@ -33,7 +16,6 @@ which the multiplexer is poisoned and the connection must be closed.
 
 from __future__ import annotations
 
-import enum
 from typing import Final, assert_never
 
 from pvtunnel._errors import (
@@ -43,102 +25,36 @@ from pvtunnel._errors import (
     RemoteProtocolError,
 )
 from pvtunnel._wire import events as ev, frames as fr
+from pvtunnel._wire.credit import ReceiveCredit
 from pvtunnel._wire.frames import HEADER, MAX_FRAME_PAYLOAD, FrameType, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
+
+# Role is re-exported: it is half of how callers build a Multiplexer.
+from pvtunnel._wire.states import (
+    ConnectionInput,
+    ConnectionState,
+    Half,
+    Move,
+    Role as Role,
+    StreamState,
+    move_connection,
+    move_half,
+)
 
 DEFAULT_WINDOW: Final = 2 * 1024 * 1024
 DEFAULT_CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 DEFAULT_MAX_STREAMS: Final = 4096
 
 
-class _StateEnum(enum.Enum):
-    """Members hash by identity, in C: Enum's own ``__hash__`` is Python code, and
-    the state tables below look members up for every frame sent or received."""
-
-    __hash__ = object.__hash__
-
-
-class Role(_StateEnum):
-    SERVER = "server"
-    AGENT = "agent"
-
-
 class StreamClosedError(PvTunnelError):
     """The stream is gone (reset, or finished): a race, not a protocol violation."""
 
 
-class ConnectionState(_StateEnum):
-    START = "start"  # agent before its HELLO
-    AWAIT_HELLO = "await-hello"  # server before the agent's HELLO
-    HELLO_SENT = "hello-sent"
-    HELLO_RECEIVED = "hello-received"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class _Input(_StateEnum):
-    SEND_HELLO = "send-hello"
-    RECEIVE_HELLO = "receive-hello"
-    SEND_ACCEPT = "send-accept"
-    RECEIVE_ACCEPT = "receive-accept"
-    SEND_REJECT = "send-reject"
-    RECEIVE_REJECT = "receive-reject"
-
-
-_CONNECTION_TRANSITIONS: Final = {
-    (ConnectionState.START, _Input.SEND_HELLO): ConnectionState.HELLO_SENT,
-    (ConnectionState.AWAIT_HELLO, _Input.RECEIVE_HELLO): ConnectionState.HELLO_RECEIVED,
-    (ConnectionState.HELLO_RECEIVED, _Input.SEND_ACCEPT): ConnectionState.OPEN,
-    (ConnectionState.HELLO_RECEIVED, _Input.SEND_REJECT): ConnectionState.CLOSED,
-    (ConnectionState.HELLO_SENT, _Input.RECEIVE_ACCEPT): ConnectionState.OPEN,
-    (ConnectionState.HELLO_SENT, _Input.RECEIVE_REJECT): ConnectionState.CLOSED,
-}
-
-
-class Half(_StateEnum):
-    IDLE = "idle"
-    OPEN = "open"
-    CLOSED = "closed"
-
-
-class Move(_StateEnum):
-    HEAD = "head"
-    INFORMATIONAL_HEAD = "informational-head"
-    DATA = "data"
-    END = "end"
-
-
-HALF_TRANSITIONS: Final = {
-    (Half.IDLE, Move.HEAD): Half.OPEN,
-    (Half.IDLE, Move.INFORMATIONAL_HEAD): Half.IDLE,
-    (Half.OPEN, Move.DATA): Half.OPEN,
-    (Half.OPEN, Move.END): Half.CLOSED,
-}
-
 _HEAD: Final = FrameType.HEAD
 _DATA: Final = FrameType.DATA
 _END: Final = FrameType.END
-_WINDOW: Final = FrameType.WINDOW
 _CONNECTION: Final = fr.CONNECTION_STREAM
 _pack_header = HEADER.pack
-
-
-class _Stream:
-    """Per-stream bookkeeping; private and mutable, never handed out.
-
-    ``held`` is DATA received and not yet acknowledged; ``unreturned`` is DATA
-    acknowledged and not yet returned in a WINDOW.
-    """
-
-    __slots__ = ("held", "local", "receive_allowed", "remote", "send_credit", "unreturned")
-
-    def __init__(self, local: Half, remote: Half, send_credit: int, receive_allowed: int) -> None:
-        self.local = local
-        self.remote = remote
-        self.send_credit = send_credit
-        self.receive_allowed = receive_allowed
-        self.held = 0
-        self.unreturned = 0
 
 
 class Multiplexer:
@@ -168,25 +84,16 @@ class Multiplexer:
         self.role = role
         self.state = ConnectionState.AWAIT_HELLO if role is Role.SERVER else ConnectionState.START
         self._window = window
-        self._ack_threshold = max(1, window // 4)
-        self._peer_window = 0
-        # Connection level, sending: credit the peer granted over all streams.
-        self._connection_credit = 0
-        # Connection level, receiving: what the peer may still send, what the
-        # application holds, and what it consumed that no WINDOW returned yet.
         self._connection_window = connection_window
-        self._connection_ack_threshold = max(1, connection_window // 4)
-        self._connection_receive_allowed = connection_window
-        self._held = 0
-        self._peak_held = 0
-        self._connection_unreturned = 0
-        # Streams forgotten (both halves closed) whose bytes the application still
-        # holds: stream ID -> bytes not yet acknowledged. Never above the window.
-        self._residual: dict[int, int] = {}
+        self._peer_window = 0
+        # Connection level, sending: credit the peer granted over all streams. The
+        # receiving side (what we granted, what the application holds) is _credit's.
+        self._connection_credit = 0
+        self._credit = ReceiveCredit(window, connection_window)
         self._max_streams = max_streams
         self._decoder = fr.FrameDecoder()
         self._out: list[bytes] = []
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[int, StreamState] = {}
         self._highest_stream_id = 0
         self._goaway_sent_at: int | None = None
         self._goaway_received_at: int | None = None
@@ -241,12 +148,12 @@ class Multiplexer:
     def held_bytes(self) -> int:
         """DATA bytes received and not yet acknowledged, over all streams (live or
         gone): what the application holds. Never above ``connection_window``."""
-        return self._held
+        return self._credit.held
 
     @property
     def peak_held_bytes(self) -> int:
         """The most `held_bytes` has ever been on this connection."""
-        return self._peak_held
+        return self._credit.peak_held
 
     def is_stream_open(self, stream_id: StreamId) -> bool:
         return stream_id in self._streams
@@ -255,7 +162,7 @@ class Multiplexer:
 
     def send_hello(self, *, client_id: str, routes: tuple[str, ...]) -> None:
         """Agent: introduce this agent and the names it serves."""
-        self._move_connection(_Input.SEND_HELLO, local=True)
+        self._move_connection(ConnectionInput.SEND_HELLO, local=True)
         self._queue(
             fr.encode(
                 fr.Hello(
@@ -270,7 +177,7 @@ class Multiplexer:
 
     def accept(self, *, refused: tuple[tuple[str, str], ...] = ()) -> None:
         """Server: take the agent; ``refused`` pairs route names with reasons."""
-        self._move_connection(_Input.SEND_ACCEPT, local=True)
+        self._move_connection(ConnectionInput.SEND_ACCEPT, local=True)
         self._queue(
             fr.encode(
                 fr.Accept(
@@ -284,7 +191,7 @@ class Multiplexer:
 
     def reject(self, reason: str) -> None:
         """Server: refuse the agent for good; close the connection after sending."""
-        self._move_connection(_Input.SEND_REJECT, local=True)
+        self._move_connection(ConnectionInput.SEND_REJECT, local=True)
         self._queue(fr.encode(fr.Reject(reason=reason)))
 
     def ping(self, payload: bytes) -> None:
@@ -333,7 +240,7 @@ class Multiplexer:
         payload = _head_payload(head.to_fields())
         self._highest_stream_id += 1
         stream_id = StreamId(self._highest_stream_id)
-        stream = _Stream(Half.OPEN, Half.IDLE, self._peer_window, self._window)
+        stream = StreamState(Half.OPEN, Half.IDLE, self._peer_window, self._window)
         self._streams[stream_id] = stream
         self._out.append(_pack_header(_HEAD, 0, stream_id, len(payload)) + payload)
         if end_stream:
@@ -356,7 +263,7 @@ class Multiplexer:
             raise LocalProtocolError(f"response status {head.status} is not 100-599")
         payload = _head_payload(head.to_fields())
         informational = head.is_informational
-        self._move_half(stream, "local", Move.INFORMATIONAL_HEAD if informational else Move.HEAD)
+        move_half(stream, "local", Move.INFORMATIONAL_HEAD if informational else Move.HEAD)
         self._out.append(
             _pack_header(_HEAD, 1 if informational else 0, stream_id, len(payload)) + payload
         )
@@ -396,10 +303,11 @@ class Multiplexer:
     def end_stream(self, stream_id: StreamId) -> None:
         """Close this side's half: no more DATA from us on the stream."""
         stream = self._stream_for_sending(stream_id)
-        self._move_half(stream, "local", Move.END)
+        move_half(stream, "local", Move.END)
         self._out.append(_pack_header(_END, 0, stream_id, 0))
         if stream.remote is Half.CLOSED:
-            self._forget(stream_id, stream)
+            del self._streams[stream_id]
+            self._credit.forget(stream_id, stream)
 
     def reset_stream(self, stream_id: StreamId, code: ErrorCode, reason: str = "") -> None:
         """Abort the stream both ways; what it held goes back to the connection window.
@@ -410,11 +318,9 @@ class Multiplexer:
         it (nothing is sent).
         """
         stream = self._streams.pop(stream_id, None)
-        if stream is None:
-            self._release(self._residual.pop(stream_id, 0))
-            return
-        self._queue(fr.encode(fr.Reset(stream_id=stream_id, code=code, reason=reason)))
-        self._release(stream.held)
+        if stream is not None:
+            self._queue(fr.encode(fr.Reset(stream_id=stream_id, code=code, reason=reason)))
+        self._credit.release_stream(stream_id, stream, self._out)
 
     def acknowledge_data(self, stream_id: StreamId, size: int) -> None:
         """Say ``size`` received bytes were consumed, so the peer may send more.
@@ -430,32 +336,7 @@ class Multiplexer:
                 stream and not yet acknowledged, or released by a reset (the extra
                 credit would break the memory bound).
         """
-        stream = self._streams.get(stream_id)
-        held = self._residual.get(stream_id, 0) if stream is None else stream.held
-        if not 0 <= size <= held:
-            raise LocalProtocolError(
-                f"stream {stream_id}: acknowledging {size} bytes, more than it holds ({held})"
-            )
-        if not size:
-            return
-        if stream is None:
-            if size == held:
-                del self._residual[stream_id]
-            else:
-                self._residual[stream_id] = held - size
-        else:
-            stream.held = held - size
-            if stream.remote is Half.OPEN:
-                unreturned = stream.unreturned + size
-                if unreturned >= self._ack_threshold:
-                    stream.unreturned = 0
-                    stream.receive_allowed += unreturned
-                    self._out.append(
-                        _pack_header(_WINDOW, 0, stream_id, 4) + unreturned.to_bytes(4)
-                    )
-                else:
-                    stream.unreturned = unreturned
-        self._release(size)
+        self._credit.acknowledge(stream_id, self._streams.get(stream_id), size, self._out)
 
     def acknowledge_all(self, stream_id: StreamId) -> None:
         """Acknowledge every byte the stream holds: the application drops its channel.
@@ -463,9 +344,8 @@ class Multiplexer:
         The same as `acknowledge_data` with all that is outstanding (nothing once the
         stream was reset); later DATA on a live stream must still be acknowledged.
         """
-        stream = self._streams.get(stream_id)
         self.acknowledge_data(
-            stream_id, self._residual.get(stream_id, 0) if stream is None else stream.held
+            stream_id, self._credit.held_on(stream_id, self._streams.get(stream_id))
         )
 
     def data_to_send(self, max_bytes: int | None = None) -> bytes:
@@ -521,7 +401,11 @@ class Multiplexer:
     def _handle(self, frame: fr.Frame, out: list[ev.Event]) -> None:
         match frame:
             case fr.Data():
-                self._on_data(frame, out)
+                # Inline rather than a method: DATA is the frame that comes by the thousand.
+                stream_id = frame.stream_id
+                stream = self._stream_for_receiving(stream_id)
+                if self._credit.receive(stream_id, stream, len(frame.data), self._out):
+                    out.append(ev.DataReceived(stream_id=stream_id, data=frame.data))
             case fr.Head():
                 self._on_head(frame, out)
             case fr.End():
@@ -541,7 +425,7 @@ class Multiplexer:
                 self._on_hello(frame, out)
             case fr.Accept():
                 self._require_role(Role.AGENT, "ACCEPT")
-                self._move_connection(_Input.RECEIVE_ACCEPT, local=False)
+                self._move_connection(ConnectionInput.RECEIVE_ACCEPT, local=False)
                 if frame.version != fr.PROTOCOL_VERSION:
                     raise RemoteProtocolError(
                         f"ACCEPT chose version {frame.version}, which this agent did not offer"
@@ -551,14 +435,14 @@ class Multiplexer:
                 out.append(ev.Accepted(refused=frame.refused))
             case fr.Reject():
                 self._require_role(Role.AGENT, "REJECT")
-                self._move_connection(_Input.RECEIVE_REJECT, local=False)
+                self._move_connection(ConnectionInput.RECEIVE_REJECT, local=False)
                 out.append(ev.Rejected(reason=frame.reason))
             case _:  # pragma: no cover  (a new frame class fails the type check here)
                 assert_never(frame)
 
     def _on_hello(self, frame: fr.Hello, out: list[ev.Event]) -> None:
         self._require_role(Role.SERVER, "HELLO")
-        self._move_connection(_Input.RECEIVE_HELLO, local=False)
+        self._move_connection(ConnectionInput.RECEIVE_HELLO, local=False)
         if fr.PROTOCOL_VERSION not in frame.versions:
             self.reject(
                 f"unsupported protocol versions {list(frame.versions)}; "
@@ -569,34 +453,6 @@ class Multiplexer:
         self._connection_credit = frame.connection_window
         out.append(ev.HelloReceived(client_id=frame.client_id, routes=frame.routes))
 
-    def _on_data(self, frame: fr.Data, out: list[ev.Event]) -> None:
-        stream = self._stream_for_receiving(frame.stream_id)
-        size = len(frame.data)
-        # Every DATA frame counts against the connection window, even for a stream
-        # that is gone: the sender spent connection credit on it.
-        self._connection_receive_allowed -= size
-        if self._connection_receive_allowed < 0:
-            raise RemoteProtocolError(
-                "DATA beyond the granted connection window", ErrorCode.FLOW_CONTROL_ERROR
-            )
-        if stream is None:
-            # Nobody will consume it: its credit goes back as if it were consumed now.
-            self._return_credit(size)
-            return
-        self._move_half(stream, "remote", Move.DATA)
-        stream.receive_allowed -= size
-        if stream.receive_allowed < 0:
-            raise RemoteProtocolError(
-                f"stream {frame.stream_id}: DATA beyond the granted window",
-                ErrorCode.FLOW_CONTROL_ERROR,
-            )
-        stream.held += size
-        held = self._held + size
-        self._held = held
-        if held > self._peak_held:
-            self._peak_held = held
-        out.append(ev.DataReceived(stream_id=frame.stream_id, data=frame.data))
-
     def _on_head(self, frame: fr.Head, out: list[ev.Event]) -> None:
         stream_id = frame.stream_id
         if self.role is Role.SERVER:
@@ -604,7 +460,7 @@ class Multiplexer:
             if stream is None:
                 return
             head = ResponseHead.from_fields(frame.fields, is_informational=frame.is_informational)
-            self._move_half(
+            move_half(
                 stream, "remote", Move.INFORMATIONAL_HEAD if frame.is_informational else Move.HEAD
             )
             out.append(ev.ResponseReceived(stream_id=stream_id, head=head))
@@ -625,16 +481,19 @@ class Multiplexer:
                 )
             )
             return
-        self._streams[stream_id] = _Stream(Half.IDLE, Half.OPEN, self._peer_window, self._window)
+        self._streams[stream_id] = StreamState(
+            Half.IDLE, Half.OPEN, self._peer_window, self._window
+        )
         out.append(ev.StreamOpened(stream_id=stream_id, head=request))
 
     def _on_end(self, frame: fr.End, out: list[ev.Event]) -> None:
         stream = self._stream_for_receiving(frame.stream_id)
         if stream is None:
             return
-        self._move_half(stream, "remote", Move.END)
+        move_half(stream, "remote", Move.END)
         if stream.local is Half.CLOSED:
-            self._forget(frame.stream_id, stream)
+            del self._streams[frame.stream_id]
+            self._credit.forget(frame.stream_id, stream)
         out.append(ev.StreamEnded(stream_id=frame.stream_id))
 
     def _on_window(self, frame: fr.Window, out: list[ev.Event]) -> None:
@@ -662,7 +521,7 @@ class Multiplexer:
         if stream is None:
             return
         del self._streams[frame.stream_id]
-        self._release(stream.held)
+        self._credit.release_stream(frame.stream_id, stream, self._out)
         out.append(ev.StreamReset(stream_id=frame.stream_id, code=frame.code, reason=frame.reason))
 
     def _on_goaway(self, frame: fr.GoAway, out: list[ev.Event]) -> None:
@@ -675,7 +534,7 @@ class Multiplexer:
         if self.role is Role.SERVER:
             # Streams the agent never saw are refused: safe to retry elsewhere.
             for stream_id in [s for s in self._streams if s > last]:
-                self._release(self._streams.pop(stream_id).held)
+                self._credit.release_stream(stream_id, self._streams.pop(stream_id), self._out)
                 out.append(
                     ev.StreamReset(
                         stream_id=StreamId(stream_id),
@@ -689,31 +548,6 @@ class Multiplexer:
     def _queue(self, frame_bytes: bytes) -> None:
         self._out.append(frame_bytes)
 
-    def _forget(self, stream_id: int, stream: _Stream) -> None:
-        """Drop a finished stream, keeping what the application still holds of it."""
-        del self._streams[stream_id]
-        if stream.held:
-            self._residual[stream_id] = stream.held
-
-    def _release(self, size: int) -> None:
-        """``size`` held bytes were consumed, or dropped by a reset."""
-        self._held -= size
-        self._return_credit(size)
-
-    def _return_credit(self, size: int) -> None:
-        """Connection credit for ``size`` bytes consumed or dropped, batched like stream
-        credit: one WINDOW on stream 0 once a quarter of the connection window is due,
-        carrying all of it."""
-        if not size:
-            return
-        unreturned = self._connection_unreturned + size
-        if unreturned >= self._connection_ack_threshold:
-            self._connection_unreturned = 0
-            self._connection_receive_allowed += unreturned
-            self._out.append(_pack_header(_WINDOW, 0, 0, 4) + unreturned.to_bytes(4))
-        else:
-            self._connection_unreturned = unreturned
-
     def _require_role(self, role: Role, what: str) -> None:
         if self.role is not role:
             raise RemoteProtocolError(f"{what} sent to the {self.role.value}")
@@ -722,35 +556,22 @@ class Multiplexer:
         if self.state is not ConnectionState.OPEN:
             raise RemoteProtocolError(f"stream frame while the connection is {self.state.value}")
 
-    def _move_connection(self, what: _Input, *, local: bool) -> None:
-        next_state = _CONNECTION_TRANSITIONS.get((self.state, what))
-        if next_state is None:
-            message = f"{what.value} while the connection is {self.state.value}"
-            raise LocalProtocolError(message) if local else RemoteProtocolError(message)
-        self.state = next_state
+    def _move_connection(self, what: ConnectionInput, *, local: bool) -> None:
+        self.state = move_connection(self.state, what, local=local)
 
-    def _stream_for_sending(self, stream_id: StreamId) -> _Stream:
+    def _stream_for_sending(self, stream_id: StreamId) -> StreamState:
         stream = self._streams.get(stream_id)
         if stream is None:
             raise StreamClosedError(f"stream {stream_id} is closed")
         return stream
 
-    def _stream_for_receiving(self, stream_id: StreamId) -> _Stream | None:
+    def _stream_for_receiving(self, stream_id: StreamId) -> StreamState | None:
         """The stream, or None for one that is gone; an ID never used is an error."""
         self._require_open()
         stream = self._streams.get(stream_id)
         if stream is None and stream_id > self._highest_stream_id:
             raise RemoteProtocolError(f"frame for stream {stream_id}, which was never opened")
         return stream
-
-    @staticmethod
-    def _move_half(stream: _Stream, side: str, move: Move) -> None:
-        current: Half = getattr(stream, side)
-        next_half = HALF_TRANSITIONS.get((current, move))
-        if next_half is None:
-            message = f"{move.value} on a {current.value} half"
-            raise LocalProtocolError(message) if side == "local" else RemoteProtocolError(message)
-        setattr(stream, side, next_half)
 
 
 def _head_payload(fields: list[bytes]) -> bytes:
