@@ -3,8 +3,8 @@
 
 Usage::
 
-    /work/venv/bin/python benchmarks/run.py                # full run, ~10 s per wrk run
-    /work/venv/bin/python benchmarks/run.py --quick        # ~3 s per wrk run
+    /work/venv/bin/python benchmarks/run.py                # full run, 10 s of wrk per figure
+    /work/venv/bin/python benchmarks/run.py --quick        # 3 s of wrk per figure
     /work/venv/bin/python benchmarks/run.py --rows direct,pvtunnel --out /tmp/bench
 
 Run as root on Debian: missing tools (wrk, nginx, openssh-server, openssh-client) are
@@ -12,7 +12,7 @@ installed with apt-get (``--no-install`` turns that off). Everything runs on 127
 a private nginx (its own config and ports, access log off) serves ``/1k`` (1 KiB) and
 ``/100m`` (100 MiB) and accepts ``PUT /upload/NAME`` (WebDAV, the body lands in a file
 that is checked byte for byte), and a private sshd with throwaway keys provides the
-``ssh -R`` rows. Rows, measured one after another in the same run:
+``ssh -R`` rows. Rows, all set up at once and measured in turns (rounds) in one run:
 
 - ``direct``       wrk straight to nginx: the physical limit;
 - ``nginx-proxy``  a second nginx (own instance) doing ``proxy_pass`` with upstream
@@ -24,10 +24,12 @@ that is checked byte for byte), and a private sshd with throwaway keys provides 
                    figures, 1,000 slow requests are held through that one agent while
                    wrk measures the fast route's p99 (SPEC section 6).
 
-Per row: wrk with 64 connections / 2 threads and 1 connection / 1 thread (req/s, p50,
-p99), the median of several 100 MiB downloads and uploads (MB/s = 10**6 B/s), the
-tunnel's peak RSS (sum of VmHWM of its processes, read after the row's load) and its CPU
-per request. Prints markdown tables (figures, ratios, and SPEC section 6 bars with
+Per row: wrk with 64 connections / 2 threads and 1 connection / 1 thread (req/s over
+the rounds, the median of the rounds' p50 and p99), the median of several 100 MiB
+downloads and uploads (MB/s = 10**6 B/s), the tunnel's peak RSS (sum of VmHWM of its
+processes, read after all rounds) and its CPU per request. Each round visits every row,
+starting at a different one, so the machine's drift (20-30 % within minutes on a shared
+VM) falls on all rows alike. Prints markdown tables (figures, ratios, and SPEC section 6 bars with
 pass/fail) and writes ``OUT/results.json``, ``OUT/chart.png`` (when matplotlib, the
 ``bench`` extra, is importable) and the children's logs under ``OUT/logs/``.
 
@@ -53,7 +55,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -62,6 +64,9 @@ import slow
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from types import TracebackType
+
+T = TypeVar("T")
 
 ROWS: Final = ("direct", "nginx-proxy", "ssh -N -R", "ssh -R best", "pvtunnel")
 ROW_KEYS: Final = {
@@ -133,6 +138,8 @@ class Settings:
     install: bool
     fail_on_bars: bool
     retry_disturbed: int
+    # Rows take turns: wrk's time is split over this many rounds, one transfer each.
+    wrk_rounds: int = 1
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -156,7 +163,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--duration",
         type=int,
         default=None,
-        help="whole seconds per wrk run (default 10, --quick 3)",
+        help="whole seconds of wrk per row and concurrency, in two rounds from 6 s "
+        "(default 10, --quick 3)",
     )
     parser.add_argument(
         "--reps",
@@ -177,9 +185,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         type=int,
         default=0,
         metavar="N",
-        help="measure a row up to N more times while other processes use more than "
-        f"{OTHER_LOAD_WARN_CORES} cores during it (after waiting up to "
-        f"{QUIET_WAIT_S:.0f} s for quiet); keep the least disturbed attempt",
+        help="take a measurement up to N more times while other processes use more "
+        f"than {OTHER_LOAD_WARN_CORES} cores during it (after waiting up to "
+        f"{QUIET_WAIT_S:.0f} s for quiet each time)",
     )
     args = parser.parse_args(argv)
     rows: list[str] = []
@@ -203,6 +211,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         install=not args.no_install,
         fail_on_bars=args.fail_on_bars,
         retry_disturbed=args.retry_disturbed,
+        wrk_rounds=2 if wrk_s >= 6 else 1,
     )
 
 
@@ -688,18 +697,16 @@ def verify_small(port: int) -> None:
         raise h.BenchError(f"GET {SMALL_PATH} answered {response.status}: {response.body[:200]!r}")
 
 
-def measure_download(world: World, port: int, reps: int) -> Transfer:
-    """Median MB/s of ``reps`` 100 MiB downloads, each checked for status and byte
-    count, after one untimed download compared byte for byte with the file."""
-    speeds: list[float] = []
-    for rep in range(-1, reps):
-        check = rep < 0
+def measure_download(world: World, port: int, *, check: bool) -> float:
+    """MB/s of one 100 MiB download, checked for status and byte count; with ``check``
+    an untimed download compared byte for byte with the file comes first."""
+    for verifying in (True, False) if check else (False,):
         response = h.http_request(
             port,
             "GET",
             BIG_PATH,
             host_header=HOST_HEADER,
-            keep_body=check,
+            keep_body=verifying,
             timeout_s=120,
             total_timeout_s=300,
         )
@@ -707,64 +714,69 @@ def measure_download(world: World, port: int, reps: int) -> Transfer:
             raise h.BenchError(
                 f"download: status {response.status}, {response.body_bytes} of {BIG_BYTES} bytes"
             )
-        if check:
-            if response.body != world.big:
-                raise h.BenchError("download: body differs from the file served")
-            continue
-        speeds.append(BIG_BYTES / response.seconds / 1e6)
+        if verifying and response.body != world.big:
+            raise h.BenchError("download: body differs from the file served")
+    return BIG_BYTES / response.seconds / 1e6
+
+
+def measure_upload(world: World, port: int, name: str) -> float:
+    """MB/s of one 100 MiB PUT; the stored file is compared with what was sent, so a
+    body that did not really cross the tunnel fails the row."""
+    target = world.upload_dir / name
+    response = h.http_request(
+        port,
+        "PUT",
+        f"/upload/{name}",
+        host_header=HOST_HEADER,
+        body=world.big,
+        timeout_s=120,
+    )
+    try:
+        if response.status not in (200, 201, 204):
+            raise h.BenchError(f"upload: status {response.status}: {response.body[:200]!r}")
+        stored = target.read_bytes() if target.exists() else b""
+        if stored != world.big:
+            raise h.BenchError(
+                f"upload: nginx stored {len(stored)} bytes, not the "
+                f"{BIG_BYTES} sent (or different bytes)"
+            )
+    finally:
+        target.unlink(missing_ok=True)
+    return BIG_BYTES / response.seconds / 1e6
+
+
+def transfer(speeds: list[float]) -> Transfer:
     return Transfer(runs_mb_s=[round(s, 1) for s in speeds], median_mb_s=h.median(speeds))
 
 
-def measure_upload(world: World, port: int, reps: int, label: str) -> Transfer:
-    """Median MB/s of ``reps`` 100 MiB PUTs; each stored file is compared with what was
-    sent, so a body that did not really cross the tunnel fails the row."""
-    speeds: list[float] = []
-    for rep in range(reps):
-        name = f"{label.replace(' ', '_')}-{rep}"
-        target = world.upload_dir / name
-        response = h.http_request(
-            port,
-            "PUT",
-            f"/upload/{name}",
-            host_header=HOST_HEADER,
-            body=world.big,
-            timeout_s=120,
-        )
-        try:
-            if response.status not in (200, 201, 204):
-                raise h.BenchError(f"upload: status {response.status}: {response.body[:200]!r}")
-            stored = target.read_bytes() if target.exists() else b""
-            if stored != world.big:
-                raise h.BenchError(
-                    f"upload: nginx stored {len(stored)} bytes, not the "
-                    f"{BIG_BYTES} sent (or different bytes)"
-                )
-        finally:
-            target.unlink(missing_ok=True)
-        speeds.append(BIG_BYTES / response.seconds / 1e6)
-    return Transfer(runs_mb_s=[round(s, 1) for s in speeds], median_mb_s=h.median(speeds))
-
-
-def run_suite(world: World, row: RowResult, target: Target) -> None:
-    """Check, warm up, then every measurement of one row."""
-    settings = world.settings
-    verify_small(target.port)
-    pids = target.tunnel_pids()
-    run_wrk(world, target.port, connections=64, threads=2, seconds=settings.warmup_s, pids=pids)
-    row.wrk64 = run_wrk(
-        world, target.port, connections=64, threads=2, seconds=settings.wrk_s, pids=pids
+def merge_wrk(runs: list[WrkResult]) -> WrkResult:
+    """One figure from a row's wrk runs of every round: req/s over all of them, the
+    median of the runs' percentiles, the worst maximum, errors and CPU summed."""
+    requests = sum(run.requests for run in runs)
+    seconds = sum(run.seconds for run in runs)
+    cpu_us = [
+        run.tunnel_cpu_us_per_req * run.requests
+        for run in runs
+        if run.tunnel_cpu_us_per_req is not None
+    ]
+    errors: dict[str, int] = {}
+    for run in runs:
+        for key, count in run.errors.items():
+            errors[key] = errors.get(key, 0) + count
+    return WrkResult(
+        connections=runs[0].connections,
+        threads=runs[0].threads,
+        requests=requests,
+        seconds=seconds,
+        req_per_s=requests / seconds if seconds else 0.0,
+        p50_ms=h.median([run.p50_ms for run in runs]),
+        p90_ms=h.median([run.p90_ms for run in runs]),
+        p99_ms=h.median([run.p99_ms for run in runs]),
+        p999_ms=h.median([run.p999_ms for run in runs]),
+        max_ms=max(run.max_ms for run in runs),
+        errors=errors,
+        tunnel_cpu_us_per_req=sum(cpu_us) / requests if cpu_us and requests else None,
     )
-    check_wrk(row.wrk64, row, "64 connections")
-    print(f"   64 conns: {row.wrk64.req_per_s:,.0f} req/s", file=sys.stderr)
-    row.wrk1 = run_wrk(
-        world, target.port, connections=1, threads=1, seconds=settings.wrk_s, pids=pids
-    )
-    check_wrk(row.wrk1, row, "1 connection")
-    print(f"   1 conn: {row.wrk1.req_per_s:,.0f} req/s", file=sys.stderr)
-    row.download = measure_download(world, target.port, settings.reps)
-    print(f"   download: {row.download.median_mb_s:,.0f} MB/s", file=sys.stderr)
-    row.upload = measure_upload(world, target.port, settings.reps, row.name)
-    print(f"   upload: {row.upload.median_mb_s:,.0f} MB/s", file=sys.stderr)
 
 
 def measure_slow(world: World, target: Target, upstream: slow.SlowUpstream) -> slow.SlowResult:
@@ -798,48 +810,13 @@ def measure_slow(world: World, target: Target, upstream: slow.SlowUpstream) -> s
     return result
 
 
-def sample_tunnel(row: RowResult, target: Target, others: h.ForeignLoad) -> None:
-    """Peak RSS of the tunnel's processes (before they stop) and the other load."""
+def sample_rss(row: RowResult, target: Target) -> None:
+    """Peak RSS of the tunnel's processes, read before they stop."""
     pids = target.tunnel_pids()
     if pids:
         samples = h.sample(pids)
         row.processes = [asdict(s) for s in samples]
         row.peak_rss_mib = sum(s.vmhwm_kib for s in samples) / 1024
-    row.other_load_cores = others.cores()
-    if row.other_load_cores > OTHER_LOAD_WARN_CORES:
-        row.notes.append(
-            f"other processes used {row.other_load_cores:.2f} cores on "
-            "average during this row: its figures are disturbed"
-        )
-
-
-def measure_row(world: World, name: str) -> RowResult:
-    """Set up one row, run every measurement through it, tear it down."""
-    row = RowResult(name=name)
-    started = time.monotonic()
-    print(f"== {name}", file=sys.stderr, flush=True)
-    try:
-        with ROW_SETUP[name](world, row) as target:
-            others = h.ForeignLoad()
-            try:
-                run_suite(world, row, target)
-            finally:  # also after a failure: the figures help to explain it
-                sample_tunnel(row, target, others)
-            if target.slow_upstream is not None:  # after the RSS sample: its own bar
-                row.slow = measure_slow(world, target, target.slow_upstream)
-        row.ok = True
-    except (h.BenchError, OSError, subprocess.SubprocessError) as exc:
-        row.error = (
-            f"{type(exc).__name__}: {exc}" if not isinstance(exc, h.BenchError) else str(exc)
-        )
-        print(f"   FAILED: {row.error}", file=sys.stderr)
-    print(f"   ({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
-    return row
-
-
-def disturbed(row: RowResult) -> bool:
-    """Did other processes use a noticeable share of the machine during the row?"""
-    return (row.other_load_cores or 0.0) > OTHER_LOAD_WARN_CORES
 
 
 def wait_for_quiet(limit_s: float = QUIET_WAIT_S, window_s: float = 2.0) -> float:
@@ -854,29 +831,197 @@ def wait_for_quiet(limit_s: float = QUIET_WAIT_S, window_s: float = 2.0) -> floa
             return load
 
 
-def measure_row_retrying(world: World, name: str) -> RowResult:
-    """measure_row, repeated (``--retry-disturbed``) while other load disturbs it;
-    the least disturbed attempt is kept."""
-    attempts = [measure_row(world, name)]
-    while (
-        len(attempts) <= world.settings.retry_disturbed
-        and attempts[-1].ok
-        and disturbed(attempts[-1])
-    ):
-        load = attempts[-1].other_load_cores or 0.0
+@dataclass
+class Running:
+    """A row set up and taking load: its target and what its rounds measured so far."""
+
+    row: RowResult
+    target: Target
+    wrk64: list[WrkResult] = field(default_factory=list)
+    wrk1: list[WrkResult] = field(default_factory=list)
+    downloads: list[float] = field(default_factory=list)
+    uploads: list[float] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)
+
+
+def measure(world: World, running: Running, label: str, step: Callable[[], T]) -> T:
+    """One measurement of one row, again (``--retry-disturbed``) while other processes
+    disturb it; the last attempt's figure is returned and its other load recorded."""
+    for attempt in range(world.settings.retry_disturbed + 1):
+        others = h.ForeignLoad()
+        figure = step()
+        load = others.cores()
+        if load <= OTHER_LOAD_WARN_CORES or attempt == world.settings.retry_disturbed:
+            break
         print(
-            f"   disturbed ({load:.2f} cores used by others); waiting for quiet, then again",
+            f"   {running.row.name}, {label}: disturbed ({load:.2f} cores used by others); "
+            "waiting for quiet, then again",
             file=sys.stderr,
         )
         wait_for_quiet()
-        attempts.append(measure_row(world, name))
-    best = min(attempts, key=lambda row: (not row.ok, row.other_load_cores or 0.0))
-    if len(attempts) > 1:
-        loads = ", ".join(f"{row.other_load_cores or 0.0:.2f}" for row in attempts)
-        best.notes.append(
-            f"measured {len(attempts)} times (other load {loads} cores); kept the least disturbed"
+    running.loads.append(load)
+    return figure
+
+
+def round_of(world: World, running: Running, index: int, wrk_s: int) -> None:
+    """One round of one row: a wrk run at each concurrency, a download and an upload."""
+    row, port, pids = running.row, running.target.port, running.target.tunnel_pids()
+
+    def wrk(connections: int, threads: int, label: str) -> WrkResult:
+        result = run_wrk(
+            world, port, connections=connections, threads=threads, seconds=wrk_s, pids=pids
         )
-    return best
+        check_wrk(result, row, label)
+        return result
+
+    if index < world.settings.wrk_rounds:
+        running.wrk64.append(
+            measure(world, running, "64 connections", lambda: wrk(64, 2, "64 connections"))
+        )
+        running.wrk1.append(
+            measure(world, running, "1 connection", lambda: wrk(1, 1, "1 connection"))
+        )
+    if index < world.settings.reps:
+        name = f"{row.name.replace(' ', '_')}-{index}"
+        running.downloads.append(
+            measure(
+                world,
+                running,
+                "download",
+                lambda: measure_download(world, port, check=index == 0),
+            )
+        )
+        running.uploads.append(
+            measure(world, running, "upload", lambda: measure_upload(world, port, name))
+        )
+    figures = []
+    if index < world.settings.wrk_rounds:
+        figures.append(
+            f"{running.wrk64[-1].req_per_s:,.0f} / {running.wrk1[-1].req_per_s:,.0f} req/s"
+        )
+    if index < world.settings.reps:
+        figures.append(f"{running.downloads[-1]:,.0f} / {running.uploads[-1]:,.0f} MB/s")
+    print(f"   {row.name}: {', '.join(figures)}", file=sys.stderr, flush=True)
+
+
+def finish(running: Running) -> None:
+    """A row's figures from its rounds."""
+    row = running.row
+    if running.wrk64:
+        row.wrk64 = merge_wrk(running.wrk64)
+    if running.wrk1:
+        row.wrk1 = merge_wrk(running.wrk1)
+    if running.downloads:
+        row.download = transfer(running.downloads)
+    if running.uploads:
+        row.upload = transfer(running.uploads)
+    if running.loads:
+        row.other_load_cores = sum(running.loads) / len(running.loads)
+        if row.other_load_cores > OTHER_LOAD_WARN_CORES:
+            row.notes.append(
+                f"other processes used {row.other_load_cores:.2f} cores on "
+                "average during this row: its figures are disturbed"
+            )
+
+
+def fail(row: RowResult, exc: BaseException) -> None:
+    row.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, h.BenchError) else str(exc)
+    row.ok = False
+    print(f"   {row.name} FAILED: {row.error}", file=sys.stderr)
+
+
+_FAILURES: Final = (h.BenchError, OSError, subprocess.SubprocessError)
+
+
+class _Guarded:
+    """A row's setup as a context: a failure while tearing it down fails that row
+    (the others' figures stand); a failure setting it up reaches the caller."""
+
+    def __init__(self, row: RowResult, setup: contextlib.AbstractContextManager[Target]) -> None:
+        self._row = row
+        self._setup = setup
+
+    def __enter__(self) -> Target:
+        return self._setup.__enter__()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            return bool(self._setup.__exit__(kind, exc, tb))
+        except _FAILURES as failure:
+            fail(self._row, failure)
+            return kind is None or issubclass(kind, _FAILURES)
+
+
+def measure_rows(world: World) -> dict[str, RowResult]:
+    """Every row set up at once, then measured in rounds that visit the rows in turn.
+
+    The machine's speed drifts by 20-30 % within minutes on a shared VM. Rows measured
+    one after another then differ by the minute they ran in; taken in turns, each
+    round's drift falls on every row alike, so the ratios between rows hold.
+    """
+    settings = world.settings
+    rows = {name: RowResult(name=name) for name in settings.rows}
+    with contextlib.ExitStack() as stack:
+        running: list[Running] = []
+        for name in settings.rows:
+            row = rows[name]
+            print(f"== {name}: setting up", file=sys.stderr, flush=True)
+            try:
+                target = stack.enter_context(_Guarded(row, ROW_SETUP[name](world, row)))
+                verify_small(target.port)
+                run_wrk(
+                    world,
+                    target.port,
+                    connections=64,
+                    threads=2,
+                    seconds=settings.warmup_s,
+                    pids=target.tunnel_pids(),
+                )
+            except _FAILURES as exc:
+                fail(row, exc)
+                continue
+            row.ok = True
+            running.append(Running(row=row, target=target))
+        wrk_s = max(1, settings.wrk_s // settings.wrk_rounds)
+        for index in range(max(settings.wrk_rounds, settings.reps)):
+            print(f"== round {index + 1}", file=sys.stderr, flush=True)
+            # Each round starts at another row, so none is always first after a pause.
+            for running_row in running[index % len(running) :] + running[: index % len(running)]:
+                if not running_row.row.ok:
+                    continue
+                try:
+                    round_of(world, running_row, index, wrk_s)
+                except _FAILURES as exc:
+                    fail(running_row.row, exc)
+        for running_row in running:
+            finish(running_row)
+            report_row(running_row.row)
+            sample_rss(running_row.row, running_row.target)
+        for running_row in running:
+            upstream = running_row.target.slow_upstream
+            if upstream is not None and running_row.row.ok:  # after the RSS sample
+                try:
+                    running_row.row.slow = measure_slow(world, running_row.target, upstream)
+                except _FAILURES as exc:
+                    fail(running_row.row, exc)
+    return rows
+
+
+def report_row(row: RowResult) -> None:
+    print(f"== {row.name}", file=sys.stderr)
+    if row.wrk64:
+        print(f"   64 conns: {row.wrk64.req_per_s:,.0f} req/s", file=sys.stderr)
+    if row.wrk1:
+        print(f"   1 conn: {row.wrk1.req_per_s:,.0f} req/s", file=sys.stderr)
+    if row.download:
+        print(f"   download: {row.download.median_mb_s:,.0f} MB/s", file=sys.stderr)
+    if row.upload:
+        print(f"   upload: {row.upload.median_mb_s:,.0f} MB/s", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- report
@@ -1015,8 +1160,9 @@ def render_tables(
     """The markdown report."""
     out: list[str] = []
     out.append(
-        f"wrk: {settings.wrk_s:g} s per run, 1 KiB responses; "
-        f"transfers: median of {settings.reps} x 100 MiB; MB/s = 10^6 B/s; "
+        f"rows measured in turns; wrk: {settings.wrk_s:g} s per figure in "
+        f"{settings.wrk_rounds} round(s), 1 KiB responses; "
+        f"transfers: median of {settings.reps} x 100 MiB, one per round; MB/s = 10^6 B/s; "
         "other load: CPU cores used by processes not started by this run\n"
     )
     out.append(
@@ -1172,8 +1318,7 @@ def main(argv: list[str] | None = None) -> int:
                 "figures will be disturbed (see the 'other load' column)",
                 file=sys.stderr,
             )
-        for name in settings.rows:
-            rows[name] = measure_row_retrying(world, name)
+        rows = measure_rows(world)
         meta = {
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
