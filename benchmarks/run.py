@@ -1325,6 +1325,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions(world),
             "settings": {
                 "wrk_s": settings.wrk_s,
+                "wrk_rounds": settings.wrk_rounds,
                 "warmup_s": settings.warmup_s,
                 "reps": settings.reps,
             },
