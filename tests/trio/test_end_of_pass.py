@@ -15,7 +15,7 @@ import trio
 import trio.testing
 
 from pvtunnel._errors import TunnelClosedError
-from pvtunnel._trio import tunnel as tunnel_module
+from pvtunnel._trio import batching
 from pvtunnel._trio.tunnel import Tunnel
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.heads import RequestHead
@@ -154,13 +154,13 @@ async def test_a_socket_found_broken_at_the_end_of_a_pass_closes_the_tunnel(
     # about to block until the next deadline: it must be told to look again (no
     # clock shows that wait, so the call is what the test checks).
     rescans: list[str] = []
-    rescan = tunnel_module._rescan
+    rescan = batching._rescan
 
     def recorded() -> None:
         rescans.append("rescan")
         rescan()
 
-    monkeypatch.setattr(tunnel_module, "_rescan", recorded)
+    monkeypatch.setattr(batching, "_rescan", recorded)
     channel = tunnel.open_stream(GET, end_stream=True)
     with trio.fail_after(LIMIT_S), pytest.raises(TunnelClosedError, match="lost while sending"):
         await channel.receive()

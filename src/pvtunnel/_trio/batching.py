@@ -40,14 +40,30 @@ class EndOfPassSender(trio.abc.Instrument):
         if not self.waiting:
             return
         tunnels, self.waiting = self.waiting, {}
+        woke = False
         for tunnel in tunnels:
             try:
-                tunnel.send_at_end_of_pass()
+                woke = tunnel.send_at_end_of_pass() or woke
             except Exception:
                 # An instrument that raises is removed by Trio, and every tunnel of
                 # the run would then wait on its writer alone: never let one out.
                 logger.exception("%s: sending at the end of a pass failed", tunnel.label)
-                tunnel.wake_writer_task()
+                woke = tunnel.wake_writer_task() or woke
+        if woke and timeout > 0:
+            _rescan()
+
+
+def _rescan() -> None:
+    """Make the scheduler look again before it blocks.
+
+    It is about to wait as long as it computed before the tasks woken here became
+    runnable; a callback queued now interrupts that wait at once.
+    """
+    trio.lowlevel.current_trio_token().run_sync_soon(_nothing)
+
+
+def _nothing() -> None:
+    pass
 
 
 def end_of_pass_sender() -> EndOfPassSender:

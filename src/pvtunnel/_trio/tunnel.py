@@ -201,20 +201,6 @@ class Channel:
             raise StreamResetError(ErrorCode.CANCEL, "stream closed") from None
 
 
-def _rescan() -> None:
-    """Make the scheduler look again before it blocks.
-
-    At the end of a pass it is about to wait as long as it computed before the
-    tasks woken here became runnable; a callback queued from here interrupts that
-    wait at once.
-    """
-    trio.lowlevel.current_trio_token().run_sync_soon(_nothing)
-
-
-def _nothing() -> None:
-    pass
-
-
 class StreamResetError(TunnelClosedError):
     """The peer reset this stream; ``code`` says why."""
 
@@ -292,31 +278,38 @@ class Tunnel:
         sender = self._sender
         if sender is not None:
             sender.waiting[self] = None
-        elif self._write_lot:
-            self._write_lot.unpark_all()
+        else:
+            self.wake_writer_task()
 
-    def send_at_end_of_pass(self) -> None:
+    def send_at_end_of_pass(self) -> bool:
         """Write what is queued without yielding, as far as the socket takes it at once.
 
         Called by `batching.EndOfPassSender`; whatever is left goes to the writer task.
+        True when that woke tasks (the writer, or streams learning the connection
+        broke), which the scheduler must see before it blocks.
         """
         if self.closed is not None:
-            return
+            return False
         mux, ws = self.mux, self.ws
         while mux.has_data_to_send and ws.can_send_nowait:
             if not ws.send_nowait(mux.data_to_send(MAX_MESSAGE_BYTES)):
                 break
         if ws.closed is not None and not ws.has_backlog:
-            self._close_all(TunnelClosedError("agent connection lost while sending"))
-            _rescan()  # the streams' tasks have something to learn
-        elif mux.has_data_to_send or ws.has_backlog:
-            self.wake_writer_task()
+            self._lost_while_sending()
+            return True
+        if mux.has_data_to_send or ws.has_backlog:
+            return self.wake_writer_task()
+        return False
 
-    def wake_writer_task(self) -> None:
-        """Hand what is queued to the writer task, even from the end of a pass."""
-        if self._write_lot:
-            self._write_lot.unpark_all()
-            _rescan()
+    def wake_writer_task(self) -> bool:
+        """Hand what is queued to the writer task; True if that woke it."""
+        if not self._write_lot:
+            return False
+        self._write_lot.unpark_all()
+        return True
+
+    def _lost_while_sending(self) -> None:
+        self._close_all(TunnelClosedError("agent connection lost while sending"))
 
     def open_stream(self, head: RequestHead, *, end_stream: bool) -> Channel:
         """Server: send a request head on a new stream.
@@ -389,7 +382,7 @@ class Tunnel:
         try:
             await self._send_queued()
         except _CLOSED:
-            self._close_all(TunnelClosedError("agent connection lost while sending"))
+            self._lost_while_sending()
 
     async def flush(self) -> None:
         """Send whatever is queued now (used around the handshake and on shutdown)."""
@@ -448,7 +441,7 @@ class Tunnel:
                     continue
                 await self._send_queued()
         except _CLOSED:
-            self._close_all(TunnelClosedError("agent connection lost while sending"))
+            self._lost_while_sending()
 
     async def _heartbeat(self, interval_s: float, scope: trio.CancelScope) -> None:
         """PING every interval; a peer silent for the timeout is declared dead.

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Final, NoReturn
+from typing import TYPE_CHECKING, Final, NoReturn
 
 import trio
 from websockets.client import ClientProtocol
@@ -32,7 +32,10 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from pvtunnel._errors import RemoteProtocolError
-from pvtunnel._trio.sockio import FastSocket, fast_io
+from pvtunnel._trio.sockio import ByteStream, FastSocket, fast_io
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 RECEIVE_SIZE: Final = 65536
 CLOSE_GRACE_S: Final = 2.0
@@ -229,26 +232,14 @@ class WebSocket:
                         # The tunnel's reader sees the peer's close and tells us.
                         await self._close_seen.wait()
                     else:
-                        await self._await_close()
+                        while await self.receive_some():  # payload still on its way
+                            pass
         except (WebSocketClosed, RemoteProtocolError):
             pass
         finally:
             self.closed = self.closed or WebSocketClosed(reason or "closed here", code)
             self._close_seen.set()
             await trio.aclose_forcefully(self.stream)
-
-    async def _await_close(self) -> None:
-        while not self._close_seen.is_set():
-            await self._take_events()
-            if self._close_seen.is_set():
-                return
-            try:
-                data = await self._io.receive_some(RECEIVE_SIZE)
-            except _BROKEN:
-                return
-            if not data:
-                return
-            self._protocol.receive_data(data)
 
     async def _take_events(self) -> bytes:
         """Payload of the frames received so far; answers pings and closes on the way."""
@@ -314,11 +305,7 @@ class WebSocket:
             raise WebSocketClosed("the connection is broken")
         self._writing = True
         try:
-            for data in writes:
-                if data is SEND_EOF or not data:
-                    await _send_eof(self.stream)
-                else:
-                    await self._io.send_all(data)
+            await _write_all(self.stream, writes, self._io)
         except _BROKEN:
             self._lost("the connection broke while sending")
             raise self.closed or WebSocketClosed("the connection broke") from None
@@ -362,8 +349,7 @@ class UpgradeRequest:
     async def accept(self, remote: str = "") -> WebSocket:
         protocol = self._protocol
         protocol.send_response(self._accepted)
-        for data in protocol.data_to_send():
-            await fast_io(self.stream).send_all(data)
+        await _write_all(self.stream, protocol.data_to_send())
         return WebSocket(self.stream, protocol, remote, self._pending)
 
     async def reject(self, status: int, body: bytes) -> None:
@@ -477,8 +463,13 @@ async def connect(
         protocol.receive_data(data)
 
 
-async def _write_all(stream: trio.abc.Stream, writes: list[bytes]) -> None:
-    io = fast_io(stream)
+async def _write_all(
+    stream: trio.abc.Stream,
+    writes: Sequence[bytes | memoryview],
+    io: ByteStream | None = None,
+) -> None:
+    """The protocol's writes in order; its end-of-stream marker half-closes ``stream``."""
+    io = io or fast_io(stream)
     for data in writes:
         if data is SEND_EOF or not data:
             await _send_eof(stream)
