@@ -7,9 +7,9 @@ ways but the sockets stay open, as when a network path dies silently) or cut
 
 from __future__ import annotations
 
-import functools
-
 import trio
+
+from tests.integration.listen import serve_on_loopback
 
 
 class Relay:
@@ -22,13 +22,7 @@ class Relay:
         self.connections = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(trio.serve_listeners, self._connection, listeners)
-            )
-            task_status.started(port)
+        await serve_on_loopback(self._connection, task_status=task_status)
 
     def blackhole(self) -> None:
         """Stop moving bytes (both ways, all connections) until `heal`."""

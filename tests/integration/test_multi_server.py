@@ -91,6 +91,16 @@ async def wait_for_sessions(running: Running, count: int) -> None:
         await running.server.state.wait_sessions_changed()
 
 
+async def revive(nursery: trio.Nursery, gone: Running) -> Running:
+    """A new server on the ports of one that was stopped, once an agent is back on it."""
+    back = server_config(
+        internal={"port": gone.addresses.internal[1]}, external={"port": gone.port}
+    )
+    revived, _ = await start_server_in_scope(nursery, back)
+    await wait_for_sessions(revived, 1)
+    return revived
+
+
 def link_to(agent: TunnelAgent, running: Running) -> ServerLink:
     (link,) = (link for link in agent.links if link.url == url_of(running))
     return link
@@ -165,12 +175,7 @@ async def test_a_server_going_away_leaves_the_other_serving_and_is_reconnected()
             assert survivor_link.reconnects == 0
 
             # Back on the same ports: the agent registers there again by itself.
-            back = server_config(
-                internal={"port": doomed.addresses.internal[1]},
-                external={"port": doomed.port},
-            )
-            revived, _ = await start_server_in_scope(nursery, back)
-            await wait_for_sessions(revived, 1)
+            revived = await revive(nursery, doomed)
             assert (await fetch(revived.port, b"GET", b"/back")).status == 200
             await wait_for(agent, lambda: doomed_link.connected)
             assert survivor.server.sessions == frozenset({survivor_session})
@@ -488,11 +493,7 @@ async def test_a_server_that_comes_back_during_a_drain_hears_goaway_at_once() ->
             (staying_session,) = staying.server.sessions
             await staying_session.tunnel.going_away.wait()
 
-            back = server_config(
-                internal={"port": away.addresses.internal[1]}, external={"port": away.port}
-            )
-            revived, _ = await start_server_in_scope(nursery, back)
-            await wait_for_sessions(revived, 1)
+            revived = await revive(nursery, away)
             (session,) = revived.server.sessions
             await session.tunnel.going_away.wait()
             assert session.tunnel.closed is None

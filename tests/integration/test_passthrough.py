@@ -23,6 +23,7 @@ from tests.integration.harness import (
     start_server,
     start_upstream,
 )
+from tests.integration.listen import serve_on_loopback
 
 MIB = 1024 * 1024
 
@@ -127,10 +128,7 @@ class TcpEcho:
         self.connections = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(functools.partial(trio.serve_listeners, self._echo, listeners))
-            task_status.started(listeners[0].socket.getsockname()[1])
+        await serve_on_loopback(self._echo, task_status=task_status)
 
     async def _echo(self, stream: trio.SocketStream) -> None:
         self.connections += 1

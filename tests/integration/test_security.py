@@ -9,7 +9,6 @@ exactly the body the client framed.
 from __future__ import annotations
 
 import base64
-import functools
 import logging
 import re
 from typing import TYPE_CHECKING, Final
@@ -31,6 +30,7 @@ from tests.integration.harness import (
     start_tunnel,
     start_upstream,
 )
+from tests.integration.listen import serve_on_loopback
 
 if TYPE_CHECKING:
     from tests.integration.harness import Running
@@ -101,12 +101,7 @@ class RawUpstream:
         self.connections = 0
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(trio.serve_listeners, self._connection, listeners)
-            )
-            task_status.started(listeners[0].socket.getsockname()[1])
+        await serve_on_loopback(self._connection, task_status=task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         self.connections += 1

@@ -9,12 +9,12 @@ connection whose responses have come in pieces.
 
 from __future__ import annotations
 
-import functools
 import socket
 
 import trio
 
 from tests.integration.harness import start_agent, start_server
+from tests.integration.listen import serve_on_loopback
 
 LIMIT_S = 10
 BODY = b"ok"
@@ -32,12 +32,7 @@ class PiecewiseUpstream:
         self.go = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(trio.serve_listeners, self._connection, listeners)
-            )
-            task_status.started(listeners[0].socket.getsockname()[1])
+        await serve_on_loopback(self._connection, task_status=task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         buffer = bytearray()

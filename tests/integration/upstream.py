@@ -17,7 +17,6 @@ tests can assert on exactly what crossed the tunnel. Paths choose behaviour:
 
 from __future__ import annotations
 
-import functools
 from typing import Final
 
 import attrs
@@ -25,6 +24,7 @@ import h11
 import trio
 
 from pvtunnel._trio.demo import read_request
+from tests.integration.listen import serve_on_loopback
 
 PATTERN: Final = bytes(range(256)) * 256
 
@@ -52,13 +52,7 @@ class RecordingUpstream:
         self.hung_up = trio.Event()
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        port = listeners[0].socket.getsockname()[1]
-        async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(trio.serve_listeners, self._connection, listeners)
-            )
-            task_status.started(port)
+        await serve_on_loopback(self._connection, task_status=task_status)
 
     async def _connection(self, stream: trio.SocketStream) -> None:
         self.connections += 1

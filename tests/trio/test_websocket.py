@@ -85,6 +85,36 @@ async def receive_exactly(ws: WebSocket, size: int) -> bytes:
     return bytes(data)
 
 
+async def open_against_trio_websocket(
+    nursery: trio.Nursery,
+) -> tuple[WebSocket, trio_websocket.WebSocketConnection]:
+    """Our client, and trio-websocket accepting it as the server (its reader in ``nursery``)."""
+    client_end, server_end = trio.testing.memory_stream_pair()
+    peers: list[trio_websocket.WebSocketConnection] = []
+
+    async def serve() -> None:
+        request = await trio_websocket.wrap_server_stream(nursery, server_end)
+        peers.append(await request.accept())
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as handshake:
+            handshake.start_soon(serve)
+            client = await connect(client_end, "server", "/", [])
+    (theirs,) = peers
+    return client, theirs
+
+
+def start_reading(nursery: trio.Nursery, ws: WebSocket) -> list[bytes]:
+    """Start a task that takes one `receive_some` of ``ws``; its result lands in the list."""
+    received: list[bytes] = []
+
+    async def read() -> None:
+        received.append(await ws.receive_some())
+
+    nursery.start_soon(read)
+    return received
+
+
 async def read_to_eof(stream: trio.abc.ReceiveStream) -> bytes:
     data = bytearray()
     with trio.fail_after(LIMIT_S):
@@ -352,19 +382,9 @@ async def test_trio_websocket_as_the_server() -> None:
 
 
 async def test_a_text_message_is_a_protocol_error() -> None:
-    client_end, server_end = trio.testing.memory_stream_pair()
-    peers: list[trio_websocket.WebSocketConnection] = []
     async with trio.open_nursery() as nursery:
-
-        async def serve() -> None:
-            request = await trio_websocket.wrap_server_stream(nursery, server_end)
-            peers.append(await request.accept())
-
+        client, theirs = await open_against_trio_websocket(nursery)
         with trio.fail_after(LIMIT_S):
-            async with trio.open_nursery() as handshake:
-                handshake.start_soon(serve)
-                client = await connect(client_end, "server", "/", [])
-            (theirs,) = peers
             await theirs.send_message(b"binary is fine")
             assert await receive_exactly(client, 14) == b"binary is fine"
             await theirs.send_message("text is not")
@@ -377,26 +397,11 @@ async def test_a_text_message_is_a_protocol_error() -> None:
 
 
 async def test_a_ping_is_answered_while_receiving() -> None:
-    client_end, server_end = trio.testing.memory_stream_pair()
-    peers: list[trio_websocket.WebSocketConnection] = []
-    received: list[bytes] = []
     async with trio.open_nursery() as nursery:
-
-        async def serve() -> None:
-            request = await trio_websocket.wrap_server_stream(nursery, server_end)
-            peers.append(await request.accept())
-
+        client, theirs = await open_against_trio_websocket(nursery)
         with trio.fail_after(LIMIT_S):
-            async with trio.open_nursery() as handshake:
-                handshake.start_soon(serve)
-                client = await connect(client_end, "server", "/", [])
-            (theirs,) = peers
-
-            async def reader() -> None:
-                received.append(await client.receive_some())
-
             async with trio.open_nursery() as reading:
-                reading.start_soon(reader)
+                received = start_reading(reading, client)
                 await trio.testing.wait_all_tasks_blocked()
                 # ping() returns only once the matching pong is back.
                 await theirs.ping(b"are you there")
@@ -416,13 +421,8 @@ async def test_our_close_reaches_a_receiving_peer_at_once(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     client, server, _ = await open_pair()
-    received: list[bytes] = []
-
-    async def peer_reader() -> None:
-        received.append(await server.receive_some())
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(peer_reader)
+        received = start_reading(nursery, server)
         await trio.testing.wait_all_tasks_blocked()
         start = trio.current_time()
         await client.aclose(4001, "agent stopping")
@@ -444,18 +444,9 @@ async def test_our_close_while_our_own_reader_waits_returns_on_the_answer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     client, server, _ = await open_pair()
-    ours: list[bytes] = []
-    theirs: list[bytes] = []
-
-    async def our_reader() -> None:
-        ours.append(await client.receive_some())
-
-    async def their_reader() -> None:
-        theirs.append(await server.receive_some())
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(our_reader)
-        nursery.start_soon(their_reader)
+        ours = start_reading(nursery, client)
+        theirs = start_reading(nursery, server)
         await trio.testing.wait_all_tasks_blocked()
         start = trio.current_time()
         # Our reader owns the transport; aclose learns of the answer from it.
@@ -484,13 +475,8 @@ async def test_our_close_with_our_reader_waiting_gives_up_on_a_silent_peer(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     client, server, _ = await open_pair()
-    ours: list[bytes] = []
-
-    async def our_reader() -> None:
-        ours.append(await client.receive_some())
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(our_reader)
+        ours = start_reading(nursery, client)
         await trio.testing.wait_all_tasks_blocked()
         start = trio.current_time()
         await client.aclose(1000, "bye")
@@ -546,13 +532,8 @@ async def test_a_lost_transport_reads_as_an_abnormal_close() -> None:
 
 async def test_a_transport_lost_under_a_waiting_reader() -> None:
     client, server, _ = await open_pair()
-    received: list[bytes] = []
-
-    async def reader() -> None:
-        received.append(await client.receive_some())
-
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(reader)
+        received = start_reading(nursery, client)
         await trio.testing.wait_all_tasks_blocked()
         await server.stream.aclose()
     assert received == [b""]
@@ -670,14 +651,9 @@ async def test_a_ping_crossing_our_close_is_not_answered() -> None:
 
 async def test_a_ping_crossing_our_close_under_our_reader() -> None:
     client, server, _ = await open_pair()
-    got: list[bytes] = []
-
-    async def reader() -> None:
-        got.append(await client.receive_some())
-
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(reader)
+            got = start_reading(nursery, client)
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(client.aclose)
             await trio.testing.wait_all_tasks_blocked()  # our close is on its way
