@@ -26,6 +26,7 @@ from pvtunnel._config import (
     Secret,
     ServerConfig,
     ServerEndpoint,
+    admin_token_from_environment,
     check_file,
     generate_token,
     load_agent_config,
@@ -167,6 +168,7 @@ def _serve(args: argparse.Namespace) -> int:
         internal_port=args.internal_port,
         external_port=args.external_port,
         admin_port=args.admin_port,
+        admin_token=admin_token_from_environment(os.environ),
     )
     if config.internal.token is None and not config.internal.tokens:
         token = generate_token()
@@ -211,6 +213,7 @@ def _agent(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         routes=args.route,
         admin_port=args.admin_port,
+        admin_token=admin_token_from_environment(os.environ),
     )
     problems = config.validate_runnable()
     if problems:

@@ -6,7 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from pvtunnel._config import Secret, load_agent_config, load_server_config
+from pvtunnel._config import (
+    AdminConfig,
+    Secret,
+    admin_token_from_environment,
+    load_agent_config,
+    load_server_config,
+    with_agent_overrides,
+    with_overrides,
+)
 from pvtunnel._errors import ConfigError
 from tests.config.helpers import TOKEN, agent_problems, server_problems, write
 
@@ -163,6 +171,57 @@ def test_an_environment_token_does_not_hide_a_malformed_table(here: Path) -> Non
     assert agent_problems(Path("agent.toml"), {"PVTUNNEL_TOKEN": TOKEN}) == [
         "agent.toml: server: expected a table, got a string"
     ]
+
+
+def test_the_admin_token_comes_from_the_environment_too(here: Path) -> None:
+    environ = {"PVTUNNEL_ADMIN_TOKEN": "from-env-a"}
+    write(here, "server.toml", '[admin]\nport = 9000\nhost = "0.0.0.0"\ntoken = "from-toml"\n')
+    server = load_server_config(Path("server.toml"), environ=environ)
+    assert server.admin == AdminConfig(port=9000, host="0.0.0.0", token=Secret("from-env-a"))
+    write(here, "t", "from-file")
+    write(here, "agent.toml", 'client_id = "a"\n[admin]\nport = 9001\ntoken_file = "t"\n')
+    agent = load_agent_config(Path("agent.toml"), environ=environ)
+    assert agent.admin == AdminConfig(port=9001, token=Secret("from-env-a"))
+    # It fills in what a non-loopback listener requires.
+    write(here, "bare.toml", '[admin]\nport = 9002\nhost = "0.0.0.0"\n')
+    bare = load_server_config(Path("bare.toml"), environ=environ)
+    assert bare.admin is not None
+    assert bare.admin.token == Secret("from-env-a")
+
+
+def test_the_admin_token_alone_does_not_turn_the_listener_on() -> None:
+    # `pvtunnel status` reads the same variable, so it may be set in a shell that
+    # also starts servers without an admin listener.
+    environ = {"PVTUNNEL_ADMIN_TOKEN": TOKEN}
+    assert load_server_config(None, environ=environ).admin is None
+    assert load_agent_config(None, environ=environ).admin is None
+
+
+def test_admin_port_takes_the_environment_admin_token(here: Path) -> None:
+    token = admin_token_from_environment({"PVTUNNEL_ADMIN_TOKEN": f" {TOKEN}\n"})
+    assert token == Secret(TOKEN)
+    assert admin_token_from_environment({}) is None
+    server = with_overrides(load_server_config(None, environ={}), admin_port=0, admin_token=token)
+    assert server.admin == AdminConfig(port=0, token=Secret(TOKEN))
+    agent = with_agent_overrides(
+        load_agent_config(None, environ={}), admin_port=9100, admin_token=token
+    )
+    assert agent.admin == AdminConfig(port=9100, token=Secret(TOKEN))
+    # A listener from the file keeps its own (which the environment already replaced).
+    write(here, "server.toml", '[admin]\nport = 9000\ntoken = "from-toml"\n')
+    from_file = with_overrides(
+        load_server_config(Path("server.toml"), environ={}), admin_port=9001, admin_token=token
+    )
+    assert from_file.admin == AdminConfig(port=9001, token=Secret("from-toml"))
+
+
+def test_a_bad_admin_environment_token_is_reported() -> None:
+    problem = "environment: PVTUNNEL_ADMIN_TOKEN: the token must not be empty"
+    assert server_problems(None, {"PVTUNNEL_ADMIN_TOKEN": " "}) == [problem]
+    assert agent_problems(None, {"PVTUNNEL_ADMIN_TOKEN": ""}) == [problem]
+    with pytest.raises(ConfigError) as caught:
+        admin_token_from_environment({"PVTUNNEL_ADMIN_TOKEN": ""})
+    assert caught.value.problems == [problem]
 
 
 def test_empty_environment_token_is_an_error() -> None:

@@ -484,7 +484,8 @@ async def test_serve_and_agent_take_admin_port_flags_and_status_reads_both(
                 "--internal-port=0",
                 "--external-port=0",
                 "--admin-port=0",
-                env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+                # The listener `--admin-port` turns on takes the environment's token.
+                env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN, "PVTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN},
             )
             processes.append(server)
             ready = await server.wait_for(
@@ -497,17 +498,22 @@ async def test_serve_and_agent_take_admin_port_flags_and_status_reads_both(
                 f"--route=app=127.0.0.1:{upstream_port}",
                 "--client-id=cli-agent",
                 "--admin-port=0",
-                env={"PVTUNNEL_TOKEN": TOKEN},
+                env={"PVTUNNEL_TOKEN": TOKEN, "PVTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN},
             )
             processes.append(agent)
             agent_ready = await agent.wait_for(r"routes=app admin=(http://127\.0\.0\.1:\d+)$")
             assert (await fetch(int(ready.group(2)), b"GET", b"/")).status == 200
 
-            server_view = await pvtunnel("status", "--admin", ready.group(3))
+            for admin in (ready.group(3), agent_ready.group(1)):
+                refused = await pvtunnel("status", "--admin", admin)
+                assert refused.returncode == 1
+                assert b"HTTP 401, a token is needed" in refused.stderr
+            with_token = {"PVTUNNEL_ADMIN_TOKEN": ADMIN_TOKEN}
+            server_view = await pvtunnel("status", "--admin", ready.group(3), env=with_token)
             assert server_view.returncode == 0, server_view.stderr
             assert b"ready, 1 agent, 0 streams in flight" in server_view.stdout
             assert re.search(rb"\ncli-agent +127\.0\.0\.1 .* 1  app\n", server_view.stdout)
-            agent_view = await pvtunnel("status", "--admin", agent_ready.group(1))
+            agent_view = await pvtunnel("status", "--admin", agent_ready.group(1), env=with_token)
             assert agent_view.returncode == 0, agent_view.stderr
             assert b"pvtunnel agent cli-agent at " in agent_view.stdout
             assert re.search(

@@ -4,7 +4,13 @@ A package because one module would pass the size limit of STYLE section 7; this
 file is its whole interface, and the rest of pvtunnel imports only from here.
 """
 
-from .loading import ConfigKind, check_file, load_agent_config, load_server_config
+from .loading import (
+    ConfigKind,
+    admin_token_from_environment,
+    check_file,
+    load_agent_config,
+    load_server_config,
+)
 from .model import (
     AdminConfig,
     AgentConfig,
@@ -38,6 +44,7 @@ __all__ = [
     "ServerConfig",
     "ServerEndpoint",
     "TimeoutsConfig",
+    "admin_token_from_environment",
     "check_file",
     "generate_token",
     "load_agent_config",

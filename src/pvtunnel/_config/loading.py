@@ -50,11 +50,13 @@ ConfigKind = Literal["server", "agent", "unknown"]
 T = TypeVar("T")
 
 ENVIRONMENT_SOURCE: Final = "environment"
+ADMIN_TOKEN_ENV: Final = {"PVTUNNEL_ADMIN_TOKEN": "admin"}
 SERVER_TOKEN_ENV: Final = {
     "PVTUNNEL_INTERNAL_TOKEN": "internal",
     "PVTUNNEL_EXTERNAL_TOKEN": "external",
+    **ADMIN_TOKEN_ENV,
 }
-AGENT_TOKEN_ENV: Final = {"PVTUNNEL_TOKEN": "server"}
+AGENT_TOKEN_ENV: Final = {"PVTUNNEL_TOKEN": "server", **ADMIN_TOKEN_ENV}
 _PATH_KEYS: Final = ("tls_cert", "tls_key", "ca_file")
 _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -344,6 +346,11 @@ def _resolve(
                 if not resolved.is_file():
                     problems.add(join_path(key_path, key), f"no such file: {resolved}")
     for table_name, token in environment_tokens.items():
+        if table_name == "admin" and "admin" not in raw:
+            # The admin token alone does not turn the listener on (`pvtunnel status`
+            # reads the same variable); `--admin-port` takes it, see
+            # `admin_token_from_environment`.
+            continue
         table = raw.setdefault(table_name, {})
         if isinstance(table, dict):  # else the converter reports the table itself
             table["token"] = token
@@ -376,13 +383,30 @@ def _load(path: Path | None, environ: Mapping[str, str], kind: ConfigKind, cls: 
     return config
 
 
+def admin_token_from_environment(environ: Mapping[str, str]) -> Secret | None:
+    """``$PVTUNNEL_ADMIN_TOKEN``, for an admin listener that ``--admin-port`` turns on.
+
+    A listener from the file's ``[admin]`` table already has it: the loaders put it
+    there, winning over the file as every environment token does.
+
+    Raises:
+        ConfigError: The variable is set but holds no usable token.
+    """
+    problems: list[str] = []
+    tokens = _environment_tokens(environ, ADMIN_TOKEN_ENV, problems)
+    if problems:
+        raise ConfigError(problems)
+    return tokens.get("admin")
+
+
 def load_server_config(path: Path | None, *, environ: Mapping[str, str]) -> ServerConfig:
     """Build the server's configuration from server.toml and the environment.
 
     Args:
         path: The TOML file, or None for defaults only (a first run needs no file).
-        environ: Where ``PVTUNNEL_INTERNAL_TOKEN`` and ``PVTUNNEL_EXTERNAL_TOKEN``
-            are looked up (pass ``os.environ``); they win over the file.
+        environ: Where ``PVTUNNEL_INTERNAL_TOKEN``, ``PVTUNNEL_EXTERNAL_TOKEN`` and
+            ``PVTUNNEL_ADMIN_TOKEN`` are looked up (pass ``os.environ``); they win
+            over the file.
 
     Returns:
         A finished config: tokens resolved, relative paths made absolute.
@@ -404,7 +428,8 @@ def load_agent_config(path: Path | None, *, environ: Mapping[str, str]) -> Agent
 
     Args:
         path: The TOML file, or None for defaults only.
-        environ: Where ``PVTUNNEL_TOKEN`` is looked up; it wins over the file.
+        environ: Where ``PVTUNNEL_TOKEN`` and ``PVTUNNEL_ADMIN_TOKEN`` are looked
+            up; they win over the file.
 
     Returns:
         A finished config: tokens resolved, paths absolute, route names lower-case.

@@ -21,6 +21,8 @@ from .rules import FieldError, InvalidValue
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from .secret import Secret
+
 _ROUTE_FORMAT: Final = "expected NAME=HOST:PORT"
 
 
@@ -38,6 +40,7 @@ def with_overrides(
     internal_port: int | None = None,
     external_port: int | None = None,
     admin_port: int | None = None,
+    admin_token: Secret | None = None,
 ) -> ServerConfig:
     """Apply ``pvtunnel serve`` flags; None leaves the file's (or default) value.
 
@@ -48,6 +51,8 @@ def with_overrides(
         external_port: ``--external-port``; 0 means any free port.
         admin_port: ``--admin-port``: turns the admin listener on (loopback,
             unless the file's ``[admin]`` says otherwise); 0 means any free port.
+        admin_token: The token a listener turned on by ``admin_port`` requires
+            (``$PVTUNNEL_ADMIN_TOKEN``); one from the file's ``[admin]`` stays.
 
     Returns:
         A new config; ``config`` itself is unchanged.
@@ -76,14 +81,18 @@ def with_overrides(
         host=config.host if host is None else host,
         internal=internal,
         external=external,
-        admin=_admin_on(config.admin, admin_port),
+        admin=_admin_on(config.admin, admin_port, admin_token),
     )
 
 
-def _admin_on(admin: AdminConfig | None, port: int | None) -> AdminConfig | None:
+def _admin_on(
+    admin: AdminConfig | None, port: int | None, token: Secret | None
+) -> AdminConfig | None:
     if port is None:
         return admin
-    return AdminConfig(port=port) if admin is None else attrs.evolve(admin, port=port)
+    if admin is None:
+        return AdminConfig(port=port, token=token)
+    return attrs.evolve(admin, port=port)
 
 
 def _split_target(target: str) -> tuple[str, str]:
@@ -158,6 +167,7 @@ def with_agent_overrides(
     routes: Sequence[str] = (),
     admin_port: int | None = None,
     server_urls: Sequence[str] = (),
+    admin_token: Secret | None = None,
 ) -> AgentConfig:
     """Apply ``pvtunnel agent`` flags; None or empty leaves the file's value.
 
@@ -171,6 +181,7 @@ def with_agent_overrides(
         routes: ``--route NAME=HOST:PORT`` values. A flag route replaces the file's
             route of the same name (in place); new names are appended.
         admin_port: ``--admin-port``, as for `with_overrides`.
+        admin_token: As for `with_overrides`.
 
     Returns:
         A new config; ``config`` itself is unchanged. It may still lack what
@@ -215,5 +226,5 @@ def with_agent_overrides(
         client_id=config.client_id if client_id is None else client_id,
         server=server,
         routes=_merge_routes(config.routes, tuple(flag_routes.values())),
-        admin=_admin_on(config.admin, admin_port),
+        admin=_admin_on(config.admin, admin_port, admin_token),
     )
