@@ -5,7 +5,16 @@ from __future__ import annotations
 from pvtunnel._errors import ErrorCode
 from pvtunnel._http.access import presented_token
 from pvtunnel._http.errors import error_body, status_for_reset
-from pvtunnel._http.headers import end_to_end, request_headers, response_headers
+from pvtunnel._http.framing import framing_problem
+from pvtunnel._http.headers import (
+    content_length,
+    end_to_end,
+    header_value,
+    is_chunked,
+    protocol_switch,
+    request_headers,
+    response_headers,
+)
 
 
 def test_hop_by_hop_and_connection_named_fields_are_removed() -> None:
@@ -34,10 +43,10 @@ def test_request_headers_add_forwarding_fields() -> None:
     assert result == (
         (b"host", b"app"),
         (b"x-forwarded-for", b"10.0.0.1, 192.0.2.1"),
-        (b"x-forwarded-host", b"app"),
-        (b"x-forwarded-proto", b"http"),
-        (b"via", b"1.1 pvtunnel"),
-        (b"transfer-encoding", b"chunked"),
+        (b"X-Forwarded-Host", b"app"),
+        (b"X-Forwarded-Proto", b"http"),
+        (b"Via", b"1.1 pvtunnel"),
+        (b"Transfer-Encoding", b"chunked"),
     )
 
 
@@ -49,14 +58,81 @@ def test_absolute_form_authority_replaces_host() -> None:
         proto=b"https",
         is_chunked=False,
     )
-    assert result[0] == (b"host", b"app:8080")
-    assert (b"x-forwarded-host", b"app:8080") in result
+    assert result[0] == (b"Host", b"app:8080")
+    assert (b"X-Forwarded-Host", b"app:8080") in result
+    assert [name for name, _ in result].count(b"Host") == 1
     assert (b"host", b"wrong") not in result
+
+
+def test_names_keep_their_spelling_and_match_in_any_case() -> None:
+    # Names are case-insensitive (RFC 9110 section 5.1): every rule matches them in
+    # any case, and what is forwarded keeps the sender's spelling.
+    headers = [
+        (b"Host", b"app"),
+        (b"CONNECTION", b"Keep-Alive, X-Drop"),
+        (b"X-DROP", b"1"),
+        (b"Keep-Alive", b"t=1"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"UPGRADE", b"h2c"),
+        (b"Te", b"trailers"),
+        (b"Trailer", b"x"),
+        (b"Proxy-Connection", b"keep-alive"),
+        (b"Proxy-Authorization", b"Bearer t"),
+        (b"X-Api-Key", b"k"),
+        (b"X-FORWARDED-FOR", b"10.0.0.1"),
+        (b"X-Forwarded-Host", b"spoofed"),
+        (b"x-FORWARDED-proto", b"https"),
+        (b"VIA", b"1.0 edge"),
+    ]
+    assert end_to_end(headers) == [
+        (b"Host", b"app"),
+        (b"X-Api-Key", b"k"),
+        (b"X-FORWARDED-FOR", b"10.0.0.1"),
+        (b"X-Forwarded-Host", b"spoofed"),
+        (b"x-FORWARDED-proto", b"https"),
+        (b"VIA", b"1.0 edge"),
+    ]
+    assert request_headers(
+        headers, client_address="192.0.2.1", host=None, proto=b"http", is_chunked=False
+    ) == (
+        (b"Host", b"app"),
+        (b"X-Api-Key", b"k"),
+        (b"X-FORWARDED-FOR", b"10.0.0.1, 192.0.2.1"),
+        (b"VIA", b"1.0 edge, 1.1 pvtunnel"),
+        (b"X-Forwarded-Host", b"app"),
+        (b"X-Forwarded-Proto", b"http"),
+    )
+    assert response_headers([(b"Set-Cookie", b"a=b"), (b"VIA", b"1.0 a")]) == [
+        (b"Set-Cookie", b"a=b"),
+        (b"VIA", b"1.0 a, 1.1 pvtunnel"),
+    ]
+    absolute = request_headers(
+        [(b"HOST", b"wrong")], client_address="::1", host=b"app", proto=b"http", is_chunked=False
+    )
+    assert [name.lower() for name, _ in absolute].count(b"host") == 1
+
+
+def test_framing_reads_names_in_any_case() -> None:
+    assert is_chunked([(b"Transfer-Encoding", b"chunked")])
+    assert not is_chunked([(b"Content-Length", b"3")])
+    assert content_length([(b"CONTENT-LENGTH", b"12")]) == 12
+    assert content_length([(b"Host", b"a")]) is None
+    assert header_value([(b"A", b"1"), (b"hOsT", b"h"), (b"host", b"i")], b"host") == b"h"
+    assert framing_problem([(b"Content-Length", b"3"), (b"TRANSFER-ENCODING", b"chunked")], b"1.1")
+    switch = protocol_switch(b"GET", [(b"Connection", b"UPGRADE"), (b"Upgrade", b"websocket")])
+    assert switch is not None
+    assert switch.upgrade == b"websocket"
+    assert presented_token([(b"Proxy-Authorization", b"Bearer abc")]) == b"abc"
 
 
 def test_response_headers_get_via() -> None:
     assert response_headers([(b"via", b"1.0 a"), (b"connection", b"close")]) == [
         (b"via", b"1.0 a, 1.1 pvtunnel")
+    ]
+    assert response_headers([(b"server", b"x")]) == [(b"server", b"x"), (b"Via", b"1.1 pvtunnel")]
+    # A Via line the Connection header names is hop-by-hop: ours starts a new line.
+    assert response_headers([(b"Connection", b"VIA"), (b"via", b"1.0 a")]) == [
+        (b"Via", b"1.1 pvtunnel")
     ]
 
 

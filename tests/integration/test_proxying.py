@@ -14,6 +14,7 @@ from tests.integration.harness import (
     start_tunnel,
     start_upstream,
 )
+from tests.integration.test_security import exchange, start_raw_upstream
 
 LIMIT_S = 10
 
@@ -222,6 +223,48 @@ async def test_forwarding_headers_added_and_hop_by_hop_removed() -> None:
             assert recorded.header(b"x-forwarded-proto") == b"http"
             assert recorded.header(b"via") == b"1.0 corp-proxy, 1.1 pvtunnel"
             assert recorded.header(b"host") == b"app"
+            nursery.cancel_scope.cancel()
+
+
+async def test_header_names_keep_their_spelling_both_ways() -> None:
+    """Names are case-insensitive (RFC 9110 section 5.1), yet some applications match
+    their exact bytes: both heads arrive spelled as sent, less hop-by-hop fields
+    matched in any case."""
+    answer = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Request-ID: r1\r\nSet-Cookie: a=b\r\n"
+        b"CONNECTION: X-Hop\r\nX-HOP: gone\r\nKeep-Alive: timeout=5\r\nVia: 1.1 edge\r\n\r\nok"
+    )
+    request = (
+        b"GET /x HTTP/1.1\r\nHost: app\r\nX-Api-Key: k\r\nuser-AGENT: t\r\n"
+        b"Connection: close, X-Hop\r\nX-HOP: 1\r\nKEEP-ALIVE: 5\r\nX-Forwarded-FOR: 10.0.0.1\r\n"
+        b"PROXY-AUTHORIZATION: Basic abc\r\n\r\n"
+    )
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_raw_upstream(nursery, answer)
+            await start_agent(nursery, running, {"app": port})
+            received = await exchange(running.port, request)
+            assert upstream.heads[0].split(b"\r\n") == [
+                b"GET /x HTTP/1.1",
+                b"Host: app",
+                b"X-Api-Key: k",
+                b"user-AGENT: t",
+                b"X-Forwarded-FOR: 10.0.0.1, 127.0.0.1",
+                b"X-Forwarded-Host: app",
+                b"X-Forwarded-Proto: http",
+                b"Via: 1.1 pvtunnel",
+            ]
+            head, _, body = received.partition(b"\r\n\r\n")
+            assert body == b"ok"
+            assert head.split(b"\r\n") == [
+                b"HTTP/1.1 200 OK",
+                b"Content-Length: 2",
+                b"X-Request-ID: r1",
+                b"Set-Cookie: a=b",
+                b"Via: 1.1 edge, 1.1 pvtunnel",
+                b"Connection: close",
+            ]
             nursery.cancel_scope.cancel()
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-PROXY_AUTHENTICATE = (b"proxy-authenticate", b'Basic realm="pvtunnel"')
+PROXY_AUTHENTICATE = (b"Proxy-Authenticate", b'Basic realm="pvtunnel"')
 
 
 def presented_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
@@ -22,7 +22,7 @@ def presented_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     with 407 like a wrong token, so a probe learns nothing from the difference.
     """
     for name, value in headers:
-        if name != b"proxy-authorization":
+        if name.lower() != b"proxy-authorization":
             continue
         scheme, _, credentials = value.strip().partition(b" ")
         scheme = scheme.lower()

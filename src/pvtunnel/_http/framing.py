@@ -44,7 +44,7 @@ def framing_problem(headers: Iterable[tuple[bytes, bytes]], http_version: bytes)
     """Why a message parsed by h11 must not be forwarded, or None when it is fine.
 
     Args:
-        headers: The message's header fields, names lower-cased as h11 gives them.
+        headers: The message's header fields (names in any case).
         http_version: ``b"1.1"`` or ``b"1.0"``, as h11 reports it.
 
     Returns:
@@ -55,9 +55,10 @@ def framing_problem(headers: Iterable[tuple[bytes, bytes]], http_version: bytes)
     has_length = False
     has_coding = False
     for name, value in headers:
-        if name == b"content-length":
+        lower = name.lower()
+        if lower == b"content-length":
             has_length = True
-        elif name == b"transfer-encoding":
+        elif lower == b"transfer-encoding":
             has_coding = True
         if _CONTROL_BYTE.search(value) is not None:
             return "a control byte in a header value (RFC 9110 section 5.5)"

@@ -4,6 +4,12 @@ Hop-by-hop fields belong to one connection, so each hop removes them: the fixed
 set below plus every field the Connection header names. Framing is re-derived at
 each hop: Content-Length when the length is known, otherwise the next hop's h11
 frames the body as chunked.
+
+Field names travel as the sender wrote them (h11's ``raw_items``): names are
+case-insensitive (RFC 9110 section 5.1), yet some applications match them by their
+exact bytes, and a tunnel should not be the hop that breaks those. So every
+function here compares names case-insensitively and passes the original on; the
+lines pvtunnel adds itself are spelled in the usual capitalisation.
 """
 
 from __future__ import annotations
@@ -39,32 +45,30 @@ VIA: Final = b"1.1 pvtunnel"
 _SET_BY_US: Final = frozenset({b"x-forwarded-host", b"x-forwarded-proto"})
 
 
-def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    tokens: set[bytes] = set()
-    for name, value in headers:
-        if name == b"connection":
-            tokens.update(t.strip().lower() for t in value.split(b","))
-    return frozenset(tokens)
+def _connection_tokens(items: list[tuple[bytes, bytes]], lowered: list[bytes]) -> frozenset[bytes]:
+    """The options the Connection lines name; ``lowered`` holds the names in lower case."""
+    if b"connection" not in lowered:
+        return frozenset()
+    return frozenset(
+        token.strip().lower()
+        for (_, value), name in zip(items, lowered, strict=True)
+        if name == b"connection"
+        for token in value.split(b",")
+    )
+
+
+def _dropped(items: list[tuple[bytes, bytes]], lowered: list[bytes]) -> frozenset[bytes]:
+    """The (lower-case) names not to forward: hop-by-hop ones and those Connection names."""
+    named = _connection_tokens(items, lowered) - KEPT_DESPITE_CONNECTION
+    return HOP_BY_HOP | named if named else HOP_BY_HOP
 
 
 def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Drop hop-by-hop fields; names must already be lower-case (as h11 gives them)."""
+    """Drop hop-by-hop fields, and those the Connection header names."""
     items = list(headers)
-    named = _connection_tokens(items) - KEPT_DESPITE_CONNECTION
-    if named:
-        return [(n, v) for n, v in items if n not in HOP_BY_HOP and n not in named]
-    return [(n, v) for n, v in items if n not in HOP_BY_HOP]
-
-
-def _append(headers: list[tuple[bytes, bytes]], name: bytes, value: bytes) -> None:
-    """Append to an existing comma-separated field, or add it.
-
-    Several lines of one field read as one list in order (RFC 9110 section 5.3), so
-    the value goes on the *last* line: on the first, a client's second
-    ``X-Forwarded-For`` line would still be the right-most entry.
-    """
-    last = next((i for i in range(len(headers) - 1, -1, -1) if headers[i][0] == name), -1)
-    _extend_at(headers, last, name, value)
+    lowered = [name.lower() for name, _ in items]
+    drop = _dropped(items, lowered)
+    return [item for item, name in zip(items, lowered, strict=True) if name not in drop]
 
 
 def request_headers(
@@ -84,58 +88,73 @@ def request_headers(
     # fields, the Host being replaced and the X-Forwarded-Host/Proto we set, and
     # remember the last X-Forwarded-For and Via lines to append to.
     items = list(headers)
-    named = _connection_tokens(items) - KEPT_DESPITE_CONNECTION
-    result: list[tuple[bytes, bytes]] = [] if host is None else [(b"host", host)]
+    lowered = [name.lower() for name, _ in items]
+    named = _connection_tokens(items, lowered) - KEPT_DESPITE_CONNECTION
+    result: list[tuple[bytes, bytes]] = [] if host is None else [(b"Host", host)]
     original_host = host
     last_forwarded_for = last_via = -1
-    for name, value in items:
-        if name in HOP_BY_HOP or name in _SET_BY_US or name in named:
+    for (name, value), lower in zip(items, lowered, strict=True):
+        if lower in HOP_BY_HOP or lower in _SET_BY_US or lower in named:
             continue
-        if name == b"host":
+        if lower == b"host":
             if host is not None:
                 continue
             if original_host is None:
                 original_host = value
-        elif name == b"x-forwarded-for":
+        elif lower == b"x-forwarded-for":
             last_forwarded_for = len(result)
-        elif name == b"via":
+        elif lower == b"via":
             last_via = len(result)
         result.append((name, value))
-    _extend_at(result, last_forwarded_for, b"x-forwarded-for", client_address.encode("ascii"))
+    _extend_at(result, last_forwarded_for, b"X-Forwarded-For", client_address.encode("ascii"))
     if original_host is not None:
-        result.append((b"x-forwarded-host", original_host))
-    result.append((b"x-forwarded-proto", proto))
-    _extend_at(result, last_via, b"via", VIA)
+        result.append((b"X-Forwarded-Host", original_host))
+    result.append((b"X-Forwarded-Proto", proto))
+    _extend_at(result, last_via, b"Via", VIA)
     if is_chunked:
-        result.append((b"transfer-encoding", b"chunked"))
+        result.append((b"Transfer-Encoding", b"chunked"))
     return tuple(result)
 
 
 def _extend_at(headers: list[tuple[bytes, bytes]], index: int, name: bytes, value: bytes) -> None:
-    """Append ``value`` to the line at ``index`` (-1: add a new line at the end)."""
+    """Append ``value`` to the line at ``index`` (-1: add a line named ``name``)."""
     if index < 0:
         headers.append((name, value))
     else:
-        headers[index] = (name, headers[index][1] + b", " + value)
+        existing, values = headers[index]
+        headers[index] = (existing, values + b", " + value)
 
 
 def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Headers sent back to the client: end-to-end ones plus Via."""
-    result = end_to_end(headers)
-    _append(result, b"via", VIA)
+    items = list(headers)
+    lowered = [name.lower() for name, _ in items]
+    drop = _dropped(items, lowered)
+    result = [item for item, name in zip(items, lowered, strict=True) if name not in drop]
+    last_via = -1
+    if b"via" in lowered:
+        # Several lines of one field read as one list in order (RFC 9110 section 5.3),
+        # so the value goes on the *last* Via line.
+        last_via = max(
+            (i for i, (name, _) in enumerate(result) if name.lower() == b"via"), default=-1
+        )
+    _extend_at(result, last_via, b"Via", VIA)
     return result
+
+
+def header_value(headers: Iterable[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The first value of the field ``name`` (lower-case), or None."""
+    return next((v for n, v in headers if n.lower() == name), None)
 
 
 def is_chunked(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether a parsed message (h11 already validated it) uses chunked framing."""
-    return any(n == b"transfer-encoding" for n, _ in headers)
+    return any(n.lower() == b"transfer-encoding" for n, _ in headers)
 
 
 def content_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            return int(value)
-    return None
+    value = header_value(headers, b"content-length")
+    return None if value is None else int(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -158,7 +177,7 @@ class Switch:
         """Hop-by-hop fields the next hop needs to agree to the same switch."""
         if self.upgrade is None:
             return ()
-        return ((b"connection", b"upgrade"), (b"upgrade", self.upgrade))
+        return ((b"Connection", b"upgrade"), (b"Upgrade", self.upgrade))
 
 
 def protocol_switch(method: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Switch | None:
@@ -166,7 +185,7 @@ def protocol_switch(method: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Sw
     if method == b"CONNECT":
         return Switch(upgrade=None)
     items = list(headers)
-    if b"upgrade" not in _connection_tokens(items):
+    if b"upgrade" not in _connection_tokens(items, [name.lower() for name, _ in items]):
         return None
-    upgrade = next((v for n, v in items if n == b"upgrade"), None)
+    upgrade = header_value(items, b"upgrade")
     return Switch(upgrade=upgrade) if upgrade else None

@@ -117,8 +117,9 @@ class ClientConnection:
                     await self._send_error(431, "request head too large", close=True)
                     return
                 # h11's header sequence is slow to iterate; the checks below go over it
-                # about ten times, so they share one list.
-                headers = list(event.headers)
+                # about ten times, so they share one list. The names keep the client's
+                # spelling (the `_http` functions compare them case-insensitively).
+                headers = event.headers.raw_items()
                 problem = request_head_problem(headers, event.http_version, received or b"")
                 if problem is not None:
                     # RFC 9112 section 6.3: answer, then close without reading the
@@ -204,7 +205,7 @@ class ClientConnection:
         if request.method == b"CONNECT":
             authority = request.target  # authority-form: the route is the target
         if authority is None:
-            authority = next((v for n, v in headers if n == b"host"), None)
+            authority = hdr.header_value(headers, b"host")
         if not authority:
             return await self._refuse(request, 400, "the request names no host")
         external_token = config.external.token
@@ -413,8 +414,8 @@ class ClientConnection:
         headers = hdr.response_headers(head.headers)
         event: h11.InformationalResponse | h11.Response
         if switch.upgrade is not None:
-            upgrade = next((v for n, v in head.headers if n == b"upgrade"), switch.upgrade)
-            headers += [(b"connection", b"upgrade"), (b"upgrade", upgrade)]
+            upgrade = hdr.header_value(head.headers, b"upgrade") or switch.upgrade
+            headers += [(b"Connection", b"upgrade"), (b"Upgrade", upgrade)]
             event = h11.InformationalResponse(status_code=101, headers=headers, reason=head.reason)
         else:
             event = h11.Response(status_code=head.status, headers=headers, reason=head.reason)

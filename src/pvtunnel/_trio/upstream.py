@@ -26,7 +26,7 @@ import trio
 
 from pvtunnel._errors import ErrorCode, TunnelClosedError, UpstreamError
 from pvtunnel._http.framing import framing_problem
-from pvtunnel._http.headers import content_length, end_to_end, is_chunked
+from pvtunnel._http.headers import content_length, end_to_end, header_value, is_chunked
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
@@ -179,12 +179,12 @@ class Replay:
     def _request(self) -> h11.Request:
         head = self.head
         headers = list(head.headers)
-        original = next((v for n, v in headers if n == b"host"), None)
+        original = header_value(headers, b"host")
         host = self.route.upstream_host_header(original)
         if host != original:
-            headers = [(n, v) for n, v in headers if n != b"host"]
+            headers = [(n, v) for n, v in headers if n.lower() != b"host"]
             if host is not None:
-                headers.insert(0, (b"host", host))
+                headers.insert(0, (b"Host", host))
         return h11.Request(method=head.method, target=head.target, headers=headers)
 
     async def run(self) -> None:
@@ -289,8 +289,9 @@ class Replay:
         a protocol error there). The connection is not reusable afterwards, which
         `UpstreamPool.release` sees from h11's state.
         """
-        upgrade = next((v for n, v in event.headers if n == b"upgrade"), b"")
-        headers = (*end_to_end(event.headers), (b"connection", b"upgrade"), (b"upgrade", upgrade))
+        raw = event.headers.raw_items()
+        upgrade = header_value(raw, b"upgrade") or b""
+        headers = (*end_to_end(raw), (b"Connection", b"upgrade"), (b"Upgrade", upgrade))
         self.channel.send_response(ResponseHead(status=101, reason=event.reason, headers=headers))
         self.head_sent = True
         initial, _ = connection.conn.trailing_data
@@ -322,14 +323,16 @@ class Replay:
                     ResponseHead(
                         status=event.status_code,
                         reason=event.reason,
-                        headers=tuple(end_to_end(event.headers)),
+                        headers=tuple(end_to_end(event.headers.raw_items())),
                     )
                 )
                 continue
             if isinstance(event, h11.Response):
                 break
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} from upstream")
-        headers = list(event.headers)  # h11's sequence is slow to iterate: once only
+        # h11's sequence is slow to iterate, and lower-cases the names: the raw list
+        # keeps the upstream's spelling for the client.
+        headers = event.headers.raw_items()
         problem = framing_problem(headers, event.http_version)
         if problem is not None:
             raise h11.RemoteProtocolError(problem)  # a 502 for the client, never the bytes
