@@ -54,6 +54,12 @@ def test_lookup_order_whole_authority_then_host_then_domain() -> None:
     assert router.lookup("app") == ("app", plain)
     assert router.lookup("app.tunnel.example.com:443") == ("app", plain)
     assert router.lookup("tunnel.example.com") is None
+    # The trailing dot of a fully qualified name (RFC 1034 section 3.1) changes nothing.
+    assert router.lookup("app.") == ("app", plain)
+    assert router.lookup("App.:8080") == ("app", plain)
+    assert router.lookup("app.tunnel.example.com.") == ("app", plain)
+    assert router.lookup("app..") is None
+    assert router.lookup(".") is None
     assert router.lookup("other") is None
 
 

@@ -2,7 +2,8 @@
 
 The route key is the request target's authority in absolute form (proxy mode),
 else the Host header. Names match case-insensitively: first ``host:port`` whole,
-then the host without its port, then ``<name>.<domain>`` when a domain is set.
+then the host without its port (and without the trailing dot of a fully qualified
+name), then ``<name>.<domain>`` when a domain is set.
 """
 
 from __future__ import annotations
@@ -93,7 +94,9 @@ class Router(Generic[SessionT]):
         key = authority.lower()
         sessions = routes.get(key)
         if sessions is None:
-            key = strip_port(key)
+            # A fully qualified name may end in a dot ("app.example.com."), which
+            # names the same host; nginx drops it too.
+            key = strip_port(key).removesuffix(".")
             sessions = routes.get(key)
             suffix = self._domain_suffix
             if sessions is None and suffix is not None and key.endswith(suffix):
