@@ -229,13 +229,15 @@ class HttpRequest:
     ``writes`` are the bytes as the client hands them to TCP (cut at random points);
     ``fields`` are the header fields as a parser reports them: names lower-cased,
     whitespace around values stripped, a Content-Length list or repeat collapsed to
-    its first line, in order. ``body`` is the content, however it was framed.
+    its first line, in order; ``names`` are the same fields' names as written (in
+    any case). ``body`` is the content, however it was framed.
     """
 
     method: bytes
     target: bytes
     version: bytes
     fields: tuple[tuple[bytes, bytes], ...]
+    names: tuple[bytes, ...]
     body: bytes
     chunked: bool
     writes: tuple[bytes, ...]
@@ -278,6 +280,7 @@ def http_request(
         target=target,
         version=b"1.1",
         fields=items,
+        names=tuple(name for name, _ in items),
         body=body,
         chunked=False,
         writes=(head + body,),
@@ -406,8 +409,10 @@ def http_requests(
     fields = list(draw(st.permutations(fields)))
     # Write the head; a parser keeps Content-Length digits as written, zeros and all.
     lines = [b"%s %s HTTP/%s\r\n" % (method, target, version)]
+    names: list[bytes] = []
     for index, (name, value) in enumerate(fields):
         wire_name = _cased(draw, name)
+        names.append(wire_name)
         if name == b"content-length":
             value = b"0" * draw(_SMALL) + value
             fields[index] = (name, value)
@@ -427,6 +432,7 @@ def http_requests(
         target=target,
         version=version,
         fields=tuple(fields),
+        names=tuple(names),
         body=body,
         chunked=chunked_body,
         writes=tuple(draw(chunked(wire))),

@@ -107,15 +107,19 @@ def split_absolute(target: bytes) -> tuple[bytes | None, bytes]:
     return authority.rpartition(b"@")[2], rest if rest.startswith(b"/") else b"/" + rest
 
 
-def appended(
-    fields: list[tuple[bytes, bytes]], name: bytes, value: bytes
-) -> list[tuple[bytes, bytes]]:
-    """``value`` appended to the field's combined value: to its last line, or a new line."""
-    last = max((i for i, (n, _) in enumerate(fields) if n == name), default=None)
+Field = tuple[bytes, bytes, bytes]  # (lower-case name, name as written, value)
+
+
+def appended(fields: list[Field], name: bytes, value: bytes) -> list[Field]:
+    """``value`` appended to the field's combined value: to its last line (which keeps
+    its spelling), or a new line spelled ``name``."""
+    lower = name.lower()
+    last = max((i for i, (n, _, _) in enumerate(fields) if n == lower), default=None)
     if last is None:
-        return [*fields, (name, value)]
+        return [*fields, (lower, name, value)]
     fields = list(fields)
-    fields[last] = (name, fields[last][1] + b", " + value)
+    _, spelled, values = fields[last]
+    fields[last] = (lower, spelled, values + b", " + value)
     return fields
 
 
@@ -123,31 +127,55 @@ def forwarded(
     method: bytes,
     target: bytes,
     fields: Sequence[tuple[bytes, bytes]],
+    names: Sequence[bytes],
     body: bytes,
     *,
     chunked: bool,
 ) -> Recorded:
-    """What the upstream must record for a request the server forwards (SPEC section 4)."""
+    """What the upstream must record for a request the server forwards (SPEC section 4).
+
+    ``names`` are the fields' names as the client wrote them: they arrive so spelled,
+    and the lines pvtunnel adds are spelled as below.
+    """
     authority, origin = split_absolute(target)
     named = connection_options(fields) - NEVER_DROPPED
-    kept = [(n, v) for n, v in fields if n not in HOP_BY_HOP and n not in named]
-    # The Host line goes first (h11 writes it there, as RFC 9112 section 3.2 asks).
-    host = next(v for n, v in kept if n == b"host") if authority is None else authority
-    kept = [(b"host", host), *((n, v) for n, v in kept if n != b"host")]
-    kept = appended(kept, b"x-forwarded-for", CLIENT_ADDRESS)
-    kept = [(n, v) for n, v in kept if n != b"x-forwarded-host"] + [(b"x-forwarded-host", host)]
-    kept = [(n, v) for n, v in kept if n != b"x-forwarded-proto"] + [
-        (b"x-forwarded-proto", b"http")
+    kept = [
+        (n, spelled, v)
+        for (n, v), spelled in zip(fields, names, strict=True)
+        if n not in HOP_BY_HOP and n not in named
     ]
-    kept = appended(kept, b"via", b"1.1 pvtunnel")
+    # The Host line goes first (h11 writes it there, as RFC 9112 section 3.2 asks).
+    if authority is None:
+        host_line = next(field for field in kept if field[0] == b"host")
+    else:
+        host_line = (b"host", b"Host", authority)
+    host = host_line[2]
+    kept = [host_line, *(field for field in kept if field[0] != b"host")]
+    kept = appended(kept, b"X-Forwarded-For", CLIENT_ADDRESS)
+    kept = [f for f in kept if f[0] != b"x-forwarded-host"]
+    kept.append((b"x-forwarded-host", b"X-Forwarded-Host", host))
+    kept = [f for f in kept if f[0] != b"x-forwarded-proto"]
+    kept.append((b"x-forwarded-proto", b"X-Forwarded-Proto", b"http"))
+    kept = appended(kept, b"Via", b"1.1 pvtunnel")
     if chunked:
-        kept.append((b"transfer-encoding", b"chunked"))
-    return Recorded(method=method, target=origin, headers=tuple(kept), body=body)
+        kept.append((b"transfer-encoding", b"Transfer-Encoding", b"chunked"))
+    return Recorded(
+        method=method,
+        target=origin,
+        headers=tuple((n, v) for n, _, v in kept),
+        names=tuple(spelled for _, spelled, _ in kept),
+        body=body,
+    )
 
 
 def forwarded_request(request: sts.HttpRequest) -> Recorded:
     return forwarded(
-        request.method, request.target, request.fields, request.body, chunked=request.chunked
+        request.method,
+        request.target,
+        request.fields,
+        request.names,
+        request.body,
+        chunked=request.chunked,
     )
 
 
@@ -293,7 +321,12 @@ def expected_outcome(raw: bytes) -> Outcome:
                 steps.append(Step(status=400, method=event.method))  # never upstream
                 return outcome()
             record = forwarded(
-                event.method, event.target, event.headers, bytes(body), chunked=chunked
+                event.method,
+                event.target,
+                list(event.headers),
+                [name for name, _ in event.headers.raw_items()],
+                bytes(body),
+                chunked=chunked,
             )
             steps.append(
                 Step(status=200, method=event.method, record=record, bodiless=not has_body)

@@ -31,9 +31,13 @@ PATTERN: Final = bytes(range(256)) * 256
 
 @attrs.frozen(kw_only=True)
 class Recorded:
+    """A request as the upstream received it: ``headers`` with names lower-cased (as
+    h11 reports them, for lookups), ``names`` each as it was written on the wire."""
+
     method: bytes
     target: bytes
     headers: tuple[tuple[bytes, bytes], ...]
+    names: tuple[bytes, ...]
     body: bytes
 
     def header(self, name: bytes) -> bytes | None:
@@ -69,6 +73,7 @@ class RecordingUpstream:
                         method=request.method,
                         target=request.target,
                         headers=tuple(request.headers),
+                        names=tuple(name for name, _ in request.headers.raw_items()),
                         body=body,
                     )
                 )
