@@ -302,6 +302,12 @@ def expected_outcome(raw: bytes) -> Outcome:
             return outcome()
         decision = refusal(event)
         if decision is None:
+            # Anything goes after this request, but a body the input leaves unfinished
+            # keeps the server waiting for it (up to its timeouts, longer than an
+            # example's): the client half-closes then, as for a modelled request.
+            with contextlib.suppress(h11.RemoteProtocolError):
+                while not isinstance(next_event(), h11.EndOfMessage):
+                    pass
             return outcome(outside=event)
         chunked = any(name == b"transfer-encoding" for name, _ in event.headers)
         length = next((int(v) for n, v in event.headers if n == b"content-length"), 0)
@@ -647,6 +653,9 @@ def hostile_writes(draw: st.DrawFn) -> tuple[bytes, ...]:
 # a GET, and the model answered a refused CONNECT with a 200 (a switch) itself.
 @example(writes=(b"HEAD /echo HTTP/1.0\r\nHost: app\r\nVia: 1.0 fron\r\n t-1\r\n\r\n",))
 @example(writes=(b"CONNECT /echo HTTP/1.1\r\nHost: app\r\n\r\n" + CLOSER,))
+# A bug of this test: a request outside the model (HEAD) whose body never came. The
+# client waited for the server, which waited for the body, past the example's limit.
+@example(writes=(b"HEAD /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 14\r\n\r\n", b"\n"))
 def hostile_requests_get_what_a_parse_says(live: LiveTunnel, writes: tuple[bytes, ...]) -> None:
     outcome = expected_outcome(b"".join(writes))
     result = live.run(functools.partial(live.hostile, writes, half_close=outcome.half_close))
