@@ -57,18 +57,18 @@ def _connection_tokens(items: list[tuple[bytes, bytes]], lowered: list[bytes]) -
     )
 
 
-def _dropped(items: list[tuple[bytes, bytes]], lowered: list[bytes]) -> frozenset[bytes]:
-    """The (lower-case) names not to forward: hop-by-hop ones and those Connection names."""
+def _end_to_end(
+    items: list[tuple[bytes, bytes]], lowered: list[bytes]
+) -> list[tuple[bytes, bytes]]:
     named = _connection_tokens(items, lowered) - KEPT_DESPITE_CONNECTION
-    return HOP_BY_HOP | named if named else HOP_BY_HOP
+    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
+    return [item for item, name in zip(items, lowered, strict=True) if name not in drop]
 
 
 def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Drop hop-by-hop fields, and those the Connection header names."""
     items = list(headers)
-    lowered = [name.lower() for name, _ in items]
-    drop = _dropped(items, lowered)
-    return [item for item, name in zip(items, lowered, strict=True) if name not in drop]
+    return _end_to_end(items, [name.lower() for name, _ in items])
 
 
 def request_headers(
@@ -129,8 +129,7 @@ def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes
     """Headers sent back to the client: end-to-end ones plus Via."""
     items = list(headers)
     lowered = [name.lower() for name, _ in items]
-    drop = _dropped(items, lowered)
-    result = [item for item, name in zip(items, lowered, strict=True) if name not in drop]
+    result = _end_to_end(items, lowered)
     last_via = -1
     if b"via" in lowered:
         # Several lines of one field read as one list in order (RFC 9110 section 5.3),
