@@ -1272,7 +1272,8 @@ def draw_chart(rows: dict[str, RowResult], path: Path) -> str | None:
 
 
 def versions(world: World) -> dict[str, str]:
-    """Tool versions, for the JSON."""
+    """Tool versions, for the JSON. ``python`` runs this script; the Python that runs
+    pvtunnel (which its speed depends on) is in ``pvtunnel --version``."""
     found: dict[str, str] = {"python": platform.python_version()}
     probes = {
         "nginx": [world.tools["nginx"], "-v"],

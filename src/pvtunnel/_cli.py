@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import logging
 import os
+import platform
 import signal
 import sys
 from pathlib import Path
@@ -65,7 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         description="A reverse HTTP tunnel: reach private services "
         "through one outbound WebSocket per agent.",
     )
-    parser.add_argument("--version", action="version", version=f"pvtunnel {__version__}")
+    # The interpreter too: pvtunnel's speed depends on it (README, "Performance").
+    version = (
+        f"pvtunnel {__version__} ({platform.python_implementation()} {platform.python_version()})"
+    )
+    parser.add_argument("--version", action="version", version=version)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -100,7 +101,8 @@ def run(
 def test_version() -> None:
     result = run("--version")
     assert result.returncode == 0
-    assert result.stdout.strip() == f"pvtunnel {__version__}"
+    implementation, version = platform.python_implementation(), platform.python_version()
+    assert result.stdout.strip() == f"pvtunnel {__version__} ({implementation} {version})"
 
 
 def test_config_errors_exit_2_with_the_key_path(tmp_path: Path) -> None:
