@@ -20,6 +20,7 @@ import trio
 from pvtunnel._config import ScopedToken, Secret, ServerConfig
 from pvtunnel._errors import HandshakeRefusedError
 from pvtunnel._trio.agent import TunnelAgent
+from pvtunnel._trio.front import peer_address
 from tests.integration.client import Client, fetch
 from tests.integration.harness import (
     TOKEN,
@@ -175,6 +176,35 @@ async def test_agent_with_a_wrong_or_missing_token_gets_401_and_stops() -> None:
             assert (await fetch(running.port, b"GET", b"/")).status == 200
             assert len(upstream.requests) == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_a_silent_connection_to_the_agent_port_is_closed_and_harms_nothing(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A port scan: connected, never a byte. After handshake_s the server hangs up.
+
+    The handler once read an unset variable after the timeout, and the error took the
+    whole server down.
+    """
+    config = server_config(timeouts={"handshake_s": 1.0})
+    async with trio.open_nursery() as nursery:
+        running, upstream = await start_tunnel(nursery, config)
+        host, internal_port = running.addresses.internal
+        silent = await trio.open_tcp_stream(host, internal_port)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(2)  # past handshake_s, short of a heartbeat
+        assert await silent.receive_some(1) == b""
+        assert (await fetch(running.port, b"GET", b"/")).status == 200
+        assert len(upstream.requests) == 1
+        await silent.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_address_of_a_connection_reset_before_it_is_asked_is_unknown() -> None:
+    """getpeername fails on a socket whose peer already reset it; that must not escape
+    the listener (it took the server down, on either port)."""
+    with trio.socket.socket() as unconnected:
+        assert peer_address(trio.SocketStream(unconnected)) == "unknown"
 
 
 # ---------------------------------------------------------------- external token

@@ -252,6 +252,24 @@ async def test_a_request_that_is_no_usable_upgrade_is_answered_and_closed(
     assert status_of(answer) in expected
 
 
+async def test_an_accept_after_the_client_left_raises_websocket_closed() -> None:
+    """An agent that sends its upgrade and leaves: the server's 101 cannot go out.
+    That is the connection closing, not an error for the server's listener."""
+    client_end, server_end = trio.testing.memory_stream_pair()
+    await client_end.send_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with trio.fail_after(LIMIT_S):
+        request = await read_upgrade(server_end)
+        assert request is not None
+        await client_end.aclose()
+        with pytest.raises(WebSocketClosed):
+            await request.accept()
+    with pytest.raises(trio.ClosedResourceError):  # and the stream is closed
+        await server_end.send_all(b"x")
+
+
 @pytest.mark.parametrize("partial", [b"", b"GET / HTTP/1.1\r\nHost: x\r\n"], ids=["empty", "half"])
 async def test_a_connection_closed_before_the_whole_upgrade_gives_none(partial: bytes) -> None:
     client_end, server_end = trio.testing.memory_stream_pair()

@@ -545,9 +545,13 @@ def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
 
 
 def peer_address(stream: trio.abc.Stream) -> str:
+    """The peer's IP address, or ``"unknown"`` (not a socket, or already reset)."""
     sock = _raw_socket(stream)
     if sock is not None:
-        peer = sock.getpeername()
+        try:
+            peer = sock.getpeername()
+        except OSError:  # ENOTCONN: the peer reset the connection before we asked
+            return "unknown"
         if isinstance(peer, tuple):
             return str(peer[0])
     return "unknown"

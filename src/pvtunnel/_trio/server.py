@@ -23,7 +23,7 @@ from pvtunnel._metrics import ServerMetrics
 from pvtunnel._trio.admin import ServerAdmin, serve_admin
 from pvtunnel._trio.front import handle_client, peer_address, watch_hangups
 from pvtunnel._trio.tunnel import Tunnel
-from pvtunnel._trio.websocket import WebSocketClosed, read_upgrade
+from pvtunnel._trio.websocket import UpgradeRequest, WebSocketClosed, read_upgrade
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.mux import Multiplexer, Role
 
@@ -259,8 +259,19 @@ class TunnelServer:
             await self.state.idle.wait()
 
     async def _handle_agent(self, stream: trio.abc.Stream) -> None:
+        """Serve one agent connection; never raises for what a peer does."""
+        try:
+            await self._serve_agent(stream)
+        except Exception:
+            # Boundary: one agent connection's failure must not reach the listener,
+            # whose nursery is the server's.
+            logger.exception("internal error on the agent connection from %s", peer_address(stream))
+            await trio.aclose_forcefully(stream)
+
+    async def _serve_agent(self, stream: trio.abc.Stream) -> None:
         config = self.config
         address = peer_address(stream)
+        request: UpgradeRequest | None = None
         with trio.move_on_after(config.timeouts.handshake_s):
             request = await read_upgrade(stream)
         if request is None:  # not an upgrade (answered), or gone, or too slow
@@ -281,7 +292,11 @@ class TunnelServer:
                 else b"401 Unauthorized: bad or missing agent token\n",
             )
             return
-        ws = await request.accept(address)
+        try:
+            ws = await request.accept(address)
+        except WebSocketClosed as exc:
+            logger.info("agent connection from %s lost before the upgrade: %s", address, exc)
+            return
         mux = Multiplexer(
             Role.SERVER,
             window=config.limits.stream_window_bytes,
@@ -290,7 +305,7 @@ class TunnelServer:
         tunnel = Tunnel(
             ws,
             mux,
-            label=str(address),
+            label=address,
             heartbeat_s=config.timeouts.heartbeat_s,
             heartbeat_timeout_s=config.timeouts.heartbeat_timeout_s,
         )
@@ -316,7 +331,7 @@ class TunnelServer:
             await tunnel.aclose("handshake failed")
             return
         session = AgentSession(
-            tunnel=tunnel, client_id=hello.client_id, address=str(address), routes=accepted
+            tunnel=tunnel, client_id=hello.client_id, address=address, routes=accepted
         )
         for name, reason in refused:
             logger.warning("agent %s: route %r refused: %s", hello.client_id, name, reason)

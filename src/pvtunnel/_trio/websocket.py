@@ -347,9 +347,19 @@ class UpgradeRequest:
         ]
 
     async def accept(self, remote: str = "") -> WebSocket:
+        """Answer 101 and hand over the WebSocket.
+
+        Raises:
+            WebSocketClosed: the peer left before the answer went out (the stream
+                is closed then).
+        """
         protocol = self._protocol
         protocol.send_response(self._accepted)
-        await _write_all(self.stream, protocol.data_to_send())
+        try:
+            await _write_all(self.stream, protocol.data_to_send())
+        except _BROKEN as exc:
+            await trio.aclose_forcefully(self.stream)
+            raise WebSocketClosed(f"the upgrade's answer could not be sent: {exc}", 1006) from None
         return WebSocket(self.stream, protocol, remote, self._pending)
 
     async def reject(self, status: int, body: bytes) -> None:
