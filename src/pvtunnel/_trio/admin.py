@@ -29,7 +29,8 @@ from pvtunnel._status import (
     ServerStatusDocument,
     iso_utc,
 )
-from pvtunnel._trio.http11 import BROKEN, H11Stream
+from pvtunnel._trio.http11 import H11Stream
+from pvtunnel._trio.sockio import BROKEN
 
 if TYPE_CHECKING:
     from pvtunnel._config import AdminConfig, Secret

@@ -29,8 +29,9 @@ from pvtunnel._http.access import PROXY_AUTHENTICATE, presented_token
 from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
 from pvtunnel._http.framing import request_head_problem
 from pvtunnel._http.routing import split_target
-from pvtunnel._trio.http11 import BROKEN, H11Stream
+from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
+from pvtunnel._trio.sockio import BROKEN
 from pvtunnel._trio.tunnel import END, Channel, StreamResetError, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING
 
 import h11
-import trio
 
-from pvtunnel._trio.sockio import fast_io
+from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE, fast_io
 
-RECEIVE_SIZE: Final = 65536
-BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
+if TYPE_CHECKING:
+    import trio
 
 
 class H11Stream:

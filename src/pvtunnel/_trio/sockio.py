@@ -21,6 +21,10 @@ import trio
 
 # Calls that did not have to wait, in a row, before one yields anyway.
 _YIELD_EVERY: Final = 32
+# Bytes asked of the kernel per read when the caller does not say.
+RECEIVE_SIZE: Final = 65536
+# What a stream raises once it broke or was closed, ours and Trio's alike.
+BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class ByteStream(Protocol):
@@ -66,7 +70,7 @@ class FastSocket:
         if self._receiving:
             raise trio.BusyResourceError("another task is receiving on this socket")
         await self._checkpoint()
-        size = 65536 if max_bytes is None else max_bytes
+        size = RECEIVE_SIZE if max_bytes is None else max_bytes
         self._receiving = True
         try:
             while True:
@@ -75,8 +79,6 @@ class FastSocket:
                 except BlockingIOError:
                     self._unyielded = 0
                     await trio.lowlevel.wait_readable(self._sock)
-                except trio.ClosedResourceError:
-                    raise
                 except OSError as exc:
                     raise trio.BrokenResourceError(f"receiving failed: {exc}") from exc
         finally:
@@ -97,8 +99,6 @@ class FastSocket:
                     except BlockingIOError:
                         self._unyielded = 0
                         await trio.lowlevel.wait_writable(self._sock)
-                    except trio.ClosedResourceError:
-                        raise
                     except OSError as exc:
                         raise trio.BrokenResourceError(f"sending failed: {exc}") from exc
         finally:

@@ -34,6 +34,7 @@ from pvtunnel._errors import (
     TunnelClosedError,
 )
 from pvtunnel._trio.batching import end_of_pass_sender
+from pvtunnel._trio.sockio import BROKEN
 from pvtunnel._trio.websocket import WebSocket, WebSocketClosed
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.heads import RequestHead, ResponseHead
@@ -55,7 +56,7 @@ EARLY_FLUSH_PIECES: Final = 24
 
 
 _PING: Final = struct.Struct(">Q")
-_CLOSED: Final = (WebSocketClosed, trio.BrokenResourceError, trio.ClosedResourceError)
+_CLOSED: Final = (WebSocketClosed, *BROKEN)
 
 
 class _End:

@@ -30,6 +30,7 @@ from pvtunnel._http.headers import content_length, end_to_end, header_value, is_
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
+from pvtunnel._trio.sockio import BROKEN
 from pvtunnel._trio.tunnel import END, Channel, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pvtunnel.agent")
 
 MAX_RESPONSE_HEAD_BYTES: Final = 60000
-_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+_BROKEN: Final = (*BROKEN, OSError)
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
@@ -75,7 +76,7 @@ class UpstreamPool:
         return len(self._idle.get(route, ()))
 
     def idle_connections(self, route: str) -> tuple[UpstreamConnection, ...]:
-        """The route's idle connections, oldest first (for status pages and tests)."""
+        """The route's idle connections, oldest first (for embedders and tests)."""
         return tuple(self._idle.get(route, ()))
 
     async def acquire(self, route: Route) -> tuple[UpstreamConnection, bool]:

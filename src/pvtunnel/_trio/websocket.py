@@ -27,24 +27,22 @@ from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import SEND_EOF, Event, State
+from websockets.protocol import Event, State
 from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from pvtunnel._errors import RemoteProtocolError
-from pvtunnel._trio.sockio import ByteStream, FastSocket, fast_io
+from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE, ByteStream, FastSocket, fast_io
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-RECEIVE_SIZE: Final = 65536
 CLOSE_GRACE_S: Final = 2.0
 # Largest message taken from a peer; the tunnel's own stay under 300 KiB. A frame is
 # buffered whole before it is parsed, so this also bounds memory per connection.
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
 # An upgrade request or answer is a few hundred bytes; this bounds a hostile one.
 MAX_HANDSHAKE_BYTES: Final = 64 * 1024
-_BROKEN: Final = (trio.BrokenResourceError, trio.ClosedResourceError)
 _BAD_UPGRADE: Final = (
     b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Content-Length: 30\r\nConnection: close\r\n\r\nthis is no WebSocket upgrade.\n"
@@ -138,7 +136,6 @@ class WebSocket:
         which the caller must see to; a broken transport is remembered and raised
         there.
         """
-        assert self.can_send_nowait
         assert isinstance(self._io, FastSocket)
         try:
             self._protocol.send_binary(data)
@@ -147,12 +144,12 @@ class WebSocket:
             return False
         writes: list[bytes | memoryview] = list(self._protocol.data_to_send())
         for index, chunk in enumerate(writes):
-            if chunk is SEND_EOF or not chunk:  # never after a binary frame; for safety
+            if not chunk:  # SEND_EOF: never after a binary frame; for safety
                 self._backlog = writes[index:]
                 return False
             try:
                 written = self._io.try_send(chunk)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except BROKEN:
                 self._lost("the connection broke while sending")
                 return False
             if written < len(chunk):
@@ -188,7 +185,7 @@ class WebSocket:
                     return payload
                 try:
                     data = await self._io.receive_some(RECEIVE_SIZE)
-                except _BROKEN:
+                except BROKEN:
                     data = b""
                 if not data:
                     self._lost("the connection closed without a WebSocket close")
@@ -271,9 +268,7 @@ class WebSocket:
             # The peer may have left right after its close: nothing more to say then.
             with contextlib.suppress(WebSocketClosed):
                 await self._flush()
-        if len(chunks) == 1:
-            return chunks[0]
-        return b"".join(chunks)
+        return b"".join(chunks)  # one chunk: that very object, no copy
 
     async def _fail_protocol(self, reason: str, code: int) -> NoReturn:
         """Tell the peer why (a close with ``code``), then raise `RemoteProtocolError`."""
@@ -306,7 +301,7 @@ class WebSocket:
         self._writing = True
         try:
             await _write_all(self.stream, writes, self._io)
-        except _BROKEN:
+        except BROKEN:
             self._lost("the connection broke while sending")
             raise self.closed or WebSocketClosed("the connection broke") from None
         except BaseException:
@@ -357,7 +352,7 @@ class UpgradeRequest:
         protocol.send_response(self._accepted)
         try:
             await _write_all(self.stream, protocol.data_to_send())
-        except _BROKEN as exc:
+        except BROKEN as exc:
             await trio.aclose_forcefully(self.stream)
             raise WebSocketClosed(f"the upgrade's answer could not be sent: {exc}", 1006) from None
         return WebSocket(self.stream, protocol, remote, self._pending)
@@ -368,7 +363,7 @@ class UpgradeRequest:
         try:
             protocol.send_response(protocol.reject(status, body.decode()))
             await _write_all(self.stream, protocol.data_to_send())
-        except _BROKEN:
+        except BROKEN:
             pass
         finally:
             await trio.aclose_forcefully(self.stream)
@@ -402,13 +397,13 @@ async def read_upgrade(stream: trio.abc.Stream) -> UpgradeRequest | None:
                 break
             try:
                 data = await io.receive_some(RECEIVE_SIZE)
-            except _BROKEN:
+            except BROKEN:
                 data = b""
             if not data:
                 break
             received += len(data)
             protocol.receive_data(data)
-    except _BROKEN:
+    except BROKEN:
         pass
     await trio.aclose_forcefully(stream)
     return None
@@ -442,7 +437,7 @@ async def connect(
     io = fast_io(stream)
     try:
         await _write_all(stream, protocol.data_to_send())
-    except _BROKEN as exc:
+    except BROKEN as exc:
         raise HandshakeError("the connection closed during the upgrade") from exc
     received = 0
     while True:
@@ -461,7 +456,7 @@ async def connect(
             raise HandshakeError("the upgrade answer is too large")
         try:
             data = await io.receive_some(RECEIVE_SIZE)
-        except _BROKEN:
+        except BROKEN:
             data = b""
         if not data:
             protocol.receive_eof()
@@ -481,7 +476,7 @@ async def _write_all(
     """The protocol's writes in order; its end-of-stream marker half-closes ``stream``."""
     io = io or fast_io(stream)
     for data in writes:
-        if data is SEND_EOF or not data:
+        if not data:  # SEND_EOF is b""
             await _send_eof(stream)
         else:
             await io.send_all(data)
