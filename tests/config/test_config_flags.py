@@ -119,7 +119,7 @@ FILE_AGENT = AgentConfig(
 def test_agent_flags_override_the_file() -> None:
     changed = with_agent_overrides(
         FILE_AGENT,
-        server_url="proxy.example.com:8081",
+        server_urls=["proxy.example.com:8081"],
         client_id="from-flag",
         routes=["TWO=10.0.0.2:22", "three=h:3"],
     )
@@ -143,7 +143,7 @@ def test_flags_alone_make_a_runnable_agent() -> None:
     config = AgentConfig(client_id="x", server=ServerEndpoint(token=Secret("t")))
     assert config.validate_runnable() != []
     changed = with_agent_overrides(
-        config, server_url="ws://proxy:8081", routes=["app=127.0.0.1:3000"]
+        config, server_urls=["ws://proxy:8081"], routes=["app=127.0.0.1:3000"]
     )
     assert changed.validate_runnable() == []
 
@@ -152,7 +152,7 @@ def test_bad_agent_flags_are_all_reported() -> None:
     with pytest.raises(ConfigError) as caught:
         with_agent_overrides(
             FILE_AGENT,
-            server_url="http://proxy",
+            server_urls=["http://proxy"],
             client_id="has space",
             routes=["ok=h:1", "bad", "OK=h:2", "x=h:0"],
         )
@@ -167,7 +167,7 @@ def test_bad_agent_flags_are_all_reported() -> None:
 
 def test_a_server_url_with_credentials_is_not_echoed() -> None:
     with pytest.raises(ConfigError) as caught:
-        with_agent_overrides(FILE_AGENT, server_url="ws://user:hunter2@proxy:8081")
+        with_agent_overrides(FILE_AGENT, server_urls=["ws://user:hunter2@proxy:8081"])
     assert "hunter2" not in str(caught.value)
 
 

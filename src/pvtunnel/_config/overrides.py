@@ -162,7 +162,6 @@ def _merge_routes(file_routes: Sequence[Route], flag_routes: Sequence[Route]) ->
 def with_agent_overrides(
     config: AgentConfig,
     *,
-    server_url: str | None = None,
     client_id: str | None = None,
     routes: Sequence[str] = (),
     admin_port: int | None = None,
@@ -173,10 +172,9 @@ def with_agent_overrides(
 
     Args:
         config: The loaded configuration.
-        server_url: One ``--server``: replaces every URL from the file.
-        server_urls: Each ``--server`` given (it is repeatable): together, after
-            ``server_url``, they replace every URL from the file, and the agent
-            holds one connection to each (SPEC section 7).
+        server_urls: Each ``--server`` given (it is repeatable): together they
+            replace every URL from the file, and the agent holds one connection to
+            each (SPEC section 7).
         client_id: ``--client-id``.
         routes: ``--route NAME=HOST:PORT`` values. A flag route replaces the file's
             route of the same name (in place); new names are appended.
@@ -192,7 +190,7 @@ def with_agent_overrides(
     """
     problems: list[str] = []
     flag_urls: list[str] = []
-    for flag in (*(() if server_url is None else (server_url,)), *server_urls):
+    for flag in server_urls:
         try:
             url = rules.server_url(flag)
         except InvalidValue as exc:
