@@ -181,7 +181,6 @@ class TunnelServer:
         self.config = config
         self.state = ServerState(config)
         self._listen_scope = trio.CancelScope()
-        self._draining = False
 
     @property
     def sessions(self) -> frozenset[AgentSession]:
@@ -248,7 +247,6 @@ class TunnelServer:
         then cancels `serve`. Keep-alive clients get no new requests proxied after
         this: the agents have been told to go away and leave the router.
         """
-        self._draining = True
         self.state.draining = True
         self._listen_scope.cancel()
         for session in list(self.state.sessions):
@@ -279,16 +277,17 @@ class TunnelServer:
             return
         token = _bearer(request.headers)
         scopes = self._token_scopes(token)
-        if scopes is None or self._draining:
+        draining = self.state.draining
+        if scopes is None or draining:
             logger.warning(
                 "agent connection from %s refused: %s",
                 address,
-                "server draining" if self._draining else "bad or missing token",
+                "server draining" if draining else "bad or missing token",
             )
             await request.reject(
-                503 if self._draining else 401,
+                503 if draining else 401,
                 body=b"server draining\n"
-                if self._draining
+                if draining
                 else b"401 Unauthorized: bad or missing agent token\n",
             )
             return
