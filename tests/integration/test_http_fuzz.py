@@ -257,6 +257,31 @@ class Outcome:
         return allowed
 
 
+def methods_after(conn: h11.Connection) -> list[bytes]:
+    """Methods of the requests that follow one outside the model, as far as they parse.
+
+    Anything may be answered to them, but an answer to a HEAD has no body, so reading
+    the answers needs to know which ones were HEADs.
+    """
+    methods: list[bytes] = []
+    try:
+        while conn.their_state is h11.DONE:
+            conn.send(h11.Response(status_code=200, headers=[(b"content-length", b"0")]))
+            conn.send(h11.EndOfMessage())
+            if conn.our_state is not h11.DONE:
+                break
+            conn.start_next_cycle()
+            event = conn.next_event()
+            if not isinstance(event, h11.Request):
+                break
+            methods.append(event.method)
+            while isinstance(event := conn.next_event(), h11.Data):
+                pass
+    except h11.ProtocolError:
+        pass
+    return methods
+
+
 def expected_outcome(raw: bytes) -> Outcome:
     """Parse ``raw`` as the server's client side would, and say what must follow."""
     conn = h11.Connection(h11.SERVER)
@@ -276,10 +301,10 @@ def expected_outcome(raw: bytes) -> Outcome:
 
     steps: list[Step] = []
 
-    def outcome(*, outside: h11.Request | None = None) -> Outcome:
+    def outcome(*, outside: h11.Request | None = None, later: Sequence[bytes] = ()) -> Outcome:
         methods = [step.method for step in steps]
         if outside is not None:
-            methods.append(outside.method)
+            methods += [outside.method, *later]
         return Outcome(
             steps=tuple(steps),
             half_close=half_close,
@@ -308,7 +333,7 @@ def expected_outcome(raw: bytes) -> Outcome:
             with contextlib.suppress(h11.RemoteProtocolError):
                 while not isinstance(next_event(), h11.EndOfMessage):
                     pass
-            return outcome(outside=event)
+            return outcome(outside=event, later=methods_after(conn))
         chunked = any(name == b"transfer-encoding" for name, _ in event.headers)
         length = next((int(v) for n, v in event.headers if n == b"content-length"), 0)
         has_body = chunked or length > 0
@@ -653,6 +678,14 @@ def hostile_writes(draw: st.DrawFn) -> tuple[bytes, ...]:
 # a GET, and the model answered a refused CONNECT with a 200 (a switch) itself.
 @example(writes=(b"HEAD /echo HTTP/1.0\r\nHost: app\r\nVia: 1.0 fron\r\n t-1\r\n\r\n",))
 @example(writes=(b"CONNECT /echo HTTP/1.1\r\nHost: app\r\n\r\n" + CLOSER,))
+# A bug of this test: the answer to a HEAD after one outside the model (here a 502:
+# the test upstream cannot echo a body to a HEAD) was read as if to a GET.
+@example(
+    writes=(
+        b"HEAD /echo HTTP/1.1\r\nhost:app\r\n\r\n"
+        b"HEAD /echo HTTP/1.1\r\nhost:app\r\ncontent-length:1\r\n\r\n\x00" + CLOSER,
+    )
+)
 # A bug of this test: a request outside the model (HEAD) whose body never came. The
 # client waited for the server, which waited for the body, past the example's limit.
 @example(writes=(b"HEAD /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 14\r\n\r\n", b"\n"))
