@@ -19,6 +19,9 @@ that is checked byte for byte), and a private sshd with throwaway keys provides 
                    keep-alive: the best single-hop proxy;
 - ``ssh -N -R``    OpenSSH remote forwarding as people run it (Nagle-bound on loopback);
 - ``ssh -R best``  the same with ``-tt`` and a remote ``sleep``: TCP_NODELAY on;
+- ``trio-relay``   ``trio_relay.py``: two Trio processes that only move bytes over one
+                   multiplexed connection, parsing nothing: the floor under any tunnel
+                   written on pvtunnel's runtime;
 - ``pvtunnel``     ``pvtunnel serve`` + ``pvtunnel agent``, route ``app`` -> nginx, and
                    route ``slow`` -> a slow upstream (``slow.py``): after the row's
                    figures, 1,000 slow requests are held through that one agent while
@@ -68,12 +71,13 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-ROWS: Final = ("direct", "nginx-proxy", "ssh -N -R", "ssh -R best", "pvtunnel")
+ROWS: Final = ("direct", "nginx-proxy", "ssh -N -R", "ssh -R best", "trio-relay", "pvtunnel")
 ROW_KEYS: Final = {
     "direct": "direct",
     "nginx-proxy": "nginx-proxy",
     "ssh-n-r": "ssh -N -R",
     "ssh-r-best": "ssh -R best",
+    "trio-relay": "trio-relay",
     "pvtunnel": "pvtunnel",
 }
 BEST: Final = "ssh -R best"
@@ -611,11 +615,40 @@ def row_pvtunnel(world: World, row: RowResult) -> Iterator[Target]:
                 )
 
 
+@contextlib.contextmanager
+def row_trio_relay(world: World, row: RowResult) -> Iterator[Target]:
+    port, tunnel_port = h.free_ports(2)
+    command = [sys.executable, str(Path(__file__).resolve().parent / "trio_relay.py")]
+    front = world.children.start(
+        "trio-relay front",
+        [*command, "front", "--listen", str(port), "--tunnel", str(tunnel_port)],
+        log_path=world.logs / "trio-relay-front.log",
+    )
+    try:
+        back = world.children.start(
+            "trio-relay back",
+            [*command, "back", "--tunnel", str(tunnel_port), "--upstream", str(world.nginx_port)],
+            log_path=world.logs / "trio-relay-back.log",
+        )
+        try:
+            h.wait_until(
+                functools.partial(small_ok, port),
+                what="trio-relay",
+                alive=lambda: front.problem() or back.problem(),
+            )
+            yield Target(port, lambda: [front.pid, back.pid])
+        finally:
+            row.exit_codes["back"] = world.children.stop(back)
+    finally:
+        row.exit_codes["front"] = world.children.stop(front)
+
+
 ROW_SETUP: Final = {
     "direct": row_direct,
     "nginx-proxy": row_nginx_proxy,
     "ssh -N -R": row_ssh_plain,
     "ssh -R best": row_ssh_best,
+    "trio-relay": row_trio_relay,
     "pvtunnel": row_pvtunnel,
 }
 
@@ -1250,8 +1283,9 @@ def draw_chart(rows: dict[str, RowResult], path: Path) -> str | None:
         ("rss", "tunnel peak RSS (MiB)"),
     )
     names = list(rows)
-    colors = ["#7f7f7f", "#bcbd22", "#d62728", "#ff7f0e", "#1f77b4"]
-    palette = {name: colors[ROWS.index(name) % len(colors)] for name in names}
+    shades = ("#7f7f7f", "#bcbd22", "#d62728", "#ff7f0e", "#9467bd", "#1f77b4")
+    colors = dict(zip(ROWS, shades, strict=True))
+    palette = {name: colors[name] for name in names}
     figure, axes = plt.subplots(2, 3, figsize=(15, 8))
     for axis, (key, title) in zip(axes.flat, panels, strict=True):
         values = [metric(rows[name], key) for name in names]
