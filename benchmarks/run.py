@@ -22,6 +22,8 @@ that is checked byte for byte), and a private sshd with throwaway keys provides 
 - ``trio-relay``   ``trio_relay.py``: two Trio processes that only move bytes over one
                    multiplexed connection, parsing nothing: the floor under any tunnel
                    written on pvtunnel's runtime;
+- ``h11-relay``    the same doing exactly pvtunnel's h11 work per request and nothing
+                   else: the floor under any tunnel on pvtunnel's stack;
 - ``pvtunnel``     ``pvtunnel serve`` + ``pvtunnel agent``, route ``app`` -> nginx, and
                    route ``slow`` -> a slow upstream (``slow.py``): after the row's
                    figures, 1,000 slow requests are held through that one agent while
@@ -71,13 +73,22 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-ROWS: Final = ("direct", "nginx-proxy", "ssh -N -R", "ssh -R best", "trio-relay", "pvtunnel")
+ROWS: Final = (
+    "direct",
+    "nginx-proxy",
+    "ssh -N -R",
+    "ssh -R best",
+    "trio-relay",
+    "h11-relay",
+    "pvtunnel",
+)
 ROW_KEYS: Final = {
     "direct": "direct",
     "nginx-proxy": "nginx-proxy",
     "ssh-n-r": "ssh -N -R",
     "ssh-r-best": "ssh -R best",
     "trio-relay": "trio-relay",
+    "h11-relay": "h11-relay",
     "pvtunnel": "pvtunnel",
 }
 BEST: Final = "ssh -R best"
@@ -616,24 +627,34 @@ def row_pvtunnel(world: World, row: RowResult) -> Iterator[Target]:
 
 
 @contextlib.contextmanager
-def row_trio_relay(world: World, row: RowResult) -> Iterator[Target]:
+def trio_relay(world: World, row: RowResult, mode: str) -> Iterator[Target]:
+    """``trio_relay.py`` front and back in ``mode`` (raw or http); load on the front."""
     port, tunnel_port = h.free_ports(2)
     command = [sys.executable, str(Path(__file__).resolve().parent / "trio_relay.py")]
     front = world.children.start(
-        "trio-relay front",
-        [*command, "front", "--listen", str(port), "--tunnel", str(tunnel_port)],
-        log_path=world.logs / "trio-relay-front.log",
+        f"{row.name} front",
+        [*command, "front", "--listen", str(port), "--tunnel", str(tunnel_port), "--mode", mode],
+        log_path=world.logs / f"{row.name}-front.log",
     )
     try:
         back = world.children.start(
-            "trio-relay back",
-            [*command, "back", "--tunnel", str(tunnel_port), "--upstream", str(world.nginx_port)],
-            log_path=world.logs / "trio-relay-back.log",
+            f"{row.name} back",
+            [
+                *command,
+                "back",
+                "--tunnel",
+                str(tunnel_port),
+                "--upstream",
+                str(world.nginx_port),
+                "--mode",
+                mode,
+            ],
+            log_path=world.logs / f"{row.name}-back.log",
         )
         try:
             h.wait_until(
                 functools.partial(small_ok, port),
-                what="trio-relay",
+                what=row.name,
                 alive=lambda: front.problem() or back.problem(),
             )
             yield Target(port, lambda: [front.pid, back.pid])
@@ -643,12 +664,25 @@ def row_trio_relay(world: World, row: RowResult) -> Iterator[Target]:
         row.exit_codes["front"] = world.children.stop(front)
 
 
+@contextlib.contextmanager
+def row_trio_relay(world: World, row: RowResult) -> Iterator[Target]:
+    with trio_relay(world, row, "raw") as target:
+        yield target
+
+
+@contextlib.contextmanager
+def row_h11_relay(world: World, row: RowResult) -> Iterator[Target]:
+    with trio_relay(world, row, "http") as target:
+        yield target
+
+
 ROW_SETUP: Final = {
     "direct": row_direct,
     "nginx-proxy": row_nginx_proxy,
     "ssh -N -R": row_ssh_plain,
     "ssh -R best": row_ssh_best,
     "trio-relay": row_trio_relay,
+    "h11-relay": row_h11_relay,
     "pvtunnel": row_pvtunnel,
 }
 
@@ -1283,7 +1317,7 @@ def draw_chart(rows: dict[str, RowResult], path: Path) -> str | None:
         ("rss", "tunnel peak RSS (MiB)"),
     )
     names = list(rows)
-    shades = ("#7f7f7f", "#bcbd22", "#d62728", "#ff7f0e", "#9467bd", "#1f77b4")
+    shades = ("#7f7f7f", "#bcbd22", "#d62728", "#ff7f0e", "#9467bd", "#c5b0d5", "#1f77b4")
     colors = dict(zip(ROWS, shades, strict=True))
     palette = {name: colors[name] for name in names}
     figure, axes = plt.subplots(2, 3, figsize=(15, 8))

@@ -1,35 +1,46 @@
 #!/usr/bin/env python3
-"""The ``trio-relay`` benchmark row: a reverse tunnel in Trio that parses nothing.
+"""The ``trio-relay`` and ``h11-relay`` benchmark rows: the least a tunnel on Trio costs.
 
-Why it exists: SPEC section 6 sets pvtunnel's bars as ratios to ``ssh -R``, a tunnel in
-C. This row measures the least any two-process Trio tunnel can cost on the same
-machine in the same run: no HTTP parsing, no WebSocket, no flow-control windows, no
-timeouts and no routing; only bytes moved between sockets and one multiplexed
-connection, framed as (stream id, length, payload). Its socket reads and writes are
-pvtunnel's own (`fast_io`, which skips Trio's extra scheduling round), so the
-difference between the two rows is pvtunnel's protocol work (HTTP, WebSocket,
-multiplexing, limits), and what this row costs is the runtime's.
+Why they exist: SPEC section 6 sets pvtunnel's bars as ratios to ``ssh -R``, a tunnel
+in C. These rows measure, on the same machine in the same run, what two Trio
+processes cost when they do nothing but what any such tunnel must:
+
+- ``trio-relay`` (``--mode raw``) parses nothing. Each client connection is a stream
+  of frames over one multiplexed TCP connection; the back opens one upstream
+  connection per stream. What this row costs is the runtime's.
+- ``h11-relay`` (``--mode http``) adds exactly the h11 work pvtunnel does per request,
+  and nothing else: the front parses the request and builds and serialises the
+  response; the back builds and serialises the request and parses the response.
+  Heads cross as `marshal` tuples. What this row adds over ``trio-relay`` is h11's
+  cost; what ``pvtunnel`` adds over this row is pvtunnel's own (WebSocket, flow
+  control, validation, limits, routing, logs and metrics).
+
+Both use pvtunnel's own socket reads and writes (`fast_io`, which skips Trio's extra
+scheduling round) and coalesce each scheduler pass's frames into one write. Neither
+has timeouts, windows or error handling beyond closing: they are instruments, not
+tunnels. Frames are (stream id, kind, length, payload).
 
 Usage (``run.py`` starts both)::
 
-    python benchmarks/trio_relay.py front --listen PORT --tunnel TUNNEL_PORT
-    python benchmarks/trio_relay.py back --tunnel TUNNEL_PORT --upstream UPSTREAM_PORT
+    python benchmarks/trio_relay.py front --listen PORT --tunnel TUNNEL_PORT [--mode http]
+    python benchmarks/trio_relay.py back --tunnel TUNNEL_PORT --upstream PORT [--mode http]
 
-The front accepts one back on TUNNEL_PORT, then opens PORT for clients. Each client
-connection gets a stream id; the back opens one upstream connection per stream id.
-A zero-length frame closes a stream. Both sides stop on SIGINT or SIGTERM.
+The front accepts one back on TUNNEL_PORT, then opens PORT for clients. Both sides
+stop on SIGINT or SIGTERM, or when the tunnel closes.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import marshal
 import signal
 import socket
 import struct
 import sys
 from typing import TYPE_CHECKING, Final
 
+import h11
 import trio
 
 from pvtunnel._trio.sockio import fast_io
@@ -40,7 +51,8 @@ if TYPE_CHECKING:
     from pvtunnel._trio.sockio import ByteStream
 
 LOOPBACK: Final = "127.0.0.1"
-HEADER: Final = struct.Struct("!II")  # stream id, payload length (0: the stream ends)
+HEADER: Final = struct.Struct("!IBI")  # stream id, kind, payload length
+DATA, HEAD, END, CLOSE = range(4)  # kinds; HEAD and END only in http mode
 RECEIVE_SIZE: Final = 65536
 TUNNEL_RECEIVE_SIZE: Final = 262144
 # Senders wait while this much is queued for the tunnel: memory stays bounded for 100 MiB
@@ -63,34 +75,43 @@ class Tunnel:
         self.queued = trio.Event()
         self.drained = trio.Event()
 
-    async def send(self, stream_id: int, data: bytes | bytearray) -> None:
-        self.pending += HEADER.pack(stream_id, len(data))
+    async def send(self, stream_id: int, kind: int, data: bytes | bytearray = b"") -> None:
+        self.pending += HEADER.pack(stream_id, kind, len(data))
         self.pending += data
         self.queued.set()
         while len(self.pending) >= HIGH_WATER:
             await self.drained.wait()
 
     async def write_forever(self) -> None:
-        while True:
-            await self.queued.wait()
-            self.queued = trio.Event()
-            while self.pending:
-                data, self.pending = self.pending, bytearray()
-                await self.stream.send_all(data)
-            self.drained.set()
-            self.drained = trio.Event()
+        """Until the tunnel breaks (its reader then sees the end too)."""
+        with contextlib.suppress(*GONE):
+            while True:
+                await self.queued.wait()
+                self.queued = trio.Event()
+                while self.pending:
+                    data, self.pending = self.pending, bytearray()
+                    await self.stream.send_all(data)
+                self.drained.set()
+                self.drained = trio.Event()
 
-    async def read_frames(self, deliver: Callable[[int, bytes], Awaitable[None]]) -> None:
+    async def read_frames(self, deliver: Callable[[int, int, bytes], Awaitable[None]]) -> None:
+        """Until the tunnel closes or breaks."""
         buffer = bytearray()
+        with contextlib.suppress(*GONE):
+            await self._read_frames(buffer, deliver)
+
+    async def _read_frames(
+        self, buffer: bytearray, deliver: Callable[[int, int, bytes], Awaitable[None]]
+    ) -> None:
         while chunk := await self.stream.receive_some(TUNNEL_RECEIVE_SIZE):
             buffer += chunk
             start = 0
             while len(buffer) - start >= HEADER.size:
-                stream_id, length = HEADER.unpack_from(buffer, start)
+                stream_id, kind, length = HEADER.unpack_from(buffer, start)
                 end = start + HEADER.size + length
                 if end > len(buffer):
                     break
-                await deliver(stream_id, bytes(buffer[start + HEADER.size : end]))
+                await deliver(stream_id, kind, bytes(buffer[start + HEADER.size : end]))
                 start = end
             del buffer[:start]
 
@@ -103,41 +124,187 @@ class Local:
         self.stream = stream
         self.io: ByteStream = fast_io(stream)
 
-    async def copy_to(self, tunnel: Tunnel, stream_id: int) -> None:
-        """This connection's bytes into the tunnel, then the end of the stream."""
-        with contextlib.suppress(*GONE):
-            while data := await self.io.receive_some(RECEIVE_SIZE):
-                await tunnel.send(stream_id, data)
-        await tunnel.send(stream_id, b"")
+    async def receive(self) -> bytes:
+        data = await self.io.receive_some(RECEIVE_SIZE)
+        return data if isinstance(data, bytes) else bytes(data)
 
     async def write(self, data: bytes) -> None:
-        """Bytes from the tunnel (none: the stream ended, so the connection closes)."""
-        if not data:
-            await self.stream.aclose()
-            return
         with contextlib.suppress(*GONE):
             await self.io.send_all(data)
 
+    async def close(self) -> None:
+        await self.stream.aclose()
 
-async def front(listen_port: int, tunnel_port: int) -> None:
+
+# --------------------------------------------------------------------------- raw mode
+
+
+class Side:
+    """One end of a stream: its local connection, and the tunnel it crosses."""
+
+    def __init__(self, local: Local, tunnel: Tunnel, stream_id: int) -> None:
+        self.local = local
+        self.tunnel = tunnel
+        self.stream_id = stream_id
+
+    async def pump(self) -> None:
+        """The local connection's side of the stream into the tunnel, until it ends."""
+        raise NotImplementedError
+
+    async def deliver(self, kind: int, payload: bytes) -> None:
+        """One frame of the stream from the tunnel, onto the local connection."""
+        raise NotImplementedError
+
+
+class RawStream(Side):
+    """A stream of the raw relay: bytes in both directions, unparsed."""
+
+    async def pump(self) -> None:
+        """This connection's bytes into the tunnel, then the end of the stream."""
+        with contextlib.suppress(*GONE):
+            while data := await self.local.io.receive_some(RECEIVE_SIZE):
+                await self.tunnel.send(self.stream_id, DATA, data)
+        await self.tunnel.send(self.stream_id, CLOSE)
+
+    async def deliver(self, kind: int, payload: bytes) -> None:
+        if kind == CLOSE:
+            await self.local.close()
+        else:
+            await self.local.write(payload)
+
+
+# --------------------------------------------------------------------------- http mode
+
+
+async def send_event(tunnel: Tunnel, stream_id: int, event: object) -> int | None:
+    """An h11 message event into the tunnel as a frame: its kind (None: not one)."""
+    if isinstance(event, h11.Request):
+        head: tuple[bytes | int | list[tuple[bytes, bytes]], ...] = (
+            event.method,
+            event.target,
+            list(event.headers.raw_items()),
+        )
+    elif isinstance(event, h11.InformationalResponse | h11.Response):
+        head = (event.status_code, event.reason, list(event.headers.raw_items()))
+    elif isinstance(event, h11.Data):
+        await tunnel.send(stream_id, DATA, event.data)
+        return DATA
+    elif isinstance(event, h11.EndOfMessage):
+        await tunnel.send(stream_id, END)
+        return END
+    else:
+        return None
+    await tunnel.send(stream_id, HEAD, marshal.dumps(head))
+    return HEAD
+
+
+class HttpSide(Side):
+    """One end of a stream in http mode: h11 messages in, frames out, and back."""
+
+    role: type[h11.CLIENT] | type[h11.SERVER]
+
+    def __init__(self, local: Local, tunnel: Tunnel, stream_id: int) -> None:
+        super().__init__(local, tunnel, stream_id)
+        self.conn = h11.Connection(self.role)
+
+    async def _next_event(self) -> object:
+        while (event := self.conn.next_event()) is h11.NEED_DATA:
+            self.conn.receive_data(await self.local.receive())
+        return event
+
+    async def _message_sent(self) -> None:
+        """Between one message into the tunnel and the next."""
+
+    async def pump(self) -> None:
+        conn, tunnel, stream_id = self.conn, self.tunnel, self.stream_id
+        with contextlib.suppress(*GONE, h11.ProtocolError):
+            while True:
+                kind = await send_event(tunnel, stream_id, await self._next_event())
+                if kind == END:
+                    await self._message_sent()
+                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                        break
+                    conn.start_next_cycle()
+                elif kind is None:
+                    break
+        await tunnel.send(stream_id, CLOSE)
+        await self.local.close()
+
+
+class HttpClientSide(HttpSide):
+    """The front's end: pvtunnel's server-side h11 work (requests in, responses out)."""
+
+    role = h11.SERVER
+
+    def __init__(self, local: Local, tunnel: Tunnel, stream_id: int) -> None:
+        super().__init__(local, tunnel, stream_id)
+        self.answered = trio.Event()
+
+    async def _message_sent(self) -> None:
+        # One request at a time: the next is read once this one's response went out.
+        await self.answered.wait()
+        self.answered = trio.Event()
+
+    async def deliver(self, kind: int, payload: bytes) -> None:
+        conn = self.conn
+        if kind == HEAD:
+            status, reason, headers = marshal.loads(payload)
+            kind_of_response = h11.InformationalResponse if status < 200 else h11.Response
+            response = kind_of_response(status_code=status, reason=reason, headers=headers)
+            await self.local.write(conn.send(response) or b"")
+        elif kind == DATA:
+            await self.local.write(conn.send(h11.Data(data=payload)) or b"")
+        elif kind == END:
+            await self.local.write(conn.send(h11.EndOfMessage()) or b"")
+            self.answered.set()
+        else:
+            await self.local.close()
+            self.answered.set()
+
+
+class HttpUpstreamSide(HttpSide):
+    """The back's end: pvtunnel's agent-side h11 work (requests out, responses in)."""
+
+    role = h11.CLIENT
+
+    async def deliver(self, kind: int, payload: bytes) -> None:
+        conn = self.conn
+        with contextlib.suppress(h11.ProtocolError):
+            if kind == HEAD:
+                method, target, headers = marshal.loads(payload)
+                request = h11.Request(method=method, target=target, headers=headers)
+                await self.local.write(conn.send(request) or b"")
+            elif kind == DATA:
+                await self.local.write(conn.send(h11.Data(data=payload)) or b"")
+            elif kind == END:
+                await self.local.write(conn.send(h11.EndOfMessage()) or b"")
+            else:
+                await self.local.close()
+
+
+# --------------------------------------------------------------------------- the two ends
+
+
+async def front(listen_port: int, tunnel_port: int, http: bool) -> None:
     listeners = await trio.open_tcp_listeners(tunnel_port, host=LOOPBACK)
     tunnel_stream = await listeners[0].accept()
     await listeners[0].aclose()
     _nodelay(tunnel_stream)
     tunnel = Tunnel(tunnel_stream)
-    clients: dict[int, Local] = {}
+    clients: dict[int, Side] = {}
     next_id = 1
 
-    async def deliver(stream_id: int, data: bytes) -> None:
+    async def deliver(stream_id: int, kind: int, payload: bytes) -> None:
         if (client := clients.get(stream_id)) is not None:
-            await client.write(data)
+            await client.deliver(kind, payload)
 
     async def serve_client(stream: trio.SocketStream) -> None:
         nonlocal next_id
         stream_id, next_id = next_id, next_id + 1
-        client = clients[stream_id] = Local(stream)
+        side: type[Side] = HttpClientSide if http else RawStream
+        client = clients[stream_id] = side(Local(stream), tunnel, stream_id)
         try:
-            await client.copy_to(tunnel, stream_id)
+            await client.pump()
         finally:
             del clients[stream_id]
             await stream.aclose()
@@ -148,7 +315,7 @@ async def front(listen_port: int, tunnel_port: int) -> None:
         await trio.serve_tcp(serve_client, listen_port, host=LOOPBACK)
 
 
-async def back(tunnel_port: int, upstream_port: int) -> None:
+async def back(tunnel_port: int, upstream_port: int, http: bool) -> None:
     with trio.fail_after(CONNECT_TIMEOUT_S):
         while True:  # the front may not listen yet
             try:
@@ -158,26 +325,27 @@ async def back(tunnel_port: int, upstream_port: int) -> None:
                 await trio.sleep(0.05)
     _nodelay(tunnel_stream)
     tunnel = Tunnel(tunnel_stream)
-    upstreams: dict[int, Local] = {}
+    upstreams: dict[int, Side] = {}
 
     async with trio.open_nursery() as nursery:
 
-        async def deliver(stream_id: int, data: bytes) -> None:
-            upstream = upstreams.pop(stream_id, None) if not data else upstreams.get(stream_id)
+        async def deliver(stream_id: int, kind: int, payload: bytes) -> None:
+            upstream = upstreams.pop(stream_id, None) if kind == CLOSE else upstreams.get(stream_id)
             if upstream is None:
-                if not data:
+                if kind == CLOSE:
                     return
                 stream = await trio.open_tcp_stream(LOOPBACK, upstream_port)
-                upstream = upstreams[stream_id] = Local(stream)
-                nursery.start_soon(upstream.copy_to, tunnel, stream_id)
-            await upstream.write(data)
+                side: type[Side] = HttpUpstreamSide if http else RawStream
+                upstream = upstreams[stream_id] = side(Local(stream), tunnel, stream_id)
+                nursery.start_soon(upstream.pump)
+            await upstream.deliver(kind, payload)
 
         nursery.start_soon(tunnel.write_forever)
         await tunnel.read_frames(deliver)
         nursery.cancel_scope.cancel()
 
 
-async def run_until_signalled(role: Callable[..., Awaitable[None]], *args: int) -> None:
+async def run_until_signalled(role: Callable[..., Awaitable[None]], *args: object) -> None:
     """Run ``role`` until SIGINT or SIGTERM, then cancel it: a clean exit, status 0."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
@@ -198,15 +366,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen", type=int, help="front: the port for clients")
     parser.add_argument("--tunnel", type=int, required=True, help="the tunnel's port")
     parser.add_argument("--upstream", type=int, help="back: the upstream's port")
+    parser.add_argument("--mode", choices=("raw", "http"), default="raw")
     args = parser.parse_args(argv)
+    http = args.mode == "http"
     if args.role == "front":
         if args.listen is None:
             parser.error("front needs --listen")
-        trio.run(run_until_signalled, front, args.listen, args.tunnel)
+        trio.run(run_until_signalled, front, args.listen, args.tunnel, http)
     else:
         if args.upstream is None:
             parser.error("back needs --upstream")
-        trio.run(run_until_signalled, back, args.tunnel, args.upstream)
+        trio.run(run_until_signalled, back, args.tunnel, args.upstream, http)
     return 0
 
 
