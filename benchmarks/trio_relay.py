@@ -96,13 +96,11 @@ class Tunnel:
 
     async def read_frames(self, deliver: Callable[[int, int, bytes], Awaitable[None]]) -> None:
         """Until the tunnel closes or breaks."""
-        buffer = bytearray()
         with contextlib.suppress(*GONE):
-            await self._read_frames(buffer, deliver)
+            await self._read_frames(deliver)
 
-    async def _read_frames(
-        self, buffer: bytearray, deliver: Callable[[int, int, bytes], Awaitable[None]]
-    ) -> None:
+    async def _read_frames(self, deliver: Callable[[int, int, bytes], Awaitable[None]]) -> None:
+        buffer = bytearray()
         while chunk := await self.stream.receive_some(TUNNEL_RECEIVE_SIZE):
             buffer += chunk
             start = 0
@@ -136,9 +134,6 @@ class Local:
         await self.stream.aclose()
 
 
-# --------------------------------------------------------------------------- raw mode
-
-
 class Side:
     """One end of a stream: its local connection, and the tunnel it crosses."""
 
@@ -154,6 +149,9 @@ class Side:
     async def deliver(self, kind: int, payload: bytes) -> None:
         """One frame of the stream from the tunnel, onto the local connection."""
         raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- raw mode
 
 
 class RawStream(Side):
