@@ -8,7 +8,7 @@ time. All bad flags are reported together.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
 
@@ -24,13 +24,16 @@ if TYPE_CHECKING:
     from .secret import Secret
 
 _ROUTE_FORMAT: Final = "expected NAME=HOST:PORT"
+T = TypeVar("T")
 
 
-def _flag(name: str, value: object, parse: Callable[[object], object], problems: list[str]) -> None:
+def _flag(name: str, value: object, parse: Callable[[object], T], problems: list[str]) -> T | None:
+    """The flag's parsed value, or None with its problems added to ``problems``."""
     try:
-        parse(value)
+        return parse(value)
     except InvalidValue as exc:
         problems.extend(f"{name}: {message}" for _, message in exc.entries)
+        return None
 
 
 def with_overrides(
@@ -191,10 +194,8 @@ def with_agent_overrides(
     problems: list[str] = []
     flag_urls: list[str] = []
     for flag in server_urls:
-        try:
-            url = rules.server_url(flag)
-        except InvalidValue as exc:
-            problems.extend(f"--server: {message}" for _, message in exc.entries)
+        url = _flag("--server", flag, rules.server_url, problems)
+        if url is None:
             continue
         if url in flag_urls:
             problems.append(f"--server: server URL {rules.show(url)} given twice")

@@ -16,13 +16,12 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from pvtunnel._errors import ErrorCode, TunnelClosedError
-from pvtunnel._trio.sockio import BROKEN
+from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE
 from pvtunnel._trio.tunnel import END, first_error
 
 if TYPE_CHECKING:
     from pvtunnel._trio.tunnel import Channel
 
-RECEIVE_SIZE: Final = 65536
 _BROKEN: Final = (*BROKEN, OSError)
 
 

@@ -306,8 +306,7 @@ class Multiplexer:
         move_half(stream, "local", Move.END)
         self._out.append(_pack_header(_END, 0, stream_id, 0))
         if stream.remote is Half.CLOSED:
-            del self._streams[stream_id]
-            self._credit.forget(stream_id, stream)
+            self._forget(stream_id, stream)
 
     def reset_stream(self, stream_id: StreamId, code: ErrorCode, reason: str = "") -> None:
         """Abort the stream both ways; what it held goes back to the connection window.
@@ -492,8 +491,7 @@ class Multiplexer:
             return
         move_half(stream, "remote", Move.END)
         if stream.local is Half.CLOSED:
-            del self._streams[frame.stream_id]
-            self._credit.forget(frame.stream_id, stream)
+            self._forget(frame.stream_id, stream)
         out.append(ev.StreamEnded(stream_id=frame.stream_id))
 
     def _on_window(self, frame: fr.Window, out: list[ev.Event]) -> None:
@@ -547,6 +545,11 @@ class Multiplexer:
 
     def _queue(self, frame_bytes: bytes) -> None:
         self._out.append(frame_bytes)
+
+    def _forget(self, stream_id: int, stream: StreamState) -> None:
+        """Drop a finished stream; the credit keeps what the application still holds."""
+        del self._streams[stream_id]
+        self._credit.forget(stream_id, stream)
 
     def _require_role(self, role: Role, what: str) -> None:
         if self.role is not role:
