@@ -43,6 +43,12 @@ def server_config(
     )
 
 
+def internal_url(addresses: ServerAddresses) -> str:
+    """The URL an agent dials for the server at ``addresses``."""
+    host, port = addresses.internal
+    return f"ws://{host}:{port}"
+
+
 def agent_config(
     addresses: ServerAddresses,
     routes: dict[str, int],
@@ -51,10 +57,9 @@ def agent_config(
     token: str = TOKEN,
     **changes: Any,
 ) -> AgentConfig:
-    host, port = addresses.internal
     return AgentConfig(
         client_id=client_id,
-        server=ServerEndpoint(urls=(f"ws://{host}:{port}",), token=Secret(token)),
+        server=ServerEndpoint(urls=(internal_url(addresses),), token=Secret(token)),
         routes=tuple(
             Route(name=name, value="127.0.0.1", port=upstream_port, type=RouteType.IP)
             for name, upstream_port in routes.items()
@@ -72,11 +77,22 @@ class Running:
     def port(self) -> int:
         return self.addresses.external[1]
 
+    @property
+    def url(self) -> str:
+        """The URL an agent dials for this server."""
+        return internal_url(self.addresses)
+
 
 async def start_server(nursery: trio.Nursery, config: ServerConfig | None = None) -> Running:
     server = TunnelServer(config or server_config())
     addresses: ServerAddresses = await nursery.start(server.serve)
     return Running(server=server, addresses=addresses)
+
+
+async def wait_for_sessions(running: Running, count: int) -> None:
+    """Until the server holds ``count`` agent sessions."""
+    while len(running.server.sessions) != count:
+        await running.server.state.wait_sessions_changed()
 
 
 async def start_agent(

@@ -39,6 +39,7 @@ from tests.integration.harness import (
     start_server,
     start_server_in_scope,
     start_upstream,
+    wait_for_sessions,
 )
 from tests.integration.test_admin import Process, pvtunnel, scrape
 from tests.integration.test_tls import _issue, _tls_server_config
@@ -56,17 +57,12 @@ QUICK_RETRY = AgentTimeouts(reconnect_max_s=0.5)
 OTHER_TOKEN = "a-token-this-agent-does-not-have"
 
 
-def url_of(running: Running) -> str:
-    host, port = running.addresses.internal
-    return f"ws://{host}:{port}"
-
-
 def multi_agent_config(
     servers: list[Running], routes: dict[str, int], **changes: Any
 ) -> AgentConfig:
     """One agent config naming every server in ``servers``, in order."""
     config = agent_config(servers[0].addresses, routes, **changes)
-    endpoint = ServerEndpoint(urls=tuple(url_of(s) for s in servers), token=Secret(TOKEN))
+    endpoint = ServerEndpoint(urls=tuple(s.url for s in servers), token=Secret(TOKEN))
     return attrs.evolve(config, server=endpoint)
 
 
@@ -86,11 +82,6 @@ async def wait_for(agent: TunnelAgent, condition: Callable[[], bool]) -> None:
         await agent.wait_links_changed()
 
 
-async def wait_for_sessions(running: Running, count: int) -> None:
-    while len(running.server.sessions) != count:
-        await running.server.state.wait_sessions_changed()
-
-
 async def revive(nursery: trio.Nursery, gone: Running) -> Running:
     """A new server on the ports of one that was stopped, once an agent is back on it."""
     back = server_config(
@@ -102,7 +93,7 @@ async def revive(nursery: trio.Nursery, gone: Running) -> Running:
 
 
 def link_to(agent: TunnelAgent, running: Running) -> ServerLink:
-    (link,) = (link for link in agent.links if link.url == url_of(running))
+    (link,) = (link for link in agent.links if link.url == running.url)
     return link
 
 
@@ -114,7 +105,7 @@ async def test_agent_registers_with_every_server_and_serves_through_each() -> No
             upstream, port = await start_upstream(nursery, "svc")
             agent = TunnelAgent(multi_agent_config([first, second], {"app": port}))
             status: AgentStatus = await nursery.start(agent.serve)
-            assert status.server_url in (url_of(first), url_of(second))
+            assert status.server_url in (first.url, second.url)
             assert status.routes == ("app",)
             for running in (first, second):
                 await wait_for_sessions(running, 1)
@@ -202,7 +193,7 @@ async def test_a_server_that_refuses_the_agent_is_given_up_while_the_other_serve
                 multi_agent_config([refuser, accepting], {"app": port}, timeouts=QUICK_RETRY)
             )
             status: AgentStatus = await nursery.start(agent.serve)
-            assert status.server_url == url_of(accepting)
+            assert status.server_url == accepting.url
             refused_link = link_to(agent, refuser)
             await wait_for(agent, lambda: refused_link.refusal is not None)
             assert re.search(reason, str(refused_link.refusal))
@@ -216,7 +207,7 @@ async def test_a_server_that_refuses_the_agent_is_given_up_while_the_other_serve
             assert [r.target for r in upstream.requests] == [b"/ok"]
             assert any(
                 record.levelno == logging.ERROR
-                and record.getMessage().startswith(f"giving up on {url_of(refuser)}: ")
+                and record.getMessage().startswith(f"giving up on {refuser.url}: ")
                 for record in caplog.records
             )
             nursery.cancel_scope.cancel()
@@ -235,8 +226,8 @@ async def test_an_agent_refused_by_every_server_raises() -> None:
                 await agent.serve()
             message = str(refused.value)
             assert message.startswith("every server refused this agent: ")
-            assert f"the server at {url_of(by_token)} refused this agent's token" in message
-            assert f"{url_of(by_routes)}: the server refused every route" in message
+            assert f"the server at {by_token.url} refused this agent's token" in message
+            assert f"{by_routes.url}: the server refused every route" in message
             assert not isinstance(refused.value, ServerCertificateError)
             assert TOKEN not in message
             assert [link.reconnects for link in agent.links] == [0, 0]
@@ -256,7 +247,7 @@ async def test_an_unverifiable_certificate_ends_only_that_servers_link(tmp_path:
             wss_url = f"wss://{host}:{tls_port}"
             config = multi_agent_config([plain], {"app": port}, timeouts=QUICK_RETRY)
             config = attrs.evolve(
-                config, server=attrs.evolve(config.server, urls=(wss_url, url_of(plain)))
+                config, server=attrs.evolve(config.server, urls=(wss_url, plain.url))
             )
             agent = TunnelAgent(config)
             await nursery.start(agent.serve)
@@ -387,14 +378,14 @@ async def test_status_metrics_and_ready_cover_every_server_connection() -> None:
                 True,
                 1,
             )
-            assert document["server"] == ", ".join(url_of(s) for s in servers)
+            assert document["server"] == ", ".join(s.url for s in servers)
             entries = document["servers"]
             assert [
                 (e["url"], e["connected"], e["in_flight"], e["reconnects"]) for e in entries
             ] == [
-                (url_of(first), True, 0, 0),
-                (url_of(second), True, 1, 0),
-                (url_of(refuser), False, 0, 0),
+                (first.url, True, 0, 0),
+                (second.url, True, 1, 0),
+                (refuser.url, False, 0, 0),
             ]
             for entry in entries[:2]:
                 assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", entry["connected_since"])
@@ -407,9 +398,9 @@ async def test_status_metrics_and_ready_cover_every_server_connection() -> None:
             assert metrics.value("pvtunnel_agent_connected") == 1
             assert metrics.value("pvtunnel_agent_active_streams") == 1
             assert metrics.series("pvtunnel_agent_server_connected") == {
-                (("server", url_of(first)),): 1,
-                (("server", url_of(second)),): 1,
-                (("server", url_of(refuser)),): 0,
+                (("server", first.url),): 1,
+                (("server", second.url),): 1,
+                (("server", refuser.url),): 0,
             }
 
             admin_url = f"http://{admin[0]}:{admin[1]}" if admin else ""
@@ -420,9 +411,9 @@ async def test_status_metrics_and_ready_cover_every_server_connection() -> None:
                 "ready, connected to 2 of 3 servers, 0 reconnects, 1 stream in flight" in (lines[0])
             )
             assert lines[2].split()[:2] == ["SERVER", "STATE"]
-            assert re.match(rf"{url_of(first)} +connected +\S+Z +\d+s +0 +0$", lines[3])
-            assert re.match(rf"{url_of(second)} +connected +\S+Z +\d+s +0 +1$", lines[4])
-            assert re.match(rf"{url_of(refuser)} +refused +- +- +0 +0$", lines[5])
+            assert re.match(rf"{first.url} +connected +\S+Z +\d+s +0 +0$", lines[3])
+            assert re.match(rf"{second.url} +connected +\S+Z +\d+s +0 +1$", lines[4])
+            assert re.match(rf"{refuser.url} +refused +- +- +0 +0$", lines[5])
             assert lines[7].startswith("ROUTE ")
 
             # One server gone: still ready through the other, and the figures say so.
@@ -435,9 +426,9 @@ async def test_status_metrics_and_ready_cover_every_server_connection() -> None:
             assert [e["connected"] for e in after["servers"]] == [True, False, False]
             assert after["reconnects"] == sum(e["reconnects"] for e in after["servers"]) >= 1
             metrics = await scrape(admin)
-            assert metrics.value("pvtunnel_agent_server_connected", server=url_of(second)) == 0
+            assert metrics.value("pvtunnel_agent_server_connected", server=second.url) == 0
             assert metrics.value(
-                "pvtunnel_agent_server_reconnects_total", server=url_of(second)
+                "pvtunnel_agent_server_reconnects_total", server=second.url
             ) == metrics.value("pvtunnel_agent_reconnects_total")
             nursery.cancel_scope.cancel()
 
@@ -458,9 +449,9 @@ async def test_the_agent_command_takes_server_several_times(processes: list[Proc
             upstream, port = await start_upstream(nursery, "svc")
             agent = await Process.launch(
                 "agent",
-                f"--server={url_of(first)}",
+                f"--server={first.url}",
                 "--server",
-                url_of(second),
+                second.url,
                 f"--route=app=127.0.0.1:{port}",
                 env={"PVTUNNEL_TOKEN": TOKEN},
             )

@@ -20,6 +20,7 @@ from tests.integration.harness import (
     start_server_in_scope,
     start_tunnel,
     start_upstream,
+    wait_for_sessions,
 )
 from tests.integration.relay import Relay
 
@@ -36,11 +37,6 @@ def test_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() -> None:
     assert 0.25 <= backoff.next_delay() <= 0.5
     with pytest.raises(ValueError, match="initial_s"):
         Backoff(0, 1)
-
-
-async def wait_for_sessions(running: Running, count: int) -> None:
-    while len(running.server.sessions) != count:
-        await running.server.state.wait_sessions_changed()
 
 
 def via(running: Running, port: int) -> Running:
