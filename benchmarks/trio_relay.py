@@ -15,10 +15,12 @@ processes cost when they do nothing but what any such tunnel must:
   cost; what ``pvtunnel`` adds over this row is pvtunnel's own (WebSocket, flow
   control, validation, limits, routing, logs and metrics).
 
-Both use pvtunnel's own socket reads and writes (`fast_io`, which skips Trio's extra
-scheduling round) and coalesce each scheduler pass's frames into one write. Neither
-has timeouts, windows or error handling beyond closing: they are instruments, not
-tunnels. Frames are (stream id, kind, length, payload).
+Both use what pvtunnel uses below its protocol: its socket reads and writes
+(`fast_io`, which skips Trio's extra scheduling round), its end-of-pass sending
+(`batching`: each scheduler pass's frames leave in one write when the pass ends) and
+its heap settings (`_heap`). Neither has timeouts, windows or error handling beyond
+closing: they are instruments, not tunnels. Frames are (stream id, kind, length,
+payload).
 
 Usage (``run.py`` starts both)::
 
@@ -35,7 +37,6 @@ import argparse
 import contextlib
 import marshal
 import signal
-import socket
 import struct
 import sys
 from typing import TYPE_CHECKING, Final
@@ -43,7 +44,9 @@ from typing import TYPE_CHECKING, Final
 import h11
 import trio
 
-from pvtunnel._trio.sockio import fast_io
+from pvtunnel._heap import tune_heap
+from pvtunnel._trio.batching import end_of_pass_sender
+from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE, FastSocket, fast_io
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -53,50 +56,77 @@ if TYPE_CHECKING:
 LOOPBACK: Final = "127.0.0.1"
 HEADER: Final = struct.Struct("!IBI")  # stream id, kind, payload length
 DATA, HEAD, END, CLOSE = range(4)  # kinds; HEAD and END only in http mode
-RECEIVE_SIZE: Final = 65536
 TUNNEL_RECEIVE_SIZE: Final = 262144
 # Senders wait while this much is queued for the tunnel: memory stays bounded for 100 MiB
 # transfers, and small frames still leave in one write per scheduler pass.
 HIGH_WATER: Final = 1 << 20
 CONNECT_TIMEOUT_S: Final = 10.0
-GONE: Final = (trio.BrokenResourceError, trio.ClosedResourceError)  # the peer left
-
-
-def _nodelay(stream: trio.SocketStream) -> None:
-    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class Tunnel:
-    """One TCP connection carrying every stream; writes are coalesced by a writer task."""
+    """One TCP connection carrying every stream.
+
+    What a scheduler pass queues leaves when the pass ends (`batching`), written
+    without yielding as far as the socket takes it; the rest, and everything once
+    the queue passes `HIGH_WATER`, goes to the writer task. TCP_NODELAY is Trio's
+    default on every `trio.SocketStream`, here and for the local connections.
+    """
+
+    label = "relay tunnel"  # for `batching`'s log line
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream: ByteStream = fast_io(stream)
         self.pending = bytearray()
         self.queued = trio.Event()
         self.drained = trio.Event()
+        self._sender = end_of_pass_sender() if isinstance(self.stream, FastSocket) else None
+        self._writing = False
 
     async def send(self, stream_id: int, kind: int, data: bytes | bytearray = b"") -> None:
         self.pending += HEADER.pack(stream_id, kind, len(data))
         self.pending += data
-        self.queued.set()
+        if self._sender is None:
+            self.queued.set()
+        else:
+            self._sender.waiting[self] = None
         while len(self.pending) >= HIGH_WATER:
+            self.queued.set()
             await self.drained.wait()
+
+    def send_at_end_of_pass(self) -> bool:
+        """Called by `batching.EndOfPassSender`: True when it woke the writer task."""
+        if self._writing or not isinstance(self.stream, FastSocket):
+            return self.wake_writer_task()
+        try:
+            written = self.stream.try_send(self.pending)
+        except BROKEN:
+            return self.wake_writer_task()  # the writer meets the error and ends
+        del self.pending[:written]
+        return self.wake_writer_task() if self.pending else False
+
+    def wake_writer_task(self) -> bool:
+        self.queued.set()
+        return True
 
     async def write_forever(self) -> None:
         """Until the tunnel breaks (its reader then sees the end too)."""
-        with contextlib.suppress(*GONE):
+        with contextlib.suppress(*BROKEN):
             while True:
                 await self.queued.wait()
                 self.queued = trio.Event()
                 while self.pending:
                     data, self.pending = self.pending, bytearray()
-                    await self.stream.send_all(data)
+                    self._writing = True
+                    try:
+                        await self.stream.send_all(data)
+                    finally:
+                        self._writing = False
                 self.drained.set()
                 self.drained = trio.Event()
 
     async def read_frames(self, deliver: Callable[[int, int, bytes], Awaitable[None]]) -> None:
         """Until the tunnel closes or breaks."""
-        with contextlib.suppress(*GONE):
+        with contextlib.suppress(*BROKEN):
             await self._read_frames(deliver)
 
     async def _read_frames(self, deliver: Callable[[int, int, bytes], Awaitable[None]]) -> None:
@@ -109,7 +139,9 @@ class Tunnel:
                 end = start + HEADER.size + length
                 if end > len(buffer):
                     break
-                await deliver(stream_id, kind, bytes(buffer[start + HEADER.size : end]))
+                with memoryview(buffer) as view:
+                    payload = bytes(view[start + HEADER.size : end])
+                await deliver(stream_id, kind, payload)
                 start = end
             del buffer[:start]
 
@@ -118,7 +150,6 @@ class Local:
     """A client or upstream connection: the stream to close, and its fast reads and writes."""
 
     def __init__(self, stream: trio.SocketStream) -> None:
-        _nodelay(stream)
         self.stream = stream
         self.io: ByteStream = fast_io(stream)
 
@@ -127,7 +158,7 @@ class Local:
         return data if isinstance(data, bytes) else bytes(data)
 
     async def write(self, data: bytes) -> None:
-        with contextlib.suppress(*GONE):
+        with contextlib.suppress(*BROKEN):
             await self.io.send_all(data)
 
     async def close(self) -> None:
@@ -159,7 +190,7 @@ class RawStream(Side):
 
     async def pump(self) -> None:
         """This connection's bytes into the tunnel, then the end of the stream."""
-        with contextlib.suppress(*GONE):
+        with contextlib.suppress(*BROKEN):
             while data := await self.local.io.receive_some(RECEIVE_SIZE):
                 await self.tunnel.send(self.stream_id, DATA, data)
         await self.tunnel.send(self.stream_id, CLOSE)
@@ -215,7 +246,7 @@ class HttpSide(Side):
 
     async def pump(self) -> None:
         conn, tunnel, stream_id = self.conn, self.tunnel, self.stream_id
-        with contextlib.suppress(*GONE, h11.ProtocolError):
+        with contextlib.suppress(*BROKEN, h11.ProtocolError):
             while True:
                 kind = await send_event(tunnel, stream_id, await self._next_event())
                 if kind == END:
@@ -267,7 +298,7 @@ class HttpUpstreamSide(HttpSide):
 
     async def deliver(self, kind: int, payload: bytes) -> None:
         conn = self.conn
-        with contextlib.suppress(h11.ProtocolError):
+        try:
             if kind == HEAD:
                 method, target, headers = marshal.loads(payload)
                 request = h11.Request(method=method, target=target, headers=headers)
@@ -278,6 +309,8 @@ class HttpUpstreamSide(HttpSide):
                 await self.local.write(conn.send(h11.EndOfMessage()) or b"")
             else:
                 await self.local.close()
+        except h11.ProtocolError:
+            await self.local.close()  # `pump` then ends the stream: the client is told
 
 
 # --------------------------------------------------------------------------- the two ends
@@ -287,7 +320,6 @@ async def front(listen_port: int, tunnel_port: int, http: bool) -> None:
     listeners = await trio.open_tcp_listeners(tunnel_port, host=LOOPBACK)
     tunnel_stream = await listeners[0].accept()
     await listeners[0].aclose()
-    _nodelay(tunnel_stream)
     tunnel = Tunnel(tunnel_stream)
     clients: dict[int, Side] = {}
     next_id = 1
@@ -308,8 +340,13 @@ async def front(listen_port: int, tunnel_port: int, http: bool) -> None:
             await stream.aclose()
 
     async with trio.open_nursery() as nursery:
+
+        async def read_until_closed() -> None:
+            await tunnel.read_frames(deliver)
+            nursery.cancel_scope.cancel()  # the back left: so do the clients
+
         nursery.start_soon(tunnel.write_forever)
-        nursery.start_soon(tunnel.read_frames, deliver)
+        nursery.start_soon(read_until_closed)
         await trio.serve_tcp(serve_client, listen_port, host=LOOPBACK)
 
 
@@ -321,7 +358,6 @@ async def back(tunnel_port: int, upstream_port: int, http: bool) -> None:
                 break
             except OSError:
                 await trio.sleep(0.05)
-    _nodelay(tunnel_stream)
     tunnel = Tunnel(tunnel_stream)
     upstreams: dict[int, Side] = {}
 
@@ -366,6 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upstream", type=int, help="back: the upstream's port")
     parser.add_argument("--mode", choices=("raw", "http"), default="raw")
     args = parser.parse_args(argv)
+    tune_heap()  # as the pvtunnel CLI does
     http = args.mode == "http"
     if args.role == "front":
         if args.listen is None:

@@ -18,23 +18,35 @@ request fell from 3.7 to 2.4 in the server and from 3.5 to 2.5 in the agent.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
-
-if TYPE_CHECKING:
-    from pvtunnel._trio.tunnel import Tunnel
 
 logger = logging.getLogger(__name__)
 
 _SENDER: trio.lowlevel.RunVar[EndOfPassSender] = trio.lowlevel.RunVar("pvtunnel_pass_sender")
 
 
+class PassSending(Protocol):
+    """What `EndOfPassSender` sends for: a `Tunnel` (and the benchmark's relays)."""
+
+    @property
+    def label(self) -> str: ...
+
+    def send_at_end_of_pass(self) -> bool:
+        """Write what is queued without yielding; True if that woke tasks."""
+        ...
+
+    def wake_writer_task(self) -> bool:
+        """Leave what is queued to a writer task; True if that woke it."""
+        ...
+
+
 class EndOfPassSender(trio.abc.Instrument):
     """Sends for the tunnels that queued frames in this pass (see the module docstring)."""
 
     def __init__(self) -> None:
-        self.waiting: dict[Tunnel, None] = {}
+        self.waiting: dict[PassSending, None] = {}
 
     def before_io_wait(self, timeout: float) -> None:
         if not self.waiting:
