@@ -156,6 +156,11 @@ class Settings:
     # Rows take turns: wrk's time is split over this many rounds, one transfer each.
     wrk_rounds: int = 1
 
+    @property
+    def round_s(self) -> int:
+        """Whole seconds of wrk per round: each figure gets ``round_s * wrk_rounds``."""
+        return max(1, self.wrk_s // self.wrk_rounds)
+
 
 def parse_args(argv: list[str] | None = None) -> Settings:
     """Command line -> Settings."""
@@ -904,6 +909,7 @@ class Running:
 
     row: RowResult
     target: Target
+    stack: contextlib.ExitStack[bool | None]  # stops the row's processes
     wrk64: list[WrkResult] = field(default_factory=list)
     wrk1: list[WrkResult] = field(default_factory=list)
     downloads: list[float] = field(default_factory=list)
@@ -992,9 +998,14 @@ def finish(running: Running) -> None:
 
 
 def fail(row: RowResult, exc: BaseException) -> None:
-    row.error = f"{type(exc).__name__}: {exc}" if not isinstance(exc, h.BenchError) else str(exc)
+    """Mark the row failed; its first failure stays the error, later ones become notes."""
+    error = str(exc) if isinstance(exc, h.BenchError) else f"{type(exc).__name__}: {exc}"
+    if row.error is None:
+        row.error = error
+    else:
+        row.notes.append(f"then: {error}")
     row.ok = False
-    print(f"   {row.name} FAILED: {row.error}", file=sys.stderr)
+    print(f"   {row.name} FAILED: {error}", file=sys.stderr)
 
 
 _FAILURES: Final = (h.BenchError, OSError, subprocess.SubprocessError)
@@ -1058,8 +1069,7 @@ def measure_rows(world: World) -> dict[str, RowResult]:
                 continue
             stack.enter_context(row_stack)
             row.ok = True
-            running.append(Running(row=row, target=target))
-        wrk_s = max(1, settings.wrk_s // settings.wrk_rounds)
+            running.append(Running(row=row, target=target, stack=row_stack))
         for index in range(max(settings.wrk_rounds, settings.reps) if running else 0):
             print(f"== round {index + 1}", file=sys.stderr, flush=True)
             # Each round starts at another row, so none is always first after a pause.
@@ -1067,13 +1077,15 @@ def measure_rows(world: World) -> dict[str, RowResult]:
                 if not running_row.row.ok:
                     continue
                 try:
-                    round_of(world, running_row, index, wrk_s)
+                    round_of(world, running_row, index, settings.round_s)
                 except _FAILURES as exc:
                     fail(running_row.row, exc)
+                    running_row.stack.close()  # stopped now, not beside the others' rounds
         for running_row in running:
             finish(running_row)
             report_row(running_row.row)
-            sample_rss(running_row.row, running_row.target)
+            if running_row.row.ok:  # a failed row's processes are gone
+                sample_rss(running_row.row, running_row.target)
         for running_row in running:
             upstream = running_row.target.slow_upstream
             if upstream is not None and running_row.row.ok:  # after the RSS sample
@@ -1233,7 +1245,7 @@ def render_tables(
     """The markdown report."""
     out: list[str] = []
     out.append(
-        f"rows measured in turns; wrk: {settings.wrk_s:g} s per figure in "
+        f"rows measured in turns; wrk: {settings.round_s * settings.wrk_rounds:g} s per figure in "
         f"{settings.wrk_rounds} round(s), 1 KiB responses; "
         f"transfers: median of {settings.reps} x 100 MiB, one per round; MB/s = 10^6 B/s; "
         "other load: CPU cores used by processes not started by this run\n"
@@ -1400,6 +1412,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions(world),
             "settings": {
                 "wrk_s": settings.wrk_s,
+                "wrk_round_s": settings.round_s,
                 "wrk_rounds": settings.wrk_rounds,
                 "warmup_s": settings.warmup_s,
                 "reps": settings.reps,
