@@ -42,7 +42,7 @@ from tests.integration.harness import (
 from tests.prometheus import Scrape
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import Mapping
 
 LIMIT_S = 15
 PVTUNNEL = [sys.executable, "-m", "pvtunnel"]
@@ -461,15 +461,6 @@ async def test_request_log_lines_carry_route_agent_status_bytes_duration_and_str
         "host": "nobody",
     }
     assert f"stream={get['stream_id']}" in get["message"]
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[list[Process]]:
-    """Processes a test launched; afterwards each is gone and its pipe closed."""
-    launched: list[Process] = []
-    yield launched
-    for process in launched:
-        await process.close()
 
 
 async def test_serve_and_agent_take_admin_port_flags_and_status_reads_both(

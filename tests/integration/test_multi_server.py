@@ -45,7 +45,7 @@ from tests.integration.test_admin import Process, pvtunnel, scrape
 from tests.integration.test_tls import _issue, _tls_server_config
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
     from pathlib import Path
 
     from pvtunnel._trio.agent import AgentStatus, ServerLink
@@ -87,7 +87,7 @@ async def revive(nursery: trio.Nursery, gone: Running) -> Running:
     back = server_config(
         internal={"port": gone.addresses.internal[1]}, external={"port": gone.port}
     )
-    revived, _ = await start_server_in_scope(nursery, back)
+    revived = await start_server(nursery, back)
     await wait_for_sessions(revived, 1)
     return revived
 
@@ -431,14 +431,6 @@ async def test_status_metrics_and_ready_cover_every_server_connection() -> None:
                 "pvtunnel_agent_server_reconnects_total", server=second.url
             ) == metrics.value("pvtunnel_agent_reconnects_total")
             nursery.cancel_scope.cancel()
-
-
-@pytest.fixture
-async def processes() -> AsyncIterator[list[Process]]:
-    launched: list[Process] = []
-    yield launched
-    for process in launched:
-        await process.close()
 
 
 async def test_the_agent_command_takes_server_several_times(processes: list[Process]) -> None:

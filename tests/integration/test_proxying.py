@@ -14,7 +14,7 @@ from tests.integration.harness import (
     start_tunnel,
     start_upstream,
 )
-from tests.integration.test_security import exchange, start_raw_upstream
+from tests.integration.test_security import start_raw_upstream
 
 LIMIT_S = 10
 
@@ -244,7 +244,7 @@ async def test_header_names_keep_their_spelling_both_ways() -> None:
             running = await start_server(nursery)
             upstream, port = await start_raw_upstream(nursery, answer)
             await start_agent(nursery, running, {"app": port})
-            received = await exchange(running.port, request)
+            received = await raw_exchange(running.port, request)
             assert upstream.heads[0].split(b"\r\n") == [
                 b"GET /x HTTP/1.1",
                 b"Host: app",
