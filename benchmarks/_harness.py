@@ -539,13 +539,16 @@ def open_pvtunnel(
     route: str = "app",
     extra_server_args: Sequence[str] = (),
     extra_agent_args: Sequence[str] = (),
+    command: Sequence[str] = (),
+    log_prefix: str = "pvtunnel",
 ) -> Iterator[Tunnel]:
     """Start ``pvtunnel serve`` and ``pvtunnel agent`` (route ``route`` -> upstream).
 
-    Waits for each one's ready line; on exit sends SIGTERM (agent first) and records
-    the exit codes in ``Tunnel.exit_codes`` (the contract says both exit 0).
+    ``command`` runs the CLI (default: `pvtunnel_command`). Waits for each one's ready
+    line; on exit sends SIGTERM (agent first) and records the exit codes in
+    ``Tunnel.exit_codes`` (the contract says both exit 0).
     """
-    command = pvtunnel_command()
+    command = list(command) or pvtunnel_command()
     check_pvtunnel(command)
     internal_port, external_port = free_ports(2)
     token = os.urandom(16).hex()
@@ -563,7 +566,7 @@ def open_pvtunnel(
             str(external_port),
             *extra_server_args,
         ],
-        log_path=log_dir / "pvtunnel-server.log",
+        log_path=log_dir / f"{log_prefix}-server.log",
         env={"PVTUNNEL_INTERNAL_TOKEN": token},
         ready_word="ready",
     )
@@ -583,7 +586,7 @@ def open_pvtunnel(
                 f"{route}={LOOPBACK}:{upstream_port}",
                 *extra_agent_args,
             ],
-            log_path=log_dir / "pvtunnel-agent.log",
+            log_path=log_dir / f"{log_prefix}-agent.log",
             env={"PVTUNNEL_TOKEN": token},
             ready_word="ready",
         )

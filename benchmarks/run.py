@@ -81,6 +81,7 @@ ROWS: Final = (
     "trio-relay",
     "h11-relay",
     "pvtunnel",
+    "pvtunnel-base",
 )
 ROW_KEYS: Final = {
     "direct": "direct",
@@ -90,7 +91,10 @@ ROW_KEYS: Final = {
     "trio-relay": "trio-relay",
     "h11-relay": "h11-relay",
     "pvtunnel": "pvtunnel",
+    "pvtunnel-base": "pvtunnel-base",
 }
+# The rows run unless --rows names them; pvtunnel-base runs when --base-bin is given.
+DEFAULT_ROW_KEYS: Final = tuple(key for key in ROW_KEYS if key != "pvtunnel-base")
 BEST: Final = "ssh -R best"
 PLAIN_SSH: Final = "ssh -N -R"
 HOST_HEADER: Final = "app"
@@ -155,6 +159,8 @@ class Settings:
     retry_disturbed: int
     # Rows take turns: wrk's time is split over this many rounds, one transfer each.
     wrk_rounds: int = 1
+    # The CLI of another pvtunnel (e.g. the parent commit's), for the pvtunnel-base row.
+    base_command: tuple[str, ...] = ()
 
     @property
     def round_s(self) -> int:
@@ -176,8 +182,16 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     parser.add_argument(
         "--rows",
-        default=",".join(ROW_KEYS),
-        help=f"comma-separated subset of {','.join(ROW_KEYS)} (default: all)",
+        default=None,
+        help=f"comma-separated subset of {','.join(ROW_KEYS)} "
+        "(default: all; pvtunnel-base only with --base-bin)",
+    )
+    parser.add_argument(
+        "--base-bin",
+        default=None,
+        metavar="COMMAND",
+        help="another pvtunnel CLI (e.g. a checkout of the previous commit installed in "
+        "its own venv), measured beside this one as the row pvtunnel-base",
     )
     parser.add_argument(
         "--duration",
@@ -211,7 +225,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     args = parser.parse_args(argv)
     rows: list[str] = []
-    for key in (part.strip().lower() for part in args.rows.split(",") if part.strip()):
+    default_keys = [*DEFAULT_ROW_KEYS, *(["pvtunnel-base"] if args.base_bin else [])]
+    asked = args.rows.split(",") if args.rows is not None else default_keys
+    for key in (part.strip().lower() for part in asked if part.strip()):
         if key not in ROW_KEYS:
             parser.error(f"unknown row {key!r}; choose from {','.join(ROW_KEYS)}")
         rows.append(ROW_KEYS[key])
@@ -220,6 +236,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     reps = args.reps if args.reps is not None else (3 if args.quick else 5)
     if not 0 <= args.retry_disturbed <= 5:
         parser.error("--retry-disturbed must be in [0, 5]")
+    if "pvtunnel-base" in rows and not args.base_bin:
+        parser.error("the row pvtunnel-base needs --base-bin")
     if not 1 <= wrk_s <= 120 or not 1 <= reps <= 50:
         parser.error("--duration must be in [1, 120] seconds and --reps in [1, 50]")
     return Settings(
@@ -232,6 +250,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         fail_on_bars=args.fail_on_bars,
         retry_disturbed=args.retry_disturbed,
         wrk_rounds=2 if wrk_s >= 6 else 1,
+        base_command=tuple(args.base_bin.split()) if args.base_bin else (),
     )
 
 
@@ -681,6 +700,20 @@ def row_h11_relay(world: World, row: RowResult) -> Iterator[Target]:
         yield target
 
 
+@contextlib.contextmanager
+def row_pvtunnel_base(world: World, row: RowResult) -> Iterator[Target]:
+    """Another pvtunnel (``--base-bin``) with only the app route: its figures, no bars."""
+    with h.open_pvtunnel(
+        world.children,
+        upstream_port=world.nginx_port,
+        log_dir=world.logs,
+        route=HOST_HEADER,
+        command=world.settings.base_command,
+        log_prefix="pvtunnel-base",
+    ) as tunnel:
+        yield Target(tunnel.external_port, lambda: tunnel.pids)
+
+
 ROW_SETUP: Final = {
     "direct": row_direct,
     "nginx-proxy": row_nginx_proxy,
@@ -689,6 +722,7 @@ ROW_SETUP: Final = {
     "trio-relay": row_trio_relay,
     "h11-relay": row_h11_relay,
     "pvtunnel": row_pvtunnel,
+    "pvtunnel-base": row_pvtunnel_base,
 }
 
 
@@ -1329,7 +1363,16 @@ def draw_chart(rows: dict[str, RowResult], path: Path) -> str | None:
         ("rss", "tunnel peak RSS (MiB)"),
     )
     names = list(rows)
-    shades = ("#7f7f7f", "#bcbd22", "#d62728", "#ff7f0e", "#9467bd", "#c5b0d5", "#1f77b4")
+    shades = (
+        "#7f7f7f",
+        "#bcbd22",
+        "#d62728",
+        "#ff7f0e",
+        "#9467bd",
+        "#c5b0d5",
+        "#1f77b4",
+        "#aec7e8",
+    )
     colors = dict(zip(ROWS, shades, strict=True))
     palette = {name: colors[name] for name in names}
     figure, axes = plt.subplots(2, 3, figsize=(15, 8))

@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING, Final
 
 import h11
 import trio
+from _end_of_pass import end_of_pass_sender
 
 from pvtunnel._heap import tune_heap
-from pvtunnel._trio.batching import end_of_pass_sender
 from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE, FastSocket, fast_io
 
 if TYPE_CHECKING:

@@ -25,8 +25,6 @@ class RecordingWebSocket:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.sending = False  # never busy: its sends complete at once
-        self.writes_nowait = False  # no end-of-pass sending: only these sends
-        self.has_backlog = False
 
     async def send(self, message: bytes) -> None:
         self.sent.append(message)

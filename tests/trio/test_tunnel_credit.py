@@ -16,10 +16,10 @@ import trio.testing
 
 from pvtunnel._errors import ErrorCode
 from pvtunnel._trio.tunnel import END, Channel, Tunnel
-from pvtunnel._trio.websocket import WebSocket, connect, read_upgrade
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, Role
+from tests.trio.helpers import open_pair
 
 POST = RequestHead(route="app", method=b"POST", target=b"/", headers=())
 OK = ResponseHead(status=200, reason=b"OK")
@@ -33,19 +33,8 @@ async def tunnel_pair(
     handler: Handler, *, agent_connection_window: int
 ) -> AsyncIterator[tuple[Tunnel, Tunnel]]:
     """(server, agent) tunnels past their handshake, running until the block ends."""
-    async with trio.open_nursery() as nursery:
-        agent_end, server_end = trio.testing.memory_stream_pair()
-        accepted: list[WebSocket] = []
-
-        async def accept() -> None:
-            request = await read_upgrade(server_end)
-            assert request is not None
-            accepted.append(await request.accept())
-
-        async with trio.open_nursery() as handshake:
-            handshake.start_soon(accept)
-            agent_ws = await connect(agent_end, "server", "/", [])
-        (server_ws,) = accepted
+    async with open_pair() as pair, trio.open_nursery() as nursery:
+        agent_ws, server_ws = pair.client, pair.server
         server = Tunnel(server_ws, Multiplexer(Role.SERVER), label="server")
         agent = Tunnel(
             agent_ws,

@@ -232,6 +232,7 @@ class TunnelAgent:
             except (
                 OSError,
                 HandshakeError,
+                ConnectionRejected,
                 WebSocketClosed,
                 TunnelClosedError,
                 ProtocolError,
@@ -303,25 +304,30 @@ class TunnelAgent:
         port = target.port or (443 if target.scheme == "wss" else 80)
         with trio.fail_after(self.config.timeouts.connect_s):
             stream = await _open_stream(host, port, _client_ssl_context(url, self.config))
-        # We own the transport, so it is closed however the handshake ends.
-        async with stream:
-            with trio.fail_after(self.config.timeouts.connect_s):
-                ws = await self._handshake(stream, host, port, target)
+        # We own the transport, so it is closed however the session ends; the
+        # WebSocket's reader task lives in ``connection`` and ends with it.
+        async with stream, trio.open_nursery() as connection:
             try:
-                async with trio.open_nursery() as nursery:
-                    try:
-                        await self._register_and_run(ws, link, nursery, startup)
-                    finally:
-                        if link.tunnel is not None:
-                            link.tunnel = None
-                            self._links_changed.unpark_all()
-                        nursery.cancel_scope.cancel()
+                with trio.fail_after(self.config.timeouts.connect_s):
+                    ws = await self._handshake(connection, stream, host, port, target)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        try:
+                            await self._register_and_run(ws, link, nursery, startup)
+                        finally:
+                            if link.tunnel is not None:
+                                link.tunnel = None
+                                self._links_changed.unpark_all()
+                            nursery.cancel_scope.cancel()
+                finally:
+                    # Outside the cancelled nursery, so the close is said, not cut short.
+                    await ws.aclose()
             finally:
-                # Outside the cancelled nursery, so the close is said, not cut short.
-                await ws.aclose()
+                await trio.aclose_forcefully(stream)
 
     async def _handshake(
         self,
+        nursery: trio.Nursery,
         stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
         host: str,
         port: int,
@@ -335,6 +341,7 @@ class TunnelAgent:
             host_header = f"[{host}]" if port == default_port else f"[{host}]:{port}"
         resource = (target.path or "/") + (f"?{target.query}" if target.query else "")
         return await connect(
+            nursery,
             stream,
             host_header,
             resource,

@@ -8,6 +8,7 @@ the grace period) for in-flight requests to finish; cancel afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import ssl
@@ -23,7 +24,7 @@ from pvtunnel._metrics import ServerMetrics
 from pvtunnel._trio.admin import ServerAdmin, serve_admin
 from pvtunnel._trio.front import handle_client, peer_address, watch_hangups
 from pvtunnel._trio.tunnel import Tunnel
-from pvtunnel._trio.websocket import UpgradeRequest, WebSocketClosed, read_upgrade
+from pvtunnel._trio.websocket import TRANSPORT_GONE, WebSocket, WebSocketClosed, read_upgrade
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.mux import Multiplexer, Role
 
@@ -267,14 +268,27 @@ class TunnelServer:
             await trio.aclose_forcefully(stream)
 
     async def _serve_agent(self, stream: trio.abc.Stream) -> None:
+        # The WebSocket's reader task lives in this nursery; it ends once the
+        # transport is closed, so the transport is closed inside.
+        async with trio.open_nursery() as nursery:
+            try:
+                upgraded = await self._upgrade(nursery, stream)
+                if upgraded is not None:
+                    await self._serve_upgraded(*upgraded)
+            finally:
+                await trio.aclose_forcefully(stream)
+
+    async def _upgrade(
+        self, nursery: trio.Nursery, stream: trio.abc.Stream
+    ) -> tuple[WebSocket, tuple[str, ...]] | None:
+        """The agent's WebSocket and its token's route scopes; None once refused or gone."""
         config = self.config
         address = peer_address(stream)
-        request: UpgradeRequest | None = None
+        request = None
         with trio.move_on_after(config.timeouts.handshake_s):
-            request = await read_upgrade(stream)
+            request = await read_upgrade(nursery, stream)
         if request is None:  # not an upgrade (answered), or gone, or too slow
-            await trio.aclose_forcefully(stream)
-            return
+            return None
         token = _bearer(request.headers)
         scopes = self._token_scopes(token)
         draining = self.state.draining
@@ -284,18 +298,27 @@ class TunnelServer:
                 address,
                 "server draining" if draining else "bad or missing token",
             )
-            await request.reject(
-                503 if draining else 401,
-                body=b"server draining\n"
-                if draining
-                else b"401 Unauthorized: bad or missing agent token\n",
-            )
-            return
+            refusing = trio.move_on_after(config.timeouts.handshake_s)
+            with contextlib.suppress(*TRANSPORT_GONE), refusing:
+                await request.reject(
+                    503 if draining else 401,
+                    extra_headers=[(b"content-type", b"text/plain; charset=utf-8")],
+                    body=b"server draining\n"
+                    if draining
+                    else b"401 Unauthorized: bad or missing agent token\n",
+                )
+            return None
         try:
-            ws = await request.accept(address)
-        except WebSocketClosed as exc:
+            with trio.fail_after(config.timeouts.handshake_s):
+                connection = await request.accept()
+        except (*TRANSPORT_GONE, trio.TooSlowError) as exc:
             logger.info("agent connection from %s lost before the upgrade: %s", address, exc)
-            return
+            return None
+        return WebSocket(connection, stream, address), scopes
+
+    async def _serve_upgraded(self, ws: WebSocket, scopes: tuple[str, ...]) -> None:
+        config = self.config
+        address = ws.remote
         mux = Multiplexer(
             Role.SERVER,
             window=config.limits.stream_window_bytes,

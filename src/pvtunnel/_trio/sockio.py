@@ -107,8 +107,8 @@ class FastSocket:
     def try_send(self, data: bytes | bytearray | memoryview, /) -> int:
         """Write what the kernel takes now, without waiting: the bytes written (0 if none).
 
-        For code that must not yield (`_trio.batching` writes at the end of a scheduler
-        pass); whatever is left is for `send_all`.
+        For code that must not yield (a write at the end of a scheduler pass);
+        whatever is left is for `send_all`.
 
         Raises:
             trio.BusyResourceError: a `send_all` is under way.

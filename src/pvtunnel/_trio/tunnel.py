@@ -1,12 +1,12 @@
 """One agent connection on either end: a WebSocket, a Multiplexer, and its streams.
 
-Thin by design: one reader task feeds WebSocket payload to the multiplexer and
-hands each event to its stream. Frames queued during one pass of Trio's scheduler
-(by any stream's task) leave together as one WebSocket message when the pass ends
-(`batching.EndOfPassSender`), written without yielding when the socket has room;
-a writer task sends what cannot go out that way (a full socket, TLS). Once a
-bounded batch has built up, the task that queued it sends it itself
-(`flush_if_batched`). One sender at a time keeps the frames in queue order.
+Thin by design: one reader task feeds WebSocket messages to the multiplexer and
+hands each event to its stream. Frames queued by any stream's task wake the writer
+task, which runs once the current pass of Trio's scheduler is over and sends
+everything queued by then as one WebSocket message (so the frames of many streams
+share a message). Once a bounded batch has built up, the task that queued it sends
+it itself (`flush_if_batched`), so the peer starts on it while this side goes on.
+One sender at a time keeps the frames in queue order.
 
 A stream's inbox cannot grow without bound: the peer may only send what the
 stream's credit window allows, and all inboxes together what the connection window
@@ -33,7 +33,6 @@ from pvtunnel._errors import (
     RemoteProtocolError,
     TunnelClosedError,
 )
-from pvtunnel._trio.batching import end_of_pass_sender
 from pvtunnel._trio.sockio import BROKEN
 from pvtunnel._trio.websocket import WebSocket, WebSocketClosed
 from pvtunnel._wire import events as ev
@@ -51,7 +50,7 @@ MAX_MESSAGE_BYTES: Final = 256 * 1024
 # Once this many frame pieces are queued, the task that queued the last one sends
 # them at once instead of leaving them for the writer's next turn: the peer starts
 # on a bounded batch while we go on producing, so both processes work at the same
-# time instead of taking turns with one batch of everything (PERF-NOTES.md).
+# time instead of taking turns with one large batch each.
 EARLY_FLUSH_PIECES: Final = 24
 
 
@@ -262,8 +261,6 @@ class Tunnel:
         # Channels parked in `Channel.send_data` for credit: connection credit wakes them.
         self._credit_waiters: set[Channel] = set()
         self._write_lot = trio.lowlevel.ParkingLot()
-        # Sends at the end of each scheduler pass where the socket allows (`batching`).
-        self._sender = end_of_pass_sender() if ws.writes_nowait else None
         # Frames that came in the same read as the handshake's answer, for `run`.
         self._early: list[ev.Event] = []
         self._finished_lot = trio.lowlevel.ParkingLot()
@@ -275,39 +272,9 @@ class Tunnel:
         return len(self._channels)
 
     def wake_writer(self) -> None:
-        """See that queued frames go out: when this scheduler pass ends, or by the writer."""
-        sender = self._sender
-        if sender is not None:
-            sender.waiting[self] = None
-        else:
-            self.wake_writer_task()
-
-    def send_at_end_of_pass(self) -> bool:
-        """Write what is queued without yielding, as far as the socket takes it at once.
-
-        Called by `batching.EndOfPassSender`; whatever is left goes to the writer task.
-        True when that woke tasks (the writer, or streams learning the connection
-        broke), which the scheduler must see before it blocks.
-        """
-        if self.closed is not None:
-            return False
-        mux, ws = self.mux, self.ws
-        while mux.has_data_to_send and ws.can_send_nowait:
-            if not ws.send_nowait(mux.data_to_send(MAX_MESSAGE_BYTES)):
-                break
-        if ws.closed is not None and not ws.has_backlog:
-            self._lost_while_sending()
-            return True
-        if mux.has_data_to_send or ws.has_backlog:
-            return self.wake_writer_task()
-        return False
-
-    def wake_writer_task(self) -> bool:
-        """Hand what is queued to the writer task; True if that woke it."""
-        if not self._write_lot:
-            return False
-        self._write_lot.unpark_all()
-        return True
+        """See that queued frames go out: the writer sends them after this pass."""
+        if self._write_lot:
+            self._write_lot.unpark_all()
 
     def _lost_while_sending(self) -> None:
         self._close_all(TunnelClosedError("agent connection lost while sending"))
@@ -399,8 +366,6 @@ class Tunnel:
         mux = self.mux
         if mux.has_data_to_send:
             await self.ws.send(mux.data_to_send(MAX_MESSAGE_BYTES))
-        elif self.ws.has_backlog:
-            await self.ws.flush()
 
     async def receive_handshake(self) -> ev.Event:
         """The first event from the peer (HELLO or its answer); later ones wait for `run`.
@@ -434,10 +399,10 @@ class Tunnel:
         self._finished_lot.unpark_all()
 
     async def _writer(self) -> None:
-        mux, ws = self.mux, self.ws
+        mux = self.mux
         try:
             while True:
-                if not mux.has_data_to_send and not ws.has_backlog:
+                if not mux.has_data_to_send:
                     await self._write_lot.park()
                     continue
                 await self._send_queued()

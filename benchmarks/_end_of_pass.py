@@ -1,18 +1,13 @@
 """Frames queued during one pass of Trio's scheduler leave together, when the pass ends.
 
-Every task that queues frames (a client's request head, an upstream's answer, a
-window update) could wake a writer task, which sends what the whole pass queued
-as one WebSocket message. But that writer then runs only in the next pass: an
-extra round of the scheduler (an ``epoll_wait``) and a task switch on every
-message, and at one connection the request waits for them. A Trio instrument's
-``before_io_wait`` runs once per pass, after every runnable task has had its
-turn and before the scheduler blocks: the end of the batch. `EndOfPassSender`
-writes each waiting tunnel's frames there, without yielding, when the socket
-takes them at once; what it cannot write that way (a full socket, TLS, a write
-under way) goes to the tunnel's writer task as before.
-
-Counted with an instrument over 2,000 sequential requests, scheduler passes per
-request fell from 3.7 to 2.4 in the server and from 3.5 to 2.5 in the agent.
+Used by ``trio_relay.py``, the benchmark's floor under any tunnel on Trio. Every
+task that queues frames could wake a writer task, which sends what the whole pass
+queued in one write; but that writer runs only in the next pass, an extra round of
+the scheduler. A Trio instrument's ``before_io_wait`` runs once per pass, after
+every runnable task has had its turn and before the scheduler blocks: the end of
+the batch. `EndOfPassSender` writes each waiting side's frames there, without
+yielding, when the socket takes them at once; what it cannot write that way goes
+to the side's writer task.
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ _SENDER: trio.lowlevel.RunVar[EndOfPassSender] = trio.lowlevel.RunVar("pvtunnel_
 
 
 class PassSending(Protocol):
-    """What `EndOfPassSender` sends for: a `Tunnel` (and the benchmark's relays)."""
+    """What `EndOfPassSender` sends for: one side of the relay's multiplexed connection."""
 
     @property
     def label(self) -> str: ...
