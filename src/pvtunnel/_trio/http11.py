@@ -1,33 +1,48 @@
-"""An h11 connection bound to a Trio stream: the one read/feed/send loop both ends share."""
+"""An h11 connection bound to a Trio stream: the one read/feed/send loop both ends share.
+
+Peers that write a message in pieces without TCP_NODELAY (Python's http.server
+writes a response's head and its body in two sends, and so do many frameworks)
+hold each later piece back under Nagle's algorithm until the earlier one is
+acknowledged, while our kernel delays that acknowledgement hoping to piggyback it
+on data we would send: we send nothing until the message is whole, so each piece
+waits out the delayed-ACK timer, about 40 ms on Linux. So when we are about to
+wait for more of a message than has arrived, we ask for the acknowledgement now
+(TCP_QUICKACK, which sends a pending ACK at once): at most twice per message (once
+its head is in, once in a head still arriving), and never for a message that
+arrived in one read, the common case.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import contextlib
+import socket
+from typing import Final
 
 import h11
+import trio
 
 from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE, fast_io
 
-if TYPE_CHECKING:
-    import trio
+_QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)
+_ACKS_PER_MESSAGE: Final = 2
 
 
 class H11Stream:
     """``conn`` over ``stream``; a broken stream reads as end of input, which h11 judges.
 
     ``received`` counts bytes fed to h11 since it was last reset, so a caller can
-    tell how big a head really was (h11 only caps heads that arrive incomplete);
-    ``reads`` counts the reads that brought them.
+    tell how big a head really was (h11 only caps heads that arrive incomplete).
     While ``recording`` is a buffer, the bytes fed are also appended to it, so a
     caller can check what h11 normalises away (obs-fold, see ``_http.framing``).
     """
 
     __slots__ = (
+        "acks_left",
+        "acks_per_message",
         "conn",
         "io",
         "pending",
         "pending_bytes",
-        "reads",
         "received",
         "recording",
         "stream",
@@ -38,10 +53,17 @@ class H11Stream:
         self.stream = stream
         self.io = fast_io(stream)
         self.received = 0
-        self.reads = 0
         self.recording: bytearray | None = None
         self.pending: list[bytes] = []
         self.pending_bytes = 0
+        # Quick ACKs still allowed for the message being read (see the module docstring);
+        # none where the option or a socket is missing (TLS, memory streams).
+        self.acks_per_message = (
+            _ACKS_PER_MESSAGE
+            if _QUICKACK is not None and isinstance(stream, trio.SocketStream)
+            else 0
+        )
+        self.acks_left = self.acks_per_message
 
     async def next_event(self) -> h11.Event:
         """The next event, reading as needed.
@@ -51,21 +73,34 @@ class H11Stream:
                 says how to answer), or pipelined a request we may not read yet.
         """
         conn = self.conn
+        read = False
         while True:
             event = conn.next_event()
             if isinstance(event, h11.Event):
+                if type(event) is h11.EndOfMessage:
+                    self.acks_left = self.acks_per_message
                 return event
             if event is h11.PAUSED:
                 raise h11.RemoteProtocolError("pipelined request before the response")
+            if self.acks_left > 0 and (read or conn.their_state is h11.SEND_BODY):
+                # More of this message is due: a peer under Nagle waits for our ACK.
+                self.acks_left -= 1
+                self._ack_now()
+            read = True
             try:
                 data = await self.io.receive_some(RECEIVE_SIZE)
             except BROKEN:
                 data = b""
             self.received += len(data)
-            self.reads += 1
             if self.recording is not None:
                 self.recording += data
             conn.receive_data(bytes(data))
+
+    def _ack_now(self) -> None:
+        assert _QUICKACK is not None
+        assert isinstance(self.stream, trio.SocketStream)
+        with contextlib.suppress(OSError):
+            self.stream.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
 
     async def send(self, event: h11.Event) -> None:
         data = self.conn.send(event)

@@ -15,10 +15,8 @@ otherwise answer another client's request (response splitting).
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import select
-import socket
 from typing import TYPE_CHECKING, Final
 
 import h11
@@ -47,7 +45,7 @@ _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b
 class UpstreamConnection(H11Stream):
     """One keep-alive HTTP/1.1 connection to a route's target."""
 
-    __slots__ = ("idle_since", "split_writes")
+    __slots__ = ("idle_since",)
 
     def __init__(self, stream: trio.SocketStream) -> None:
         super().__init__(
@@ -55,9 +53,6 @@ class UpstreamConnection(H11Stream):
             stream,
         )
         self.idle_since = 0.0
-        # Whether a response ever took more than one read: an upstream that writes
-        # head and body apart, which needs quick ACKs on reuse (see `_quickack`).
-        self.split_writes = False
 
     async def aclose(self) -> None:
         with trio.move_on_after(1, shield=True):
@@ -112,7 +107,6 @@ class UpstreamPool:
                 f"cannot connect to {route.value}:{route.port}: {exc.strerror or exc}",
                 ErrorCode.UPSTREAM_CONNECT_FAILED,
             ) from None
-        _quickack(stream)
         return UpstreamConnection(stream)
 
     async def release(self, route: Route, connection: UpstreamConnection) -> None:
@@ -127,8 +121,6 @@ class UpstreamPool:
             idle = self._idle.setdefault(route.name, collections.deque())
             if len(idle) < self._config.upstream_pool_size:
                 connection.idle_since = trio.current_time()
-                if connection.split_writes:
-                    _quickack(connection.stream)
                 idle.append(connection)
                 return
         await connection.aclose()
@@ -151,18 +143,6 @@ def _has_input(stream: trio.abc.Stream) -> bool:
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
     return bool(select.select([fd], [], [], 0)[0])
-
-
-def _quickack(stream: trio.abc.Stream) -> None:
-    # Upstreams that write head and body separately meet Nagle + delayed ACK on
-    # pooled connections (~40 ms per request); quick ACKs avoid it (PERF-NOTES.md).
-    # Linux clears the flag after a while, so it is set on every new connection and
-    # again on each reuse of one whose responses came in pieces; the system call
-    # is saved for upstreams that answer in one write (nginx, most servers).
-    quickack = getattr(socket, "TCP_QUICKACK", None)
-    if quickack is not None and isinstance(stream, trio.SocketStream):
-        with contextlib.suppress(OSError):
-            stream.setsockopt(socket.IPPROTO_TCP, quickack, 1)
 
 
 class Replay:
@@ -208,7 +188,6 @@ class Replay:
                 channel.reset(exc.code, str(exc))
                 return
             received_before = connection.received
-            reads_before = connection.reads
             try:
                 await self._exchange(connection, request, has_body)
             except (*_BROKEN, h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
@@ -241,8 +220,6 @@ class Replay:
             except BaseException:
                 await connection.aclose()
                 raise
-            if connection.reads - reads_before > 1:
-                connection.split_writes = True
             await self.pool.release(self.route, connection)
             return
 
