@@ -38,7 +38,7 @@ from pvtunnel._config import (
 )
 from pvtunnel._errors import ConfigError, HandshakeRefusedError
 from pvtunnel._heap import tune_heap
-from pvtunnel._logs import configure_logging
+from pvtunnel._logs import configure_logging, serve_log_flushes
 from pvtunnel._status import (
     DEFAULT_ADMIN_URL,
     StatusError,
@@ -188,6 +188,7 @@ async def _run_server(config: ServerConfig) -> int:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, server.drain, nursery.cancel_scope)
+            nursery.start_soon(serve_log_flushes)
             addresses: ServerAddresses = await nursery.start(server.serve)
             _say(
                 f"pvtunnel serve: ready internal={_url('ws', addresses.internal)} "
@@ -237,6 +238,7 @@ async def _run_agent(config: AgentConfig) -> int:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, agent.drain, nursery.cancel_scope)
+                nursery.start_soon(serve_log_flushes)
                 status = await nursery.start(agent.serve)
                 _say(
                     f"pvtunnel agent: ready server={status.server_url} "
@@ -298,6 +300,7 @@ async def _run_demo(preferred_port: int) -> int:
             upstream_port = await nursery.start(serve_demo_upstream)
             server, addresses = await _start_server_on(nursery, server_config, preferred_port)
             nursery.start_soon(_stop_on_signal, signals, server.drain, nursery.cancel_scope)
+            nursery.start_soon(serve_log_flushes)
             agent_config = with_agent_overrides(
                 AgentConfig(client_id="demo-agent", server=_endpoint(addresses, token)),
                 routes=[f"demo=127.0.0.1:{upstream_port}"],

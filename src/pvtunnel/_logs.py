@@ -3,6 +3,14 @@
 The library itself only logs through `logging.getLogger(__name__)`; choosing
 handlers and formats is the program's business, so this module is used by the
 CLI alone.
+
+The access log has a line per proxied request, so its cost is paid per request:
+the CLI skips what no line of ours shows (the caller's file and line, which
+`logging` finds by walking the stack; the thread and process, a system call per
+record), and writes request lines in batches (`BatchingHandler`): one write per
+batch of up to `MAX_BATCH_LINES` lines, never holding one longer than
+`MAX_DELAY_S`. Every other line (connections, warnings, errors) is written at
+once, with whatever request lines wait before it, so the order is kept.
 """
 
 from __future__ import annotations
@@ -11,19 +19,59 @@ import json
 import logging
 import sys
 import time
-from typing import Final
+from typing import TYPE_CHECKING, Final, TextIO
+
+import trio
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+ACCESS_LOGGER: Final = "pvtunnel.access"
+MAX_BATCH_LINES: Final = 256
+MAX_DELAY_S: Final = 0.2
 
 # Attributes every LogRecord has; anything else came in through ``extra=``.
 _STANDARD: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
+class _SecondsCache:
+    """The formatted time of the current second, made once per second, not per line."""
+
+    def __init__(self, convert: Callable[[float], time.struct_time], pattern: str) -> None:
+        self._convert = convert
+        self._pattern = pattern
+        self._second = -1
+        self._text = ""
+
+    def __call__(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._text = time.strftime(self._pattern, self._convert(created))
+        return self._text
+
+
+class TextFormatter(logging.Formatter):
+    """``2026-12-06 05:07:21 INFO    pvtunnel.access: ...``, local time."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        self._seconds = _SecondsCache(time.localtime, "%Y-%m-%d %H:%M:%S")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return self._seconds(record.created)
+
+
 class JsonFormatter(logging.Formatter):
     """One object per line with stable keys: ts, level, logger, message, then extras."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._seconds = _SecondsCache(time.gmtime, "%Y-%m-%dT%H:%M:%S")
+
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, object] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._seconds(record.created) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
@@ -36,16 +84,84 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+class BatchingHandler(logging.StreamHandler[TextIO]):
+    """A stream handler that writes access-log lines in batches (see the module docstring).
+
+    Call `flush` when the program goes idle or ends (`serve_log_flushes` does it on
+    a timer; `logging.shutdown`, run at exit, does it last).
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._lines: list[str] = []
+        self._first_at = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        lines = self._lines
+        lines.append(line)
+        if record.name != ACCESS_LOGGER or len(lines) >= MAX_BATCH_LINES:
+            self.flush()
+            return
+        now = time.monotonic()
+        if len(lines) == 1:
+            self._first_at = now
+        elif now - self._first_at >= MAX_DELAY_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if not self._lines:
+                return
+            text = "\n".join(self._lines) + "\n"
+            self._lines.clear()
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # stderr is gone (closed pipe): nothing left to tell
+        finally:
+            self.release()
+
+    @property
+    def pending(self) -> int:
+        """Lines written to this handler and not yet to its stream."""
+        return len(self._lines)
+
+
+def _batching_handlers() -> Iterator[BatchingHandler]:
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BatchingHandler):
+            yield handler
+
+
+async def serve_log_flushes(interval_s: float = MAX_DELAY_S) -> None:
+    """Write waiting access-log lines every ``interval_s``, so none waits long at idle."""
+    while True:
+        await trio.sleep(interval_s)
+        for handler in _batching_handlers():
+            if handler.pending:
+                handler.flush()
+
+
 def configure_logging(level: str, log_format: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    # Documented switches (the logging HOWTO, "Optimization") for what no line shows.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None  # no stack walk for the caller's file and line
+    handler = BatchingHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
-            )
-        )
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
+    for old in root.handlers:
+        old.flush()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
