@@ -44,9 +44,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Messages of up to 256 KiB: large enough to carry a 2 MiB window in a few, small
-# enough that the peer (which parses a frame only once it is whole) starts early.
-MAX_MESSAGE_BYTES: Final = 256 * 1024
+# Messages of up to 64 KiB: trio-websocket hands a message over only once it is
+# whole, so smaller ones let the peer start early, and wsproto's framing and
+# masking in Python cost no less per byte for larger ones.
+MAX_MESSAGE_BYTES: Final = 64 * 1024
 # Once this many frame pieces are queued, the task that queued the last one sends
 # them at once instead of leaving them for the writer's next turn: the peer starts
 # on a bounded batch while we go on producing, so both processes work at the same
