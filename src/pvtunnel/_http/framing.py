@@ -104,3 +104,42 @@ def request_head_problem(
     if problem is None and has_obs_fold(received):
         problem = "a header folded over two lines (obs-fold, RFC 9112 section 5.2)"
     return problem
+
+
+# What h11 checks when it *parses* a head but not all of it when it *writes* one: the
+# reason phrase goes out unchecked (RFC 9112 section 4: ``*( HTAB / SP / VCHAR /
+# obs-text )``), so CRLF in it would start a second response. The server writes
+# response heads an agent sent, and an agent is only as trusted as its token.
+_REASON: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_FIELD_NAME: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+# RFC 9110 section 5.5 field-value, as h11 writes it: no leading or trailing blanks.
+_FIELD_VALUE: Final = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+_LENGTH: Final = re.compile(rb"[0-9]{1,19}")
+
+
+def response_head_problem(reason: bytes, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Why a response head from an agent must not be written to a client, or None.
+
+    The server answers such a head with 502 instead, so a client receives exactly
+    one response per request whatever the agent sends (response splitting).
+
+    Args:
+        reason: The reason phrase as the agent sent it.
+        headers: The header fields as the agent sent them.
+
+    Returns:
+        A short reason for logs and the error body, or None when the head is fine.
+    """
+    if _REASON.fullmatch(reason) is None:
+        return "a control byte in the reason phrase"
+    length: bytes | None = None
+    for name, value in headers:
+        if _FIELD_NAME.fullmatch(name) is None:
+            return "an invalid header name"
+        if _FIELD_VALUE.fullmatch(value) is None:
+            return "an invalid header value"
+        if name.lower() == b"content-length":
+            if _LENGTH.fullmatch(value) is None or (length is not None and value != length):
+                return "an invalid Content-Length"
+            length = value
+    return None

@@ -27,7 +27,7 @@ from pvtunnel._errors import ErrorCode, TunnelClosedError
 from pvtunnel._http import headers as hdr
 from pvtunnel._http.access import PROXY_AUTHENTICATE, presented_token
 from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
-from pvtunnel._http.framing import request_head_problem
+from pvtunnel._http.framing import request_head_problem, response_head_problem
 from pvtunnel._http.routing import split_target
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
@@ -455,6 +455,16 @@ class ClientConnection:
             item = await channel.receive()
             if not isinstance(item, ResponseHead):
                 raise StreamResetError(ErrorCode.UPSTREAM_PROTOCOL_ERROR, "no response head")
+            problem = response_head_problem(item.reason, item.headers)
+            if problem is not None:
+                # Written as it came, the head could smuggle a second response to the
+                # client (CRLF in the reason): a 502 instead, and the stream is reset.
+                logger.warning(
+                    "stream %d: invalid response head from the agent: %s",
+                    channel.stream_id,
+                    problem,
+                )
+                raise StreamResetError(ErrorCode.UPSTREAM_PROTOCOL_ERROR, problem)
             if not item.is_informational:
                 return item
             if item.status == 100 and not self.conn.they_are_waiting_for_100_continue:
