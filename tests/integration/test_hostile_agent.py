@@ -14,7 +14,16 @@ import h11
 import pytest
 import trio
 
-from tests.integration.harness import TOKEN, start_server
+from pvtunnel._config import ScopedToken, Secret
+from tests.integration.client import fetch
+from tests.integration.harness import (
+    TOKEN,
+    server_config,
+    start_agent,
+    start_server,
+    start_upstream,
+    wait_for_sessions,
+)
 from tests.integration.hostile import END, HostileAgent, frame, response_head
 
 if TYPE_CHECKING:
@@ -23,6 +32,7 @@ if TYPE_CHECKING:
     from tests.integration.harness import Running
 
 LIMIT_S: Final = 10
+TEAM_A_TOKEN: Final = "team-a-secret-4c1f08"
 SPLIT_REASON: Final = (
     b"OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforge"
 )
@@ -187,3 +197,47 @@ async def test_an_invalid_head_from_the_agent_is_a_logged_502(
     assert [status for status, _, _ in responses_in(received)] == [502, 200], received
     assert any(" 502 " in line for line in access_lines(caplog)), access_lines(caplog)
     assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
+
+
+async def test_another_teams_token_cannot_evict_an_agent_by_its_client_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Defect 2: team A's token with the root agent's client_id dropped the root agent."""
+    caplog.set_level(logging.INFO, "pvtunnel")
+    config = server_config(
+        internal={"tokens": (ScopedToken(token=Secret(TEAM_A_TOKEN), routes=("*.team-a.test",)),)}
+    )
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            _, port = await start_upstream(nursery, "billing")
+            await start_agent(nursery, running, {"billing": port}, client_id="main")
+            (victim,) = running.server.sessions
+            for attempt in range(3):
+                route = f"x{attempt}.team-a.test"
+                async with await HostileAgent.connect(
+                    running.addresses.internal, TEAM_A_TOKEN, client_id="main", routes=[route]
+                ):
+                    while not any(route in s.routes for s in running.server.sessions):
+                        await running.server.state.wait_sessions_changed()
+                    assert victim in running.server.sessions
+                    reply = await fetch(running.port, b"GET", b"/", host=b"billing")
+                    assert reply.status == 200
+            nursery.cancel_scope.cancel()
+    assert not any("closing its previous connection" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_same_scope_still_takes_over_its_client_id() -> None:
+    """A reconnect with the same token still replaces the stale connection."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            first = await hostile_agent(running, client_id="edge")
+            async with first:
+                await wait_for_sessions(running, 1)
+                (stale,) = running.server.sessions
+                async with await hostile_agent(running, client_id="edge"):
+                    while stale in running.server.sessions:
+                        await running.server.state.wait_sessions_changed()
+                    assert len(running.server.sessions) == 1
+            nursery.cancel_scope.cancel()

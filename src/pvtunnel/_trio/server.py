@@ -58,6 +58,9 @@ class AgentSession:
     client_id: str
     address: str
     routes: tuple[str, ...]
+    # The route patterns its token may claim (("*",) for the internal token): only a
+    # connection with the same ones may replace this one (`_replace_same_client`).
+    scopes: tuple[str, ...] = ("*",)
     connected_at: float = attrs.field(factory=time.time)
     requests: int = 0
     # Cancelled when a newer connection with the same client_id replaces this one.
@@ -353,7 +356,11 @@ class TunnelServer:
             await tunnel.aclose("handshake failed")
             return
         session = AgentSession(
-            tunnel=tunnel, client_id=hello.client_id, address=address, routes=accepted
+            tunnel=tunnel,
+            client_id=hello.client_id,
+            address=address,
+            routes=accepted,
+            scopes=scopes,
         )
         for name, reason in refused:
             logger.warning("agent %s: route %r refused: %s", hello.client_id, name, reason)
@@ -392,8 +399,21 @@ class TunnelServer:
         The old connection is most likely dead (its network went away before the
         heartbeat noticed); its in-flight requests fail with 502 and new ones go to
         the new connection.
+
+        Only a connection whose token has the same scope counts as a reconnect: a
+        ``client_id`` is the agent's own claim, and another team's token naming it
+        must not evict that agent (both then stay, each with its own routes).
         """
         for old in [s for s in self.state.sessions if s.client_id == session.client_id]:
+            if old.scopes != session.scopes:
+                logger.warning(
+                    "agent %s from %s has the client id of a connection from %s whose "
+                    "token has another scope; both stay connected",
+                    session.client_id,
+                    session.address,
+                    old.address,
+                )
+                continue
             logger.info(
                 "agent %s reconnected from %s; closing its previous connection from %s",
                 session.client_id,
