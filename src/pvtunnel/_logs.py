@@ -36,15 +36,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str)
 
 
+def printable(text: str) -> str:
+    """``text`` with every unprintable character escaped (``\\n``, ``\\x1b``, ``\\u2028``).
+
+    Peers choose some of what reaches a log line (agent ids, reasons, hosts): a
+    newline in them could forge a whole line, and ESC could drive the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
+
+
+class TextFormatter(logging.Formatter):
+    """The readable format; one record is one line, whatever its message holds.
+
+    A traceback (the record's exception) still spans its own lines after it.
+    """
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
+
+
 def configure_logging(level: str, log_format: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
-            )
+            TextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

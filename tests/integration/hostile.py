@@ -141,21 +141,28 @@ class HostileAgent:
             target="/",
             extra_headers=[(b"authorization", f"Bearer {token}".encode())],
         )
-        await stream.send_all(ws.send(request))
+        try:
+            await agent._handshake(request, client_id, routes)
+        except BaseException:
+            await stream.aclose()
+            raise
+        return agent
+
+    async def _handshake(self, request: Request, client_id: str, routes: Sequence[str]) -> None:
+        await self.stream.send_all(self.ws.send(request))
         while True:
-            event = await agent._next_ws_event()
+            event = await self._next_ws_event()
             if isinstance(event, AcceptConnection):
                 break
             if isinstance(event, RejectConnection):
                 raise HandshakeRejectedError(f"upgrade refused: {event.status_code}")
-        await agent.send(hello(client_id, routes))
-        first = await agent.receive_frame()
+        await self.send(hello(client_id, routes))
+        first = await self.receive_frame()
         if first is None:
             raise HandshakeRejectedError("closed before answering HELLO")
         if first.kind == REJECT:
             raise HandshakeRejectedError(first.payload.decode())
         assert first.kind == ACCEPT, first
-        return agent
 
     async def send(self, data: bytes) -> None:
         """One binary WebSocket message."""

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
+from pvtunnel._config import rules
+from pvtunnel._config.rules import InvalidValue
 from pvtunnel._errors import ErrorCode, ProtocolError, RemoteProtocolError, TunnelClosedError
 from pvtunnel._http.routing import Router
 from pvtunnel._metrics import ServerMetrics
@@ -337,6 +339,7 @@ class TunnelServer:
         try:
             with trio.fail_after(config.timeouts.handshake_s):
                 hello = await _receive_hello(tunnel)
+            _check_client_id(mux, hello.client_id)
             refused = _refusals(hello.routes, scopes)
             accepted = tuple(
                 dict.fromkeys(r.lower() for r in hello.routes if r not in dict(refused))
@@ -447,6 +450,27 @@ async def _receive_hello(tunnel: Tunnel) -> ev.HelloReceived:
     if not isinstance(event, ev.HelloReceived):
         raise RemoteProtocolError("the first frame must be HELLO")
     return event
+
+
+def _check_client_id(mux: Multiplexer, client_id: str) -> None:
+    """REJECT a HELLO whose client_id the agent's own config would refuse.
+
+    The id reaches log lines and /status: a newline or ESC in it could forge a log
+    line or drive a terminal, and a long one would flood both.
+
+    Raises:
+        RemoteProtocolError: the id is invalid (REJECT is queued, to go out first).
+    """
+    try:
+        rules.client_id(client_id)
+    except InvalidValue:
+        reason = (
+            f"client_id must be 1 to {rules.MAX_CLIENT_ID_LENGTH} printable characters "
+            "without spaces"
+        )
+        mux.reject(reason)
+        # ascii(): the id itself must not reach the log raw.
+        raise RemoteProtocolError(f"{reason}, got {client_id[:64]!a}") from None
 
 
 def _refusals(routes: tuple[str, ...], scopes: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
