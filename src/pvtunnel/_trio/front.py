@@ -17,13 +17,14 @@ import contextlib
 import enum
 import logging
 import math
+import select
 import socket
 from typing import TYPE_CHECKING, Final
 
 import h11
 import trio
 
-from pvtunnel._errors import ErrorCode, TunnelClosedError
+from pvtunnel._errors import ErrorCode, LocalProtocolError, TunnelClosedError
 from pvtunnel._http import headers as hdr
 from pvtunnel._http.access import PROXY_AUTHENTICATE, presented_token
 from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
@@ -247,6 +248,14 @@ class ClientConnection:
             return await self._refuse(
                 request, 502, "the agent for this host went away", route=route
             )
+        except LocalProtocolError:
+            # The head h11 accepted grew on the way (X-Forwarded-Host copies the Host,
+            # X-Forwarded-For and Via add to it) past one HEAD frame (protocol.md
+            # section 10). Method, target and route cannot be the problem: h11 and
+            # the router checked them.
+            return await self._refuse(
+                request, 431, "request head too large to forward", route=route
+            )
         state.stream_started(session)
         try:
             await session.tunnel.flush_if_batched()
@@ -256,13 +265,8 @@ class ClientConnection:
             if not has_body:
                 # A hang-up while we wait is noticed by `watch_hangups`, which costs no
                 # task per request (a task each cost a sixth of the server's CPU).
-                if not state.awaiting:
-                    state.awaiting_started.unpark_all()
-                state.awaiting[self] = channel
-                try:
-                    keep = await self._relay_response(channel, request, session.client_id)
-                finally:
-                    state.awaiting.pop(self, None)
+                self._watch_hangup(channel)
+                keep = await self._relay_response(channel, request, session.client_id)
                 return keep and self.client_error is None
             # The request body is pumped upstream while the response comes.
             try:
@@ -274,17 +278,27 @@ class ClientConnection:
                 raise first_error(group) from None
             return keep and self.client_error is None
         finally:
+            state.awaiting.pop(self, None)
             session.tunnel.forget(channel.stream_id)
             if channel.failure is None and session.tunnel.mux.is_stream_open(channel.stream_id):
                 channel.reset(ErrorCode.CANCEL, "client request ended")
             state.stream_finished(session)
 
+    def _watch_hangup(self, channel: Channel) -> None:
+        """Have `watch_hangups` look at this client until the exchange ends."""
+        state = self.state
+        if not state.awaiting:
+            state.awaiting_started.unpark_all()
+        state.awaiting[self] = channel
+
     async def check_hangup(self, channel: Channel) -> bool:
         """Reset the stream if the client closed its connection; True once settled.
 
-        Settled means the client hung up (the stream is reset) or sent data instead
-        (a pipelined request, left for the keep-alive loop): either way there is
-        nothing more to watch. Only peeks, so nothing is consumed.
+        Settled means the client hung up (the stream is reset). A client that sent
+        data (a pipelined request, left for the keep-alive loop) stays watched: it
+        may still close behind that data, which only `_peer_closed` can see, and a
+        stream it left must not hold an agent's stream slot until the upstream ends.
+        Only peeks, so nothing is consumed.
         """
         sock = _raw_socket(self.stream)
         if sock is None or not sock.is_readable():
@@ -294,8 +308,8 @@ class ClientConnection:
             peeked = await sock.recv(1, socket.MSG_PEEK)
         except OSError:
             peeked = b""
-        if peeked:
-            return True
+        if peeked and not _peer_closed(sock):
+            return False
         self.client_error = _ClientGone("the client closed its connection")
         channel.reset(ErrorCode.CANCEL, "the client went away")
         return True
@@ -310,6 +324,8 @@ class ClientConnection:
                     self.request_bytes += len(event.data)
                 elif isinstance(event, h11.EndOfMessage):
                     channel.end()
+                    # Nobody reads the socket now: watch it for a hang-up instead.
+                    self._watch_hangup(channel)
                     return
                 else:
                     raise _ClientGone(f"unexpected {type(event).__name__} in request body")
@@ -546,6 +562,21 @@ def _head_size(request: h11.Request) -> int:
     for name, value in request.headers:
         size += len(name) + len(value) + 4
     return size
+
+
+# Linux reports a peer's FIN even behind unread data (a pipelined request); elsewhere
+# a hang-up behind such data shows only once the server reads up to it.
+_POLL_CLOSED: Final = getattr(select, "POLLRDHUP", 0)
+
+
+def _peer_closed(sock: trio.socket.SocketType) -> bool:
+    """Whether the peer closed its side (or reset), whatever data is still unread."""
+    if not _POLL_CLOSED:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), _POLL_CLOSED)
+    # POLLHUP and POLLERR (a reset) are reported whatever the mask asks for.
+    return bool(poller.poll(0))
 
 
 def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
