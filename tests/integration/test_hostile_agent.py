@@ -27,6 +27,8 @@ from tests.integration.harness import (
 )
 from tests.integration.hostile import (
     END,
+    PING,
+    PONG,
     HandshakeRejectedError,
     HostileAgent,
     frame,
@@ -289,3 +291,68 @@ def test_the_text_log_escapes_what_a_peer_wrote() -> None:
     )
     line = TextFormatter("%(levelname)s %(message)s").format(record)
     assert line == "INFO stream reset: x\\r\\nFAKE\\x1b[31m\\u2028\\x85"
+
+
+PINGS_PER_MESSAGE: Final = 500
+MAX_FLOOD_MESSAGES: Final = 1000
+
+
+async def flood_pings(agent: HostileAgent, *, read: bool) -> int:
+    """Send messages of PINGs until the server drops us (or the bound); how many went."""
+    pings = frame(PING, 0, b"\x00" * 8) * PINGS_PER_MESSAGE
+    async with trio.open_nursery() as nursery:
+        if read:
+            nursery.start_soon(drain_frames, agent)
+        for sent in range(MAX_FLOOD_MESSAGES):
+            try:
+                await agent.send(pings)
+            except trio.BrokenResourceError:
+                nursery.cancel_scope.cancel()
+                return sent
+        nursery.cancel_scope.cancel()
+    return MAX_FLOOD_MESSAGES
+
+
+async def drain_frames(agent: HostileAgent) -> None:
+    while await agent.receive_frame() is not None:
+        pass
+
+
+async def test_a_ping_flood_that_never_reads_its_pongs_is_dropped() -> None:
+    """Defect 3: PONGs queued without bound (33 to 441 MiB in 30 s) for a peer that never read."""
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            agent = await HostileAgent.connect(
+                running.addresses.internal, TOKEN, receive_buffer_bytes=4096
+            )
+            async with agent:
+                (session,) = running.server.sessions
+                sent = await flood_pings(agent, read=False)
+                while session in running.server.sessions:
+                    await running.server.state.wait_sessions_changed()
+            # Dropped once the socket buffers were full and the PONG queue reached its
+            # cap, long before the bound on this test's flood.
+            assert sent < MAX_FLOOD_MESSAGES, sent
+            # What the server still holds for us is a bounded queue of PONGs.
+            assert session.tunnel.mux.queued_pieces <= 2048
+            nursery.cancel_scope.cancel()
+
+
+async def test_pings_whose_pongs_are_read_keep_the_link() -> None:
+    """The cap is on PONGs not read, not on PINGs: a peer that reads may ping a lot."""
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            async with await hostile_agent(running) as agent:
+                (session,) = running.server.sessions
+                pings = frame(PING, 0, b"\x00" * 8) * PINGS_PER_MESSAGE
+                for _ in range(40):
+                    await agent.send(pings)
+                    answered = 0
+                    while answered < PINGS_PER_MESSAGE:
+                        received = await agent.receive_frame()
+                        assert received is not None, "the server dropped a peer that reads"
+                        answered += received.kind == PONG
+                assert session in running.server.sessions
+            nursery.cancel_scope.cancel()
