@@ -218,6 +218,7 @@ async def test_another_teams_token_cannot_evict_an_agent_by_its_client_id() -> N
             running = await start_server(nursery, config)
             _, port = await start_upstream(nursery, "billing")
             await start_agent(nursery, running, {"billing": port}, client_id="main")
+            await wait_for_sessions(running, 1)
             (victim,) = running.server.sessions
             for attempt in range(3):
                 route = f"x{attempt}.team-a.test"
@@ -327,6 +328,7 @@ async def test_a_ping_flood_that_never_reads_its_pongs_is_dropped() -> None:
                 running.addresses.internal, TOKEN, receive_buffer_bytes=4096
             )
             async with agent:
+                await wait_for_sessions(running, 1)
                 (session,) = running.server.sessions
                 sent = await flood_pings(agent, read=False)
                 while session in running.server.sessions:
@@ -345,6 +347,7 @@ async def test_pings_whose_pongs_are_read_keep_the_link() -> None:
         async with trio.open_nursery() as nursery:
             running = await start_server(nursery)
             async with await hostile_agent(running) as agent:
+                await wait_for_sessions(running, 1)
                 (session,) = running.server.sessions
                 pings = frame(PING, 0, b"\x00" * 8) * PINGS_PER_MESSAGE
                 for _ in range(40):
