@@ -2,7 +2,7 @@
 
 h11 already refuses most malformed messages: conflicting Content-Lengths,
 whitespace before a colon, bare CR, NUL, unknown or repeated transfer codings.
-Five shapes it accepts are dangerous in a proxy, because a server behind or in
+Six shapes it accepts are dangerous in a proxy, because a server behind or in
 front of us may read them differently:
 
 - Content-Length together with Transfer-Encoding. RFC 9112 section 6.3: such a
@@ -17,9 +17,11 @@ front of us may read them differently:
 - Control bytes in a header value. h11 refuses NUL, CR, LF, VT and FF but passes
   the others (0x01-0x08, 0x0E-0x1F, DEL), which RFC 9110 section 5.5 rules out of
   field values and which servers behind us may read differently.
-- A version that is not HTTP/1.x (``HTTP/0.9``, ``HTTP/2.0``: h11 reads any
-  ``d.d``). RFC 9112 section 2.3: the message is not HTTP/1.1; h11 would still
-  frame it as one (Transfer-Encoding in ``HTTP/0.9`` too).
+- A version other than HTTP/1.0 and HTTP/1.1 (``HTTP/0.9``, ``HTTP/1.2``,
+  ``HTTP/2.0``: h11 reads any ``d.d``). RFC 9112 section 2.3: the message is not
+  HTTP/1.1; h11 would still frame it as one (Transfer-Encoding in ``HTTP/0.9`` too).
+- A Content-Length past 2^63-1. h11 takes up to 20 digits; a server behind us
+  that parses into 64 bits would wrap it and frame the body differently.
 
 Pure functions over values; the caller decides the status (400 for a client, 502
 for an upstream) and closes the connection.
@@ -40,6 +42,11 @@ _FOLDED_LINE: Final = re.compile(rb"\n[ \t]")
 _CONTROL_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+# The largest body length a signed 64-bit integer holds: what most servers parse into.
+MAX_CONTENT_LENGTH: Final = 2**63 - 1
+_LONGEST_LENGTH_DIGITS: Final = len(str(MAX_CONTENT_LENGTH))
+
+
 def framing_problem(headers: Iterable[tuple[bytes, bytes]], http_version: bytes) -> str | None:
     """Why a message parsed by h11 must not be forwarded, or None when it is fine.
 
@@ -50,14 +57,18 @@ def framing_problem(headers: Iterable[tuple[bytes, bytes]], http_version: bytes)
     Returns:
         A short reason fit for a ``text/plain`` error body, or None.
     """
-    if not http_version.startswith(b"1."):
-        return "not an HTTP/1.x message (RFC 9112 section 2.3)"
+    if http_version != b"1.1" and http_version != b"1.0":
+        return "not an HTTP/1.0 or HTTP/1.1 message (RFC 9112 section 2.3)"
     has_length = False
     has_coding = False
     for name, value in headers:
         lower = name.lower()
         if lower == b"content-length":
             has_length = True
+            # h11 takes up to 20 digits; a hop that parses into 64 bits would wrap.
+            if len(value) >= _LONGEST_LENGTH_DIGITS and int(value) > MAX_CONTENT_LENGTH:
+                return "a Content-Length past 2^63-1"
+
         elif lower == b"transfer-encoding":
             has_coding = True
         if _CONTROL_BYTE.search(value) is not None:

@@ -47,6 +47,7 @@ FLUSH_BYTES: Final = 65536
 
 class Phase(enum.Enum):
     HEAD = "head"  # waiting for (the rest of) a request head
+    BODY = "body"  # the request body is flowing, no response head yet
     PROXYING = "proxying"
     RESPONSE = "response"  # waiting for the upstream's response head
 
@@ -79,6 +80,8 @@ class ClientConnection:
         self.request_bytes = 0
         # Whether the current request has a body (a refusal then closes the connection).
         self.has_body = False
+        # While the body flows: whether we wait for the agent's credit (else the client).
+        self.body_waits_for_agent = False
         # When the current request's head was read (trio clock), for its log line.
         self.started = 0.0
         # h11 caps only incomplete heads; a whole head that arrived at once is checked here.
@@ -97,9 +100,13 @@ class ClientConnection:
                 # The head's raw bytes for request_head_problem, starting with any
                 # pipelined bytes h11 already holds; recording stops at the head.
                 self.http.recording = bytearray(conn.trailing_data[0])
+                # A kept-alive connection may idle for `idle_s`; a head has
+                # `request_head_s` from its first byte on, however slowly it comes.
+                has_head_bytes = first or bool(conn.trailing_data[0])
                 self.scope.deadline = trio.current_time() + (
-                    timeouts.request_head_s if first else timeouts.idle_s
+                    timeouts.request_head_s if has_head_bytes else timeouts.idle_s
                 )
+                self.http.on_data = None if has_head_bytes else self._head_started
                 first = False
                 try:
                     event = await self.http.next_event()
@@ -141,6 +148,12 @@ class ClientConnection:
                 conn.start_next_cycle()
         if self.scope.cancelled_caught and self.phase is Phase.HEAD:
             logger.debug("closing idle or slow client connection from %s", self.address)
+
+    def _head_started(self) -> None:
+        """The first bytes of a kept-alive connection's next head: its time starts."""
+        self.scope.deadline = min(
+            self.scope.deadline, trio.current_time() + self.state.config.timeouts.request_head_s
+        )
 
     async def _send_error(
         self,
@@ -268,7 +281,11 @@ class ClientConnection:
                 self._watch_hangup(channel)
                 keep = await self._relay_response(channel, request, session.client_id)
                 return keep and self.client_error is None
-            # The request body is pumped upstream while the response comes.
+            # The request body is pumped upstream while the response comes. The
+            # response timeout starts once the body is sent (`_pump_request_body`);
+            # until then each piece must come within `idle_s` of the last.
+            self.phase = Phase.BODY
+            self.scope.deadline = trio.current_time() + state.config.timeouts.idle_s
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump_request_body, channel)
@@ -316,14 +333,22 @@ class ClientConnection:
 
     async def _pump_request_body(self, channel: Channel) -> None:
         """Client body -> stream. A broken client resets the stream."""
+        timeouts = self.state.config.timeouts
         try:
             while True:
                 event = await self.http.next_event()
                 if isinstance(event, h11.Data):
+                    self.body_waits_for_agent = True
                     await channel.send_data(bytes(event.data))
+                    self.body_waits_for_agent = False
                     self.request_bytes += len(event.data)
+                    if self.phase is Phase.BODY:
+                        self.scope.deadline = trio.current_time() + timeouts.idle_s
                 elif isinstance(event, h11.EndOfMessage):
                     channel.end()
+                    if self.phase is Phase.BODY:
+                        self.phase = Phase.RESPONSE
+                        self.scope.deadline = trio.current_time() + timeouts.upstream_response_s
                     # Nobody reads the socket now: watch it for a hang-up instead.
                     self._watch_hangup(channel)
                     return
@@ -519,6 +544,11 @@ async def handle_client(
         await client.serve()
         if client.scope.cancelled_caught and client.phase is Phase.RESPONSE:
             await client._send_error(504, "the upstream service took too long", close=True)
+        elif client.scope.cancelled_caught and client.phase is Phase.BODY:
+            if client.body_waits_for_agent:
+                await client._send_error(504, "the upstream stopped taking the body", close=True)
+            else:
+                await client._send_error(408, "the request body stalled", close=True)
     except BROKEN:
         pass
     except Exception:
