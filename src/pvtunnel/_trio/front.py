@@ -370,7 +370,7 @@ class ClientConnection:
         """Stream -> client. False when the client connection must be closed."""
         started = self.started
         try:
-            head = await self._receive_final_head(channel)
+            head = await self._receive_final_head(channel, switch)
             # The deadline is lifted only before a wait (a cancel scope's deadline
             # costs a heap entry each time it moves): a response that arrived whole
             # is written under it.
@@ -431,8 +431,9 @@ class ClientConnection:
                 sent += len(item)
                 channel.consume(len(item))
         except (TunnelClosedError, h11.LocalProtocolError, *BROKEN) as exc:
-            if isinstance(exc, TunnelClosedError):
-                # What arrived before the reset (the head, part of the body) still goes
+            if not isinstance(exc, BROKEN):
+                # What arrived before the reset, or before a body that broke its own
+                # framing (more than its Content-Length, a body on a 204), still goes
                 # out, so the client sees a truncated response rather than none at all.
                 with contextlib.suppress(*BROKEN):
                     await http.flush()
@@ -491,12 +492,17 @@ class ClientConnection:
             stream_id=channel.stream_id,
         )
 
-    async def _receive_final_head(self, channel: Channel) -> ResponseHead:
+    async def _receive_final_head(
+        self, channel: Channel, switch: hdr.Switch | None
+    ) -> ResponseHead:
         while True:
             item = await channel.receive()
             if not isinstance(item, ResponseHead):
                 raise StreamResetError(ErrorCode.UPSTREAM_PROTOCOL_ERROR, "no response head")
             problem = response_head_problem(item.reason, item.headers)
+            if item.status == 101 and (switch is None or not switch.accepts(101)):
+                # A final 1xx has no HTTP/1.1 form but a protocol switch's.
+                problem = "101 Switching Protocols to a request that asked for no upgrade"
             if problem is not None:
                 # Written as it came, the head could smuggle a second response to the
                 # client (CRLF in the reason): a 502 instead, and the stream is reset.
