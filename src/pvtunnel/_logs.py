@@ -52,14 +52,22 @@ class _SecondsCache:
 
 
 class TextFormatter(logging.Formatter):
-    """``2026-12-06 05:07:21 INFO    pvtunnel.access: ...``, local time."""
+    """``2026-12-06 05:07:21 INFO    pvtunnel.access: ...``, local time.
 
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    One record is one line, whatever its message holds (`printable`); a traceback
+    (the record's exception) still spans its own lines after it.
+    """
+
+    def __init__(self, fmt: str = "%(asctime)s %(levelname)-7s %(name)s: %(message)s") -> None:
+        super().__init__(fmt)
         self._seconds = _SecondsCache(time.localtime, "%Y-%m-%d %H:%M:%S")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return self._seconds(record.created)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = printable(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -147,6 +155,17 @@ async def serve_log_flushes(interval_s: float = MAX_DELAY_S) -> None:
         for handler in _batching_handlers():
             if handler.pending:
                 handler.flush()
+
+
+def printable(text: str) -> str:
+    """``text`` with every unprintable character escaped (``\\n``, ``\\x1b``, ``\\u2028``).
+
+    Peers choose some of what reaches a log line (agent ids, reasons, hosts): a
+    newline in them could forge a whole line, and ESC could drive the terminal.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else ascii(char)[1:-1] for char in text)
 
 
 def configure_logging(level: str, log_format: str) -> None:

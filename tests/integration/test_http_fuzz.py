@@ -142,8 +142,14 @@ def forwarded(
     kept = [
         (n, spelled, v)
         for (n, v), spelled in zip(fields, names, strict=True)
-        if n not in HOP_BY_HOP and n not in named
+        if n not in HOP_BY_HOP and n not in named and n != b"x-real-ip"  # the client wrote it
     ]
+    # Content-Length goes once, as the number it parsed to ("0005" -> "5").
+    lengths = [i for i, field in enumerate(kept) if field[0] == b"content-length"]
+    if lengths:
+        n, spelled, v = kept[lengths[0]]
+        kept[lengths[0]] = (n, spelled, b"%d" % int(v.split(b",")[0]))
+        kept = [field for i, field in enumerate(kept) if i not in lengths[1:]]
     # The Host line goes first (h11 writes it there, as RFC 9112 section 3.2 asks).
     if authority is None:
         host_line = next(field for field in kept if field[0] == b"host")
@@ -152,6 +158,8 @@ def forwarded(
     host = host_line[2]
     kept = [host_line, *(field for field in kept if field[0] != b"host")]
     kept = appended(kept, b"X-Forwarded-For", CLIENT_ADDRESS)
+    if any(field[0] == b"forwarded" for field in kept):  # RFC 7239: our hop goes last
+        kept = appended(kept, b"Forwarded", b"for=" + CLIENT_ADDRESS + b";proto=http")
     kept = [f for f in kept if f[0] != b"x-forwarded-host"]
     kept.append((b"x-forwarded-host", b"X-Forwarded-Host", host))
     kept = [f for f in kept if f[0] != b"x-forwarded-proto"]
@@ -182,9 +190,11 @@ def forwarded_request(request: sts.HttpRequest) -> Recorded:
 def head_problem(request: h11.Request, head: bytes) -> bool:
     """SECURITY.md's additions to h11 ("HTTP hygiene"), from the raw head and the parse."""
     names = {name for name, _ in request.headers}
-    major, _, _ = request.http_version.partition(b".")
+    lengths = [int(v) for n, v in request.headers if n == b"content-length"]
     return (
-        major != b"1"  # HTTP/0.9 or HTTP/2.0 framed as HTTP/1.1 (RFC 9112 section 2.3)
+        # HTTP/0.9, HTTP/1.2 or HTTP/2.0 framed as HTTP/1.1 (RFC 9112 section 2.3)
+        request.http_version not in (b"1.0", b"1.1")
+        or any(length > 2**63 - 1 for length in lengths)  # wraps in a 64-bit parser
         or (
             b"transfer-encoding" in names
             and (b"content-length" in names or request.http_version == b"1.0")

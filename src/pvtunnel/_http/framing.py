@@ -2,7 +2,7 @@
 
 h11 already refuses most malformed messages: conflicting Content-Lengths,
 whitespace before a colon, bare CR, NUL, unknown or repeated transfer codings.
-Five shapes it accepts are dangerous in a proxy, because a server behind or in
+Six shapes it accepts are dangerous in a proxy, because a server behind or in
 front of us may read them differently:
 
 - Content-Length together with Transfer-Encoding. RFC 9112 section 6.3: such a
@@ -17,9 +17,11 @@ front of us may read them differently:
 - Control bytes in a header value. h11 refuses NUL, CR, LF, VT and FF but passes
   the others (0x01-0x08, 0x0E-0x1F, DEL), which RFC 9110 section 5.5 rules out of
   field values and which servers behind us may read differently.
-- A version that is not HTTP/1.x (``HTTP/0.9``, ``HTTP/2.0``: h11 reads any
-  ``d.d``). RFC 9112 section 2.3: the message is not HTTP/1.1; h11 would still
-  frame it as one (Transfer-Encoding in ``HTTP/0.9`` too).
+- A version other than HTTP/1.0 and HTTP/1.1 (``HTTP/0.9``, ``HTTP/1.2``,
+  ``HTTP/2.0``: h11 reads any ``d.d``). RFC 9112 section 2.3: the message is not
+  HTTP/1.1; h11 would still frame it as one (Transfer-Encoding in ``HTTP/0.9`` too).
+- A Content-Length past 2^63-1. h11 takes up to 20 digits; a server behind us
+  that parses into 64 bits would wrap it and frame the body differently.
 
 Pure functions over values; the caller decides the status (400 for a client, 502
 for an upstream) and closes the connection.
@@ -40,6 +42,11 @@ _FOLDED_LINE: Final = re.compile(rb"\n[ \t]")
 _CONTROL_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+# The largest body length a signed 64-bit integer holds: what most servers parse into.
+MAX_CONTENT_LENGTH: Final = 2**63 - 1
+_LONGEST_LENGTH_DIGITS: Final = len(str(MAX_CONTENT_LENGTH))
+
+
 def framing_problem(headers: Iterable[tuple[bytes, bytes]], http_version: bytes) -> str | None:
     """Why a message parsed by h11 must not be forwarded, or None when it is fine.
 
@@ -50,14 +57,18 @@ def framing_problem(headers: Iterable[tuple[bytes, bytes]], http_version: bytes)
     Returns:
         A short reason fit for a ``text/plain`` error body, or None.
     """
-    if not http_version.startswith(b"1."):
-        return "not an HTTP/1.x message (RFC 9112 section 2.3)"
+    if http_version != b"1.1" and http_version != b"1.0":
+        return "not an HTTP/1.0 or HTTP/1.1 message (RFC 9112 section 2.3)"
     has_length = False
     has_coding = False
     for name, value in headers:
         lower = name.lower()
         if lower == b"content-length":
             has_length = True
+            # h11 takes up to 20 digits; a hop that parses into 64 bits would wrap.
+            if len(value) >= _LONGEST_LENGTH_DIGITS and int(value) > MAX_CONTENT_LENGTH:
+                return "a Content-Length past 2^63-1"
+
         elif lower == b"transfer-encoding":
             has_coding = True
         if _CONTROL_BYTE.search(value) is not None:
@@ -104,3 +115,42 @@ def request_head_problem(
     if problem is None and has_obs_fold(received):
         problem = "a header folded over two lines (obs-fold, RFC 9112 section 5.2)"
     return problem
+
+
+# What h11 checks when it *parses* a head but not all of it when it *writes* one: the
+# reason phrase goes out unchecked (RFC 9112 section 4: ``*( HTAB / SP / VCHAR /
+# obs-text )``), so CRLF in it would start a second response. The server writes
+# response heads an agent sent, and an agent is only as trusted as its token.
+_REASON: Final = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
+_FIELD_NAME: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
+# RFC 9110 section 5.5 field-value, as h11 writes it: no leading or trailing blanks.
+_FIELD_VALUE: Final = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\x80-\xff]+)*)?")
+_LENGTH: Final = re.compile(rb"[0-9]{1,19}")
+
+
+def response_head_problem(reason: bytes, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Why a response head from an agent must not be written to a client, or None.
+
+    The server answers such a head with 502 instead, so a client receives exactly
+    one response per request whatever the agent sends (response splitting).
+
+    Args:
+        reason: The reason phrase as the agent sent it.
+        headers: The header fields as the agent sent them.
+
+    Returns:
+        A short reason for logs and the error body, or None when the head is fine.
+    """
+    if _REASON.fullmatch(reason) is None:
+        return "a control byte in the reason phrase"
+    length: bytes | None = None
+    for name, value in headers:
+        if _FIELD_NAME.fullmatch(name) is None:
+            return "an invalid header name"
+        if _FIELD_VALUE.fullmatch(value) is None:
+            return "an invalid header value"
+        if name.lower() == b"content-length":
+            if _LENGTH.fullmatch(value) is None or (length is not None and value != length):
+                return "an invalid Content-Length"
+            length = value
+    return None

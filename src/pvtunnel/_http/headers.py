@@ -42,7 +42,9 @@ HOP_BY_HOP: Final = frozenset(
 KEPT_DESPITE_CONNECTION: Final = frozenset({b"host", b"content-length"})
 VIA: Final = b"1.1 pvtunnel"
 # Set by the server on every forwarded request; a client's own lines are dropped.
-_SET_BY_US: Final = frozenset({b"x-forwarded-host", b"x-forwarded-proto"})
+# X-Real-IP is dropped and not set: it names the client, and the client wrote it
+# (X-Forwarded-For's right-most entry is the address pvtunnel saw).
+_SET_BY_US: Final = frozenset({b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip"})
 
 
 def _connection_tokens(items: list[tuple[bytes, bytes]], lowered: list[bytes]) -> frozenset[bytes]:
@@ -81,6 +83,9 @@ def request_headers(
 ) -> Headers:
     """Headers the agent replays upstream: end-to-end ones plus X-Forwarded-* and Via.
 
+    A client's ``Forwarded`` gets our element appended; a client's ``X-Real-IP`` is
+    dropped; ``Content-Length`` goes out once, as the number it parsed to.
+
     ``host`` replaces the client's Host (the authority of an absolute-form target);
     ``is_chunked`` asks the next hop to frame a body of unknown length as chunked.
     """
@@ -92,7 +97,8 @@ def request_headers(
     named = _connection_tokens(items, lowered) - KEPT_DESPITE_CONNECTION
     result: list[tuple[bytes, bytes]] = [] if host is None else [(b"Host", host)]
     original_host = host
-    last_forwarded_for = last_via = -1
+    last_forwarded_for = last_via = last_forwarded = -1
+    has_length = False
     for (name, value), lower in zip(items, lowered, strict=True):
         if lower in HOP_BY_HOP or lower in _SET_BY_US or lower in named:
             continue
@@ -105,8 +111,20 @@ def request_headers(
             last_forwarded_for = len(result)
         elif lower == b"via":
             last_via = len(result)
+        elif lower == b"forwarded":
+            last_forwarded = len(result)
+        elif lower == b"content-length":
+            # As parsed, once: "0005" or a repeated line may read differently upstream.
+            if has_length:
+                continue
+            has_length = True
+            value = b"%d" % int(value)
         result.append((name, value))
-    _extend_at(result, last_forwarded_for, b"X-Forwarded-For", client_address.encode("ascii"))
+    address = client_address.encode("ascii")
+    _extend_at(result, last_forwarded_for, b"X-Forwarded-For", address)
+    if last_forwarded >= 0:
+        # RFC 7239: our hop goes last, so the right-most element is the one we saw.
+        _extend_at(result, last_forwarded, b"Forwarded", _forwarded_element(address, proto))
     if original_host is not None:
         result.append((b"X-Forwarded-Host", original_host))
     result.append((b"X-Forwarded-Proto", proto))
@@ -114,6 +132,12 @@ def request_headers(
     if is_chunked:
         result.append((b"Transfer-Encoding", b"chunked"))
     return tuple(result)
+
+
+def _forwarded_element(address: bytes, proto: bytes) -> bytes:
+    """RFC 7239 section 4: ``for=`` the client and ``proto=``; IPv6 quoted in brackets."""
+    node = b'"[%s]"' % address if b":" in address else address
+    return b"for=%s;proto=%s" % (node, proto)
 
 
 def _extend_at(headers: list[tuple[bytes, bytes]], index: int, name: bytes, value: bytes) -> None:

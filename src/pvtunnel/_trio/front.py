@@ -17,17 +17,18 @@ import contextlib
 import enum
 import logging
 import math
+import select
 import socket
 from typing import TYPE_CHECKING, Final
 
 import h11
 import trio
 
-from pvtunnel._errors import ErrorCode, TunnelClosedError
+from pvtunnel._errors import ErrorCode, LocalProtocolError, TunnelClosedError
 from pvtunnel._http import headers as hdr
 from pvtunnel._http.access import PROXY_AUTHENTICATE, presented_token
 from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
-from pvtunnel._http.framing import request_head_problem
+from pvtunnel._http.framing import request_head_problem, response_head_problem
 from pvtunnel._http.routing import split_target
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
@@ -46,6 +47,7 @@ FLUSH_BYTES: Final = 65536
 
 class Phase(enum.Enum):
     HEAD = "head"  # waiting for (the rest of) a request head
+    BODY = "body"  # the request body is flowing, no response head yet
     PROXYING = "proxying"
     RESPONSE = "response"  # waiting for the upstream's response head
 
@@ -78,6 +80,8 @@ class ClientConnection:
         self.request_bytes = 0
         # Whether the current request has a body (a refusal then closes the connection).
         self.has_body = False
+        # While the body flows: whether we wait for the agent's credit (else the client).
+        self.body_waits_for_agent = False
         # When the current request's head was read (trio clock), for its log line.
         self.started = 0.0
         # h11 caps only incomplete heads; a whole head that arrived at once is checked here.
@@ -96,9 +100,13 @@ class ClientConnection:
                 # The head's raw bytes for request_head_problem, starting with any
                 # pipelined bytes h11 already holds; recording stops at the head.
                 self.http.recording = bytearray(conn.trailing_data[0])
+                # A kept-alive connection may idle for `idle_s`; a head has
+                # `request_head_s` from its first byte on, however slowly it comes.
+                has_head_bytes = first or bool(conn.trailing_data[0])
                 self.scope.deadline = trio.current_time() + (
-                    timeouts.request_head_s if first else timeouts.idle_s
+                    timeouts.request_head_s if has_head_bytes else timeouts.idle_s
                 )
+                self.http.on_data = None if has_head_bytes else self._head_started
                 first = False
                 try:
                     event = await self.http.next_event()
@@ -140,6 +148,12 @@ class ClientConnection:
                 conn.start_next_cycle()
         if self.scope.cancelled_caught and self.phase is Phase.HEAD:
             logger.debug("closing idle or slow client connection from %s", self.address)
+
+    def _head_started(self) -> None:
+        """The first bytes of a kept-alive connection's next head: its time starts."""
+        self.scope.deadline = min(
+            self.scope.deadline, trio.current_time() + self.state.config.timeouts.request_head_s
+        )
 
     async def _send_error(
         self,
@@ -247,6 +261,14 @@ class ClientConnection:
             return await self._refuse(
                 request, 502, "the agent for this host went away", route=route
             )
+        except LocalProtocolError:
+            # The head h11 accepted grew on the way (X-Forwarded-Host copies the Host,
+            # X-Forwarded-For and Via add to it) past one HEAD frame (protocol.md
+            # section 10). Method, target and route cannot be the problem: h11 and
+            # the router checked them.
+            return await self._refuse(
+                request, 431, "request head too large to forward", route=route
+            )
         state.stream_started(session)
         try:
             await session.tunnel.flush_if_batched()
@@ -256,15 +278,14 @@ class ClientConnection:
             if not has_body:
                 # A hang-up while we wait is noticed by `watch_hangups`, which costs no
                 # task per request (a task each cost a sixth of the server's CPU).
-                if not state.awaiting:
-                    state.awaiting_started.unpark_all()
-                state.awaiting[self] = channel
-                try:
-                    keep = await self._relay_response(channel, request, session.client_id)
-                finally:
-                    state.awaiting.pop(self, None)
+                self._watch_hangup(channel)
+                keep = await self._relay_response(channel, request, session.client_id)
                 return keep and self.client_error is None
-            # The request body is pumped upstream while the response comes.
+            # The request body is pumped upstream while the response comes. The
+            # response timeout starts once the body is sent (`_pump_request_body`);
+            # until then each piece must come within `idle_s` of the last.
+            self.phase = Phase.BODY
+            self.scope.deadline = trio.current_time() + state.config.timeouts.idle_s
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump_request_body, channel)
@@ -274,17 +295,27 @@ class ClientConnection:
                 raise first_error(group) from None
             return keep and self.client_error is None
         finally:
+            state.awaiting.pop(self, None)
             session.tunnel.forget(channel.stream_id)
             if channel.failure is None and session.tunnel.mux.is_stream_open(channel.stream_id):
                 channel.reset(ErrorCode.CANCEL, "client request ended")
             state.stream_finished(session)
 
+    def _watch_hangup(self, channel: Channel) -> None:
+        """Have `watch_hangups` look at this client until the exchange ends."""
+        state = self.state
+        if not state.awaiting:
+            state.awaiting_started.unpark_all()
+        state.awaiting[self] = channel
+
     async def check_hangup(self, channel: Channel) -> bool:
         """Reset the stream if the client closed its connection; True once settled.
 
-        Settled means the client hung up (the stream is reset) or sent data instead
-        (a pipelined request, left for the keep-alive loop): either way there is
-        nothing more to watch. Only peeks, so nothing is consumed.
+        Settled means the client hung up (the stream is reset). A client that sent
+        data (a pipelined request, left for the keep-alive loop) stays watched: it
+        may still close behind that data, which only `_peer_closed` can see, and a
+        stream it left must not hold an agent's stream slot until the upstream ends.
+        Only peeks, so nothing is consumed.
         """
         sock = _raw_socket(self.stream)
         if sock is None or not sock.is_readable():
@@ -294,22 +325,32 @@ class ClientConnection:
             peeked = await sock.recv(1, socket.MSG_PEEK)
         except OSError:
             peeked = b""
-        if peeked:
-            return True
+        if peeked and not _peer_closed(sock):
+            return False
         self.client_error = _ClientGone("the client closed its connection")
         channel.reset(ErrorCode.CANCEL, "the client went away")
         return True
 
     async def _pump_request_body(self, channel: Channel) -> None:
         """Client body -> stream. A broken client resets the stream."""
+        timeouts = self.state.config.timeouts
         try:
             while True:
                 event = await self.http.next_event()
                 if isinstance(event, h11.Data):
+                    self.body_waits_for_agent = True
                     await channel.send_data(bytes(event.data))
+                    self.body_waits_for_agent = False
                     self.request_bytes += len(event.data)
+                    if self.phase is Phase.BODY:
+                        self.scope.deadline = trio.current_time() + timeouts.idle_s
                 elif isinstance(event, h11.EndOfMessage):
                     channel.end()
+                    if self.phase is Phase.BODY:
+                        self.phase = Phase.RESPONSE
+                        self.scope.deadline = trio.current_time() + timeouts.upstream_response_s
+                    # Nobody reads the socket now: watch it for a hang-up instead.
+                    self._watch_hangup(channel)
                     return
                 else:
                     raise _ClientGone(f"unexpected {type(event).__name__} in request body")
@@ -329,7 +370,7 @@ class ClientConnection:
         """Stream -> client. False when the client connection must be closed."""
         started = self.started
         try:
-            head = await self._receive_final_head(channel)
+            head = await self._receive_final_head(channel, switch)
             # The deadline is lifted only before a wait (a cancel scope's deadline
             # costs a heap entry each time it moves): a response that arrived whole
             # is written under it.
@@ -390,8 +431,9 @@ class ClientConnection:
                 sent += len(item)
                 channel.consume(len(item))
         except (TunnelClosedError, h11.LocalProtocolError, *BROKEN) as exc:
-            if isinstance(exc, TunnelClosedError):
-                # What arrived before the reset (the head, part of the body) still goes
+            if not isinstance(exc, BROKEN):
+                # What arrived before the reset, or before a body that broke its own
+                # framing (more than its Content-Length, a body on a 204), still goes
                 # out, so the client sees a truncated response rather than none at all.
                 with contextlib.suppress(*BROKEN):
                     await http.flush()
@@ -450,11 +492,26 @@ class ClientConnection:
             stream_id=channel.stream_id,
         )
 
-    async def _receive_final_head(self, channel: Channel) -> ResponseHead:
+    async def _receive_final_head(
+        self, channel: Channel, switch: hdr.Switch | None
+    ) -> ResponseHead:
         while True:
             item = await channel.receive()
             if not isinstance(item, ResponseHead):
                 raise StreamResetError(ErrorCode.UPSTREAM_PROTOCOL_ERROR, "no response head")
+            problem = response_head_problem(item.reason, item.headers)
+            if item.status == 101 and (switch is None or not switch.accepts(101)):
+                # A final 1xx has no HTTP/1.1 form but a protocol switch's.
+                problem = "101 Switching Protocols to a request that asked for no upgrade"
+            if problem is not None:
+                # Written as it came, the head could smuggle a second response to the
+                # client (CRLF in the reason): a 502 instead, and the stream is reset.
+                logger.warning(
+                    "stream %d: invalid response head from the agent: %s",
+                    channel.stream_id,
+                    problem,
+                )
+                raise StreamResetError(ErrorCode.UPSTREAM_PROTOCOL_ERROR, problem)
             if not item.is_informational:
                 return item
             if item.status == 100 and not self.conn.they_are_waiting_for_100_continue:
@@ -493,6 +550,11 @@ async def handle_client(
         await client.serve()
         if client.scope.cancelled_caught and client.phase is Phase.RESPONSE:
             await client._send_error(504, "the upstream service took too long", close=True)
+        elif client.scope.cancelled_caught and client.phase is Phase.BODY:
+            if client.body_waits_for_agent:
+                await client._send_error(504, "the upstream stopped taking the body", close=True)
+            else:
+                await client._send_error(408, "the request body stalled", close=True)
     except BROKEN:
         pass
     except Exception:
@@ -536,6 +598,21 @@ def _head_size(request: h11.Request) -> int:
     for name, value in request.headers:
         size += len(name) + len(value) + 4
     return size
+
+
+# Linux reports a peer's FIN even behind unread data (a pipelined request); elsewhere
+# a hang-up behind such data shows only once the server reads up to it.
+_POLL_CLOSED: Final = getattr(select, "POLLRDHUP", 0)
+
+
+def _peer_closed(sock: trio.socket.SocketType) -> bool:
+    """Whether the peer closed its side (or reset), whatever data is still unread."""
+    if not _POLL_CLOSED:
+        return False
+    poller = select.poll()
+    poller.register(sock.fileno(), _POLL_CLOSED)
+    # POLLHUP and POLLERR (a reset) are reported whatever the mask asks for.
+    return bool(poller.poll(0))
 
 
 def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:

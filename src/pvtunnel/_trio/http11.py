@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import h11
 import trio
 
 from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE, fast_io
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 _QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)
 _ACKS_PER_MESSAGE: Final = 2
@@ -34,6 +37,8 @@ class H11Stream:
     tell how big a head really was (h11 only caps heads that arrive incomplete).
     While ``recording`` is a buffer, the bytes fed are also appended to it, so a
     caller can check what h11 normalises away (obs-fold, see ``_http.framing``).
+    ``on_data``, if set, is called once when the next bytes arrive (and then unset),
+    so a caller can start a clock at a message's first byte.
     """
 
     __slots__ = (
@@ -41,6 +46,7 @@ class H11Stream:
         "acks_per_message",
         "conn",
         "io",
+        "on_data",
         "pending",
         "pending_bytes",
         "received",
@@ -54,6 +60,7 @@ class H11Stream:
         self.io = fast_io(stream)
         self.received = 0
         self.recording: bytearray | None = None
+        self.on_data: Callable[[], None] | None = None
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         # Quick ACKs still allowed for the message being read (see the module docstring);
@@ -94,6 +101,9 @@ class H11Stream:
             self.received += len(data)
             if self.recording is not None:
                 self.recording += data
+            if self.on_data is not None and data:
+                self.on_data()
+                self.on_data = None
             conn.receive_data(bytes(data))
 
     def _ack_now(self) -> None:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import trio
 
+from pvtunnel._config import rules
+from pvtunnel._config.rules import InvalidValue
 from pvtunnel._errors import ErrorCode, ProtocolError, RemoteProtocolError, TunnelClosedError
 from pvtunnel._http.routing import Router
 from pvtunnel._metrics import ServerMetrics
@@ -58,6 +60,9 @@ class AgentSession:
     client_id: str
     address: str
     routes: tuple[str, ...]
+    # The route patterns its token may claim (("*",) for the internal token): only a
+    # connection with the same ones may replace this one (`_replace_same_client`).
+    scopes: tuple[str, ...] = ("*",)
     connected_at: float = attrs.field(factory=time.time)
     requests: int = 0
     # Cancelled when a newer connection with the same client_id replaces this one.
@@ -334,6 +339,7 @@ class TunnelServer:
         try:
             with trio.fail_after(config.timeouts.handshake_s):
                 hello = await _receive_hello(tunnel)
+            _check_client_id(mux, hello.client_id)
             refused = _refusals(hello.routes, scopes)
             accepted = tuple(
                 dict.fromkeys(r.lower() for r in hello.routes if r not in dict(refused))
@@ -353,7 +359,11 @@ class TunnelServer:
             await tunnel.aclose("handshake failed")
             return
         session = AgentSession(
-            tunnel=tunnel, client_id=hello.client_id, address=address, routes=accepted
+            tunnel=tunnel,
+            client_id=hello.client_id,
+            address=address,
+            routes=accepted,
+            scopes=scopes,
         )
         for name, reason in refused:
             logger.warning("agent %s: route %r refused: %s", hello.client_id, name, reason)
@@ -392,8 +402,21 @@ class TunnelServer:
         The old connection is most likely dead (its network went away before the
         heartbeat noticed); its in-flight requests fail with 502 and new ones go to
         the new connection.
+
+        Only a connection whose token has the same scope counts as a reconnect: a
+        ``client_id`` is the agent's own claim, and another team's token naming it
+        must not evict that agent (both then stay, each with its own routes).
         """
         for old in [s for s in self.state.sessions if s.client_id == session.client_id]:
+            if old.scopes != session.scopes:
+                logger.warning(
+                    "agent %s from %s has the client id of a connection from %s whose "
+                    "token has another scope; both stay connected",
+                    session.client_id,
+                    session.address,
+                    old.address,
+                )
+                continue
             logger.info(
                 "agent %s reconnected from %s; closing its previous connection from %s",
                 session.client_id,
@@ -427,6 +450,27 @@ async def _receive_hello(tunnel: Tunnel) -> ev.HelloReceived:
     if not isinstance(event, ev.HelloReceived):
         raise RemoteProtocolError("the first frame must be HELLO")
     return event
+
+
+def _check_client_id(mux: Multiplexer, client_id: str) -> None:
+    """REJECT a HELLO whose client_id the agent's own config would refuse.
+
+    The id reaches log lines and /status: a newline or ESC in it could forge a log
+    line or drive a terminal, and a long one would flood both.
+
+    Raises:
+        RemoteProtocolError: the id is invalid (REJECT is queued, to go out first).
+    """
+    try:
+        rules.client_id(client_id)
+    except InvalidValue:
+        reason = (
+            f"client_id must be 1 to {rules.MAX_CLIENT_ID_LENGTH} printable characters "
+            "without spaces"
+        )
+        mux.reject(reason)
+        # ascii(): the id itself must not reach the log raw.
+        raise RemoteProtocolError(f"{reason}, got {client_id[:64]!a}") from None
 
 
 def _refusals(routes: tuple[str, ...], scopes: tuple[str, ...]) -> tuple[tuple[str, str], ...]:

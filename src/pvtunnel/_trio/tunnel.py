@@ -34,7 +34,7 @@ from pvtunnel._errors import (
     TunnelClosedError,
 )
 from pvtunnel._trio.sockio import BROKEN
-from pvtunnel._trio.websocket import WebSocket, WebSocketClosed
+from pvtunnel._trio.websocket import CLOSE_GRACE_S, WebSocket, WebSocketClosed
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, StreamClosedError
@@ -385,7 +385,8 @@ class Tunnel:
                 return events[0]
 
     async def _close_ws(self, code: int, reason: str) -> None:
-        with contextlib.suppress(*_CLOSED):
+        # Bounded: a peer that stopped reading (a PING flood) would hold the flush forever.
+        with trio.move_on_after(CLOSE_GRACE_S), contextlib.suppress(*_CLOSED):
             await self.flush()
         await self.ws.aclose(code, reason)
 

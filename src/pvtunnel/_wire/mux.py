@@ -44,6 +44,12 @@ from pvtunnel._wire.states import (
 DEFAULT_WINDOW: Final = 2 * 1024 * 1024
 DEFAULT_CONNECTION_WINDOW: Final = 16 * 1024 * 1024
 DEFAULT_MAX_STREAMS: Final = 4096
+# PONGs queued and not yet taken by `data_to_send`. A peer that sends PINGs and does
+# not read the answers would otherwise grow the queue without bound (the HTTP/2
+# "ping flood", CVE-2019-9512); past this many the connection is closed. A PONG is
+# 18 bytes, so the queue stays under 20 KiB, and an honest peer sends one PING per
+# heartbeat.
+MAX_QUEUED_PONGS: Final = 1024
 
 
 class StreamClosedError(PvTunnelError):
@@ -53,6 +59,7 @@ class StreamClosedError(PvTunnelError):
 _HEAD: Final = FrameType.HEAD
 _DATA: Final = FrameType.DATA
 _END: Final = FrameType.END
+_PONG: Final = FrameType.PONG
 _CONNECTION: Final = fr.CONNECTION_STREAM
 _pack_header = HEADER.pack
 
@@ -93,6 +100,7 @@ class Multiplexer:
         self._max_streams = max_streams
         self._decoder = fr.FrameDecoder()
         self._out: list[bytes] = []
+        self._queued_pongs = 0
         self._streams: dict[int, StreamState] = {}
         self._highest_stream_id = 0
         self._goaway_sent_at: int | None = None
@@ -356,6 +364,7 @@ class Multiplexer:
         out = self._out
         if max_bytes is None or sum(map(len, out)) <= max_bytes:
             self._out = []
+            self._queued_pongs = 0
             return b"".join(out)
         # ``out`` holds whole frames, except that a DATA header and its payload are two
         # adjacent pieces. Walking from a frame boundary, a 10-byte piece of type DATA
@@ -369,6 +378,8 @@ class Multiplexer:
                 size += len(out[count + 1])
             if count and total + size > max_bytes:
                 break
+            if out[count][0] == _PONG:  # a whole frame: a DATA payload is skipped above
+                self._queued_pongs -= 1
             total += size
             count += pieces
         taken = out[:count]
@@ -414,6 +425,11 @@ class Multiplexer:
             case fr.Reset():
                 self._on_reset(frame, out)
             case fr.Ping():
+                if self._queued_pongs >= MAX_QUEUED_PONGS:
+                    raise RemoteProtocolError(
+                        f"PING flood: {MAX_QUEUED_PONGS} PONGs queued that the peer has not read"
+                    )
+                self._queued_pongs += 1
                 self._queue(fr.encode(fr.Pong(payload=frame.payload)))
                 out.append(ev.PingReceived(payload=frame.payload))
             case fr.Pong():

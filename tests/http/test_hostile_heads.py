@@ -1,0 +1,90 @@
+"""The pure checks behind issue 20: agent response heads, versions, lengths, Forwarded."""
+
+from __future__ import annotations
+
+import pytest
+
+from pvtunnel._http.framing import framing_problem, response_head_problem
+from pvtunnel._http.headers import request_headers
+
+
+@pytest.mark.parametrize(
+    ("reason", "headers", "problem"),
+    [
+        (b"OK", [(b"Content-Type", b"text/plain")], None),
+        (b"", [], None),
+        (b"Caf\xe9 \tnoted", [(b"x", b"a \t b"), (b"x-empty", b"")], None),
+        (b"OK\r\nX: y", [], "a control byte in the reason phrase"),
+        (b"OK\x00", [], "a control byte in the reason phrase"),
+        (b"OK\x7f", [], "a control byte in the reason phrase"),
+        (b"OK", [(b"", b"v")], "an invalid header name"),
+        (b"OK", [(b"a:b", b"v")], "an invalid header name"),
+        (b"OK", [(b"x", b" leading")], "an invalid header value"),
+        (b"OK", [(b"x", b"trailing ")], "an invalid header value"),
+        (b"OK", [(b"x", b"a\nb")], "an invalid header value"),
+        (b"OK", [(b"x", b"\x1b[2K")], "an invalid header value"),
+        (b"OK", [(b"Content-Length", b"5"), (b"content-length", b"5")], None),
+        (
+            b"OK",
+            [(b"Content-Length", b"5"), (b"content-length", b"6")],
+            "an invalid Content-Length",
+        ),
+        (b"OK", [(b"Content-Length", b"-1")], "an invalid Content-Length"),
+        (b"OK", [(b"Content-Length", b"1" * 20)], "an invalid Content-Length"),
+    ],
+)
+def test_response_head_problem(
+    reason: bytes, headers: list[tuple[bytes, bytes]], problem: str | None
+) -> None:
+    assert response_head_problem(reason, headers) == problem
+
+
+@pytest.mark.parametrize(
+    ("version", "length", "ok"),
+    [
+        (b"1.1", b"9223372036854775807", True),
+        (b"1.0", b"0005", True),
+        (b"1.1", b"9223372036854775808", False),
+        (b"1.1", b"18446744073709551621", False),
+        (b"1.2", b"1", False),
+        (b"0.9", b"1", False),
+        (b"2.0", b"1", False),
+    ],
+)
+def test_framing_problem_versions_and_lengths(version: bytes, length: bytes, ok: bool) -> None:
+    problem = framing_problem([(b"content-length", length)], version)
+    assert (problem is None) is ok, problem
+
+
+@pytest.mark.parametrize(
+    ("address", "element"),
+    [
+        ("192.0.2.1", b"for=192.0.2.1;proto=https"),
+        ("2001:db8::1", b'for="[2001:db8::1]";proto=https'),
+    ],
+)
+def test_forwarded_gets_our_element_on_its_last_line(address: str, element: bytes) -> None:
+    headers = request_headers(
+        [
+            (b"Host", b"app"),
+            (b"Forwarded", b"for=a"),
+            (b"X-Real-IP", b"6.6.6.6"),
+            (b"forwarded", b"for=b"),
+            (b"Content-Length", b"007"),
+            (b"content-length", b"7"),
+        ],
+        client_address=address,
+        host=None,
+        proto=b"https",
+        is_chunked=False,
+    )
+    assert [v for n, v in headers if n.lower() == b"forwarded"] == [b"for=a", b"for=b, " + element]
+    assert [v for n, v in headers if n.lower() == b"content-length"] == [b"7"]
+    assert not [n for n, _ in headers if n.lower() == b"x-real-ip"]
+
+
+def test_forwarded_is_not_added_when_the_client_sent_none() -> None:
+    headers = request_headers(
+        [(b"Host", b"app")], client_address="192.0.2.1", host=None, proto=b"http", is_chunked=False
+    )
+    assert not [n for n, _ in headers if n.lower() == b"forwarded"]

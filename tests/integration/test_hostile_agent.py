@@ -1,0 +1,361 @@
+"""An agent with a valid token that does what protocol.md allows and HTTP does not (issue 20).
+
+The agent here is `tests.integration.hostile.HostileAgent`: wsproto and frames made
+by hand, so nothing in it is checked by pvtunnel's own encoder. The client reads raw
+bytes and counts the responses in them with a fresh h11 parser.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Final
+
+import h11
+import pytest
+import trio
+
+from pvtunnel._config import ScopedToken, Secret
+from pvtunnel._logs import TextFormatter
+from tests.integration.client import fetch
+from tests.integration.harness import (
+    TOKEN,
+    server_config,
+    start_agent,
+    start_server,
+    start_upstream,
+    wait_for_sessions,
+)
+from tests.integration.hostile import (
+    END,
+    PING,
+    PONG,
+    HandshakeRejectedError,
+    HostileAgent,
+    frame,
+    response_head,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from tests.integration.harness import Running
+
+LIMIT_S: Final = 10
+TEAM_A_TOKEN: Final = "team-a-secret-4c1f08"
+SPLIT_REASON: Final = (
+    b"OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforge"
+)
+
+
+async def answer_requests(agent: HostileAgent, replies: Sequence[Sequence[bytes]]) -> None:
+    """For each request HEAD in turn, send the frames ``replies`` holds for it.
+
+    The frames are built for stream 0 and sent on the request's stream: each one's
+    stream ID (bytes 2-6) is patched in here.
+    """
+    for frames in replies:
+        request = await agent.receive_request()
+        stream = request.stream_id.to_bytes(4, "big")
+        await agent.send(b"".join(f[:2] + stream + f[6:] for f in frames))
+
+
+def responses_in(data: bytes) -> list[tuple[int, bytes, bytes]]:
+    """(status, reason, body) of every response in ``data``, parsed as a client would.
+
+    Raises h11.RemoteProtocolError if the bytes are not a sequence of responses.
+    """
+    conn = h11.Connection(h11.CLIENT)
+    found: list[tuple[int, bytes, bytes]] = []
+    if data:  # b"" would mean the connection closed
+        conn.receive_data(data)
+    while True:
+        # A request for each response, so h11 expects one; GET, keep-alive.
+        conn.send(h11.Request(method=b"GET", target=b"/", headers=[(b"host", b"app")]))
+        conn.send(h11.EndOfMessage())
+        event = conn.next_event()
+        while isinstance(event, h11.InformationalResponse):
+            event = conn.next_event()
+        if event is h11.NEED_DATA:
+            return found
+        assert isinstance(event, h11.Response), event
+        body = bytearray()
+        while not isinstance(item := conn.next_event(), h11.EndOfMessage):
+            if item is h11.NEED_DATA:
+                return found
+            assert isinstance(item, h11.Data), item
+            body += item.data
+        found.append((event.status_code, event.reason, bytes(body)))
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return found
+        conn.start_next_cycle()
+
+
+async def exchange_keepalive(port: int, requests: int) -> bytes:
+    """Send ``requests`` GETs on one connection, each once a response more has arrived.
+
+    Returns every byte read, up to the server closing or the last request's answer
+    (with two responses for one request, the second answers the next request, as it
+    would for a real client). The caller's deadline bounds the wait.
+    """
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    received = bytearray()
+    async with stream:
+        for sent in range(1, requests + 1):
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            while len(responses_in(bytes(received))) < sent:
+                try:
+                    chunk = await stream.receive_some(65536)
+                except trio.BrokenResourceError:
+                    chunk = b""
+                if not chunk:
+                    return bytes(received)
+                received += chunk
+    return bytes(received)
+
+
+async def hostile_agent(running: Running, client_id: str = "hostile") -> HostileAgent:
+    return await HostileAgent.connect(running.addresses.internal, TOKEN, client_id=client_id)
+
+
+def ok_head(body: bytes) -> bytes:
+    return response_head(0, b"200", b"OK", [(b"content-length", b"%d" % len(body))])
+
+
+def body_frames(body: bytes) -> list[bytes]:
+    return [frame(0x05, 0, body), frame(END, 0)] if body else [frame(END, 0)]
+
+
+async def through_hostile_agent(replies: Sequence[Sequence[bytes]]) -> bytes:
+    """A server, a hostile agent answering with ``replies``; one GET each on one connection."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            async with await hostile_agent(running) as agent:
+                nursery.start_soon(answer_requests, agent, replies)
+                received = await exchange_keepalive(running.port, len(replies))
+                nursery.cancel_scope.cancel()
+    return received
+
+
+def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "pvtunnel.access"]
+
+
+@pytest.mark.parametrize(
+    "bad_head",
+    [
+        pytest.param(response_head(0, b"200", SPLIT_REASON), id="final-reason"),
+        pytest.param(
+            response_head(0, b"103", SPLIT_REASON, informational=True), id="informational-reason"
+        ),
+        pytest.param(response_head(0, b"200", b"OK\nX: y"), id="bare-lf-reason"),
+    ],
+)
+async def test_a_reason_phrase_cannot_split_the_response(
+    bad_head: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 1: CRLF in the reason became a second response that answered the next request."""
+    caplog.set_level(logging.INFO, "pvtunnel")
+    rest = [bad_head] if bad_head[1] == 0 else [bad_head, ok_head(b"")]
+    received = await through_hostile_agent(
+        [[*rest, *body_frames(b"")], [ok_head(b"second"), *body_frames(b"second")]]
+    )
+    responses = responses_in(received)
+    assert [(status, reason) for status, reason, _ in responses] == [
+        (502, b"Bad Gateway"),
+        (200, b"OK"),
+    ]
+    assert responses[1][2] == b"second"
+    assert b"forge" not in received
+    assert any(" 502 " in line for line in access_lines(caplog))
+
+
+@pytest.mark.parametrize(
+    "heads",
+    [
+        pytest.param([response_head(0, b"200", b"OK", [(b"bad name", b"x")])], id="final-name"),
+        pytest.param(
+            [response_head(0, b"200", b"OK", [(b"x-a", b"v\r\nx-b: w")])], id="final-value"
+        ),
+        pytest.param([response_head(0, b"200", b"OK", [(b"x-a", b"\x01")])], id="final-control"),
+        pytest.param(
+            [
+                response_head(
+                    0, b"200", b"OK", [(b"content-length", b"1"), (b"content-length", b"2")]
+                )
+            ],
+            id="final-length",
+        ),
+        pytest.param(
+            [
+                response_head(0, b"103", b"Early", [(b"bad name", b"x")], informational=True),
+                ok_head(b""),
+            ],
+            id="informational-name",
+        ),
+    ],
+)
+async def test_an_invalid_head_from_the_agent_is_a_logged_502(
+    heads: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Also fix: an empty close logged as 200 (final) or a 500 with a traceback (1xx)."""
+    caplog.set_level(logging.INFO, "pvtunnel")
+    received = await through_hostile_agent(
+        [[*heads, *body_frames(b"")], [ok_head(b"next"), *body_frames(b"next")]]
+    )
+    assert [status for status, _, _ in responses_in(received)] == [502, 200], received
+    assert any(" 502 " in line for line in access_lines(caplog)), access_lines(caplog)
+    assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
+
+
+async def test_another_teams_token_cannot_evict_an_agent_by_its_client_id() -> None:
+    """Defect 2: team A's token with the root agent's client_id dropped the root agent."""
+    config = server_config(
+        internal={"tokens": (ScopedToken(token=Secret(TEAM_A_TOKEN), routes=("*.team-a.test",)),)}
+    )
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            _, port = await start_upstream(nursery, "billing")
+            await start_agent(nursery, running, {"billing": port}, client_id="main")
+            await wait_for_sessions(running, 1)
+            (victim,) = running.server.sessions
+            for attempt in range(3):
+                route = f"x{attempt}.team-a.test"
+                async with await HostileAgent.connect(
+                    running.addresses.internal, TEAM_A_TOKEN, client_id="main", routes=[route]
+                ):
+                    while not any(route in s.routes for s in running.server.sessions):
+                        await running.server.state.wait_sessions_changed()
+                    assert victim in running.server.sessions
+                    reply = await fetch(running.port, b"GET", b"/", host=b"billing")
+                    assert reply.status == 200
+            assert victim in running.server.sessions
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_same_scope_still_takes_over_its_client_id() -> None:
+    """A reconnect with the same token still replaces the stale connection."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            first = await hostile_agent(running, client_id="edge")
+            async with first:
+                await wait_for_sessions(running, 1)
+                (stale,) = running.server.sessions
+                async with await hostile_agent(running, client_id="edge"):
+                    while stale in running.server.sessions:
+                        await running.server.state.wait_sessions_changed()
+                    assert len(running.server.sessions) == 1
+            nursery.cancel_scope.cancel()
+
+
+FORGED_LINE: Final = (
+    "\n2026-12-06 04:00:00 INFO    pvtunnel.server: agent FAKE connected from 10.9.9.9"
+)
+
+
+@pytest.mark.parametrize(
+    "client_id",
+    [
+        pytest.param("edge" + FORGED_LINE, id="newline"),
+        pytest.param("edge\x1b[2K\rFAKE", id="escape"),
+        pytest.param("edge FAKE", id="space"),
+        pytest.param("e" * 256, id="too-long"),
+        pytest.param("", id="empty"),
+    ],
+)
+async def test_a_client_id_that_could_forge_log_lines_is_rejected(
+    client_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 6: a client_id with a newline and ESC was written raw to the text log."""
+    caplog.set_level(logging.DEBUG, "pvtunnel")
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            with pytest.raises(HandshakeRejectedError, match="client_id must be"):
+                await hostile_agent(running, client_id=client_id)
+            assert not running.server.sessions
+            nursery.cancel_scope.cancel()
+    formatter = TextFormatter("%(levelname)s %(name)s: %(message)s")
+    for record in caplog.records:
+        line = formatter.format(record)
+        assert "\n" not in line, line
+        assert "\x1b" not in line, line
+        assert "FAKE connected" not in record.getMessage()
+
+
+def test_the_text_log_escapes_what_a_peer_wrote() -> None:
+    """Whatever else from a peer reaches a log line stays on that one line."""
+    record = logging.makeLogRecord(
+        {"msg": "stream reset: %s", "args": ("x\r\nFAKE\x1b[31m\u2028\x85",), "levelname": "INFO"}
+    )
+    line = TextFormatter("%(levelname)s %(message)s").format(record)
+    assert line == "INFO stream reset: x\\r\\nFAKE\\x1b[31m\\u2028\\x85"
+
+
+PINGS_PER_MESSAGE: Final = 500
+MAX_FLOOD_MESSAGES: Final = 1000
+
+
+async def flood_pings(agent: HostileAgent, *, read: bool) -> int:
+    """Send messages of PINGs until the server drops us (or the bound); how many went."""
+    pings = frame(PING, 0, b"\x00" * 8) * PINGS_PER_MESSAGE
+    async with trio.open_nursery() as nursery:
+        if read:
+            nursery.start_soon(drain_frames, agent)
+        for sent in range(MAX_FLOOD_MESSAGES):
+            try:
+                await agent.send(pings)
+            except trio.BrokenResourceError:
+                nursery.cancel_scope.cancel()
+                return sent
+        nursery.cancel_scope.cancel()
+    return MAX_FLOOD_MESSAGES
+
+
+async def drain_frames(agent: HostileAgent) -> None:
+    while await agent.receive_frame() is not None:
+        pass
+
+
+async def test_a_ping_flood_that_never_reads_its_pongs_is_dropped() -> None:
+    """Defect 3: PONGs queued without bound (33 to 441 MiB in 30 s) for a peer that never read."""
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            agent = await HostileAgent.connect(
+                running.addresses.internal, TOKEN, receive_buffer_bytes=4096
+            )
+            async with agent:
+                await wait_for_sessions(running, 1)
+                (session,) = running.server.sessions
+                sent = await flood_pings(agent, read=False)
+                while session in running.server.sessions:
+                    await running.server.state.wait_sessions_changed()
+            # Dropped once the socket buffers were full and the PONG queue reached its
+            # cap, long before the bound on this test's flood.
+            assert sent < MAX_FLOOD_MESSAGES, sent
+            # What the server still holds for us is a bounded queue of PONGs.
+            assert session.tunnel.mux.queued_pieces <= 2048
+            nursery.cancel_scope.cancel()
+
+
+async def test_pings_whose_pongs_are_read_keep_the_link() -> None:
+    """The cap is on PONGs not read, not on PINGs: a peer that reads may ping a lot."""
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            async with await hostile_agent(running) as agent:
+                await wait_for_sessions(running, 1)
+                (session,) = running.server.sessions
+                pings = frame(PING, 0, b"\x00" * 8) * PINGS_PER_MESSAGE
+                for _ in range(40):
+                    await agent.send(pings)
+                    answered = 0
+                    while answered < PINGS_PER_MESSAGE:
+                        received = await agent.receive_frame()
+                        assert received is not None, "the server dropped a peer that reads"
+                        answered += received.kind == PONG
+                assert session in running.server.sessions
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,243 @@
+"""Clients that leave at the wrong moment or send heads at the edge of the limits (issue 20).
+
+No token is needed for any of these: whatever an external client can do to the
+server's stream slots or error paths, anyone can.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Final
+
+import pytest
+import trio
+
+from tests.integration.client import raw_exchange
+from tests.integration.harness import server_config, start_agent, start_server, start_tunnel
+from tests.integration.listen import serve_on_loopback
+
+if TYPE_CHECKING:
+    from tests.integration.upstream import Recorded
+
+LIMIT_S: Final = 10
+
+
+async def read_until(stream: trio.SocketStream, marker: bytes) -> bytes:
+    received = bytearray()
+    while marker not in received:
+        chunk = await stream.receive_some(65536)
+        assert chunk, f"closed before {marker!r}: {bytes(received)!r}"
+        received += chunk
+    return bytes(received)
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(b"GET /trickle HTTP/1.1\r\nHost: app\r\n\r\n", id="bodiless"),
+        pytest.param(
+            b"POST /trickle HTTP/1.1\r\nHost: app\r\nContent-Length: 4\r\n\r\nbody", id="with-body"
+        ),
+    ],
+)
+async def test_a_client_leaving_after_pipelining_frees_its_stream(first: bytes) -> None:
+    """Defect 4: the pipelined bytes hid the hang-up, so the stream stayed in flight."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery)
+            stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+            await stream.send_all(first)
+            # A long poll: the head and the first bytes came, the rest is held upstream.
+            await read_until(stream, b"first")
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            await stream.aclose()
+            await running.server.state.idle.wait()
+            assert running.server.state.in_flight == 0
+            assert upstream.holding == 1  # the upstream never finished: the server noticed
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_head_that_grows_past_one_frame_on_the_way_is_431(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Defect 5: X-Forwarded-Host copied a 32 KiB Host past one HEAD frame: a 500, a traceback."""
+    caplog.set_level(logging.INFO, "pvtunnel")
+    # A Host of "app:000…0" routes to "app" (the port is dropped), and fits the limit.
+    host = b"app:" + b"0" * 32737
+    head = b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n"
+    assert len(head) == 32767  # the default max_request_head_bytes
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery, server_config())
+            answer = await raw_exchange(
+                running.port, head + b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+            )
+            assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+            # No body, so the connection stays: the next request is served.
+            assert b"svc saw GET /" in answer
+            assert len(upstream.requests) == 1
+            nursery.cancel_scope.cancel()
+    assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
+
+
+async def through_tunnel(*requests: bytes) -> tuple[list[bytes], list[Recorded]]:
+    """Each raw request on its own connection; the answers, and what the upstream saw."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery)
+            answers = [await raw_exchange(running.port, request) for request in requests]
+            nursery.cancel_scope.cancel()
+    return answers, upstream.requests
+
+
+async def test_only_http_1_0_and_1_1_are_proxied() -> None:
+    """Also fix: HTTP/1.2 was accepted where SECURITY.md says 400."""
+    versions = (b"1.2", b"1.9", b"2.0")
+    answers, seen = await through_tunnel(
+        *(b"GET / HTTP/" + version + b"\r\nHost: app\r\n\r\n" for version in versions)
+    )
+    assert [answer[:13] for answer in answers] == [b"HTTP/1.1 400 "] * len(versions)
+    assert seen == []
+
+
+async def test_content_length_is_forwarded_as_parsed_and_capped_at_63_bits() -> None:
+    """Also fix: "0005" and 2^64+5 were forwarded as written; a 64-bit parser wraps the second."""
+    post = b"POST /echo HTTP/1.1\r\nHost: app\r\nConnection: close\r\nContent-Length: "
+    answers, seen = await through_tunnel(
+        post + b"0005\r\n\r\nhello",
+        post + b"18446744073709551621\r\n\r\nx",
+        post + b"9223372036854775808\r\n\r\nx",
+    )
+    assert [answer[:13] for answer in answers] == [
+        b"HTTP/1.1 200 ",
+        b"HTTP/1.1 400 ",
+        b"HTTP/1.1 400 ",
+    ]
+    (forwarded,) = seen
+    assert forwarded.header(b"content-length") == b"5"
+    assert forwarded.body == b"hello"
+
+
+async def test_forwarded_gets_our_hop_and_a_client_x_real_ip_is_dropped() -> None:
+    """Also fix: Forwarded and X-Real-IP from the client passed through untouched."""
+    answers, seen = await through_tunnel(
+        b"GET / HTTP/1.1\r\nHost: app\r\nForwarded: for=203.0.113.9\r\n"
+        b"X-Real-IP: 203.0.113.9\r\nConnection: close\r\n\r\n"
+    )
+    assert answers[0].startswith(b"HTTP/1.1 200 "), answers
+    (forwarded,) = seen
+    assert forwarded.header(b"forwarded") == b"for=203.0.113.9, for=127.0.0.1;proto=http"
+    assert forwarded.header(b"x-real-ip") is None
+
+
+async def test_a_slow_second_head_has_request_head_s_from_its_first_byte() -> None:
+    """Also fix: a kept-alive connection's next head was bounded by idle_s only."""
+    config = server_config(timeouts={"request_head_s": 0.5, "idle_s": 60})
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _ = await start_tunnel(nursery, config)
+            stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+            async with stream:
+                await stream.send_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+                await read_until(stream, b"svc saw GET /")
+                await stream.send_all(b"GET /sec")  # ... and nothing more
+                # Closed after request_head_s (0.5 s), long before idle_s (60 s).
+                with trio.fail_after(5):
+                    while await stream.receive_some(65536):
+                        pass
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_long_upload_gets_the_response_timeout_after_its_body() -> None:
+    """Also fix: upstream_response_s ran from the request's start: a slow upload got 504."""
+    config = server_config(timeouts={"upstream_response_s": 0.3, "idle_s": 5})
+    pieces = 6
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery, config)
+            stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+            async with stream:
+                await stream.send_all(
+                    b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: %d\r\n\r\n" % pieces
+                )
+                for _ in range(pieces):
+                    await stream.send_all(b"x")
+                    await trio.sleep(0.1)  # pacing a slow upload: 0.6 s in all, past 0.3 s
+                answer = await read_until(stream, b"xxxxxx")
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            assert upstream.requests[-1].body == b"x" * pieces
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_stops_sending_its_body_gets_408() -> None:
+    """The body's idle bound: idle_s between pieces, not upstream_response_s in all."""
+    config = server_config(timeouts={"upstream_response_s": 60, "idle_s": 0.5})
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery, config)
+            answer = await raw_exchange(
+                running.port,
+                b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\npart",
+            )
+            assert answer.startswith(b"HTTP/1.1 408 "), answer
+            assert upstream.requests == []
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_upstream_that_stops_taking_the_body_gets_504() -> None:
+    """The same bound while the agent grants no credit (its upstream reads nothing)."""
+    config = server_config(
+        timeouts={"upstream_response_s": 60, "idle_s": 0.5},
+        limits={"stream_window_bytes": 65536},
+    )
+    size = 16 << 20
+
+    async def deaf_upstream(stream: trio.SocketStream) -> None:
+        async with stream:
+            await trio.sleep_forever()
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            port = await nursery.start(serve_on_loopback, deaf_upstream)
+            await start_agent(nursery, running, {"app": port})
+            stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+            head = b"POST / HTTP/1.1\r\nHost: app\r\nContent-Length: %d\r\n\r\n" % size
+            async with stream, trio.open_nursery() as sending:
+                sending.start_soon(_send_ignoring_breakage, stream, head + bytes(size))
+                answer = await read_until(stream, b"\r\n\r\n")
+                sending.cancel_scope.cancel()
+            assert answer.startswith(b"HTTP/1.1 504 "), answer
+            nursery.cancel_scope.cancel()
+
+
+async def _send_ignoring_breakage(stream: trio.SocketStream, data: bytes) -> None:
+    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+        await stream.send_all(data)
+
+
+async def test_an_upstreams_folded_header_reaches_the_client_as_one_line() -> None:
+    """SECURITY.md: an upstream's obs-fold is replaced by a space (RFC 9112 section 5.2)."""
+
+    async def folding_upstream(stream: trio.SocketStream) -> None:
+        async with stream:
+            await read_until(stream, b"\r\n\r\n")
+            await stream.send_all(
+                b"HTTP/1.1 200 OK\r\nX-Folded: first\r\n  second\r\nContent-Length: 2\r\n\r\nok"
+            )
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            port = await nursery.start(serve_on_loopback, folding_upstream)
+            await start_agent(nursery, running, {"app": port})
+            answer = await raw_exchange(
+                running.port, b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+            )
+            head = answer.split(b"\r\n\r\n", 1)[0]
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            assert b"\r\nX-Folded: first second\r\n" in head + b"\r\n", head
+            assert b"\r\n " not in head
+            assert b"\r\n\t" not in head
+            nursery.cancel_scope.cancel()
