@@ -29,6 +29,12 @@ that is checked byte for byte), and a private sshd with throwaway keys provides 
                    figures, 1,000 slow requests are held through that one agent while
                    wrk measures the fast route's p99 (SPEC section 6).
 
+The split-write upstream (``split.py``: a threaded ``http.server`` speaking HTTP/1.1
+on keep-alive, writing each response's head and body in two sends) is reached
+directly, through pvtunnel (a second agent route, ``split``) and through both ssh rows
+(a second ``-R`` forward): 300 sequential GETs per row, each on a fresh client
+connection, spread over the wrk rounds; p50 and p99 over all of them.
+
 Per row: wrk with 64 connections / 2 threads and 1 connection / 1 thread (req/s over
 the rounds, the median of the rounds' p50 and p99), the median of several 100 MiB
 downloads and uploads (MB/s = 10**6 B/s), the tunnel's peak RSS (sum of VmHWM of its
@@ -66,6 +72,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 import slow
+import split
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -300,6 +307,7 @@ class RowResult:
     exit_codes: dict[str, int | None] = field(default_factory=dict)
     other_load_cores: float | None = None
     slow: slow.SlowResult | None = None  # 1,000 slow requests (pvtunnel only)
+    split: split.SplitResult | None = None  # the split-write upstream (rows that reach it)
 
 
 @dataclass
@@ -309,6 +317,7 @@ class Target:
     port: int
     tunnel_pids: Callable[[], list[int]]
     slow_upstream: slow.SlowUpstream | None = None  # the row's agent also routes `slow`
+    split_port: int | None = None  # where the row reaches the split-write upstream
 
 
 # --------------------------------------------------------------------------- world
@@ -328,6 +337,7 @@ class World:
     nginx_port: int = 0
     upload_dir: Path = field(default_factory=Path)
     nginx: h.Child | None = None
+    split_port: int = 0  # the split-write upstream (split.py)
     other_load_at_start: float = 0.0
 
 
@@ -462,12 +472,21 @@ def small_ok(port: int) -> bool:
         return False
 
 
+def split_ok(port: int) -> bool:
+    """True once the split-write upstream answers through ``port``."""
+    try:
+        split.one_request(port)
+    except (OSError, h.BenchError):
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------- rows
 
 
 @contextlib.contextmanager
 def row_direct(world: World, row: RowResult) -> Iterator[Target]:
-    yield Target(world.nginx_port, list)
+    yield Target(world.nginx_port, list, split_port=world.split_port)
 
 
 @contextlib.contextmanager
@@ -547,7 +566,7 @@ def sshd_banner(port: int) -> bool:
 def ssh_tunnel(world: World, row: RowResult, *, best: bool) -> Iterator[Target]:
     """A fresh sshd and an ``ssh -R`` client; load goes to the remote port."""
     keys = make_ssh_keys(world)
-    sshd_port, remote_port = h.free_ports(2)
+    sshd_port, remote_port, remote_split_port = h.free_ports(3)
     config = world.tmp / f"sshd-{sshd_port}.conf"
     config.write_text(sshd_config(world, sshd_port, keys))
     # sshd insists on its privilege-separation directory even when run by hand.
@@ -571,6 +590,8 @@ def ssh_tunnel(world: World, row: RowResult, *, best: bool) -> Iterator[Target]:
             str(sshd_port),
             "-R",
             f"{remote_port}:{h.LOOPBACK}:{world.nginx_port}",
+            "-R",
+            f"{remote_split_port}:{h.LOOPBACK}:{world.split_port}",
         ]
         stdin: int = subprocess.DEVNULL
         if best:
@@ -594,13 +615,18 @@ def ssh_tunnel(world: World, row: RowResult, *, best: bool) -> Iterator[Target]:
         h.wait_until(
             functools.partial(small_ok, remote_port), what="ssh -R forwarding", alive=ssh.problem
         )
+        h.wait_until(
+            functools.partial(split_ok, remote_split_port),
+            what="ssh -R forwarding (split-write)",
+            alive=ssh.problem,
+        )
 
         def pids() -> list[int]:
             # With root logins sshd skips the unprivileged child: one session process.
             session = [pid for pid in h.descendants(sshd.pid) if h.proc_comm(pid) == "sshd"]
             return [ssh.pid, *session]
 
-        yield Target(remote_port, pids)
+        yield Target(remote_port, pids, split_port=remote_split_port)
     finally:
         if client is not None:
             row.exit_codes["ssh"] = world.children.stop(client)
@@ -633,11 +659,19 @@ def row_pvtunnel(world: World, row: RowResult) -> Iterator[Target]:
                 upstream_port=world.nginx_port,
                 log_dir=world.logs,
                 route=HOST_HEADER,
-                extra_agent_args=slow.agent_route_args(slow_upstream),
+                extra_agent_args=[
+                    *slow.agent_route_args(slow_upstream),
+                    *split.agent_route_args(world.split_port),
+                ],
             ) as tunnel,
         ):
             codes = tunnel.exit_codes  # filled in when the block exits (SIGTERM)
-            yield Target(tunnel.external_port, lambda: tunnel.pids, slow_upstream)
+            yield Target(
+                tunnel.external_port,
+                lambda: tunnel.pids,
+                slow_upstream,
+                split_port=tunnel.external_port,
+            )
     finally:
         row.exit_codes.update(codes)
         for who in ("server", "agent"):
@@ -702,16 +736,17 @@ def row_h11_relay(world: World, row: RowResult) -> Iterator[Target]:
 
 @contextlib.contextmanager
 def row_pvtunnel_base(world: World, row: RowResult) -> Iterator[Target]:
-    """Another pvtunnel (``--base-bin``) with only the app route: its figures, no bars."""
+    """Another pvtunnel (``--base-bin``) with the app and split routes: its figures, no bars."""
     with h.open_pvtunnel(
         world.children,
         upstream_port=world.nginx_port,
         log_dir=world.logs,
         route=HOST_HEADER,
+        extra_agent_args=split.agent_route_args(world.split_port),
         command=world.settings.base_command,
         log_prefix="pvtunnel-base",
     ) as tunnel:
-        yield Target(tunnel.external_port, lambda: tunnel.pids)
+        yield Target(tunnel.external_port, lambda: tunnel.pids, split_port=tunnel.external_port)
 
 
 ROW_SETUP: Final = {
@@ -949,6 +984,7 @@ class Running:
     downloads: list[float] = field(default_factory=list)
     uploads: list[float] = field(default_factory=list)
     loads: list[float] = field(default_factory=list)
+    split: split.SplitResult = field(default_factory=split.SplitResult)
 
 
 def measure(world: World, running: Running, label: str, step: Callable[[], T]) -> T:
@@ -988,6 +1024,12 @@ def round_of(world: World, running: Running, index: int, wrk_s: int) -> None:
         running.wrk1.append(
             measure(world, running, "1 connection", lambda: wrk(1, 1, "1 connection"))
         )
+    split_port = running.target.split_port
+    if index < world.settings.wrk_rounds and split_port is not None:
+        count = split_requests_in_round(world.settings, index)
+        running.split.add(
+            measure(world, running, "split-write", lambda: split.measure_split(split_port, count))
+        )
     if index < world.settings.reps:
         name = f"{row.name.replace(' ', '_')}-{index}"
         running.downloads.append(
@@ -1006,14 +1048,24 @@ def round_of(world: World, running: Running, index: int, wrk_s: int) -> None:
         figures.append(
             f"{running.wrk64[-1].req_per_s:,.0f} / {running.wrk1[-1].req_per_s:,.0f} req/s"
         )
+        if split_port is not None:
+            figures.append(f"split-write p99 {fmt(running.split.p99_ms, '.2f')} ms")
     if index < world.settings.reps:
         figures.append(f"{running.downloads[-1]:,.0f} / {running.uploads[-1]:,.0f} MB/s")
     print(f"   {row.name}: {', '.join(figures)}", file=sys.stderr, flush=True)
 
 
+def split_requests_in_round(settings: Settings, index: int) -> int:
+    """The split-write requests are spread over the wrk rounds; the first takes the rest."""
+    count = split.SPLIT_REQUESTS // settings.wrk_rounds
+    return count + (split.SPLIT_REQUESTS % settings.wrk_rounds if index == 0 else 0)
+
+
 def finish(running: Running) -> None:
     """A row's figures from its rounds."""
     row = running.row
+    if running.split.requests:
+        row.split = running.split
     if running.wrk64:
         row.wrk64 = merge_wrk(running.wrk64)
     if running.wrk1:
@@ -1089,6 +1141,8 @@ def measure_rows(world: World) -> dict[str, RowResult]:
             try:
                 target = row_stack.enter_context(_Guarded(row, ROW_SETUP[name](world, row)))
                 verify_small(target.port)
+                if target.split_port is not None:
+                    split.one_request(target.split_port)  # checked; warms a pooled connection
                 run_wrk(
                     world,
                     target.port,
@@ -1332,6 +1386,22 @@ def render_tables(
                 f"{fmt(s.p99_ratio, '.2f')}; slow completed {s.completed:,}/{s.slow_requests:,}"
                 + (f"; error: {one_line(s.error)}" if s.error else "")
             )
+    measured = {name: row.split for name, row in rows.items() if row.split is not None}
+    if measured:
+        direct = measured.get("direct")
+        out.append(
+            f"\nSplit-write upstream (http.server, HTTP/1.1, head and body in two sends): "
+            f"{split.SPLIT_REQUESTS} sequential GETs, each on a fresh connection\n"
+        )
+        out.append("| row | requests | p50 ms | p99 ms | max ms | p99 / direct's |")
+        out.append("|---|---:|---:|---:|---:|---:|")
+        for name, result in measured.items():
+            versus = ratio(result.p99_ms, direct.p99_ms if direct else None)
+            out.append(
+                f"| {name} | {result.requests} | {fmt(result.p50_ms, '.3f')} | "
+                f"{fmt(result.p99_ms, '.3f')} | {fmt(result.max_ms, '.3f')} | "
+                f"{fmt(versus, '.2f')} |"
+            )
     out.append("\nSPEC section 6 bars (pvtunnel)\n")
     out.append("| bar | needed | pvtunnel | result |")
     out.append("|---|---|---|---|")
@@ -1435,12 +1505,14 @@ def main(argv: list[str] | None = None) -> int:
     children = h.Children()
     world = World(settings=settings, tmp=tmp, logs=logs, tools=tools, children=children)
     rows: dict[str, RowResult] = {}
+    fixtures = contextlib.ExitStack()
     try:
         write_payloads(world)
         (world.nginx_port,) = h.free_ports(1)
         world.nginx = start_nginx(
             world, name="nginx-origin", port=world.nginx_port, server_block=origin_block(world)
         )
+        world.split_port = fixtures.enter_context(split.split_upstream(children, logs))
         world.other_load_at_start = others.cores()
         if world.other_load_at_start > OTHER_LOAD_WARN_CORES:
             print(
@@ -1463,6 +1535,7 @@ def main(argv: list[str] | None = None) -> int:
             "other_load_at_start_cores": world.other_load_at_start,
         }
     finally:
+        fixtures.close()
         children.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = compute_ratios(rows)
