@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """The ``trio-relay`` and ``h11-relay`` benchmark rows: the least a tunnel on Trio costs.
 
-Why they exist: SPEC section 6 sets pvtunnel's bars as ratios to ``ssh -R``, a tunnel
-in C. These rows measure, on the same machine in the same run, what two Trio
-processes cost when they do nothing but what any such tunnel must:
+Why they exist: pvtunnel's speed bars (``docs/performance.md``) are ratios to
+``ssh -R``, a tunnel in C. These rows measure, on the same machine in the same run,
+what two Trio processes cost when they do nothing but what any such tunnel must:
 
 - ``trio-relay`` (``--mode raw``) parses nothing. Each client connection is a stream
   of frames over one multiplexed TCP connection; the back opens one upstream
