@@ -22,7 +22,8 @@ that is checked byte for byte), and a private sshd with throwaway keys provides 
 - ``trio-relay``   ``trio_relay.py``: two Trio processes that only move bytes over one
                    multiplexed connection, parsing nothing: the floor under any tunnel
                    written on pvtunnel's runtime;
-- ``h11-relay``    the same doing exactly pvtunnel's h11 work per request and nothing
+- ``h11-relay``    the same doing the h11 work any HTTP tunnel must per request (each
+                   head validated once, a response written in one send) and nothing
                    else: the floor under any tunnel on pvtunnel's stack;
 - ``pvtunnel``     ``pvtunnel serve`` + ``pvtunnel agent``, route ``app`` -> nginx, and
                    route ``slow`` -> a slow upstream (``slow.py``): after the row's
