@@ -3,9 +3,9 @@
 
 Usage::
 
-    /work/venv/bin/python benchmarks/memory.py                 # 1 GiB each way
-    /work/venv/bin/python benchmarks/memory.py --size-mib 256  # smaller, quicker
-    /work/venv/bin/python benchmarks/memory.py --verify        # also CRC-32 the bytes
+    python benchmarks/memory.py                 # 1 GiB each way
+    python benchmarks/memory.py --size-mib 256  # smaller, quicker
+    python benchmarks/memory.py --verify        # also CRC-32 the bytes
 
 Starts, on 127.0.0.1 only:
 - an upstream (this file with ``--serve-upstream``, a separate process: plain sockets,

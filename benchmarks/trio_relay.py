@@ -21,12 +21,11 @@ what two Trio processes cost when they do nothing but what any such tunnel must:
   adds over this row is its own (WebSocket, flow control, header rules, limits,
   routing, logs and metrics).
 
-Both use what pvtunnel uses below its protocol: its socket reads and writes
-(`fast_io`, which skips Trio's extra scheduling round), its end-of-pass sending
-(`batching`: each scheduler pass's frames leave in one write when the pass ends) and
-its heap settings (`_heap`). Neither has timeouts, windows or error handling beyond
-closing: they are instruments, not tunnels. Frames are (stream id, kind, length,
-payload).
+Both use pvtunnel's socket reads and writes (`fast_io`, which skips Trio's extra
+scheduling round) and its heap settings (`_heap`), and send with an instrument of
+their own (`_end_of_pass.py`: each scheduler pass's frames leave in one write when
+the pass ends). Neither has timeouts, windows or error handling beyond closing:
+they are instruments, not tunnels. Frames are (stream id, kind, length, payload).
 
 Usage (``run.py`` starts both)::
 
@@ -74,13 +73,13 @@ FLUSH_BYTES: Final = 65536
 class Tunnel:
     """One TCP connection carrying every stream.
 
-    What a scheduler pass queues leaves when the pass ends (`batching`), written
+    What a scheduler pass queues leaves when the pass ends (`_end_of_pass`), written
     without yielding as far as the socket takes it; the rest, and everything once
     the queue passes `HIGH_WATER`, goes to the writer task. TCP_NODELAY is Trio's
     default on every `trio.SocketStream`, here and for the local connections.
     """
 
-    label = "relay tunnel"  # for `batching`'s log line
+    label = "relay tunnel"  # for `_end_of_pass`'s log line
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream: ByteStream = fast_io(stream)
@@ -102,7 +101,7 @@ class Tunnel:
             await self.drained.wait()
 
     def send_at_end_of_pass(self) -> bool:
-        """Called by `batching.EndOfPassSender`: True when it woke the writer task."""
+        """Called by `_end_of_pass.EndOfPassSender`: True when it woke the writer task."""
         if self._writing or not isinstance(self.stream, FastSocket):
             return self.wake_writer_task()
         try:
