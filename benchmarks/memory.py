@@ -3,9 +3,9 @@
 
 Usage::
 
-    /work/venv/bin/python benchmarks/memory.py                 # 1 GiB each way
-    /work/venv/bin/python benchmarks/memory.py --size-mib 256  # smaller, quicker
-    /work/venv/bin/python benchmarks/memory.py --verify        # also CRC-32 the bytes
+    python benchmarks/memory.py                 # 1 GiB each way
+    python benchmarks/memory.py --size-mib 256  # smaller, quicker
+    python benchmarks/memory.py --verify        # also CRC-32 the bytes
 
 Starts, on 127.0.0.1 only:
 - an upstream (this file with ``--serve-upstream``, a separate process: plain sockets,
@@ -22,7 +22,7 @@ for its byte count. Before each transfer the server's and the agent's peak RSS
 its own peak; the overall peak also covers start-up. The same four transfers straight
 to the upstream (row ``direct``) show that the upstream and client are not the limit.
 
-SPEC section 6 bar: peak RSS of the server and of the agent each < 100 MiB.
+The bar (docs/performance.md): peak RSS of the server and of the agent each < 100 MiB.
 Prints a markdown table; writes ``OUT/memory.json`` and logs under ``OUT/logs/``.
 Exit status: 0 all transfers ran, 1 one failed, 3 with ``--fail-on-bars`` and a bar missed.
 """
@@ -341,7 +341,7 @@ def render(
         out.append(f"| pvtunnel | all | - | - | - | - | - | - | - | FAILED: {tunnel_error} |")
     bars: list[dict[str, object]] = []
     out += [
-        "\nSPEC section 6 bar: 1 GiB upload and download, peak RSS of each process\n",
+        "\nThe bar: 1 GiB upload and download, peak RSS of each process\n",
         "| process | peak RSS MiB (whole run) | bar | result |",
         "|---|---:|---|---|",
     ]

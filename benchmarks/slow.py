@@ -1,4 +1,4 @@
-"""1,000 concurrent slow requests through one agent, next to fast ones (SPEC section 6).
+"""1,000 concurrent slow requests through one agent, next to fast ones.
 
 The bar: "1,000 concurrent slow requests through one agent: all complete; meanwhile
 fast requests' p99 stays under 10 ms and under 2 x their p99 alone."
@@ -377,7 +377,7 @@ class SlowResult:
     error: str | None = None
 
     def passed(self) -> bool:
-        """The SPEC bar: all complete, fast p99 < 10 ms and < 2 x alone (and no fast
+        """The bar: all complete, fast p99 < 10 ms and < 2 x alone (and no fast
         request failed, which would make the p99 meaningless)."""
         return (
             self.error is None

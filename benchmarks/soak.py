@@ -28,6 +28,7 @@ import tempfile
 from pathlib import Path
 from typing import Final
 
+import _harness as h
 import h11
 import trio
 
@@ -40,11 +41,8 @@ HEARTBEAT: Final = "[timeouts]\nheartbeat_s = 1.0\nheartbeat_timeout_s = 4.0\n"
 
 
 def rss_kib(pid: int, key: str = "VmRSS") -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    return 0
+    """A memory figure of a live process in KiB (0 once it is gone)."""
+    return h.proc_status_kib(pid, key) or 0
 
 
 # --------------------------------------------------------------------- upstream
@@ -213,18 +211,10 @@ async def drain_stderr(process: trio.Process) -> None:
         pass
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def soak(minutes: float, workers: int) -> dict[str, object]:
     pvtunnel = [sys.executable, "-m", "pvtunnel"]
     env = {**os.environ, "PVTUNNEL_INTERNAL_TOKEN": TOKEN, "PVTUNNEL_TOKEN": TOKEN}
-    internal, external = free_port(), free_port()
+    internal, external = h.free_ports(2)
     with tempfile.TemporaryDirectory() as tmp:
         server_toml = Path(tmp) / "server.toml"
         server_toml.write_text(f'host = "127.0.0.1"\n{HEARTBEAT}')

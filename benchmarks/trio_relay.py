@@ -1,26 +1,31 @@
 #!/usr/bin/env python3
 """The ``trio-relay`` and ``h11-relay`` benchmark rows: the least a tunnel on Trio costs.
 
-Why they exist: SPEC section 6 sets pvtunnel's bars as ratios to ``ssh -R``, a tunnel
-in C. These rows measure, on the same machine in the same run, what two Trio
-processes cost when they do nothing but what any such tunnel must:
+Why they exist: pvtunnel's speed bars (``docs/performance.md``) are ratios to
+``ssh -R``, a tunnel in C. These rows measure, on the same machine in the same run,
+what two Trio processes cost when they do nothing but what any such tunnel must:
 
 - ``trio-relay`` (``--mode raw``) parses nothing. Each client connection is a stream
   of frames over one multiplexed TCP connection; the back opens one upstream
   connection per stream. What this row costs is the runtime's.
-- ``h11-relay`` (``--mode http``) adds exactly the h11 work pvtunnel does per request,
-  and nothing else: the front parses the request and builds and serialises the
-  response; the back builds and serialises the request and parses the response.
-  Heads cross as `marshal` tuples. What this row adds over ``trio-relay`` is h11's
-  cost; what ``pvtunnel`` adds over this row is pvtunnel's own (WebSocket, flow
-  control, validation, limits, routing, logs and metrics).
+- ``h11-relay`` (``--mode http``) adds the h11 work any tunnel that parses HTTP must
+  do per request, and nothing else: the front parses the request and serialises the
+  response; the back serialises the request and parses the response. Heads cross
+  as `marshal` tuples. A head is validated once, by the parser that read it: the
+  events rebuilt on the other side pass h11's ``_parsed=True``, which skips the
+  second run of its header regexes (framing headers are still normalised, and
+  methods and targets still checked). The front writes what a pass of the tunnel
+  reader delivered for a client in one send (a response head, a small body and
+  its end together), and flushes at `FLUSH_BYTES` on the way, as pvtunnel's front
+  does. What this row adds over ``trio-relay`` is h11's cost; what ``pvtunnel``
+  adds over this row is its own (WebSocket, flow control, header rules, limits,
+  routing, logs and metrics).
 
-Both use what pvtunnel uses below its protocol: its socket reads and writes
-(`fast_io`, which skips Trio's extra scheduling round), its end-of-pass sending
-(`batching`: each scheduler pass's frames leave in one write when the pass ends) and
-its heap settings (`_heap`). Neither has timeouts, windows or error handling beyond
-closing: they are instruments, not tunnels. Frames are (stream id, kind, length,
-payload).
+Both use pvtunnel's socket reads and writes (`fast_io`, which skips Trio's extra
+scheduling round) and its heap settings (`_heap`), and send with an instrument of
+their own (`_end_of_pass.py`: each scheduler pass's frames leave in one write when
+the pass ends). Neither has timeouts, windows or error handling beyond closing:
+they are instruments, not tunnels. Frames are (stream id, kind, length, payload).
 
 Usage (``run.py`` starts both)::
 
@@ -61,18 +66,20 @@ TUNNEL_RECEIVE_SIZE: Final = 262144
 # transfers, and small frames still leave in one write per scheduler pass.
 HIGH_WATER: Final = 1 << 20
 CONNECT_TIMEOUT_S: Final = 10.0
+# A long body goes to the client in writes of this size at least (pvtunnel's front too).
+FLUSH_BYTES: Final = 65536
 
 
 class Tunnel:
     """One TCP connection carrying every stream.
 
-    What a scheduler pass queues leaves when the pass ends (`batching`), written
+    What a scheduler pass queues leaves when the pass ends (`_end_of_pass`), written
     without yielding as far as the socket takes it; the rest, and everything once
     the queue passes `HIGH_WATER`, goes to the writer task. TCP_NODELAY is Trio's
     default on every `trio.SocketStream`, here and for the local connections.
     """
 
-    label = "relay tunnel"  # for `batching`'s log line
+    label = "relay tunnel"  # for `_end_of_pass`'s log line
 
     def __init__(self, stream: trio.SocketStream) -> None:
         self.stream: ByteStream = fast_io(stream)
@@ -94,7 +101,7 @@ class Tunnel:
             await self.drained.wait()
 
     def send_at_end_of_pass(self) -> bool:
-        """Called by `batching.EndOfPassSender`: True when it woke the writer task."""
+        """Called by `_end_of_pass.EndOfPassSender`: True when it woke the writer task."""
         if self._writing or not isinstance(self.stream, FastSocket):
             return self.wake_writer_task()
         try:
@@ -124,12 +131,21 @@ class Tunnel:
                 self.drained.set()
                 self.drained = trio.Event()
 
-    async def read_frames(self, deliver: Callable[[int, int, bytes], Awaitable[None]]) -> None:
-        """Until the tunnel closes or breaks."""
+    async def read_frames(
+        self,
+        deliver: Callable[[int, int, bytes], Awaitable[None]],
+        after_read: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Until the tunnel closes or breaks; ``after_read`` runs once the frames of
+        each read are delivered."""
         with contextlib.suppress(*BROKEN):
-            await self._read_frames(deliver)
+            await self._read_frames(deliver, after_read)
 
-    async def _read_frames(self, deliver: Callable[[int, int, bytes], Awaitable[None]]) -> None:
+    async def _read_frames(
+        self,
+        deliver: Callable[[int, int, bytes], Awaitable[None]],
+        after_read: Callable[[], Awaitable[None]] | None,
+    ) -> None:
         buffer = bytearray()
         while chunk := await self.stream.receive_some(TUNNEL_RECEIVE_SIZE):
             buffer += chunk
@@ -144,6 +160,8 @@ class Tunnel:
                 await deliver(stream_id, kind, payload)
                 start = end
             del buffer[:start]
+            if after_read is not None:
+                await after_read()
 
 
 class Local:
@@ -157,7 +175,9 @@ class Local:
         data = await self.io.receive_some(RECEIVE_SIZE)
         return data if isinstance(data, bytes) else bytes(data)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes | bytearray) -> None:
+        if not data:
+            return  # e.g. the end of a message with a Content-Length: nothing to send
         with contextlib.suppress(*BROKEN):
             await self.io.send_all(data)
 
@@ -268,25 +288,39 @@ class HttpClientSide(HttpSide):
     def __init__(self, local: Local, tunnel: Tunnel, stream_id: int) -> None:
         super().__init__(local, tunnel, stream_id)
         self.answered = trio.Event()
+        self.pending = bytearray()  # serialised, not yet written
 
     async def _message_sent(self) -> None:
         # One request at a time: the next is read once this one's response went out.
         await self.answered.wait()
         self.answered = trio.Event()
 
+    async def flush(self) -> None:
+        """Write what is pending in one send."""
+        if self.pending:
+            data, self.pending = self.pending, bytearray()
+            await self.local.write(data)
+
     async def deliver(self, kind: int, payload: bytes) -> None:
         conn = self.conn
         if kind == HEAD:
             status, reason, headers = marshal.loads(payload)
             kind_of_response = h11.InformationalResponse if status < 200 else h11.Response
-            response = kind_of_response(status_code=status, reason=reason, headers=headers)
-            await self.local.write(conn.send(response) or b"")
+            # Parsed and validated by the back's h11 a moment ago.
+            response = kind_of_response(
+                status_code=status, reason=reason, headers=headers, _parsed=True
+            )
+            self.pending += conn.send(response) or b""
         elif kind == DATA:
-            await self.local.write(conn.send(h11.Data(data=payload)) or b"")
+            self.pending += conn.send(h11.Data(data=payload)) or b""
+            if len(self.pending) >= FLUSH_BYTES:
+                await self.flush()
         elif kind == END:
-            await self.local.write(conn.send(h11.EndOfMessage()) or b"")
+            self.pending += conn.send(h11.EndOfMessage()) or b""
+            await self.flush()
             self.answered.set()
         else:
+            await self.flush()
             await self.local.close()
             self.answered.set()
 
@@ -301,7 +335,8 @@ class HttpUpstreamSide(HttpSide):
         try:
             if kind == HEAD:
                 method, target, headers = marshal.loads(payload)
-                request = h11.Request(method=method, target=target, headers=headers)
+                # Parsed and validated by the front's h11 a moment ago.
+                request = h11.Request(method=method, target=target, headers=headers, _parsed=True)
                 await self.local.write(conn.send(request) or b"")
             elif kind == DATA:
                 await self.local.write(conn.send(h11.Data(data=payload)) or b"")
@@ -324,9 +359,20 @@ async def front(listen_port: int, tunnel_port: int, http: bool) -> None:
     clients: dict[int, Side] = {}
     next_id = 1
 
+    unflushed: dict[HttpClientSide, None] = {}
+
     async def deliver(stream_id: int, kind: int, payload: bytes) -> None:
         if (client := clients.get(stream_id)) is not None:
             await client.deliver(kind, payload)
+            if isinstance(client, HttpClientSide) and client.pending:
+                unflushed[client] = None
+
+    async def flush_all() -> None:
+        """What one read delivered for each client leaves in one send."""
+        while unflushed:
+            client = next(iter(unflushed))
+            del unflushed[client]
+            await client.flush()
 
     async def serve_client(stream: trio.SocketStream) -> None:
         nonlocal next_id
@@ -342,7 +388,7 @@ async def front(listen_port: int, tunnel_port: int, http: bool) -> None:
     async with trio.open_nursery() as nursery:
 
         async def read_until_closed() -> None:
-            await tunnel.read_frames(deliver)
+            await tunnel.read_frames(deliver, flush_all if http else None)
             nursery.cancel_scope.cancel()  # the back left: so do the clients
 
         nursery.start_soon(tunnel.write_forever)
