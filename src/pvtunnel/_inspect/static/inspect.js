@@ -46,7 +46,8 @@ function row(entry) {
   const tr = el("tr");
   tr.dataset.id = entry.id;
   const time = new Date(entry.time);
-  tr.append(el("td", time.toLocaleTimeString()));
+  const millis = String(time.getMilliseconds()).padStart(3, "0");
+  tr.append(el("td", `${time.toTimeString().slice(0, 8)}.${millis}`, "time"));
   tr.append(el("td", entry.method, "method"));
   const target = el("td", entry.target, "target");
   target.title = `${entry.host}${entry.target}`;
