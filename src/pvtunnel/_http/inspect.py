@@ -1,6 +1,6 @@
 """Who may use the inspector's page and API, and which of them a request asks for.
 
-Access is that of ``/status`` (``SECURITY.md``): with no admin token the listener
+Access is that of ``/status`` (``docs/inspector.md``): with no admin token the listener
 is on loopback and answers without one; with a token, every inspector request
 must carry it, as ``Authorization: Bearer <token>`` (scripts) or as the password
 of HTTP Basic (any user name), so that a browser asks for it once and then sends
