@@ -216,6 +216,25 @@ async def test_failures_are_recorded_and_so_is_a_failed_replay() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_client_that_leaves_mid_request_is_recorded_as_failed() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery)
+            client = await Client.connect(inspected.running.port)
+            await client._send(
+                h11.Request(method=b"GET", target=b"/watch", headers=[(b"host", b"app")])
+            )
+            await client._send(h11.EndOfMessage())
+            await inspected.upstream.hold_started.wait()
+            await client.stream.aclose()
+            await inspected.upstream.hung_up.wait()  # the agent gave the request up
+            await trio.testing.wait_all_tasks_blocked()
+            (entry,) = await inspected.get_json(b"/inspect/api/requests")
+            assert (entry["target"], entry["state"], entry["status"]) == ("/watch", "failed", None)
+            assert "went away" in entry["error"]
+            nursery.cancel_scope.cancel()
+
+
 async def test_cut_bodies_are_marked_and_replay_needs_the_body_again() -> None:
     inspect = InspectConfig(enabled=True, max_body_bytes=1000)
     payload = bytes(range(256)) * 10

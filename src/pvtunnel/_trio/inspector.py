@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
+from pvtunnel._errors import TunnelClosedError
 from pvtunnel._inspect.capture import Capture, Exchange
 from pvtunnel._inspect.edits import EditError, Edits, edited_request
 from pvtunnel._trio.tunnel import END
@@ -55,7 +56,11 @@ class RecordingChannel:
         return self._channel.stream_id
 
     async def receive(self) -> InboxItem:
-        item = await self._channel.receive()
+        try:
+            item = await self._channel.receive()
+        except TunnelClosedError as exc:
+            self._exchange.failed(str(exc))
+            raise
         if isinstance(item, bytes):
             self._exchange.request_data(item)
         return item
@@ -65,7 +70,11 @@ class RecordingChannel:
 
     async def send_data(self, data: bytes) -> None:
         self._exchange.response_data(data)
-        await self._channel.send_data(data)
+        try:
+            await self._channel.send_data(data)
+        except TunnelClosedError as exc:
+            self._exchange.failed(str(exc))  # the client went away, or the server did
+            raise
 
     def send_response(self, head: ResponseHead) -> None:
         self._channel.send_response(head)
@@ -142,6 +151,10 @@ class Inspector:
         exchange = self.capture.begin(head)
         try:
             await Replay(RecordingChannel(channel, exchange), head, route, self._pool).run()
+        except trio.Cancelled:
+            # The server reset the stream (its client left) or the agent is stopping.
+            exchange.failed("cancelled: the client or the tunnel went away")
+            raise
         finally:
             exchange.finish()
 
