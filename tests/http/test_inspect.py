@@ -135,6 +135,7 @@ def test_a_replay_must_be_json_from_the_page_itself(
             InspectRequest(action=Action.REPLAY, exchange_id=12),
         ),
         (b"GET", b"/inspect/api/events", InspectRequest(action=Action.EVENTS)),
+        (b"HEAD", b"/inspect/api/events", 405),
         (b"GET", b"/inspect/api/requests/x1", 404),
         (b"GET", b"/inspect/api/requests/", 404),
         (b"GET", b"/inspect/api/requests/1234567890123456789", 404),

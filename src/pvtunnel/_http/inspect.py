@@ -125,6 +125,9 @@ def route(method: bytes, target: bytes) -> InspectRequest | AdminResponse:
     if path == API:
         return InspectRequest(action=Action.LIST)
     if path == EVENTS:
+        # A HEAD has no body to stream events in.
+        if method != b"GET":
+            return _not_allowed(b"GET")
         return InspectRequest(action=Action.EVENTS)
     exchange_id = _exchange_id(path, suffix=b"")
     if exchange_id is not None:
