@@ -21,7 +21,7 @@ import trio
 
 from pvtunnel._errors import TunnelClosedError
 from pvtunnel._inspect.capture import Capture, Exchange
-from pvtunnel._inspect.edits import EditError, Edits, edited_request
+from pvtunnel._inspect.edits import edited_request
 from pvtunnel._trio.tunnel import END
 from pvtunnel._trio.upstream import Replay
 from pvtunnel._wire.frames import StreamId
@@ -30,6 +30,7 @@ from pvtunnel._wire.heads import RequestHead
 if TYPE_CHECKING:
     from pvtunnel._config import AgentConfig, Route
     from pvtunnel._errors import ErrorCode
+    from pvtunnel._inspect.edits import Edits
     from pvtunnel._trio.channels import StreamChannel
     from pvtunnel._trio.tunnel import InboxItem
     from pvtunnel._trio.upstream import UpstreamPool
@@ -198,6 +199,3 @@ class Inspector:
         finally:
             exchange.finish()
         return exchange
-
-
-__all__ = ["EditError", "Inspector", "LocalChannel", "RecordingChannel", "ReplayRefusedError"]
