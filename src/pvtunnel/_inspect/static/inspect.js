@@ -5,7 +5,7 @@
 "use strict";
 
 const API = "/inspect/api";
-const MASKED = new Set(["authorization", "cookie"]);
+const MASKED = new Set(["authorization", "cookie", "set-cookie"]);
 const entries = new Map(); // id -> summary
 let selected = null; // id shown in the detail pane
 let shown = null; // its detail document
