@@ -187,8 +187,13 @@ def test_proxy_authorization_and_tokens_are_never_captured() -> None:
     )
     ring, _ = capture()
     exchange = ring.begin(head(b"/", *headers))
+    exchange.request_data(b"token=" + TOKEN)
     exchange.response_head(ResponseHead(status=200, headers=((b"Set-Cookie", TOKEN),)))
-    shown = repr(exchange.detail())
+    detail = exchange.detail()
+    request = detail["request"]
+    assert isinstance(request, dict)
+    assert base64.b64decode(request["body"]["base64"]) == b"token=" + REDACTED
+    shown = repr(detail)
     assert TOKEN.decode() not in shown
     assert "dTp0b2tlbg" not in shown
     assert "the-users-own" in shown

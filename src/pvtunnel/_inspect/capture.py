@@ -12,8 +12,9 @@ their bytes are a conversation, not a document, and may never end.
 
 Never kept: ``Proxy-Authorization`` (the server's external token) and any header
 value that contains one of the agent's own secrets (its tunnel token, its admin
-token); such values read ``[redacted]``. ``Authorization`` and ``Cookie`` are kept,
-since they are the developer's own, and the page masks them until clicked.
+token); such values read ``[redacted]``, and so do those secrets where a body
+preview holds them. ``Authorization`` and ``Cookie`` are kept, since they are the
+developer's own, and the page masks them until clicked.
 
 Plain Python: the Trio layer feeds it and the admin listener renders it.
 """
@@ -114,12 +115,16 @@ class BodyPreview:
         """Keep nothing more (the exchange left the ring): later bytes are only counted."""
         self.limit = len(self.data)
 
-    def document(self) -> dict[str, object]:
+    def document(self, secrets: tuple[bytes, ...] = ()) -> dict[str, object]:
+        """The preview as the API shows it, with any of ``secrets`` in it redacted."""
+        data = bytes(self.data)
+        for secret in secrets:
+            data = data.replace(secret, REDACTED)
         return {
             "size": self.size,
             "cut": self.cut,
             "omitted": self.omitted,
-            "base64": base64.b64encode(self.data).decode("ascii"),
+            "base64": base64.b64encode(data).decode("ascii"),
         }
 
 
@@ -248,13 +253,13 @@ class Exchange:
             **self.summary(),
             "request": {
                 "headers": _header_list(self.request_headers),
-                "body": self.request_body.document(),
+                "body": self.request_body.document(self._capture.secrets),
             },
             "response": {
                 "status": self.status,
                 "reason": _text(self.reason),
                 "headers": _header_list(self.response_headers),
-                "body": self.response_body.document(),
+                "body": self.response_body.document(self._capture.secrets),
             },
             "timing": {"response_head_ms": self.response_head_ms, "duration_ms": self.duration_ms},
         }
