@@ -6,6 +6,7 @@ Usage::
     python benchmarks/memory.py                 # 1 GiB each way
     python benchmarks/memory.py --size-mib 256  # smaller, quicker
     python benchmarks/memory.py --verify        # also CRC-32 the bytes
+    python benchmarks/memory.py --inspect       # the agent's inspector on
 
 Starts, on 127.0.0.1 only:
 - an upstream (this file with ``--serve-upstream``, a separate process: plain sockets,
@@ -380,6 +381,11 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-direct", action="store_true", help="skip the transfers straight to the upstream"
     )
     parser.add_argument("--fail-on-bars", action="store_true", help="exit 3 when a bar fails")
+    parser.add_argument(
+        "--inspect",
+        action="store_true",
+        help="run the agent with its request inspector on (--inspect, any free admin port)",
+    )
     parser.add_argument("--seed", type=int, default=20251126, help=argparse.SUPPRESS)
     parser.add_argument("--serve-upstream", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -421,7 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         print("== pvtunnel", file=sys.stderr)
         try:
             version = h.check_pvtunnel(h.pvtunnel_command())
-            with h.open_pvtunnel(children, upstream_port=port, log_dir=logs) as tunnel:
+            inspect = ["--inspect", "--admin-port", "0"] if args.inspect else []
+            with h.open_pvtunnel(
+                children, upstream_port=port, log_dir=logs, extra_agent_args=inspect
+            ) as tunnel:
                 exit_codes = tunnel.exit_codes
                 watched = {"server": tunnel.server.pid, "agent": tunnel.agent.pid}
                 results += measure_path(

@@ -46,7 +46,7 @@ from pvtunnel._status import (
     fetch_status,
     format_status,
 )
-from pvtunnel._trio.agent import TunnelAgent
+from pvtunnel._trio.agent import AgentStatus, TunnelAgent
 from pvtunnel._trio.demo import serve_demo_upstream
 from pvtunnel._trio.server import ServerAddresses, TunnelServer
 from pvtunnel._trio.tunnel import first_error
@@ -100,6 +100,12 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--client-id", help="this agent's name in the server's logs")
     agent.add_argument(
         "--admin-port", type=int, help="serve /metrics, /status, /live, /ready here (0: any)"
+    )
+    agent.add_argument(
+        "--inspect",
+        action="store_true",
+        help="record requests and show them at /inspect on the admin listener "
+        "(127.0.0.1:4040 unless --admin-port says otherwise)",
     )
     agent.add_argument(
         "--route",
@@ -220,6 +226,7 @@ def _agent(args: argparse.Namespace) -> int:
         routes=args.route,
         admin_port=args.admin_port,
         admin_token=admin_token_from_environment(os.environ),
+        inspect=args.inspect,
     )
     problems = config.validate_runnable()
     if problems:
@@ -244,10 +251,18 @@ async def _run_agent(config: AgentConfig) -> int:
                     f"pvtunnel agent: ready server={status.server_url} "
                     f"routes={','.join(status.routes)}"
                     + (f" admin={_url('http', status.admin)}" if status.admin else "")
+                    + _inspect_url(config, status.admin)
                 )
         except BaseExceptionGroup as group:
             raise first_error(group) from None
     return 0
+
+
+def _inspect_url(config: AgentConfig, admin: tuple[str, int] | None) -> str:
+    """The ready line's ``inspect=URL``: where the inspector's page is, if it is on."""
+    if not config.inspect.enabled or admin is None:
+        return ""
+    return f" inspect={_url('http', admin)}/inspect"
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -304,8 +319,11 @@ async def _run_demo(preferred_port: int) -> int:
             agent_config = with_agent_overrides(
                 AgentConfig(client_id="demo-agent", server=_endpoint(addresses, token)),
                 routes=[f"demo=127.0.0.1:{upstream_port}"],
+                inspect=True,
             )
-            await nursery.start(TunnelAgent(agent_config).serve)
+            status = await _start_agent_on(nursery, agent_config)
+            assert status.admin is not None  # --inspect always opens the admin listener
+            page = f"{_url('http', status.admin)}/inspect"
             port = addresses.external[1]
             _say(
                 f"pvtunnel demo: ready. A server, an agent and a sample service are running.\n"
@@ -313,6 +331,7 @@ async def _run_demo(preferred_port: int) -> int:
                 f"  curl -H 'Host: demo' http://127.0.0.1:{port}/\n"
                 f"  curl -x http://127.0.0.1:{port} http://demo/hello\n"
                 f"  curl -H 'Host: demo' --data-binary 'echo me' http://127.0.0.1:{port}/echo\n"
+                f"and watch them arrive at {page}\n"
                 f"Ctrl-C stops it."
             )
     return 0
@@ -330,6 +349,17 @@ async def _start_server_on(
             addresses: ServerAddresses = await nursery.start(server.serve)
             return server, addresses
     raise OSError("no free port")
+
+
+async def _start_agent_on(nursery: trio.Nursery, config: AgentConfig) -> AgentStatus:
+    """Start with the inspector on its usual port, or any free one when it is taken."""
+    assert config.admin is not None
+    try:
+        status: AgentStatus = await nursery.start(TunnelAgent(config).serve)
+    except OSError:
+        config = attrs.evolve(config, admin=attrs.evolve(config.admin, port=0))
+        status = await nursery.start(TunnelAgent(config).serve)
+    return status
 
 
 def _endpoint(addresses: ServerAddresses, token: str) -> ServerEndpoint:

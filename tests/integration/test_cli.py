@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -249,5 +250,14 @@ async def test_demo_prints_a_curl_line_that_works(launch: Launch) -> None:
         reply = await fetch(int(match.group(1)), b"GET", b"/", host=b"demo")
         assert reply.status == 200
         assert b"Hello from the private service behind pvtunnel!" in reply.body
+        # The demo turns the inspector on (on 4040, or any free port if that is taken).
+        page = await demo.wait_for(r"watch them arrive at http://127\.0\.0\.1:(\d+)/inspect$")
+        inspector = int(page.group(1))
+        listing = await fetch(
+            inspector, b"GET", b"/inspect/api/requests", host=b"127.0.0.1:%d" % inspector
+        )
+        assert [(entry["method"], entry["target"]) for entry in json.loads(listing.body)] == [
+            ("GET", "/")
+        ]
         demo.process.send_signal(signal.SIGINT)
         assert await demo.process.wait() == 0

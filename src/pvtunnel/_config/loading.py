@@ -66,7 +66,13 @@ _SERVER_KEYS: Final = frozenset({"internal", "external"})
 _AGENT_KEYS: Final = frozenset({"client_id", "server", "routes"})
 _WEAK_SERVER_KEYS: Final = frozenset({"host", "limits"})
 _WEAK_AGENT_KEYS: Final = frozenset(
-    {"max_streams", "stream_window_bytes", "connection_window_bytes", "upstream_pool_size"}
+    {
+        "inspect",
+        "max_streams",
+        "stream_window_bytes",
+        "connection_window_bytes",
+        "upstream_pool_size",
+    }
 )
 
 

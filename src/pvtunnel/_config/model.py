@@ -336,6 +336,24 @@ class AgentTimeouts:
 
 
 @attrs.frozen(kw_only=True)
+class InspectConfig:
+    """The request inspector (``[inspect]`` in agent.toml): off unless ``enabled``.
+
+    What it keeps is bounded by ``max_requests`` and ``max_bytes`` together (the
+    oldest exchanges go first); each body is cut at ``max_body_bytes``.
+    """
+
+    enabled: bool = attrs.field(default=False, validator=Rule(rules.boolean))
+    max_requests: int = attrs.field(default=200, validator=Rule(rules.integer(1, 100000)))
+    max_bytes: int = attrs.field(
+        default=16 * 1024 * 1024, validator=Rule(rules.integer(65536, rules.MAX_INT32))
+    )
+    max_body_bytes: int = attrs.field(
+        default=64 * 1024, validator=Rule(rules.integer(0, 16 * 1024 * 1024))
+    )
+
+
+@attrs.frozen(kw_only=True)
 class AgentConfig:
     """Everything ``pvtunnel agent`` needs (agent.toml plus flags and environment)."""
 
@@ -344,6 +362,7 @@ class AgentConfig:
     routes: tuple[Route, ...] = attrs.field(default=(), validator=_unique_route_names)
     timeouts: AgentTimeouts = attrs.field(factory=AgentTimeouts)
     admin: AdminConfig | None = None
+    inspect: InspectConfig = attrs.field(factory=InspectConfig)
     max_streams: int = attrs.field(default=4096, validator=Rule(rules.integer(1, rules.MAX_INT32)))
     stream_window_bytes: int = attrs.field(
         default=2097152, validator=Rule(rules.integer(16384, rules.MAX_INT32))

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from .secret import Secret
 
 _ROUTE_FORMAT: Final = "expected NAME=HOST:PORT"
+# Where the inspector's page is when nothing says otherwise: ngrok's port, so a
+# developer's bookmark and habits carry over.
+INSPECT_PORT: Final = 4040
 T = TypeVar("T")
 
 
@@ -170,6 +173,7 @@ def with_agent_overrides(
     admin_port: int | None = None,
     server_urls: Sequence[str] = (),
     admin_token: Secret | None = None,
+    inspect: bool = False,
 ) -> AgentConfig:
     """Apply ``pvtunnel agent`` flags; None or empty leaves the file's value.
 
@@ -220,10 +224,17 @@ def with_agent_overrides(
     server = config.server
     if flag_urls:
         server = attrs.evolve(server, urls=tuple(flag_urls))
+    inspector = config.inspect
+    if inspect:
+        inspector = attrs.evolve(inspector, enabled=True)
+    admin = _admin_on(config.admin, admin_port, admin_token)
+    if inspector.enabled and admin is None:
+        admin = AdminConfig(port=INSPECT_PORT, token=admin_token)
     return attrs.evolve(
         config,
         client_id=config.client_id if client_id is None else client_id,
         server=server,
         routes=_merge_routes(config.routes, tuple(flag_routes.values())),
-        admin=_admin_on(config.admin, admin_port, admin_token),
+        admin=admin,
+        inspect=inspector,
     )

@@ -187,6 +187,13 @@ route_port = integer(1, 65535)
 """A port to connect to: 0 is never a real destination."""
 
 
+def boolean(value: object) -> bool:
+    """A TOML boolean: ``true`` or ``false``, never a string or a number."""
+    if isinstance(value, bool):
+        return value
+    raise InvalidValue(f"expected true or false, got {show(value)}")
+
+
 def seconds(value: object) -> float:
     """A duration in seconds: positive and finite (``inf`` and ``nan`` are valid TOML)."""
     if (

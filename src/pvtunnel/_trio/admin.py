@@ -19,6 +19,7 @@ import h11
 import trio
 
 from pvtunnel._http.admin import AdminResponse, AdminSource, respond
+from pvtunnel._http.inspect import is_inspect_path
 from pvtunnel._metrics import ServerLinkFigures, render_agent, render_server
 from pvtunnel._status import (
     AgentRouteEntry,
@@ -30,11 +31,13 @@ from pvtunnel._status import (
     iso_utc,
 )
 from pvtunnel._trio.http11 import H11Stream
+from pvtunnel._trio.inspect_http import answer_inspect
 from pvtunnel._trio.sockio import BROKEN
 
 if TYPE_CHECKING:
     from pvtunnel._config import AdminConfig, Secret
     from pvtunnel._trio.agent import TunnelAgent
+    from pvtunnel._trio.inspector import Inspector
     from pvtunnel._trio.server import TunnelServer
 
 logger = logging.getLogger("pvtunnel.admin")
@@ -47,6 +50,7 @@ MAX_HEAD_BYTES: Final = 16384
 async def serve_admin(
     config: AdminConfig,
     source: AdminSource,
+    inspector: Inspector | None = None,
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -55,6 +59,7 @@ async def serve_admin(
     Args:
         config: Where to listen, and the token ``/metrics`` and ``/status`` require.
         source: The server or agent whose figures to show.
+        inspector: The agent's request inspector, served at ``/inspect``.
 
     Raises:
         OSError: The port cannot be bound (taken, or no such address).
@@ -62,7 +67,9 @@ async def serve_admin(
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     sockname = listeners[0].socket.getsockname()
     address = (str(sockname[0]), int(sockname[1]))
-    handler = functools.partial(_serve_connection, source=source, token=config.token)
+    handler = functools.partial(
+        _serve_connection, source=source, inspector=inspector, token=config.token
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(trio.serve_listeners, handler, listeners))
         logger.info("admin listener on %s:%d", *address)
@@ -70,9 +77,14 @@ async def serve_admin(
 
 
 async def _serve_connection(
-    stream: trio.abc.Stream, *, source: AdminSource, token: Secret | None
+    stream: trio.abc.Stream,
+    *,
+    source: AdminSource,
+    inspector: Inspector | None,
+    token: Secret | None,
 ) -> None:
     http = H11Stream(h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES), stream)
+    inspect: h11.Request | None = None
     try:
         with trio.move_on_after(CONNECTION_DEADLINE_S):
             try:
@@ -82,9 +94,18 @@ async def _serve_connection(
                 await _send(http, answer, head_only=False)
                 return
             if isinstance(event, h11.Request):
-                answer = respond(source, token, event.method, event.target, event.headers)
-                await _send(http, answer, head_only=event.method == b"HEAD")
-    except BROKEN:
+                if is_inspect_path(event.target):
+                    inspect = event
+                else:
+                    answer = respond(source, token, event.method, event.target, event.headers)
+                    await _send(http, answer, head_only=event.method == b"HEAD")
+        if inspect is not None:
+            # Served past the deadline: its event stream lasts as long as the page.
+            answer_or_none = await answer_inspect(http, inspect, inspector, token)
+            if answer_or_none is not None:
+                with trio.move_on_after(CONNECTION_DEADLINE_S):
+                    await _send(http, answer_or_none, head_only=inspect.method == b"HEAD")
+    except (*BROKEN, h11.RemoteProtocolError):
         pass
     except Exception:
         # Boundary: a failing figure must not take the listener (or its owner) down.

@@ -41,6 +41,7 @@ from pvtunnel._errors import (
 )
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.admin import AgentAdmin, serve_admin
+from pvtunnel._trio.inspector import Inspector
 from pvtunnel._trio.tunnel import Channel, Tunnel, first_error
 from pvtunnel._trio.upstream import Replay, UpstreamPool
 from pvtunnel._trio.websocket import (
@@ -142,6 +143,10 @@ class TunnelAgent:
         self.routes: dict[str, Route] = {route.name: route for route in config.routes}
         self.metrics = AgentMetrics()
         self.pool = UpstreamPool(config, self.metrics)
+        # None unless [inspect] is on: the request path then only tests for None.
+        self.inspector = (
+            Inspector(config, self.routes, self.pool) if config.inspect.enabled else None
+        )
         self.links: tuple[ServerLink, ...] = tuple(ServerLink(url) for url in config.server.urls)
         self.draining = False
         self.admin_address: tuple[str, int] | None = None
@@ -190,7 +195,9 @@ class TunnelAgent:
             return
         try:
             async with trio.open_nursery() as nursery:
-                self.admin_address = await nursery.start(serve_admin, admin, AgentAdmin(self))
+                self.admin_address = await nursery.start(
+                    serve_admin, admin, AgentAdmin(self), self.inspector
+                )
                 await self._serve_links(task_status)
         except BaseExceptionGroup as group:
             # Callers catch HandshakeRefusedError itself, with or without the listener.
@@ -411,7 +418,11 @@ class TunnelAgent:
             channel.reset(ErrorCode.UNKNOWN_ROUTE, f"no route {head.route!r} here")
             return
         self.metrics.stream_started(route.name)
-        await Replay(channel, head, route, self.pool).run()
+        inspector = self.inspector
+        if inspector is None:
+            await Replay(channel, head, route, self.pool).run()
+        else:
+            await inspector.serve_stream(channel, head, route)
 
 
 async def _wait_streams_finished(tunnel: Tunnel) -> None:

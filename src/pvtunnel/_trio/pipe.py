@@ -20,12 +20,12 @@ from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE
 from pvtunnel._trio.tunnel import END, first_error
 
 if TYPE_CHECKING:
-    from pvtunnel._trio.tunnel import Channel
+    from pvtunnel._trio.channels import StreamChannel
 
 _BROKEN: Final = (*BROKEN, OSError)
 
 
-async def run_pipe(stream: trio.abc.Stream, channel: Channel, initial: bytes = b"") -> None:
+async def run_pipe(stream: trio.abc.Stream, channel: StreamChannel, initial: bytes = b"") -> None:
     """Move bytes both ways until both directions ended; never raises for I/O failures.
 
     Args:
@@ -43,7 +43,7 @@ async def run_pipe(stream: trio.abc.Stream, channel: Channel, initial: bytes = b
 
 
 async def _socket_to_stream(
-    stream: trio.abc.Stream, channel: Channel, initial: bytes, scope: trio.CancelScope
+    stream: trio.abc.Stream, channel: StreamChannel, initial: bytes, scope: trio.CancelScope
 ) -> None:
     try:
         if initial:
@@ -59,7 +59,7 @@ async def _socket_to_stream(
 
 
 async def _stream_to_socket(
-    stream: trio.abc.Stream, channel: Channel, scope: trio.CancelScope
+    stream: trio.abc.Stream, channel: StreamChannel, scope: trio.CancelScope
 ) -> None:
     try:
         while (item := await channel.receive()) is not END:

@@ -29,11 +29,12 @@ from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
 from pvtunnel._trio.sockio import BROKEN
-from pvtunnel._trio.tunnel import END, Channel, first_error
+from pvtunnel._trio.tunnel import END, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
 if TYPE_CHECKING:
     from pvtunnel._config import AgentConfig, Route
+    from pvtunnel._trio.channels import StreamChannel
 
 logger = logging.getLogger("pvtunnel.agent")
 
@@ -149,7 +150,7 @@ class Replay:
     """Replays one request; a fresh object per stream."""
 
     def __init__(
-        self, channel: Channel, head: RequestHead, route: Route, pool: UpstreamPool
+        self, channel: StreamChannel, head: RequestHead, route: Route, pool: UpstreamPool
     ) -> None:
         self.channel = channel
         self.head = head

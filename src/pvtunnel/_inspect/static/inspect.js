@@ -1,0 +1,292 @@
+// The pvtunnel inspector page: a live list of what the agent replayed, one
+// exchange's heads and bodies, and replay. It reads /inspect/api/ only, and
+// draws captured bytes with textContent (never as HTML): a body is whatever a
+// client sent.
+"use strict";
+
+const API = "/inspect/api";
+const MASKED = new Set(["authorization", "cookie", "set-cookie"]);
+const entries = new Map(); // id -> summary
+let selected = null; // id shown in the detail pane
+let shown = null; // its detail document
+
+const $ = (id) => document.getElementById(id);
+
+function el(tag, text, className) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (className) node.className = className;
+  return node;
+}
+
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1048576).toFixed(1)} MiB`;
+}
+
+// ---- the list
+
+function matches(entry, words) {
+  return words.every((word) => {
+    if (/^[a-z]+$/i.test(word) && word === word.toUpperCase() && word.length >= 3) {
+      if (entry.method === word) return true;
+    }
+    const status = entry.status === null ? "" : String(entry.status);
+    if (/^[1-5][0-9x]{2}$/i.test(word)) {
+      const pattern = new RegExp(`^${word.toLowerCase().replace(/x/g, "[0-9]")}$`);
+      return pattern.test(status);
+    }
+    const text = `${entry.method} ${entry.target} ${entry.host}`.toLowerCase();
+    return text.includes(word.toLowerCase());
+  });
+}
+
+function row(entry) {
+  const tr = el("tr");
+  tr.dataset.id = entry.id;
+  const time = new Date(entry.time);
+  const millis = String(time.getMilliseconds()).padStart(3, "0");
+  tr.append(el("td", `${time.toTimeString().slice(0, 8)}.${millis}`, "time"));
+  tr.append(el("td", entry.method, "method"));
+  const target = el("td", entry.target, "target");
+  target.title = `${entry.host}${entry.target}`;
+  if (entry.replay_of !== null) target.append(el("span", `replay of #${entry.replay_of}`, "badge"));
+  tr.append(target);
+  let status = entry.status === null ? (entry.state === "open" ? "…" : "error") : entry.status;
+  const statusCell = el("td", status, entry.status === null ? (entry.state === "failed" ? "failed" : "") : `status-${String(entry.status)[0]}`);
+  statusCell.classList.add("status");
+  tr.append(statusCell);
+  tr.append(el("td", entry.duration_ms === null ? "" : Math.round(entry.duration_ms)));
+  tr.append(el("td", bytes(entry.response_bytes)));
+  if (entry.id === selected) tr.classList.add("selected");
+  tr.addEventListener("click", () => select(entry.id));
+  return tr;
+}
+
+function render() {
+  const words = $("filter").value.trim().split(/\s+/).filter(Boolean);
+  const body = $("requests").tBodies[0];
+  const rows = [];
+  const ids = [...entries.keys()].sort((a, b) => b - a);
+  for (const id of ids) {
+    const entry = entries.get(id);
+    if (matches(entry, words)) rows.push(row(entry));
+  }
+  body.replaceChildren(...rows);
+  $("empty").hidden = entries.size > 0;
+}
+
+async function loadList() {
+  const response = await fetch(`${API}/requests`, { cache: "no-store" });
+  if (!response.ok) return;
+  entries.clear();
+  for (const entry of await response.json()) entries.set(entry.id, entry);
+  render();
+}
+
+function follow() {
+  const source = new EventSource(`${API}/events`);
+  source.addEventListener("open", () => {
+    $("live").textContent = "live";
+    $("live").classList.add("on");
+    loadList(); // whatever happened while the stream was down
+  });
+  source.addEventListener("error", () => {
+    $("live").textContent = "reconnecting…";
+    $("live").classList.remove("on");
+  });
+  source.addEventListener("exchange", (event) => {
+    const entry = JSON.parse(event.data);
+    entries.set(entry.id, entry);
+    render();
+    if (entry.id === selected && entry.state !== "open" && shown && shown.state === "open") select(entry.id);
+  });
+  source.addEventListener("removed", (event) => {
+    entries.delete(JSON.parse(event.data).id);
+    render();
+  });
+}
+
+// ---- one exchange
+
+function decode(base64) {
+  const raw = atob(base64);
+  const out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return out;
+}
+
+function header(headers, name) {
+  const found = headers.find(([n]) => n.toLowerCase() === name);
+  return found ? found[1] : "";
+}
+
+function hexdump(data) {
+  const lines = [];
+  for (let offset = 0; offset < data.length; offset += 16) {
+    const slice = data.slice(offset, offset + 16);
+    const hex = [...slice].map((b) => b.toString(16).padStart(2, "0")).join(" ");
+    const ascii = [...slice].map((b) => (b >= 32 && b < 127 ? String.fromCharCode(b) : ".")).join("");
+    lines.push(`${offset.toString(16).padStart(8, "0")}  ${hex.padEnd(47)}  ${ascii}`);
+  }
+  return lines.join("\n");
+}
+
+function looksLikeText(data) {
+  try {
+    new TextDecoder("utf-8", { fatal: true }).decode(data);
+  } catch {
+    return false;
+  }
+  return !data.some((b) => b < 9 || (b > 13 && b < 32));
+}
+
+function drawHead(target, line, headers) {
+  const box = $(target);
+  box.replaceChildren(el("div", line, "line"));
+  for (const [name, value] of headers) {
+    const div = el("div");
+    div.append(el("span", name, "name"), document.createTextNode(": "));
+    if (MASKED.has(name.toLowerCase())) {
+      const secret = el("span", "•••••• (click to reveal)", "masked");
+      secret.title = "click to reveal";
+      secret.addEventListener("click", () => {
+        secret.textContent = value;
+        secret.className = "revealed";
+      }, { once: true });
+      div.append(secret);
+    } else {
+      div.append(document.createTextNode(value));
+    }
+    box.append(div);
+  }
+}
+
+function drawBody(target, body, headers, kind) {
+  const box = $(target);
+  box.replaceChildren();
+  if (body.omitted) {
+    box.append(el("p", `${bytes(body.size)} passed; a ${kind} stream's bytes are not recorded.`, "hint"));
+    return;
+  }
+  if (body.size === 0) {
+    box.append(el("p", "no body", "hint"));
+    return;
+  }
+  const data = decode(body.base64);
+  const type = header(headers, "content-type").toLowerCase();
+  if (type.startsWith("image/") && !body.cut && !type.includes("svg")) {
+    const img = el("img");
+    img.alt = "image body";
+    img.src = `data:${type.split(";")[0]};base64,${body.base64}`;
+    box.append(img);
+  } else if (looksLikeText(data)) {
+    let text = new TextDecoder().decode(data);
+    if (type.includes("json") || /^\s*[[{]/.test(text)) {
+      try {
+        text = JSON.stringify(JSON.parse(text), null, 2);
+      } catch {
+        // not whole JSON (cut, or not JSON at all): shown as it came
+      }
+    }
+    box.append(el("pre", text, "text"));
+  } else {
+    box.append(el("pre", hexdump(data), "hex"));
+  }
+  if (body.cut) box.append(el("p", `cut: the first ${bytes(data.length)} of ${bytes(body.size)} are shown`, "hint"));
+}
+
+async function select(id) {
+  selected = id;
+  for (const tr of $("requests").tBodies[0].rows) tr.classList.toggle("selected", Number(tr.dataset.id) === id);
+  const response = await fetch(`${API}/requests/${id}`, { cache: "no-store" });
+  if (!response.ok) return;
+  show(await response.json());
+}
+
+function show(entry) {
+  shown = entry;
+  $("detail").hidden = false;
+  $("edit-form").hidden = true;
+  $("replay-error").hidden = true;
+  $("detail-title").textContent = `#${entry.id} ${entry.method} ${entry.target}`;
+  const parts = [`${entry.time}`, `route ${entry.route}`, `host ${entry.host}`];
+  if (entry.timing.response_head_ms !== null) parts.push(`response head after ${entry.timing.response_head_ms.toFixed(1)} ms`);
+  if (entry.timing.duration_ms !== null) parts.push(`total ${entry.timing.duration_ms.toFixed(1)} ms`);
+  if (entry.replay_of !== null) parts.push(`replay of #${entry.replay_of}`);
+  if (entry.kind !== "http") parts.push(entry.kind);
+  if (entry.error) parts.push(`error: ${entry.error}`);
+  $("detail-meta").textContent = parts.join(" · ");
+  const replayable = entry.kind === "http" || entry.kind === "streaming";
+  $("replay").disabled = !replayable;
+  $("edit-replay").disabled = !replayable;
+  drawHead("request-head", `${entry.method} ${entry.target}`, entry.request.headers);
+  drawBody("request-body", entry.request.body, entry.request.headers, entry.kind);
+  const status = entry.response.status === null ? "no response" : `${entry.response.status} ${entry.response.reason}`;
+  drawHead("response-head", status, entry.response.headers);
+  drawBody("response-body", entry.response.body, entry.response.headers, entry.kind);
+}
+
+// ---- replay
+
+async function replay(edits) {
+  $("replay-error").hidden = true;
+  const response = await fetch(`${API}/requests/${shown.id}/replay`, {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify(edits),
+  });
+  const answer = await response.json();
+  if (!response.ok) {
+    $("replay-error").textContent = `replay refused: ${answer.error}`;
+    $("replay-error").hidden = false;
+    return;
+  }
+  entries.set(answer.id, answer);
+  render();
+  selected = answer.id;
+  render();
+  show(answer);
+}
+
+function openEditor() {
+  const entry = shown;
+  $("edit-method").value = entry.method;
+  $("edit-target").value = entry.target;
+  $("edit-headers").value = entry.request.headers
+    .filter(([name]) => !["content-length", "transfer-encoding"].includes(name.toLowerCase()))
+    .map(([name, value]) => `${name}: ${value}`).join("\n");
+  const body = entry.request.body;
+  const data = decode(body.base64);
+  const editable = looksLikeText(data);
+  $("edit-body").value = editable ? new TextDecoder().decode(data) : "";
+  $("edit-body").disabled = !editable;
+  $("edit-body-note").textContent = editable
+    ? (body.cut ? "(cut: only the start was recorded)" : "")
+    : "(binary: sent as recorded)";
+  $("edit-form").hidden = false;
+}
+
+function editsFromForm() {
+  const headers = $("edit-headers").value.split("\n").filter((line) => line.trim()).map((line) => {
+    const at = line.indexOf(":");
+    return at < 0 ? [line.trim(), ""] : [line.slice(0, at).trim(), line.slice(at + 1).trim()];
+  });
+  const edits = { method: $("edit-method").value.trim(), target: $("edit-target").value.trim(), headers };
+  if (!$("edit-body").disabled) edits.body = $("edit-body").value;
+  return edits;
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("filter").addEventListener("input", render);
+  $("replay").addEventListener("click", () => replay({}));
+  $("edit-replay").addEventListener("click", openEditor);
+  $("edit-cancel").addEventListener("click", () => { $("edit-form").hidden = true; });
+  $("edit-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    replay(editsFromForm());
+  });
+  loadList();
+  follow();
+});

@@ -1,0 +1,208 @@
+"""The inspector's page and API on the admin listener (``/inspect``, ``/inspect/api/``).
+
+The admin listener reads the request head and hands inspector requests here,
+outside its own short deadline: the event stream stays open as long as the page
+does, and a replay lasts as long as the upstream takes (bounded by
+`REPLAY_DEADLINE_S`). Everything else answers at once. Which request may do what
+is decided by `pvtunnel._http.inspect`; the API is described in ``docs/inspector.md``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import json
+import logging
+from typing import TYPE_CHECKING, Final
+
+import h11
+import trio
+
+from pvtunnel._http import inspect as rules
+from pvtunnel._http.admin import JSON, AdminResponse
+from pvtunnel._inspect.edits import EditError, parse_edits
+from pvtunnel._trio.inspector import ReplayRefusedError
+from pvtunnel._trio.sockio import BROKEN
+
+if TYPE_CHECKING:
+    from pvtunnel._config import Secret
+    from pvtunnel._inspect.capture import Event
+    from pvtunnel._trio.http11 import H11Stream
+    from pvtunnel._trio.inspector import Inspector
+
+logger = logging.getLogger("pvtunnel.admin")
+
+# Reading a replay's edits: a small JSON document from a local page or script.
+BODY_DEADLINE_S: Final = 10.0
+MAX_EDITS_BYTES: Final = 8 * 1024 * 1024
+# Events queued for one page; a page this far behind is sent away (its browser
+# reconnects at once and reloads the list) rather than held in memory.
+EVENT_QUEUE: Final = 256
+MAX_EVENT_STREAMS: Final = 16
+# A comment line this often, so a page that went away is noticed and let go.
+KEEPALIVE_S: Final = 15.0
+
+
+async def answer_inspect(
+    http: H11Stream,
+    request: h11.Request,
+    inspector: Inspector | None,
+    token: Secret | None,
+) -> AdminResponse | None:
+    """Serve one inspector request.
+
+    Returns:
+        The answer for the admin listener to send, or None when the event stream
+        was served here (the connection is then done).
+    """
+    headers = list(request.headers)
+    refusal = rules.check_access(token, request.method, headers)
+    if refusal is not None:
+        return refusal
+    if inspector is None:
+        return AdminResponse(
+            status=404,
+            body=b"404 Not Found: the inspector is off (pvtunnel agent --inspect turns it on)\n",
+        )
+    decision = rules.route(request.method, request.target)
+    if isinstance(decision, AdminResponse):
+        return decision
+    capture = inspector.capture
+    match decision.action:
+        case rules.Action.ASSET:
+            assert decision.asset is not None
+            name, content_type = decision.asset
+            return AdminResponse(
+                status=200,
+                body=_asset(name),
+                content_type=content_type,
+                headers=rules.SECURITY_HEADERS,
+            )
+        case rules.Action.LIST:
+            return _json([exchange.summary() for exchange in capture.newest_first()])
+        case rules.Action.ONE:
+            assert decision.exchange_id is not None
+            exchange = capture.get(decision.exchange_id)
+            if exchange is None:
+                return _no_such_exchange()
+            return _json(exchange.detail())
+        case rules.Action.REPLAY:
+            assert decision.exchange_id is not None
+            return await _replay(http, inspector, decision.exchange_id)
+        case rules.Action.EVENTS:
+            if inspector.event_streams >= MAX_EVENT_STREAMS:
+                return AdminResponse(status=503, body=b"503: too many inspector pages open\n")
+            inspector.event_streams += 1
+            try:
+                await _serve_events(http, inspector)
+            finally:
+                inspector.event_streams -= 1
+            return None
+
+
+@functools.cache
+def _asset(name: str) -> bytes:
+    return importlib.resources.files("pvtunnel._inspect").joinpath("static", name).read_bytes()
+
+
+def _json(document: object, status: int = 200) -> AdminResponse:
+    body = json.dumps(document, separators=(",", ":")).encode() + b"\n"
+    return AdminResponse(status=status, body=body, content_type=JSON)
+
+
+def _error(status: int, message: str) -> AdminResponse:
+    return _json({"error": message}, status)
+
+
+def _no_such_exchange() -> AdminResponse:
+    return _error(404, "no such request (it may have left the inspector's buffer)")
+
+
+async def _read_body(http: H11Stream) -> bytes | None:
+    """The request body, or None when it is larger than `MAX_EDITS_BYTES`."""
+    body = bytearray()
+    while True:
+        event = await http.next_event()
+        if isinstance(event, h11.EndOfMessage):
+            return bytes(body)
+        if isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_EDITS_BYTES:
+                return None
+        else:
+            raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} in a body")
+
+
+async def _replay(http: H11Stream, inspector: Inspector, exchange_id: int) -> AdminResponse:
+    with trio.move_on_after(BODY_DEADLINE_S) as scope:
+        data = await _read_body(http)
+    if scope.cancelled_caught:
+        return _error(408, "the edits did not arrive in time")
+    if data is None:
+        return _error(413, f"the edits are larger than {MAX_EDITS_BYTES} bytes")
+    try:
+        edits = parse_edits(data)
+        exchange = await inspector.replay(exchange_id, edits)
+    except KeyError:
+        return _no_such_exchange()
+    except EditError as exc:
+        return _error(400, str(exc))
+    except ReplayRefusedError as exc:
+        return _error(409, str(exc))
+    logger.info(
+        "inspector replayed request %d as %d: %s", exchange_id, exchange.id, exchange.status
+    )
+    return _json(exchange.detail())
+
+
+async def _serve_events(http: H11Stream, inspector: Inspector) -> None:
+    """The server-sent event stream: ``exchange`` (started, changed, ended) and ``removed``."""
+    send_channel, receive_channel = trio.open_memory_channel["Event"](EVENT_QUEUE)
+
+    def listen(event: Event) -> None:
+        try:
+            send_channel.send_nowait(event)
+        except trio.WouldBlock:
+            send_channel.close()  # too far behind: end the stream after what is queued
+        except trio.ClosedResourceError:
+            pass
+
+    unsubscribe = inspector.capture.subscribe(listen)
+    try:
+        await http.send(
+            h11.Response(
+                status_code=200,
+                headers=[
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-store"),
+                    (b"connection", b"close"),
+                ],
+            )
+        )
+        # `retry`: how soon the browser comes back after the stream ends.
+        await http.send(h11.Data(data=b"retry: 1000\n: pvtunnel inspector\n\n"))
+        async with receive_channel:
+            while True:
+                item: Event | None = None
+                with trio.move_on_after(KEEPALIVE_S):
+                    try:
+                        item = await receive_channel.receive()
+                    except trio.EndOfChannel:
+                        return
+                if item is None:
+                    message = b": keepalive\n\n"
+                else:
+                    kind, exchange = item
+                    payload = exchange.summary() if kind == "exchange" else {"id": exchange.id}
+                    data = json.dumps(payload, separators=(",", ":"))
+                    message = f"event: {kind}\ndata: {data}\n\n".encode()
+                # A page that stops reading is let go, not waited for.
+                with trio.move_on_after(KEEPALIVE_S) as scope:
+                    await http.send(h11.Data(data=message))
+                if scope.cancelled_caught:
+                    return
+    except BROKEN:
+        return
+    finally:
+        unsubscribe()
+        send_channel.close()

@@ -1,0 +1,243 @@
+"""The inspector's ring buffer: its bounds by count and bytes, body previews, redaction."""
+
+from __future__ import annotations
+
+import base64
+
+from hypothesis import given, strategies as st
+
+from pvtunnel._config import InspectConfig
+from pvtunnel._inspect.capture import (
+    ENTRY_OVERHEAD_BYTES,
+    REDACTED,
+    Capture,
+    Event,
+    Exchange,
+    Kind,
+    State,
+    captured_headers,
+)
+from pvtunnel._wire.heads import RequestHead, ResponseHead
+
+TOKEN = b"tunnel-token-0123456789abcdef"
+
+
+def head(
+    target: bytes = b"/", *headers: tuple[bytes, bytes], method: bytes = b"GET"
+) -> RequestHead:
+    return RequestHead(
+        route="app", method=method, target=target, headers=((b"Host", b"app"), *headers)
+    )
+
+
+def capture(**bounds: int) -> tuple[Capture, list[Event]]:
+    ring = Capture(InspectConfig(enabled=True, **bounds), secrets=[TOKEN])
+    events: list[Event] = []
+    ring.subscribe(events.append)
+    return ring, events
+
+
+def ok(exchange: Exchange, body: bytes = b"", content_type: bytes = b"text/plain") -> None:
+    exchange.response_head(ResponseHead(status=200, headers=((b"Content-Type", content_type),)))
+    if body:
+        exchange.response_data(body)
+    exchange.finish()
+
+
+def held(ring: Capture) -> list[int]:
+    return [exchange.id for exchange in ring.newest_first()]
+
+
+def test_an_exchange_is_listed_open_then_done_with_its_figures() -> None:
+    ring, events = capture()
+    exchange = ring.begin(head(b"/items?x=1", (b"Content-Length", b"5"), method=b"POST"))
+    assert [(kind, e.state) for kind, e in events] == [("exchange", State.OPEN)]
+    exchange.request_data(b"he")
+    exchange.request_data(b"llo")
+    ok(exchange, b"answer")
+    summary = exchange.summary()
+    assert {key: summary[key] for key in ("id", "route", "method", "target", "host")} == {
+        "id": 1,
+        "route": "app",
+        "method": "POST",
+        "target": "/items?x=1",
+        "host": "app",
+    }
+    assert summary["status"] == 200
+    assert summary["request_bytes"] == 5
+    assert summary["response_bytes"] == 6
+    assert summary["replay_of"] is None
+    assert summary["state"] == "done"
+    assert isinstance(summary["duration_ms"], float)
+    assert isinstance(summary["time"], str)
+    assert summary["time"].endswith("Z")
+    detail = exchange.detail()
+    request = detail["request"]
+    assert isinstance(request, dict)
+    assert base64.b64decode(request["body"]["base64"]) == b"hello"
+    assert events[-1] == ("exchange", exchange)
+
+
+def test_the_count_bound_drops_the_oldest() -> None:
+    ring, events = capture(max_requests=3)
+    for index in range(5):
+        ok(ring.begin(head(b"/%d" % index)))
+    assert held(ring) == [5, 4, 3]
+    assert [e.id for kind, e in events if kind == "removed"] == [1, 2]
+    assert ring.get(1) is None
+    assert ring.get(5) is not None
+
+
+def test_bodies_are_cut_at_the_preview_size_and_marked() -> None:
+    ring, _ = capture(max_body_bytes=10)
+    exchange = ring.begin(head())
+    ok(exchange, b"0123456789abcdef")
+    body = exchange.response_body
+    assert bytes(body.data) == b"0123456789"
+    assert body.cut
+    assert body.size == 16
+    uncut = ring.begin(head())
+    ok(uncut, b"0123456789")
+    assert not uncut.response_body.cut
+
+
+def test_the_byte_bound_holds_and_drops_the_oldest() -> None:
+    ring, _ = capture(max_bytes=65536, max_body_bytes=20000)
+    for _ in range(10):
+        exchange = ring.begin(head())
+        ok(exchange, b"x" * 30000)
+        assert ring.bytes <= 65536
+    # Each holds a 20000-byte preview plus its heads: three fit, not four.
+    assert held(ring) == [10, 9, 8]
+    assert ring.bytes == sum(e.size for e in ring.newest_first())
+
+
+def test_an_open_exchange_that_leaves_the_ring_stops_keeping_bytes() -> None:
+    ring, events = capture(max_requests=1)
+    upload = ring.begin(head(method=b"POST"))
+    upload.request_data(b"a" * 100)
+    ok(ring.begin(head()))
+    assert ("removed", upload) in events
+    upload.request_data(b"b" * 1000)
+    assert bytes(upload.request_body.data) == b"a" * 100
+    assert upload.request_body.size == 1100
+    ok(upload)
+    assert held(ring) == [2]
+    assert events[-1][1] is not upload  # a gone exchange is not announced again
+
+
+def test_connect_upgrade_and_event_streams_keep_no_body() -> None:
+    ring, _ = capture()
+    tunnel = ring.begin(head(b"app:443", method=b"CONNECT"))
+    tunnel.request_data(b"client hello")
+    tunnel.response_head(ResponseHead(status=200))
+    tunnel.response_data(b"server hello")
+    assert tunnel.kind is Kind.CONNECT
+    upgrade = ring.begin(head(b"/ws", (b"Upgrade", b"websocket")))
+    upgrade.response_head(ResponseHead(status=101, headers=((b"Upgrade", b"websocket"),)))
+    upgrade.response_data(b"frames")
+    assert upgrade.kind is Kind.UPGRADE
+    events = ring.begin(head(b"/events"))
+    ok(events, b"data: 1\n\n", content_type=b"text/event-stream")
+    assert events.kind is Kind.STREAMING
+    for exchange in (tunnel, upgrade, events):
+        for body in (exchange.request_body, exchange.response_body):
+            assert body.omitted
+            assert body.data == b""
+    assert tunnel.request_body.size == 12
+    assert upgrade.response_body.size == 6
+    assert ring.bytes == sum(e.size for e in ring.newest_first())
+
+
+def test_informational_heads_are_passed_over() -> None:
+    ring, _ = capture()
+    exchange = ring.begin(head())
+    exchange.response_head(ResponseHead(status=100))
+    assert exchange.status is None
+    ok(exchange)
+    assert exchange.status == 200
+
+
+def test_a_failed_exchange_keeps_its_first_reason() -> None:
+    ring, _ = capture()
+    exchange = ring.begin(head())
+    exchange.failed("UPSTREAM_CONNECT_FAILED: refused")
+    exchange.failed("later")
+    exchange.finish()
+    assert exchange.state is State.FAILED
+    assert exchange.error == "UPSTREAM_CONNECT_FAILED: refused"
+    silent = ring.begin(head())
+    silent.finish()
+    assert silent.state is State.FAILED
+    assert silent.error == "no response"
+
+
+def test_proxy_authorization_and_tokens_are_never_captured() -> None:
+    headers = (
+        (b"Proxy-Authorization", b"Basic dTp0b2tlbg=="),
+        (b"X-Leak", b"Bearer " + TOKEN),
+        (b"Authorization", b"Bearer the-users-own"),
+        (b"Cookie", b"session=1"),
+    )
+    kept = captured_headers(headers, (TOKEN,))
+    assert kept == (
+        (b"X-Leak", REDACTED),
+        (b"Authorization", b"Bearer the-users-own"),
+        (b"Cookie", b"session=1"),
+    )
+    ring, _ = capture()
+    exchange = ring.begin(head(b"/", *headers))
+    exchange.request_data(b"token=" + TOKEN)
+    exchange.response_head(ResponseHead(status=200, headers=((b"Set-Cookie", TOKEN),)))
+    detail = exchange.detail()
+    request = detail["request"]
+    assert isinstance(request, dict)
+    assert base64.b64decode(request["body"]["base64"]) == b"token=" + REDACTED
+    shown = repr(detail)
+    assert TOKEN.decode() not in shown
+    assert "dTp0b2tlbg" not in shown
+    assert "the-users-own" in shown
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["begin", "request", "response", "head", "finish"]),
+        st.integers(0, 5),
+        st.integers(0, 70000),
+    ),
+    max_size=60,
+)
+
+
+@given(
+    max_requests=st.integers(1, 6),
+    max_bytes=st.integers(65536, 200000),
+    max_body_bytes=st.integers(0, 80000),
+    steps=operations,
+)
+def test_any_traffic_stays_within_both_bounds(
+    max_requests: int, max_bytes: int, max_body_bytes: int, steps: list[tuple[str, int, int]]
+) -> None:
+    ring, _ = capture(max_requests=max_requests, max_bytes=max_bytes, max_body_bytes=max_body_bytes)
+    open_exchanges: list[Exchange] = []
+    for operation, pick, size in steps:
+        if operation == "begin" or not open_exchanges:
+            open_exchanges.append(ring.begin(head()))
+            continue
+        exchange = open_exchanges[pick % len(open_exchanges)]
+        if operation == "request":
+            exchange.request_data(b"r" * size)
+        elif operation == "response":
+            exchange.response_data(b"s" * size)
+        elif operation == "head":
+            exchange.response_head(ResponseHead(status=200, headers=((b"X", b"v" * (size % 999)),)))
+        else:
+            exchange.finish()
+        kept = list(ring.newest_first())
+        assert len(kept) <= max_requests
+        assert ring.bytes <= max_bytes
+        assert ring.bytes == sum(e.size for e in kept)
+        for e in kept:
+            assert len(e.request_body.data) <= max_body_bytes
+            assert len(e.response_body.data) <= max_body_bytes
+            assert e.size >= ENTRY_OVERHEAD_BYTES

@@ -1,0 +1,469 @@
+"""The request inspector on a real server, agent and upstream: API, events, replay, access.
+
+Every request goes through the tunnel on 127.0.0.1; the inspector's API is read
+over the agent's admin listener like a script or the page would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import h11
+import pytest
+import trio
+import trio.testing
+
+from pvtunnel._config import (
+    AdminConfig,
+    AgentConfig,
+    InspectConfig,
+    Secret,
+    with_agent_overrides,
+)
+from pvtunnel._config.rules import FieldError
+from pvtunnel._trio.agent import TunnelAgent
+from tests.integration.client import Client, Reply, fetch
+from tests.integration.harness import (
+    TOKEN,
+    Running,
+    server_config,
+    start_agent,
+    start_server,
+    start_upstream,
+)
+from tests.integration.test_passthrough import TcpEcho, open_connect
+from tests.integration.upstream import RecordingUpstream
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+LIMIT_S = 20
+ADMIN_TOKEN = "admin-token-for-inspector-tests"
+JSON_POST = ((b"content-type", b"application/json"),)
+
+
+@attrs.define
+class Inspected:
+    running: Running
+    upstream: RecordingUpstream
+    agent: TunnelAgent
+    admin: tuple[str, int]
+
+    async def get(self, path: bytes, headers: Sequence[tuple[bytes, bytes]] = ()) -> Reply:
+        host, port = self.admin
+        async with await Client.connect(port, host) as client:
+            return await client.request(b"GET", path, host=b"127.0.0.1:%d" % port, headers=headers)
+
+    async def get_json(self, path: bytes) -> Any:
+        reply = await self.get(path)
+        assert reply.status == 200, reply
+        assert reply.header(b"content-type") == b"application/json"
+        return json.loads(reply.body)
+
+    async def replay(
+        self, exchange_id: int, edits: object = None, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> Reply:
+        host, port = self.admin
+        body = b"" if edits is None else json.dumps(edits).encode()
+        async with await Client.connect(port, host) as client:
+            return await client.request(
+                b"POST",
+                b"/inspect/api/requests/%d/replay" % exchange_id,
+                host=b"127.0.0.1:%d" % port,
+                headers=[*JSON_POST, *headers],
+                body=body,
+            )
+
+
+async def start_inspected(
+    nursery: trio.Nursery,
+    *,
+    inspect: InspectConfig | None = None,
+    admin_token: str | None = None,
+    external_token: str | None = None,
+) -> Inspected:
+    external = {"token": Secret(external_token)} if external_token else None
+    running = await start_server(nursery, server_config(external=external))
+    upstream, port = await start_upstream(nursery, "svc")
+    token = Secret(admin_token) if admin_token else None
+    agent, status, _ = await start_agent(
+        nursery,
+        running,
+        {"app": port},
+        admin=AdminConfig(port=0, token=token),
+        inspect=inspect or InspectConfig(enabled=True),
+    )
+    assert status.admin is not None
+    return Inspected(running=running, upstream=upstream, agent=agent, admin=status.admin)
+
+
+def body_of(document: dict[str, Any]) -> bytes:
+    return base64.b64decode(document["body"]["base64"])
+
+
+async def test_the_api_lists_newest_first_and_shows_heads_and_bodies() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery)
+            port = inspected.running.port
+            assert (await fetch(port, b"GET", b"/first?q=1")).status == 200
+            reply = await fetch(port, b"POST", b"/echo", body=b'{"n": 1}')
+            assert reply.body == b'{"n": 1}'
+            entries = await inspected.get_json(b"/inspect/api/requests")
+            assert [entry["target"] for entry in entries] == ["/echo", "/first?q=1"]
+            echo = entries[0]
+            assert set(echo) >= {
+                "id",
+                "time",
+                "route",
+                "method",
+                "target",
+                "host",
+                "status",
+                "duration_ms",
+                "request_bytes",
+                "response_bytes",
+                "replay_of",
+            }
+            assert echo["route"] == "app"
+            assert echo["method"] == "POST"
+            assert echo["host"] == "app"
+            assert echo["status"] == 200
+            assert echo["request_bytes"] == echo["response_bytes"] == 8
+            assert echo["replay_of"] is None
+            assert echo["duration_ms"] >= 0
+            detail = await inspected.get_json(b"/inspect/api/requests/%d" % echo["id"])
+            assert body_of(detail["request"]) == b'{"n": 1}'
+            assert body_of(detail["response"]) == b'{"n": 1}'
+            assert ["x-upstream", "svc"] in detail["response"]["headers"]
+            assert ["host", "app"] in [[n.lower(), v] for n, v in detail["request"]["headers"]]
+            assert detail["timing"]["response_head_ms"] <= detail["timing"]["duration_ms"]
+            missing = await inspected.get(b"/inspect/api/requests/999")
+            assert missing.status == 404
+            nursery.cancel_scope.cancel()
+
+
+async def test_replay_resends_through_the_agent_with_edits() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery)
+            await fetch(inspected.running.port, b"POST", b"/echo", body=b"original")
+            (first,) = await inspected.get_json(b"/inspect/api/requests")
+            reply = await inspected.replay(first["id"])
+            assert reply.status == 200, reply
+            again = json.loads(reply.body)
+            assert again["replay_of"] == first["id"]
+            assert body_of(again["response"]) == b"original"
+            reply = await inspected.replay(
+                first["id"], {"target": "/echo?edited", "body": "changed", "method": "PUT"}
+            )
+            edited = json.loads(reply.body)
+            assert edited["status"] == 200
+            assert body_of(edited["response"]) == b"changed"
+            sent = inspected.upstream.requests
+            assert [(r.method, r.target, r.body) for r in sent] == [
+                (b"POST", b"/echo", b"original"),
+                (b"POST", b"/echo", b"original"),
+                (b"PUT", b"/echo?edited", b"changed"),
+            ]
+            assert sent[2].header(b"content-length") == b"7"
+            entries = await inspected.get_json(b"/inspect/api/requests")
+            assert [(e["id"], e["replay_of"]) for e in entries] == [
+                (edited["id"], first["id"]),
+                (again["id"], first["id"]),
+                (first["id"], None),
+            ]
+            bad = await inspected.replay(first["id"], {"method": "CONNECT"})
+            assert bad.status == 400
+            assert "cannot be replayed" in json.loads(bad.body)["error"]
+            assert (await inspected.replay(12345)).status == 404
+            nursery.cancel_scope.cancel()
+
+
+async def test_failures_are_recorded_and_so_is_a_failed_replay() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            # Nothing listens on port 1: every request to the route fails to connect.
+            _, status, _ = await start_agent(
+                nursery,
+                running,
+                {"app": 1},
+                admin=AdminConfig(port=0),
+                inspect=InspectConfig(enabled=True),
+            )
+            assert (await fetch(running.port, b"GET", b"/x")).status == 502
+            assert status.admin is not None
+            host, port = status.admin
+            async with await Client.connect(port, host) as client:
+                listing = await client.request(b"GET", b"/inspect/api/requests", host=b"localhost")
+            (entry,) = json.loads(listing.body)
+            async with await Client.connect(port, host) as client:
+                replayed = await client.request(
+                    b"POST",
+                    b"/inspect/api/requests/%d/replay" % entry["id"],
+                    host=b"localhost",
+                    headers=JSON_POST,
+                    body=b"{}",
+                )
+            for failed in (entry, json.loads(replayed.body)):
+                assert failed["state"] == "failed"
+                assert failed["status"] is None
+                assert "UPSTREAM_CONNECT_FAILED" in failed["error"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_leaves_mid_request_is_recorded_as_failed() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery)
+            client = await Client.connect(inspected.running.port)
+            await client._send(
+                h11.Request(method=b"GET", target=b"/watch", headers=[(b"host", b"app")])
+            )
+            await client._send(h11.EndOfMessage())
+            await inspected.upstream.hold_started.wait()
+            await client.stream.aclose()
+            await inspected.upstream.hung_up.wait()  # the agent gave the request up
+            await trio.testing.wait_all_tasks_blocked()
+            (entry,) = await inspected.get_json(b"/inspect/api/requests")
+            assert (entry["target"], entry["state"], entry["status"]) == ("/watch", "failed", None)
+            assert "went away" in entry["error"]
+            nursery.cancel_scope.cancel()
+
+
+async def test_cut_bodies_are_marked_and_replay_needs_the_body_again() -> None:
+    inspect = InspectConfig(enabled=True, max_body_bytes=1000)
+    payload = bytes(range(256)) * 10
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery, inspect=inspect)
+            assert (await fetch(inspected.running.port, b"POST", b"/echo", body=payload)).body
+            (entry,) = await inspected.get_json(b"/inspect/api/requests")
+            detail = await inspected.get_json(b"/inspect/api/requests/%d" % entry["id"])
+            for side in ("request", "response"):
+                body = detail[side]["body"]
+                assert (body["size"], body["cut"]) == (2560, True)
+                assert body_of(detail[side]) == payload[:1000]
+            refused = await inspected.replay(entry["id"])
+            assert refused.status == 409
+            assert "give the body" in json.loads(refused.body)["error"]
+            resent = await inspected.replay(
+                entry["id"], {"body_base64": base64.b64encode(payload).decode()}
+            )
+            assert json.loads(resent.body)["response_bytes"] == 2560
+            assert inspected.upstream.requests[-1].body == payload
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_event_stream_announces_requests_as_they_come_and_go() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(
+                nursery, inspect=InspectConfig(enabled=True, max_requests=1)
+            )
+            host, port = inspected.admin
+            events = EventReader(await trio.open_tcp_stream(host, port))
+            await events.open(b"127.0.0.1:%d" % port)
+            assert events.content_type == b"text/event-stream; charset=utf-8"
+            await fetch(inspected.running.port, b"GET", b"/one")
+            kind, one = await events.next()
+            assert (kind, one["target"], one["state"]) == ("exchange", "/one", "open")
+            while one["state"] == "open":
+                kind, one = await events.next()
+            assert (kind, one["status"]) == ("exchange", 200)
+            await fetch(inspected.running.port, b"GET", b"/two")
+            kind, gone = await events.next()
+            while kind == "exchange" and gone["id"] == one["id"]:  # a repeat of its last state
+                kind, gone = await events.next()
+            assert (kind, gone) == ("removed", {"id": one["id"]})
+            kind, two = await events.next()
+            assert (kind, two["target"]) == ("exchange", "/two")
+            await events.stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+class EventReader(Client):
+    """Reads a server-sent event stream, one event at a time."""
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        super().__init__(stream)
+        self.buffer = b""
+        self.content_type: bytes | None = None
+
+    async def open(self, host: bytes) -> None:
+        target = b"/inspect/api/events"
+        await self._send(h11.Request(method=b"GET", target=target, headers=[(b"host", host)]))
+        await self._send(h11.EndOfMessage())
+        event = await self._next()
+        assert isinstance(event, h11.Response), event
+        assert event.status_code == 200
+        self.content_type = dict(event.headers).get(b"content-type")
+
+    async def next(self) -> tuple[str, dict[str, Any]]:
+        while b"\n\n" not in self.buffer:
+            event = await self._next()
+            assert isinstance(event, h11.Data), event
+            self.buffer += event.data
+        message, self.buffer = self.buffer.split(b"\n\n", 1)
+        fields = dict(
+            line.split(b": ", 1) for line in message.split(b"\n") if not line.startswith(b":")
+        )
+        if b"event" not in fields:  # the opening retry hint
+            return await self.next()
+        return fields[b"event"].decode(), json.loads(fields[b"data"])
+
+
+async def test_tokens_and_proxy_authorization_are_never_captured() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(
+                nursery, external_token="external-token-abcdef", admin_token=ADMIN_TOKEN
+            )
+            headers = [
+                (b"proxy-authorization", b"Bearer external-token-abcdef"),
+                (b"x-copied", b"agent token " + TOKEN.encode()),
+                (b"x-admin", ADMIN_TOKEN.encode()),
+                (b"authorization", b"Bearer users-own-credential"),
+                (b"cookie", b"session=abc"),
+            ]
+            reply = await fetch(inspected.running.port, b"GET", b"/secret", headers=headers)
+            assert reply.status == 200
+            auth = [(b"authorization", b"Bearer " + ADMIN_TOKEN.encode())]
+            listing = await inspected.get(b"/inspect/api/requests", auth)
+            (entry,) = json.loads(listing.body)
+            shown = (await inspected.get(b"/inspect/api/requests/%d" % entry["id"], auth)).body
+            assert b"external-token-abcdef" not in shown
+            assert TOKEN.encode() not in shown
+            assert ADMIN_TOKEN.encode() not in shown
+            assert b"proxy-authorization" not in shown.lower()
+            request_headers = json.loads(shown)["request"]["headers"]
+            assert ["x-copied", "[redacted]"] in request_headers
+            # The page masks these until clicked; the API gives them to the page.
+            assert ["authorization", "Bearer users-own-credential"] in request_headers
+            assert ["cookie", "session=abc"] in request_headers
+            nursery.cancel_scope.cancel()
+
+
+async def test_with_an_admin_token_the_inspector_asks_for_it() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery, admin_token=ADMIN_TOKEN)
+            for path in (b"/inspect", b"/inspect/api/requests", b"/inspect/api/events"):
+                refused = await inspected.get(path)
+                assert refused.status == 401
+                assert refused.header(b"www-authenticate") == b'Basic realm="pvtunnel inspector"'
+            basic = b"Basic " + base64.b64encode(b"me:" + ADMIN_TOKEN.encode())
+            page = await inspected.get(b"/inspect", [(b"authorization", basic)])
+            assert page.status == 200
+            assert page.header(b"content-type") == b"text/html; charset=utf-8"
+            assert b'src="/inspect/inspect.js"' in page.body
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_page_and_its_assets_are_served_from_package_data() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery)
+            for path, content_type in (
+                (b"/inspect", b"text/html; charset=utf-8"),
+                (b"/inspect/", b"text/html; charset=utf-8"),
+                (b"/inspect/inspect.js", b"text/javascript; charset=utf-8"),
+                (b"/inspect/inspect.css", b"text/css; charset=utf-8"),
+            ):
+                reply = await inspected.get(path)
+                assert reply.status == 200
+                assert reply.header(b"content-type") == content_type
+                assert reply.body
+                policy = reply.header(b"content-security-policy")
+                assert policy is not None
+                assert b"default-src 'none'" in policy
+            rebound = await Client.connect(inspected.admin[1], inspected.admin[0])
+            async with rebound:
+                reply = await rebound.request(b"GET", b"/inspect", host=b"attacker.example")
+                assert reply.status == 403
+            nursery.cancel_scope.cancel()
+
+
+async def test_connect_streams_are_recorded_without_their_bytes() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            echo = TcpEcho()
+            echo_port = await nursery.start(echo.serve)
+            _, status, _ = await start_agent(
+                nursery,
+                running,
+                {"db": echo_port},
+                admin=AdminConfig(port=0),
+                inspect=InspectConfig(enabled=True),
+            )
+            stream, head = await open_connect(running, b"db:5432")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            await stream.send_all(b"ping-pong")
+            received = b""
+            while len(received) < 9:
+                received += await stream.receive_some(100)
+            await stream.send_eof()
+            assert await stream.receive_some(100) == b""
+            await stream.aclose()
+            # Both ends of the pipe have closed; once the agent is idle, the stream ended.
+            await trio.testing.wait_all_tasks_blocked()
+            assert status.admin is not None
+            admin_host, admin_port = status.admin
+            async with await Client.connect(admin_port, admin_host) as client:
+                reply = await client.request(b"GET", b"/inspect/api/requests", host=b"localhost")
+            (entry,) = json.loads(reply.body)
+            assert (entry["kind"], entry["method"], entry["status"]) == ("connect", "CONNECT", 200)
+            assert entry["state"] == "done"
+            assert entry["request_bytes"] == entry["response_bytes"] == 9
+            async with await Client.connect(admin_port, admin_host) as client:
+                path = b"/inspect/api/requests/%d" % entry["id"]
+                detail = json.loads((await client.request(b"GET", path, host=b"localhost")).body)
+            for side in ("request", "response"):
+                assert detail[side]["body"]["omitted"] is True
+                assert detail[side]["body"]["base64"] == ""
+            nursery.cancel_scope.cancel()
+
+
+async def test_with_the_inspector_off_nothing_is_recorded() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_upstream(nursery, "svc")
+            agent, status, _ = await start_agent(
+                nursery, running, {"app": port}, admin=AdminConfig(port=0)
+            )
+            # The request path only tests this attribute: nothing is built or kept.
+            assert agent.inspector is None
+            assert (await fetch(running.port, b"GET", b"/")).status == 200
+            assert status.admin is not None
+            host, admin_port = status.admin
+            async with await Client.connect(admin_port, host) as client:
+                reply = await client.request(b"GET", b"/inspect", host=b"localhost")
+            assert reply.status == 404
+            assert b"--inspect" in reply.body
+            nursery.cancel_scope.cancel()
+
+
+def test_inspect_flag_opens_the_admin_listener_on_4040() -> None:
+    config = AgentConfig(client_id="flags")
+    assert config.admin is None
+    assert not config.inspect.enabled
+    on = with_agent_overrides(config, inspect=True)
+    assert on.inspect.enabled
+    assert on.admin == AdminConfig(port=4040, host="127.0.0.1")
+    given = with_agent_overrides(config, inspect=True, admin_port=9100)
+    assert given.admin == AdminConfig(port=9100)
+    from_file = with_agent_overrides(attrs.evolve(config, inspect=InspectConfig(enabled=True)))
+    assert from_file.admin == AdminConfig(port=4040)
+    assert with_agent_overrides(config).admin is None
+
+
+@pytest.mark.parametrize("value", ["yes", 1])
+def test_inspect_enabled_must_be_a_boolean(value: object) -> None:
+    with pytest.raises(FieldError, match="expected true or false"):
+        InspectConfig(enabled=value)  # type: ignore[arg-type]
