@@ -430,3 +430,36 @@ async def test_the_websockets_package_as_the_server() -> None:
         finally:
             server.shutdown()
     assert seen == [("/agent", "Bearer t")]
+
+
+async def test_a_send_cut_short_ends_the_connection_instead_of_corrupting_it() -> None:
+    """A cancelled send may stop halfway through a frame: the transport is dropped then,
+    so the peer sees the connection end, never the next frame spliced onto a torn one."""
+    a, b = trio.socket.socketpair()
+    client_end, server_end = trio.SocketStream(a), trio.SocketStream(b)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(LIMIT_S):
+            nursery.start_soon(_accept_and_go_silent, nursery, server_end)
+            client = await connect(nursery, client_end, "server", "/", [])
+        async with trio.open_nursery() as sending:
+            cut = trio.CancelScope()
+
+            async def send() -> None:
+                with cut:
+                    await client.send(b"x" * MAX_MESSAGE_BYTES)
+
+            sending.start_soon(send)
+            # The kernel's buffers take the frame's start; nobody reads, the send waits.
+            await trio.testing.wait_all_tasks_blocked()
+            cut.cancel()
+        torn = await server_end.receive_some(1000)
+        assert torn.startswith(b"\x82")  # FIN + binary
+        assert client.closed is not None
+        with pytest.raises(WebSocketClosed):
+            await client.send(b"next")
+        # What had gone out of the frame, then the end: the frame stays torn and
+        # nothing follows it (14 header bytes: the length takes 8, the mask 4).
+        rest = await read_to_eof(server_end)
+        assert rest
+        assert len(torn) + len(rest) < 14 + MAX_MESSAGE_BYTES
+        await trio.aclose_forcefully(server_end)

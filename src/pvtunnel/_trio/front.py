@@ -271,7 +271,6 @@ class ClientConnection:
             )
         state.stream_started(session)
         try:
-            await session.tunnel.flush_if_batched()
             if switch is not None and not has_body:
                 # No hang-up watch here: after a switch the pipe itself reads the socket.
                 return await self._relay_response(channel, request, session.client_id, switch)

@@ -4,9 +4,10 @@ Thin by design: one reader task feeds WebSocket messages to the multiplexer and
 hands each event to its stream. Frames queued by any stream's task wake the writer
 task, which runs once the current pass of Trio's scheduler is over and sends
 everything queued by then as one WebSocket message (so the frames of many streams
-share a message). Once a bounded batch has built up, the task that queued it sends
-it itself (`flush_if_batched`), so the peer starts on it while this side goes on.
-One sender at a time keeps the frames in queue order.
+share a message). Only the writer sends while the tunnel runs: a stream's task may
+be cancelled at any moment (its client left, its deadline passed), and a send cut
+short halfway through a frame would leave the peer reading garbage, so that task
+never holds the WebSocket. One sender at a time keeps the frames in queue order.
 
 A stream's inbox cannot grow without bound: the peer may only send what the
 stream's credit window allows, and all inboxes together what the connection window
@@ -48,12 +49,6 @@ logger = logging.getLogger(__name__)
 # whole, so smaller ones let the peer start early, and wsproto's framing and
 # masking in Python cost no less per byte for larger ones.
 MAX_MESSAGE_BYTES: Final = 64 * 1024
-# Once this many frame pieces are queued, the task that queued the last one sends
-# them at once instead of leaving them for the writer's next turn: the peer starts
-# on a bounded batch while we go on producing, so both processes work at the same
-# time instead of taking turns with one large batch each.
-EARLY_FLUSH_PIECES: Final = 24
-
 
 _PING: Final = struct.Struct(">Q")
 _CLOSED: Final = (WebSocketClosed, *BROKEN)
@@ -344,15 +339,6 @@ class Tunnel:
         self._close_all(TunnelClosedError(reason))
         await self._close_ws(1000, reason)
 
-    async def flush_if_batched(self) -> None:
-        """Send now if a bounded batch has built up; otherwise the writer sends later."""
-        if self.mux.queued_pieces < EARLY_FLUSH_PIECES or self.ws.sending:
-            return
-        try:
-            await self._send_queued()
-        except _CLOSED:
-            self._lost_while_sending()
-
     async def flush(self) -> None:
         """Send whatever is queued now (used around the handshake and on shutdown)."""
         await self._send_queued()
@@ -507,7 +493,6 @@ class Tunnel:
         try:
             with channel.cancel_scope:
                 await handler(channel, head)
-            await self.flush_if_batched()
         except Exception:
             logger.exception("%s stream %d: internal error", self.label, channel.stream_id)
             channel.reset(ErrorCode.INTERNAL_ERROR, "agent internal error")

@@ -127,6 +127,12 @@ class WebSocket:
             self._closed_by(reason)
             assert self.closed is not None
             raise self.closed from None
+        except trio.Cancelled:
+            # Perhaps halfway through a frame: what follows on the wire would be
+            # garbage to the peer, so the connection ends here instead.
+            self._closed_by(None)
+            await trio.aclose_forcefully(self.transport)
+            raise
         finally:
             self._sending -= 1
 
