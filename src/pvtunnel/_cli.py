@@ -1,4 +1,4 @@
-"""`pvtunnel`: argparse -> config -> trio.run, nothing more (SPEC section 3).
+"""`pvtunnel`: argparse -> config -> trio.run, nothing more.
 
 Exit statuses: 0 after a clean stop (including SIGINT/SIGTERM after draining),
 2 for a configuration or usage mistake (one line per problem, no traceback),
