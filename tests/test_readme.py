@@ -1,4 +1,4 @@
-"""README.md promises things; these tests hold it to them."""
+"""README.md and docs/ promise things; these tests hold them to them."""
 
 from __future__ import annotations
 
@@ -6,12 +6,22 @@ import re
 import subprocess
 import sys
 import tomllib
+import types
+import typing
 from pathlib import Path
 
+import attrs
+import pytest
+
 import pvtunnel
+from pvtunnel._config.model import TOML_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
+# h11's README is about 7 k characters, trio's too: a README serves a newcomer's
+# first minutes, and the details live under docs/.
+README_MAX_CHARS = 10_000
 
 
 def test_readme_starts_with_the_install_and_test_commands() -> None:
@@ -23,8 +33,19 @@ def test_readme_starts_with_the_install_and_test_commands() -> None:
     assert "python -bb -m pytest" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_readme_is_of_readme_size() -> None:
+    assert len(README) < README_MAX_CHARS
+
+
+@pytest.mark.parametrize("page", ["configuration.md", "operations.md", "embedding.md"])
+def test_readme_links_the_pages_under_docs(page: str) -> None:
+    assert (DOCS / page).is_file()
+    assert f"(docs/{page}" in README
+
+
 def test_library_example_runs() -> None:
-    code = re.search(r"```python\n(.*?)```", README, re.S)
+    embedding = (DOCS / "embedding.md").read_text()
+    code = re.search(r"```python\n(.*?)```", embedding, re.S)
     assert code is not None
     result = subprocess.run(
         [sys.executable, "-c", code.group(1)],
@@ -37,8 +58,9 @@ def test_library_example_runs() -> None:
     assert result.stdout.splitlines() == ["agent serves ('app',)", "HTTP/1.1 200 OK"]
 
 
-def test_readme_config_examples_parse_with_known_keys(tmp_path: Path) -> None:
-    blocks = re.findall(r"```toml\n(.*?)```", README, re.S)
+@pytest.mark.parametrize("page", [ROOT / "README.md", DOCS / "configuration.md"], ids=str)
+def test_config_examples_parse_with_known_keys(page: Path, tmp_path: Path) -> None:
+    blocks = re.findall(r"```toml\n(.*?)```", page.read_text(), re.S)
     assert len(blocks) == 2
     for name, block in zip(("server.toml", "agent.toml"), blocks, strict=True):
         text = block.replace("…", "example-token")
@@ -58,3 +80,59 @@ def test_public_api_is_exactly_all() -> None:
     assert exported - modules == set(pvtunnel.__all__) - {"__version__"}
     for name in pvtunnel.__all__:
         assert hasattr(pvtunnel, name)
+
+
+def _toml_keys(cls: type) -> list[tuple[str, str]]:
+    """``(table, key)`` for every key of a config class, nested tables included.
+
+    The table is the TOML table path ("" at the top level, "internal.tokens" for
+    an array of tables); the key is the TOML spelling of the field.
+    """
+    keys: list[tuple[str, str]] = []
+
+    def walk(owner: type, table: str) -> None:
+        hints = typing.get_type_hints(owner)
+        for field in attrs.fields(owner):
+            if not field.init:
+                continue
+            key = field.metadata.get(TOML_KEY, field.name)
+            keys.append((table, key))
+            inner = hints[field.name]
+            while typing.get_origin(inner) in (tuple, types.UnionType, typing.Union):
+                inner = typing.get_args(inner)[0]
+            if isinstance(inner, type) and attrs.has(inner):
+                walk(inner, f"{table}.{key}".lstrip("."))
+
+    walk(cls, "")
+    return keys
+
+
+def _sections(text: str) -> dict[str, str]:
+    """The ``### `[table]` `` sections of one file's part of configuration.md."""
+    parts = re.split(r"^### (.+)$", text, flags=re.M)
+    return {
+        heading.strip("`[]"): body for heading, body in zip(parts[1::2], parts[2::2], strict=True)
+    }
+
+
+@pytest.mark.parametrize(
+    ("file", "cls"), [("server.toml", pvtunnel.ServerConfig), ("agent.toml", pvtunnel.AgentConfig)]
+)
+def test_configuration_page_describes_every_key(file: str, cls: type) -> None:
+    text = (DOCS / "configuration.md").read_text()
+    start = text.index(f"## {file}\n")
+    end = text.find("\n## ", start + 1)
+    sections = _sections(text[start:end])
+    keys = _toml_keys(cls)
+    tables = {table for table, _ in keys}
+    missing = []
+    for table, key in keys:
+        path = f"{table}.{key}".lstrip(".")
+        if path in sections:
+            continue  # a table of its own, with its own section
+        # A nested table (internal.tokens) is described in its parent's section.
+        heading = table.partition(".")[0] or "Top level"
+        if f"`{key}`" not in sections.get(heading, ""):
+            missing.append(path)
+    assert tables - {""} <= {*sections, *(table for table in tables if "." in table)}
+    assert not missing, f"docs/configuration.md ({file}) does not describe {missing}"

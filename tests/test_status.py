@@ -16,7 +16,7 @@ from pvtunnel._status import (
     format_status,
 )
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+OPERATIONS = (Path(__file__).resolve().parent.parent / "docs" / "operations.md").read_text()
 
 SERVER = ServerStatusDocument(
     kind="server",
@@ -75,8 +75,8 @@ def agent_document(**changes: object) -> AgentStatusDocument:
     return document
 
 
-def test_the_readme_shows_what_the_command_prints() -> None:
-    block = re.search(r"\$ pvtunnel status --admin 127\.0\.0\.1:8082\n(.*?)```", README, re.S)
+def test_the_docs_show_what_the_command_prints() -> None:
+    block = re.search(r"\$ pvtunnel status --admin 127\.0\.0\.1:8082\n(.*?)```", OPERATIONS, re.S)
     assert block is not None
     assert format_status(SERVER, "http://127.0.0.1:8082") + "\n" == block.group(1)
 

@@ -1,4 +1,4 @@
-"""`pvtunnel`: argparse -> config -> trio.run, nothing more (SPEC section 3).
+"""`pvtunnel`: argparse -> config -> trio.run, nothing more.
 
 Exit statuses: 0 after a clean stop (including SIGINT/SIGTERM after draining),
 2 for a configuration or usage mistake (one line per problem, no traceback),
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         description="A reverse HTTP tunnel: reach private services "
         "through one outbound WebSocket per agent.",
     )
-    # The interpreter too: pvtunnel's speed depends on it (README, "Performance").
+    # The interpreter too: pvtunnel's speed depends on it (docs/performance.md).
     version = (
         f"pvtunnel {__version__} ({platform.python_implementation()} {platform.python_version()})"
     )

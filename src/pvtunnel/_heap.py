@@ -4,9 +4,8 @@ A body streaming through a 2 MiB window allocates and frees 64-256 KiB buffers
 all the time (socket reads, frames, WebSocket messages). glibc's defaults hand
 memory back to the kernel as soon as 128 KiB lie free at the top of the heap,
 and serve each block over 128 KiB with a fresh ``mmap``: either way the next
-buffer lands on new pages, and every page is a fault (costly on a VM). Copying
-256 KiB took 243 us that way against 17 us with the settings below, and the
-agent spent a third less CPU per 100 MiB downloaded (``benchmarks/`` figures in
+buffer lands on new pages, and every page is a fault (costly on a VM): large
+copies then cost several times what they do with the settings below (figures in
 the commit that added this).
 
 The settings keep up to `TRIM_THRESHOLD_BYTES` free at the top of the heap,

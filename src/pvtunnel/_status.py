@@ -57,7 +57,7 @@ class AgentRouteEntry(TypedDict):
 
 
 class AgentServerEntry(TypedDict):
-    """One server URL the agent holds a connection to (SPEC section 7)."""
+    """One server URL the agent holds a connection to."""
 
     url: str
     connected: bool

@@ -5,7 +5,7 @@ Two properties, each run against ONE tunnel that stays up across its examples:
 - valid requests (`tests.strategies.http_requests`: any method but HEAD and CONNECT,
   origin and absolute targets, header names in any case, values with whitespace,
   Content-Length or chunked bodies with extensions and trailers, cut into TCP writes
-  at random) reach the recording upstream exactly as a model of SPEC section 4 says:
+  at random) reach the recording upstream exactly as a model of the README's "HTTP behaviour" says:
   method, origin-form target, body, and the end-to-end fields in order, less the
   hop-by-hop and Connection-named ones, plus X-Forwarded-*/Via; the client gets
   the upstream's answer;
@@ -132,7 +132,7 @@ def forwarded(
     *,
     chunked: bool,
 ) -> Recorded:
-    """What the upstream must record for a request the server forwards (SPEC section 4).
+    """What the upstream must record for a request the server forwards.
 
     ``names`` are the fields' names as the client wrote them: they arrive so spelled,
     and the lines pvtunnel adds are spelled as below.

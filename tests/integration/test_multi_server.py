@@ -1,4 +1,4 @@
-"""One agent, several servers (SPEC section 7): a connection to each, each on its own.
+"""One agent, several servers: a connection to each, each on its own.
 
 Every server here is a real `TunnelServer` on 127.0.0.1 (port 0), and the agent is
 given all their internal URLs. Link state is awaited through

@@ -1,4 +1,4 @@
-"""Access control and HTTP hygiene (issue 3, SPEC section 4), through a real server and agent.
+"""Access control and HTTP hygiene (issue 3, SECURITY.md), through a real server and agent.
 
 Every test runs a server, an agent and an upstream on loopback. The smuggling
 table sends raw bytes to the external port and asks the recording upstream what

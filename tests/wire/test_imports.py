@@ -1,4 +1,8 @@
-"""The wire layer is pure: standard library and attrs only (STYLE.md section 1)."""
+"""The wire layer is pure: standard library and attrs only.
+
+So the codec and the multiplexer can be fed bytes from any event loop, a fuzzer
+or a test, and never block, sleep, log or read the clock themselves.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Configuration: the attrs classes, TOML loading, flags, secrets and ``init``.
 
-A package because one module would pass the size limit of STYLE section 7; this
+A package because one module would hold several ideas in over a thousand lines; this
 file is its whole interface, and the rest of pvtunnel imports only from here.
 """
 

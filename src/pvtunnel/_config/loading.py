@@ -177,7 +177,7 @@ def _make_converter() -> cattrs.Converter:
 
 
 CONVERTER: Final = _make_converter()
-"""The one converter for config tables (STYLE section 3)."""
+"""The one converter for config tables: unknown keys are errors, not ignored."""
 
 
 # ---------------------------------------------------------------- error lines

@@ -101,7 +101,7 @@ class ExternalConfig:
         object.__setattr__(self, "_networks", networks)
 
     def allows(self, address: str) -> bool:
-        """Decide whether a client may use the external port at all (SPEC section 4).
+        """Decide whether a client may use the external port at all (``whitelisted_ips``).
 
         Args:
             address: The peer address as the socket reports it (IPv4 or IPv6).
@@ -208,7 +208,7 @@ def _normalised_urls(value: tuple[str, ...]) -> tuple[str, ...]:
 
 @attrs.frozen(kw_only=True)
 class ServerEndpoint:
-    """Where the agent dials (``[server]``): one connection per URL (SPEC section 7)."""
+    """Where the agent dials (``[server]``): one connection per URL, each on its own."""
 
     urls: tuple[str, ...] = attrs.field(
         default=(),
@@ -280,7 +280,7 @@ class Route:
         object.__setattr__(self, "_fixed_host", fixed)
 
     def upstream_host_header(self, original: bytes | None) -> bytes | None:
-        """Choose the Host header the upstream receives (SPEC section 4, Forwarding).
+        """Choose the Host header the upstream receives (``host_header``).
 
         Args:
             original: The client's Host value, or None if it sent none.

@@ -1,4 +1,4 @@
-"""Command-line flags applied on top of a loaded config (SPEC section 3).
+"""Command-line flags applied on top of a loaded config.
 
 Flags win over the file. Each flag value goes through the same rule as the TOML
 key it replaces; a bad one is reported as ``"--flag: message"`` (the message
@@ -181,7 +181,7 @@ def with_agent_overrides(
         config: The loaded configuration.
         server_urls: Each ``--server`` given (it is repeatable): together they
             replace every URL from the file, and the agent holds one connection to
-            each (SPEC section 7).
+            each.
         client_id: ``--client-id``.
         routes: ``--route NAME=HOST:PORT`` values. A flag route replaces the file's
             route of the same name (in place); new names are appended.

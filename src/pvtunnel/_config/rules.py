@@ -181,7 +181,7 @@ def integer(low: int, high: int) -> Callable[[object], int]:
 
 
 listen_port = integer(0, 65535)
-"""A port to listen on; 0 asks the OS for any free port (SPEC section 3)."""
+"""A port to listen on; 0 asks the OS for any free port (tests, demos)."""
 
 route_port = integer(1, 65535)
 """A port to connect to: 0 is never a real destination."""
@@ -439,7 +439,7 @@ def server_url(value: object) -> str:
 
 
 def server_urls(value: object) -> tuple[str, ...]:
-    """One URL or an array of them (one connection per server, SPEC section 7)."""
+    """One URL or an array of them (the agent holds one connection per server)."""
     if isinstance(value, str):
         urls: tuple[str, ...] = (server_url(value),)
     elif isinstance(value, list | tuple):

@@ -1,7 +1,7 @@
 """The token type: a string that cannot end up in a log line by accident.
 
-SPEC section 2 requires that tokens never reach logs and are compared in constant
-time. Wrapping them makes both the default: ``repr``, ``str`` and f-strings print
+Tokens must never reach logs and must be compared in constant time (SECURITY.md,
+"Secrets"). Wrapping them makes both the default: ``repr``, ``str`` and f-strings print
 ``***``, so a config object (or an exception built from one) can be logged whole,
 and the only comparison offered is ``hmac.compare_digest``.
 """

@@ -1,4 +1,4 @@
-"""Reading the external credential a client presents (SPEC section 4, "Access control").
+"""Reading the external credential a client presents (SECURITY.md, "The three controls").
 
 Pure parsing only; the comparison itself is `Secret.matches`, constant time.
 """

@@ -1,4 +1,4 @@
-"""What the admin listener answers (SPEC section 2, ``[admin]``), as a plain function.
+"""What the admin listener answers (``[admin]``), as a plain function.
 
 ``/live`` and ``/ready`` never ask for the token: load balancers and Kubernetes
 probes cannot be given a secret without writing it into a manifest, and the two

@@ -1,4 +1,4 @@
-"""The short text/plain answers the server gives when it cannot proxy (SPEC section 4)."""
+"""The short text/plain answers the server gives when it cannot proxy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Which route a request is for, and which agent serves it (SPEC section 4, "Routing").
+"""Which route a request is for, and which agent serves it (README, "HTTP behaviour").
 
 The route key is the request target's authority in absolute form (proxy mode),
 else the Host header. Names match case-insensitively: first ``host:port`` whole,

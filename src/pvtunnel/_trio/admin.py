@@ -1,6 +1,6 @@
 """The admin listener: ``/metrics``, ``/live``, ``/ready`` and ``/status`` over HTTP/1.1.
 
-A separate port from the tunnel's, loopback by default (SPEC section 2), so that
+A separate port from the tunnel's, loopback by default, so that
 probes and scrapes never compete with proxied traffic and the figures are not
 exposed where clients connect. One request per connection, then close: scrapers
 and probes ask every few seconds, and a short-lived connection under one deadline

@@ -1,12 +1,12 @@
 """`pvtunnel agent`: dial out to the servers, announce routes, replay what they send.
 
-The agent holds one connection to each configured server URL at once (SPEC
-section 7, like cloudflared's HA connections): servers behind a load balancer
-share no state, so every one of them must hear from every agent. Each URL is a
+The agent holds one connection to each configured server URL at once (like
+cloudflared's HA connections): servers behind a load balancer share no state, so
+every one of them must hear from every agent. Each URL is a
 `ServerLink` with its own reconnect loop and backoff; the upstream pool, the
 routes and the metrics are shared.
 
-Failures split in two (SPEC section 5): a refused token (HTTP 401 at the upgrade)
+Failures split in two: a refused token (HTTP 401 at the upgrade)
 or a REJECT of the hello is final for that server and ends its link;
 anything the network does (refused, reset, a server restart) is retried with
 capped, jittered exponential backoff, forever. The agent raises

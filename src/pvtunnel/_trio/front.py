@@ -3,10 +3,10 @@
 One task per client connection, one h11 connection in it. Time limits use a
 single cancel scope per client connection whose deadline moves with the phase
 (waiting for a head, waiting for the upstream's response), which costs far less
-than a scope per request (PERF-NOTES.md). What the deadline meant when it fired
+than a scope per request on the request path. What the deadline meant when it fired
 is read from ``phase``.
 
-Failure rules (SPEC section 4): before the response head goes out, a failure
+Failure rules: before the response head goes out, a failure
 becomes a short text/plain error response; after it, the client connection is
 closed so the client sees a truncated body, never a spliced one.
 """

@@ -2,7 +2,7 @@
 
 Targets come only from the agent's own configuration: the server names a route,
 never a host or port, so nothing it sends can make the agent dial elsewhere
-(SPEC section 4). Upstream connections are kept alive and pooled per route; a
+(SECURITY.md, "What can reach what"). Upstream connections are kept alive and pooled per route; a
 request that fails on a pooled connection before any answer, and had no body to
 replay, is retried once on a fresh connection, since the upstream may have
 closed the idle connection at the same moment we reused it; only idempotent
