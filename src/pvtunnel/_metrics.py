@@ -46,6 +46,11 @@ DURATION_BUCKETS_S: Final = (
 )
 """Upper bounds of the request duration histogram, in seconds (Prometheus' defaults, to 60 s)."""
 
+HELD_OUTCOMES: Final = ("served", "timed_out", "refused", "abandoned", "shutting_down")
+"""How a held request's wait ended: an agent came back and it was forwarded; none came
+within the hold time (503); too many waited already (503 at once, not held); the
+client's own deadline ended it; the server began to drain (503)."""
+
 # Classes 1xx-5xx are always exposed (zero included, so rate() works from the first
 # scrape); 6xx-9xx only once seen, since h11 lets an upstream send any 3-digit status.
 _ALWAYS_SHOWN_CLASSES: Final = range(1, 6)
@@ -102,11 +107,14 @@ class ServerMetrics:
         "agent_disconnects",
         "agent_protocol_errors",
         "client_protocol_errors",
+        "held_requests",
         "routes",
     )
 
     def __init__(self) -> None:
         self.routes: dict[str, RouteFigures] = {}
+        # Requests for a route whose agents had left lately, by how their wait ended.
+        self.held_requests: dict[str, int] = dict.fromkeys(HELD_OUTCOMES, 0)
         self.agent_connects = 0
         self.agent_disconnects = 0
         self.agent_protocol_errors = 0
@@ -141,6 +149,10 @@ class ServerMetrics:
         if duration_s is not None:
             figures.duration.observe(duration_s)
 
+    def held_request_ended(self, outcome: str) -> None:
+        """Count a request held for a departed route; ``outcome`` is one of `HELD_OUTCOMES`."""
+        self.held_requests[outcome] += 1
+
 
 class AgentMetrics:
     """The agent's counters; connection state, reconnects and pool sizes are read on scrape."""
@@ -170,13 +182,16 @@ class ServerLinkFigures:
     reconnects: int
 
 
-def render_server(metrics: ServerMetrics, *, active_streams: int, connected_agents: int) -> str:
+def render_server(
+    metrics: ServerMetrics, *, active_streams: int, connected_agents: int, held_requests: int = 0
+) -> str:
     """The server's /metrics page.
 
     Args:
         metrics: The counters.
         active_streams: Requests in flight through agents right now.
         connected_agents: Agents registered right now.
+        held_requests: Requests waiting right now for a departed route's agent.
 
     Returns:
         Prometheus text exposition format 0.0.4 (serve it as `CONTENT_TYPE`).
@@ -230,6 +245,20 @@ def render_server(metrics: ServerMetrics, *, active_streams: int, connected_agen
     )
     out.sample("pvtunnel_protocol_errors_total", metrics.agent_protocol_errors, peer="agent")
     out.sample("pvtunnel_protocol_errors_total", metrics.client_protocol_errors, peer="client")
+    out.family(
+        "pvtunnel_held_requests_waiting",
+        "gauge",
+        "Requests waiting for an agent of a route whose agents left lately.",
+    )
+    out.sample("pvtunnel_held_requests_waiting", held_requests)
+    out.family(
+        "pvtunnel_held_requests_total",
+        "counter",
+        "Requests for a route whose agents had left lately, by outcome: served, timed_out, "
+        "refused (too many waiting), abandoned, shutting_down.",
+    )
+    for outcome, count in metrics.held_requests.items():
+        out.sample("pvtunnel_held_requests_total", count, outcome=outcome)
     return out.text()
 
 

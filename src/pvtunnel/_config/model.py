@@ -137,6 +137,10 @@ class TimeoutsConfig:
     # so a blackholed network is noticed in seconds, not at TCP's timeout.
     heartbeat_s: float = attrs.field(default=5.0, validator=Rule(rules.seconds))
     heartbeat_timeout_s: float = attrs.field(default=15.0, validator=Rule(rules.seconds))
+    # When a route's last agent leaves, its name is remembered this long; a request
+    # for it then waits up to hold_s for an agent to register (else 503 + Retry-After).
+    route_memory_s: float = attrs.field(default=60.0, validator=Rule(rules.seconds))
+    hold_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
 
 
 @attrs.frozen(kw_only=True)
@@ -159,6 +163,10 @@ class LimitsConfig:
     # stream count (protocol.md section 7).
     connection_window_bytes: int = attrs.field(
         default=16777216, validator=Rule(rules.integer(16384, rules.MAX_INT32))
+    )
+    # Requests waiting at once for departed routes' agents; 0 answers 503 at once.
+    max_held_requests: int = attrs.field(
+        default=1000, validator=Rule(rules.integer(0, rules.MAX_INT32))
     )
 
 

@@ -148,7 +148,10 @@ class ServerAdmin:
     def metrics_text(self) -> str:
         state = self._server.state
         return render_server(
-            state.metrics, active_streams=state.in_flight, connected_agents=len(state.sessions)
+            state.metrics,
+            active_streams=state.in_flight,
+            connected_agents=len(state.sessions),
+            held_requests=state.held.waiting,
         )
 
     def status(self) -> ServerStatusDocument:
