@@ -180,6 +180,8 @@ class ServerLinkFigures:
     url: str
     connected: bool
     reconnects: int
+    # The address DNS discovery dialled for this link; None for a plain URL.
+    address: str | None = None
 
 
 def render_server(
@@ -281,7 +283,8 @@ def render_agent(
         idle_connections: Pooled keep-alive upstream connections per route; its
             keys are the configured routes, so every route gets its series.
         servers: Each configured server URL's link, for the per-server series
-            (a ``server`` label holds only URLs from the agent's own config).
+            (a ``server`` label holds only URLs from the agent's own config; with
+            DNS discovery an ``address`` label tells the links of one URL apart).
 
     Returns:
         Prometheus text exposition format 0.0.4 (serve it as `CONTENT_TYPE`).
@@ -298,14 +301,16 @@ def render_agent(
     out.sample("pvtunnel_agent_reconnects_total", reconnects)
     out.family("pvtunnel_agent_server_connected", "gauge", "1 while registered with this server.")
     for server in servers:
-        out.sample("pvtunnel_agent_server_connected", int(server.connected), server=server.url)
+        out.sample("pvtunnel_agent_server_connected", int(server.connected), **_link_labels(server))
     out.family(
         "pvtunnel_agent_server_reconnects_total",
         "counter",
         "Connection attempts to this server after the first one.",
     )
     for server in servers:
-        out.sample("pvtunnel_agent_server_reconnects_total", server.reconnects, server=server.url)
+        out.sample(
+            "pvtunnel_agent_server_reconnects_total", server.reconnects, **_link_labels(server)
+        )
     out.family("pvtunnel_agent_active_streams", "gauge", "Requests being replayed right now.")
     out.sample("pvtunnel_agent_active_streams", active_streams)
     out.family("pvtunnel_agent_streams_total", "counter", "Requests received to replay, by route.")
@@ -331,6 +336,12 @@ def render_agent(
     )
     out.sample("pvtunnel_protocol_errors_total", metrics.protocol_errors, peer="server")
     return out.text()
+
+
+def _link_labels(server: ServerLinkFigures) -> dict[str, str]:
+    if server.address is None:
+        return {"server": server.url}
+    return {"server": server.url, "address": server.address}
 
 
 class _Exposition:

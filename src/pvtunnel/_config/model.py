@@ -15,9 +15,9 @@ the key the user should change.
 
 import enum
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 
@@ -214,9 +214,46 @@ def _normalised_urls(value: tuple[str, ...]) -> tuple[str, ...]:
         return value
 
 
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _enum_rule(kind: type[E]) -> Callable[[object], E]:
+    """The rule for an enum-valued key: its TOML spelling (a member's value) or the member."""
+    expected = " or ".join(f'"{member.value}"' for member in kind)
+
+    def parse(value: object) -> E:
+        if isinstance(value, kind):
+            return value
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        raise InvalidValue(f"expected {expected}, got {show(value)}")
+
+    return parse
+
+
+class Discovery(enum.Enum):
+    """How the agent finds the servers behind a URL (``[server] discover``)."""
+
+    NONE = "none"  # one connection per URL, to whatever its host resolves to first
+    DNS = "dns"  # one connection per address the URL's host resolves to, kept current
+
+
+discovery: Final = _enum_rule(Discovery)
+"""The rule for ``discover``."""
+
+
 @attrs.frozen(kw_only=True)
 class ServerEndpoint:
-    """Where the agent dials (``[server]``): one connection per URL, each on its own."""
+    """Where the agent dials (``[server]``): one connection per URL, each on its own.
+
+    With ``discover = "dns"`` each URL stands for every server its host name
+    resolves to (a Kubernetes headless Service, a round-robin name): one
+    connection per address, re-resolved every ``discover_interval_s`` and when a
+    connection fails. TLS still verifies the URL's host name, not the address.
+    """
 
     urls: tuple[str, ...] = attrs.field(
         default=(),
@@ -226,6 +263,8 @@ class ServerEndpoint:
     )
     token: Secret | None = attrs.field(default=None, validator=Rule(rules.optional_secret))
     ca_file: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
+    discover: Discovery = attrs.field(default=Discovery.NONE, validator=Rule(discovery))
+    discover_interval_s: float = attrs.field(default=30.0, validator=Rule(rules.seconds))
 
 
 class RouteType(enum.Enum):
@@ -235,16 +274,8 @@ class RouteType(enum.Enum):
     IP = "ip"
 
 
-def route_type(value: object) -> RouteType:
-    """The rule for ``type``: the TOML spelling or the enum itself."""
-    if isinstance(value, RouteType):
-        return value
-    if isinstance(value, str):
-        try:
-            return RouteType(value)
-        except ValueError:
-            pass
-    raise InvalidValue(f'expected "cname" or "ip", got {show(value)}')
+route_type: Final = _enum_rule(RouteType)
+"""The rule for ``type``."""
 
 
 def _unbracket(value: str) -> str:
