@@ -141,6 +141,10 @@ class TimeoutsConfig:
     # for it then waits up to hold_s for an agent to register (else 503 + Retry-After).
     route_memory_s: float = attrs.field(default=60.0, validator=Rule(rules.seconds))
     hold_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
+    # On SIGTERM, /ready answers 503 this long before the listeners close, while
+    # requests are still served: a load balancer's health check (or Kubernetes'
+    # endpoint removal) notices first, so no new client meets a closed port.
+    drain_delay_s: float = attrs.field(default=0.0, validator=Rule(rules.delay_seconds))
 
 
 @attrs.frozen(kw_only=True)

@@ -143,7 +143,7 @@ class ServerAdmin:
 
     def is_ready(self) -> bool:
         state = self._server.state
-        return state.listening and not state.draining
+        return state.listening and not state.draining and not state.withdrawn
 
     def metrics_text(self) -> str:
         state = self._server.state

@@ -87,6 +87,8 @@ class ServerState:
         self.draining = False
         # Set once both listeners accept: /ready is false before that (and while draining).
         self.listening = False
+        # Set when a drain begins with a delay: /ready is false, requests still served.
+        self.withdrawn = False
         self.metrics = ServerMetrics()
         self.held = HeldRequests(config, self.metrics)
         self.idle = trio.Event()
@@ -262,8 +264,20 @@ class TunnelServer:
 
         Returns once nothing is in flight or the grace period is over; the caller
         then cancels `serve`. Keep-alive clients get no new requests proxied after
-        this: the agents have been told to go away and leave the router.
+        this: the agents have been told to go away and leave the router. With
+        ``timeouts.drain_delay_s``, ``/ready`` answers 503 for that long first while
+        requests are still served, so load balancers stop sending clients before
+        the listeners close.
         """
+        state = self.state
+        if self.config.timeouts.drain_delay_s and not state.withdrawn:
+            # Readiness goes first (see TimeoutsConfig.drain_delay_s); requests are
+            # still proxied meanwhile, so none is refused in the gap.
+            state.withdrawn = True
+            logger.info(
+                "not ready; closing the listeners in %.1fs", self.config.timeouts.drain_delay_s
+            )
+            await trio.sleep(self.config.timeouts.drain_delay_s)
         self.state.draining = True
         self._listen_scope.cancel()
         self.state.held.close()
