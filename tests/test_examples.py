@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,11 @@ EXAMPLES = ROOT / "examples"
 PVTUNNEL = [sys.executable, "-m", "pvtunnel"]
 # Stand-ins for the secrets that live outside the examples (token files under /etc,
 # compose's .env); the environment wins over token_file, as on a real host.
-TOKEN_ENV = {"PVTUNNEL_TOKEN": "example-token", "PVTUNNEL_INTERNAL_TOKEN": "example-token"}
+TOKEN_ENV = {
+    "PVTUNNEL_TOKEN": "example-token",
+    "PVTUNNEL_INTERNAL_TOKEN": "example-token",
+    "PVTUNNEL_ADMIN_TOKEN": "example-admin-token",
+}
 
 
 def check(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -82,8 +87,12 @@ def test_the_examples_are_all_there() -> None:
         "docker/Dockerfile",
         "docker/compose.yaml",
         "kubernetes/README.md",
+        "haproxy/README.md",
+        "haproxy/haproxy.cfg",
+        "haproxy/server.toml",
+        "haproxy/agent.toml",
     } <= names
-    assert len(TOML_FILES) == 4
+    assert len(TOML_FILES) == 6
     assert len(YAML_FILES) == 4
 
 
@@ -118,6 +127,32 @@ def test_ec2_units_run_the_configs_that_come_with_them() -> None:
     assert f"proxy_pass http://127.0.0.1:{server['internal']['port']};" in nginx
     assert f"proxy_pass http://127.0.0.1:{server['external']['port']};" in nginx
     assert "proxy_set_header Upgrade $http_upgrade;" in nginx
+
+
+def test_haproxy_config_is_valid_and_fits_the_pvtunnel_configs() -> None:
+    """Syntax by HAProxy itself; the ports it uses are the ones the configs name.
+
+    ``tests/integration/test_haproxy.py`` runs this config in front of real servers.
+    """
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    config = EXAMPLES / "haproxy" / "haproxy.cfg"
+    result = subprocess.run(
+        [haproxy, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = config.read_text()
+    server = tomllib.loads((EXAMPLES / "haproxy" / "server.toml").read_text())
+    external, internal = server["external"]["port"], server["internal"]["port"]
+    admin = server["admin"]["port"]
+    for address in ("10.0.1.10", "10.0.1.11"):
+        assert f"{address}:{external} check port {admin}" in text
+        assert f"{address}:{internal}\n" in text
+    assert "http-check send meth GET uri /ready" in text
+    assert server["timeouts"]["drain_delay_s"] > 2  # HAProxy's fall 2, inter 1s
+    agent = tomllib.loads((EXAMPLES / "haproxy" / "agent.toml").read_text())
+    agent_ports = sorted(int(url.rsplit(":", 1)[1]) for url in agent["server"]["url"])
+    assert agent_ports == sorted(int(port) for port in re.findall(r"bind :(818\d)", text))
+    assert len(agent_ports) == 2  # one per server: each agent reaches both
 
 
 def test_compose_file_wires_server_agent_and_a_private_app() -> None:
