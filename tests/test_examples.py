@@ -93,7 +93,7 @@ def test_the_examples_are_all_there() -> None:
         "haproxy/agent.toml",
     } <= names
     assert len(TOML_FILES) == 6
-    assert len(YAML_FILES) == 4
+    assert len(YAML_FILES) == 5
 
 
 @pytest.mark.parametrize("path", TOML_FILES, ids=lambda p: str(p.relative_to(EXAMPLES)))
@@ -231,6 +231,73 @@ def test_kubernetes_agent_gets_config_secret_and_probes(tmp_path: Path) -> None:
     missing = check(inside(str(config_file)), {})
     assert missing.returncode == 2
     assert "admin.token_file: cannot read" in missing.stderr
+
+
+def test_kubernetes_servers_are_replicas_the_agents_discover(tmp_path: Path) -> None:
+    objects = manifests()
+    deployment = objects[("Deployment", "pvtunnel-server")]
+    config_map = objects[("ConfigMap", "pvtunnel-server")]
+    secret = objects[("Secret", "pvtunnel-server")]
+    headless = objects[("Service", "pvtunnel-internal")]
+    clients = objects[("Service", "pvtunnel")]
+    budget = objects[("PodDisruptionBudget", "pvtunnel-server")]
+
+    spec = deployment["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"] == labels
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    server = tomllib.loads(config_map["data"]["server.toml"])
+    assert ports == {
+        "external": server["external"]["port"],
+        "internal": server["internal"]["port"],
+        "admin": server["admin"]["port"],
+    }
+    assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "admin"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "admin"}
+    timeouts = server["timeouts"]
+    assert pod["terminationGracePeriodSeconds"] > timeouts["drain_delay_s"] + timeouts["grace_s"]
+    # The pod must leave the endpoints within the drain delay.
+    probe = container["readinessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] < timeouts["drain_delay_s"]
+
+    # Agents: the headless Service's name, discovered; clients: a plain Service.
+    assert headless["spec"]["clusterIP"] == "None"
+    for service in (headless, clients):
+        assert service["spec"]["selector"] == labels
+    (internal_port,) = headless["spec"]["ports"]
+    assert internal_port["targetPort"] == "internal"
+    (client_port,) = clients["spec"]["ports"]
+    assert client_port["targetPort"] == "external"
+    agent_toml = objects[("ConfigMap", "pvtunnel-agent")]["data"]["agent.toml"]
+    agent_server = tomllib.loads(agent_toml)["server"]
+    assert agent_server["discover"] == "dns"
+    namespace = headless["metadata"]["namespace"]
+    name = headless["metadata"]["name"]
+    assert agent_server["url"] == (
+        f"ws://{name}.{namespace}.svc.cluster.local:{internal_port['port']}"
+    )
+    agent_secret = objects[("Secret", "pvtunnel-agent")]["stringData"]
+    assert agent_secret["token"] == secret["stringData"]["internal-token"]
+
+    assert budget["spec"]["selector"]["matchLabels"] == labels
+    assert budget["spec"]["maxUnavailable"] < spec["replicas"]
+
+    # server.toml as the pod sees it: the Secret's files where it mounts them.
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    config_dir = tmp_path / Path(mounts["config"]).relative_to("/")
+    secrets_dir = tmp_path / Path(mounts["secrets"]).relative_to("/")
+    config_dir.mkdir(parents=True)
+    secrets_dir.mkdir(parents=True)
+    (config_dir / "server.toml").write_text(config_map["data"]["server.toml"])
+    for file_name, text in secret["stringData"].items():
+        (secrets_dir / file_name).write_text(text)
+    result = check(config_dir / "server.toml", {})
+    assert result.returncode == 0, result.stderr
+    assert "a valid server configuration" in result.stdout
 
 
 async def test_embedding_runs_an_agent_against_a_real_server() -> None:

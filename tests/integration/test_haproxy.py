@@ -13,7 +13,7 @@ connection, bounded by the phases below, about 15 s in all):
 1. SIGTERM server a: ``/ready`` fails at once, HAProxy's check takes a out of
    rotation, then a closes its listeners and exits. No request may fail.
 2. a is started again, HAProxy's check sees it up, both agents are back on it.
-3. SIGKILL server b: only the requests in flight on b may fail (counted and
+3. SIGKILL server b: only the requests on b as it died may fail (counted and
    printed); once HAProxy's check has marked b down, every request succeeds.
 
 Ports for HAProxy's listeners and the servers are picked free by the kernel
@@ -227,7 +227,9 @@ async def test_sigterm_loses_nothing_and_sigkill_only_what_was_in_flight(
     print(f"\nrequests through HAProxy by phase: {counts}")
     assert load.outcomes["drain"]["ok"] > 0
     assert load.failures("steady") == load.failures("drain") == load.failures("restart") == 0
-    # Each client has at most one request in flight, on b or not.
-    assert load.failures("kill") <= WORKERS
+    # Each client can lose the request it had in flight on b, and one more sent to
+    # b while it died (the kernel accepted it on b's listening socket, then reset
+    # it); the next goes elsewhere, since HAProxy redispatches a refused connection.
+    assert load.failures("kill") <= 2 * WORKERS
     assert load.outcomes["after"]["ok"] > 0
     assert load.failures("after") == 0
