@@ -315,7 +315,10 @@ class TunnelAgent:
             tunnel.wake_writer()
             with trio.move_on_after(self.config.timeouts.grace_s):
                 await _wait_streams_finished(tunnel)
-                # Said, not cut: the last response's bytes may still wait for the writer.
+                # The last response may still be on its way out; once a PING sent
+                # after it is answered, the server has it all, and closing cannot
+                # cut it short.
+                await tunnel.wait_round_trip()
                 await tunnel.aclose("this server's address left DNS")
         scope.cancel()
         self._set_links(tuple(other for other in self.links if other is not link))
