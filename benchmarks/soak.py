@@ -9,8 +9,9 @@ GETs, 256 KiB downloads, 64 KiB uploads echoed back, and slow requests. Every 15
 to 45 s the relay cuts every agent connection or blackholes it for 2 to 8 s.
 Every response body is checked byte for byte, so a mixed-up or spliced response
 counts as ``corrupt`` (which must stay 0). At the end it prints requests served,
-errors by kind, and the server's and agent's RSS at the start and end and their
-peaks. Loopback only; everything it starts, it stops.
+errors by kind, the requests the server held while the agent reconnected (and how
+many of those were served), and the server's and agent's RSS at the start and end
+and their peaks. Loopback only; everything it starts, it stops.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Final
 
@@ -194,6 +196,23 @@ async def faults(relay: Relay, tally: Tally, rng: random.Random) -> None:
 # --------------------------------------------------------------------- processes
 
 
+async def held_requests(admin_port: int) -> dict[str, int]:
+    """The server's held requests by outcome, read from its /metrics page."""
+
+    def read() -> str:
+        url = f"http://127.0.0.1:{admin_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode())
+
+    text = await trio.to_thread.run_sync(read)
+    held: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("pvtunnel_held_requests_total{"):
+            labels, value = line.rsplit(" ", 1)
+            held[labels.split('"')[1]] = int(float(value))
+    return held
+
+
 async def wait_ready(process: trio.Process, what: str) -> None:
     assert process.stderr is not None
     seen = b""
@@ -214,10 +233,10 @@ async def drain_stderr(process: trio.Process) -> None:
 async def soak(minutes: float, workers: int) -> dict[str, object]:
     pvtunnel = [sys.executable, "-m", "pvtunnel"]
     env = {**os.environ, "PVTUNNEL_INTERNAL_TOKEN": TOKEN, "PVTUNNEL_TOKEN": TOKEN}
-    internal, external = h.free_ports(2)
+    internal, external, admin = h.free_ports(3)
     with tempfile.TemporaryDirectory() as tmp:
         server_toml = Path(tmp) / "server.toml"
-        server_toml.write_text(f'host = "127.0.0.1"\n{HEARTBEAT}')
+        server_toml.write_text(f'host = "127.0.0.1"\n{HEARTBEAT}\n[admin]\nport = {admin}\n')
         agent_toml = Path(tmp) / "agent.toml"
         agent_toml.write_text(f'client_id = "soak"\n{HEARTBEAT}')
         tally = Tally()
@@ -272,6 +291,7 @@ async def soak(minutes: float, workers: int) -> dict[str, object]:
                 result = await run_load(
                     server.pid, agent.pid, external, relay, tally, minutes, workers
                 )
+                result["held"] = await held_requests(admin)
             finally:
                 for process in (agent, server):
                     if process is not None and process.returncode is None:
@@ -339,6 +359,11 @@ def main() -> None:
     for kind, count in sorted(dict(result["errors"]).items()):  # type: ignore[call-overload]
         print(f"| error: {kind} | {count} |")
     print(f"| faults injected | {result['faults']} |")
+    held = dict(result["held"])  # type: ignore[call-overload]
+    waited = sum(count for outcome, count in held.items() if outcome != "refused")
+    print(f"| requests held while the agent reconnected | {waited} |")
+    for outcome, count in sorted(held.items()):
+        print(f"| held: {outcome} | {count} |")
     for who in ("server", "agent"):
         start = result["rss_start_kib"][who]  # type: ignore[index]
         end = result["rss_end_kib"][who]  # type: ignore[index]

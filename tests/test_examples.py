@@ -12,6 +12,7 @@ from __future__ import annotations
 import configparser
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,11 @@ EXAMPLES = ROOT / "examples"
 PVTUNNEL = [sys.executable, "-m", "pvtunnel"]
 # Stand-ins for the secrets that live outside the examples (token files under /etc,
 # compose's .env); the environment wins over token_file, as on a real host.
-TOKEN_ENV = {"PVTUNNEL_TOKEN": "example-token", "PVTUNNEL_INTERNAL_TOKEN": "example-token"}
+TOKEN_ENV = {
+    "PVTUNNEL_TOKEN": "example-token",
+    "PVTUNNEL_INTERNAL_TOKEN": "example-token",
+    "PVTUNNEL_ADMIN_TOKEN": "example-admin-token",
+}
 
 
 def check(path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -82,9 +87,13 @@ def test_the_examples_are_all_there() -> None:
         "docker/Dockerfile",
         "docker/compose.yaml",
         "kubernetes/README.md",
+        "haproxy/README.md",
+        "haproxy/haproxy.cfg",
+        "haproxy/server.toml",
+        "haproxy/agent.toml",
     } <= names
-    assert len(TOML_FILES) == 4
-    assert len(YAML_FILES) == 4
+    assert len(TOML_FILES) == 6
+    assert len(YAML_FILES) == 5
 
 
 @pytest.mark.parametrize("path", TOML_FILES, ids=lambda p: str(p.relative_to(EXAMPLES)))
@@ -118,6 +127,32 @@ def test_ec2_units_run_the_configs_that_come_with_them() -> None:
     assert f"proxy_pass http://127.0.0.1:{server['internal']['port']};" in nginx
     assert f"proxy_pass http://127.0.0.1:{server['external']['port']};" in nginx
     assert "proxy_set_header Upgrade $http_upgrade;" in nginx
+
+
+def test_haproxy_config_is_valid_and_fits_the_pvtunnel_configs() -> None:
+    """Syntax by HAProxy itself; the ports it uses are the ones the configs name.
+
+    ``tests/integration/test_haproxy.py`` runs this config in front of real servers.
+    """
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    config = EXAMPLES / "haproxy" / "haproxy.cfg"
+    result = subprocess.run(
+        [haproxy, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = config.read_text()
+    server = tomllib.loads((EXAMPLES / "haproxy" / "server.toml").read_text())
+    external, internal = server["external"]["port"], server["internal"]["port"]
+    admin = server["admin"]["port"]
+    for address in ("10.0.1.10", "10.0.1.11"):
+        assert f"{address}:{external} check port {admin}" in text
+        assert f"{address}:{internal}\n" in text
+    assert "http-check send meth GET uri /ready" in text
+    assert server["timeouts"]["drain_delay_s"] > 2  # HAProxy's fall 2, inter 1s
+    agent = tomllib.loads((EXAMPLES / "haproxy" / "agent.toml").read_text())
+    agent_ports = sorted(int(url.rsplit(":", 1)[1]) for url in agent["server"]["url"])
+    assert agent_ports == sorted(int(port) for port in re.findall(r"bind :(818\d)", text))
+    assert len(agent_ports) == 2  # one per server: each agent reaches both
 
 
 def test_compose_file_wires_server_agent_and_a_private_app() -> None:
@@ -196,6 +231,73 @@ def test_kubernetes_agent_gets_config_secret_and_probes(tmp_path: Path) -> None:
     missing = check(inside(str(config_file)), {})
     assert missing.returncode == 2
     assert "admin.token_file: cannot read" in missing.stderr
+
+
+def test_kubernetes_servers_are_replicas_the_agents_discover(tmp_path: Path) -> None:
+    objects = manifests()
+    deployment = objects[("Deployment", "pvtunnel-server")]
+    config_map = objects[("ConfigMap", "pvtunnel-server")]
+    secret = objects[("Secret", "pvtunnel-server")]
+    headless = objects[("Service", "pvtunnel-internal")]
+    clients = objects[("Service", "pvtunnel")]
+    budget = objects[("PodDisruptionBudget", "pvtunnel-server")]
+
+    spec = deployment["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"] == labels
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    server = tomllib.loads(config_map["data"]["server.toml"])
+    assert ports == {
+        "external": server["external"]["port"],
+        "internal": server["internal"]["port"],
+        "admin": server["admin"]["port"],
+    }
+    assert container["livenessProbe"]["httpGet"] == {"path": "/live", "port": "admin"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "admin"}
+    timeouts = server["timeouts"]
+    assert pod["terminationGracePeriodSeconds"] > timeouts["drain_delay_s"] + timeouts["grace_s"]
+    # The pod must leave the endpoints within the drain delay.
+    probe = container["readinessProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] < timeouts["drain_delay_s"]
+
+    # Agents: the headless Service's name, discovered; clients: a plain Service.
+    assert headless["spec"]["clusterIP"] == "None"
+    for service in (headless, clients):
+        assert service["spec"]["selector"] == labels
+    (internal_port,) = headless["spec"]["ports"]
+    assert internal_port["targetPort"] == "internal"
+    (client_port,) = clients["spec"]["ports"]
+    assert client_port["targetPort"] == "external"
+    agent_toml = objects[("ConfigMap", "pvtunnel-agent")]["data"]["agent.toml"]
+    agent_server = tomllib.loads(agent_toml)["server"]
+    assert agent_server["discover"] == "dns"
+    namespace = headless["metadata"]["namespace"]
+    name = headless["metadata"]["name"]
+    assert agent_server["url"] == (
+        f"ws://{name}.{namespace}.svc.cluster.local:{internal_port['port']}"
+    )
+    agent_secret = objects[("Secret", "pvtunnel-agent")]["stringData"]
+    assert agent_secret["token"] == secret["stringData"]["internal-token"]
+
+    assert budget["spec"]["selector"]["matchLabels"] == labels
+    assert budget["spec"]["maxUnavailable"] < spec["replicas"]
+
+    # server.toml as the pod sees it: the Secret's files where it mounts them.
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    config_dir = tmp_path / Path(mounts["config"]).relative_to("/")
+    secrets_dir = tmp_path / Path(mounts["secrets"]).relative_to("/")
+    config_dir.mkdir(parents=True)
+    secrets_dir.mkdir(parents=True)
+    (config_dir / "server.toml").write_text(config_map["data"]["server.toml"])
+    for file_name, text in secret["stringData"].items():
+        (secrets_dir / file_name).write_text(text)
+    result = check(config_dir / "server.toml", {})
+    assert result.returncode == 0, result.stderr
+    assert "a valid server configuration" in result.stdout
 
 
 async def test_embedding_runs_an_agent_against_a_real_server() -> None:

@@ -131,8 +131,27 @@ def test_an_empty_server_page_has_every_unlabelled_family() -> None:
         "pvtunnel_agent_connects",
         "pvtunnel_agent_disconnects",
         "pvtunnel_protocol_errors",
+        "pvtunnel_held_requests_waiting",
+        "pvtunnel_held_requests",
     }
     assert scrape.series("pvtunnel_requests_total") == {}
+    # Every outcome from the first scrape, so rate() works at once.
+    assert scrape.series("pvtunnel_held_requests_total") == {
+        (("outcome", outcome),): 0.0
+        for outcome in ("served", "timed_out", "refused", "abandoned", "shutting_down")
+    }
+
+
+def test_held_requests_figures() -> None:
+    metrics = ServerMetrics()
+    metrics.held_request_ended("served")
+    metrics.held_request_ended("served")
+    metrics.held_request_ended("timed_out")
+    page = render_server(metrics, active_streams=0, connected_agents=0, held_requests=4)
+    scrape = Scrape(page)
+    assert scrape.value("pvtunnel_held_requests_waiting") == 4
+    assert scrape.value("pvtunnel_held_requests_total", outcome="served") == 2
+    assert scrape.value("pvtunnel_held_requests_total", outcome="timed_out") == 1
 
 
 def test_agent_page() -> None:

@@ -131,6 +131,7 @@ def test_admin_urls() -> None:
 def server_entry(url: str, **changes: object) -> AgentServerEntry:
     entry = AgentServerEntry(
         url=url,
+        address=None,
         connected=True,
         connected_since="2025-03-02T09:14:05Z",
         connected_for_s=65.2,
@@ -183,3 +184,21 @@ def test_one_server_needs_no_server_table() -> None:
     """With one server the summary line says it all, as before the list existed."""
     one = agent_document(servers=[server_entry("wss://agents.example.com")])
     assert format_status(one, "x") == format_status(agent_document(), "x")
+
+
+def test_discovered_links_show_their_addresses_even_when_there_is_one() -> None:
+    url = "wss://pvtunnel-internal.tunnel.svc.cluster.local:8081"
+    servers = [
+        server_entry(url, address="10.42.0.17"),
+        server_entry(url, address="10.42.1.9", reconnects=2, in_flight=0),
+    ]
+    lines = format_status(agent_document(server=url, servers=servers), "x").splitlines()
+    assert lines[2:5] == [
+        "SERVER                                                 ADDRESS     STATE      "
+        "CONNECTED SINCE       FOR    RECONNECTS  IN FLIGHT",
+        f"{url}  10.42.0.17  connected  2025-03-02T09:14:05Z  1m05s           0          1",
+        f"{url}  10.42.1.9   connected  2025-03-02T09:14:05Z  1m05s           2          0",
+    ]
+    one = format_status(agent_document(server=url, servers=servers[:1]), "x").splitlines()
+    assert one[2].startswith("SERVER ")
+    assert "10.42.0.17" in one[3]

@@ -97,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         help="ws://host:port, wss://host:port or host:port (repeatable: the agent "
         "holds one connection to each server)",
     )
+    agent.add_argument(
+        "--discover",
+        choices=("none", "dns"),
+        help="dns: connect to every address each server URL's host resolves to, "
+        "re-resolved as servers come and go (e.g. a Kubernetes headless Service)",
+    )
     agent.add_argument("--client-id", help="this agent's name in the server's logs")
     agent.add_argument(
         "--admin-port", type=int, help="serve /metrics, /status, /live, /ready here (0: any)"
@@ -227,6 +233,7 @@ def _agent(args: argparse.Namespace) -> int:
         admin_port=args.admin_port,
         admin_token=admin_token_from_environment(os.environ),
         inspect=args.inspect,
+        discover=args.discover,
     )
     problems = config.validate_runnable()
     if problems:

@@ -46,6 +46,11 @@ DURATION_BUCKETS_S: Final = (
 )
 """Upper bounds of the request duration histogram, in seconds (Prometheus' defaults, to 60 s)."""
 
+HELD_OUTCOMES: Final = ("served", "timed_out", "refused", "abandoned", "shutting_down")
+"""How a held request's wait ended: an agent came back and it was forwarded; none came
+within the hold time (503); too many waited already (503 at once, not held); the
+client's own deadline ended it; the server began to drain (503)."""
+
 # Classes 1xx-5xx are always exposed (zero included, so rate() works from the first
 # scrape); 6xx-9xx only once seen, since h11 lets an upstream send any 3-digit status.
 _ALWAYS_SHOWN_CLASSES: Final = range(1, 6)
@@ -102,11 +107,14 @@ class ServerMetrics:
         "agent_disconnects",
         "agent_protocol_errors",
         "client_protocol_errors",
+        "held_requests",
         "routes",
     )
 
     def __init__(self) -> None:
         self.routes: dict[str, RouteFigures] = {}
+        # Requests for a route whose agents had left lately, by how their wait ended.
+        self.held_requests: dict[str, int] = dict.fromkeys(HELD_OUTCOMES, 0)
         self.agent_connects = 0
         self.agent_disconnects = 0
         self.agent_protocol_errors = 0
@@ -141,6 +149,10 @@ class ServerMetrics:
         if duration_s is not None:
             figures.duration.observe(duration_s)
 
+    def held_request_ended(self, outcome: str) -> None:
+        """Count a request held for a departed route; ``outcome`` is one of `HELD_OUTCOMES`."""
+        self.held_requests[outcome] += 1
+
 
 class AgentMetrics:
     """The agent's counters; connection state, reconnects and pool sizes are read on scrape."""
@@ -168,15 +180,20 @@ class ServerLinkFigures:
     url: str
     connected: bool
     reconnects: int
+    # The address DNS discovery dialled for this link; None for a plain URL.
+    address: str | None = None
 
 
-def render_server(metrics: ServerMetrics, *, active_streams: int, connected_agents: int) -> str:
+def render_server(
+    metrics: ServerMetrics, *, active_streams: int, connected_agents: int, held_requests: int = 0
+) -> str:
     """The server's /metrics page.
 
     Args:
         metrics: The counters.
         active_streams: Requests in flight through agents right now.
         connected_agents: Agents registered right now.
+        held_requests: Requests waiting right now for a departed route's agent.
 
     Returns:
         Prometheus text exposition format 0.0.4 (serve it as `CONTENT_TYPE`).
@@ -230,6 +247,20 @@ def render_server(metrics: ServerMetrics, *, active_streams: int, connected_agen
     )
     out.sample("pvtunnel_protocol_errors_total", metrics.agent_protocol_errors, peer="agent")
     out.sample("pvtunnel_protocol_errors_total", metrics.client_protocol_errors, peer="client")
+    out.family(
+        "pvtunnel_held_requests_waiting",
+        "gauge",
+        "Requests waiting for an agent of a route whose agents left lately.",
+    )
+    out.sample("pvtunnel_held_requests_waiting", held_requests)
+    out.family(
+        "pvtunnel_held_requests_total",
+        "counter",
+        "Requests for a route whose agents had left lately, by outcome: served, timed_out, "
+        "refused (too many waiting), abandoned, shutting_down.",
+    )
+    for outcome, count in metrics.held_requests.items():
+        out.sample("pvtunnel_held_requests_total", count, outcome=outcome)
     return out.text()
 
 
@@ -252,7 +283,8 @@ def render_agent(
         idle_connections: Pooled keep-alive upstream connections per route; its
             keys are the configured routes, so every route gets its series.
         servers: Each configured server URL's link, for the per-server series
-            (a ``server`` label holds only URLs from the agent's own config).
+            (a ``server`` label holds only URLs from the agent's own config; with
+            DNS discovery an ``address`` label tells the links of one URL apart).
 
     Returns:
         Prometheus text exposition format 0.0.4 (serve it as `CONTENT_TYPE`).
@@ -269,14 +301,16 @@ def render_agent(
     out.sample("pvtunnel_agent_reconnects_total", reconnects)
     out.family("pvtunnel_agent_server_connected", "gauge", "1 while registered with this server.")
     for server in servers:
-        out.sample("pvtunnel_agent_server_connected", int(server.connected), server=server.url)
+        out.sample("pvtunnel_agent_server_connected", int(server.connected), **_link_labels(server))
     out.family(
         "pvtunnel_agent_server_reconnects_total",
         "counter",
         "Connection attempts to this server after the first one.",
     )
     for server in servers:
-        out.sample("pvtunnel_agent_server_reconnects_total", server.reconnects, server=server.url)
+        out.sample(
+            "pvtunnel_agent_server_reconnects_total", server.reconnects, **_link_labels(server)
+        )
     out.family("pvtunnel_agent_active_streams", "gauge", "Requests being replayed right now.")
     out.sample("pvtunnel_agent_active_streams", active_streams)
     out.family("pvtunnel_agent_streams_total", "counter", "Requests received to replay, by route.")
@@ -302,6 +336,12 @@ def render_agent(
     )
     out.sample("pvtunnel_protocol_errors_total", metrics.protocol_errors, peer="server")
     return out.text()
+
+
+def _link_labels(server: ServerLinkFigures) -> dict[str, str]:
+    if server.address is None:
+        return {"server": server.url}
+    return {"server": server.url, "address": server.address}
 
 
 class _Exposition:

@@ -57,9 +57,11 @@ class AgentRouteEntry(TypedDict):
 
 
 class AgentServerEntry(TypedDict):
-    """One server URL the agent holds a connection to."""
+    """One server link of the agent: one per URL, or per address with DNS discovery."""
 
     url: str
+    # The address DNS discovery found and dials; None for a plain URL.
+    address: str | None
     connected: bool
     connected_since: str | None
     connected_for_s: float | None
@@ -206,7 +208,8 @@ def _format_server(document: ServerStatusDocument, source: str) -> str:
 def _format_agent(document: AgentStatusDocument, source: str) -> str:
     state = _state(ready=document["ready"], draining=document["draining"])
     servers = document.get("servers", [])
-    if len(servers) > 1:
+    discovered = any(server.get("address") for server in servers)
+    if len(servers) > 1 or discovered:
         up = sum(server["connected"] for server in servers)
         link = f"connected to {up} of {len(servers)} servers"
     elif document["connected"]:
@@ -223,8 +226,8 @@ def _format_agent(document: AgentStatusDocument, source: str) -> str:
         f"{_count(document['in_flight'], 'stream')} in flight",
         "",
     ]
-    if len(servers) > 1:
-        lines += _servers_table(servers)
+    if len(servers) > 1 or discovered:
+        lines += _servers_table(servers, discovered=discovered)
         lines.append("")
     lines += _table(
         ("ROUTE", "TARGET", "STREAMS", "IDLE CONNECTIONS", "CONNECT ERRORS"),
@@ -243,18 +246,20 @@ def _format_agent(document: AgentStatusDocument, source: str) -> str:
     return "\n".join(lines)
 
 
-def _servers_table(servers: Sequence[AgentServerEntry]) -> list[str]:
-    """One row per server link; shown only with several, since one fits the summary line."""
-    rows = []
+def _servers_table(servers: Sequence[AgentServerEntry], *, discovered: bool) -> list[str]:
+    """One row per server link; shown with several (or discovered), else the summary says it."""
+    rows: list[tuple[str, ...]] = []
     for server in servers:
         if server["connected"]:
             link = "connected"
         else:
             link = "connecting" if server["refused"] is None else "refused"
         for_s = server["connected_for_s"]
+        address = (server.get("address") or "-",) if discovered else ()
         rows.append(
             (
                 server["url"],
+                *address,
                 link,
                 server["connected_since"] or "-",
                 "-" if for_s is None else _duration(for_s),
@@ -262,11 +267,9 @@ def _servers_table(servers: Sequence[AgentServerEntry]) -> list[str]:
                 str(server["in_flight"]),
             )
         )
-    return _table(
-        ("SERVER", "STATE", "CONNECTED SINCE", "FOR", "RECONNECTS", "IN FLIGHT"),
-        rows,
-        numeric={4, 5},
-    )
+    header = ("SERVER", *(("ADDRESS",) if discovered else ()), "STATE", "CONNECTED SINCE")
+    shift = 1 if discovered else 0
+    return _table((*header, "FOR", "RECONNECTS", "IN FLIGHT"), rows, numeric={4 + shift, 5 + shift})
 
 
 def _state(*, ready: bool, draining: bool) -> str:

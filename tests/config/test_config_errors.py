@@ -96,6 +96,7 @@ def test_agent_problems_across_tables_are_reported_together(here: Path) -> None:
         max_streams = 0
         [server]
         url = ["ftp://proxy", "proxy:99999", "ws://:80"]
+        discover = "srv"
         [[routes]]
         name = "Bad_Name"
         value = "bad host!"
@@ -111,6 +112,7 @@ def test_agent_problems_across_tables_are_reported_together(here: Path) -> None:
         'agent.toml: server.url[0]: expected a ws:// or wss:// URL, got "ftp://proxy"',
         'agent.toml: server.url[1]: expected a ws:// or wss:// URL, got "proxy:99999"',
         'agent.toml: server.url[2]: expected a URL with a host name or IP address, got "ws://:80"',
+        'agent.toml: server.discover: expected "none" or "dns", got "srv"',
         "agent.toml: routes[0].name: expected a route name (letters, digits, '-' and '.', "
         "optionally ':port'), got \"Bad_Name\"",
         'agent.toml: routes[0].value: expected a host name or IP address, got "bad host!"',

@@ -6,6 +6,7 @@ import pytest
 
 from pvtunnel._config import (
     AgentConfig,
+    Discovery,
     InternalConfig,
     Route,
     RouteType,
@@ -163,6 +164,17 @@ def test_bad_agent_flags_are_all_reported() -> None:
         '--route OK=h:2: route name "ok" given twice',
         "--route x=h:0: port: expected an integer from 1 to 65535, got 0",
     ]
+
+
+def test_discover_flag_applies_to_every_server_url() -> None:
+    changed = with_agent_overrides(FILE_AGENT, discover="dns")
+    assert changed.server.discover is Discovery.DNS
+    assert changed.server.urls == FILE_AGENT.server.urls
+    assert with_agent_overrides(changed, discover="none").server.discover is Discovery.NONE
+    assert with_agent_overrides(changed).server.discover is Discovery.DNS
+    with pytest.raises(ConfigError) as caught:
+        with_agent_overrides(FILE_AGENT, discover="srv")
+    assert caught.value.problems == ['--discover: expected "none" or "dns", got "srv"']
 
 
 def test_a_server_url_with_credentials_is_not_echoed() -> None:

@@ -11,6 +11,7 @@ from pvtunnel._config import (
     AdminConfig,
     AgentConfig,
     AgentTimeouts,
+    Discovery,
     ExternalConfig,
     InternalConfig,
     LimitsConfig,
@@ -79,12 +80,15 @@ def test_server_file_with_every_key(here: Path) -> None:
         upstream_response_s = 7
         grace_s = 8
         handshake_s = 9
+        route_memory_s = 120
+        hold_s = 2.5
 
         [limits]
         max_streams_per_agent = 10
         max_request_head_bytes = 1024
         max_client_connections = 12
         stream_window_bytes = 16384
+        max_held_requests = 0
 
         [admin]
         port = 9100
@@ -116,13 +120,20 @@ def test_server_file_with_every_key(here: Path) -> None:
             tls_key=key,
         ),
         timeouts=TimeoutsConfig(
-            request_head_s=5.0, idle_s=6.5, upstream_response_s=7.0, grace_s=8.0, handshake_s=9.0
+            request_head_s=5.0,
+            idle_s=6.5,
+            upstream_response_s=7.0,
+            grace_s=8.0,
+            handshake_s=9.0,
+            route_memory_s=120.0,
+            hold_s=2.5,
         ),
         limits=LimitsConfig(
             max_streams_per_agent=10,
             max_request_head_bytes=1024,
             max_client_connections=12,
             stream_window_bytes=16384,
+            max_held_requests=0,
         ),
         admin=AdminConfig(port=9100, host="0.0.0.0", token=Secret("admin-token")),
     )
@@ -144,6 +155,8 @@ def test_agent_file_with_every_key(here: Path) -> None:
         url = ["proxy-a:8081", "wss://proxy-b.example.com/tunnel"]
         token = "{TOKEN}"
         ca_file = "ca.pem"
+        discover = "dns"
+        discover_interval_s = 5
 
         [[routes]]
         name = "Route1"
@@ -182,6 +195,8 @@ def test_agent_file_with_every_key(here: Path) -> None:
             urls=("ws://proxy-a:8081", "wss://proxy-b.example.com/tunnel"),
             token=Secret(TOKEN),
             ca_file=(here / "ca.pem").resolve(),
+            discover=Discovery.DNS,
+            discover_interval_s=5.0,
         ),
         routes=(
             Route(name="route1", value="localhost", port=8083),

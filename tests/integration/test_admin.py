@@ -42,7 +42,7 @@ from tests.integration.harness import (
 from tests.prometheus import Scrape
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
 LIMIT_S = 15
 PVTUNNEL = [sys.executable, "-m", "pvtunnel"]
@@ -560,19 +560,25 @@ class Process:
 
     @classmethod
     async def launch(cls, *args: str, env: Mapping[str, str]) -> Process:
+        return await cls.spawn([*PVTUNNEL, *args], env=env)
+
+    @classmethod
+    async def spawn(cls, argv: Sequence[str], *, env: Mapping[str, str]) -> Process:
+        """Any command (``launch`` runs pvtunnel), its stderr read as lines."""
         process = await trio.lowlevel.open_process(
-            [*PVTUNNEL, *args],
+            list(argv),
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             env={**os.environ, **env},
         )
         return cls(process)
 
-    async def wait_for(self, pattern: str) -> re.Match[str]:
+    async def wait_for(self, pattern: str, *, start: int = 0) -> re.Match[str]:
+        """The first line from ``lines[start]`` on that matches, reading more as needed."""
         stream = self.process.stderr
         assert stream is not None
         while True:
-            for line in self.lines:
+            for line in self.lines[start:]:
                 if match := re.search(pattern, line):
                     return match
             chunk = await stream.receive_some(4096)

@@ -82,10 +82,14 @@ async def wait_for(agent: TunnelAgent, condition: Callable[[], bool]) -> None:
         await agent.wait_links_changed()
 
 
-async def revive(nursery: trio.Nursery, gone: Running) -> Running:
+async def revive(
+    nursery: trio.Nursery, gone: Running, timeouts: dict[str, Any] | None = None
+) -> Running:
     """A new server on the ports of one that was stopped, once an agent is back on it."""
     back = server_config(
-        internal={"port": gone.addresses.internal[1]}, external={"port": gone.port}
+        internal={"port": gone.addresses.internal[1]},
+        external={"port": gone.port},
+        timeouts=timeouts,
     )
     revived = await start_server(nursery, back)
     await wait_for_sessions(revived, 1)
@@ -461,7 +465,7 @@ async def test_the_agent_command_takes_server_several_times(processes: list[Proc
 async def test_a_server_that_comes_back_during_a_drain_hears_goaway_at_once() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            _, port = await start_upstream(nursery, "svc")
+            upstream, port = await start_upstream(nursery, "svc")
             away, away_scope = await start_server_in_scope(nursery, server_config())
             staying = await start_server(nursery)
             agent = TunnelAgent(
@@ -476,12 +480,16 @@ async def test_a_server_that_comes_back_during_a_drain_hears_goaway_at_once() ->
             (staying_session,) = staying.server.sessions
             await staying_session.tunnel.going_away.wait()
 
-            revived = await revive(nursery, away)
+            revived = await revive(nursery, away, timeouts={"hold_s": 0.2})
             (session,) = revived.server.sessions
             await session.tunnel.going_away.wait()
             assert session.tunnel.closed is None
-            # Unrouted, as any agent that said GOAWAY: new requests find no agent.
+            # Unrouted, as any agent that said GOAWAY: new requests find no agent
+            # (they wait for one to register, briefly here, then get 503).
             await trio.testing.wait_all_tasks_blocked()
             assert revived.server.state.router.names() == {}
-            assert (await fetch(revived.port, b"GET", b"/")).status == 404
+            served = len(upstream.requests)
+            reply = await fetch(revived.port, b"GET", b"/")
+            assert (reply.status, reply.header(b"retry-after")) == (503, b"1")
+            assert len(upstream.requests) == served
             nursery.cancel_scope.cancel()

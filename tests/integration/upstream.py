@@ -171,6 +171,9 @@ class RecordingUpstream:
             await self.release.wait()
             await send(h11.Data(data=b"-rest"), h11.EndOfMessage())
             return
+        if path.startswith(b"/sleep/"):
+            # Answered after that many milliseconds: a request that stays in flight.
+            await trio.sleep(int(path.rsplit(b"/", 1)[1]) / 1000)
         if path == b"/never":
             await trio.sleep_forever()
         if path == b"/close":

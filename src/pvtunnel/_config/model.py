@@ -15,9 +15,9 @@ the key the user should change.
 
 import enum
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import attrs
 
@@ -137,6 +137,14 @@ class TimeoutsConfig:
     # so a blackholed network is noticed in seconds, not at TCP's timeout.
     heartbeat_s: float = attrs.field(default=5.0, validator=Rule(rules.seconds))
     heartbeat_timeout_s: float = attrs.field(default=15.0, validator=Rule(rules.seconds))
+    # When a route's last agent leaves, its name is remembered this long; a request
+    # for it then waits up to hold_s for an agent to register (else 503 + Retry-After).
+    route_memory_s: float = attrs.field(default=60.0, validator=Rule(rules.seconds))
+    hold_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
+    # On SIGTERM, /ready answers 503 this long before the listeners close, while
+    # requests are still served: a load balancer's health check (or Kubernetes'
+    # endpoint removal) notices first, so no new client meets a closed port.
+    drain_delay_s: float = attrs.field(default=0.0, validator=Rule(rules.delay_seconds))
 
 
 @attrs.frozen(kw_only=True)
@@ -159,6 +167,10 @@ class LimitsConfig:
     # stream count (protocol.md section 7).
     connection_window_bytes: int = attrs.field(
         default=16777216, validator=Rule(rules.integer(16384, rules.MAX_INT32))
+    )
+    # Requests waiting at once for departed routes' agents; 0 answers 503 at once.
+    max_held_requests: int = attrs.field(
+        default=1000, validator=Rule(rules.integer(0, rules.MAX_INT32))
     )
 
 
@@ -206,9 +218,46 @@ def _normalised_urls(value: tuple[str, ...]) -> tuple[str, ...]:
         return value
 
 
+E = TypeVar("E", bound=enum.Enum)
+
+
+def _enum_rule(kind: type[E]) -> Callable[[object], E]:
+    """The rule for an enum-valued key: its TOML spelling (a member's value) or the member."""
+    expected = " or ".join(f'"{member.value}"' for member in kind)
+
+    def parse(value: object) -> E:
+        if isinstance(value, kind):
+            return value
+        if isinstance(value, str):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        raise InvalidValue(f"expected {expected}, got {show(value)}")
+
+    return parse
+
+
+class Discovery(enum.Enum):
+    """How the agent finds the servers behind a URL (``[server] discover``)."""
+
+    NONE = "none"  # one connection per URL, to whatever its host resolves to first
+    DNS = "dns"  # one connection per address the URL's host resolves to, kept current
+
+
+discovery: Final = _enum_rule(Discovery)
+"""The rule for ``discover``."""
+
+
 @attrs.frozen(kw_only=True)
 class ServerEndpoint:
-    """Where the agent dials (``[server]``): one connection per URL, each on its own."""
+    """Where the agent dials (``[server]``): one connection per URL, each on its own.
+
+    With ``discover = "dns"`` each URL stands for every server its host name
+    resolves to (a Kubernetes headless Service, a round-robin name): one
+    connection per address, re-resolved every ``discover_interval_s`` and when a
+    connection fails. TLS still verifies the URL's host name, not the address.
+    """
 
     urls: tuple[str, ...] = attrs.field(
         default=(),
@@ -218,6 +267,8 @@ class ServerEndpoint:
     )
     token: Secret | None = attrs.field(default=None, validator=Rule(rules.optional_secret))
     ca_file: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
+    discover: Discovery = attrs.field(default=Discovery.NONE, validator=Rule(discovery))
+    discover_interval_s: float = attrs.field(default=30.0, validator=Rule(rules.seconds))
 
 
 class RouteType(enum.Enum):
@@ -227,16 +278,8 @@ class RouteType(enum.Enum):
     IP = "ip"
 
 
-def route_type(value: object) -> RouteType:
-    """The rule for ``type``: the TOML spelling or the enum itself."""
-    if isinstance(value, RouteType):
-        return value
-    if isinstance(value, str):
-        try:
-            return RouteType(value)
-        except ValueError:
-            pass
-    raise InvalidValue(f'expected "cname" or "ip", got {show(value)}')
+route_type: Final = _enum_rule(RouteType)
+"""The rule for ``type``."""
 
 
 def _unbracket(value: str) -> str:

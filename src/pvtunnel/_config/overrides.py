@@ -15,7 +15,7 @@ import attrs
 from pvtunnel._errors import ConfigError
 
 from . import rules
-from .model import AdminConfig, AgentConfig, Route, RouteType, ServerConfig
+from .model import AdminConfig, AgentConfig, Route, RouteType, ServerConfig, discovery
 from .rules import FieldError, InvalidValue
 
 if TYPE_CHECKING:
@@ -174,6 +174,7 @@ def with_agent_overrides(
     server_urls: Sequence[str] = (),
     admin_token: Secret | None = None,
     inspect: bool = False,
+    discover: str | None = None,
 ) -> AgentConfig:
     """Apply ``pvtunnel agent`` flags; None or empty leaves the file's value.
 
@@ -187,6 +188,7 @@ def with_agent_overrides(
             route of the same name (in place); new names are appended.
         admin_port: ``--admin-port``, as for `with_overrides`.
         admin_token: As for `with_overrides`.
+        discover: ``--discover`` ("none" or "dns"), for every server URL.
 
     Returns:
         A new config; ``config`` itself is unchanged. It may still lack what
@@ -209,6 +211,7 @@ def with_agent_overrides(
         _flag("--client-id", client_id, rules.client_id, problems)
     if admin_port is not None:
         _flag("--admin-port", admin_port, rules.listen_port, problems)
+    found_by = None if discover is None else _flag("--discover", discover, discovery, problems)
     flag_routes: dict[str, Route] = {}
     for flag in routes:
         try:
@@ -230,6 +233,8 @@ def with_agent_overrides(
     admin = _admin_on(config.admin, admin_port, admin_token)
     if inspector.enabled and admin is None:
         admin = AdminConfig(port=INSPECT_PORT, token=admin_token)
+    if found_by is not None:
+        server = attrs.evolve(server, discover=found_by)
     return attrs.evolve(
         config,
         client_id=config.client_id if client_id is None else client_id,

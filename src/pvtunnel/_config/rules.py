@@ -206,6 +206,18 @@ def seconds(value: object) -> float:
     raise InvalidValue(f"expected a finite number of seconds greater than 0, got {show(value)}")
 
 
+def delay_seconds(value: object) -> float:
+    """A delay in seconds: 0 (none), or positive and finite."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    try:
+        return seconds(value)
+    except InvalidValue:
+        raise InvalidValue(
+            f"expected a finite number of seconds, 0 or more, got {show(value)}"
+        ) from None
+
+
 def string(value: object, what: str) -> str:
     """Narrow ``value`` to ``str`` or explain what was expected instead."""
     if not isinstance(value, str):

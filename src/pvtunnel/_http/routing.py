@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Container, Iterable
 
 _ABSOLUTE_PREFIXES = (b"http://", b"https://")
 
@@ -78,12 +78,21 @@ class Router(Generic[SessionT]):
             if session not in sessions:
                 sessions.append(session)
 
-    def remove(self, session: SessionT) -> None:
+    def remove(self, session: SessionT) -> tuple[str, ...]:
+        """Stop routing to ``session``.
+
+        Returns:
+            The names no session serves any more: the routes whose agents have all
+            left, which the server remembers for a while (see ``_http.holding``).
+        """
+        unserved: list[str] = []
         for name in [n for n, sessions in self._routes.items() if session in sessions]:
             sessions = self._routes[name]
             sessions.remove(session)
             if not sessions:
                 del self._routes[name]
+                unserved.append(name)
+        return tuple(unserved)
 
     def names(self) -> dict[str, tuple[SessionT, ...]]:
         return {name: tuple(sessions) for name, sessions in self._routes.items()}
@@ -91,22 +100,34 @@ class Router(Generic[SessionT]):
     def lookup(self, authority: str) -> tuple[str, SessionT] | None:
         """The matched route name and the least busy session serving it, or None."""
         routes = self._routes
-        key = authority.lower()
-        sessions = routes.get(key)
-        if sessions is None:
-            # A fully qualified name may end in a dot ("app.example.com."), which
-            # names the same host; nginx drops it too.
-            key = strip_port(key).removesuffix(".")
-            sessions = routes.get(key)
-            suffix = self._domain_suffix
-            if sessions is None and suffix is not None and key.endswith(suffix):
-                key = key[: -len(suffix)]
-                sessions = routes.get(key)
-            if sessions is None:
-                return None
+        key = self.match_name(authority, routes)
+        if key is None:
+            return None
+        sessions = routes[key]
         if len(sessions) == 1:
             return key, sessions[0]
         return key, min(sessions, key=_in_flight)
+
+    def match_name(self, authority: str, names: Container[str]) -> str | None:
+        """The name among ``names`` that a request for ``authority`` is for, or None.
+
+        The same rules as `lookup`, so a name the server remembers after its agents
+        left (``names``) is matched exactly as a served one would be.
+        """
+        key = authority.lower()
+        if key in names:
+            return key
+        # A fully qualified name may end in a dot ("app.example.com."), which
+        # names the same host; nginx drops it too.
+        key = strip_port(key).removesuffix(".")
+        if key in names:
+            return key
+        suffix = self._domain_suffix
+        if suffix is not None and key.endswith(suffix):
+            key = key[: -len(suffix)]
+            if key in names:
+                return key
+        return None
 
 
 def _in_flight(session: Session) -> int:

@@ -143,12 +143,15 @@ class ServerAdmin:
 
     def is_ready(self) -> bool:
         state = self._server.state
-        return state.listening and not state.draining
+        return state.listening and not state.draining and not state.withdrawn
 
     def metrics_text(self) -> str:
         state = self._server.state
         return render_server(
-            state.metrics, active_streams=state.in_flight, connected_agents=len(state.sessions)
+            state.metrics,
+            active_streams=state.in_flight,
+            connected_agents=len(state.sessions),
+            held_requests=state.held.waiting,
         )
 
     def status(self) -> ServerStatusDocument:
@@ -201,7 +204,10 @@ class AgentAdmin:
             idle_connections={name: agent.pool.idle_count(name) for name in agent.routes},
             servers=[
                 ServerLinkFigures(
-                    url=link.url, connected=link.connected, reconnects=link.reconnects
+                    url=link.url,
+                    connected=link.connected,
+                    reconnects=link.reconnects,
+                    address=link.address,
                 )
                 for link in agent.links
             ],
@@ -225,6 +231,7 @@ class AgentAdmin:
         servers = [
             AgentServerEntry(
                 url=link.url,
+                address=link.address,
                 connected=link.connected,
                 **_since(now - link.connected_at if link.connected else None, wall_now),
                 reconnects=link.reconnects,
@@ -236,7 +243,7 @@ class AgentAdmin:
         return AgentStatusDocument(
             kind="agent",
             client_id=agent.config.client_id,
-            server=", ".join(link.url for link in agent.links),
+            server=", ".join(agent.config.server.urls),
             ready=self.is_ready(),
             connected=agent.connected,
             draining=agent.draining,

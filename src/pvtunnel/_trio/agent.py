@@ -26,12 +26,14 @@ from __future__ import annotations
 import logging
 import ssl
 import urllib.parse
-from typing import TYPE_CHECKING, Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
 import trio
 
 from pvtunnel._backoff import Backoff
+from pvtunnel._config import Discovery
 from pvtunnel._errors import (
     ErrorCode,
     HandshakeRefusedError,
@@ -41,6 +43,7 @@ from pvtunnel._errors import (
 )
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.admin import AgentAdmin, serve_admin
+from pvtunnel._trio.discovery import DiscoveredServer, resolve_addresses, url_host_port
 from pvtunnel._trio.inspector import Inspector
 from pvtunnel._trio.tunnel import Channel, Tunnel, first_error
 from pvtunnel._trio.upstream import Replay, UpstreamPool
@@ -88,10 +91,14 @@ class ServerLink:
     """The agent's connection to one server URL, as ``/status`` and `drain` read it.
 
     Live state, rewritten by the link's own reconnect loop: the tunnel while
-    registered, and why the link ended if a refusal ended it for good.
+    registered, and why the link ended if a refusal ended it for good. A link
+    found by DNS discovery dials ``address`` and still speaks to the URL's host.
     """
 
     url: str
+    address: str | None = None
+    # Told when a session fails, so discovery resolves again (the replica may be gone).
+    on_failure: Callable[[], None] | None = attrs.field(default=None, repr=False)
     tunnel: Tunnel | None = None
     # trio.current_time() at the latest registration; /status turns it into wall time.
     connected_at: float = 0.0
@@ -105,12 +112,34 @@ class ServerLink:
         return self.tunnel is not None
 
     @property
+    def has_ended(self) -> bool:
+        """Refused for good: the link's loop has returned."""
+        return self.refusal is not None
+
+    @property
+    def label(self) -> str:
+        """The URL, and the address when discovery found it: how logs name the link."""
+        return self.url if self.address is None else f"{self.url} ({self.address})"
+
+    @property
     def in_flight(self) -> int:
         return self.tunnel.in_flight if self.tunnel is not None else 0
 
 
+class _Reporter(Protocol):
+    """Where a link reports its registration, and that a refusal ended it."""
+
+    def registered(self, status: AgentStatus) -> None: ...
+
+    def link_ended(self) -> None: ...
+
+
 class _Startup:
-    """Tells `serve`'s caller about the first registration, or that none can come."""
+    """Tells `serve`'s caller about the first registration, or that none can come.
+
+    Counts one per configured URL: a URL found by DNS discovery ends once every
+    link it holds has ended (`_DiscoveryReporter`).
+    """
 
     def __init__(self, links: int) -> None:
         self.status: AgentStatus | None = None
@@ -128,14 +157,41 @@ class _Startup:
             self.settled.set()
 
 
+@attrs.define(eq=False)
+class _DiscoveryReporter:
+    """A discovered URL's links report here; the URL ends when all its links have."""
+
+    startup: _Startup
+    server: DiscoveredServer[ServerLink]
+    scope: trio.CancelScope
+
+    def registered(self, status: AgentStatus) -> None:
+        self.startup.registered(status)
+
+    def link_ended(self) -> None:
+        if self.server.has_ended and not self.scope.cancel_called:
+            # The same token and hello go to every replica: none will take them.
+            self.scope.cancel()
+            self.startup.link_ended()
+
+
 class TunnelAgent:
     """The agent side of pvtunnel, embeddable in any Trio program.
 
     Args:
         config: a finished `AgentConfig` with server URLs, a token and routes.
+        resolve: With ``[server] discover = "dns"``: how a URL's host name becomes
+            the servers' addresses, ``await resolve(host, port)``. The default asks
+            the system resolver (``getaddrinfo``); a program may pass its own
+            (a service registry), raising ``OSError`` when the name does not resolve.
     """
 
-    def __init__(self, config: AgentConfig) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        resolve: Callable[[str, int], Awaitable[tuple[str, ...]]] = resolve_addresses,
+    ) -> None:
         problems = config.validate_runnable()
         if problems:
             raise ValueError("; ".join(problems))
@@ -147,7 +203,13 @@ class TunnelAgent:
         self.inspector = (
             Inspector(config, self.routes, self.pool) if config.inspect.enabled else None
         )
-        self.links: tuple[ServerLink, ...] = tuple(ServerLink(url) for url in config.server.urls)
+        # With DNS discovery, links come and go as the URLs' names resolve.
+        self.discovers = config.server.discover is Discovery.DNS
+        self.links: tuple[ServerLink, ...] = (
+            () if self.discovers else tuple(ServerLink(url) for url in config.server.urls)
+        )
+        self.discovered: dict[str, DiscoveredServer[ServerLink]] = {}
+        self._resolve = resolve
         self.draining = False
         self.admin_address: tuple[str, int] | None = None
         self._links_changed = trio.lowlevel.ParkingLot()
@@ -205,9 +267,12 @@ class TunnelAgent:
 
     async def _serve_links(self, task_status: trio.TaskStatus[AgentStatus]) -> None:
         """One reconnect loop per URL; returns (by raising) once every one has ended."""
-        startup = _Startup(len(self.links))
+        startup = _Startup(len(self.config.server.urls))
         try:
             async with trio.open_nursery() as nursery:
+                if self.discovers:
+                    for url in self.config.server.urls:
+                        nursery.start_soon(self._discover, url, startup, nursery)
                 for link in self.links:
                     nursery.start_soon(self._serve_link, link, startup)
                 # Reported from this task, the one `nursery.start` is waiting on.
@@ -220,14 +285,56 @@ class TunnelAgent:
             await self.pool.aclose()
         raise self._refusal()
 
-    async def _serve_link(self, link: ServerLink, startup: _Startup) -> None:
+    async def _discover(self, url: str, startup: _Startup, nursery: trio.Nursery) -> None:
+        """Hold a link to every address ``url``'s host resolves to, until they all end."""
+        server: DiscoveredServer[ServerLink] = DiscoveredServer(
+            url,
+            interval_s=self.config.server.discover_interval_s,
+            retry_max_s=self.config.timeouts.reconnect_max_s,
+            resolve=self._resolve,
+        )
+        self.discovered[url] = server
+        with trio.CancelScope() as scope:
+            reporter = _DiscoveryReporter(startup, server, scope)
+
+            def new_link(address: str) -> ServerLink:
+                link = ServerLink(url, address=address, on_failure=server.link_failed)
+                self._set_links((*self.links, link))
+                return link
+
+            async def run_link(link: ServerLink) -> None:
+                await self._serve_link(link, reporter)
+
+            await server.serve(nursery, new_link, run_link, self._retire_link)
+
+    async def _retire_link(self, link: ServerLink, scope: trio.CancelScope) -> None:
+        """Its address is gone from DNS: GOAWAY, let in-flight requests finish, close."""
+        tunnel = link.tunnel
+        if tunnel is not None:
+            tunnel.mux.goaway(ErrorCode.NO_ERROR, "this server's address left DNS")
+            tunnel.wake_writer()
+            with trio.move_on_after(self.config.timeouts.grace_s):
+                await _wait_streams_finished(tunnel)
+                # The last response may still be on its way out; once a PING sent
+                # after it is answered, the server has it all, and closing cannot
+                # cut it short.
+                await tunnel.wait_round_trip()
+                await tunnel.aclose("this server's address left DNS")
+        scope.cancel()
+        self._set_links(tuple(other for other in self.links if other is not link))
+
+    def _set_links(self, links: tuple[ServerLink, ...]) -> None:
+        self.links = links
+        self._links_changed.unpark_all()
+
+    async def _serve_link(self, link: ServerLink, startup: _Reporter) -> None:
         """Connect, serve until the connection ends, back off, reconnect: until refused."""
         backoff = Backoff(INITIAL_BACKOFF_S, self.config.timeouts.reconnect_max_s)
         while True:
             began = trio.current_time()
             try:
                 await self._session(link, startup)
-                logger.warning("the connection to %s ended", link.url)
+                logger.warning("the connection to %s ended", link.label)
             except ServerCertificateError as exc:
                 if not link.has_registered:
                     self._end_link(link, exc, startup)
@@ -247,22 +354,24 @@ class TunnelAgent:
             ) as exc:
                 if isinstance(exc, ProtocolError):
                     self.metrics.protocol_errors += 1
-                logger.warning("connection to %s failed: %s", link.url, _describe(exc))
+                logger.warning("connection to %s failed: %s", link.label, _describe(exc))
+            if link.on_failure is not None:
+                link.on_failure()
             if trio.current_time() - began > STABLE_SESSION_S:
                 backoff.reset()
             delay = backoff.next_delay()
-            logger.info("reconnecting to %s in %.1fs", link.url, delay)
+            logger.info("reconnecting to %s in %.1fs", link.label, delay)
             await trio.sleep(delay)
             link.reconnects += 1
             self._links_changed.unpark_all()
 
     def _end_link(
-        self, link: ServerLink, refusal: HandshakeRefusedError, startup: _Startup
+        self, link: ServerLink, refusal: HandshakeRefusedError, startup: _Reporter
     ) -> None:
         """A refusal is final for its server: never retried, since retrying cannot fix it."""
         link.refusal = refusal
         if len(self.links) > 1:
-            logger.error("giving up on %s: %s", link.url, refusal)
+            logger.error("giving up on %s: %s", link.label, refusal)
         elif isinstance(refusal, ServerCertificateError):
             # One server: the refusal is raised to the caller as well, as it always was.
             logger.error("%s", refusal)
@@ -271,7 +380,7 @@ class TunnelAgent:
 
     def _refusal(self) -> HandshakeRefusedError:
         """What `serve` raises once no link is left: one server's refusal, or all of them."""
-        refusals = [(link.url, link.refusal) for link in self.links if link.refusal is not None]
+        refusals = [(link.label, link.refusal) for link in self.links if link.refusal is not None]
         assert len(refusals) == len(self.links), "links end only by refusal"
         if len(refusals) == 1:
             return refusals[0][1]
@@ -294,23 +403,23 @@ class TunnelAgent:
                 for tunnel in tunnels:
                     nursery.start_soon(_wait_streams_finished, tunnel)
 
-    async def _session(self, link: ServerLink, startup: _Startup) -> None:
+    async def _session(self, link: ServerLink, startup: _Reporter) -> None:
         try:
             await self._session_tasks(link, startup)
         except BaseExceptionGroup as group:
             # The session's nursery wraps even one failure; the retry loop and the
             # CLI decide on the leaf (network error: retry; refusal: exit).
-            raise _final_if_refused(first_error(group), link.url) from None
+            raise _final_if_refused(first_error(group), link.label) from None
         except ConnectionRejected as exc:
-            raise _final_if_refused(exc, link.url) from None
+            raise _final_if_refused(exc, link.label) from None
 
-    async def _session_tasks(self, link: ServerLink, startup: _Startup) -> None:
+    async def _session_tasks(self, link: ServerLink, startup: _Reporter) -> None:
         url = link.url
         target = urllib.parse.urlsplit(url)
-        host = target.hostname or ""
-        port = target.port or (443 if target.scheme == "wss" else 80)
+        host, port = url_host_port(url)
+        ssl_context = _client_ssl_context(url, self.config)
         with trio.fail_after(self.config.timeouts.connect_s):
-            stream = await _open_stream(host, port, _client_ssl_context(url, self.config))
+            stream = await _open_stream(host, port, ssl_context, link.address)
         # We own the transport, so it is closed however the session ends; the
         # WebSocket's reader task lives in ``connection`` and ends with it.
         async with stream, trio.open_nursery() as connection:
@@ -360,7 +469,7 @@ class TunnelAgent:
         ws: WebSocket,
         link: ServerLink,
         nursery: trio.Nursery,
-        startup: _Startup,
+        startup: _Reporter,
     ) -> None:
         config = self.config
         mux = Multiplexer(
@@ -373,7 +482,7 @@ class TunnelAgent:
             ws,
             mux,
             on_stream=self._serve_stream,
-            label=link.url,
+            label=link.label,
             heartbeat_s=config.timeouts.heartbeat_s,
             heartbeat_timeout_s=config.timeouts.heartbeat_timeout_s,
         )
@@ -382,7 +491,7 @@ class TunnelAgent:
             await tunnel.flush()
             accepted = await _receive_answer(tunnel)
         refused = accepted.refused
-        server = "the server" if len(self.links) == 1 else link.url
+        server = "the server" if len(self.links) == 1 else link.label
         for name, reason in refused:
             logger.error("route %s refused by %s: %s", name, server, reason)
         served = tuple(r for r in self.routes if r not in dict(refused))
@@ -396,7 +505,7 @@ class TunnelAgent:
             # must not route new requests to an agent on its way out.
             mux.goaway(ErrorCode.NO_ERROR, "agent shutting down")
         self._links_changed.unpark_all()
-        logger.info("registered with %s: routes %s", link.url, ", ".join(served))
+        logger.info("registered with %s: routes %s", link.label, ", ".join(served))
         startup.registered(
             AgentStatus(
                 server_url=link.url, routes=served, refused=refused, admin=self.admin_address
@@ -448,13 +557,13 @@ def _final_if_refused(exc: BaseException, url: str) -> BaseException:
 
 
 async def _open_stream(
-    host: str, port: int, ssl_context: ssl.SSLContext | None
+    host: str, port: int, ssl_context: ssl.SSLContext | None, address: str | None = None
 ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+    """Dial ``address`` (else ``host``); TLS names and verifies ``host`` either way."""
+    tcp = await trio.open_tcp_stream(address or host, port)
     if ssl_context is None:
-        return await trio.open_tcp_stream(host, port)
-    stream = await trio.open_ssl_over_tcp_stream(
-        host, port, ssl_context=ssl_context, https_compatible=True
-    )
+        return tcp
+    stream = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
     # Shake hands here, so a TLS failure is told apart from a refused upgrade.
     try:
         await stream.do_handshake()

@@ -29,6 +29,7 @@ from pvtunnel._http import headers as hdr
 from pvtunnel._http.access import PROXY_AUTHENTICATE, presented_token
 from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
 from pvtunnel._http.framing import request_head_problem, response_head_problem
+from pvtunnel._http.holding import HoldOutcome, hold_answer
 from pvtunnel._http.routing import split_target
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
@@ -232,9 +233,15 @@ class ClientConnection:
                 )
         if state.draining:
             return await self._refuse(request, 503, "the server is shutting down")
-        match = state.router.lookup(authority.decode("latin-1"))
+        key = authority.decode("latin-1")
+        match = state.router.lookup(key)
         if match is None:
-            return await self._refuse(request, 404, "no agent serves this host")
+            # A route whose agents left lately waits for one to come back.
+            held = await state.held.wait_for_agent(state.router, key)
+            if isinstance(held, HoldOutcome):
+                status, detail, extra = hold_answer(held, state.held.hold_s)
+                return await self._refuse(request, status, detail, extra=extra)
+            match = held
         route, session = match
         self.route = route
         if session.in_flight >= config.limits.max_streams_per_agent:

@@ -25,6 +25,7 @@ from pvtunnel._http.routing import Router
 from pvtunnel._metrics import ServerMetrics
 from pvtunnel._trio.admin import ServerAdmin, serve_admin
 from pvtunnel._trio.front import handle_client, peer_address, watch_hangups
+from pvtunnel._trio.holding import HeldRequests
 from pvtunnel._trio.tunnel import Tunnel
 from pvtunnel._trio.websocket import TRANSPORT_GONE, WebSocket, WebSocketClosed, read_upgrade
 from pvtunnel._wire import events as ev
@@ -86,7 +87,10 @@ class ServerState:
         self.draining = False
         # Set once both listeners accept: /ready is false before that (and while draining).
         self.listening = False
+        # Set when a drain begins with a delay: /ready is false, requests still served.
+        self.withdrawn = False
         self.metrics = ServerMetrics()
+        self.held = HeldRequests(config, self.metrics)
         self.idle = trio.Event()
         self.idle.set()
         # Clients waiting for the response to a bodiless request, for `watch_hangups`.
@@ -102,6 +106,15 @@ class ServerState:
     def discard_session(self, session: AgentSession) -> None:
         self.sessions.discard(session)
         self._sessions_changed.unpark_all()
+
+    def route(self, session: AgentSession, names: tuple[str, ...]) -> None:
+        """Route ``names`` to ``session``; requests held for them go to it now."""
+        self.router.add(session, names)
+        self.held.routes_arrived(names)
+
+    def unroute(self, session: AgentSession) -> None:
+        """Route nothing more to ``session``; names it alone served are remembered."""
+        self.held.routes_left(self.router.remove(session))
 
     async def wait_sessions_changed(self) -> None:
         """Wait until an agent connects or leaves (for status pages and tests)."""
@@ -251,12 +264,25 @@ class TunnelServer:
 
         Returns once nothing is in flight or the grace period is over; the caller
         then cancels `serve`. Keep-alive clients get no new requests proxied after
-        this: the agents have been told to go away and leave the router.
+        this: the agents have been told to go away and leave the router. With
+        ``timeouts.drain_delay_s``, ``/ready`` answers 503 for that long first while
+        requests are still served, so load balancers stop sending clients before
+        the listeners close.
         """
+        state = self.state
+        if self.config.timeouts.drain_delay_s and not state.withdrawn:
+            # Readiness goes first (see TimeoutsConfig.drain_delay_s); requests are
+            # still proxied meanwhile, so none is refused in the gap.
+            state.withdrawn = True
+            logger.info(
+                "not ready; closing the listeners in %.1fs", self.config.timeouts.drain_delay_s
+            )
+            await trio.sleep(self.config.timeouts.drain_delay_s)
         self.state.draining = True
         self._listen_scope.cancel()
+        self.state.held.close()
         for session in list(self.state.sessions):
-            self.state.router.remove(session)
+            self.state.unroute(session)
             session.tunnel.mux.goaway(ErrorCode.NO_ERROR, "server shutting down")
             session.tunnel.wake_writer()
         with trio.move_on_after(self.config.timeouts.grace_s):
@@ -370,7 +396,7 @@ class TunnelServer:
         self._replace_same_client(session)
         self.state.add_session(session)
         self.state.metrics.agent_connects += 1
-        self.state.router.add(session, accepted)
+        self.state.route(session, accepted)
         logger.info(
             "agent %s connected from %s with routes %s",
             hello.client_id,
@@ -390,7 +416,7 @@ class TunnelServer:
             # Boundary: one agent connection's failure must not reach the listener.
             logger.exception("agent %s: internal error", hello.client_id)
         finally:
-            self.state.router.remove(session)
+            self.state.unroute(session)
             self.state.discard_session(session)
             self.state.metrics.agent_disconnects += 1
             logger.info("agent %s disconnected", hello.client_id)
@@ -423,14 +449,14 @@ class TunnelServer:
                 session.address,
                 old.address,
             )
-            self.state.router.remove(old)
+            self.state.unroute(old)
             self.state.discard_session(old)
             old.scope.cancel()
 
     async def _unroute_when_leaving(self, session: AgentSession) -> None:
         """An agent's GOAWAY: its in-flight requests finish, new ones go elsewhere."""
         await session.tunnel.going_away.wait()
-        self.state.router.remove(session)
+        self.state.unroute(session)
 
     def _token_scopes(self, token: bytes | None) -> tuple[str, ...] | None:
         """Route patterns the token may claim (("*",) = any), or None if it is no token."""

@@ -260,6 +260,7 @@ class Tunnel:
         # Frames that came in the same read as the handshake's answer, for `run`.
         self._early: list[ev.Event] = []
         self._finished_lot = trio.lowlevel.ParkingLot()
+        self._pong_lot = trio.lowlevel.ParkingLot()
         self.closed: TunnelClosedError | None = None
         self.going_away = trio.Event()
 
@@ -304,6 +305,13 @@ class Tunnel:
             self.wake_writer()
         if self._finished_lot:
             self._finished_lot.unpark_all()
+
+    async def wait_round_trip(self) -> None:
+        """PING and wait for a PONG (or the end): the peer has then read all sent before."""
+        if self.closed is None:
+            self.mux.ping(_PING.pack(time.monotonic_ns()))
+            self.wake_writer()
+            await self._pong_lot.park()
 
     async def wait_stream_finished(self) -> None:
         """Wait until some stream finishes (or the connection closes)."""
@@ -385,6 +393,7 @@ class Tunnel:
             channel._fail(error)
         self.going_away.set()
         self._finished_lot.unpark_all()
+        self._pong_lot.unpark_all()
 
     async def _writer(self) -> None:
         mux = self.mux
@@ -471,6 +480,7 @@ class Tunnel:
             case ev.PongReceived():
                 (sent_ns,) = _PING.unpack(event.payload)
                 self.rtt_s = max(0.0, (time.monotonic_ns() - sent_ns) / 1e9)
+                self._pong_lot.unpark_all()
             case ev.GoAwayReceived():
                 self.going_away.set()
             case ev.PingReceived():

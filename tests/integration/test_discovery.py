@@ -1,0 +1,251 @@
+"""DNS discovery end to end in one process: real servers on 127.0.0.x, a resolver the test sets.
+
+Every replica is a real `TunnelServer` on its own loopback address (127.0.0.1,
+127.0.0.2, ...), all on the same internal port, as the pods behind a headless
+Service are; the agent gets one URL naming all of them. The answer the name
+resolves to is the test's (`TunnelAgent`'s ``resolve``), so replicas come and go
+on cue. The system resolver with a real DNS server is in ``test_dnsmasq.py``.
+Link state is awaited through `TunnelAgent.wait_links_changed` and the servers'
+session tables, never by sleeping.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import pytest
+import trio
+
+from pvtunnel._config import Discovery, ServerConfig
+from pvtunnel._metrics import ServerLinkFigures
+from pvtunnel._trio.admin import AgentAdmin
+from pvtunnel._trio.agent import ServerCertificateError, TunnelAgent
+from tests.integration.client import Client, Reply
+from tests.integration.harness import (
+    Running,
+    agent_config,
+    server_config,
+    start_server,
+    start_server_in_scope,
+    start_upstream,
+    wait_for_sessions,
+)
+from tests.integration.test_multi_server import wait_for
+from tests.integration.test_tls import _issue
+from tests.prometheus import Scrape
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+LIMIT_S = 20
+NAME = "servers.pvtunnel.test"
+
+
+@attrs.define
+class Names:
+    """The resolver: what ``NAME`` resolves to right now."""
+
+    answer: tuple[str, ...]
+    asked: int = 0
+
+    async def resolve(self, host: str, port: int) -> tuple[str, ...]:
+        assert host == NAME
+        self.asked += 1
+        return self.answer
+
+
+def replica_config(address: str, internal_port: int, **internal: Any) -> ServerConfig:
+    config = server_config(internal={"port": internal_port, **internal})
+    return attrs.evolve(config, host=address)
+
+
+async def start_replicas(nursery: trio.Nursery, count: int, **internal: Any) -> list[Running]:
+    """``count`` servers on 127.0.0.1, 127.0.0.2, ... sharing one internal port."""
+    first = await start_server(nursery, replica_config("127.0.0.1", 0, **internal))
+    port = first.addresses.internal[1]
+    replicas = [first]
+    for index in range(2, count + 1):
+        config = replica_config(f"127.0.0.{index}", port, **internal)
+        replicas.append(await start_server(nursery, config))
+    return replicas
+
+
+def discovering_agent(
+    replicas: list[Running], names: Names, routes: dict[str, int], **server: Any
+) -> TunnelAgent:
+    scheme = server.pop("scheme", "ws")
+    config = agent_config(replicas[0].addresses, routes)
+    endpoint = attrs.evolve(
+        config.server,
+        urls=(f"{scheme}://{NAME}:{replicas[0].addresses.internal[1]}",),
+        discover=Discovery.DNS,
+        **server,
+    )
+    return TunnelAgent(attrs.evolve(config, server=endpoint), resolve=names.resolve)
+
+
+async def get(running: Running, target: bytes) -> Reply:
+    """GET ``target`` through a replica's external port (on its own address)."""
+    async with await Client.connect(running.port, running.addresses.external[0]) as client:
+        return await client.request(b"GET", target)
+
+
+def connected_addresses(agent: TunnelAgent) -> set[str | None]:
+    return {link.address for link in agent.links if link.connected}
+
+
+async def test_one_link_per_address_and_replicas_that_come_and_go() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            replicas = await start_replicas(nursery, 3)
+            _, port = await start_upstream(nursery, "svc")
+            names = Names(answer=("127.0.0.1", "127.0.0.2"))
+            agent = discovering_agent(replicas, names, {"app": port}, discover_interval_s=0.05)
+            await nursery.start(agent.serve)
+            await wait_for(agent, lambda: connected_addresses(agent) == {"127.0.0.1", "127.0.0.2"})
+            for running in replicas[:2]:
+                await wait_for_sessions(running, 1)
+                assert (await get(running, b"/")).status == 200
+            assert replicas[2].server.sessions == frozenset()
+
+            # A replica added (scale-up, a rollout's new pod): linked within an interval.
+            names.answer = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+            await wait_for(agent, lambda: len(connected_addresses(agent)) == 3)
+            await wait_for_sessions(replicas[2], 1)
+            assert (await get(replicas[2], b"/")).status == 200
+
+            # A replica gone from DNS: its link drains and closes; the others stay.
+            names.answer = ("127.0.0.2", "127.0.0.3")
+            await wait_for(
+                agent, lambda: {link.address for link in agent.links} == set(names.answer)
+            )
+            await wait_for_sessions(replicas[0], 0)
+            assert connected_addresses(agent) == {"127.0.0.2", "127.0.0.3"}
+            for running in replicas[1:]:
+                assert len(running.server.sessions) == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_status_and_metrics_show_each_link_by_url_and_address() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            replicas = await start_replicas(nursery, 2)
+            _, port = await start_upstream(nursery, "svc")
+            agent = discovering_agent(replicas, Names(("127.0.0.1", "127.0.0.2")), {"app": port})
+            await nursery.start(agent.serve)
+            await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
+            admin = AgentAdmin(agent)
+            url = f"ws://{NAME}:{replicas[0].addresses.internal[1]}"
+            document = admin.status()
+            assert document["server"] == url
+            assert sorted(
+                (e["url"], e["address"], e["connected"]) for e in document["servers"]
+            ) == [
+                (url, "127.0.0.1", True),
+                (url, "127.0.0.2", True),
+            ]
+            page = Scrape(admin.metrics_text())
+            assert page.series("pvtunnel_agent_server_connected") == {
+                (("address", "127.0.0.1"), ("server", url)): 1.0,
+                (("address", "127.0.0.2"), ("server", url)): 1.0,
+            }
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_replica_leaving_dns_finishes_its_in_flight_request_first() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            replicas = await start_replicas(nursery, 2)
+            upstream, port = await start_upstream(nursery, "svc")
+            names = Names(answer=("127.0.0.1", "127.0.0.2"))
+            agent = discovering_agent(replicas, names, {"app": port}, discover_interval_s=0.05)
+            await nursery.start(agent.serve)
+            await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
+            leaving = replicas[0]
+            (session,) = leaving.server.sessions
+            replies: list[int] = []
+
+            async def client() -> None:
+                replies.append((await get(leaving, b"/hold")).status)
+
+            async with trio.open_nursery() as clients:
+                clients.start_soon(client)
+                await upstream.hold_started.wait()
+                names.answer = ("127.0.0.2",)
+                # GOAWAY: no new requests for it there, but the connection stays...
+                await session.tunnel.going_away.wait()
+                assert leaving.server.sessions == frozenset({session})
+                upstream.release.set()
+            # ... until the request in flight is answered; then it closes.
+            assert replies == [200]
+            await wait_for_sessions(leaving, 0)
+            assert connected_addresses(agent) == {"127.0.0.2"}
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_link_resolves_the_name_again_at_once() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            first, first_scope = await start_server_in_scope(
+                nursery, replica_config("127.0.0.1", 0)
+            )
+            second = await start_server(
+                nursery, replica_config("127.0.0.2", first.addresses.internal[1])
+            )
+            _, port = await start_upstream(nursery, "svc")
+            names = Names(answer=("127.0.0.1", "127.0.0.2"))
+            # An interval far beyond the test's limit: only the failure can ask again.
+            agent = discovering_agent(
+                [first, second], names, {"app": port}, discover_interval_s=3600
+            )
+            await nursery.start(agent.serve)
+            await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
+            assert names.asked == 1
+            names.answer = ("127.0.0.2",)
+            first_scope.cancel()  # the replica is replaced: its connection fails first
+            await wait_for(agent, lambda: {link.address for link in agent.links} == {"127.0.0.2"})
+            assert names.asked >= 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_tls_verifies_the_urls_host_name_not_the_address(tmp_path: Path) -> None:
+    named = _issue(tmp_path, "named", NAME)
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            files = {"tls_cert": named.cert_file, "tls_key": named.key_file}
+            replicas = await start_replicas(nursery, 2, **files)
+            _, port = await start_upstream(nursery, "svc")
+            names = Names(answer=("127.0.0.1", "127.0.0.2"))
+            agent = discovering_agent(
+                replicas, names, {"app": port}, scheme="wss", ca_file=named.ca_file
+            )
+            await nursery.start(agent.serve)
+            await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
+            for running in replicas:
+                assert (await get(running, b"/")).status == 200
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_certificate_for_the_address_alone_is_refused(tmp_path: Path) -> None:
+    addressed = _issue(tmp_path, "addressed", "127.0.0.1")
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            files = {"tls_cert": addressed.cert_file, "tls_key": addressed.key_file}
+            replicas = await start_replicas(nursery, 1, **files)
+            _, port = await start_upstream(nursery, "svc")
+            agent = discovering_agent(
+                replicas,
+                Names(("127.0.0.1",)),
+                {"app": port},
+                scheme="wss",
+                ca_file=addressed.ca_file,
+            )
+            with pytest.raises(ServerCertificateError, match=NAME):
+                await agent.serve()
+            nursery.cancel_scope.cancel()
+
+
+def test_link_figures_without_discovery_keep_their_labels() -> None:
+    figures = ServerLinkFigures(url="ws://a", connected=True, reconnects=0)
+    assert figures.address is None

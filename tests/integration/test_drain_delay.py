@@ -1,0 +1,55 @@
+"""A drain with ``drain_delay_s``: readiness goes first, the listeners close after the delay.
+
+Time is a `MockClock` that moves only when the test jumps it, so "requests are
+still served during the delay" is checked without racing a real timer.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from pvtunnel._trio.admin import ServerAdmin
+from tests.integration.client import fetch
+from tests.integration.harness import Running, server_config, start_tunnel
+
+
+def draining(running: Running) -> bool:
+    return running.server.state.draining
+
+
+async def test_ready_goes_false_first_and_requests_are_served_until_the_delay_ends(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    config = server_config(timeouts={"drain_delay_s": 5.0})
+    async with trio.open_nursery() as nursery:
+        running, _ = await start_tunnel(nursery, config)
+        admin = ServerAdmin(running.server)
+        assert admin.is_ready()
+        drained = trio.Event()
+
+        async def drain() -> None:
+            await running.server.drain()
+            drained.set()
+
+        nursery.start_soon(drain)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not admin.is_ready()
+        assert not draining(running)
+        assert (await fetch(running.port, b"GET", b"/during-the-delay")).status == 200
+        mock_clock.jump(5.0)
+        await drained.wait()  # nothing in flight: done once the delay is over
+        assert draining(running)
+        assert not admin.is_ready()
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_a_delay_the_drain_starts_at_once(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        running, _ = await start_tunnel(nursery, server_config())
+        await running.server.drain()
+        assert running.server.state.draining
+        assert not running.server.state.withdrawn
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,134 @@
+"""Requests held while a route's agent reconnects, on a real server and agents (loopback).
+
+The agent leaves by being cancelled (its connection closes, as in a restart or a
+network cut the heartbeat noticed); requests sent meanwhile must wait and reach
+the agent that registers next, or get 503 + Retry-After once the hold time is
+over. Names never served still get 404 at once, and a request already in flight
+on the lost agent still fails with 502 (shown by
+``test_proxying.test_agent_killed_mid_request_gives_502_quickly``). Waiting is
+awaited through the server's own state (`HeldRequests.wait_waiting_changed`),
+never by sleeping.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+import trio
+
+from pvtunnel._config import AdminConfig
+from tests.integration.client import Reply, fetch
+from tests.integration.harness import (
+    Running,
+    server_config,
+    start_agent,
+    start_server,
+    start_upstream,
+    wait_for_sessions,
+)
+from tests.integration.test_admin import scrape
+
+if TYPE_CHECKING:
+    from pvtunnel._config import ServerConfig
+    from pvtunnel._trio.server import TunnelServer
+    from tests.integration.upstream import RecordingUpstream
+
+LIMIT_S = 20
+
+
+async def start_departed(
+    nursery: trio.Nursery, config: ServerConfig
+) -> tuple[Running, RecordingUpstream, int]:
+    """A server whose only agent served "app" (on a recording upstream) and has left."""
+    running = await start_server(nursery, config)
+    upstream, port = await start_upstream(nursery, "svc")
+    _, _, scope = await start_agent(nursery, running, {"app": port})
+    assert (await fetch(running.port, b"GET", b"/")).status == 200
+    scope.cancel()
+    await wait_for_sessions(running, 0)
+    return running, upstream, port
+
+
+async def wait_held(server: TunnelServer, count: int) -> None:
+    held = server.state.held
+    while held.waiting != count:
+        await held.wait_waiting_changed()
+
+
+async def test_a_request_sent_while_the_agent_is_away_reaches_it_when_it_is_back() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _, _ = await start_departed(nursery, server_config(timeouts={"hold_s": 30.0}))
+            new, new_port = await start_upstream(nursery, "new")
+            replies: list[Reply] = []
+
+            async def client() -> None:
+                replies.append(await fetch(running.port, b"POST", b"/echo", body=b"held body"))
+
+            async with trio.open_nursery() as clients:
+                for _ in range(3):
+                    clients.start_soon(client)
+                await wait_held(running.server, 3)
+                assert replies == []
+                await start_agent(nursery, running, {"app": new_port})
+            assert [(r.status, r.body, r.header(b"x-upstream")) for r in replies] == [
+                (200, b"held body", b"new")
+            ] * 3
+            assert len(new.requests) == 3
+            held = running.server.state.metrics.held_requests
+            assert held["served"] == 3
+            assert running.server.state.held.waiting == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_no_agent_back_within_hold_s_is_503_with_retry_after() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _, _ = await start_departed(nursery, server_config(timeouts={"hold_s": 0.5}))
+            started = trio.current_time()
+            reply = await fetch(running.port, b"GET", b"/", host=b"app:8080")
+            assert trio.current_time() - started >= 0.5
+            assert reply.status == 503
+            assert reply.header(b"retry-after") == b"1"
+            assert b"reconnecting" in reply.body
+            assert running.server.state.metrics.held_requests["timed_out"] == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_never_served_names_are_404_at_once_while_departed_ones_wait() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            config = server_config(timeouts={"hold_s": 60.0}, limits={"max_held_requests": 1})
+            running, _, _ = await start_departed(nursery, config)
+            async with trio.open_nursery() as clients:
+                clients.start_soon(fetch, running.port, b"GET", b"/")
+                await wait_held(running.server, 1)
+                # Far inside the 60 s hold: these are answered without waiting.
+                with trio.fail_after(5):
+                    never = await fetch(running.port, b"GET", b"/", host=b"never-served")
+                    beyond = await fetch(running.port, b"GET", b"/")
+                clients.cancel_scope.cancel()
+            assert never.status == 404
+            assert beyond.status == 503
+            assert beyond.header(b"retry-after") == b"60"
+            assert b"too many" in beyond.body
+            nursery.cancel_scope.cancel()
+
+
+async def test_metrics_show_held_requests_waiting_and_their_outcomes() -> None:
+    config = attrs.evolve(server_config(timeouts={"hold_s": 30.0}), admin=AdminConfig(port=0))
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _, port = await start_departed(nursery, config)
+            async with trio.open_nursery() as clients:
+                clients.start_soon(fetch, running.port, b"GET", b"/")
+                await wait_held(running.server, 1)
+                page = await scrape(running.addresses.admin)
+                assert page.value("pvtunnel_held_requests_waiting") == 1
+                await start_agent(nursery, running, {"app": port})
+            page = await scrape(running.addresses.admin)
+            assert page.value("pvtunnel_held_requests_waiting") == 0
+            assert page.value("pvtunnel_held_requests_total", outcome="served") == 1
+            assert page.value("pvtunnel_held_requests_total", outcome="timed_out") == 0
+            nursery.cancel_scope.cancel()

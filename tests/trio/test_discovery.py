@@ -1,0 +1,187 @@
+"""DNS discovery's bookkeeping on a fake clock and a fake resolver.
+
+`DiscoveredServer` is driven with links that only record what happens to them;
+the resolver is a list the test edits. Time moves only when the test jumps the
+`MockClock`, so "re-resolved every interval_s, sooner after a failure" is checked
+at its edges without sleeping. The real resolver and real links are in
+``tests/integration/test_discovery.py``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+from pvtunnel._trio.discovery import (
+    MIN_RESOLVE_INTERVAL_S,
+    DiscoveredServer,
+    resolve_addresses,
+    url_host_port,
+)
+
+
+@attrs.define(eq=False)
+class FakeLink:
+    address: str
+    has_ended: bool = False
+    running: bool = False
+
+
+@attrs.define
+class Fixture:
+    """A resolver answering ``answer`` (or raising when it is None) and the links it led to."""
+
+    answer: tuple[str, ...] | None = ("127.0.0.1", "127.0.0.2")
+    resolutions: int = 0
+    links: list[FakeLink] = attrs.field(factory=list)
+    retired: list[str] = attrs.field(factory=list)
+
+    async def resolve(self, host: str, port: int) -> tuple[str, ...]:
+        assert (host, port) == ("servers.example.com", 8081)
+        self.resolutions += 1
+        if self.answer is None:
+            raise OSError("Name or service not known")
+        return self.answer
+
+    def new_link(self, address: str) -> FakeLink:
+        link = FakeLink(address)
+        self.links.append(link)
+        return link
+
+    @staticmethod
+    async def run_link(link: FakeLink) -> None:
+        link.running = True
+        try:
+            await trio.sleep_forever()
+        finally:
+            link.running = False
+
+    async def retire_link(self, link: FakeLink, scope: trio.CancelScope) -> None:
+        self.retired.append(link.address)
+        scope.cancel()
+
+    def running(self) -> list[str]:
+        return [link.address for link in self.links if link.running]
+
+
+async def start(
+    nursery: trio.Nursery, fixture: Fixture, *, interval_s: float = 30.0
+) -> DiscoveredServer[FakeLink]:
+    server: DiscoveredServer[FakeLink] = DiscoveredServer(
+        "ws://servers.example.com:8081",
+        interval_s=interval_s,
+        retry_max_s=8.0,
+        resolve=fixture.resolve,
+    )
+    nursery.start_soon(
+        server.serve, nursery, fixture.new_link, fixture.run_link, fixture.retire_link
+    )
+    await trio.testing.wait_all_tasks_blocked()
+    return server
+
+
+async def test_one_link_per_address_and_changes_follow_each_resolution(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    fixture = Fixture(answer=("127.0.0.1", "127.0.0.2", "127.0.0.1"))
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, fixture, interval_s=30.0)
+        assert fixture.running() == ["127.0.0.1", "127.0.0.2"]
+        assert set(server.links) == {"127.0.0.1", "127.0.0.2"}
+        fixture.answer = ("127.0.0.2", "127.0.0.3")
+        mock_clock.jump(29.9)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fixture.resolutions == 1  # not before interval_s
+        mock_clock.jump(0.1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fixture.resolutions == 2
+        assert fixture.retired == ["127.0.0.1"]
+        assert fixture.running() == ["127.0.0.2", "127.0.0.3"]
+        assert set(server.links) == {"127.0.0.2", "127.0.0.3"}
+        # An unchanged answer opens and closes nothing.
+        mock_clock.jump(30.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fixture.resolutions == 3
+        assert len(fixture.links) == 3
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_link_asks_for_a_resolution_soon_and_bursts_share_one(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    fixture = Fixture()
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, fixture, interval_s=30.0)
+        fixture.answer = ("127.0.0.2",)
+        server.link_failed()
+        server.link_failed()
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(MIN_RESOLVE_INTERVAL_S - 0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fixture.resolutions == 1
+        mock_clock.jump(0.01)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fixture.resolutions == 2
+        assert fixture.retired == ["127.0.0.1"]
+        # The burst is spent: the next resolution waits for the interval again.
+        mock_clock.jump(29.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fixture.resolutions == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_name_that_does_not_resolve_is_retried_with_backoff(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    fixture = Fixture(answer=None)
+    async with trio.open_nursery() as nursery:
+        await start(nursery, fixture)
+        assert fixture.resolutions == 1
+        assert fixture.links == []
+        for _ in range(6):  # 0.5, 1, 2, 4, 8, 8 s at most: never the 30 s interval
+            mock_clock.jump(8.0)
+            await trio.testing.wait_all_tasks_blocked()
+        assert fixture.resolutions >= 6
+        fixture.answer = ("127.0.0.9",)
+        mock_clock.jump(8.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert fixture.running() == ["127.0.0.9"]
+        nursery.cancel_scope.cancel()
+
+
+def has_ended(server: DiscoveredServer[FakeLink]) -> bool:
+    return server.has_ended
+
+
+async def test_the_server_has_ended_once_every_link_has(mock_clock: trio.testing.MockClock) -> None:
+    fixture = Fixture()
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, fixture)
+        assert not has_ended(server)
+        fixture.links[0].has_ended = True
+        assert not has_ended(server)
+        fixture.links[1].has_ended = True
+        assert has_ended(server)
+        nursery.cancel_scope.cancel()
+    empty: DiscoveredServer[FakeLink] = DiscoveredServer("ws://x", interval_s=1, retry_max_s=1)
+    assert not empty.has_ended  # nothing found yet is not "every link refused"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("ws://servers.example.com:8081", ("servers.example.com", 8081)),
+        ("wss://servers.example.com", ("servers.example.com", 443)),
+        ("ws://servers.example.com/tunnel", ("servers.example.com", 80)),
+        ("ws://[::1]:9000", ("::1", 9000)),
+    ],
+)
+def test_url_host_port(url: str, expected: tuple[str, int]) -> None:
+    assert url_host_port(url) == expected
+
+
+async def test_the_system_resolver_gives_each_address_once() -> None:
+    # getaddrinfo answers a literal once per socket type; TCP only is asked for.
+    assert await resolve_addresses("127.0.0.1", 80) == ("127.0.0.1",)
