@@ -319,8 +319,11 @@ async def drain_frames(agent: HostileAgent) -> None:
         pass
 
 
-async def test_a_ping_flood_that_never_reads_its_pongs_is_dropped() -> None:
+async def test_a_ping_flood_that_never_reads_its_pongs_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Defect 3: PONGs queued without bound (33 to 441 MiB in 30 s) for a peer that never read."""
+    caplog.set_level(logging.WARNING, "pvtunnel")
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             running = await start_server(nursery)
@@ -338,6 +341,7 @@ async def test_a_ping_flood_that_never_reads_its_pongs_is_dropped() -> None:
             assert sent < MAX_FLOOD_MESSAGES, sent
             # What the server still holds for us is a bounded queue of PONGs.
             assert session.tunnel.mux.queued_pieces <= 2048
+            assert any("PING flood" in r.getMessage() for r in caplog.records)
             nursery.cancel_scope.cancel()
 
 

@@ -37,8 +37,9 @@ class H11Stream:
     tell how big a head really was (h11 only caps heads that arrive incomplete).
     While ``recording`` is a buffer, the bytes fed are also appended to it, so a
     caller can check what h11 normalises away (obs-fold, see ``_http.framing``).
-    ``on_data``, if set, is called once when the next bytes arrive (and then unset),
-    so a caller can start a clock at a message's first byte.
+    ``on_data``, if set, is called once (and then unset) when some bytes of a
+    message arrived and more are awaited, so a caller can bound the rest from the
+    first byte on.
     """
 
     __slots__ = (
@@ -93,6 +94,11 @@ class H11Stream:
                 # More of this message is due: a peer under Nagle waits for our ACK.
                 self.acks_left -= 1
                 self._ack_now()
+            if read and self.on_data is not None:
+                # Part of a message came and we wait for the rest. A message that came
+                # whole in one read (the common case) never calls it: nothing to bound.
+                self.on_data()
+                self.on_data = None
             read = True
             try:
                 data = await self.io.receive_some(RECEIVE_SIZE)
@@ -101,9 +107,6 @@ class H11Stream:
             self.received += len(data)
             if self.recording is not None:
                 self.recording += data
-            if self.on_data is not None and data:
-                self.on_data()
-                self.on_data = None
             conn.receive_data(bytes(data))
 
     def _ack_now(self) -> None:

@@ -26,7 +26,7 @@ from pvtunnel._metrics import ServerMetrics
 from pvtunnel._trio.admin import ServerAdmin, serve_admin
 from pvtunnel._trio.front import handle_client, peer_address, watch_hangups
 from pvtunnel._trio.holding import HeldRequests
-from pvtunnel._trio.tunnel import Tunnel
+from pvtunnel._trio.tunnel import Tunnel, first_error
 from pvtunnel._trio.websocket import TRANSPORT_GONE, WebSocket, WebSocketClosed, read_upgrade
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.mux import Multiplexer, Role
@@ -411,7 +411,8 @@ class TunnelServer:
                     nursery.cancel_scope.cancel()
         except* ProtocolError as group:
             self.state.metrics.agent_protocol_errors += 1
-            logger.warning("agent %s broke the protocol: %s", hello.client_id, group.exceptions[0])
+            # The leaf, not a nested group's summary: it says what the agent did.
+            logger.warning("agent %s broke the protocol: %s", hello.client_id, first_error(group))
         except* Exception:
             # Boundary: one agent connection's failure must not reach the listener.
             logger.exception("agent %s: internal error", hello.client_id)
