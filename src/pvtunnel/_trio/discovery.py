@@ -1,7 +1,7 @@
 """DNS discovery of server replicas: one agent link per address a URL's host resolves to.
 
 Servers behind a load balancer share no state, so an agent must hold a connection
-to every one of them (SPEC section 7). With ``[server] discover = "dns"`` the URL's
+to every one of them. With ``[server] discover = "dns"`` the URL's
 host name stands for all of them, as a Kubernetes headless Service or a
 round-robin name does: `DiscoveredServer` resolves it with the system resolver
 (``getaddrinfo``, so /etc/hosts, search domains and the cluster's DNS apply as for
