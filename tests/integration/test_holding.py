@@ -132,3 +132,28 @@ async def test_metrics_show_held_requests_waiting_and_their_outcomes() -> None:
             assert page.value("pvtunnel_held_requests_total", outcome="served") == 1
             assert page.value("pvtunnel_held_requests_total", outcome="timed_out") == 0
             nursery.cancel_scope.cancel()
+
+
+async def test_a_held_client_that_hangs_up_frees_its_place_at_once() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            config = server_config(timeouts={"hold_s": 60.0}, limits={"max_held_requests": 1})
+            running, _, port = await start_departed(nursery, config)
+            stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            await wait_held(running.server, 1)
+            await stream.aclose()
+            # Far inside the 60 s hold: the place is free again, for a client that stays.
+            await wait_held(running.server, 0)
+            assert running.server.state.metrics.held_requests["abandoned"] == 1
+            replies: list[Reply] = []
+
+            async def client() -> None:
+                replies.append(await fetch(running.port, b"GET", b"/"))
+
+            async with trio.open_nursery() as clients:
+                clients.start_soon(client)
+                await wait_held(running.server, 1)
+                await start_agent(nursery, running, {"app": port})
+            assert [reply.status for reply in replies] == [200]
+            nursery.cancel_scope.cancel()

@@ -9,6 +9,8 @@ at its edges without sleeping. The real resolver and real links are in
 
 from __future__ import annotations
 
+import socket
+
 import attrs
 import pytest
 import trio
@@ -17,6 +19,7 @@ import trio.testing
 from pvtunnel._trio.discovery import (
     MIN_RESOLVE_INTERVAL_S,
     DiscoveredServer,
+    first_family,
     resolve_addresses,
     url_host_port,
 )
@@ -180,6 +183,20 @@ async def test_the_server_has_ended_once_every_link_has(mock_clock: trio.testing
 )
 def test_url_host_port(url: str, expected: tuple[str, int]) -> None:
     assert url_host_port(url) == expected
+
+
+def test_only_the_first_family_is_kept_so_a_dual_stack_server_gets_one_link() -> None:
+    v4, v6 = socket.AF_INET, socket.AF_INET6
+    stream, tcp = socket.SOCK_STREAM, socket.IPPROTO_TCP
+    infos = [
+        (v6, stream, tcp, "", ("fd00::1", 8081, 0, 0)),
+        (v4, stream, tcp, "", ("10.0.0.1", 8081)),
+        (v6, stream, tcp, "", ("fd00::2", 8081, 0, 0)),
+        (v6, stream, tcp, "", ("fd00::1", 8081, 0, 0)),
+    ]
+    assert first_family(infos) == ("fd00::1", "fd00::2")
+    assert first_family(infos[1:2]) == ("10.0.0.1",)
+    assert first_family([]) == ()
 
 
 async def test_the_system_resolver_gives_each_address_once() -> None:

@@ -1,7 +1,7 @@
 """DNS discovery of server replicas: one agent link per address a URL's host resolves to.
 
 Servers behind a load balancer share no state, so an agent must hold a connection
-to every one of them (SPEC section 7). With ``[server] discover = "dns"`` the URL's
+to every one of them. With ``[server] discover = "dns"`` the URL's
 host name stands for all of them, as a Kubernetes headless Service or a
 round-robin name does: `DiscoveredServer` resolves it with the system resolver
 (``getaddrinfo``, so /etc/hosts, search domains and the cluster's DNS apply as for
@@ -28,7 +28,7 @@ import trio
 from pvtunnel._backoff import Backoff
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
 logger = logging.getLogger("pvtunnel.agent")
 
@@ -50,11 +50,25 @@ class DiscoveredLink(Protocol):
 async def resolve_addresses(host: str, port: int) -> tuple[str, ...]:
     """Every address ``host`` resolves to for TCP, in the resolver's order, each once.
 
+    Only addresses of the family the resolver lists first (its preference, RFC
+    6724): a dual-stack server has an IPv4 and an IPv6 address, and two links to
+    it would register the same agent twice, each replacing the other.
+
     Raises:
         OSError: The name does not resolve (``socket.gaierror``) or the resolver failed.
     """
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+    return first_family(infos)
+
+
+def first_family(
+    infos: Sequence[tuple[socket.AddressFamily, object, object, object, tuple[object, ...]]],
+) -> tuple[str, ...]:
+    """The addresses of ``getaddrinfo``'s answer in the family of its first one, each once."""
+    if not infos:
+        return ()
+    family = infos[0][0]
+    return tuple(dict.fromkeys(str(info[4][0]) for info in infos if info[0] == family))
 
 
 def url_host_port(url: str) -> tuple[str, int]:

@@ -38,7 +38,7 @@ from pvtunnel._trio.tunnel import END, Channel, StreamResetError, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
 if TYPE_CHECKING:
-    from pvtunnel._trio.server import ServerState
+    from pvtunnel._trio.server import AgentSession, ServerState
 
 logger = logging.getLogger("pvtunnel.access")
 
@@ -237,7 +237,10 @@ class ClientConnection:
         match = state.router.lookup(key)
         if match is None:
             # A route whose agents left lately waits for one to come back.
-            held = await state.held.wait_for_agent(state.router, key)
+            held = await self._wait_held(key)
+            if held is None:
+                self.state.log_request(request, self.address, 499, 0, None)
+                return False
             if isinstance(held, HoldOutcome):
                 status, detail, extra = hold_answer(held, state.held.hold_s)
                 return await self._refuse(request, status, detail, extra=extra)
@@ -313,6 +316,30 @@ class ClientConnection:
         if not state.awaiting:
             state.awaiting_started.unpark_all()
         state.awaiting[self] = channel
+
+    async def _wait_held(self, key: str) -> tuple[str, AgentSession] | HoldOutcome | None:
+        """Hold the request until an agent serves ``key``; None if the client left meanwhile."""
+        state = self.state
+        held: tuple[str, AgentSession] | HoldOutcome | None = None
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._cancel_when_gone, nursery.cancel_scope)
+            held = await state.held.wait_for_agent(state.router, key)
+            nursery.cancel_scope.cancel()
+        return held
+
+    async def _cancel_when_gone(self, scope: trio.CancelScope) -> None:
+        """A held client that hangs up frees its place now, not after ``hold_s``."""
+        sock = _raw_socket(self.stream)
+        if sock is None:
+            return
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            peeked = await sock.recv(1, socket.MSG_PEEK)
+        except OSError:
+            peeked = b""
+        # Data instead (a pipelined request) is left for the keep-alive loop.
+        if not peeked or _peer_closed(sock):
+            scope.cancel()
 
     async def check_hangup(self, channel: Channel) -> bool:
         """Reset the stream if the client closed its connection; True once settled.
