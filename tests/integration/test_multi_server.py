@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 
+from pvtunnel import ServerCertificateError
 from pvtunnel._config import (
     AdminConfig,
     AgentConfig,
@@ -29,7 +30,7 @@ from pvtunnel._config import (
     ServerEndpoint,
 )
 from pvtunnel._errors import HandshakeRefusedError
-from pvtunnel._trio.agent import ServerCertificateError, TunnelAgent
+from pvtunnel._trio.agent import TunnelAgent
 from tests.integration.client import Client, fetch
 from tests.integration.harness import (
     TOKEN,

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Final
 import h11
 import trio
 
-from pvtunnel._errors import ErrorCode, LocalProtocolError, TunnelClosedError
+from pvtunnel._errors import (
+    ClientGoneError,
+    ErrorCode,
+    LocalProtocolError,
+    StreamResetError,
+    TunnelClosedError,
+)
 from pvtunnel._http import headers as hdr
 from pvtunnel._http.access import PROXY_AUTHENTICATE, presented_token
 from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
@@ -34,7 +40,7 @@ from pvtunnel._http.routing import split_target
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
 from pvtunnel._trio.sockio import BROKEN
-from pvtunnel._trio.tunnel import END, Channel, StreamResetError, first_error
+from pvtunnel._trio.tunnel import END, Channel, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
 if TYPE_CHECKING:
@@ -51,10 +57,6 @@ class Phase(enum.Enum):
     BODY = "body"  # the request body is flowing, no response head yet
     PROXYING = "proxying"
     RESPONSE = "response"  # waiting for the upstream's response head
-
-
-class _ClientGone(Exception):
-    """The client connection broke or sent something unusable mid-request."""
 
 
 class ClientConnection:
@@ -333,7 +335,7 @@ class ClientConnection:
             peeked = b""
         if peeked and not _peer_closed(sock):
             return False
-        self.client_error = _ClientGone("the client closed its connection")
+        self.client_error = ClientGoneError("the client closed its connection")
         channel.reset(ErrorCode.CANCEL, "the client went away")
         return True
 
@@ -359,8 +361,8 @@ class ClientConnection:
                     self._watch_hangup(channel)
                     return
                 else:
-                    raise _ClientGone(f"unexpected {type(event).__name__} in request body")
-        except (h11.RemoteProtocolError, _ClientGone, *BROKEN) as exc:
+                    raise ClientGoneError(f"unexpected {type(event).__name__} in request body")
+        except (h11.RemoteProtocolError, ClientGoneError, *BROKEN) as exc:
             self.client_error = exc
             channel.reset(ErrorCode.CANCEL, "client request body broke off")
         except TunnelClosedError:
@@ -382,7 +384,7 @@ class ClientConnection:
             # is written under it.
             self.phase = Phase.PROXYING
         except StreamResetError as exc:
-            if isinstance(self.client_error, _ClientGone):
+            if isinstance(self.client_error, ClientGoneError):
                 # Nobody is left to answer; logged as nginx does, 499 "client closed".
                 self._log_proxied(request, 499, 0, agent, started, channel)
                 return False

@@ -19,15 +19,21 @@ import attrs
 import trio
 
 from pvtunnel._config import rules
-from pvtunnel._config.rules import InvalidValue
-from pvtunnel._errors import ErrorCode, ProtocolError, RemoteProtocolError, TunnelClosedError
+from pvtunnel._errors import (
+    ErrorCode,
+    InvalidValue,
+    ProtocolError,
+    RemoteProtocolError,
+    TunnelClosedError,
+    WebSocketClosed,
+)
 from pvtunnel._http.routing import Router
 from pvtunnel._metrics import ServerMetrics
 from pvtunnel._trio.admin import ServerAdmin, serve_admin
 from pvtunnel._trio.front import handle_client, peer_address, watch_hangups
 from pvtunnel._trio.holding import HeldRequests
 from pvtunnel._trio.tunnel import Tunnel, first_error
-from pvtunnel._trio.websocket import TRANSPORT_GONE, WebSocket, WebSocketClosed, read_upgrade
+from pvtunnel._trio.websocket import TRANSPORT_GONE, WebSocket, read_upgrade
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.mux import Multiplexer, Role
 
