@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pvtunnel._trio.agent import AgentStatus, ServerLink
-    from pvtunnel._trio.server import AgentSession
+    from pvtunnel._trio.state import AgentSession
 
 LIMIT_S = 20
 # Reconnect attempts every 0.25-0.5 s, so a test that counts a few stays short.

@@ -45,7 +45,8 @@ from pvtunnel._errors import (
     WebSocketClosed,
 )
 from pvtunnel._metrics import AgentMetrics
-from pvtunnel._trio.admin import AgentAdmin, serve_admin
+from pvtunnel._trio.admin import serve_admin
+from pvtunnel._trio.agent_admin import AgentAdmin
 from pvtunnel._trio.discovery import DiscoveredServer, resolve_addresses, url_host_port
 from pvtunnel._trio.inspector import Inspector
 from pvtunnel._trio.tunnel import Channel, Tunnel, first_error

@@ -44,7 +44,7 @@ from pvtunnel._trio.tunnel import END, Channel, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
 if TYPE_CHECKING:
-    from pvtunnel._trio.server import ServerState
+    from pvtunnel._trio.state import ServerState
 
 logger = logging.getLogger("pvtunnel.access")
 
