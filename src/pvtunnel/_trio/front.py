@@ -32,7 +32,7 @@ from pvtunnel._errors import (
     TunnelClosedError,
 )
 from pvtunnel._http import headers as hdr
-from pvtunnel._http.access import PROXY_AUTHENTICATE, presented_token
+from pvtunnel._http.admission import Refuse, WaitForRoute, admit, forward_to
 from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
 from pvtunnel._http.framing import request_head_problem, response_head_problem
 from pvtunnel._http.holding import HoldOutcome, hold_answer
@@ -224,32 +224,33 @@ class ClientConnection:
             authority = request.target  # authority-form: the route is the target
         if authority is None:
             authority = hdr.header_value(headers, b"host")
-        if not authority:
-            return await self._refuse(request, 400, "the request names no host")
-        external_token = config.external.token
-        if external_token is not None:
-            presented = presented_token(headers)
-            if presented is None or not external_token.matches(presented):
-                return await self._refuse(
-                    request, 407, "proxy authentication required", extra=(PROXY_AUTHENTICATE,)
-                )
-        if state.draining:
-            return await self._refuse(request, 503, "the server is shutting down")
-        key = authority.decode("latin-1")
-        match = state.router.lookup(key)
-        if match is None:
+        limit = config.limits.max_streams_per_agent
+        admission = admit(
+            authority=authority,
+            headers=headers,
+            token=config.external.token,
+            draining=state.draining,
+            router=state.router,
+            max_streams_per_agent=limit,
+        )
+        if isinstance(admission, WaitForRoute):
             # A route whose agents left lately waits for one to come back.
-            held = await state.held.wait_for_agent(state.router, key)
+            held = await state.held.wait_for_agent(state.router, admission.authority)
             if isinstance(held, HoldOutcome):
                 status, detail, extra = hold_answer(held, state.held.hold_s)
                 return await self._refuse(request, status, detail, extra=extra)
-            match = held
-        route, session = match
-        self.route = route
-        if session.in_flight >= config.limits.max_streams_per_agent:
+            admission = forward_to(*held, limit)
+        if isinstance(admission, Refuse):
+            self.route = admission.route
             return await self._refuse(
-                request, 503, "the agent for this host is at its limit", route=route
+                request,
+                admission.status,
+                admission.reason,
+                extra=admission.headers,
+                route=admission.route,
             )
+        route, session = admission.route, admission.session
+        self.route = route
         head = RequestHead(
             route=route,
             method=request.method,
