@@ -34,6 +34,7 @@ from pvtunnel._errors import (
     ProtocolError as ProtocolError,
     PvTunnelError as PvTunnelError,
     RemoteProtocolError as RemoteProtocolError,
+    ServerCertificateError as ServerCertificateError,
     TunnelClosedError as TunnelClosedError,
     UpstreamError as UpstreamError,
 )
@@ -69,6 +70,7 @@ __all__ = [
     "ScopedToken",
     "Secret",
     "ServerAddresses",
+    "ServerCertificateError",
     "ServerConfig",
     "ServerEndpoint",
     "TimeoutsConfig",

@@ -36,12 +36,11 @@ from pvtunnel._config import (
     with_overrides,
     write_init_files,
 )
-from pvtunnel._errors import ConfigError, HandshakeRefusedError
+from pvtunnel._errors import ConfigError, HandshakeRefusedError, StatusError
 from pvtunnel._heap import tune_heap
 from pvtunnel._logs import configure_logging, serve_log_flushes
 from pvtunnel._status import (
     DEFAULT_ADMIN_URL,
-    StatusError,
     admin_url,
     fetch_status,
     format_status,

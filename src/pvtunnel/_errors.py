@@ -1,14 +1,29 @@
-"""The one exception tree users of pvtunnel catch.
+"""Every exception pvtunnel defines, in one tree under `PvTunnelError`.
+
+One module, as h11's ``_util.py`` and h2's ``exceptions.py`` are: a reader finds
+every failure in one place, and ``except PvTunnelError`` catches anything pvtunnel
+raises on purpose. A test fails on an exception class defined anywhere else.
 
 Pure: imported by the sans-I/O wire layer, so it must not import trio or sockets.
 Each protocol error carries the wire code that tells the peer how we failed
 (protocol.md section "Error codes"), so the layer that owns the I/O never has to
 guess which reset code or close reason fits.
+
+What a program embedding pvtunnel can meet is re-exported from `pvtunnel`; the
+rest are raised and caught inside pvtunnel, and are here so the tree is whole.
+The WebSocket's own refusal of an upgrade (``ConnectionRejected``, an HTTP status
+instead of 101) stays trio-websocket's class: it is raised in trio-websocket's
+reader task, and the agent turns it into `HandshakeRefusedError` (401, 403) or a
+retry before anything outside pvtunnel could see it.
 """
 
 from __future__ import annotations
 
 import enum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class ErrorCode(enum.IntEnum):
@@ -69,3 +84,94 @@ class UpstreamError(PvTunnelError):
 
 class HandshakeRefusedError(PvTunnelError):
     """The server refused this agent for good (bad token, bad hello): do not retry."""
+
+
+class ServerCertificateError(HandshakeRefusedError):
+    """The server's TLS certificate failed verification.
+
+    Final for an agent that never registered (a configuration mistake: a private
+    CA needs ``[server] ca_file``); an agent that was registered before keeps
+    retrying, so a botched certificate renewal heals without a restart.
+    """
+
+
+# ------------------------------------------------------------ the tunnel itself
+
+
+class StreamClosedError(PvTunnelError):
+    """The stream is gone (reset, or finished): a race, not a protocol violation."""
+
+
+class StreamResetError(TunnelClosedError):
+    """The peer reset this stream; ``code`` says why."""
+
+    def __init__(self, code: ErrorCode, reason: str) -> None:
+        super().__init__(f"stream reset: {code.name} {reason}".rstrip())
+        self.code = code
+
+
+class WebSocketClosed(PvTunnelError):
+    """The WebSocket is closed (by either side) or its transport broke."""
+
+    def __init__(self, reason: str, code: int | None = None) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class HandshakeError(PvTunnelError):
+    """The WebSocket upgrade ended before a whole answer came: the connection closed."""
+
+
+class ClientGoneError(PvTunnelError):
+    """The client connection broke or sent something unusable mid-request."""
+
+
+# ------------------------------------------------------------ configuration
+
+
+class InvalidValue(PvTunnelError, ValueError):
+    """A raw value broke a rule; ``entries`` pairs a sub-path with a message.
+
+    The sub-path is relative to the value ("" for the value itself, "[2]" for an
+    array element), so whoever knows where the value sits can prefix it.
+    """
+
+    def __init__(self, message: str, *, at: str = "") -> None:
+        super().__init__(message)
+        self.entries: tuple[tuple[str, str], ...] = ((at, message),)
+
+    @classmethod
+    def many(cls, entries: Sequence[tuple[str, str]]) -> InvalidValue:
+        """Bundle several problems so an array reports every bad element at once."""
+        error = cls(entries[0][1], at=entries[0][0])
+        error.entries = tuple(entries)
+        return error
+
+
+class FieldError(ConfigError):
+    """An attrs config object was built with a value that breaks its rule.
+
+    Raised from validators and ``__attrs_post_init__``, so code that builds configs
+    directly gets the same ``ConfigError`` lines as the loaders. ``entries`` hold
+    paths relative to the object, which the loader prefixes with the table's path.
+    """
+
+    def __init__(self, owner: str, entries: Sequence[tuple[str, str]]) -> None:
+        super().__init__([f"{owner}.{path}: {message}" for path, message in entries])
+        self.entries = tuple(entries)
+
+
+# ------------------------------------------------------------ admin and inspector
+
+
+class StatusError(PvTunnelError):
+    """The admin listener could not be reached or gave no usable answer."""
+
+
+class EditError(PvTunnelError, ValueError):
+    """The inspector's edits cannot make a request; the message says why (for a 400)."""
+
+
+class ReplayRefusedError(PvTunnelError):
+    """A recorded request cannot be replayed; the message says why (for a 409)."""

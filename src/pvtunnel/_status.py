@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Final, Literal, NotRequired, TypedDict, cast
 
-from pvtunnel._errors import PvTunnelError
+from pvtunnel._errors import StatusError
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -97,10 +97,6 @@ class AgentStatusDocument(TypedDict):
 
 
 StatusDocument = ServerStatusDocument | AgentStatusDocument
-
-
-class StatusError(PvTunnelError):
-    """The admin listener could not be reached or gave no usable answer."""
 
 
 def iso_utc(timestamp: float) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pvtunnel._inspect.edits import EditError, Edits, edited_request, parse_edits
+from pvtunnel._errors import EditError
+from pvtunnel._inspect.edits import Edits, edited_request, parse_edits
 from pvtunnel._wire.heads import RequestHead
 
 ORIGINAL = RequestHead(

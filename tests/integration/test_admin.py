@@ -26,9 +26,10 @@ import trio_websocket
 from pvtunnel._config import AdminConfig, Secret
 from pvtunnel._logs import JsonFormatter
 from pvtunnel._metrics import NO_ROUTE
-from pvtunnel._trio.admin import AgentAdmin, ServerAdmin, serve_admin
+from pvtunnel._trio.admin import serve_admin
 from pvtunnel._trio.agent import TunnelAgent
-from pvtunnel._trio.server import TunnelServer
+from pvtunnel._trio.agent_admin import AgentAdmin
+from pvtunnel._trio.server import ServerAdmin, TunnelServer
 from tests.integration.client import Client, Reply, fetch, raw_exchange
 from tests.integration.harness import (
     TOKEN,

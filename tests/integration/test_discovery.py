@@ -17,10 +17,11 @@ import attrs
 import pytest
 import trio
 
+from pvtunnel import ServerCertificateError
 from pvtunnel._config import Discovery, ServerConfig
 from pvtunnel._metrics import ServerLinkFigures
-from pvtunnel._trio.admin import AgentAdmin
-from pvtunnel._trio.agent import ServerCertificateError, TunnelAgent
+from pvtunnel._trio.agent import TunnelAgent
+from pvtunnel._trio.agent_admin import AgentAdmin
 from tests.integration.client import Client, Reply
 from tests.integration.harness import (
     Running,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from pvtunnel._trio.admin import ServerAdmin
+from pvtunnel._trio.server import ServerAdmin
 from tests.integration.client import fetch
 from tests.integration.harness import Running, server_config, start_tunnel
 

@@ -23,7 +23,7 @@ from pvtunnel._config import (
     Secret,
     with_agent_overrides,
 )
-from pvtunnel._config.rules import FieldError
+from pvtunnel._errors import FieldError
 from pvtunnel._trio.agent import TunnelAgent
 from tests.integration.client import Client, Reply, fetch
 from tests.integration.harness import (

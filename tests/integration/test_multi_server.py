@@ -19,6 +19,7 @@ import pytest
 import trio
 import trio.testing
 
+from pvtunnel import ServerCertificateError
 from pvtunnel._config import (
     AdminConfig,
     AgentConfig,
@@ -29,7 +30,7 @@ from pvtunnel._config import (
     ServerEndpoint,
 )
 from pvtunnel._errors import HandshakeRefusedError
-from pvtunnel._trio.agent import ServerCertificateError, TunnelAgent
+from pvtunnel._trio.agent import TunnelAgent
 from tests.integration.client import Client, fetch
 from tests.integration.harness import (
     TOKEN,
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pvtunnel._trio.agent import AgentStatus, ServerLink
-    from pvtunnel._trio.server import AgentSession
+    from pvtunnel._trio.state import AgentSession
 
 LIMIT_S = 20
 # Reconnect attempts every 0.25-0.5 s, so a test that counts a few stays short.

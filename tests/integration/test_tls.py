@@ -19,9 +19,10 @@ import pytest
 import trio
 import trustme
 
+from pvtunnel import ServerCertificateError
 from pvtunnel._config import AgentTimeouts, Secret
 from pvtunnel._errors import HandshakeRefusedError
-from pvtunnel._trio.agent import ServerCertificateError, TunnelAgent
+from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.server import ServerAddresses, TunnelServer
 from tests.integration.client import Client, fetch, raw_exchange
 from tests.integration.harness import (

@@ -25,14 +25,12 @@ import trio_websocket
 import websockets.sync.client
 import websockets.sync.server
 
-from pvtunnel._errors import RemoteProtocolError
+from pvtunnel._errors import HandshakeError, RemoteProtocolError, WebSocketClosed
 from pvtunnel._trio.websocket import (
     CLOSE_GRACE_S,
     MAX_MESSAGE_BYTES,
     ConnectionRejected,
-    HandshakeError,
     WebSocket,
-    WebSocketClosed,
     connect,
     read_upgrade,
 )

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import given, strategies as st
 
-from pvtunnel._errors import ErrorCode, LocalProtocolError, RemoteProtocolError
+from pvtunnel._errors import ErrorCode, LocalProtocolError, RemoteProtocolError, StreamClosedError
 from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import HEADER_SIZE, MAX_FRAME_PAYLOAD, FrameType, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
-from pvtunnel._wire.mux import Multiplexer, Role, StreamClosedError
+from pvtunnel._wire.mux import Multiplexer, Role
 from pvtunnel._wire.states import ConnectionState
 from tests import strategies as sts
 from tests.wire.helpers import (

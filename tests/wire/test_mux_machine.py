@@ -32,11 +32,11 @@ from hypothesis.stateful import (
     rule,
 )
 
-from pvtunnel._errors import ErrorCode, LocalProtocolError
+from pvtunnel._errors import ErrorCode, LocalProtocolError, StreamClosedError
 from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import FrameDecoder, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
-from pvtunnel._wire.mux import Multiplexer, Role, StreamClosedError
+from pvtunnel._wire.mux import Multiplexer, Role
 
 Side = Literal["server", "agent"]
 SIDES: tuple[Side, Side] = ("server", "agent")

@@ -35,11 +35,11 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, override
 
-from pvtunnel._errors import ConfigError
+from pvtunnel._errors import ConfigError, FieldError, InvalidValue
 
 from . import rules
 from .model import TOML_KEY, AgentConfig, Route, ServerConfig, duplicate_route_names
-from .rules import FieldError, InvalidValue, Rule, describe, join_path, show
+from .rules import Rule, describe, join_path, show
 from .secret import Secret
 
 if TYPE_CHECKING:

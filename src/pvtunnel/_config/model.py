@@ -21,8 +21,10 @@ from typing import Any, Final, TypeVar
 
 import attrs
 
+from pvtunnel._errors import FieldError, InvalidValue
+
 from . import rules
-from .rules import FieldError, InvalidValue, Network, Rule, join_path, show
+from .rules import Network, Rule, join_path, show
 from .secret import Secret
 
 TOML_KEY: Final = "pvtunnel.toml_key"

@@ -12,11 +12,10 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
 
-from pvtunnel._errors import ConfigError
+from pvtunnel._errors import ConfigError, FieldError, InvalidValue
 
 from . import rules
 from .model import AdminConfig, AgentConfig, Route, RouteType, ServerConfig, discovery
-from .rules import FieldError, InvalidValue
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence

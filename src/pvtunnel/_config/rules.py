@@ -20,17 +20,14 @@ import math
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
 
-from pvtunnel._errors import ConfigError
+from pvtunnel._errors import FieldError, InvalidValue
 
 from .secret import Secret
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 T = TypeVar("T")
 
@@ -55,38 +52,6 @@ _PORT_DIGITS: Final = re.compile(r"[0-9]{1,5}")
 _HOST_HEADER_VALUE: Final = re.compile(r"[A-Za-z0-9._~:\[\]-]+")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class InvalidValue(ValueError):
-    """A raw value broke a rule; ``entries`` pairs a sub-path with a message.
-
-    The sub-path is relative to the value ("" for the value itself, "[2]" for an
-    array element), so whoever knows where the value sits can prefix it.
-    """
-
-    def __init__(self, message: str, *, at: str = "") -> None:
-        super().__init__(message)
-        self.entries: tuple[tuple[str, str], ...] = ((at, message),)
-
-    @classmethod
-    def many(cls, entries: Sequence[tuple[str, str]]) -> InvalidValue:
-        """Bundle several problems so an array reports every bad element at once."""
-        error = cls(entries[0][1], at=entries[0][0])
-        error.entries = tuple(entries)
-        return error
-
-
-class FieldError(ConfigError):
-    """An attrs config object was built with a value that breaks its rule.
-
-    Raised from validators and ``__attrs_post_init__``, so code that builds configs
-    directly gets the same ``ConfigError`` lines as the loaders. ``entries`` hold
-    paths relative to the object, which the loader prefixes with the table's path.
-    """
-
-    def __init__(self, owner: str, entries: Sequence[tuple[str, str]]) -> None:
-        super().__init__([f"{owner}.{path}: {message}" for path, message in entries])
-        self.entries = tuple(entries)
 
 
 @attrs.frozen

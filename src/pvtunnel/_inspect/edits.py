@@ -22,6 +22,7 @@ from typing import Final
 import attrs
 import h11
 
+from pvtunnel._errors import EditError
 from pvtunnel._wire.heads import Headers, RequestHead
 
 _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
@@ -29,10 +30,6 @@ _FRAMING: Final = frozenset({b"content-length", b"transfer-encoding"})
 # one response, shown whole.
 _NOT_REPLAYABLE_HEADERS: Final = frozenset({b"upgrade"})
 _KEYS: Final = frozenset({"method", "target", "headers", "body", "body_base64"})
-
-
-class EditError(ValueError):
-    """The edits cannot make a request; the message says why (for a 400)."""
 
 
 @attrs.frozen(kw_only=True)

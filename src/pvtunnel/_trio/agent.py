@@ -36,24 +36,22 @@ from pvtunnel._backoff import Backoff
 from pvtunnel._config import Discovery
 from pvtunnel._errors import (
     ErrorCode,
+    HandshakeError,
     HandshakeRefusedError,
     ProtocolError,
     RemoteProtocolError,
+    ServerCertificateError,
     TunnelClosedError,
+    WebSocketClosed,
 )
 from pvtunnel._metrics import AgentMetrics
-from pvtunnel._trio.admin import AgentAdmin, serve_admin
+from pvtunnel._trio.admin import serve_admin
+from pvtunnel._trio.agent_admin import AgentAdmin
 from pvtunnel._trio.discovery import DiscoveredServer, resolve_addresses, url_host_port
 from pvtunnel._trio.inspector import Inspector
 from pvtunnel._trio.tunnel import Channel, Tunnel, first_error
 from pvtunnel._trio.upstream import Replay, UpstreamPool
-from pvtunnel._trio.websocket import (
-    ConnectionRejected,
-    HandshakeError,
-    WebSocket,
-    WebSocketClosed,
-    connect,
-)
+from pvtunnel._trio.websocket import ConnectionRejected, WebSocket, connect
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.mux import Multiplexer, Role
 
@@ -66,10 +64,6 @@ logger = logging.getLogger("pvtunnel.agent")
 INITIAL_BACKOFF_S: Final = 0.5
 # A session that lasted this long resets the backoff: it was not a crash loop.
 STABLE_SESSION_S: Final = 10.0
-
-
-class ServerCertificateError(HandshakeRefusedError):
-    """The server's TLS certificate failed verification (see the module docstring)."""
 
 
 @attrs.frozen(kw_only=True)

@@ -1,9 +1,10 @@
 """DNS discovery of server replicas: one agent link per address a URL's host resolves to.
 
 Servers behind a load balancer share no state, so an agent must hold a connection
-to every one of them. With ``[server] discover = "dns"`` the URL's
-host name stands for all of them, as a Kubernetes headless Service or a
-round-robin name does: `DiscoveredServer` resolves it with the system resolver
+to every one of them: a server routes only to the agents connected to it. With
+``[server] discover = "dns"`` the URL's host name stands for all of them, as a
+Kubernetes headless Service or a round-robin name does: `DiscoveredServer`
+resolves it with the system resolver
 (``getaddrinfo``, so /etc/hosts, search domains and the cluster's DNS apply as for
 any program), keeps one link per address, and resolves again every
 ``discover_interval_s`` and whenever one of its links fails (a replica replaced in

@@ -24,9 +24,15 @@ from typing import TYPE_CHECKING, Final
 import h11
 import trio
 
-from pvtunnel._errors import ErrorCode, LocalProtocolError, TunnelClosedError
+from pvtunnel._errors import (
+    ClientGoneError,
+    ErrorCode,
+    LocalProtocolError,
+    StreamResetError,
+    TunnelClosedError,
+)
 from pvtunnel._http import headers as hdr
-from pvtunnel._http.access import PROXY_AUTHENTICATE, presented_token
+from pvtunnel._http.admission import Refuse, WaitForRoute, admit, forward_to
 from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
 from pvtunnel._http.framing import request_head_problem, response_head_problem
 from pvtunnel._http.holding import HoldOutcome, hold_answer
@@ -34,11 +40,11 @@ from pvtunnel._http.routing import split_target
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
 from pvtunnel._trio.sockio import BROKEN
-from pvtunnel._trio.tunnel import END, Channel, StreamResetError, first_error
+from pvtunnel._trio.tunnel import END, Channel, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
 if TYPE_CHECKING:
-    from pvtunnel._trio.server import AgentSession, ServerState
+    from pvtunnel._trio.state import AgentSession, ServerState
 
 logger = logging.getLogger("pvtunnel.access")
 
@@ -51,10 +57,6 @@ class Phase(enum.Enum):
     BODY = "body"  # the request body is flowing, no response head yet
     PROXYING = "proxying"
     RESPONSE = "response"  # waiting for the upstream's response head
-
-
-class _ClientGone(Exception):
-    """The client connection broke or sent something unusable mid-request."""
 
 
 class ClientConnection:
@@ -222,35 +224,36 @@ class ClientConnection:
             authority = request.target  # authority-form: the route is the target
         if authority is None:
             authority = hdr.header_value(headers, b"host")
-        if not authority:
-            return await self._refuse(request, 400, "the request names no host")
-        external_token = config.external.token
-        if external_token is not None:
-            presented = presented_token(headers)
-            if presented is None or not external_token.matches(presented):
-                return await self._refuse(
-                    request, 407, "proxy authentication required", extra=(PROXY_AUTHENTICATE,)
-                )
-        if state.draining:
-            return await self._refuse(request, 503, "the server is shutting down")
-        key = authority.decode("latin-1")
-        match = state.router.lookup(key)
-        if match is None:
+        limit = config.limits.max_streams_per_agent
+        admission = admit(
+            authority=authority,
+            headers=headers,
+            token=config.external.token,
+            draining=state.draining,
+            router=state.router,
+            max_streams_per_agent=limit,
+        )
+        if isinstance(admission, WaitForRoute):
             # A route whose agents left lately waits for one to come back.
-            held = await self._wait_held(key)
+            held = await self._wait_held(admission.authority)
             if held is None:
                 self.state.log_request(request, self.address, 499, 0, None)
                 return False
             if isinstance(held, HoldOutcome):
                 status, detail, extra = hold_answer(held, state.held.hold_s)
                 return await self._refuse(request, status, detail, extra=extra)
-            match = held
-        route, session = match
-        self.route = route
-        if session.in_flight >= config.limits.max_streams_per_agent:
+            admission = forward_to(*held, limit)
+        if isinstance(admission, Refuse):
+            self.route = admission.route
             return await self._refuse(
-                request, 503, "the agent for this host is at its limit", route=route
+                request,
+                admission.status,
+                admission.reason,
+                extra=admission.headers,
+                route=admission.route,
             )
+        route, session = admission.route, admission.session
+        self.route = route
         head = RequestHead(
             route=route,
             method=request.method,
@@ -360,7 +363,7 @@ class ClientConnection:
             peeked = b""
         if peeked and not _peer_closed(sock):
             return False
-        self.client_error = _ClientGone("the client closed its connection")
+        self.client_error = ClientGoneError("the client closed its connection")
         channel.reset(ErrorCode.CANCEL, "the client went away")
         return True
 
@@ -386,8 +389,8 @@ class ClientConnection:
                     self._watch_hangup(channel)
                     return
                 else:
-                    raise _ClientGone(f"unexpected {type(event).__name__} in request body")
-        except (h11.RemoteProtocolError, _ClientGone, *BROKEN) as exc:
+                    raise ClientGoneError(f"unexpected {type(event).__name__} in request body")
+        except (h11.RemoteProtocolError, ClientGoneError, *BROKEN) as exc:
             self.client_error = exc
             channel.reset(ErrorCode.CANCEL, "client request body broke off")
         except TunnelClosedError:
@@ -409,7 +412,7 @@ class ClientConnection:
             # is written under it.
             self.phase = Phase.PROXYING
         except StreamResetError as exc:
-            if isinstance(self.client_error, _ClientGone):
+            if isinstance(self.client_error, ClientGoneError):
                 # Nobody is left to answer; logged as nginx does, 499 "client closed".
                 self._log_proxied(request, 499, 0, agent, started, channel)
                 return False

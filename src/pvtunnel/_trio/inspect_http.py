@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Final
 import h11
 import trio
 
+from pvtunnel._errors import EditError, ReplayRefusedError
 from pvtunnel._http import inspect as rules
 from pvtunnel._http.admin import JSON, AdminResponse
-from pvtunnel._inspect.edits import EditError, parse_edits
-from pvtunnel._trio.inspector import ReplayRefusedError
+from pvtunnel._inspect.edits import parse_edits
 from pvtunnel._trio.sockio import BROKEN
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 import trio
 
-from pvtunnel._errors import TunnelClosedError
+from pvtunnel._errors import ReplayRefusedError, TunnelClosedError
 from pvtunnel._inspect.capture import Capture, Exchange
 from pvtunnel._inspect.edits import edited_request
 from pvtunnel._trio.tunnel import END
@@ -120,10 +120,6 @@ class LocalChannel:
 
     def reset(self, code: ErrorCode, reason: str = "") -> None:
         """The recording keeps the reason."""
-
-
-class ReplayRefusedError(Exception):
-    """A recorded request cannot be replayed; the message says why (for a 409)."""
 
 
 class Inspector:

@@ -32,16 +32,19 @@ from pvtunnel._errors import (
     ErrorCode,
     ProtocolError,
     RemoteProtocolError,
+    StreamClosedError,
+    StreamResetError,
     TunnelClosedError,
+    WebSocketClosed,
 )
 from pvtunnel._trio.sockio import BROKEN
-from pvtunnel._trio.websocket import CLOSE_GRACE_S, WebSocket, WebSocketClosed
+from pvtunnel._trio.websocket import CLOSE_GRACE_S, WebSocket
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.heads import RequestHead, ResponseHead
-from pvtunnel._wire.mux import Multiplexer, StreamClosedError
 
 if TYPE_CHECKING:
     from pvtunnel._wire.frames import StreamId
+    from pvtunnel._wire.mux import Multiplexer
 
 logger = logging.getLogger(__name__)
 
@@ -195,14 +198,6 @@ class Channel:
             method(*args)
         except StreamClosedError:
             raise StreamResetError(ErrorCode.CANCEL, "stream closed") from None
-
-
-class StreamResetError(TunnelClosedError):
-    """The peer reset this stream; ``code`` says why."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(f"stream reset: {code.name} {reason}".rstrip())
-        self.code = code
 
 
 def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final, cast
 import trio
 import trio_websocket
 
-from pvtunnel._errors import RemoteProtocolError
+from pvtunnel._errors import HandshakeError, RemoteProtocolError, WebSocketClosed
 from pvtunnel._trio.sockio import fast_io
 
 if TYPE_CHECKING:
@@ -49,19 +49,6 @@ TRANSPORT_GONE: Final = (
     trio.BrokenResourceError,
     trio.ClosedResourceError,
 )
-
-
-class WebSocketClosed(Exception):
-    """The WebSocket is closed (by either side) or its transport broke."""
-
-    def __init__(self, reason: str, code: int | None = None) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class HandshakeError(trio_websocket.HandshakeError):
-    """The upgrade ended before a whole answer came: the connection closed."""
 
 
 # The server answered the upgrade with an HTTP status (``status_code``, ``body``)

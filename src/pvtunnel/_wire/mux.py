@@ -21,8 +21,8 @@ from typing import Final, assert_never
 from pvtunnel._errors import (
     ErrorCode,
     LocalProtocolError,
-    PvTunnelError,
     RemoteProtocolError,
+    StreamClosedError,
 )
 from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.credit import ReceiveCredit
@@ -50,10 +50,6 @@ DEFAULT_MAX_STREAMS: Final = 4096
 # 18 bytes, so the queue stays under 20 KiB, and an honest peer sends one PING per
 # heartbeat.
 MAX_QUEUED_PONGS: Final = 1024
-
-
-class StreamClosedError(PvTunnelError):
-    """The stream is gone (reset, or finished): a race, not a protocol violation."""
 
 
 _HEAD: Final = FrameType.HEAD

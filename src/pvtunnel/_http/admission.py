@@ -1,0 +1,120 @@
+"""Whether the server forwards a request, and to which agent: the admission rules.
+
+One pure function over the request's facts and the server's, as h11 makes its
+protocol decisions, so the rules read in one place and are tested as a table
+(``tests/http/test_admission.py``). In order, each refusing before the next is
+asked:
+
+1. no host to route by (no Host header, no absolute-form or CONNECT target): 400;
+2. an external token is configured and the client did not present it in
+   ``Proxy-Authorization``: 407, with ``Proxy-Authenticate`` (SECURITY.md);
+3. the server is draining: 503;
+4. no agent serves the name: `WaitForRoute`. The caller holds the request if the
+   name's agents left lately and may come back (``_http/holding.py``), else
+   answers 404;
+5. the agent chosen (the least busy serving the name) has as many requests in
+   flight as ``max_streams_per_agent``: 503.
+
+Otherwise the request is forwarded to that agent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, Generic
+
+import attrs
+
+from pvtunnel._http.access import PROXY_AUTHENTICATE, presented_token
+from pvtunnel._http.routing import SessionT
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pvtunnel._config import Secret
+    from pvtunnel._http.routing import Router
+
+NO_HOST: Final = "the request names no host"
+TOKEN_REQUIRED: Final = "proxy authentication required"
+SHUTTING_DOWN: Final = "the server is shutting down"
+AGENT_AT_LIMIT: Final = "the agent for this host is at its limit"
+
+
+@attrs.frozen(kw_only=True)
+class Refuse:
+    """Answer ``status`` with the short text ``reason`` instead of forwarding.
+
+    ``headers`` go with the answer; ``route`` is the route matched, when the
+    refusal came after routing (for the access log and metrics).
+    """
+
+    status: int
+    reason: str
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    route: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class Forward(Generic[SessionT]):
+    """Forward the request to ``session``, the agent chosen for ``route``."""
+
+    route: str
+    session: SessionT
+
+
+@attrs.frozen(kw_only=True)
+class WaitForRoute:
+    """No agent serves ``authority`` now: hold the request for one, or answer 404."""
+
+    authority: str
+
+
+def admit(
+    *,
+    authority: bytes | None,
+    headers: Sequence[tuple[bytes, bytes]],
+    token: Secret | None,
+    draining: bool,
+    router: Router[SessionT],
+    max_streams_per_agent: int,
+) -> Forward[SessionT] | Refuse | WaitForRoute:
+    """Decide what becomes of one request (the rules are in the module docstring).
+
+    Args:
+        authority: What the request is routed by: the authority of an
+            absolute-form target, the target of a CONNECT, else the Host header;
+            None or empty when it has none.
+        headers: The request's header fields (for ``Proxy-Authorization``).
+        token: The external token clients must present, or None.
+        draining: Whether the server is shutting down.
+        router: The agents serving each route name.
+        max_streams_per_agent: Requests one agent may have in flight.
+
+    Returns:
+        `Refuse`, `WaitForRoute`, or `Forward` to the least busy agent.
+    """
+    if not authority:
+        return Refuse(status=400, reason=NO_HOST)
+    if token is not None:
+        presented = presented_token(headers)
+        if presented is None or not token.matches(presented):
+            return Refuse(status=407, reason=TOKEN_REQUIRED, headers=(PROXY_AUTHENTICATE,))
+    if draining:
+        return Refuse(status=503, reason=SHUTTING_DOWN)
+    key = authority.decode("latin-1")
+    match = router.lookup(key)
+    if match is None:
+        return WaitForRoute(authority=key)
+    return forward_to(match[0], match[1], max_streams_per_agent)
+
+
+def forward_to(
+    route: str, session: SessionT, max_streams_per_agent: int
+) -> Forward[SessionT] | Refuse:
+    """The last rule alone, for a request that found its agent after waiting for it.
+
+    Returns:
+        `Forward` to ``session``, or a 503 `Refuse` when it is at its limit.
+    """
+    if session.in_flight >= max_streams_per_agent:
+        return Refuse(status=503, reason=AGENT_AT_LIMIT, route=route)
+    return Forward(route=route, session=session)
