@@ -48,10 +48,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Messages of up to 64 KiB: trio-websocket hands a message over only once it is
-# whole, so smaller ones let the peer start early, and wsproto's framing and
-# masking in Python cost no less per byte for larger ones.
-MAX_MESSAGE_BYTES: Final = 64 * 1024
+# Messages of up to 256 KiB. Each message costs a fixed amount on both sides
+# (wsproto's framing, trio-websocket's reader task and channel, our reader), so
+# bulk transfers want few of them; a 2 MiB window still fills in eight.
+MAX_MESSAGE_BYTES: Final = 256 * 1024
 
 _PING: Final = struct.Struct(">Q")
 _CLOSED: Final = (WebSocketClosed, *BROKEN)

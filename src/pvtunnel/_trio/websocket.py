@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 CLOSE_GRACE_S: Final = 2.0
-# Largest message taken from a peer; the tunnel's own stay at 64 KiB.
+# Largest message taken from a peer; the tunnel's own stay at 256 KiB.
 MAX_MESSAGE_BYTES: Final = 1024 * 1024
 RECEIVE_BUFFER_BYTES: Final = 256 * 1024
 # Messages parsed but not yet taken by the tunnel's reader. Memory held per
