@@ -30,7 +30,11 @@ def test_readme_starts_with_the_install_and_test_commands() -> None:
     lines = first_block.group(1).strip().splitlines()
     assert lines[0].endswith("pvtunnel demo")
     assert lines[1].endswith("python -bb -m pytest")
-    assert "python -bb -m pytest" in (ROOT / ".ci" / "run").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "python -bb -m pytest" in ci
+    # The system programs the tests drive come from the same script in both.
+    assert lines[1].startswith("bash tests/system-packages.sh && ")
+    assert "bash tests/system-packages.sh" in ci
 
 
 def test_readme_is_of_readme_size() -> None:
