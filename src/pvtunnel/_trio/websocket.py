@@ -73,12 +73,6 @@ class WebSocket:
         self.transport = transport
         self.remote = remote
         self.closed: WebSocketClosed | None = None
-        self._sending = 0
-
-    @property
-    def sending(self) -> bool:
-        """Whether a send is under way (a caller may leave its frames to that sender)."""
-        return self._sending > 0
 
     async def receive_some(self) -> bytes:
         """The next binary message; b"" once the WebSocket closed (either side) or broke.
@@ -106,7 +100,6 @@ class WebSocket:
         """
         if self.closed is not None:
             raise self.closed
-        self._sending += 1
         try:
             await self.connection.send_message(data)
         except TRANSPORT_GONE as exc:
@@ -120,8 +113,6 @@ class WebSocket:
             self._closed_by(None)
             await trio.aclose_forcefully(self.transport)
             raise
-        finally:
-            self._sending -= 1
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         """Close: say why, wait up to `CLOSE_GRACE_S` for the peer's close, drop the transport.
