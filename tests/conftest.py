@@ -48,4 +48,21 @@ settings.register_profile(
         HealthCheck.filter_too_much,
     ],
 )
+# Used by `python -m fuzz mutants`: the fuzz targets as mutation testing's test
+# command. Derandomized, so every mutant meets the same examples and a score is
+# reproducible, and without the example database, so no mutant is killed by a
+# failure another one left behind.
+settings.register_profile(
+    "mutants",
+    max_examples=60,
+    stateful_step_count=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

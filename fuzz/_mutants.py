@@ -1,0 +1,106 @@
+"""``python -m fuzz mutants``: how many mutants of the wire layer the fuzz targets kill.
+
+mutmut (the ``mutants`` extra) copies the tree into ``mutants/``, mutates
+``src/pvtunnel/_wire/`` and runs, for each mutant, the tests of the wire fuzz targets
+that cover the mutated function (``[tool.mutmut]`` in pyproject.toml lists them)
+under the bounded, derandomized ``mutants`` hypothesis profile of tests/conftest.py.
+The report counts each module's mutants by outcome. Survivors that fuzz/README.md
+lists as equivalent (by name, with the reason) leave the score; any other survivor
+is printed, and the exit status is 1 while one is left.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "fuzz" / "README.md"
+META = ROOT / "mutants" / "src" / "pvtunnel" / "_wire"
+# The four modules the wire targets must cover (fuzz/README.md, "Mutation testing").
+SCORED = ("credit", "states", "mux", "frames")
+GOAL = 0.90
+
+# mutmut's exit codes for a mutant's test run (mutmut.stats.status_by_exit_code).
+_OUTCOMES = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", 24: "timeout"}
+_OUTCOMES |= {-24: "timeout", 152: "timeout", 255: "timeout", 33: "no tests", 5: "no tests"}
+_MUTANT_NAME = re.compile(r"`(pvtunnel\._wire\.\w+\.\w+__mutmut_\d+)`")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fuzz mutants",
+        description="Mutation testing of src/pvtunnel/_wire/ by the fuzz targets alone.",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="mutants tested at once (default 2)")
+    parser.add_argument(
+        "--report-only", action="store_true", help="print the report of the last run"
+    )
+    args = parser.parse_args(argv)
+    if not args.report_only:
+        env = os.environ | {"HYPOTHESIS_PROFILE": "mutants"}
+        mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs)]
+        subprocess.run(mutmut, cwd=ROOT, env=env, check=False)
+    return report()
+
+
+def outcomes() -> dict[str, dict[str, str]]:
+    """Every mutant's outcome, by module: {"credit": {mutant name: outcome}}."""
+    found: dict[str, dict[str, str]] = {}
+    for meta in sorted(META.glob("*.py.meta")):
+        module = meta.name.removesuffix(".py.meta")
+        codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+        found[module] = {
+            name: "not run" if code is None else _OUTCOMES.get(code, f"exit {code}")
+            for name, code in codes.items()
+        }
+    return found
+
+
+def equivalent_mutants() -> set[str]:
+    """The mutants fuzz/README.md explains as equivalent."""
+    return set(_MUTANT_NAME.findall(README.read_text(encoding="utf-8")))
+
+
+def report() -> int:
+    results = outcomes()
+    if not results:
+        print("no results: run `python -m fuzz mutants` first", file=sys.stderr)
+        return 1
+    equivalent = equivalent_mutants()
+    unexplained: list[str] = []
+    print(
+        f"{'module':10} {'mutants':>7} {'killed':>6} {'survived':>8} {'equiv.':>6} "
+        f"{'timeout':>7} {'other':>5} {'score':>6}"
+    )
+    for module, by_name in results.items():
+        counts = Counter(by_name.values())
+        # A mutant no target runs is one the targets cannot notice: a survivor.
+        alive = {n for n, o in by_name.items() if o in ("survived", "no tests")}
+        equivalents = alive & equivalent
+        survivors = sorted(alive - equivalent)
+        # A timeout is a kill (the mutant looped where the code must finish);
+        # equivalent mutants cannot be killed, so they leave the denominator.
+        caught = counts["killed"] + counts["timeout"]
+        other = len(by_name) - caught - len(alive)
+        scored = len(by_name) - len(equivalents)
+        score = caught / scored if scored else 1.0
+        print(
+            f"{module:10} {len(by_name):7d} {counts['killed']:6d} {len(survivors):8d} "
+            f"{len(equivalents):6d} {counts['timeout']:7d} {other:5d} {score:6.1%}"
+        )
+        if module in SCORED:
+            unexplained += survivors
+    if unexplained:
+        print(
+            f"\n{len(unexplained)} surviving mutants of {', '.join(SCORED)} not explained "
+            "in fuzz/README.md (`mutmut show NAME` shows one):"
+        )
+        print("\n".join(f"  {name}" for name in unexplained))
+    return 1 if unexplained else 0
