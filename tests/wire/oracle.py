@@ -440,7 +440,29 @@ def hostile_frames(view: MuxView) -> st.SearchStrategy[fr.Frame]:
         )
     elif view.highest:
         last_ids = st.one_of(st.integers(0, view.highest + 1), last_ids)
-    return st.one_of(
+    # Frames that move a stream on (a request HEAD on a new ID for the agent, a
+    # response head on a half that waits for one for the server) and DATA on halves
+    # that take it, at the limits of each window: the rules that matter most are only
+    # reached through them, so they come as often as all the others together.
+    on_track: list[st.SearchStrategy[fr.Frame]] = []
+    receiving = [s for s, stream in view.streams.items() if stream.remote is HalfState.OPEN]
+    if receiving:
+        on_track.append(st.sampled_from(receiving).flatmap(data_on))
+    waiting = [s for s, stream in view.streams.items() if stream.remote is HalfState.IDLE]
+    if view.role is Role.AGENT and view.highest < MAX_STREAM_ID:
+        request = fr.Head(stream_id=StreamId(view.highest + 1), fields=tuple(_REQUEST.to_fields()))
+        on_track.append(st.just(request))
+    elif view.role is Role.SERVER and waiting:
+        on_track.append(
+            st.tuples(st.sampled_from(waiting), st.sampled_from([100, 200, 200, 404])).map(
+                lambda pair: fr.Head(
+                    stream_id=StreamId(pair[0]),
+                    fields=tuple(ResponseHead(status=pair[1]).to_fields()),
+                    is_informational=pair[1] == 100,
+                )
+            )
+        )
+    anything = st.one_of(
         any_id.flatmap(data_on),
         st.one_of(st.just(StreamId(0)), any_id).flatmap(window_on),
         any_id.flatmap(head_on),
@@ -467,6 +489,7 @@ def hostile_frames(view: MuxView) -> st.SearchStrategy[fr.Frame]:
             ]
         ),
     )
+    return st.one_of(st.one_of(on_track), anything) if on_track else anything
 
 
 def judge(mux: Multiplexer, view: MuxView, tap: FrameDecoder, data: bytes) -> bool:

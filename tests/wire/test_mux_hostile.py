@@ -90,9 +90,9 @@ def test_a_multiplexer_does_what_the_rules_say_to_a_hostile_peer(
 
     # The handshake, perhaps after frames that may not come before it; the peer
     # may offer no version we speak, choose one we did not offer, or reject us.
-    for frame in data.draw(st.lists(hostile_frames(view), max_size=2), label="early"):
-        if not judge(mux, view, tap, fr.encode(frame)):
-            return
+    early = data.draw(st.integers(0, 9), label="early") == 0
+    if early and not judge(mux, view, tap, fr.encode(data.draw(hostile_frames(view)))):
+        return
     if role is Role.SERVER:
         hello = fr.Hello(
             versions=data.draw(st.sampled_from([(1,), (0, 1), (2,), (7, 8)]), label="versions"),
@@ -119,7 +119,9 @@ def test_a_multiplexer_does_what_the_rules_say_to_a_hostile_peer(
             return
     flush()
     for _ in range(data.draw(st.integers(1, 40), label="steps")):
-        match data.draw(st.sampled_from(["frame", "frame", "frame", "command", "bytes"])):
+        # Mostly frames and commands: mutated bytes end a run at once, as a rule.
+        steps = ["frame"] * 5 + ["command"] * 3 + ["bytes"]
+        match data.draw(st.sampled_from(steps)):
             case "command":
                 _local_command(mux, view, data)
                 flush()
