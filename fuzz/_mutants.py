@@ -4,14 +4,17 @@ mutmut (the ``mutants`` extra) copies the tree into ``mutants/``, mutates
 ``src/pvtunnel/_wire/`` and runs, for each mutant, the tests of the wire fuzz targets
 that cover the mutated function (``[tool.mutmut]`` in pyproject.toml lists them)
 under the bounded, derandomized ``mutants`` hypothesis profile of tests/conftest.py.
-The report counts each module's mutants by outcome. Survivors that fuzz/README.md
-lists as equivalent (by name, with the reason) leave the score; any other survivor
-is printed, and the exit status is 1 while one is left.
+The report counts each module's mutants by outcome. Survivors that only change the
+text of an exception, and those fuzz/README.md lists as equivalent (by name, with
+the reason), leave the score; any other survivor is printed, and the exit status is
+1 while one is left.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import copy
 import json
 import os
 import re
@@ -68,6 +71,59 @@ def equivalent_mutants() -> set[str]:
     return set(_MUTANT_NAME.findall(README.read_text(encoding="utf-8")))
 
 
+def message_only_mutants(module: str, names: set[str]) -> set[str]:
+    """Of ``names``, the mutants that change nothing but the text of an exception.
+
+    An exception's message is a diagnostic for logs and close reasons; no rule of
+    protocol.md depends on it (the error code is what the peer is told). Found by
+    comparing each mutant's function with the original once the string constants
+    of every ``...Error(...)`` or ``_fail(...)`` call and of every assignment to a
+    ``message`` variable are blanked out.
+    """
+    source = (META / f"{module}.py").read_text(encoding="utf-8")
+    functions = {
+        node.name: node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.FunctionDef)
+    }
+    found = set()
+    for name in names:
+        mutant = name.rsplit(".", 1)[1]
+        original = mutant.rsplit("__mutmut_", 1)[0] + "__mutmut_orig"
+        pair = functions.get(mutant), functions.get(original)
+        if pair[0] and pair[1] and _blanked(pair[0]) == _blanked(pair[1]):
+            found.add(name)
+    return found
+
+
+def _blanked(function: ast.FunctionDef) -> str:
+    """The function with every exception message left out (see `message_only_mutants`)."""
+    tree = copy.deepcopy(function)
+    tree.name = ""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _callee(node.func).endswith(("Error", "_fail")):
+            node.args = [arg for arg in node.args if not _is_message(arg)]
+        elif isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "message" for t in node.targets
+        ):
+            node.value = ast.Constant("")
+    return ast.dump(tree)
+
+
+def _is_message(arg: ast.expr) -> bool:
+    """A message argument, or the code every protocol error has by default."""
+    match arg:
+        case ast.Constant(value=str() | None) | ast.JoinedStr() | ast.Name(id="message"):
+            return True
+        case ast.Attribute(value=ast.Name(id="ErrorCode"), attr="PROTOCOL_ERROR"):
+            return True
+    return False
+
+
+def _callee(func: ast.expr) -> str:
+    if isinstance(func, ast.Name):
+        return func.id
+    return func.attr if isinstance(func, ast.Attribute) else ""
+
+
 def report() -> int:
     results = outcomes()
     if not results:
@@ -83,8 +139,8 @@ def report() -> int:
         counts = Counter(by_name.values())
         # A mutant no target runs is one the targets cannot notice: a survivor.
         alive = {n for n, o in by_name.items() if o in ("survived", "no tests")}
-        equivalents = alive & equivalent
-        survivors = sorted(alive - equivalent)
+        equivalents = (alive & equivalent) | message_only_mutants(module, alive)
+        survivors = sorted(alive - equivalents)
         # A timeout is a kill (the mutant looped where the code must finish);
         # equivalent mutants cannot be killed, so they leave the denominator.
         caught = counts["killed"] + counts["timeout"]

@@ -106,6 +106,7 @@ class MuxView:
     goaway_sent: int | None = None
     goaway_received: int | None = None
     refused: Refused | None = None
+    rejected: bool = False  # it answered a HELLO with no version of ours with REJECT
 
     def __post_init__(self) -> None:
         self.phase = Phase.AWAIT_HELLO if self.role is Role.SERVER else Phase.START
@@ -266,6 +267,7 @@ class MuxView:
             raise _Refusal(PROTOCOL_ERROR)
         self.phase = Phase.HELLO_RECEIVED
         if PROTOCOL_VERSION not in frame.versions:
+            self.rejected = True
             raise _Refusal(PROTOCOL_ERROR)  # after queueing a REJECT
         self.peer_window = frame.window
         self.send_credit = frame.connection_window
@@ -397,8 +399,13 @@ def _head_fields(draw: st.DrawFn, role: Role) -> tuple[tuple[bytes, ...], bool]:
     return fields, informational
 
 
-def hostile_frames(view: MuxView) -> st.SearchStrategy[fr.Frame]:
-    """Frames a peer could send ``view``'s multiplexer now, aimed at its rules."""
+def hostile_frames(view: MuxView, *, steady: bool = False) -> st.SearchStrategy[fr.Frame]:
+    """Frames a peer could send ``view``'s multiplexer now, aimed at its rules.
+
+    Two in three move the connection on or sit at a limit; with ``steady``, six in
+    seven, so that a run against one multiplexer lasts long enough to reach deep
+    states before the first refusal ends it.
+    """
     live = sorted(view.streams)
     ids: list[st.SearchStrategy[int]] = []
     if view.highest < MAX_STREAM_ID:  # never opened
@@ -489,17 +496,24 @@ def hostile_frames(view: MuxView) -> st.SearchStrategy[fr.Frame]:
             ]
         ),
     )
-    return st.one_of(st.one_of(on_track), anything) if on_track else anything
+    # Frames within the rules, which keep a run going into deeper states.
+    on_track.append(
+        st.sampled_from([0, *live]).map(lambda s: fr.Window(stream_id=StreamId(s), increment=7))
+    )
+    if receiving:
+        on_track.append(st.sampled_from(receiving).map(lambda s: fr.End(stream_id=StreamId(s))))
+    on_track.append(st.just(fr.Ping(payload=b"keepgoin")))
+    return st.one_of([st.one_of(on_track)] * (6 if steady else 2) + [anything])
 
 
-def judge(mux: Multiplexer, view: MuxView, tap: FrameDecoder, data: bytes) -> bool:
+def judge(mux: Multiplexer, view: MuxView, tap: FrameDecoder, data: bytes) -> list[ev.Event] | None:
     """Feed ``data`` to ``mux`` and check the outcome against ``view``'s verdicts.
 
     ``tap`` is a decoder that has seen every byte ``mux`` was fed: the frames it
     decodes from ``data`` are judged one by one, and the multiplexer must report
     their events, or raise the first refusal's `RemoteProtocolError` code (a codec
     error included), close the connection and stay poisoned (the next bytes raise
-    the same error). Returns whether everything was accepted.
+    the same error). Returns the events, or None after a refusal.
     """
     events: list[ev.Event] = []
     expected: Verdict = events
@@ -522,6 +536,33 @@ def judge(mux: Multiplexer, view: MuxView, tap: FrameDecoder, data: bytes) -> bo
         with pytest.raises(RemoteProtocolError) as again:
             mux.receive_data(fr.encode(fr.Ping(payload=bytes(8))))
         assert again.value is refused.value
-        return False
+        # What it queued before failing is whole, valid frames: a REJECT for an agent
+        # that speaks no version of ours.
+        queued = FrameDecoder().feed(mux.data_to_send())
+        assert any(isinstance(f, fr.Reject) for f in queued) is view.rejected
+        return None
     assert mux.receive_data(data) == expected, f"{frames!r}: expected {expected}"
-    return True
+    return expected
+
+
+def check_queries(mux: Multiplexer, view: MuxView) -> None:
+    """What the multiplexer says of its state is what the model knows from the wire."""
+    assert mux.state.value == view.phase.value
+    assert mux.stream_count == len(view.streams)
+    if view.phase is Phase.OPEN:
+        assert mux.connection_credit == view.send_credit
+    leaving = view.goaway_sent is not None or view.goaway_received is not None
+    assert mux.is_going_away is leaving
+    assert mux.can_open_stream is (
+        view.role is Role.SERVER
+        and view.phase is Phase.OPEN
+        and not leaving
+        and view.highest < MAX_STREAM_ID
+    )
+    for stream_id in {*view.streams, 1, view.highest, view.highest + 1} - {0}:
+        stream = view.streams.get(stream_id)
+        credit = 0
+        if stream is not None and stream.local is HalfState.OPEN:
+            credit = min(stream.send_credit, view.send_credit)
+        assert mux.send_credit(StreamId(stream_id)) == credit
+        assert mux.is_stream_open(StreamId(stream_id)) is (stream is not None)

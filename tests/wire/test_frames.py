@@ -99,6 +99,11 @@ def test_any_split_or_coalescing_decodes_to_the_same_frames(
     decoder = FrameDecoder()
     assert feed_chunks(decoder, chunks) == frames
     assert decoder.buffered_bytes == 0
+    for frame in frames:  # `header` writes the same ten bytes as `encode`
+        encoded = fr.encode(frame)
+        kind, flags = FrameType(encoded[0]), encoded[1]
+        stream_id = int.from_bytes(encoded[2:6])
+        assert fr.header(kind, flags, stream_id, len(encoded) - HEADER_SIZE) == encoded[:10]
 
 
 def test_largest_frames_round_trip_and_one_byte_more_is_refused() -> None:

@@ -13,53 +13,169 @@ as the ``mux-hostile`` target.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, strategies as st
 
-from pvtunnel._errors import ErrorCode
-from pvtunnel._wire import frames as fr
+from pvtunnel._errors import ErrorCode, LocalProtocolError
+from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import FrameDecoder, StreamId
-from pvtunnel._wire.mux import Multiplexer, Role
+from pvtunnel._wire.heads import RequestHead
+from pvtunnel._wire.mux import Multiplexer, Role, StreamClosedError
 from tests import strategies as sts
 from tests.wire.helpers import CONTINUE, GET, OK, decode_all
-from tests.wire.oracle import HalfState, MuxView, hostile_frames, judge
+from tests.wire.oracle import (
+    HalfState,
+    MuxView,
+    Phase,
+    check_queries,
+    hostile_frames,
+    judge,
+)
 
 MAX_STREAMS = 2
 small_windows = st.one_of(st.integers(1, 64), st.just(1000))
+COMMANDS = ["ping", "goaway", "acknowledge", "open", "open", "send", "send", "end", "reset"]
+COMMANDS += ["respond", "respond", "acknowledge"]
+COMMANDS += ["accept", "reject", "hello"]
+# Request heads the agent would refuse: the server must not send them.
+BAD_REQUESTS = [
+    RequestHead(route="app", method=b"", target=b"/"),
+    RequestHead(route="app", method=b"GET", target=b""),
+    RequestHead(route="caf\u00e9", method=b"GET", target=b"/"),
+]
 
 
-def _local_command(mux: Multiplexer, view: MuxView, data: st.DataObject) -> None:
-    """One command of the multiplexer's own application, legal by the model."""
-    live = sorted(view.streams)
-    choices = ["ping", "goaway", "acknowledge"]
-    if view.role is Role.SERVER and mux.can_open_stream:
-        choices.append("open")
-    if live:
-        choices += ["send", "end", "reset", "respond"]
-    match data.draw(st.sampled_from(choices), label="command"):
-        case "ping":
-            mux.ping(b"pingpong")
-        case "goaway":
-            mux.goaway(ErrorCode.NO_ERROR, "leaving")
-        case "acknowledge":
-            mux.acknowledge_all(StreamId(data.draw(st.integers(1, view.highest + 1))))
-        case "open":
-            mux.open_stream(GET, end_stream=data.draw(st.booleans()))
-        case command:
-            stream_id = StreamId(data.draw(st.sampled_from(live), label="stream"))
-            stream = view.streams[stream_id]
-            if command == "reset":
+class Application:
+    """The multiplexer's own application: commands, legal or not, each predicted
+    from the model (done, refused with `LocalProtocolError`, or `StreamClosedError`
+    for a stream that is gone), and what it holds of each stream."""
+
+    def __init__(self, mux: Multiplexer, view: MuxView) -> None:
+        self.mux, self.view = mux, view
+        self.held: dict[int, int] = {}  # received, not acknowledged nor released
+        self.bad_request = GET
+
+    def received(self, events: list[ev.Event]) -> None:
+        for event in events:
+            match event:
+                case ev.DataReceived():
+                    self.held[event.stream_id] = self.held.get(event.stream_id, 0) + len(event.data)
+                case ev.StreamReset():  # what it held counts as consumed
+                    self.held.pop(event.stream_id, None)
+                case _:
+                    pass
+        assert self.mux.held_bytes == sum(self.held.values())
+
+    def command(self, data: st.DataObject) -> list[fr.Frame]:
+        """Run one command; the frames it must queue (WINDOW frames aside, whose
+        batching the model leaves to the machine) or, refused, none."""
+        mux, view = self.mux, self.view
+        name = data.draw(st.sampled_from(COMMANDS), label="command")
+        ids = [*view.streams, view.highest, view.highest + 1, *self.held]
+        stream_id = StreamId(data.draw(st.sampled_from([i for i in ids if i] or [1])))
+        stream = view.streams.get(stream_id)
+        local_open = stream is not None and stream.local is HalfState.OPEN
+        refused: type[Exception] | None = None
+        expected: list[fr.Frame] = []
+        match name:
+            case "ping":
+                mux.ping(b"pingpong")
+                expected = [fr.Ping(payload=b"pingpong")]
+            case "goaway" if view.phase not in (Phase.OPEN, Phase.CLOSED):
+                refused = LocalProtocolError
+            case "goaway":
+                mux.goaway(ErrorCode.NO_ERROR, "leaving")
+                if view.phase is Phase.OPEN:  # once closed, a no-op
+                    last = view.highest if view.goaway_sent is None else view.goaway_sent
+                    expected = [fr.GoAway(last_stream_id=StreamId(last), reason="leaving")]
+            case "accept" | "reject" | "hello":
+                # The handshake is over: none of these is legal any more.
+                refused = LocalProtocolError
+            case "acknowledge":
+                size = data.draw(st.integers(0, self.held.get(stream_id, 0) + 1), label="size")
+                if size > self.held.get(stream_id, 0):
+                    refused = LocalProtocolError
+                else:
+                    mux.acknowledge_data(stream_id, size)
+                    self.held[stream_id] = self.held.get(stream_id, 0) - size
+            case "open":
+                head = data.draw(st.sampled_from([GET, GET, GET, *BAD_REQUESTS]), label="head")
+                if not mux.can_open_stream or head is not GET:
+                    refused = LocalProtocolError
+                    self.bad_request = head
+                else:
+                    # The default is a request with a body to follow.
+                    end = data.draw(st.sampled_from([None, False, True]), label="end")
+                    opened = (
+                        mux.open_stream(GET)
+                        if end is None
+                        else mux.open_stream(GET, end_stream=end)
+                    )
+                    assert opened == view.highest + 1
+                    expected = [fr.Head(stream_id=opened, fields=tuple(GET.to_fields()))]
+                    expected += [fr.End(stream_id=opened)] if end else []
+            case "reset":
                 mux.reset_stream(stream_id, ErrorCode.CANCEL, "local")
-            elif command == "respond" and view.role is Role.AGENT:
-                if stream.local is HalfState.IDLE:
-                    mux.send_response(stream_id, data.draw(st.sampled_from([CONTINUE, OK])))
-            elif stream.local is HalfState.OPEN and command == "end":
+                self.held.pop(stream_id, None)
+                if stream is not None:
+                    expected = [
+                        fr.Reset(stream_id=stream_id, code=ErrorCode.CANCEL, reason="local")
+                    ]
+            case "respond" if view.role is Role.SERVER:
+                refused = LocalProtocolError
+            case _ if stream is None:
+                refused = StreamClosedError
+            case "respond" if stream.local is not HalfState.IDLE:
+                refused = LocalProtocolError
+            case "respond":
+                response = data.draw(st.sampled_from([CONTINUE, OK]), label="response")
+                mux.send_response(stream_id, response)
+                informational = response is CONTINUE
+                fields = tuple(response.to_fields())
+                expected = [
+                    fr.Head(stream_id=stream_id, fields=fields, is_informational=informational)
+                ]
+            case "end" if local_open:
                 mux.end_stream(stream_id)
-            elif stream.local is HalfState.OPEN:
-                # What the model says may be sent is what the multiplexer says.
+                expected = [fr.End(stream_id=stream_id)]
+            case "send" if local_open:
                 credit = min(stream.send_credit, view.send_credit)
-                assert mux.send_credit(stream_id) == credit
-                assert mux.connection_credit == view.send_credit
-                mux.send_data(stream_id, b"s" * data.draw(st.integers(0, credit)))
+                size = data.draw(st.integers(0, credit + 1), label="size")
+                if size > credit:
+                    refused = LocalProtocolError
+                else:
+                    mux.send_data(stream_id, b"s" * size)
+                    expected = [fr.Data(stream_id=stream_id, data=b"s" * size)] if size else []
+            case _:  # END or DATA on a half that is not open
+                refused = LocalProtocolError
+        if refused is not None:
+            with pytest.raises(refused):
+                self.run_refused(name, stream_id)
+            assert not mux.has_data_to_send, "a refused command changes nothing"
+        return expected
+
+    def run_refused(self, name: str, stream_id: StreamId) -> None:
+        mux = self.mux
+        match name:
+            case "goaway":
+                mux.goaway()
+            case "accept":
+                mux.accept()
+            case "reject":
+                mux.reject("late")
+            case "hello":
+                mux.send_hello(client_id="again", routes=())
+            case "acknowledge":
+                mux.acknowledge_data(stream_id, self.held.get(stream_id, 0) + 1)
+            case "open":
+                mux.open_stream(self.bad_request)
+            case "respond":
+                mux.send_response(stream_id, OK)
+            case "end":
+                mux.end_stream(stream_id)
+            case _:
+                credit = self.mux.send_credit(stream_id)
+                mux.send_data(stream_id, b"s" * (credit + 1))
 
 
 @given(
@@ -83,51 +199,56 @@ def test_a_multiplexer_does_what_the_rules_say_to_a_hostile_peer(
     )
     view = MuxView(role, window, connection_window, MAX_STREAMS)
     tap = FrameDecoder()  # sees every byte the multiplexer is fed
+    application = Application(mux, view)
 
-    def flush() -> None:
-        for frame in decode_all(mux.data_to_send()):
+    def flush() -> list[fr.Frame]:
+        sent = decode_all(mux.data_to_send())
+        for frame in sent:
             view.sent(frame)
+        return sent
 
     # The handshake, perhaps after frames that may not come before it; the peer
     # may offer no version we speak, choose one we did not offer, or reject us.
     early = data.draw(st.integers(0, 9), label="early") == 0
-    if early and not judge(mux, view, tap, fr.encode(data.draw(hostile_frames(view)))):
+    if early and judge(mux, view, tap, fr.encode(data.draw(hostile_frames(view)))) is None:
         return
     if role is Role.SERVER:
         hello = fr.Hello(
-            versions=data.draw(st.sampled_from([(1,), (0, 1), (2,), (7, 8)]), label="versions"),
+            versions=data.draw(st.sampled_from([(1,)] * 6 + [(0, 1), (2,), (7, 8)])),
             client_id="peer",
             routes=("app",),
             window=peer_window,
             connection_window=peer_connection_window,
         )
-        if not judge(mux, view, tap, fr.encode(hello)):
+        if judge(mux, view, tap, fr.encode(hello)) is None:
             return
         mux.accept()
     else:
         mux.send_hello(client_id="agent", routes=("app",))
         flush()
         answer: fr.Frame = fr.Accept(
-            version=data.draw(st.sampled_from([1, 1, 1, 2]), label="version"),
+            version=data.draw(st.sampled_from([1] * 8 + [2])),
             refused=(),
             window=peer_window,
             connection_window=peer_connection_window,
         )
-        if data.draw(st.integers(0, 9), label="reject") == 0:
+        if data.draw(st.integers(0, 15), label="reject") == 0:
             answer = fr.Reject(reason="no")
-        if not judge(mux, view, tap, fr.encode(answer)):
+        if judge(mux, view, tap, fr.encode(answer)) is None:
             return
     flush()
-    for _ in range(data.draw(st.integers(1, 40), label="steps")):
+    for _ in range(data.draw(st.integers(10, 40), label="steps")):
         # Mostly frames and commands: mutated bytes end a run at once, as a rule.
         steps = ["frame"] * 5 + ["command"] * 3 + ["bytes"]
         match data.draw(st.sampled_from(steps)):
             case "command":
-                _local_command(mux, view, data)
-                flush()
+                expected = application.command(data)
+                sent = flush()
+                assert [f for f in sent if not isinstance(f, fr.Window)] == expected
+                check_queries(mux, view)
                 continue
             case "frame":
-                encoded = fr.encode(data.draw(hostile_frames(view), label="frame"))
+                encoded = fr.encode(data.draw(hostile_frames(view, steady=True), label="frame"))
             case _:
                 frames = data.draw(st.lists(hostile_frames(view), min_size=1, max_size=3))
                 valid = b"".join(map(fr.encode, frames))
@@ -135,6 +256,9 @@ def test_a_multiplexer_does_what_the_rules_say_to_a_hostile_peer(
                     st.one_of(sts.mutated(valid), st.binary(max_size=40)), label="bytes"
                 )
         for chunk in data.draw(sts.chunked(encoded), label="chunks"):
-            if not judge(mux, view, tap, chunk):
+            events = judge(mux, view, tap, chunk)
+            if events is None:
                 return
+            application.received(events)
             flush()
+            check_queries(mux, view)
