@@ -19,7 +19,7 @@ from hypothesis import given, strategies as st
 from pvtunnel._errors import ErrorCode, LocalProtocolError
 from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import FrameDecoder, StreamId
-from pvtunnel._wire.heads import RequestHead
+from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, Role, StreamClosedError
 from tests import strategies as sts
 from tests.wire.helpers import CONTINUE, GET, OK, decode_all
@@ -37,6 +37,11 @@ small_windows = st.one_of(st.integers(1, 64), st.just(1000))
 COMMANDS = ["ping", "goaway", "acknowledge", "open", "open", "send", "send", "end", "reset"]
 COMMANDS += ["respond", "respond", "acknowledge"]
 COMMANDS += ["accept", "reject", "hello"]
+# Statuses the server would refuse (outside 100-599), and the edges inside.
+BAD_RESPONSES = [ResponseHead(status=99), ResponseHead(status=600)]
+RESPONSES = st.sampled_from(
+    [CONTINUE, OK, OK, ResponseHead(status=100), ResponseHead(status=599), *BAD_RESPONSES]
+)
 # Request heads the agent would refuse: the server must not send them.
 BAD_REQUESTS = [
     RequestHead(route="app", method=b"", target=b"/"),
@@ -54,6 +59,7 @@ class Application:
         self.mux, self.view = mux, view
         self.held: dict[int, int] = {}  # received, not acknowledged nor released
         self.bad_request = GET
+        self.response = OK
 
     def received(self, events: list[ev.Event]) -> None:
         for event in events:
@@ -77,6 +83,7 @@ class Application:
         local_open = stream is not None and stream.local is HalfState.OPEN
         refused: type[Exception] | None = None
         expected: list[fr.Frame] = []
+        response = self.response = data.draw(RESPONSES, label="response")
         match name:
             case "ping":
                 mux.ping(b"pingpong")
@@ -127,10 +134,11 @@ class Application:
                 refused = StreamClosedError
             case "respond" if stream.local is not HalfState.IDLE:
                 refused = LocalProtocolError
+            case "respond" if response in BAD_RESPONSES:
+                refused = LocalProtocolError
             case "respond":
-                response = data.draw(st.sampled_from([CONTINUE, OK]), label="response")
                 mux.send_response(stream_id, response)
-                informational = response is CONTINUE
+                informational = response.is_informational
                 fields = tuple(response.to_fields())
                 expected = [
                     fr.Head(stream_id=stream_id, fields=fields, is_informational=informational)
@@ -170,7 +178,7 @@ class Application:
             case "open":
                 mux.open_stream(self.bad_request)
             case "respond":
-                mux.send_response(stream_id, OK)
+                mux.send_response(stream_id, self.response)
             case "end":
                 mux.end_stream(stream_id)
             case _:
