@@ -115,6 +115,8 @@ def _is_message(arg: ast.expr) -> bool:
             return True
         case ast.Attribute(value=ast.Name(id="ErrorCode"), attr="PROTOCOL_ERROR"):
             return True
+        case ast.Call(func=ast.Name(id="str")):  # the text of another exception
+            return True
     return False
 
 
