@@ -209,3 +209,82 @@ def judge_chunks(chunks: list[bytes]) -> list[fr.Frame]:
         start = end
     assert decoder.buffered_bytes == start - reading.consumed
     return decoded
+
+
+def reference_encode(frame: fr.Frame) -> bytes:
+    """The bytes protocol.md sections 2-4 give for ``frame``; ValueError when its
+    payload is outside the type's length range (or a head field over 65535 bytes).
+
+    Reasons are cut at a character boundary at or below 1024 bytes; HELLO and ACCEPT
+    are compact JSON with sorted keys, as the reference encoder writes them.
+    """
+    flags, stream_id = 0, 0
+    match frame:
+        case fr.Hello():
+            kind, payload = (
+                0x01,
+                _compact_json(
+                    {
+                        "versions": list(frame.versions),
+                        "client_id": frame.client_id,
+                        "routes": list(frame.routes),
+                        "window": frame.window,
+                        "connection_window": frame.connection_window,
+                    }
+                ),
+            )
+        case fr.Accept():
+            kind, payload = (
+                0x02,
+                _compact_json(
+                    {
+                        "version": frame.version,
+                        "refused": dict(frame.refused),
+                        "window": frame.window,
+                        "connection_window": frame.connection_window,
+                    }
+                ),
+            )
+        case fr.Reject():
+            kind, payload = 0x03, _cut(frame.reason)
+        case fr.Head():
+            kind, stream_id, flags = 0x04, frame.stream_id, int(frame.is_informational)
+            if any(len(field) > 65535 for field in frame.fields):
+                raise ValueError("head field over 65535 bytes")
+            payload = b"".join(len(f).to_bytes(2, "big") + f for f in frame.fields)
+        case fr.Data():
+            kind, stream_id, payload = 0x05, frame.stream_id, frame.data
+        case fr.End():
+            kind, stream_id, payload = 0x06, frame.stream_id, b""
+        case fr.Reset():
+            kind, stream_id = 0x07, frame.stream_id
+            payload = frame.code.value.to_bytes(4, "big") + _cut(frame.reason)
+        case fr.Window():
+            kind, stream_id = 0x08, frame.stream_id
+            payload = frame.increment.to_bytes(4, "big")
+        case fr.Ping() | fr.Pong():
+            kind, payload = (0x09 if isinstance(frame, fr.Ping) else 0x0A), frame.payload
+        case fr.GoAway():
+            kind = 0x0B
+            payload = (
+                frame.last_stream_id.to_bytes(4, "big")
+                + bytes([frame.code.value])
+                + _cut(frame.reason)
+            )
+    _name, _streams, _flags, low, high = _TYPES[kind]
+    if not low <= len(payload) <= high:
+        raise ValueError("payload out of range")
+    header = bytes([kind, flags]) + stream_id.to_bytes(4, "big") + len(payload).to_bytes(4, "big")
+    return header + payload
+
+
+def _compact_json(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def _cut(reason: str) -> bytes:
+    raw = reason.encode("utf-8")
+    end = min(len(raw), _REASON)
+    while end < len(raw) and raw[end] & 0xC0 == 0x80:  # inside a character: back off
+        end -= 1
+    return raw[:end]

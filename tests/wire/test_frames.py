@@ -19,7 +19,7 @@ from pvtunnel._wire.frames import (
     StreamId,
 )
 from tests import strategies as sts
-from tests.wire.codec_oracle import judge_chunks
+from tests.wire.codec_oracle import judge_chunks, reference_encode
 from tests.wire.helpers import raw_frame, raw_header
 
 if TYPE_CHECKING:
@@ -176,11 +176,44 @@ def test_hostile_bytes_either_decode_or_raise_remote_protocol_error(chunks: list
         assert FrameDecoder().feed(fr.encode(frame)) == [frame]
 
 
-@given(sts.edge_streams().flatmap(sts.chunked))
+# Frames whose reasons may need cutting, and frames whose payload is out of range.
+_long_reasons = st.text(st.sampled_from("ré€𝄞"), min_size=250, max_size=1100)
+_unencodable = st.sampled_from(
+    [
+        fr.Data(stream_id=StreamId(1), data=b""),
+        fr.Data(stream_id=StreamId(1), data=b"x" * (MAX_FRAME_PAYLOAD + 1)),
+        fr.Ping(payload=b"1234567"),
+        fr.Pong(payload=b"123456789"),
+        fr.Head(stream_id=StreamId(1), fields=(b"x",)),
+        fr.Head(stream_id=StreamId(1), fields=(b"a" * (MAX_FRAME_PAYLOAD - 3), b"")),
+        fr.Head(stream_id=StreamId(1), fields=(b"a" * 65536, b"")),
+    ]
+)
+_frames_to_write = st.one_of(
+    sts.frames(),
+    _unencodable,
+    _long_reasons.map(lambda r: fr.Reset(stream_id=StreamId(3), code=ErrorCode.CANCEL, reason=r)),
+    _long_reasons.map(lambda r: fr.GoAway(last_stream_id=StreamId(3), reason=r)),
+    _long_reasons.map(lambda r: fr.Reject(reason=r)),
+)
+
+
+@given(sts.edge_streams().flatmap(sts.chunked), st.lists(_frames_to_write, max_size=4))
 def test_frames_at_the_edges_of_the_rules_are_judged_as_protocol_md_says(
-    chunks: list[bytes],
+    chunks: list[bytes], to_write: list[fr.Frame]
 ) -> None:
+    """Reading: the frames or the refusal a second decoder finds. Writing: the bytes
+    protocol.md gives (reasons cut at a character boundary, compact sorted JSON), or
+    ValueError for a payload outside the type's range."""
     judge_chunks(chunks)
+    for frame in to_write:
+        try:
+            expected = reference_encode(frame)
+        except ValueError:
+            with pytest.raises(ValueError, match=r"out of range|65535"):
+                fr.encode(frame)
+        else:
+            assert fr.encode(frame) == expected
 
 
 # Mostly known types, single flag bits and boundary lengths: uniform bytes would

@@ -69,6 +69,8 @@ class Application:
     def __init__(self, mux: Multiplexer, view: MuxView) -> None:
         self.mux, self.view = mux, view
         self.held: dict[int, int] = {}  # received, not acknowledged nor released
+        self.peak = 0  # the most it ever held
+        self.bad_size = 0
         self.bad_request = GET
         self.response = OK
 
@@ -81,7 +83,10 @@ class Application:
                     self.held.pop(event.stream_id, None)
                 case _:
                     pass
-        assert self.mux.held_bytes == sum(self.held.values())
+        held = sum(self.held.values())
+        self.peak = max(self.peak, held)
+        assert self.mux.held_bytes == held
+        assert self.mux.peak_held_bytes == self.peak
 
     def command(self, data: st.DataObject) -> list[fr.Frame]:
         """Run one command; the frames it must queue (WINDOW frames aside, whose
@@ -110,8 +115,9 @@ class Application:
                 # The handshake is over: none of these is legal any more.
                 refused = LocalProtocolError
             case "acknowledge":
-                size = data.draw(st.integers(0, self.held.get(stream_id, 0) + 1), label="size")
-                if size > self.held.get(stream_id, 0):
+                size = data.draw(st.integers(-1, self.held.get(stream_id, 0) + 1), label="size")
+                if not 0 <= size <= self.held.get(stream_id, 0):
+                    self.bad_size = size
                     refused = LocalProtocolError
                 else:
                     mux.acknowledge_data(stream_id, size)
@@ -194,7 +200,7 @@ class Application:
             case "hello":
                 mux.send_hello(client_id="again", routes=())
             case "acknowledge":
-                mux.acknowledge_data(stream_id, self.held.get(stream_id, 0) + 1)
+                mux.acknowledge_data(stream_id, self.bad_size)
             case "open":
                 mux.open_stream(self.bad_request)
             case "respond":
