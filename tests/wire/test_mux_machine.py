@@ -222,14 +222,25 @@ class MuxMachine(RuleBasedStateMachine):
         """Move what ``side`` queued onto its link, as messages of whole frames."""
         mux, link = self.mux[side], self.links[side]
         produced: list[fr.Frame] = []
+        messages: list[int] = []
         while mux.has_data_to_send:
             message = mux.data_to_send(self.message_bytes)
             frames = link.produced.feed(message)
             assert link.produced.buffered_bytes == 0, "a message split a frame"
-            if self.message_bytes is not None:
-                assert len(message) <= self.message_bytes or len(frames) == 1
             produced += frames
             link.pending += message
+            messages.append(len(message))
+        # Each message takes whole frames until the next would pass the size asked
+        # (at least one frame); without a size, one message takes everything.
+        sizes = [len(fr.encode(frame)) for frame in produced]
+        limit = sum(sizes) if self.message_bytes is None else self.message_bytes
+        expected: list[int] = []
+        for size in sizes:
+            if expected and expected[-1] + size <= limit:
+                expected[-1] += size
+            else:
+                expected.append(size)
+        assert messages == expected
         for frame in produced:
             self.views[side].sent(frame)
             match frame:
@@ -273,9 +284,11 @@ class MuxMachine(RuleBasedStateMachine):
         assert events == expected
         for event in events:
             self.on_event(receiver, event)
-        # What the receiver holds only grows here: its peak is reached here.
-        held = sum(stream.receiving(receiver).held for stream in self.model.values())
-        self.peak_held[receiver] = max(self.peak_held[receiver], held)
+            # What the receiver holds grows only here (a reset in the same chunk
+            # may release it at once): its peak is reached here.
+            if isinstance(event, ev.DataReceived):
+                held = sum(stream.receiving(receiver).held for stream in self.model.values())
+                self.peak_held[receiver] = max(self.peak_held[receiver], held)
         self.flush(receiver)
         return events
 
