@@ -506,43 +506,76 @@ def hostile_frames(view: MuxView, *, steady: bool = False) -> st.SearchStrategy[
     return st.one_of([st.one_of(on_track)] * (6 if steady else 2) + [anything])
 
 
-def judge(mux: Multiplexer, view: MuxView, tap: FrameDecoder, data: bytes) -> list[ev.Event] | None:
+class Tap:
+    """A decoder that sees every byte the multiplexer under test is fed, and cuts
+    what comes next after each frame it completes."""
+
+    def __init__(self) -> None:
+        self.decoder = FrameDecoder()
+        self._carry = b""  # bytes of a frame begun and not complete
+
+    def cut(self, data: bytes) -> list[bytes]:
+        """``data`` in pieces that each end where a frame ends (by its length field;
+        the rest in the last piece)."""
+        buffer = self._carry + data
+        start, pieces, position = -len(self._carry), [], 0
+        while len(buffer) - position >= 10:
+            end = position + 10 + int.from_bytes(buffer[position + 6 : position + 10])
+            if end > len(buffer):
+                break
+            pieces.append(data[max(start, 0) : end - len(self._carry)])
+            start, position = end - len(self._carry), end
+        self._carry = buffer[position:]
+        if max(start, 0) < len(data) or not pieces:
+            pieces.append(data[max(start, 0) :])
+        return pieces
+
+
+def judge(mux: Multiplexer, view: MuxView, tap: Tap, data: bytes) -> list[ev.Event] | None:
     """Feed ``data`` to ``mux`` and check the outcome against ``view``'s verdicts.
 
-    ``tap`` is a decoder that has seen every byte ``mux`` was fed: the frames it
-    decodes from ``data`` are judged one by one, and the multiplexer must report
-    their events, or raise the first refusal's `RemoteProtocolError` code (a codec
-    error included), close the connection and stay poisoned (the next bytes raise
-    the same error). Returns the events, or None after a refusal.
+    The bytes go in one frame at a time (`Tap.cut`), and what the multiplexer sends
+    in answer goes to the view before the next frame is judged: DATA for a stream
+    that is gone returns its connection credit at once, which the next frame may
+    spend. Each frame must give the events the view predicts, or the first refusal
+    the `RemoteProtocolError` with its code (a codec error included); a refused
+    multiplexer is closed and poisoned (the next bytes raise the same error).
+    Returns the events, or None after a refusal.
     """
     events: list[ev.Event] = []
-    expected: Verdict = events
-    try:
-        frames = tap.feed(data)
-    except RemoteProtocolError as exc:  # the codec refuses: the multiplexer must too
-        expected = view.refused = Refused(exc.code)
-        frames = []
-    for frame in frames:
-        verdict = view.received(frame)
-        if isinstance(verdict, Refused):
-            expected = verdict
-            break
-        events += verdict
-    if isinstance(expected, Refused):
-        with pytest.raises(RemoteProtocolError) as refused:
-            mux.receive_data(data)
-        assert refused.value.code is expected.code, f"{frames!r}: {refused.value}"
-        assert mux.state is ConnectionState.CLOSED
-        with pytest.raises(RemoteProtocolError) as again:
-            mux.receive_data(fr.encode(fr.Ping(payload=bytes(8))))
-        assert again.value is refused.value
-        # What it queued before failing is whole, valid frames: a REJECT for an agent
-        # that speaks no version of ours.
-        queued = FrameDecoder().feed(mux.data_to_send())
-        assert any(isinstance(f, fr.Reject) for f in queued) is view.rejected
-        return None
-    assert mux.receive_data(data) == expected, f"{frames!r}: expected {expected}"
-    return expected
+    for piece in tap.cut(data):
+        expected: Verdict = []
+        try:
+            frames = tap.decoder.feed(piece)
+        except RemoteProtocolError as exc:  # the codec refuses: the multiplexer must too
+            frames, expected = [], Refused(exc.code)
+            view.refused = expected
+        else:
+            for frame in frames:
+                verdict = view.received(frame)
+                if isinstance(verdict, Refused):
+                    expected = verdict
+                    break
+                assert isinstance(expected, list)
+                expected += verdict
+        if isinstance(expected, Refused):
+            with pytest.raises(RemoteProtocolError) as refused:
+                mux.receive_data(piece)
+            assert refused.value.code is expected.code, f"{frames!r}: {refused.value}"
+            assert mux.state is ConnectionState.CLOSED
+            with pytest.raises(RemoteProtocolError) as again:
+                mux.receive_data(fr.encode(fr.Ping(payload=bytes(8))))
+            assert again.value is refused.value
+            # What it queued before failing is whole, valid frames: a REJECT for an
+            # agent that speaks no version of ours.
+            queued = FrameDecoder().feed(mux.data_to_send())
+            assert any(isinstance(f, fr.Reject) for f in queued) is view.rejected
+            return None
+        assert mux.receive_data(piece) == expected, f"{frames!r}: expected {expected}"
+        events += expected
+        for frame in FrameDecoder().feed(mux.data_to_send()):
+            view.sent(frame)
+    return events
 
 
 def check_queries(mux: Multiplexer, view: MuxView) -> None:

@@ -18,7 +18,7 @@ from hypothesis import given, strategies as st
 
 from pvtunnel._errors import ErrorCode, LocalProtocolError
 from pvtunnel._wire import events as ev, frames as fr
-from pvtunnel._wire.frames import MAX_FRAME_PAYLOAD, MAX_WINDOW, FrameDecoder, StreamId
+from pvtunnel._wire.frames import MAX_FRAME_PAYLOAD, MAX_WINDOW, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, Role, StreamClosedError
 from tests import strategies as sts
@@ -27,6 +27,7 @@ from tests.wire.oracle import (
     HalfState,
     MuxView,
     Phase,
+    Tap,
     check_queries,
     hostile_frames,
     judge,
@@ -237,7 +238,7 @@ def test_a_multiplexer_does_what_the_rules_say_to_a_hostile_peer(
         role, window=window, connection_window=connection_window, max_streams=MAX_STREAMS
     )
     view = MuxView(role, window, connection_window, MAX_STREAMS)
-    tap = FrameDecoder()  # sees every byte the multiplexer is fed
+    tap = Tap()  # sees every byte the multiplexer is fed
     application = Application(mux, view)
 
     def flush() -> list[fr.Frame]:
@@ -305,3 +306,21 @@ def test_a_multiplexer_does_what_the_rules_say_to_a_hostile_peer(
             application.received(events)
             flush()
             check_queries(mux, view)
+
+
+def test_credit_a_gone_stream_returns_can_be_spent_by_the_next_frame_of_the_same_chunk() -> None:
+    """Found by a long ``mux-hostile`` run (a fault of the model, not of the
+    multiplexer): DATA for a stream that is gone returns its connection credit the
+    moment it arrives, so the next DATA in the same WebSocket message may spend it.
+    The model now learns what the multiplexer sends after every frame."""
+    mux = Multiplexer(Role.AGENT, window=1000, connection_window=1000)
+    view, tap = MuxView(Role.AGENT, 1000, 1000, 4096), Tap()
+    mux.send_hello(client_id="agent", routes=("app",))
+    view.sent(*decode_all(mux.data_to_send()))
+    accept = fr.Accept(version=1, refused=(), window=1000, connection_window=1000)
+    assert judge(mux, view, tap, fr.encode(accept)) == [ev.Accepted(refused=())]
+    late = fr.encode(fr.Data(stream_id=StreamId(1), data=b"\xaa" * 1000))
+    opening = fr.Head(stream_id=StreamId(16777217), fields=tuple(GET.to_fields()))
+    events = judge(mux, view, tap, fr.encode(opening) + late + late)
+    assert events == [ev.StreamOpened(stream_id=StreamId(16777217), head=GET)]
+    assert mux.connection_credit == 1000
