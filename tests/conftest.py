@@ -55,8 +55,8 @@ settings.register_profile(
 # needs and shrinking one costs more than finding it.
 settings.register_profile(
     "mutants",
-    max_examples=60,
-    stateful_step_count=40,
+    max_examples=200,
+    stateful_step_count=50,
     deadline=None,
     derandomize=True,
     database=None,

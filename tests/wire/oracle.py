@@ -367,7 +367,8 @@ def _parse(parse: Callable[[], _T]) -> _T:
 def _sizes(*limits: int) -> st.SearchStrategy[int]:
     """DATA sizes at and one past each limit, and a few others, within a frame."""
     picks = {n for limit in limits for n in (limit, limit + 1) if 1 <= n <= MAX_FRAME_PAYLOAD}
-    return st.one_of(st.sampled_from(sorted(picks or {1})), st.integers(1, 300))
+    at_limits = st.sampled_from(sorted(picks or {1}))
+    return st.one_of(at_limits, at_limits, st.integers(1, 300))
 
 
 def _increments(credit: int) -> st.SearchStrategy[int]:
@@ -453,22 +454,23 @@ def hostile_frames(view: MuxView, *, steady: bool = False) -> st.SearchStrategy[
     # reached through them, so they come as often as all the others together.
     on_track: list[st.SearchStrategy[fr.Frame]] = []
     receiving = [s for s, stream in view.streams.items() if stream.remote is HalfState.OPEN]
-    if receiving:
-        on_track.append(st.sampled_from(receiving).flatmap(data_on))
+    if receiving:  # the flow-control checks, the rules that matter most
+        on_track += [st.sampled_from(receiving).flatmap(data_on)] * 3
     waiting = [s for s, stream in view.streams.items() if stream.remote is HalfState.IDLE]
     if view.role is Role.AGENT and view.highest < MAX_STREAM_ID:
         request = fr.Head(stream_id=StreamId(view.highest + 1), fields=tuple(_REQUEST.to_fields()))
-        on_track.append(st.just(request))
+        on_track += [st.just(request)] * 2
     elif view.role is Role.SERVER and waiting:
-        on_track.append(
-            st.tuples(st.sampled_from(waiting), st.sampled_from([100, 200, 200, 404])).map(
+        response = st.tuples(st.sampled_from(waiting), st.sampled_from([200, 100, 200, 404]))
+        on_track += [
+            response.map(
                 lambda pair: fr.Head(
                     stream_id=StreamId(pair[0]),
                     fields=tuple(ResponseHead(status=pair[1]).to_fields()),
                     is_informational=pair[1] == 100,
                 )
             )
-        )
+        ] * 2
     anything = st.one_of(
         any_id.flatmap(data_on),
         st.one_of(st.just(StreamId(0)), any_id).flatmap(window_on),

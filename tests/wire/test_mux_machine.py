@@ -172,8 +172,10 @@ class MuxMachine(RuleBasedStateMachine):
     @initialize(
         server_window=st.one_of(st.integers(1, 40), st.just(1000)),
         agent_window=st.one_of(st.integers(1, 40), st.just(1000)),
-        server_connection_window=st.one_of(st.integers(1, 60), st.just(1000)),
-        agent_connection_window=st.one_of(st.integers(1, 60), st.just(1000)),
+        # Above the stream windows first: DATA past a stream's window then leaves
+        # the connection window alone, so a missing stream-level check shows.
+        server_connection_window=st.one_of(st.integers(41, 100), st.integers(1, 60), st.just(1000)),
+        agent_connection_window=st.one_of(st.integers(41, 100), st.integers(1, 60), st.just(1000)),
         max_streams=st.sampled_from([1, 2, 3, 8]),
         message_bytes=st.sampled_from([None, 1, 30, 200]),
     )
