@@ -18,6 +18,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -45,12 +46,33 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--report-only", action="store_true", help="print the report of the last run"
     )
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="test again only the last run's unexplained survivors (after an oracle got"
+        " stronger), with the tests as they are now",
+    )
     args = parser.parse_args(argv)
     if not args.report_only:
         env = os.environ | {"HYPOTHESIS_PROFILE": "mutants"}
         mutmut = [sys.executable, "-m", "mutmut", "run", "--max-children", str(args.jobs)]
+        if args.survivors:
+            # mutmut copied tests/ when it made the mutants: give it today's.
+            shutil.rmtree(ROOT / "mutants" / "tests")
+            shutil.copytree(ROOT / "tests", ROOT / "mutants" / "tests")
+            mutmut += sorted(unexplained(outcomes()))
         subprocess.run(mutmut, cwd=ROOT, env=env, check=False)
     return report()
+
+
+def unexplained(results: dict[str, dict[str, str]]) -> set[str]:
+    """The surviving mutants that are neither message-only nor listed as equivalent."""
+    equivalent = equivalent_mutants()
+    found: set[str] = set()
+    for module, by_name in results.items():
+        alive = {n for n, o in by_name.items() if o in ("survived", "no tests")}
+        found |= alive - equivalent - message_only_mutants(module, alive)
+    return found
 
 
 def outcomes() -> dict[str, dict[str, str]]:
