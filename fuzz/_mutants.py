@@ -98,9 +98,10 @@ def message_only_mutants(module: str, names: set[str]) -> set[str]:
 
     An exception's message is a diagnostic for logs and close reasons; no rule of
     protocol.md depends on it (the error code is what the peer is told). Found by
-    comparing each mutant's function with the original once the string constants
-    of every ``...Error(...)`` or ``_fail(...)`` call and of every assignment to a
-    ``message`` variable are blanked out.
+    comparing each mutant's function with the original once the messages are left
+    out: the text arguments of every ``...Error(...)`` or ``_fail(...)`` call, the
+    frame names that `_require_role`, `_load_object` and `_window` only put in their
+    messages, and every assignment to a ``message`` variable.
     """
     source = (META / f"{module}.py").read_text(encoding="utf-8")
     functions = {
@@ -123,11 +124,19 @@ def _blanked(function: ast.FunctionDef) -> str:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and _callee(node.func).endswith(("Error", "_fail")):
             node.args = [arg for arg in node.args if not _is_message(arg)]
+        elif isinstance(node, ast.Call) and _callee(node.func) in _NAMING_ARGUMENTS:
+            position = _NAMING_ARGUMENTS[_callee(node.func)]
+            if len(node.args) > position and _is_message(node.args[position]):
+                node.args[position] = ast.Constant("")
         elif isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "message" for t in node.targets
         ):
             node.value = ast.Constant("")
     return ast.dump(tree)
+
+
+# Helpers whose argument at this position only names a frame in their messages.
+_NAMING_ARGUMENTS = {"_require_role": 1, "_load_object": 1, "_window": 2}
 
 
 def _is_message(arg: ast.expr) -> bool:

@@ -107,6 +107,7 @@ class MuxView:
     goaway_received: int | None = None
     refused: Refused | None = None
     rejected: bool = False  # it answered a HELLO with no version of ours with REJECT
+    refusing: list[int] = field(default_factory=list)  # request HEADs it must refuse
 
     def __post_init__(self) -> None:
         self.phase = Phase.AWAIT_HELLO if self.role is Role.SERVER else Phase.START
@@ -162,9 +163,12 @@ class MuxView:
                 assert stream.local is HalfState.OPEN
                 stream.local = HalfState.CLOSED
                 self._settle(frame.stream_id)
+            case fr.Reset() if frame.stream_id in self.refusing:
+                # A request HEAD the agent refused was never a stream there.
+                assert frame.code is ErrorCode.REFUSED_STREAM
+                self.refusing.remove(frame.stream_id)
             case fr.Reset():
-                # A refused request HEAD was never a stream on the agent: nothing to drop.
-                self.streams.pop(frame.stream_id, None)
+                del self.streams[frame.stream_id]
             case fr.Window() if frame.stream_id == fr.CONNECTION_STREAM:
                 self.receive_allowed += frame.increment
                 assert self.receive_allowed <= self.connection_window, "credit not consumed"
@@ -280,7 +284,8 @@ class MuxView:
         self.highest = frame.stream_id
         head = _parse(lambda: RequestHead.from_fields(frame.fields))
         if self.goaway_sent is not None or len(self.streams) >= self.max_streams:
-            return []  # refused with RESET REFUSED_STREAM: `sent` sees it
+            self.refusing.append(frame.stream_id)  # RESET REFUSED_STREAM follows
+            return []
         self.streams[frame.stream_id] = StreamView(
             HalfState.IDLE, HalfState.OPEN, self.window, self.peer_window
         )
@@ -584,6 +589,7 @@ def check_queries(mux: Multiplexer, view: MuxView) -> None:
     """What the multiplexer says of its state is what the model knows from the wire."""
     assert mux.state.value == view.phase.value
     assert mux.stream_count == len(view.streams)
+    assert not view.refusing, "a refused request HEAD got no RESET REFUSED_STREAM"
     if view.phase is not Phase.CLOSED:  # no credit before the handshake
         assert mux.connection_credit == view.send_credit
     leaving = view.goaway_sent is not None or view.goaway_received is not None
