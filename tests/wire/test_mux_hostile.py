@@ -75,6 +75,8 @@ class Application:
         self.mux, self.view = mux, view
         self.held: dict[int, int] = {}  # received, not acknowledged nor released
         self.peak = 0  # the most it ever held
+        self.unreturned: dict[int, int] = {}  # stream credit consumed, not yet returned
+        self.windows: list[fr.Frame] = []  # the stream WINDOW a command must send
         self.bad_size = 0
         self.bad_request = GET
         self.response = OK
@@ -104,6 +106,7 @@ class Application:
         local_open = stream is not None and stream.local is HalfState.OPEN
         refused: type[Exception] | None = None
         expected: list[fr.Frame] = []
+        self.windows = []
         response = self.response = data.draw(RESPONSES, label="response")
         match name:
             case "ping":
@@ -127,6 +130,14 @@ class Application:
                 else:
                     mux.acknowledge_data(stream_id, size)
                     self.held[stream_id] = self.held.get(stream_id, 0) - size
+                    # Stream credit comes back once a quarter window is due, while the
+                    # peer's half is open (protocol.md section 7, "Batching").
+                    if size and stream is not None and stream.remote is HalfState.OPEN:
+                        due = self.unreturned.get(stream_id, 0) + size
+                        self.unreturned[stream_id] = due
+                        if due >= max(1, view.window // 4):
+                            self.unreturned[stream_id] = 0
+                            self.windows = [fr.Window(stream_id=stream_id, increment=due)]
             case "open":
                 head = data.draw(st.sampled_from([GET, GET, BIGGEST, *BAD_REQUESTS]))
                 if not mux.can_open_stream or head in BAD_REQUESTS:
@@ -288,7 +299,11 @@ def test_a_multiplexer_does_what_the_rules_say_to_a_hostile_peer(
             case "command":
                 expected = application.command(data)
                 sent = flush()
+                # Connection credit (WINDOW on stream 0) is batched over all streams
+                # and dropped DATA: the machine checks it; stream credit is here.
                 assert [f for f in sent if not isinstance(f, fr.Window)] == expected
+                windows = [f for f in sent if isinstance(f, fr.Window) and f.stream_id]
+                assert windows == application.windows
                 check_queries(mux, view)
                 continue
             case "frame":
