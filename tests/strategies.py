@@ -185,7 +185,24 @@ def hostile_streams(
 _U32_EDGES = [0, 1, 2**31 - 1, 2**31, 2**32 - 1]
 _REASON_EDGES = st.sampled_from([b"", b"ok", b"\xff", b"r" * 1024, b"r" * 1025, b"\xc3"])
 _JSON_VALUES: st.SearchStrategy[object] = st.sampled_from(
-    [0, 1, -1, 2**31 - 1, 2**31, True, None, "1", [], [1], [0, 2], [-1], [True], ["a"], {}]
+    [
+        0,
+        1,
+        -1,
+        2**31 - 1,
+        2**31,
+        True,
+        None,
+        "1",
+        [],
+        [1],
+        [0, 2],
+        [-1],
+        [True],
+        ["a"],
+        {},
+        {"db": 1},
+    ]
 )
 _JSON_KEYS = [
     "versions",

@@ -177,7 +177,8 @@ def test_hostile_bytes_either_decode_or_raise_remote_protocol_error(chunks: list
 
 
 # Frames whose reasons may need cutting, and frames whose payload is out of range.
-_long_reasons = st.text(st.sampled_from("ré€𝄞"), min_size=250, max_size=1100)
+# Three-byte characters first: 1024 is not a multiple of 3, so the cut falls inside one.
+_long_reasons = st.text(st.sampled_from("€𝄞ré"), min_size=250, max_size=1100)
 _unencodable = st.sampled_from(
     [
         fr.Data(stream_id=StreamId(1), data=b""),
@@ -199,6 +200,20 @@ _frames_to_write = st.one_of(
 
 
 @given(sts.edge_streams().flatmap(sts.chunked), st.lists(_frames_to_write, max_size=4))
+# The largest WINDOW increment, a head field running past its payload, an ACCEPT
+# refusal whose reason is not a string, a reason cut inside a character.
+@example([raw_frame(FrameType.WINDOW, 1, (2**31 - 1).to_bytes(4))], [])
+@example([raw_frame(FrameType.HEAD, 1, b"\x00\x01a\x00\x05ab\x00")], [])
+@example(
+    [
+        raw_frame(
+            FrameType.ACCEPT,
+            0,
+            b'{"version":1,"refused":{"db":1},"window":1,"connection_window":1}',
+        )
+    ],
+    [fr.Reject(reason="\u20ac" * 400)],
+)
 def test_frames_at_the_edges_of_the_rules_are_judged_as_protocol_md_says(
     chunks: list[bytes], to_write: list[fr.Frame]
 ) -> None:
