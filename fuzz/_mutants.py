@@ -49,8 +49,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--survivors",
         action="store_true",
-        help="test again only the last run's unexplained survivors (after an oracle got"
-        " stronger), with the tests as they are now",
+        help="test again only the last run's unexplained survivors and the mutants it did"
+        " not get to (after an oracle got stronger), with the tests as they are now",
     )
     args = parser.parse_args(argv)
     if not args.report_only:
@@ -60,7 +60,13 @@ def main(argv: list[str]) -> int:
             # mutmut copied tests/ when it made the mutants: give it today's.
             shutil.rmtree(ROOT / "mutants" / "tests")
             shutil.copytree(ROOT / "tests", ROOT / "mutants" / "tests")
-            mutmut += sorted(unexplained(outcomes()))
+            # ...and which tests cover which function, measured again with them.
+            (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+            results = outcomes()
+            not_run = {
+                n for by_name in results.values() for n, o in by_name.items() if o == "not run"
+            }
+            mutmut += sorted(unexplained(results) | not_run)
         subprocess.run(mutmut, cwd=ROOT, env=env, check=False)
     return report()
 
