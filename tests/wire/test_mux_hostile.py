@@ -255,6 +255,7 @@ def test_a_multiplexer_does_what_the_rules_say_to_a_hostile_peer(
     view = MuxView(role, window, connection_window, MAX_STREAMS)
     tap = Tap()  # sees every byte the multiplexer is fed
     application = Application(mux, view)
+    check_queries(mux, view)  # nothing granted, nothing open before the handshake
 
     def flush() -> list[fr.Frame]:
         sent = decode_all(mux.data_to_send())
