@@ -16,11 +16,11 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from pvtunnel._errors import ErrorCode, LocalProtocolError
+from pvtunnel._errors import ErrorCode, LocalProtocolError, StreamClosedError
 from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import MAX_FRAME_PAYLOAD, MAX_WINDOW, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
-from pvtunnel._wire.mux import Multiplexer, Role, StreamClosedError
+from pvtunnel._wire.mux import Multiplexer, Role
 from tests import strategies as sts
 from tests.wire.helpers import CONTINUE, GET, OK, decode_all
 from tests.wire.oracle import (
