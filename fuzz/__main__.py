@@ -2,7 +2,8 @@
 
 The time is shared equally between the chosen targets. A failing target is reported,
 written to fuzz/failures/, and not run again in this session; the exit status is 1
-if anything failed.
+if anything failed. ``python -m fuzz mutants`` runs mutation testing instead
+(fuzz/_mutants.py).
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ FAILURES = Path(__file__).resolve().parent / "failures"
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["mutants"]:
+        from fuzz import _mutants
+
+        return _mutants.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m fuzz", description="Fuzz the wire layer for a while."
     )

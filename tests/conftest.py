@@ -48,4 +48,23 @@ settings.register_profile(
         HealthCheck.filter_too_much,
     ],
 )
+# Used by `python -m fuzz mutants`: the fuzz targets as mutation testing's test
+# command. Derandomized, so every mutant meets the same examples and a score is
+# reproducible; without the example database, so no mutant is killed by a failure
+# another one left behind; and without shrinking, since a failure is all a kill
+# needs and shrinking one costs more than finding it.
+settings.register_profile(
+    "mutants",
+    max_examples=200,
+    stateful_step_count=50,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))

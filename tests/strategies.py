@@ -9,6 +9,7 @@ and plain `st.binary`, never from bending these.
 from __future__ import annotations
 
 import itertools
+import json
 import re
 
 import attrs
@@ -178,6 +179,102 @@ def hostile_streams(
     """Bytes a peer might send: garbage, valid frames, or valid frames with a few edits."""
     valid = frame_streams(stream_id)
     return st.one_of(st.binary(max_size=200), valid, valid.flatmap(mutated))
+
+
+# Payloads at the edges of each type's rules (protocol.md sections 3-4), by type byte.
+_U32_EDGES = [0, 1, 2**31 - 1, 2**31, 2**32 - 1]
+_REASON_EDGES = st.sampled_from([b"", b"ok", b"\xff", b"r" * 1024, b"r" * 1025, b"\xc3"])
+_JSON_VALUES: st.SearchStrategy[object] = st.sampled_from(
+    [
+        0,
+        1,
+        -1,
+        2**31 - 1,
+        2**31,
+        True,
+        None,
+        "1",
+        [],
+        [1],
+        [0, 2],
+        [-1],
+        [True],
+        ["a"],
+        {},
+        {"db": 1},
+    ]
+)
+_JSON_KEYS = [
+    "versions",
+    "client_id",
+    "routes",
+    "window",
+    "connection_window",
+    "version",
+    "refused",
+]
+
+
+@st.composite
+def _json_payload(draw: st.DrawFn) -> bytes:
+    """A HELLO or ACCEPT object with keys missing, of the wrong type or at the edges."""
+    if draw(st.integers(0, 7)) == 0:
+        return draw(st.sampled_from([b"[]", b"{", b"\xff{}", b"[" * 3000, b"12"]))
+    obj = {
+        "versions": [1],
+        "client_id": "c",
+        "routes": ["app"],
+        "window": 5,
+        "connection_window": 7,
+        "version": 1,
+        "refused": {"db": "taken"},
+    }
+    for key in draw(st.lists(st.sampled_from(_JSON_KEYS), max_size=2)):
+        if draw(st.booleans()):
+            obj.pop(key, None)
+        else:
+            obj[key] = draw(_JSON_VALUES)
+    return json.dumps(obj).encode()
+
+
+def _edge_payloads(frame_type: int) -> st.SearchStrategy[bytes]:
+    u32 = st.sampled_from(_U32_EDGES).map(lambda n: n.to_bytes(4, "big"))
+    match frame_type:
+        case 0x01 | 0x02:
+            return _json_payload()
+        case 0x03:
+            return _REASON_EDGES
+        case 0x04:
+            fields = st.lists(st.binary(max_size=3), min_size=2, max_size=4).map(fr.encode_fields)
+            return st.one_of(fields, fields.map(lambda f: f + b"\x00"), st.just(b"\x00\x05ab\x00"))
+        case 0x07:
+            return st.tuples(u32, _REASON_EDGES).map(b"".join)
+        case 0x08:
+            return u32
+        case 0x0B:
+            code = st.sampled_from([b"\x00", b"\x03", b"\x0a", b"\x0b", b"\xff"])
+            return st.tuples(u32, code, _REASON_EDGES).map(b"".join)
+        case _:
+            return st.binary(max_size=12)
+
+
+@st.composite
+def edge_frames(draw: st.DrawFn) -> bytes:
+    """One frame at the edges of the rules: each type (and unknown ones) with single
+    flag bits, stream 0, 1 or the top ID, and a payload at, inside or just past its
+    limits; the header's length field says the payload's real length."""
+    frame_type = draw(st.one_of(st.integers(1, 11), st.sampled_from([0, 12, 255])))
+    flags = draw(st.sampled_from([0, 0, 0, 1, 2, 0x80]))
+    stream_id = draw(st.sampled_from([0, 1, 1, 2**32 - 1]))
+    payload = draw(_edge_payloads(frame_type))
+    if frame_type in (0x05, 0x01) and draw(st.integers(0, 9)) == 0:
+        payload = b"x" * draw(st.sampled_from([0, 65536, 65537]))
+    return fr.HEADER.pack(frame_type, flags, stream_id, len(payload)) + payload
+
+
+def edge_streams() -> st.SearchStrategy[bytes]:
+    """A few frames at the edges of the rules, back to back."""
+    return st.lists(edge_frames(), min_size=1, max_size=4).map(b"".join)
 
 
 # ---------------------------------------------------------------- HTTP/1.1 requests

@@ -12,8 +12,13 @@ TARGETS: list[Target] = [
         test_frames.test_any_split_or_coalescing_decodes_to_the_same_frames,
     ),
     given_target(
+        "codec-edges",
+        "frames at the edges of each type's rules, judged by a second decoder",
+        test_frames.test_frames_at_the_edges_of_the_rules_are_judged_as_protocol_md_says,
+    ),
+    given_target(
         "codec-hostile",
-        "garbage and mutated frames raise only RemoteProtocolError",
+        "garbage and mutated frames: the frames, or the refusal, a second decoder finds",
         test_frames.test_hostile_bytes_either_decode_or_raise_remote_protocol_error,
     ),
 ]

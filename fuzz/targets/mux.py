@@ -1,19 +1,19 @@
-"""The multiplexer: hostile peers, and two multiplexers driven against a model."""
+"""The multiplexer: a hostile peer, and two multiplexers driven against a model."""
 
 from __future__ import annotations
 
 from fuzz._registry import Target, given_target, machine_target
-from tests.wire import test_mux, test_mux_machine
+from tests.wire import test_mux_hostile, test_mux_machine
 
 TARGETS: list[Target] = [
     given_target(
         "mux-hostile",
-        "an open multiplexer fed mutated frames raises only RemoteProtocolError",
-        test_mux.test_an_open_multiplexer_fed_anything_raises_only_remote_protocol_error,
+        "a peer keeping or breaking the rules: accepted or refused with the code the model says",
+        test_mux_hostile.test_a_multiplexer_does_what_the_rules_say_to_a_hostile_peer,
     ),
     machine_target(
         "mux-machine",
-        "two multiplexers, random commands and delivery, vs a model (both credit levels)",
+        "two multiplexers, random commands and delivery, hostile frames, vs two models",
         test_mux_machine.MuxMachine,
     ),
 ]

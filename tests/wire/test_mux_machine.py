@@ -11,11 +11,19 @@ receiver's connection window; the receiver holds back less than a quarter window
 consumed credit; every byte arrives in order and, at END, complete; streams that are
 finished or reset leave no state; GOAWAY lets open streams finish and refuses new
 ones; and a starved connection window opens again once the data is acknowledged.
+
+A second, independent model of each multiplexer (`oracle.MuxView`, fed only the
+frames on the wire) judges every frame delivered: the events it must report, or the
+connection error it must raise. `hostile_frame` plays a peer that breaks the rules on
+purpose (DATA past a window, WINDOW overflow, frames on closed or never-opened
+streams, reused IDs, a raised GOAWAY) against a copy of a live multiplexer, in
+whatever state the run has brought it to, and checks the refusal and its code.
 `fuzz/` runs the same machine for longer.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -37,6 +45,7 @@ from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import FrameDecoder, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, Role
+from tests.wire.oracle import MuxView, Tap, hostile_frames, judge
 
 Side = Literal["server", "agent"]
 SIDES: tuple[Side, Side] = ("server", "agent")
@@ -137,6 +146,8 @@ class MuxMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.mux: dict[Side, Multiplexer] = {}
+        self.views: dict[Side, MuxView] = {}
+        self.peak_held: dict[Side, int] = {"server": 0, "agent": 0}
         self.links: dict[Side, Link] = {"server": Link(), "agent": Link()}  # by sender
         self.model: dict[int, StreamModel] = {}
         self.windows: dict[Side, int] = {}
@@ -161,8 +172,10 @@ class MuxMachine(RuleBasedStateMachine):
     @initialize(
         server_window=st.one_of(st.integers(1, 40), st.just(1000)),
         agent_window=st.one_of(st.integers(1, 40), st.just(1000)),
-        server_connection_window=st.one_of(st.integers(1, 60), st.just(1000)),
-        agent_connection_window=st.one_of(st.integers(1, 60), st.just(1000)),
+        # Above the stream windows first: DATA past a stream's window then leaves
+        # the connection window alone, so a missing stream-level check shows.
+        server_connection_window=st.one_of(st.integers(41, 100), st.integers(1, 60), st.just(1000)),
+        agent_connection_window=st.one_of(st.integers(41, 100), st.integers(1, 60), st.just(1000)),
         max_streams=st.sampled_from([1, 2, 3, 8]),
         message_bytes=st.sampled_from([None, 1, 30, 200]),
     )
@@ -193,6 +206,10 @@ class MuxMachine(RuleBasedStateMachine):
                 max_streams=max_streams,
             ),
         }
+        self.views = {
+            "server": MuxView(Role.SERVER, server_window, server_connection_window, 0),
+            "agent": MuxView(Role.AGENT, agent_window, agent_connection_window, max_streams),
+        }
         self.mux["agent"].send_hello(client_id="machine", routes=("app",))
         self.flush("agent")
         assert self.deliver_everything("agent") == [
@@ -207,15 +224,27 @@ class MuxMachine(RuleBasedStateMachine):
         """Move what ``side`` queued onto its link, as messages of whole frames."""
         mux, link = self.mux[side], self.links[side]
         produced: list[fr.Frame] = []
+        messages: list[int] = []
         while mux.has_data_to_send:
             message = mux.data_to_send(self.message_bytes)
             frames = link.produced.feed(message)
             assert link.produced.buffered_bytes == 0, "a message split a frame"
-            if self.message_bytes is not None:
-                assert len(message) <= self.message_bytes or len(frames) == 1
             produced += frames
             link.pending += message
+            messages.append(len(message))
+        # Each message takes whole frames until the next would pass the size asked
+        # (at least one frame); without a size, one message takes everything.
+        sizes = [len(fr.encode(frame)) for frame in produced]
+        limit = sum(sizes) if self.message_bytes is None else self.message_bytes
+        expected: list[int] = []
+        for size in sizes:
+            if expected and expected[-1] + size <= limit:
+                expected[-1] += size
+            else:
+                expected.append(size)
+        assert messages == expected
         for frame in produced:
+            self.views[side].sent(frame)
             match frame:
                 case fr.Data():
                     self.model[frame.stream_id].sending(side).wire_data += len(frame.data)
@@ -232,7 +261,14 @@ class MuxMachine(RuleBasedStateMachine):
         chunk = bytes(link.pending[:size])
         del link.pending[:size]
         receiver = OTHER[sender]
-        for frame in link.delivered.feed(chunk):
+        delivered = link.delivered.feed(chunk)
+        # The independent model's verdict on each frame, in order, is what happens.
+        expected: list[ev.Event] = []
+        for frame in delivered:
+            verdict = self.views[receiver].received(frame)
+            assert isinstance(verdict, list), f"{frame} must be refused: {verdict}"
+            expected += verdict
+        for frame in delivered:
             match frame:
                 case fr.Data():
                     self.model[frame.stream_id].sending(sender).delivered_data += len(frame.data)
@@ -247,8 +283,14 @@ class MuxMachine(RuleBasedStateMachine):
                 case _:
                     pass
         events = self.mux[receiver].receive_data(chunk)
+        assert events == expected
         for event in events:
             self.on_event(receiver, event)
+            # What the receiver holds grows only here (a reset in the same chunk
+            # may release it at once): its peak is reached here.
+            if isinstance(event, ev.DataReceived):
+                held = sum(stream.receiving(receiver).held for stream in self.model.values())
+                self.peak_held[receiver] = max(self.peak_held[receiver], held)
         self.flush(receiver)
         return events
 
@@ -569,6 +611,19 @@ class MuxMachine(RuleBasedStateMachine):
         self.pings[side].append(opaque)
         self.flush(side)
 
+    @precondition(lambda self: self.is_open)
+    @rule(receiver=st.sampled_from(SIDES), data=st.data())
+    def hostile_frame(self, receiver: Side, data: st.DataObject) -> None:
+        """A peer sends a frame aimed at the rules, kept or broken, once all in flight
+        has arrived: a copy of the receiver must do what the independent model says
+        (the events, or the connection error with its code). The run goes on with the
+        real receiver, untouched."""
+        self.deliver_everything(OTHER[receiver])
+        view = copy.deepcopy(self.views[receiver])
+        mux = copy.deepcopy(self.mux[receiver])
+        frame = data.draw(hostile_frames(view), label="hostile frame")
+        judge(mux, view, Tap(), fr.encode(frame))
+
     @rule(sender=st.sampled_from(SIDES), size=st.integers(1, 120))
     def deliver_some(self, sender: Side, size: int) -> None:
         self.deliver(sender, size)
@@ -644,7 +699,7 @@ class MuxMachine(RuleBasedStateMachine):
             held = sum(d.held for d in directions)
             assert self.mux[receiver].held_bytes == held
             assert held <= sent - consumed <= window
-            assert self.mux[receiver].peak_held_bytes <= window
+            assert self.mux[receiver].peak_held_bytes == self.peak_held[receiver] <= window
             # The receiver returns what was consumed, holding back less than a batch.
             assert 0 <= self.connection_due(receiver) < max(1, window // 4)
 
