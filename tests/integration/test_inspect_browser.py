@@ -244,25 +244,33 @@ def session(page: str, tunnel_port: int, profile: Path, screenshot: Path) -> Non
         driver.quit()
 
 
+async def start_inspected_tunnel(nursery: trio.Nursery) -> tuple[str, int]:
+    """A server and an agent with the inspector on, serving `serve_showcase` as "app".
+
+    Returns the inspector page's URL and the tunnel's external port.
+    """
+    running = await start_server(nursery)
+    upstream_port = await nursery.start(serve_on_loopback, serve_showcase)
+    _, status, _ = await start_agent(
+        nursery,
+        running,
+        {"app": upstream_port},
+        admin=AdminConfig(port=0),
+        inspect=InspectConfig(enabled=True),
+    )
+    assert status.admin is not None
+    return f"http://127.0.0.1:{status.admin[1]}/inspect", running.port
+
+
 async def test_the_page_shows_requests_live_and_replays_them(tmp_path: Path) -> None:
     assert shutil.which(CHROMIUM), ".ci/run installs chromium"
     assert shutil.which(CHROMEDRIVER), ".ci/run installs chromium-driver"
     screenshot = Path(os.environ.get("PVTUNNEL_INSPECTOR_SCREENSHOT", tmp_path / "inspector.png"))
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream_port = await nursery.start(serve_on_loopback, serve_showcase)
-            _, status, _ = await start_agent(
-                nursery,
-                running,
-                {"app": upstream_port},
-                admin=AdminConfig(port=0),
-                inspect=InspectConfig(enabled=True),
-            )
-            assert status.admin is not None
-            page = f"http://127.0.0.1:{status.admin[1]}/inspect"
+            page, tunnel_port = await start_inspected_tunnel(nursery)
             await trio.to_thread.run_sync(
-                session, page, running.port, tmp_path / "profile", screenshot
+                session, page, tunnel_port, tmp_path / "profile", screenshot
             )
             assert screenshot.read_bytes().startswith(b"\x89PNG")
             nursery.cancel_scope.cancel()

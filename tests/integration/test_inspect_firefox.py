@@ -14,11 +14,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from pvtunnel._config import AdminConfig, InspectConfig
 from tests.integration.firefox import FIREFOX, open_firefox
-from tests.integration.harness import start_agent, start_server
-from tests.integration.listen import serve_on_loopback
-from tests.integration.test_inspect_browser import send, serve_showcase
+from tests.integration.test_inspect_browser import send, start_inspected_tunnel
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -74,17 +71,7 @@ async def test_the_page_works_in_firefox_too(tmp_path: Path) -> None:
     assert shutil.which(FIREFOX), ".ci/run installs firefox-esr"
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream_port = await nursery.start(serve_on_loopback, serve_showcase)
-            _, status, _ = await start_agent(
-                nursery,
-                running,
-                {"app": upstream_port},
-                admin=AdminConfig(port=0),
-                inspect=InspectConfig(enabled=True),
-            )
-            assert status.admin is not None
-            page = f"http://127.0.0.1:{status.admin[1]}/inspect"
-            shot = await trio.to_thread.run_sync(session, page, running.port, tmp_path / "profile")
+            page, tunnel_port = await start_inspected_tunnel(nursery)
+            shot = await trio.to_thread.run_sync(session, page, tunnel_port, tmp_path / "profile")
             assert shot.startswith(b"\x89PNG")
             nursery.cancel_scope.cancel()
