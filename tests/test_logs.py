@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+from typing import TYPE_CHECKING
 
+import pytest
 import trio
 import trio.testing
 
@@ -16,8 +18,12 @@ from pvtunnel._logs import (
     BatchingHandler,
     JsonFormatter,
     TextFormatter,
+    direct_access_handler,
     serve_log_flushes,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 
 def _record(name: str, message: str, level: int = logging.INFO) -> logging.LogRecord:
@@ -104,3 +110,94 @@ def test_the_formatters_give_the_time_of_each_line() -> None:
     first, second = text.format(record), text.format(later)
     assert first.endswith(f"INFO    {ACCESS_LOGGER}: GET /")
     assert first[:19] != second[:19]  # another second, another time
+
+
+ACCESS_ARGS = ("127.0.0.1:5", "GET", "app", "/a\nb", 200, 1024, 1.5, "bench", "app", 7)
+ACCESS_FIELDS: dict[str, object] = {
+    "client": "127.0.0.1:5",
+    "method": "GET",
+    "host": "app",
+    "target": "/a\nb",
+    "status": 200,
+    "bytes_in": 0,
+    "bytes_out": 1024,
+    "duration_ms": 1.5,
+    "route": "app",
+    "agent": "bench",
+    "stream_id": 7,
+}
+ACCESS_FORMAT = "%s %s %s %s %d %dB %.1fms agent=%s route=%s stream=%s"
+
+
+@pytest.fixture
+def root_handler() -> Iterator[Callable[[logging.Formatter], tuple[BatchingHandler, io.StringIO]]]:
+    """Make the root logger's only handler a BatchingHandler, as the CLI does."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+
+    def install(formatter: logging.Formatter) -> tuple[BatchingHandler, io.StringIO]:
+        stream = io.StringIO()
+        handler = BatchingHandler(stream)
+        handler.setFormatter(formatter)
+        root.handlers[:] = [handler]
+        root.setLevel(logging.INFO)
+        return handler, stream
+
+    yield install
+    root.handlers[:], level = saved
+    root.setLevel(level)
+
+
+@pytest.mark.parametrize("formatter", [TextFormatter, JsonFormatter])
+def test_a_direct_request_line_is_the_line_a_record_makes(
+    formatter: type[TextFormatter | JsonFormatter],
+    root_handler: Callable[[logging.Formatter], tuple[BatchingHandler, io.StringIO]],
+) -> None:
+    handler, stream = root_handler(formatter())
+    assert direct_access_handler() is handler
+    handler.write_access(ACCESS_FORMAT % ACCESS_ARGS, dict(ACCESS_FIELDS))
+    assert handler.pending == 1  # batched like a record of the access logger
+    logging.getLogger(ACCESS_LOGGER).info(ACCESS_FORMAT, *ACCESS_ARGS, extra=ACCESS_FIELDS)
+    handler.flush()
+    direct, by_record = stream.getvalue().splitlines()
+    if formatter is JsonFormatter:
+        direct_data, record_data = json.loads(direct), json.loads(by_record)
+        # Written a moment apart: only the milliseconds may differ.
+        assert direct_data.pop("ts")[:19] == record_data.pop("ts")[:19]
+        assert list(direct_data.items()) == list(record_data.items())
+    else:
+        assert direct[20:] == by_record[20:]  # the same line after the time
+        assert "\\n" in direct  # and just as escaped
+
+
+def test_anything_else_attached_on_the_way_gets_records(
+    root_handler: Callable[[logging.Formatter], tuple[BatchingHandler, io.StringIO]],
+) -> None:
+    handler, _ = root_handler(TextFormatter())
+    assert direct_access_handler() is handler
+    root = logging.getLogger()
+    access = logging.getLogger(ACCESS_LOGGER)
+    parent = logging.getLogger("pvtunnel")
+    other = logging.StreamHandler(io.StringIO())
+    keep = logging.Filter()
+    changes: list[tuple[Callable[[], object], Callable[[], object]]] = [
+        (lambda: root.addHandler(other), lambda: root.removeHandler(other)),
+        (lambda: parent.addHandler(other), lambda: parent.removeHandler(other)),
+        (lambda: access.addHandler(other), lambda: access.removeHandler(other)),
+        (lambda: access.addFilter(keep), lambda: access.removeFilter(keep)),
+        (lambda: root.addFilter(keep), lambda: root.removeFilter(keep)),
+        (lambda: handler.addFilter(keep), lambda: handler.removeFilter(keep)),
+        (lambda: setattr(access, "propagate", False), lambda: setattr(access, "propagate", True)),
+        (lambda: handler.setLevel(logging.WARNING), lambda: handler.setLevel(logging.NOTSET)),
+        (
+            lambda: handler.setFormatter(logging.Formatter()),
+            lambda: handler.setFormatter(TextFormatter()),
+        ),
+    ]
+    for change, undo in changes:
+        change()
+        try:
+            assert direct_access_handler() is None
+        finally:
+            undo()
+        assert direct_access_handler() is not None

@@ -11,6 +11,13 @@ record), and writes request lines in batches (`BatchingHandler`): one write per
 batch of up to `MAX_BATCH_LINES` lines, never holding one longer than
 `MAX_DELAY_S`. Every other line (connections, warnings, errors) is written at
 once, with whatever request lines wait before it, so the order is kept.
+
+While the CLI's own setup is the whole of it (one `BatchingHandler` on the root
+logger with one of the formatters here, nothing else attached on the way),
+`direct_access_handler` lets the server format a request line straight into the
+batch: the same line, byte for byte, without a `logging.LogRecord` per request,
+which was most of what a line cost. Any other setup (a library user's handlers,
+pytest's log capture) gets ordinary records.
 """
 
 from __future__ import annotations
@@ -69,6 +76,10 @@ class TextFormatter(logging.Formatter):
         record.message = printable(record.message)
         return super().formatMessage(record)
 
+    def access_line(self, created: float, message: str, fields: dict[str, object]) -> str:
+        """What `format` makes of an INFO record of the access logger with this message."""
+        return f"{self._seconds(created)} INFO    {ACCESS_LOGGER}: {printable(message)}"
+
 
 class JsonFormatter(logging.Formatter):
     """One object per line with stable keys: ts, level, logger, message, then extras."""
@@ -91,6 +102,18 @@ class JsonFormatter(logging.Formatter):
             data["exception"] = self.formatException(record.exc_info)
         return json.dumps(data, default=str)
 
+    def access_line(self, created: float, message: str, fields: dict[str, object]) -> str:
+        """What `format` makes of an INFO record of the access logger with this message
+        and these ``extra`` fields (which never start with ``_`` nor shadow a record's)."""
+        data: dict[str, object] = {
+            "ts": self._seconds(created) + f".{int((created - int(created)) * 1000):03d}Z",
+            "level": "info",
+            "logger": ACCESS_LOGGER,
+            "message": message,
+            **fields,
+        }
+        return json.dumps(data, default=str)
+
 
 class BatchingHandler(logging.StreamHandler[TextIO]):
     """A stream handler that writes access-log lines in batches (see the module docstring).
@@ -110,9 +133,22 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
         except Exception:
             self.handleError(record)
             return
+        self._add(line, is_access=record.name == ACCESS_LOGGER)
+
+    def write_access(self, message: str, fields: dict[str, object]) -> None:
+        """Batch a request line without a record (see `direct_access_handler`)."""
+        formatter = self.formatter
+        assert isinstance(formatter, TextFormatter | JsonFormatter)
+        self.acquire()
+        try:
+            self._add(formatter.access_line(time.time(), message, fields), is_access=True)
+        finally:
+            self.release()
+
+    def _add(self, line: str, *, is_access: bool) -> None:
         lines = self._lines
         lines.append(line)
-        if record.name != ACCESS_LOGGER or len(lines) >= MAX_BATCH_LINES:
+        if not is_access or len(lines) >= MAX_BATCH_LINES:
             self.flush()
             return
         now = time.monotonic()
@@ -140,6 +176,37 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
     def pending(self) -> int:
         """Lines written to this handler and not yet to its stream."""
         return len(self._lines)
+
+
+def direct_access_handler() -> BatchingHandler | None:
+    """The handler to give request lines to directly, when `logging` would do no more.
+
+    That is when every record of the access logger would end in one `BatchingHandler`
+    on the root logger, formatted by `TextFormatter` or `JsonFormatter` (exactly
+    those, not subclasses), with no filter or other handler on the way. The caller
+    has checked that INFO is enabled for the access logger.
+    """
+    logger = _access_logger
+    if logger.filters:
+        return None
+    while logger.parent is not None:  # up to the root
+        if logger.handlers or not logger.propagate or logger.disabled:
+            return None
+        logger = logger.parent
+    if logger.filters or len(logger.handlers) != 1:
+        return None
+    handler = logger.handlers[0]
+    if (
+        type(handler) is not BatchingHandler
+        or handler.filters
+        or handler.level > logging.INFO
+        or type(handler.formatter) not in (TextFormatter, JsonFormatter)
+    ):
+        return None
+    return handler
+
+
+_access_logger = logging.getLogger(ACCESS_LOGGER)
 
 
 def _batching_handlers() -> Iterator[BatchingHandler]:

@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from pvtunnel._http.routing import Router
+from pvtunnel._logs import direct_access_handler
 from pvtunnel._metrics import ServerMetrics
 from pvtunnel._trio.holding import HeldRequests
 from pvtunnel._trio.tunnel import Tunnel
@@ -140,8 +141,21 @@ class ServerState:
         method = request.method.decode("latin-1")
         target = request.target.decode("latin-1")
         duration_ms = round(duration_s * 1000, 3) if duration_s is not None else 0.0
-        access_logger.info(
-            "%s %s %s %s %d %dB %.1fms agent=%s route=%s stream=%s",
+        # Keys of `--log-format json`; present on every request line, null if unknown.
+        fields: dict[str, object] = {
+            "client": address,
+            "method": method,
+            "host": host,
+            "target": target,
+            "status": status,
+            "bytes_in": bytes_in,
+            "bytes_out": size,
+            "duration_ms": duration_ms,
+            "route": route,
+            "agent": agent,
+            "stream_id": stream_id,
+        }
+        args = (
             address,
             method,
             host,
@@ -152,18 +166,12 @@ class ServerState:
             agent or "-",
             route or "-",
             "-" if stream_id is None else stream_id,
-            # Keys of `--log-format json`; present on every request line, null if unknown.
-            extra={
-                "client": address,
-                "method": method,
-                "host": host,
-                "target": target,
-                "status": status,
-                "bytes_in": bytes_in,
-                "bytes_out": size,
-                "duration_ms": duration_ms,
-                "route": route,
-                "agent": agent,
-                "stream_id": stream_id,
-            },
         )
+        handler = direct_access_handler()
+        if handler is not None:
+            handler.write_access(_ACCESS_LINE % args, fields)
+        else:
+            access_logger.info(_ACCESS_LINE, *args, extra=fields)
+
+
+_ACCESS_LINE = "%s %s %s %s %d %dB %.1fms agent=%s route=%s stream=%s"
