@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import h11
 import pytest
+from hypothesis import given, strategies as st
 
 from pvtunnel._http.framing import framing_problem, response_head_problem
-from pvtunnel._http.headers import request_headers
+from pvtunnel._http.headers import request_headers, response_headers
 
 
 @pytest.mark.parametrize(
@@ -88,3 +90,33 @@ def test_forwarded_is_not_added_when_the_client_sent_none() -> None:
         [(b"Host", b"app")], client_address="192.0.2.1", host=None, proto=b"http", is_chunked=False
     )
     assert not [n for n, _ in headers if n.lower() == b"forwarded"]
+
+
+# Bytes near the edges of what a header may hold: separators, blanks, controls.
+_HEAD_BYTES = st.binary(max_size=12) | st.builds(
+    bytes, st.lists(st.sampled_from(b"aZ09-_: \t\r\n\x00\x7f\x80\xff,;\"'"), max_size=12)
+)
+
+
+@given(
+    reason=_HEAD_BYTES,
+    headers=st.lists(
+        st.tuples(
+            _HEAD_BYTES | st.sampled_from([b"Content-Length", b"Via", b"Connection"]),
+            _HEAD_BYTES | st.sampled_from([b"5", b"05", b"close", b"x-a"]),
+        ),
+        max_size=6,
+    ),
+)
+def test_a_head_response_head_problem_accepts_is_one_h11_accepts(
+    reason: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
+    """The server builds accepted heads with h11's ``_parsed`` (no second validation):
+    that is sound only while h11's own checks would pass whatever we let through."""
+    if response_head_problem(reason, headers) is not None:
+        return
+    sent = response_headers(headers)
+    checked = h11.Response(status_code=200, headers=sent, reason=reason)
+    trusted = h11.Response(status_code=200, headers=sent, reason=reason, _parsed=True)
+    assert trusted == checked
+    assert trusted.headers.raw_items() == checked.headers.raw_items()

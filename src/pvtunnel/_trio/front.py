@@ -437,11 +437,16 @@ class ClientConnection:
         sent = 0
         http = self.http
         try:
+            # `_receive_final_head` ran `response_head_problem`, which checks every
+            # field as h11's constructor would (and more): ``_parsed`` skips the
+            # second pass over the same bytes. h11 still lower-cases the names and
+            # checks Content-Length, Transfer-Encoding and the status.
             http.queue(
                 h11.Response(
                     status_code=head.status,
                     headers=hdr.response_headers(head.headers),
                     reason=head.reason,
+                    _parsed=True,
                 )
             )
             # Write what has arrived in one send; wait (flushed) only when nothing has.
