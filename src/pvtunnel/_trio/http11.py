@@ -123,6 +123,16 @@ class H11Stream:
         elif data:
             await self.io.send_all(data)
 
+    async def send_message(self, head: h11.Event) -> None:
+        """Send a message without a body, its head and its end in one write."""
+        conn = self.conn
+        data = (conn.send(head) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        if self.pending:
+            self.pending.append(data)
+            await self.flush()
+        elif data:
+            await self.io.send_all(data)
+
     def queue(self, event: h11.Event) -> int:
         """Serialise an event to go out with the next `flush`; returns bytes queued.
 
