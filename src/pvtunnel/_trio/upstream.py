@@ -248,7 +248,9 @@ class Replay:
                     await self._exchange(connection, request)
                 else:
                     await connection.send_message(request)
-                    await self._relay_response(connection)
+                    # Nothing can be unread: the connection was new, or `take_idle` found
+                    # it quiet with nothing left from its last response.
+                    await self._relay_response(connection, read_first=True)
             except (*_BROKEN, h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
                 await connection.aclose()
                 if (
@@ -343,9 +345,11 @@ class Replay:
             await connection.send(h11.Data(data=item))
             channel.consume(len(item))
 
-    async def _relay_response(self, connection: UpstreamConnection) -> None:
+    async def _relay_response(
+        self, connection: UpstreamConnection, *, read_first: bool = False
+    ) -> None:
         channel = self.channel
-        event = await connection.next_event()
+        event = await connection.next_event(read_first=read_first)
         while True:
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
@@ -371,7 +375,7 @@ class Replay:
             raise h11.RemoteProtocolError(problem)  # a 502 for the client, never the bytes
         # Parse the body bytes already received (no I/O) before the head goes out: a
         # body broken from its start (a bad first chunk size) is then a 502 too.
-        pending = connection.conn.next_event()
+        pending = connection.buffered_event()
         channel.send_response(
             ResponseHead(
                 status=event.status_code, reason=event.reason, headers=tuple(end_to_end(headers))
@@ -379,12 +383,11 @@ class Replay:
         )
         self.head_sent = True
         while True:
-            if isinstance(pending, h11.Event):
-                event, pending = pending, h11.NEED_DATA
-            else:
-                event = await connection.next_event()
+            # What came with the last read is taken without a read's coroutine round.
+            event = pending if pending is not None else await connection.next_event()
             if isinstance(event, h11.Data):
                 await channel.send_data(bytes(event.data))
+                pending = connection.buffered_event()
             elif isinstance(event, h11.EndOfMessage):
                 channel.end()
                 return
