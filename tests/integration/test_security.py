@@ -90,12 +90,13 @@ class RawUpstream:
     The n-th head (over all connections) gets ``answers[n]``, the last one repeating;
     an answer of None hangs up instead. After its first answer, the first
     connection waits for ``send_late`` and then writes ``late`` (stray bytes
-    between two responses) before reading on.
+    between two responses) before reading on, or with ``hang_up`` closes instead.
     """
 
-    def __init__(self, *answers: bytes | None, late: bytes = b"") -> None:
+    def __init__(self, *answers: bytes | None, late: bytes = b"", hang_up: bool = False) -> None:
         self.answers = answers
         self.late = late
+        self.hang_up = hang_up
         self.send_late = trio.Event()
         self.late_sent = trio.Event()
         self.heads: list[bytes] = []
@@ -123,9 +124,13 @@ class RawUpstream:
                     if answer is None:
                         return
                     await stream.send_all(answer)
-                    if is_first and self.late:
+                    if is_first and (self.late or self.hang_up):
                         is_first = False
                         await self.send_late.wait()
+                        if self.hang_up:
+                            await stream.aclose()
+                            self.late_sent.set()
+                            return
                         await stream.send_all(self.late)
                         self.late_sent.set()
             except trio.BrokenResourceError:
@@ -133,9 +138,9 @@ class RawUpstream:
 
 
 async def start_raw_upstream(
-    nursery: trio.Nursery, *answers: bytes | None, late: bytes = b""
+    nursery: trio.Nursery, *answers: bytes | None, late: bytes = b"", hang_up: bool = False
 ) -> tuple[RawUpstream, int]:
-    upstream = RawUpstream(*answers, late=late)
+    upstream = RawUpstream(*answers, late=late, hang_up=hang_up)
     port: int = await nursery.start(upstream.serve)
     return upstream, port
 
@@ -849,6 +854,25 @@ async def test_stray_bytes_on_an_idle_upstream_connection_answer_nobody() -> Non
             reply = await fetch(running.port, b"GET", b"/2")
             assert (reply.status, reply.body) == (200, b"ok")
             assert upstream.connections == 2
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_pooled_connection_the_upstream_closed_is_not_used() -> None:
+    """An upstream's idle timeout closes pooled connections: a request that may not be
+    retried (a POST) must go on a fresh connection, not fail on the closed one."""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_raw_upstream(nursery, ok, hang_up=True)
+            await start_agent(nursery, running, {"app": port})
+            assert (await fetch(running.port, b"GET", b"/1")).body == b"ok"
+            upstream.send_late.set()
+            await upstream.late_sent.wait()
+            reply = await fetch(running.port, b"POST", b"/2")
+            assert (reply.status, reply.body) == (200, b"ok")
+            assert upstream.connections == 2
+            assert len([head for head in upstream.heads if b" /2 " in head]) == 1
             nursery.cancel_scope.cancel()
 
 

@@ -73,8 +73,12 @@ class H11Stream:
         )
         self.acks_left = self.acks_per_message
 
-    async def next_event(self) -> h11.Event:
+    async def next_event(self, *, read_first: bool = False) -> h11.Event:
         """The next event, reading as needed.
+
+        ``read_first`` skips asking h11 before the first read: for the first event
+        of an answer to a request just sent, where h11 holds nothing and would say
+        so at the cost of a parse attempt.
 
         Raises:
             h11.RemoteProtocolError: the peer broke HTTP/1.1 (``error_status_hint``
@@ -82,6 +86,16 @@ class H11Stream:
         """
         conn = self.conn
         read = False
+        if read_first:
+            read = True
+            try:
+                data = await self.io.receive_some(RECEIVE_SIZE)
+            except BROKEN:
+                data = b""
+            self.received += len(data)
+            if self.recording is not None:
+                self.recording += data
+            conn.receive_data(bytes(data))
         while True:
             event = conn.next_event()
             if isinstance(event, h11.Event):
@@ -109,6 +123,21 @@ class H11Stream:
                 self.recording += data
             conn.receive_data(bytes(data))
 
+    def buffered_event(self) -> h11.Event | None:
+        """The next event if what was already read holds it, else None; never reads.
+
+        Raises:
+            h11.RemoteProtocolError: as for `next_event`.
+        """
+        event = self.conn.next_event()
+        if isinstance(event, h11.Event):
+            if type(event) is h11.EndOfMessage:
+                self.acks_left = self.acks_per_message
+            return event
+        if event is h11.PAUSED:
+            raise h11.RemoteProtocolError("pipelined request before the response")
+        return None
+
     def _ack_now(self) -> None:
         assert _QUICKACK is not None
         assert isinstance(self.stream, trio.SocketStream)
@@ -119,6 +148,16 @@ class H11Stream:
         data = self.conn.send(event)
         if self.pending:
             self.pending.append(data or b"")
+            await self.flush()
+        elif data:
+            await self.io.send_all(data)
+
+    async def send_message(self, head: h11.Event) -> None:
+        """Send a message without a body, its head and its end in one write."""
+        conn = self.conn
+        data = (conn.send(head) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+        if self.pending:
+            self.pending.append(data)
             await self.flush()
         elif data:
             await self.io.send_all(data)

@@ -9,13 +9,17 @@ closed the idle connection at the same moment we reused it; only idempotent
 methods are, so one client request never becomes two (RFC 9110 section 9.2.2).
 A connection goes back to the pool only if nothing follows the response, and is
 dropped on reuse if anything arrived while it was idle: stray bytes would
-otherwise answer another client's request (response splitting).
+otherwise answer another client's request (response splitting). That check is
+the one read attempt a response needs anyway, made before the request goes out
+rather than after: nothing can have answered a request not yet sent, so what it
+finds arrived while the connection was idle.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import os
 import select
 from typing import TYPE_CHECKING, Final
 
@@ -24,7 +28,7 @@ import trio
 
 from pvtunnel._errors import ErrorCode, TunnelClosedError, UpstreamError
 from pvtunnel._http.framing import framing_problem
-from pvtunnel._http.headers import content_length, end_to_end, header_value, is_chunked
+from pvtunnel._http.headers import end_to_end, header_value
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
@@ -46,7 +50,7 @@ _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b
 class UpstreamConnection(H11Stream):
     """One keep-alive HTTP/1.1 connection to a route's target."""
 
-    __slots__ = ("idle_since",)
+    __slots__ = ("idle_since", "tcp")
 
     def __init__(self, stream: trio.SocketStream) -> None:
         super().__init__(
@@ -54,10 +58,15 @@ class UpstreamConnection(H11Stream):
             stream,
         )
         self.idle_since = 0.0
+        self.tcp = stream
 
     async def aclose(self) -> None:
         with trio.move_on_after(1, shield=True):
             await self.stream.aclose()
+
+    def close_now(self) -> None:
+        """Close without a checkpoint: a socket stream's close never waits."""
+        self.tcp.socket.close()
 
 
 class UpstreamPool:
@@ -81,15 +90,26 @@ class UpstreamPool:
         Raises:
             UpstreamError: connecting failed (refused, DNS, timeout).
         """
+        connection = self.take_idle(route)
+        if connection is not None:
+            return connection, True
+        return await self.connect(route), False
+
+    def take_idle(self, route: Route) -> UpstreamConnection | None:
+        """A pooled connection safe to send a request on, or None; never waits.
+
+        Stale ones, and any the upstream closed or wrote to while idle, are closed.
+        """
         idle = self._idle.get(route.name)
-        now = trio.current_time()
+        if not idle:
+            return None
+        oldest = trio.current_time() - self._config.timeouts.upstream_idle_s
         while idle:
             connection = idle.pop()
-            fresh = now - connection.idle_since < self._config.timeouts.upstream_idle_s
-            if fresh and not _has_input(connection.stream):
-                return connection, True
-            await connection.aclose()
-        return await self.connect(route), False
+            if connection.idle_since > oldest and _is_quiet(connection.tcp):
+                return connection
+            connection.close_now()
+        return None
 
     async def connect(self, route: Route) -> UpstreamConnection:
         """A fresh connection to the route's target (raises `UpstreamError`)."""
@@ -112,19 +132,26 @@ class UpstreamPool:
 
     async def release(self, route: Route, connection: UpstreamConnection) -> None:
         """Keep the connection if both sides finished cleanly, else close it."""
+        if not self.keep(route, connection):
+            await connection.aclose()
+
+    def keep(self, route: Route, connection: UpstreamConnection) -> bool:
+        """Pool the connection if both sides finished cleanly; False: the caller closes it."""
         conn = connection.conn
         if (
             conn.our_state is h11.DONE
             and conn.their_state is h11.DONE
             and not conn.trailing_data[0]
         ):
-            conn.start_next_cycle()
-            idle = self._idle.setdefault(route.name, collections.deque())
+            idle = self._idle.get(route.name)
+            if idle is None:
+                idle = self._idle[route.name] = collections.deque()
             if len(idle) < self._config.upstream_pool_size:
+                conn.start_next_cycle()
                 connection.idle_since = trio.current_time()
                 idle.append(connection)
-                return
-        await connection.aclose()
+                return True
+        return False
 
     async def aclose(self) -> None:
         pools = list(self._idle.values())
@@ -134,16 +161,21 @@ class UpstreamPool:
                 await connection.aclose()
 
 
-def _has_input(stream: trio.abc.Stream) -> bool:
-    """Whether an idle connection is readable: the upstream closed it or sent stray bytes."""
-    if not isinstance(stream, trio.SocketStream):
-        return False
+def _is_quiet(stream: trio.SocketStream) -> bool:
+    """Whether an idle connection has nothing to read: neither stray bytes nor its close.
+
+    A non-blocking read: what it takes is never used, the connection is dropped.
+    """
     fd = stream.socket.fileno()
-    if hasattr(select, "poll"):  # select() cannot take descriptors past FD_SETSIZE
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        return bool(poller.poll(0))
-    return bool(select.select([fd], [], [], 0)[0])
+    if os.name == "posix":
+        try:
+            os.read(fd, 1)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        return False
+    return not select.select([fd], [], [], 0)[0]  # sockets are not descriptors there
 
 
 class Replay:
@@ -157,17 +189,35 @@ class Replay:
         self.route = route
         self.pool = pool
         self.head_sent = False
+        self.has_body = False
 
     def _request(self) -> h11.Request:
         head = self.head
-        headers = list(head.headers)
-        original = header_value(headers, b"host")
+        headers = head.headers
+        # One pass for what the replay needs to know of the head.
+        original: bytes | None = None
+        length: bytes | None = None
+        chunked = False
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"host":
+                if original is None:
+                    original = value
+            elif lower == b"content-length":
+                if length is None:
+                    length = value
+            elif lower == b"transfer-encoding":
+                chunked = True
         host = self.route.upstream_host_header(original)
         if host != original:
-            headers = [(n, v) for n, v in headers if n.lower() != b"host"]
+            rewritten = [(n, v) for n, v in headers if n.lower() != b"host"]
             if host is not None:
-                headers.insert(0, (b"Host", host))
-        return h11.Request(method=head.method, target=head.target, headers=headers)
+                rewritten.insert(0, (b"Host", host))
+            headers = tuple(rewritten)
+        request = h11.Request(method=head.method, target=head.target, headers=list(headers))
+        # h11 has checked that every Content-Length is digits.
+        self.has_body = chunked or (length is not None and int(length) > 0)
+        return request
 
     async def run(self) -> None:
         channel = self.channel
@@ -179,18 +229,28 @@ class Replay:
         except h11.LocalProtocolError as exc:
             channel.reset(ErrorCode.PROTOCOL_ERROR, f"unusable request head: {exc}")
             return
-        headers = self.head.headers
-        has_body = is_chunked(headers) or bool(content_length(headers))
+        has_body = self.has_body
+        route = self.route
+        pool = self.pool
         for attempt in (1, 2):
-            try:
-                connection, reused = await self.pool.acquire(self.route)
-            except UpstreamError as exc:
-                logger.warning("route %s stream %d: %s", self.route.name, channel.stream_id, exc)
-                channel.reset(exc.code, str(exc))
-                return
+            connection = pool.take_idle(route)
+            reused = connection is not None
+            if connection is None:
+                try:
+                    connection = await pool.connect(route)
+                except UpstreamError as exc:
+                    logger.warning("route %s stream %d: %s", route.name, channel.stream_id, exc)
+                    channel.reset(exc.code, str(exc))
+                    return
             received_before = connection.received
             try:
-                await self._exchange(connection, request, has_body)
+                if has_body:
+                    await self._exchange(connection, request)
+                else:
+                    await connection.send_message(request)
+                    # Nothing can be unread: the connection was new, or `take_idle` found
+                    # it quiet with nothing left from its last response.
+                    await self._relay_response(connection, read_first=True)
             except (*_BROKEN, h11.RemoteProtocolError, h11.LocalProtocolError) as exc:
                 await connection.aclose()
                 if (
@@ -209,7 +269,7 @@ class Replay:
                 )
                 logger.warning(
                     "route %s stream %d: upstream failed: %s",
-                    self.route.name,
+                    route.name,
                     channel.stream_id,
                     exc,
                 )
@@ -221,7 +281,8 @@ class Replay:
             except BaseException:
                 await connection.aclose()
                 raise
-            await self.pool.release(self.route, connection)
+            if not pool.keep(route, connection):
+                await connection.aclose()
             return
 
     async def _connect_tunnel(self) -> None:
@@ -241,14 +302,8 @@ class Replay:
         finally:
             await connection.aclose()
 
-    async def _exchange(
-        self, connection: UpstreamConnection, request: h11.Request, has_body: bool
-    ) -> None:
+    async def _exchange(self, connection: UpstreamConnection, request: h11.Request) -> None:
         await connection.send(request)
-        if not has_body:
-            await connection.send(h11.EndOfMessage())
-            await self._relay_response(connection)
-            return
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._pump_body, connection)
@@ -290,10 +345,12 @@ class Replay:
             await connection.send(h11.Data(data=item))
             channel.consume(len(item))
 
-    async def _relay_response(self, connection: UpstreamConnection) -> None:
+    async def _relay_response(
+        self, connection: UpstreamConnection, *, read_first: bool = False
+    ) -> None:
         channel = self.channel
+        event = await connection.next_event(read_first=read_first)
         while True:
-            event = await connection.next_event()
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
                     await self._switched(connection, event)
@@ -305,6 +362,7 @@ class Replay:
                         headers=tuple(end_to_end(event.headers.raw_items())),
                     )
                 )
+                event = await connection.next_event()
                 continue
             if isinstance(event, h11.Response):
                 break
@@ -317,7 +375,7 @@ class Replay:
             raise h11.RemoteProtocolError(problem)  # a 502 for the client, never the bytes
         # Parse the body bytes already received (no I/O) before the head goes out: a
         # body broken from its start (a bad first chunk size) is then a 502 too.
-        pending = connection.conn.next_event()
+        pending = connection.buffered_event()
         channel.send_response(
             ResponseHead(
                 status=event.status_code, reason=event.reason, headers=tuple(end_to_end(headers))
@@ -325,12 +383,11 @@ class Replay:
         )
         self.head_sent = True
         while True:
-            if isinstance(pending, h11.Event):
-                event, pending = pending, h11.NEED_DATA
-            else:
-                event = await connection.next_event()
+            # What came with the last read is taken without a read's coroutine round.
+            event = pending if pending is not None else await connection.next_event()
             if isinstance(event, h11.Data):
                 await channel.send_data(bytes(event.data))
+                pending = connection.buffered_event()
             elif isinstance(event, h11.EndOfMessage):
                 channel.end()
                 return
