@@ -190,12 +190,15 @@ def header(frame_type: FrameType, flags: int, stream_id: int, length: int) -> by
 
 def encode_fields(fields: tuple[bytes, ...] | list[bytes]) -> bytes:
     """Head payload: each field as a 16-bit big-endian length and its bytes."""
-    parts = []
-    for field in fields:
-        if len(field) > MAX_FIELD_LENGTH:
-            raise ValueError("head field longer than 65535 bytes")
-        parts.append(_U16.pack(len(field)))
-        parts.append(field)
+    parts: list[bytes] = []
+    append = parts.append
+    try:
+        for field in fields:
+            # to_bytes refuses what a u16 cannot hold: the one check a field needs.
+            append(len(field).to_bytes(2))
+            append(field)
+    except OverflowError:
+        raise ValueError("head field longer than 65535 bytes") from None
     return b"".join(parts)
 
 

@@ -241,15 +241,23 @@ class Multiplexer:
             raise LocalProtocolError(
                 "request head with an empty method or target, or a route that is not ASCII"
             )
-        payload = _head_payload(head.to_fields())
-        self._highest_stream_id += 1
-        stream_id = StreamId(self._highest_stream_id)
-        stream = StreamState(Half.OPEN, Half.IDLE, self._peer_window, self._window)
-        self._streams[stream_id] = stream
-        self._out.append(_pack_header(_HEAD, 0, stream_id, len(payload)) + payload)
+        payload = _head_payload(head)
+        stream_id = self._highest_stream_id + 1
+        self._highest_stream_id = stream_id
+        out = self._out
+        out.append(_pack_header(_HEAD, 0, stream_id, len(payload)) + payload)
         if end_stream:
-            self.end_stream(stream_id)
-        return stream_id
+            # `end_stream` inline: the stream is new, so its half is OPEN and the
+            # peer's IDLE, and there is nothing to forget.
+            self._streams[stream_id] = StreamState(
+                Half.CLOSED, Half.IDLE, self._peer_window, self._window
+            )
+            out.append(_pack_header(_END, 0, stream_id, 0))
+        else:
+            self._streams[stream_id] = StreamState(
+                Half.OPEN, Half.IDLE, self._peer_window, self._window
+            )
+        return StreamId(stream_id)
 
     def send_response(self, stream_id: StreamId, head: ResponseHead) -> None:
         """Agent: send a response head (a 1xx one keeps the half IDLE).
@@ -265,9 +273,13 @@ class Multiplexer:
         stream = self._stream_for_sending(stream_id)
         if not 100 <= head.status <= 599:
             raise LocalProtocolError(f"response status {head.status} is not 100-599")
-        payload = _head_payload(head.to_fields())
+        payload = _head_payload(head)
         informational = head.is_informational
-        move_half(stream, "local", Move.INFORMATIONAL_HEAD if informational else Move.HEAD)
+        # The common moves inline; `move_half` for the rest, and to raise.
+        if stream.local is Half.IDLE and not informational:
+            stream.local = Half.OPEN
+        else:
+            move_half(stream, "local", Move.INFORMATIONAL_HEAD if informational else Move.HEAD)
         self._out.append(
             _pack_header(_HEAD, 1 if informational else 0, stream_id, len(payload)) + payload
         )
@@ -307,7 +319,10 @@ class Multiplexer:
     def end_stream(self, stream_id: StreamId) -> None:
         """Close this side's half: no more DATA from us on the stream."""
         stream = self._stream_for_sending(stream_id)
-        move_half(stream, "local", Move.END)
+        if stream.local is Half.OPEN:
+            stream.local = Half.CLOSED
+        else:
+            move_half(stream, "local", Move.END)  # raises
         self._out.append(_pack_header(_END, 0, stream_id, 0))
         if stream.remote is Half.CLOSED:
             self._forget(stream_id, stream)
@@ -589,10 +604,10 @@ class Multiplexer:
         return stream
 
 
-def _head_payload(fields: list[bytes]) -> bytes:
+def _head_payload(head: RequestHead | ResponseHead) -> bytes:
     """A head's payload, refused before it can reach a peer that would reject it."""
     try:
-        payload = fr.encode_fields(fields)
+        payload = head.encode()
     except ValueError as exc:
         raise LocalProtocolError(str(exc)) from None
     if len(payload) > MAX_FRAME_PAYLOAD:
