@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from pvtunnel._errors import RemoteProtocolError
+from pvtunnel._wire._make import positional
 from pvtunnel._wire.frames import encode_fields
 
 if TYPE_CHECKING:
@@ -59,9 +60,7 @@ class RequestHead:
         route, method, target = fields[0], fields[1], fields[2]
         if not route.isascii() or not method or not target:
             raise RemoteProtocolError("request head with an empty method or target")
-        return cls(
-            route=route.decode("ascii"), method=method, target=target, headers=_pairs(fields, 3)
-        )
+        return _request_head(route.decode("ascii"), method, target, _pairs(fields, 3))
 
 
 @attrs.frozen(kw_only=True)
@@ -100,7 +99,7 @@ class ResponseHead:
         raw_status = fields[0]
         if len(raw_status) != 3 or not _DIGITS.issuperset(raw_status):
             raise RemoteProtocolError("response status is not three digits")
-        head = cls(status=int(raw_status), reason=fields[1], headers=_pairs(fields, 2))
+        head = _response_head(int(raw_status), fields[1], _pairs(fields, 2))
         if not 100 <= head.status <= 599 or head.is_informational != is_informational:
             raise RemoteProtocolError(f"response status {head.status} with that flag")
         return head
@@ -125,5 +124,10 @@ def _encode(
 
 
 def _pairs(fields: tuple[bytes, ...], start: int) -> Headers:
-    it = iter(fields[start:])
-    return tuple(zip(it, it, strict=True))
+    # The callers checked the parity.
+    return tuple(zip(fields[start::2], fields[start + 1 :: 2], strict=True))
+
+
+# Built from fields checked above (and by the peer's HTTP parser before that).
+_request_head = positional(RequestHead, "route", "method", "target", "headers")
+_response_head = positional(ResponseHead, "status", "reason", "headers")

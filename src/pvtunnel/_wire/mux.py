@@ -58,6 +58,10 @@ _END: Final = FrameType.END
 _PONG: Final = FrameType.PONG
 _CONNECTION: Final = fr.CONNECTION_STREAM
 _pack_header = HEADER.pack
+_stream_opened = ev.stream_opened
+_response_received = ev.response_received
+_data_received = ev.data_received
+_stream_ended = ev.stream_ended
 
 
 class Multiplexer:
@@ -426,7 +430,7 @@ class Multiplexer:
                 stream_id = frame.stream_id
                 stream = self._stream_for_receiving(stream_id)
                 if self._credit.receive(stream_id, stream, len(frame.data), self._out):
-                    out.append(ev.DataReceived(stream_id=stream_id, data=frame.data))
+                    out.append(_data_received(stream_id, frame.data))
             case fr.Head():
                 self._on_head(frame, out)
             case fr.End():
@@ -485,11 +489,14 @@ class Multiplexer:
             stream = self._stream_for_receiving(stream_id)
             if stream is None:
                 return
-            head = ResponseHead.from_fields(frame.fields, is_informational=frame.is_informational)
-            move_half(
-                stream, "remote", Move.INFORMATIONAL_HEAD if frame.is_informational else Move.HEAD
-            )
-            out.append(ev.ResponseReceived(stream_id=stream_id, head=head))
+            informational = frame.is_informational
+            head = ResponseHead.from_fields(frame.fields, is_informational=informational)
+            # The common move inline; `move_half` for the rest, and to raise.
+            if stream.remote is Half.IDLE and not informational:
+                stream.remote = Half.OPEN
+            else:
+                move_half(stream, "remote", Move.INFORMATIONAL_HEAD if informational else Move.HEAD)
+            out.append(_response_received(stream_id, head))
             return
         self._require_open()
         if stream_id <= self._highest_stream_id or frame.is_informational:
@@ -510,16 +517,20 @@ class Multiplexer:
         self._streams[stream_id] = StreamState(
             Half.IDLE, Half.OPEN, self._peer_window, self._window
         )
-        out.append(ev.StreamOpened(stream_id=stream_id, head=request))
+        out.append(_stream_opened(stream_id, request))
 
     def _on_end(self, frame: fr.End, out: list[ev.Event]) -> None:
-        stream = self._stream_for_receiving(frame.stream_id)
+        stream_id = frame.stream_id
+        stream = self._stream_for_receiving(stream_id)
         if stream is None:
             return
-        move_half(stream, "remote", Move.END)
+        if stream.remote is Half.OPEN:
+            stream.remote = Half.CLOSED
+        else:
+            move_half(stream, "remote", Move.END)  # raises
         if stream.local is Half.CLOSED:
-            self._forget(frame.stream_id, stream)
-        out.append(ev.StreamEnded(stream_id=frame.stream_id))
+            self._forget(stream_id, stream)
+        out.append(_stream_ended(stream_id))
 
     def _on_window(self, frame: fr.Window, out: list[ev.Event]) -> None:
         if frame.stream_id == _CONNECTION:
