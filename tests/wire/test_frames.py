@@ -437,6 +437,8 @@ def test_reasons_that_are_not_utf8(frame_type: FrameType, stream_id: int, payloa
         (b"\x00\x01a\x00", "truncated head field length"),
         (b"\x00\x05abc", "runs past"),
         (b"\x00\x00\xff\xff", "runs past"),
+        (b"\x00\x01a\x00\x02bc\x00", "truncated head field length"),
+        (b"\x00\x01a\x00\x02b\x00\x01c", "runs past"),
     ],
 )
 def test_head_fields_that_do_not_add_up(payload: bytes, message: str) -> None:

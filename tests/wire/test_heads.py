@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 
 from pvtunnel._errors import RemoteProtocolError
+from pvtunnel._wire.frames import encode_fields
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from tests import strategies as sts
 
@@ -19,6 +20,33 @@ def test_request_heads_round_trip(head: RequestHead) -> None:
 def test_response_heads_round_trip(head: ResponseHead) -> None:
     fields = tuple(head.to_fields())
     assert ResponseHead.from_fields(fields, is_informational=head.is_informational) == head
+
+
+@given(sts.request_heads())
+def test_request_head_encodes_as_its_fields(head: RequestHead) -> None:
+    assert head.encode() == encode_fields(head.to_fields())
+
+
+@given(sts.response_heads())
+def test_response_head_encodes_as_its_fields(head: ResponseHead) -> None:
+    assert head.encode() == encode_fields(head.to_fields())
+
+
+@pytest.mark.parametrize("size", [0, 255, 256, 1023, 1024, 65535])
+def test_heads_encode_fields_of_any_length(size: int) -> None:
+    """Short fields take ready-made length prefixes, longer ones the general path."""
+    field = b"v" * size
+    request = RequestHead(route="app", method=b"GET", target=b"/", headers=((b"x", field),))
+    assert request.encode() == encode_fields(request.to_fields())
+    response = ResponseHead(status=200, reason=field, headers=((field, b""),))
+    assert response.encode() == encode_fields(response.to_fields())
+
+
+def test_heads_refuse_a_field_over_65535_bytes() -> None:
+    with pytest.raises(ValueError, match="65535"):
+        ResponseHead(status=200, headers=((b"x", b"v" * 65536),)).encode()
+    with pytest.raises(ValueError, match="65535"):
+        RequestHead(route="app", method=b"GET", target=b"/" * 65536).encode()
 
 
 def test_field_order_is_route_method_target_then_pairs() -> None:

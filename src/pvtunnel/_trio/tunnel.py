@@ -100,7 +100,10 @@ class Channel:
 
     def _push(self, item: InboxItem) -> None:
         self._inbox.append(item)
-        self._lot.unpark_all()
+        # unpark_all is Python code that walks the lot even when it is empty, and
+        # most pushes (several per request) find nobody waiting.
+        if self._lot:
+            self._lot.unpark_all()
 
     def _fail(self, failure: Exception) -> None:
         if self._failure is None:
@@ -109,7 +112,8 @@ class Channel:
         self._credit_lot.unpark_all()
 
     def _credit_granted(self) -> None:
-        self._credit_lot.unpark_all()
+        if self._credit_lot:
+            self._credit_lot.unpark_all()
 
     async def receive(self) -> InboxItem:
         """The next item from the peer.

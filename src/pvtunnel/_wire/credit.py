@@ -87,7 +87,8 @@ class ReceiveCredit:
             # Nobody will consume it: its credit goes back as if it were consumed now.
             self._return_credit(size, frames)
             return False
-        move_half(stream, "remote", Move.DATA)
+        if stream.remote is not Half.OPEN:  # DATA leaves an open half as it is
+            move_half(stream, "remote", Move.DATA)  # raises
         stream.receive_allowed -= size
         if stream.receive_allowed < 0:
             raise RemoteProtocolError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from pvtunnel._errors import ErrorCode
+from pvtunnel._wire._make import positional
 from pvtunnel._wire.frames import StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
@@ -96,6 +97,12 @@ class GoAwayReceived:
     code: ErrorCode
     reason: str
 
+
+# The events of every proxied request, for the multiplexer.
+stream_opened = positional(StreamOpened, "stream_id", "head")
+response_received = positional(ResponseReceived, "stream_id", "head")
+data_received = positional(DataReceived, "stream_id", "data")
+stream_ended = positional(StreamEnded, "stream_id")
 
 Event = (
     HelloReceived

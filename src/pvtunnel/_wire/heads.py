@@ -7,15 +7,23 @@ are the ones that validate header names and values.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import attrs
 
 from pvtunnel._errors import RemoteProtocolError
+from pvtunnel._wire._make import positional
+from pvtunnel._wire.frames import encode_fields
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
 _DIGITS: Final = frozenset(b"0123456789")
+# Length prefixes of the short fields that nearly every head is made of, ready-made:
+# a lookup is cheaper than building two bytes per field.
+_PREFIXES: Final = tuple(n.to_bytes(2) for n in range(1024))
 
 
 @attrs.frozen(kw_only=True)
@@ -34,6 +42,16 @@ class RequestHead:
             fields.append(value)
         return fields
 
+    def encode(self) -> bytes:
+        """The fields as a HEAD payload (`encode_fields` of `to_fields`).
+
+        Raises:
+            ValueError: a field longer than 65535 bytes.
+            UnicodeEncodeError: a route that is not ASCII.
+        """
+        route = self.route.encode("ascii")
+        return _encode((route, self.method, self.target), self.headers, self.to_fields)
+
     @classmethod
     def from_fields(cls, fields: tuple[bytes, ...]) -> RequestHead:
         """Raises `RemoteProtocolError` when the fields cannot be a request head."""
@@ -42,9 +60,7 @@ class RequestHead:
         route, method, target = fields[0], fields[1], fields[2]
         if not route.isascii() or not method or not target:
             raise RemoteProtocolError("request head with an empty method or target")
-        return cls(
-            route=route.decode("ascii"), method=method, target=target, headers=_pairs(fields, 3)
-        )
+        return _request_head(route.decode("ascii"), method, target, _pairs(fields, 3))
 
 
 @attrs.frozen(kw_only=True)
@@ -67,6 +83,14 @@ class ResponseHead:
             fields.append(value)
         return fields
 
+    def encode(self) -> bytes:
+        """The fields as a HEAD payload (`encode_fields` of `to_fields`).
+
+        Raises:
+            ValueError: a field longer than 65535 bytes.
+        """
+        return _encode((b"%d" % self.status, self.reason), self.headers, self.to_fields)
+
     @classmethod
     def from_fields(cls, fields: tuple[bytes, ...], *, is_informational: bool) -> ResponseHead:
         """Raises `RemoteProtocolError` for a bad status or a flag that contradicts it."""
@@ -75,12 +99,35 @@ class ResponseHead:
         raw_status = fields[0]
         if len(raw_status) != 3 or not _DIGITS.issuperset(raw_status):
             raise RemoteProtocolError("response status is not three digits")
-        head = cls(status=int(raw_status), reason=fields[1], headers=_pairs(fields, 2))
+        head = _response_head(int(raw_status), fields[1], _pairs(fields, 2))
         if not 100 <= head.status <= 599 or head.is_informational != is_informational:
             raise RemoteProtocolError(f"response status {head.status} with that flag")
         return head
 
 
+def _encode(
+    first: tuple[bytes, ...], headers: Headers, to_fields: Callable[[], list[bytes]]
+) -> bytes:
+    # The request and response heads of every proxied request pass here: one table
+    # lookup per field, and the general path only for a field of 1 KiB or more.
+    prefixes = _PREFIXES
+    parts: list[bytes] = []
+    extend = parts.extend
+    try:
+        for field in first:
+            extend((prefixes[len(field)], field))
+        for name, value in headers:
+            extend((prefixes[len(name)], name, prefixes[len(value)], value))
+    except IndexError:
+        return encode_fields(to_fields())
+    return b"".join(parts)
+
+
 def _pairs(fields: tuple[bytes, ...], start: int) -> Headers:
-    it = iter(fields[start:])
-    return tuple(zip(it, it, strict=True))
+    # The callers checked the parity.
+    return tuple(zip(fields[start::2], fields[start + 1 :: 2], strict=True))
+
+
+# Built from fields checked above (and by the peer's HTTP parser before that).
+_request_head = positional(RequestHead, "route", "method", "target", "headers")
+_response_head = positional(ResponseHead, "status", "reason", "headers")

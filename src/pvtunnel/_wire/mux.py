@@ -58,6 +58,10 @@ _END: Final = FrameType.END
 _PONG: Final = FrameType.PONG
 _CONNECTION: Final = fr.CONNECTION_STREAM
 _pack_header = HEADER.pack
+_stream_opened = ev.stream_opened
+_response_received = ev.response_received
+_data_received = ev.data_received
+_stream_ended = ev.stream_ended
 
 
 class Multiplexer:
@@ -241,15 +245,23 @@ class Multiplexer:
             raise LocalProtocolError(
                 "request head with an empty method or target, or a route that is not ASCII"
             )
-        payload = _head_payload(head.to_fields())
-        self._highest_stream_id += 1
-        stream_id = StreamId(self._highest_stream_id)
-        stream = StreamState(Half.OPEN, Half.IDLE, self._peer_window, self._window)
-        self._streams[stream_id] = stream
-        self._out.append(_pack_header(_HEAD, 0, stream_id, len(payload)) + payload)
+        payload = _head_payload(head)
+        stream_id = self._highest_stream_id + 1
+        self._highest_stream_id = stream_id
+        out = self._out
+        out.append(_pack_header(_HEAD, 0, stream_id, len(payload)) + payload)
         if end_stream:
-            self.end_stream(stream_id)
-        return stream_id
+            # `end_stream` inline: the stream is new, so its half is OPEN and the
+            # peer's IDLE, and there is nothing to forget.
+            self._streams[stream_id] = StreamState(
+                Half.CLOSED, Half.IDLE, self._peer_window, self._window
+            )
+            out.append(_pack_header(_END, 0, stream_id, 0))
+        else:
+            self._streams[stream_id] = StreamState(
+                Half.OPEN, Half.IDLE, self._peer_window, self._window
+            )
+        return StreamId(stream_id)
 
     def send_response(self, stream_id: StreamId, head: ResponseHead) -> None:
         """Agent: send a response head (a 1xx one keeps the half IDLE).
@@ -265,9 +277,13 @@ class Multiplexer:
         stream = self._stream_for_sending(stream_id)
         if not 100 <= head.status <= 599:
             raise LocalProtocolError(f"response status {head.status} is not 100-599")
-        payload = _head_payload(head.to_fields())
+        payload = _head_payload(head)
         informational = head.is_informational
-        move_half(stream, "local", Move.INFORMATIONAL_HEAD if informational else Move.HEAD)
+        # The common moves inline; `move_half` for the rest, and to raise.
+        if stream.local is Half.IDLE and not informational:
+            stream.local = Half.OPEN
+        else:
+            move_half(stream, "local", Move.INFORMATIONAL_HEAD if informational else Move.HEAD)
         self._out.append(
             _pack_header(_HEAD, 1 if informational else 0, stream_id, len(payload)) + payload
         )
@@ -307,7 +323,10 @@ class Multiplexer:
     def end_stream(self, stream_id: StreamId) -> None:
         """Close this side's half: no more DATA from us on the stream."""
         stream = self._stream_for_sending(stream_id)
-        move_half(stream, "local", Move.END)
+        if stream.local is Half.OPEN:
+            stream.local = Half.CLOSED
+        else:
+            move_half(stream, "local", Move.END)  # raises
         self._out.append(_pack_header(_END, 0, stream_id, 0))
         if stream.remote is Half.CLOSED:
             self._forget(stream_id, stream)
@@ -411,7 +430,7 @@ class Multiplexer:
                 stream_id = frame.stream_id
                 stream = self._stream_for_receiving(stream_id)
                 if self._credit.receive(stream_id, stream, len(frame.data), self._out):
-                    out.append(ev.DataReceived(stream_id=stream_id, data=frame.data))
+                    out.append(_data_received(stream_id, frame.data))
             case fr.Head():
                 self._on_head(frame, out)
             case fr.End():
@@ -470,11 +489,14 @@ class Multiplexer:
             stream = self._stream_for_receiving(stream_id)
             if stream is None:
                 return
-            head = ResponseHead.from_fields(frame.fields, is_informational=frame.is_informational)
-            move_half(
-                stream, "remote", Move.INFORMATIONAL_HEAD if frame.is_informational else Move.HEAD
-            )
-            out.append(ev.ResponseReceived(stream_id=stream_id, head=head))
+            informational = frame.is_informational
+            head = ResponseHead.from_fields(frame.fields, is_informational=informational)
+            # The common move inline; `move_half` for the rest, and to raise.
+            if stream.remote is Half.IDLE and not informational:
+                stream.remote = Half.OPEN
+            else:
+                move_half(stream, "remote", Move.INFORMATIONAL_HEAD if informational else Move.HEAD)
+            out.append(_response_received(stream_id, head))
             return
         self._require_open()
         if stream_id <= self._highest_stream_id or frame.is_informational:
@@ -495,16 +517,20 @@ class Multiplexer:
         self._streams[stream_id] = StreamState(
             Half.IDLE, Half.OPEN, self._peer_window, self._window
         )
-        out.append(ev.StreamOpened(stream_id=stream_id, head=request))
+        out.append(_stream_opened(stream_id, request))
 
     def _on_end(self, frame: fr.End, out: list[ev.Event]) -> None:
-        stream = self._stream_for_receiving(frame.stream_id)
+        stream_id = frame.stream_id
+        stream = self._stream_for_receiving(stream_id)
         if stream is None:
             return
-        move_half(stream, "remote", Move.END)
+        if stream.remote is Half.OPEN:
+            stream.remote = Half.CLOSED
+        else:
+            move_half(stream, "remote", Move.END)  # raises
         if stream.local is Half.CLOSED:
-            self._forget(frame.stream_id, stream)
-        out.append(ev.StreamEnded(stream_id=frame.stream_id))
+            self._forget(stream_id, stream)
+        out.append(_stream_ended(stream_id))
 
     def _on_window(self, frame: fr.Window, out: list[ev.Event]) -> None:
         if frame.stream_id == _CONNECTION:
@@ -589,10 +615,10 @@ class Multiplexer:
         return stream
 
 
-def _head_payload(fields: list[bytes]) -> bytes:
+def _head_payload(head: RequestHead | ResponseHead) -> bytes:
     """A head's payload, refused before it can reach a peer that would reject it."""
     try:
-        payload = fr.encode_fields(fields)
+        payload = head.encode()
     except ValueError as exc:
         raise LocalProtocolError(str(exc)) from None
     if len(payload) > MAX_FRAME_PAYLOAD:
