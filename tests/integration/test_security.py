@@ -21,7 +21,7 @@ from pvtunnel._config import ScopedToken, Secret, ServerConfig
 from pvtunnel._errors import HandshakeRefusedError
 from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.front import peer_address
-from tests.integration.client import Client, fetch
+from tests.integration.client import Client, Reply, fetch
 from tests.integration.harness import (
     TOKEN,
     agent_config,
@@ -839,41 +839,40 @@ async def test_extra_bytes_after_a_response_never_answer_another_request() -> No
             nursery.cancel_scope.cancel()
 
 
-async def test_stray_bytes_on_an_idle_upstream_connection_answer_nobody() -> None:
-    """Bytes that arrive while a pooled connection is idle are never a response."""
+async def _after_the_idle_connection_changed(
+    method: bytes, *, late: bytes = b"", hang_up: bool = False
+) -> tuple[RawUpstream, Reply]:
+    """GET /1, let the upstream act on the now idle pooled connection (send stray
+    bytes or hang up), then send ``method`` /2: its reply, and the upstream."""
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    poison = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON"
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             running = await start_server(nursery)
-            upstream, port = await start_raw_upstream(nursery, ok, late=poison)
+            upstream, port = await start_raw_upstream(nursery, ok, late=late, hang_up=hang_up)
             await start_agent(nursery, running, {"app": port})
             assert (await fetch(running.port, b"GET", b"/1")).body == b"ok"
             upstream.send_late.set()
             await upstream.late_sent.wait()
-            reply = await fetch(running.port, b"GET", b"/2")
-            assert (reply.status, reply.body) == (200, b"ok")
-            assert upstream.connections == 2
+            reply = await fetch(running.port, method, b"/2")
             nursery.cancel_scope.cancel()
+    return upstream, reply
+
+
+async def test_stray_bytes_on_an_idle_upstream_connection_answer_nobody() -> None:
+    """Bytes that arrive while a pooled connection is idle are never a response."""
+    poison = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON"
+    upstream, reply = await _after_the_idle_connection_changed(b"GET", late=poison)
+    assert (reply.status, reply.body) == (200, b"ok")
+    assert upstream.connections == 2
 
 
 async def test_a_pooled_connection_the_upstream_closed_is_not_used() -> None:
     """An upstream's idle timeout closes pooled connections: a request that may not be
     retried (a POST) must go on a fresh connection, not fail on the closed one."""
-    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-    with trio.fail_after(LIMIT_S):
-        async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_raw_upstream(nursery, ok, hang_up=True)
-            await start_agent(nursery, running, {"app": port})
-            assert (await fetch(running.port, b"GET", b"/1")).body == b"ok"
-            upstream.send_late.set()
-            await upstream.late_sent.wait()
-            reply = await fetch(running.port, b"POST", b"/2")
-            assert (reply.status, reply.body) == (200, b"ok")
-            assert upstream.connections == 2
-            assert len([head for head in upstream.heads if b" /2 " in head]) == 1
-            nursery.cancel_scope.cancel()
+    upstream, reply = await _after_the_idle_connection_changed(b"POST", hang_up=True)
+    assert (reply.status, reply.body) == (200, b"ok")
+    assert upstream.connections == 2
+    assert len([head for head in upstream.heads if b" /2 " in head]) == 1
 
 
 @pytest.mark.parametrize(("method", "retried"), [(b"GET", True), (b"POST", False)])

@@ -86,34 +86,21 @@ class H11Stream:
         """
         conn = self.conn
         read = False
-        if read_first:
-            read = True
-            try:
-                data = await self.io.receive_some(RECEIVE_SIZE)
-            except BROKEN:
-                data = b""
-            self.received += len(data)
-            if self.recording is not None:
-                self.recording += data
-            conn.receive_data(bytes(data))
         while True:
-            event = conn.next_event()
-            if isinstance(event, h11.Event):
-                if type(event) is h11.EndOfMessage:
-                    self.acks_left = self.acks_per_message
-                return event
-            if event is h11.PAUSED:
-                raise h11.RemoteProtocolError("pipelined request before the response")
-            if self.acks_left > 0 and (read or conn.their_state is h11.SEND_BODY):
-                # More of this message is due: a peer under Nagle waits for our ACK.
-                self.acks_left -= 1
-                self._ack_now()
-            if read and self.on_data is not None:
-                # Part of a message came and we wait for the rest. A message that came
-                # whole in one read (the common case) never calls it: nothing to bound.
-                self.on_data()
-                self.on_data = None
-            read = True
+            if not read_first:
+                event = self.buffered_event()
+                if event is not None:
+                    return event
+                if self.acks_left > 0 and (read or conn.their_state is h11.SEND_BODY):
+                    # More of this message is due: a peer under Nagle waits for our ACK.
+                    self.acks_left -= 1
+                    self._ack_now()
+                if read and self.on_data is not None:
+                    # Part of a message came and we wait for the rest. A message that
+                    # came whole in one read (the common case) never calls it.
+                    self.on_data()
+                    self.on_data = None
+            read_first, read = False, True
             try:
                 data = await self.io.receive_some(RECEIVE_SIZE)
             except BROKEN:

@@ -84,17 +84,6 @@ class UpstreamPool:
         """The route's idle connections, oldest first (for embedders and tests)."""
         return tuple(self._idle.get(route, ()))
 
-    async def acquire(self, route: Route) -> tuple[UpstreamConnection, bool]:
-        """A connection and whether it was reused from the pool.
-
-        Raises:
-            UpstreamError: connecting failed (refused, DNS, timeout).
-        """
-        connection = self.take_idle(route)
-        if connection is not None:
-            return connection, True
-        return await self.connect(route), False
-
     def take_idle(self, route: Route) -> UpstreamConnection | None:
         """A pooled connection safe to send a request on, or None; never waits.
 
@@ -129,11 +118,6 @@ class UpstreamPool:
                 ErrorCode.UPSTREAM_CONNECT_FAILED,
             ) from None
         return UpstreamConnection(stream)
-
-    async def release(self, route: Route, connection: UpstreamConnection) -> None:
-        """Keep the connection if both sides finished cleanly, else close it."""
-        if not self.keep(route, connection):
-            await connection.aclose()
 
     def keep(self, route: Route, connection: UpstreamConnection) -> bool:
         """Pool the connection if both sides finished cleanly; False: the caller closes it."""
@@ -321,7 +305,7 @@ class Replay:
 
         h11 only reaches this for a request that asked to upgrade (anything else is
         a protocol error there). The connection is not reusable afterwards, which
-        `UpstreamPool.release` sees from h11's state.
+        `UpstreamPool.keep` sees from h11's state.
         """
         raw = event.headers.raw_items()
         upgrade = header_value(raw, b"upgrade") or b""
