@@ -1,0 +1,211 @@
+"""How queued frames leave a `Tunnel`: whole batches, early under load, never cut short.
+
+Each test runs one end as a real `Tunnel` on a WebSocket over an in-memory stream
+pair, and the other end as a bare WebSocket and `Multiplexer`, so it sees exactly
+which frames arrived in which message.
+"""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
+
+import trio
+import trio.testing
+
+from pvtunnel._errors import TunnelClosedError
+from pvtunnel._trio.tunnel import EARLY_SEND_PIECES, Channel, Tunnel
+from pvtunnel._wire import events as ev
+from pvtunnel._wire.heads import RequestHead, ResponseHead
+from pvtunnel._wire.mux import Multiplexer, Role
+from tests.trio.helpers import LIMIT_S, open_pair
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    import pytest
+
+    from pvtunnel._trio.websocket import WebSocket
+
+GET = RequestHead(route="app", method=b"GET", target=b"/", headers=())
+OK = ResponseHead(status=200, reason=b"OK")
+# A GET without a body is two frames, its HEAD and its END; so is such an answer.
+PIECES_PER_GET = 2
+# Requests that make one early send's worth of frames.
+EARLY_BATCH = EARLY_SEND_PIECES // PIECES_PER_GET
+
+
+@asynccontextmanager
+async def server_and_bare_agent() -> AsyncIterator[tuple[Tunnel, WebSocket, Multiplexer]]:
+    """A running server `Tunnel`, and the agent's WebSocket and multiplexer, past HELLO."""
+    async with open_pair() as pair, trio.open_nursery() as nursery:
+        agent_mux = Multiplexer(Role.AGENT)
+        agent_mux.send_hello(client_id="agent-1", routes=("app",))
+        await pair.client.send(agent_mux.data_to_send())
+        server = Tunnel(pair.server, Multiplexer(Role.SERVER), label="server")
+        assert isinstance(await server.receive_handshake(), ev.HelloReceived)
+        server.mux.accept()
+        await server.flush()
+        assert agent_mux.receive_data(await pair.client.receive_some()) == [ev.Accepted(refused=())]
+        await nursery.start(server.run)
+        await trio.testing.wait_all_tasks_blocked()  # the writer is waiting
+        yield server, pair.client, agent_mux
+        nursery.cancel_scope.cancel()
+
+
+async def _per_message(
+    ws: WebSocket, mux: Multiplexer, kind: type[ev.Event], total: int
+) -> list[int]:
+    """Read messages until ``total`` events of ``kind`` came; how many each message held."""
+    counts: list[int] = []
+    while sum(counts) < total:
+        events = mux.receive_data(await ws.receive_some())
+        counts.append(sum(isinstance(event, kind) for event in events))
+    return counts
+
+
+async def _request_and_wait(server: Tunnel) -> None:
+    channel = server.open_stream(GET, end_stream=True)
+    await channel.receive()
+
+
+async def test_frames_queued_in_one_pass_leave_as_one_message() -> None:
+    """Below the early-send size the writer sends the pass's frames together."""
+    requests = EARLY_BATCH - 1
+    with trio.fail_after(LIMIT_S):
+        async with (
+            server_and_bare_agent() as (server, agent_ws, agent_mux),
+            trio.open_nursery() as nursery,
+        ):
+            for _ in range(requests):
+                nursery.start_soon(_request_and_wait, server)
+            counts = await _per_message(agent_ws, agent_mux, ev.StreamOpened, requests)
+            nursery.cancel_scope.cancel()
+    assert counts == [requests]
+
+
+async def test_a_big_batch_leaves_before_the_pass_ends() -> None:
+    """Tasks that each open a stream and wait, all in one scheduler pass: the task
+    that brings the queue to the early-send size sends it, so the agent gets the
+    first requests while later ones are still being queued, not all in one lump
+    after the pass."""
+    requests = 3 * EARLY_BATCH
+    with trio.fail_after(LIMIT_S):
+        async with (
+            server_and_bare_agent() as (server, agent_ws, agent_mux),
+            trio.open_nursery() as nursery,
+        ):
+            for _ in range(requests):
+                nursery.start_soon(_request_and_wait, server)
+            counts = await _per_message(agent_ws, agent_mux, ev.StreamOpened, requests)
+            nursery.cancel_scope.cancel()
+    assert counts[0] == EARLY_BATCH
+    assert len(counts) > 1
+
+
+async def test_the_agent_sends_a_big_batch_of_answers_early() -> None:
+    """The agent's side of the same: stream tasks that each answer and finish in
+    one pass; the one that brings the queue to the early-send size sends it."""
+    requests = 3 * EARLY_BATCH
+
+    async def answer(channel: Channel, head: RequestHead) -> None:
+        channel.send_response(OK)
+        channel.end()
+
+    with trio.fail_after(LIMIT_S):
+        async with open_pair() as pair, trio.open_nursery() as nursery:
+            agent = Tunnel(pair.client, Multiplexer(Role.AGENT), on_stream=answer, label="agent")
+            agent.mux.send_hello(client_id="agent-1", routes=("app",))
+            await agent.flush()
+            server_mux = Multiplexer(Role.SERVER)
+            server_mux.receive_data(await pair.server.receive_some())
+            server_mux.accept()
+            await pair.server.send(server_mux.data_to_send())
+            assert await agent.receive_handshake() == ev.Accepted(refused=())
+            await nursery.start(agent.run)
+            await trio.testing.wait_all_tasks_blocked()  # the writer is waiting
+            for _ in range(requests):
+                server_mux.open_stream(GET, end_stream=True)
+            await pair.server.send(server_mux.data_to_send())  # one reader pass
+            counts = await _per_message(pair.server, server_mux, ev.ResponseReceived, requests)
+            nursery.cancel_scope.cancel()
+    assert counts[0] == EARLY_BATCH
+    assert len(counts) > 1
+
+
+async def test_a_task_cancelled_during_its_early_send_finishes_the_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The early send is shielded: the task's cancellation waits for it, and the
+    agent reads every frame intact (a message cut short would be garbage)."""
+    gate = trio.Event()
+    with trio.fail_after(LIMIT_S):
+        async with server_and_bare_agent() as (server, agent_ws, agent_mux):
+            _gate_sends(monkeypatch, server, gate)
+            outcome: list[object] = []
+            async with trio.open_nursery() as nursery:
+                scope = await nursery.start(_open_and_wait, server, EARLY_BATCH, outcome)
+                await trio.testing.wait_all_tasks_blocked()
+                assert server.mux.queued_pieces == 0  # taken by the task's early send
+                scope.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                assert outcome == []  # still sending, cancelled or not
+                gate.set()
+            assert outcome == ["cancelled"]
+            counts = await _per_message(agent_ws, agent_mux, ev.StreamOpened, EARLY_BATCH)
+            assert counts == [EARLY_BATCH]
+            assert server.closed is None
+
+
+async def test_closing_the_tunnel_ends_a_blocked_early_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A send that never finishes (a peer that stopped reading) must not hold a
+    shielded stream task forever: closing the tunnel (shutdown, or a heartbeat
+    timeout, which closes the same way) cancels the send and fails the stream."""
+    gate = trio.Event()  # never set
+    with trio.fail_after(LIMIT_S):
+        async with server_and_bare_agent() as (server, _, _):
+            _gate_sends(monkeypatch, server, gate)
+            outcome: list[object] = []
+            async with trio.open_nursery() as nursery:
+                await nursery.start(_open_and_wait, server, EARLY_BATCH, outcome)
+                await trio.testing.wait_all_tasks_blocked()
+                assert server.mux.queued_pieces == 0
+                await server.aclose("shutting down")
+            assert outcome == ["shutting down"]
+            assert server.closed is not None
+
+
+async def _open_and_wait(
+    server: Tunnel,
+    requests: int,
+    outcome: list[object],
+    *,
+    task_status: trio.TaskStatus[trio.CancelScope],
+) -> None:
+    """Open ``requests`` streams and wait for an answer, all in one step (so this
+    task, not the writer, sends them); say how the wait ended."""
+    with trio.CancelScope() as scope:
+        task_status.started(scope)
+        channels = [server.open_stream(GET, end_stream=True) for _ in range(requests)]
+        try:
+            await channels[-1].receive()
+        except TunnelClosedError as exc:
+            outcome.append(str(exc))
+            return
+    outcome.append("cancelled" if scope.cancelled_caught else "answered")
+
+
+def _gate_sends(monkeypatch: pytest.MonkeyPatch, server: Tunnel, gate: trio.Event) -> None:
+    real_send = server.ws.send
+
+    async def gated_send(data: bytes) -> None:
+        # Bounded here too: a shielded send is out of reach of the test's own deadline.
+        with trio.move_on_after(LIMIT_S):
+            await gate.wait()
+            await real_send(data)
+            return
+        raise AssertionError("a send was held past the test's limit")
+
+    monkeypatch.setattr(server.ws, "send", gated_send)
