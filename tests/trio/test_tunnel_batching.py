@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import trio
 import trio.testing
 
-from pvtunnel._errors import TunnelClosedError
+from pvtunnel._errors import TunnelClosedError, WebSocketClosed
 from pvtunnel._trio.tunnel import EARLY_SEND_PIECES, Channel, Tunnel
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.heads import RequestHead, ResponseHead
@@ -177,10 +177,33 @@ async def test_closing_the_tunnel_ends_a_blocked_early_send(
             assert server.closed is not None
 
 
+async def test_an_early_send_on_a_broken_connection_fails_every_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A transport that broke under the early send ends the tunnel, as a failed
+    send by the writer does: every stream fails, none waits for an answer."""
+
+    async def broken_send(data: bytes) -> None:
+        raise WebSocketClosed("the connection closed", 1006)
+
+    with trio.fail_after(LIMIT_S):
+        async with server_and_bare_agent() as (server, _, _):
+            monkeypatch.setattr(server.ws, "send", broken_send)
+            outcome: list[object] = []
+            opened: list[Channel] = []
+            async with trio.open_nursery() as nursery:
+                await nursery.start(_open_and_wait, server, EARLY_BATCH, outcome, opened)
+            assert outcome == ["agent connection lost while sending"]
+            assert server.closed is not None
+            assert len(opened) == EARLY_BATCH
+            assert all(isinstance(channel.failure, TunnelClosedError) for channel in opened)
+
+
 async def _open_and_wait(
     server: Tunnel,
     requests: int,
     outcome: list[object],
+    opened: list[Channel] | None = None,
     *,
     task_status: trio.TaskStatus[trio.CancelScope],
 ) -> None:
@@ -189,6 +212,8 @@ async def _open_and_wait(
     with trio.CancelScope() as scope:
         task_status.started(scope)
         channels = [server.open_stream(GET, end_stream=True) for _ in range(requests)]
+        if opened is not None:
+            opened.extend(channels)
         try:
             await channels[-1].receive()
         except TunnelClosedError as exc:
