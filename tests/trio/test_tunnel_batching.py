@@ -10,6 +10,7 @@ from __future__ import annotations
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
+import pytest
 import trio
 import trio.testing
 
@@ -22,8 +23,6 @@ from tests.trio.helpers import LIMIT_S, open_pair
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
-
-    import pytest
 
     from pvtunnel._trio.websocket import WebSocket
 
@@ -69,14 +68,23 @@ async def _request_and_wait(server: Tunnel) -> None:
     await channel.receive()
 
 
+async def _one_in_flight(server: Tunnel, agent_ws: WebSocket, agent_mux: Multiplexer) -> None:
+    """Open a stream that stays unanswered, and wait until the agent has it: the
+    requests that follow are then never alone on the connection."""
+    server.open_stream(GET, end_stream=True)
+    assert await _per_message(agent_ws, agent_mux, ev.StreamOpened, 1) == [1]
+
+
 async def test_frames_queued_in_one_pass_leave_as_one_message() -> None:
-    """Below the early-send size the writer sends the pass's frames together."""
+    """Below the early-send size, with other streams in flight, the writer sends
+    the pass's frames together."""
     requests = EARLY_BATCH - 1
     with trio.fail_after(LIMIT_S):
         async with (
             server_and_bare_agent() as (server, agent_ws, agent_mux),
             trio.open_nursery() as nursery,
         ):
+            await _one_in_flight(server, agent_ws, agent_mux)
             for _ in range(requests):
                 nursery.start_soon(_request_and_wait, server)
             counts = await _per_message(agent_ws, agent_mux, ev.StreamOpened, requests)
@@ -95,6 +103,7 @@ async def test_a_big_batch_leaves_before_the_pass_ends() -> None:
             server_and_bare_agent() as (server, agent_ws, agent_mux),
             trio.open_nursery() as nursery,
         ):
+            await _one_in_flight(server, agent_ws, agent_mux)
             for _ in range(requests):
                 nursery.start_soon(_request_and_wait, server)
             counts = await _per_message(agent_ws, agent_mux, ev.StreamOpened, requests)
@@ -133,18 +142,28 @@ async def test_the_agent_sends_a_big_batch_of_answers_early() -> None:
     assert len(counts) > 1
 
 
+@pytest.mark.parametrize(
+    "requests",
+    [
+        # A request alone on the connection: nothing to batch with, so its task
+        # sends it rather than waking the writer for one more scheduler pass.
+        pytest.param(1, id="alone"),
+        pytest.param(EARLY_BATCH, id="a-full-batch"),
+    ],
+)
 async def test_a_task_cancelled_during_its_early_send_finishes_the_message(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, requests: int
 ) -> None:
-    """The early send is shielded: the task's cancellation waits for it, and the
-    agent reads every frame intact (a message cut short would be garbage)."""
+    """The early send is made by the request's own task, shielded: the task's
+    cancellation waits for it, and the agent reads every frame intact (a message
+    cut short would be garbage)."""
     gate = trio.Event()
     with trio.fail_after(LIMIT_S):
         async with server_and_bare_agent() as (server, agent_ws, agent_mux):
             _gate_sends(monkeypatch, server, gate)
             outcome: list[object] = []
             async with trio.open_nursery() as nursery:
-                scope = await nursery.start(_open_and_wait, server, EARLY_BATCH, outcome)
+                scope = await nursery.start(_open_and_wait, server, requests, outcome)
                 await trio.testing.wait_all_tasks_blocked()
                 assert server.mux.queued_pieces == 0  # taken by the task's early send
                 scope.cancel()
@@ -152,8 +171,8 @@ async def test_a_task_cancelled_during_its_early_send_finishes_the_message(
                 assert outcome == []  # still sending, cancelled or not
                 gate.set()
             assert outcome == ["cancelled"]
-            counts = await _per_message(agent_ws, agent_mux, ev.StreamOpened, EARLY_BATCH)
-            assert counts == [EARLY_BATCH]
+            counts = await _per_message(agent_ws, agent_mux, ev.StreamOpened, requests)
+            assert counts == [requests]
             assert server.closed is None
 
 

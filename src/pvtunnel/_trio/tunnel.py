@@ -8,7 +8,9 @@ share a message). Under load a pass queues many frames; once `EARLY_SEND_PIECES`
 are waiting, the stream task that is about to wait sends them itself (shielded:
 a stream's task may be cancelled at any moment, and a send cut short halfway
 through a frame would leave the peer reading garbage), so the peer starts on them
-while this side goes on. One sender at a time keeps the frames in queue order.
+while this side goes on. A stream alone on the connection has nothing to share a
+message with, and its task sends at once too, saving the writer's scheduler pass.
+One sender at a time keeps the frames in queue order.
 
 A stream's inbox cannot grow without bound: the peer may only send what the
 stream's credit window allows, and all inboxes together what the connection window
@@ -365,9 +367,11 @@ class Tunnel:
 
     @property
     def early_send_due(self) -> bool:
-        """A batch is big enough to go now, and nobody is sending (see `send_early`)."""
+        """A batch is big enough to go now, or its stream is the only one (nothing
+        else could join it), and nobody is sending (see `send_early`)."""
         return (
-            self.mux.queued_pieces >= EARLY_SEND_PIECES
+            (self.mux.queued_pieces >= EARLY_SEND_PIECES or len(self._channels) <= 1)
+            and self.mux.has_data_to_send
             and not self._sending
             and self.closed is None
         )
