@@ -21,6 +21,7 @@ from pvtunnel._logs import (
     direct_access_handler,
     serve_log_flushes,
 )
+from pvtunnel._trio.state import ACCESS_LINE
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -126,7 +127,6 @@ ACCESS_FIELDS: dict[str, object] = {
     "agent": "bench",
     "stream_id": 7,
 }
-ACCESS_FORMAT = "%s %s %s %s %d %dB %.1fms agent=%s route=%s stream=%s"
 
 
 @pytest.fixture
@@ -155,9 +155,9 @@ def test_a_direct_request_line_is_the_line_a_record_makes(
 ) -> None:
     handler, stream = root_handler(formatter())
     assert direct_access_handler() is handler
-    handler.write_access(ACCESS_FORMAT % ACCESS_ARGS, dict(ACCESS_FIELDS))
+    handler.write_access(ACCESS_LINE % ACCESS_ARGS, dict(ACCESS_FIELDS))
     assert handler.pending == 1  # batched like a record of the access logger
-    logging.getLogger(ACCESS_LOGGER).info(ACCESS_FORMAT, *ACCESS_ARGS, extra=ACCESS_FIELDS)
+    logging.getLogger(ACCESS_LOGGER).info(ACCESS_LINE, *ACCESS_ARGS, extra=ACCESS_FIELDS)
     handler.flush()
     direct, by_record = stream.getvalue().splitlines()
     if formatter is JsonFormatter:

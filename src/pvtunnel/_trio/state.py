@@ -169,9 +169,10 @@ class ServerState:
         )
         handler = direct_access_handler()
         if handler is not None:
-            handler.write_access(_ACCESS_LINE % args, fields)
+            handler.write_access(ACCESS_LINE % args, fields)
         else:
-            access_logger.info(_ACCESS_LINE, *args, extra=fields)
+            access_logger.info(ACCESS_LINE, *args, extra=fields)
 
 
-_ACCESS_LINE = "%s %s %s %s %d %dB %.1fms agent=%s route=%s stream=%s"
+# One request's access-log line (text format); `log_request` fills it.
+ACCESS_LINE = "%s %s %s %s %d %dB %.1fms agent=%s route=%s stream=%s"
