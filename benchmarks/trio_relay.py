@@ -24,7 +24,9 @@ what two Trio processes cost when they do nothing but what any such tunnel must:
 Both use pvtunnel's socket reads and writes (`fast_io`, which skips Trio's extra
 scheduling round) and its heap settings (`_heap`), and send with an instrument of
 their own (`_end_of_pass.py`: each scheduler pass's frames leave in one write when
-the pass ends). Neither has timeouts, windows or error handling beyond closing:
+the pass ends, or as soon as a batch of pvtunnel's early-send size is queued, as
+pvtunnel's own do, so that under load the two processes work at once instead of
+taking turns). Neither has timeouts, windows or error handling beyond closing:
 they are instruments, not tunnels. Frames are (stream id, kind, length, payload).
 
 Usage (``run.py`` starts both)::
@@ -52,6 +54,7 @@ from _end_of_pass import end_of_pass_sender
 
 from pvtunnel._heap import tune_heap
 from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE, FastSocket, fast_io
+from pvtunnel._trio.tunnel import EARLY_SEND_PIECES
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -88,12 +91,18 @@ class Tunnel:
         self.drained = trio.Event()
         self._sender = end_of_pass_sender() if isinstance(self.stream, FastSocket) else None
         self._writing = False
+        self._frames = 0  # queued since the last write
 
     async def send(self, stream_id: int, kind: int, data: bytes | bytearray = b"") -> None:
         self.pending += HEADER.pack(stream_id, kind, len(data))
         self.pending += data
+        self._frames += 1
         if self._sender is None:
             self.queued.set()
+        elif self._frames >= EARLY_SEND_PIECES and not self._writing:
+            # As pvtunnel does: a batch this big leaves now, so the other side starts
+            # on it while this one goes on, instead of the two taking turns.
+            self.send_at_end_of_pass()
         else:
             self._sender.waiting[self] = None
         while len(self.pending) >= HIGH_WATER:
@@ -109,6 +118,7 @@ class Tunnel:
         except BROKEN:
             return self.wake_writer_task()  # the writer meets the error and ends
         del self.pending[:written]
+        self._frames = 0
         return self.wake_writer_task() if self.pending else False
 
     def wake_writer_task(self) -> bool:
@@ -123,6 +133,7 @@ class Tunnel:
                 self.queued = trio.Event()
                 while self.pending:
                     data, self.pending = self.pending, bytearray()
+                    self._frames = 0
                     self._writing = True
                     try:
                         await self.stream.send_all(data)
