@@ -68,46 +68,36 @@ async def _request_and_wait(server: Tunnel) -> None:
     await channel.receive()
 
 
-async def _one_in_flight(server: Tunnel, agent_ws: WebSocket, agent_mux: Multiplexer) -> None:
-    """Open a stream that stays unanswered, and wait until the agent has it: the
-    requests that follow are then never alone on the connection."""
-    server.open_stream(GET, end_stream=True)
-    assert await _per_message(agent_ws, agent_mux, ev.StreamOpened, 1) == [1]
+async def _requests_per_message(requests: int) -> list[int]:
+    """With one unanswered stream already in flight (so no request is ever alone on
+    the connection), start ``requests`` tasks that each open a stream and wait, all
+    in one scheduler pass; how many requests each message to the agent held."""
+    with trio.fail_after(LIMIT_S):
+        async with (
+            server_and_bare_agent() as (server, agent_ws, agent_mux),
+            trio.open_nursery() as nursery,
+        ):
+            server.open_stream(GET, end_stream=True)
+            assert await _per_message(agent_ws, agent_mux, ev.StreamOpened, 1) == [1]
+            for _ in range(requests):
+                nursery.start_soon(_request_and_wait, server)
+            counts = await _per_message(agent_ws, agent_mux, ev.StreamOpened, requests)
+            nursery.cancel_scope.cancel()
+    return counts
 
 
 async def test_frames_queued_in_one_pass_leave_as_one_message() -> None:
     """Below the early-send size, with other streams in flight, the writer sends
     the pass's frames together."""
     requests = EARLY_BATCH - 1
-    with trio.fail_after(LIMIT_S):
-        async with (
-            server_and_bare_agent() as (server, agent_ws, agent_mux),
-            trio.open_nursery() as nursery,
-        ):
-            await _one_in_flight(server, agent_ws, agent_mux)
-            for _ in range(requests):
-                nursery.start_soon(_request_and_wait, server)
-            counts = await _per_message(agent_ws, agent_mux, ev.StreamOpened, requests)
-            nursery.cancel_scope.cancel()
-    assert counts == [requests]
+    assert await _requests_per_message(requests) == [requests]
 
 
 async def test_a_big_batch_leaves_before_the_pass_ends() -> None:
-    """Tasks that each open a stream and wait, all in one scheduler pass: the task
-    that brings the queue to the early-send size sends it, so the agent gets the
-    first requests while later ones are still being queued, not all in one lump
-    after the pass."""
-    requests = 3 * EARLY_BATCH
-    with trio.fail_after(LIMIT_S):
-        async with (
-            server_and_bare_agent() as (server, agent_ws, agent_mux),
-            trio.open_nursery() as nursery,
-        ):
-            await _one_in_flight(server, agent_ws, agent_mux)
-            for _ in range(requests):
-                nursery.start_soon(_request_and_wait, server)
-            counts = await _per_message(agent_ws, agent_mux, ev.StreamOpened, requests)
-            nursery.cancel_scope.cancel()
+    """The task that brings the queue to the early-send size sends it, so the agent
+    gets the first requests while later ones are still being queued, not all in
+    one lump after the pass."""
+    counts = await _requests_per_message(3 * EARLY_BATCH)
     assert counts[0] == EARLY_BATCH
     assert len(counts) > 1
 

@@ -370,7 +370,7 @@ class Tunnel:
         """A batch is big enough to go now, or its stream is the only one (nothing
         else could join it), and nobody is sending (see `send_early`)."""
         return (
-            (self.mux.queued_pieces >= EARLY_SEND_PIECES or len(self._channels) <= 1)
+            (self.mux.queued_pieces >= EARLY_SEND_PIECES or self.in_flight <= 1)
             and self.mux.has_data_to_send
             and not self._sending
             and self.closed is None
@@ -384,10 +384,9 @@ class Tunnel:
         nobody else is sending, so it waits for no one, only (like the writer) for a
         full socket; the stream's own cancellation then waits for the send. Closing
         the tunnel (a dead peer's heartbeat timeout, shutdown) cancels the send and
-        drops the transport, as it does the writer's.
+        drops the transport, as it does the writer's. Call it only when
+        `early_send_due` says so.
         """
-        if not self.early_send_due:
-            return
         self._sending = True
         try:
             with trio.CancelScope(shield=True) as scope:
@@ -398,8 +397,9 @@ class Tunnel:
         finally:
             self._sending = False
             self._early_scope = None
-            # Frames queued meanwhile: the writer stood aside while this send ran.
-            self.wake_writer()
+            if self.mux.has_data_to_send:
+                # Queued meanwhile: the writer stood aside while this send ran.
+                self.wake_writer()
         if scope.cancelled_caught:
             self._lost_while_sending()
 
@@ -561,7 +561,8 @@ class Tunnel:
         try:
             with channel.cancel_scope:
                 await handler(channel, head)
-            await self.send_early()
+            if self.early_send_due:
+                await self.send_early()
         except Exception:
             logger.exception("%s stream %d: internal error", self.label, channel.stream_id)
             channel.reset(ErrorCode.INTERNAL_ERROR, "agent internal error")
