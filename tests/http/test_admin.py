@@ -105,6 +105,14 @@ def test_unknown_paths_are_404() -> None:
     assert get(FakeSource(), b"/metrics/").status == 404
 
 
+def test_a_404_names_the_paths_this_listener_serves() -> None:
+    plain = get(FakeSource(), b"/nope")
+    assert plain.body == b"404 Not Found: try /metrics, /status, /live or /ready\n"
+    with_inspector = respond(FakeSource(), None, b"GET", b"/nope", (), inspector=True)
+    assert with_inspector.status == 404
+    assert b"/inspect" in with_inspector.body
+
+
 def test_bearer_token_parsing() -> None:
     assert bearer_token([(b"authorization", b"Bearer abc")]) == b"abc"
     assert bearer_token([(b"x", b"y")]) is None

@@ -381,6 +381,10 @@ async def test_the_page_and_its_assets_are_served_from_package_data() -> None:
                 policy = reply.header(b"content-security-policy")
                 assert policy is not None
                 assert b"default-src 'none'" in policy
+            # The listener's 404 names the inspector among the paths it serves.
+            unknown = await inspected.get(b"/nope")
+            assert unknown.status == 404
+            assert b"/inspect" in unknown.body
             rebound = await Client.connect(inspected.admin[1], inspected.admin[0])
             async with rebound:
                 reply = await rebound.request(b"GET", b"/inspect", host=b"attacker.example")
@@ -446,6 +450,10 @@ async def test_with_the_inspector_off_nothing_is_recorded() -> None:
                 reply = await client.request(b"GET", b"/inspect", host=b"localhost")
             assert reply.status == 404
             assert b"--inspect" in reply.body
+            async with await Client.connect(admin_port, host) as client:
+                unknown = await client.request(b"GET", b"/nope", host=b"localhost")
+            assert unknown.status == 404
+            assert b"/inspect" not in unknown.body
             nursery.cancel_scope.cancel()
 
 

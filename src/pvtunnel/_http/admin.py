@@ -50,12 +50,17 @@ class AdminResponse:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
+_PATHS: Final = b"/metrics, /status, /live or /ready"
+
+
 def respond(
     source: AdminSource,
     token: Secret | None,
     method: bytes,
     target: bytes,
     headers: Iterable[tuple[bytes, bytes]],
+    *,
+    inspector: bool = False,
 ) -> AdminResponse:
     """Answer one admin request.
 
@@ -66,6 +71,8 @@ def respond(
             out the body for HEAD).
         target: The request target; a query string is ignored.
         headers: The request headers, names lower-case (as h11 gives them).
+        inspector: Whether this listener also serves the inspector at ``/inspect``
+            (answered elsewhere); a 404 then names it among the paths to try.
 
     Returns:
         The status, body and content type to send.
@@ -96,9 +103,8 @@ def respond(
     if path == b"/status":
         body = json.dumps(source.status(), indent=2).encode() + b"\n"
         return AdminResponse(status=200, body=body, content_type=JSON)
-    return AdminResponse(
-        status=404, body=b"404 Not Found: try /metrics, /status, /live or /ready\n"
-    )
+    paths = b"/metrics, /status, /inspect, /live or /ready" if inspector else _PATHS
+    return AdminResponse(status=404, body=b"404 Not Found: try %s\n" % paths)
 
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:

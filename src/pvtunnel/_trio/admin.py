@@ -86,7 +86,14 @@ async def _serve_connection(
                 if is_inspect_path(event.target):
                     inspect = event
                 else:
-                    answer = respond(source, token, event.method, event.target, event.headers)
+                    answer = respond(
+                        source,
+                        token,
+                        event.method,
+                        event.target,
+                        event.headers,
+                        inspector=inspector is not None,
+                    )
                     await _send(http, answer, head_only=event.method == b"HEAD")
         if inspect is not None:
             # Served past the deadline: its event stream lasts as long as the page.
