@@ -16,9 +16,9 @@ connection, bounded by the phases below, about 15 s in all):
 3. SIGKILL server b: only the requests on b as it died may fail (counted and
    printed); once HAProxy's check has marked b down, every request succeeds.
 
-Ports for HAProxy's listeners and the servers are picked free by the kernel
-(bind to port 0, read it, close) because HAProxy's config and a server restarted
-on the same ports need them fixed; all on 127.0.0.1. Synchronisation is on what
+Ports for HAProxy's listeners and the servers are fixed (HAProxy's config and a
+server restarted on the same ports need them), picked free below the kernel's
+ephemeral range (see `free_port`); all on 127.0.0.1. Synchronisation is on what
 HAProxy and the servers print (``Server pvtunnel_external/a is UP``, the ready
 line) and on the agents' link state, never on sleeping. Needs Debian's
 ``haproxy``, which ``.ci/run`` installs.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import random
 import shutil
 import signal
 import socket
@@ -43,7 +44,7 @@ from pvtunnel._config import AgentConfig, AgentTimeouts, Route, Secret, ServerEn
 from pvtunnel._trio.agent import TunnelAgent
 from tests.integration.client import fetch
 from tests.integration.harness import TOKEN, start_upstream
-from tests.integration.test_admin import Process
+from tests.integration.processes import Process
 from tests.integration.test_multi_server import wait_for
 
 EXAMPLE = Path(__file__).resolve().parent.parent.parent / "examples" / "haproxy"
@@ -52,12 +53,33 @@ WORKERS = 8
 # Load after HAProxy has marked the killed server down: every request must pass.
 TAIL_S = 2.0
 STEADY_S = 2.0
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+_HANDED_OUT: set[int] = set()
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range, not handed out before.
+
+    The servers are restarted on their ports while the clients open thousands of
+    connections, each from an ephemeral local port: a port from that range (what
+    binding port 0 gives) could by then be one of theirs, and the restart would
+    fail. The kernel picks no port below the range by itself.
+    """
+    first_ephemeral = int(EPHEMERAL_RANGE.read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(max(1024, first_ephemeral // 2), first_ephemeral)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 @attrs.frozen
