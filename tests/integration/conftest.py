@@ -9,7 +9,7 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from tests.integration.test_admin import Process
+    from tests.integration.processes import Process
 
 
 @pytest.fixture

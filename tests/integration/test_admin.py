@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import signal
-import subprocess
-import sys
 from typing import TYPE_CHECKING
 
 import attrs
@@ -30,6 +27,7 @@ from pvtunnel._trio.admin import serve_admin
 from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.agent_admin import AgentAdmin
 from pvtunnel._trio.server import ServerAdmin, TunnelServer
+from tests.integration.admin_probe import admin_get, scrape, status_of
 from tests.integration.client import Client, Reply, fetch, raw_exchange
 from tests.integration.harness import (
     TOKEN,
@@ -40,40 +38,13 @@ from tests.integration.harness import (
     start_server,
     start_upstream,
 )
-from tests.prometheus import Scrape
+from tests.integration.processes import Process, pvtunnel
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Mapping
 
 LIMIT_S = 15
-PVTUNNEL = [sys.executable, "-m", "pvtunnel"]
 ADMIN_TOKEN = "admin-token-for-tests-0123"
-
-
-async def admin_get(
-    address: tuple[str, int] | None, path: bytes, *, token: str | None = None
-) -> Reply:
-    assert address is not None
-    headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
-    async with await Client.connect(address[1], address[0]) as client:
-        return await client.request(b"GET", path, host=b"admin", headers=headers)
-
-
-async def scrape(address: tuple[str, int] | None, *, token: str | None = None) -> Scrape:
-    await trio.testing.wait_all_tasks_blocked()
-    reply = await admin_get(address, b"/metrics", token=token)
-    assert reply.status == 200, reply
-    assert reply.header(b"content-type") == b"text/plain; version=0.0.4; charset=utf-8"
-    return Scrape(reply.body.decode())
-
-
-async def status_of(address: tuple[str, int] | None) -> dict[str, object]:
-    reply = await admin_get(address, b"/status")
-    assert reply.status == 200, reply
-    assert reply.header(b"content-type") == b"application/json"
-    document = json.loads(reply.body)
-    assert isinstance(document, dict)
-    return document
 
 
 async def start_admin_server(nursery: trio.Nursery, token: Secret | None = None) -> Running:
@@ -535,63 +506,3 @@ def _url(address: tuple[str, int] | None) -> str:
 
 def _pick(line: Mapping[str, object], *keys: str) -> dict[str, object]:
     return {key: line[key] for key in keys}
-
-
-async def pvtunnel(
-    *args: str, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[bytes]:
-    """Run the command without blocking the event loop the server under test runs in."""
-    environ = {k: v for k, v in os.environ.items() if k != "PVTUNNEL_ADMIN_TOKEN"}
-    return await trio.run_process(
-        [*PVTUNNEL, *args],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        env={**environ, **(env or {})},
-    )
-
-
-class Process:
-    """A pvtunnel process whose stderr is read line by line."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.lines: list[str] = []
-        self._buffer = b""
-
-    @classmethod
-    async def launch(cls, *args: str, env: Mapping[str, str]) -> Process:
-        return await cls.spawn([*PVTUNNEL, *args], env=env)
-
-    @classmethod
-    async def spawn(cls, argv: Sequence[str], *, env: Mapping[str, str]) -> Process:
-        """Any command (``launch`` runs pvtunnel), its stderr read as lines."""
-        process = await trio.lowlevel.open_process(
-            list(argv),
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, **env},
-        )
-        return cls(process)
-
-    async def wait_for(self, pattern: str, *, start: int = 0) -> re.Match[str]:
-        """The first line from ``lines[start]`` on that matches, reading more as needed."""
-        stream = self.process.stderr
-        assert stream is not None
-        while True:
-            for line in self.lines[start:]:
-                if match := re.search(pattern, line):
-                    return match
-            chunk = await stream.receive_some(4096)
-            if not chunk:
-                raise AssertionError(f"process ended without {pattern!r}: {self.lines}")
-            self._buffer += chunk
-            *complete, self._buffer = self._buffer.split(b"\n")
-            self.lines.extend(line.decode() for line in complete)
-
-    async def close(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-        await self.process.wait()
-        assert self.process.stderr is not None
-        await self.process.stderr.aclose()

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import signal
 import subprocess
-import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import h11
@@ -19,70 +17,26 @@ import trio
 from pvtunnel import __version__
 from tests.integration.client import fetch
 from tests.integration.harness import TOKEN, start_server, start_upstream
+from tests.integration.processes import PVTUNNEL, Process
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-PVTUNNEL = [sys.executable, "-m", "pvtunnel"]
 LIMIT_S = 20
 
-
-class Running:
-    """A pvtunnel process whose stderr we read line by line."""
-
-    def __init__(self, process: trio.Process) -> None:
-        self.process = process
-        self.buffer = b""
-        self.lines: list[str] = []
-
-    async def wait_for(self, pattern: str) -> re.Match[str]:
-        stream = self.process.stderr
-        assert stream is not None
-        while True:
-            for line in self.lines:
-                match = re.search(pattern, line)
-                if match:
-                    return match
-            chunk = await stream.receive_some(4096)
-            if not chunk:
-                raise AssertionError(f"process ended without {pattern!r}: {self.lines}")
-            self.buffer += chunk
-            *complete, self.buffer = self.buffer.split(b"\n")
-            self.lines.extend(line.decode() for line in complete)
-
-    async def drain_output(self) -> str:
-        stream = self.process.stderr
-        assert stream is not None
-        while chunk := await stream.receive_some(4096):
-            self.buffer += chunk
-        return "\n".join(self.lines) + self.buffer.decode()
-
-
-Launch = Callable[..., Awaitable[Running]]
+Launch = Callable[..., Awaitable[Process]]
 
 
 @pytest.fixture
-async def launch() -> AsyncIterator[Launch]:
-    """Start pvtunnel processes; after the test, make sure each is gone and its pipe closed."""
-    launched: list[trio.Process] = []
+def launch(processes: list[Process]) -> Launch:
+    """Start pvtunnel processes; after the test each is gone and its pipe closed."""
 
-    async def start(*args: str, env: dict[str, str] | None = None) -> Running:
-        process = await trio.lowlevel.open_process(
-            [*PVTUNNEL, *args],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-        )
-        launched.append(process)
-        return Running(process)
+    async def start(*args: str, env: dict[str, str] | None = None) -> Process:
+        process = await Process.launch(*args, env=env or {})
+        processes.append(process)
+        return process
 
-    yield start
-    for process in launched:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-        assert process.stderr is not None
-        await process.stderr.aclose()
+    return start
 
 
 def run(

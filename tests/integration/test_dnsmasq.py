@@ -25,8 +25,9 @@ from pathlib import Path
 
 import trio
 
+from tests.integration.admin_probe import status_of
 from tests.integration.harness import TOKEN, start_upstream, wait_for_sessions
-from tests.integration.test_admin import Process, status_of
+from tests.integration.processes import Process
 from tests.integration.test_discovery import NAME, get, start_replicas
 
 LIMIT_S = 30

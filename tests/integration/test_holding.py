@@ -18,6 +18,7 @@ import attrs
 import trio
 
 from pvtunnel._config import AdminConfig
+from tests.integration.admin_probe import scrape
 from tests.integration.client import Reply, fetch
 from tests.integration.harness import (
     Running,
@@ -27,7 +28,6 @@ from tests.integration.harness import (
     start_upstream,
     wait_for_sessions,
 )
-from tests.integration.test_admin import scrape
 
 if TYPE_CHECKING:
     from pvtunnel._config import ServerConfig

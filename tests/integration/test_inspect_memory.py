@@ -21,7 +21,7 @@ import trio
 from tests.integration.client import Client
 from tests.integration.harness import TOKEN
 from tests.integration.listen import serve_on_loopback
-from tests.integration.test_admin import Process
+from tests.integration.processes import Process
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -31,6 +31,7 @@ from pvtunnel._config import (
 )
 from pvtunnel._errors import HandshakeRefusedError
 from pvtunnel._trio.agent import TunnelAgent
+from tests.integration.admin_probe import scrape
 from tests.integration.client import Client, fetch
 from tests.integration.harness import (
     TOKEN,
@@ -42,7 +43,7 @@ from tests.integration.harness import (
     start_upstream,
     wait_for_sessions,
 )
-from tests.integration.test_admin import Process, pvtunnel, scrape
+from tests.integration.processes import Process, pvtunnel
 from tests.integration.test_tls import _issue, _tls_server_config
 
 if TYPE_CHECKING:
