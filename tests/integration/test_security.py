@@ -20,7 +20,7 @@ import trio
 from pvtunnel._config import ScopedToken, Secret, ServerConfig
 from pvtunnel._errors import HandshakeRefusedError
 from pvtunnel._trio.agent import TunnelAgent
-from pvtunnel._trio.front import peer_address
+from pvtunnel._trio.hangups import peer_address
 from tests.integration.client import Client, Reply, fetch
 from tests.integration.harness import (
     TOKEN,

@@ -17,8 +17,6 @@ import contextlib
 import enum
 import logging
 import math
-import select
-import socket
 from typing import TYPE_CHECKING, Final
 
 import h11
@@ -37,6 +35,7 @@ from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
 from pvtunnel._http.framing import request_head_problem, response_head_problem
 from pvtunnel._http.holding import HoldOutcome, hold_answer
 from pvtunnel._http.routing import split_target
+from pvtunnel._trio.hangups import has_hung_up, hung_up_when_readable, peer_address
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
 from pvtunnel._trio.sockio import BROKEN
@@ -332,16 +331,8 @@ class ClientConnection:
 
     async def _cancel_when_gone(self, scope: trio.CancelScope) -> None:
         """A held client that hangs up frees its place now, not after ``hold_s``."""
-        sock = _raw_socket(self.stream)
-        if sock is None:
-            return
-        await trio.lowlevel.wait_readable(sock)
-        try:
-            peeked = await sock.recv(1, socket.MSG_PEEK)
-        except OSError:
-            peeked = b""
         # Data instead (a pipelined request) is left for the keep-alive loop.
-        if not peeked or _peer_closed(sock):
+        if await hung_up_when_readable(self.stream):
             scope.cancel()
 
     async def check_hangup(self, channel: Channel) -> bool:
@@ -349,19 +340,10 @@ class ClientConnection:
 
         Settled means the client hung up (the stream is reset). A client that sent
         data (a pipelined request, left for the keep-alive loop) stays watched: it
-        may still close behind that data, which only `_peer_closed` can see, and a
-        stream it left must not hold an agent's stream slot until the upstream ends.
-        Only peeks, so nothing is consumed.
+        may still close behind that data, and a stream it left must not hold an
+        agent's stream slot until the upstream ends.
         """
-        sock = _raw_socket(self.stream)
-        if sock is None or not sock.is_readable():
-            return False
-        try:
-            # Readable, so this returns at once (no other task reads the socket now).
-            peeked = await sock.recv(1, socket.MSG_PEEK)
-        except OSError:
-            peeked = b""
-        if peeked and not _peer_closed(sock):
+        if not await has_hung_up(self.stream):
             return False
         self.client_error = ClientGoneError("the client closed its connection")
         channel.reset(ErrorCode.CANCEL, "the client went away")
@@ -608,69 +590,9 @@ async def handle_client(
             await stream.aclose()
 
 
-HANGUP_CHECK_S: Final = 0.2
-
-
-async def watch_hangups(state: ServerState) -> None:
-    """Notice clients that hang up while they wait for a response, for the whole server.
-
-    A peek at each waiting client a few times a second costs almost nothing, where
-    a watching task per request (spawned, waiting on its socket, cancelled) cost a
-    sixth of the server's CPU under load. The upstream learns of a hang-up within
-    `HANGUP_CHECK_S`.
-    """
-    awaiting = state.awaiting
-    while True:
-        if not awaiting:
-            await state.awaiting_started.park()
-            continue
-        await trio.sleep(HANGUP_CHECK_S)
-        for client, channel in list(awaiting.items()):
-            # The client may have moved on to another request while we peeked at others.
-            settled = awaiting.get(client) is channel and await client.check_hangup(channel)
-            if settled and awaiting.get(client) is channel:
-                del awaiting[client]
-        state.hangups_checked.unpark_all()
-
-
 def _head_size(request: h11.Request) -> int:
     """Bytes of the head as sent, near enough: request line plus ``name: value\r\n`` lines."""
     size = len(request.method) + len(request.target) + 14
     for name, value in request.headers:
         size += len(name) + len(value) + 4
     return size
-
-
-# Linux reports a peer's FIN even behind unread data (a pipelined request); elsewhere
-# a hang-up behind such data shows only once the server reads up to it.
-_POLL_CLOSED: Final = getattr(select, "POLLRDHUP", 0)
-
-
-def _peer_closed(sock: trio.socket.SocketType) -> bool:
-    """Whether the peer closed its side (or reset), whatever data is still unread."""
-    if not _POLL_CLOSED:
-        return False
-    poller = select.poll()
-    poller.register(sock.fileno(), _POLL_CLOSED)
-    # POLLHUP and POLLERR (a reset) are reported whatever the mask asks for.
-    return bool(poller.poll(0))
-
-
-def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    transport = stream
-    while isinstance(transport, trio.SSLStream):
-        transport = transport.transport_stream
-    return transport.socket if isinstance(transport, trio.SocketStream) else None
-
-
-def peer_address(stream: trio.abc.Stream) -> str:
-    """The peer's IP address, or ``"unknown"`` (not a socket, or already reset)."""
-    sock = _raw_socket(stream)
-    if sock is not None:
-        try:
-            peer = sock.getpeername()
-        except OSError:  # ENOTCONN: the peer reset the connection before we asked
-            return "unknown"
-        if isinstance(peer, tuple):
-            return str(peer[0])
-    return "unknown"

@@ -30,7 +30,8 @@ from pvtunnel._errors import (
 from pvtunnel._metrics import render_server
 from pvtunnel._status import ServerAgentEntry, ServerRouteEntry, ServerStatusDocument, iso_utc
 from pvtunnel._trio.admin import serve_admin
-from pvtunnel._trio.front import handle_client, peer_address, watch_hangups
+from pvtunnel._trio.front import handle_client
+from pvtunnel._trio.hangups import peer_address, watch_hangups
 from pvtunnel._trio.state import AgentSession, ServerState
 from pvtunnel._trio.tunnel import Tunnel, first_error
 from pvtunnel._trio.websocket import TRANSPORT_GONE, WebSocket, read_upgrade
