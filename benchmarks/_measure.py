@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import _harness as h
+import _httpclient as hc
 import slow
 import split
 from _results import RowResult, Target, Transfer, WrkResult, fmt, one_line
@@ -116,7 +117,7 @@ def check_wrk(result: WrkResult, row: RowResult, label: str) -> None:
 
 def verify_small(port: int) -> None:
     """GET /1k through the row must return exactly the file."""
-    response = h.http_request(port, "GET", SMALL_PATH, host_header=HOST_HEADER, timeout_s=10)
+    response = hc.http_request(port, "GET", SMALL_PATH, host_header=HOST_HEADER, timeout_s=10)
     if response.status != 200:
         raise h.BenchError(f"GET {SMALL_PATH} answered {response.status}: {response.body[:200]!r}")
 
@@ -125,7 +126,7 @@ def measure_download(world: World, port: int, *, check: bool) -> float:
     """MB/s of one 100 MiB download, checked for status and byte count; with ``check``
     an untimed download compared byte for byte with the file comes first."""
     for verifying in (True, False) if check else (False,):
-        response = h.http_request(
+        response = hc.http_request(
             port,
             "GET",
             BIG_PATH,
@@ -147,7 +148,7 @@ def measure_upload(world: World, port: int, name: str) -> float:
     """MB/s of one 100 MiB PUT; the stored file is compared with what was sent, so a
     body that did not really cross the tunnel fails the row."""
     target = world.upload_dir / name
-    response = h.http_request(
+    response = hc.http_request(
         port,
         "PUT",
         f"/upload/{name}",

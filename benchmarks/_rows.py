@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import _harness as h
+import _httpclient as hc
 import slow
 import split
 from _results import RowResult, Target, one_line
@@ -188,7 +189,7 @@ def start_nginx(world: World, *, name: str, port: int, server_block: str) -> h.C
 def small_ok(port: int) -> bool:
     """True once GET /1k on ``port`` answers 200 (any failure: not yet)."""
     try:
-        return h.http_request(port, "GET", SMALL_PATH, timeout_s=2).status == 200
+        return hc.http_request(port, "GET", SMALL_PATH, timeout_s=2).status == 200
     except (OSError, h.BenchError):
         return False
 

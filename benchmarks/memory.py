@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Final
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
+import _httpclient as hc
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -97,12 +98,12 @@ class Upstream:
     def _connection(self, conn: socket.socket) -> None:
         with conn:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            reader = h.SocketReader(conn)
+            reader = hc.SocketReader(conn)
             with contextlib.suppress(OSError, h.BenchError):
                 while self._one_request(conn, reader):
                     pass
 
-    def _one_request(self, conn: socket.socket, reader: h.SocketReader) -> bool:
+    def _one_request(self, conn: socket.socket, reader: hc.SocketReader) -> bool:
         if not reader.pending:
             first = conn.recv(65536)
             if not first:
@@ -146,7 +147,7 @@ class Upstream:
         if chunked:
             conn.sendall(b"0\r\n\r\n")
 
-    def _upload(self, conn: socket.socket, reader: h.SocketReader, fields: dict[str, str]) -> None:
+    def _upload(self, conn: socket.socket, reader: hc.SocketReader, fields: dict[str, str]) -> None:
         crc = 0
 
         def on_data(data: memoryview) -> None:
@@ -155,7 +156,7 @@ class Upstream:
 
         sink = on_data if self.checksum else None
         if "chunked" in fields.get("transfer-encoding", "").lower():
-            decoder = h.ChunkedCounter(on_data=sink)
+            decoder = hc.ChunkedCounter(on_data=sink)
             while True:
                 data = reader.read_some()
                 if not data:
@@ -240,7 +241,7 @@ def run_transfer(
 
     if transfer.startswith("download"):
         path = f"/download{'-chunked' if transfer.endswith('chunked') else ''}/{size}"
-        response = h.http_request(
+        response = hc.http_request(
             port, "GET", path, keep_body=False, on_data=on_data, timeout_s=SOCKET_TIMEOUT_S
         )
         if response.status != 200 or response.body_bytes != size:
@@ -252,8 +253,8 @@ def run_transfer(
         return response.body_bytes, response.seconds
     chunked = transfer.endswith("chunked")
     framing = ("Transfer-Encoding", "chunked") if chunked else ("Content-Length", str(size))
-    source = h.send_repeated(block, size, chunked=chunked, each_block=check_deadline)
-    response = h.http_request(
+    source = hc.send_repeated(block, size, chunked=chunked, each_block=check_deadline)
+    response = hc.http_request(
         port, "POST", "/upload", headers=[framing], body_source=source, timeout_s=SOCKET_TIMEOUT_S
     )
     if response.status != 200:

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import _harness as h
+import _httpclient as hc
 import h11
 import trio
 
@@ -286,7 +287,7 @@ class SlowUpstream:
     hold_max_s: float
 
     def _control(self, what: str) -> dict[str, int]:
-        response = h.http_request(self.port, "GET", f"/_control/{what}", timeout_s=5)
+        response = hc.http_request(self.port, "GET", f"/_control/{what}", timeout_s=5)
         if response.status != 200:
             raise h.BenchError(f"slow upstream /_control/{what} answered {response.status}")
         stats: dict[str, int] = json.loads(response.body)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 import _harness as h
+import _httpclient as hc
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -134,7 +135,9 @@ class SplitResult:
 
 def one_request(port: int) -> float:
     """One GET on a fresh connection, checked; returns its latency in ms."""
-    response = h.http_request(port, "GET", "/", host_header=SPLIT_HOST, timeout_s=REQUEST_TIMEOUT_S)
+    response = hc.http_request(
+        port, "GET", "/", host_header=SPLIT_HOST, timeout_s=REQUEST_TIMEOUT_S
+    )
     if response.status != 200 or response.body != BODY:
         raise h.BenchError(
             f"split-write upstream: status {response.status}, "
