@@ -50,9 +50,6 @@ class AdminResponse:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
-_PATHS: Final = b"/metrics, /status, /live or /ready"
-
-
 def respond(
     source: AdminSource,
     token: Secret | None,
@@ -103,8 +100,10 @@ def respond(
     if path == b"/status":
         body = json.dumps(source.status(), indent=2).encode() + b"\n"
         return AdminResponse(status=200, body=body, content_type=JSON)
-    paths = b"/metrics, /status, /inspect, /live or /ready" if inspector else _PATHS
-    return AdminResponse(status=404, body=b"404 Not Found: try %s\n" % paths)
+    inspect = b"/inspect, " if inspector else b""
+    return AdminResponse(
+        status=404, body=b"404 Not Found: try /metrics, /status, %s/live or /ready\n" % inspect
+    )
 
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:

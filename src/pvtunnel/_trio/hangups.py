@@ -47,9 +47,9 @@ async def has_hung_up(stream: trio.abc.Stream) -> bool:
 
     False for a stream without a socket and for one with nothing to read. Data
     to read (a pipelined request) counts as a hang-up only if the peer's close
-    is seen behind it (`peer_closed`).
+    is seen behind it (`_peer_closed`).
     """
-    sock = raw_socket(stream)
+    sock = _raw_socket(stream)
     if sock is None or not sock.is_readable():
         return False
     return await _closed_at_peek(sock)
@@ -61,7 +61,7 @@ async def hung_up_when_readable(stream: trio.abc.Stream) -> bool:
     Returns False at once for a stream without a socket, and False when data came
     instead (it is left unread).
     """
-    sock = raw_socket(stream)
+    sock = _raw_socket(stream)
     if sock is None:
         return False
     await trio.lowlevel.wait_readable(sock)
@@ -74,7 +74,7 @@ async def _closed_at_peek(sock: trio.socket.SocketType) -> bool:
         peeked = await sock.recv(1, socket.MSG_PEEK)
     except OSError:
         peeked = b""
-    return not peeked or peer_closed(sock)
+    return not peeked or _peer_closed(sock)
 
 
 # Linux reports a peer's FIN even behind unread data (a pipelined request); elsewhere
@@ -82,7 +82,7 @@ async def _closed_at_peek(sock: trio.socket.SocketType) -> bool:
 _POLL_CLOSED: Final = getattr(select, "POLLRDHUP", 0)
 
 
-def peer_closed(sock: trio.socket.SocketType) -> bool:
+def _peer_closed(sock: trio.socket.SocketType) -> bool:
     """Whether the peer closed its side (or reset), whatever data is still unread."""
     if not _POLL_CLOSED:
         return False
@@ -92,7 +92,8 @@ def peer_closed(sock: trio.socket.SocketType) -> bool:
     return bool(poller.poll(0))
 
 
-def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket under a stream (through any TLS layers); None for other streams."""
     transport = stream
     while isinstance(transport, trio.SSLStream):
         transport = transport.transport_stream
@@ -101,7 +102,7 @@ def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
 
 def peer_address(stream: trio.abc.Stream) -> str:
     """The peer's IP address, or ``"unknown"`` (not a socket, or already reset)."""
-    sock = raw_socket(stream)
+    sock = _raw_socket(stream)
     if sock is not None:
         try:
             peer = sock.getpeername()
