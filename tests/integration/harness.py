@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -22,6 +22,9 @@ from pvtunnel._config import (
 from pvtunnel._trio.agent import AgentStatus, TunnelAgent
 from pvtunnel._trio.server import ServerAddresses, TunnelServer
 from tests.integration.upstream import RecordingUpstream
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 TOKEN = "test-internal-token-0123456789"
 
@@ -93,6 +96,12 @@ async def wait_for_sessions(running: Running, count: int) -> None:
     """Until the server holds ``count`` agent sessions."""
     while len(running.server.sessions) != count:
         await running.server.state.wait_sessions_changed()
+
+
+async def wait_for(agent: TunnelAgent, condition: Callable[[], bool]) -> None:
+    """Until ``condition`` holds, checked each time the agent's links change."""
+    while not condition():
+        await agent.wait_links_changed()
 
 
 async def start_agent(

@@ -18,29 +18,27 @@ import pytest
 import trio
 
 from pvtunnel import ServerCertificateError
-from pvtunnel._config import Discovery, ServerConfig
+from pvtunnel._config import Discovery
 from pvtunnel._metrics import ServerLinkFigures
 from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.agent_admin import AgentAdmin
-from tests.integration.client import Client, Reply
 from tests.integration.harness import (
     Running,
     agent_config,
-    server_config,
     start_server,
     start_server_in_scope,
     start_upstream,
+    wait_for,
     wait_for_sessions,
 )
-from tests.integration.test_multi_server import wait_for
-from tests.integration.test_tls import _issue
+from tests.integration.pki import issue
+from tests.integration.replicas import NAME, get, replica_config, start_replicas
 from tests.prometheus import Scrape
 
 if TYPE_CHECKING:
     from pathlib import Path
 
 LIMIT_S = 20
-NAME = "servers.pvtunnel.test"
 
 
 @attrs.define
@@ -56,22 +54,6 @@ class Names:
         return self.answer
 
 
-def replica_config(address: str, internal_port: int, **internal: Any) -> ServerConfig:
-    config = server_config(internal={"port": internal_port, **internal})
-    return attrs.evolve(config, host=address)
-
-
-async def start_replicas(nursery: trio.Nursery, count: int, **internal: Any) -> list[Running]:
-    """``count`` servers on 127.0.0.1, 127.0.0.2, ... sharing one internal port."""
-    first = await start_server(nursery, replica_config("127.0.0.1", 0, **internal))
-    port = first.addresses.internal[1]
-    replicas = [first]
-    for index in range(2, count + 1):
-        config = replica_config(f"127.0.0.{index}", port, **internal)
-        replicas.append(await start_server(nursery, config))
-    return replicas
-
-
 def discovering_agent(
     replicas: list[Running], names: Names, routes: dict[str, int], **server: Any
 ) -> TunnelAgent:
@@ -84,12 +66,6 @@ def discovering_agent(
         **server,
     )
     return TunnelAgent(attrs.evolve(config, server=endpoint), resolve=names.resolve)
-
-
-async def get(running: Running, target: bytes) -> Reply:
-    """GET ``target`` through a replica's external port (on its own address)."""
-    async with await Client.connect(running.port, running.addresses.external[0]) as client:
-        return await client.request(b"GET", target)
 
 
 def connected_addresses(agent: TunnelAgent) -> set[str | None]:
@@ -211,7 +187,7 @@ async def test_a_failing_link_resolves_the_name_again_at_once() -> None:
 
 
 async def test_tls_verifies_the_urls_host_name_not_the_address(tmp_path: Path) -> None:
-    named = _issue(tmp_path, "named", NAME)
+    named = issue(tmp_path, "named", NAME)
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             files = {"tls_cert": named.cert_file, "tls_key": named.key_file}
@@ -229,7 +205,7 @@ async def test_tls_verifies_the_urls_host_name_not_the_address(tmp_path: Path) -
 
 
 async def test_a_certificate_for_the_address_alone_is_refused(tmp_path: Path) -> None:
-    addressed = _issue(tmp_path, "addressed", "127.0.0.1")
+    addressed = issue(tmp_path, "addressed", "127.0.0.1")
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             files = {"tls_cert": addressed.cert_file, "tls_key": addressed.key_file}

@@ -28,7 +28,7 @@ import trio
 from tests.integration.admin_probe import status_of
 from tests.integration.harness import TOKEN, start_upstream, wait_for_sessions
 from tests.integration.processes import Process
-from tests.integration.test_discovery import NAME, get, start_replicas
+from tests.integration.replicas import NAME, get, start_replicas
 
 LIMIT_S = 30
 

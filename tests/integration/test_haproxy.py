@@ -43,9 +43,8 @@ import trio
 from pvtunnel._config import AgentConfig, AgentTimeouts, Route, Secret, ServerEndpoint
 from pvtunnel._trio.agent import TunnelAgent
 from tests.integration.client import fetch
-from tests.integration.harness import TOKEN, start_upstream
+from tests.integration.harness import TOKEN, start_upstream, wait_for
 from tests.integration.processes import Process
-from tests.integration.test_multi_server import wait_for
 
 EXAMPLE = Path(__file__).resolve().parent.parent.parent / "examples" / "haproxy"
 LIMIT_S = 60

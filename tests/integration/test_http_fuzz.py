@@ -41,7 +41,7 @@ from hypothesis import event, example, given, strategies as st
 from tests import strategies as sts
 from tests.integration.client import Reply, fetch
 from tests.integration.harness import server_config, start_agent, start_server, start_upstream
-from tests.integration.test_security import start_raw_upstream
+from tests.integration.raw_upstream import start_raw_upstream
 from tests.integration.upstream import Recorded
 
 if TYPE_CHECKING:

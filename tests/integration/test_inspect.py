@@ -26,6 +26,7 @@ from pvtunnel._config import (
 from pvtunnel._errors import FieldError
 from pvtunnel._trio.agent import TunnelAgent
 from tests.integration.client import Client, Reply, fetch
+from tests.integration.echo import TcpEcho, open_connect
 from tests.integration.harness import (
     TOKEN,
     Running,
@@ -34,7 +35,6 @@ from tests.integration.harness import (
     start_server,
     start_upstream,
 )
-from tests.integration.test_passthrough import TcpEcho, open_connect
 from tests.integration.upstream import RecordingUpstream
 
 if TYPE_CHECKING:

@@ -15,16 +15,12 @@ screenshot the test takes (README's ``docs/inspector.png`` comes from it).
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shutil
-import struct
-import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h11
 import trio
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
@@ -33,76 +29,14 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from pvtunnel._config import AdminConfig, InspectConfig
-from pvtunnel._trio.demo import read_request, send_response
-from tests.integration.harness import start_agent, start_server
-from tests.integration.listen import serve_on_loopback
+from tests.integration.showcase import WAIT_S, send, start_inspected_tunnel
 
 if TYPE_CHECKING:
     from selenium.webdriver.remote.webelement import WebElement
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-WAIT_S = 15
 LIMIT_S = 120
-
-
-def png(width: int, height: int) -> bytes:
-    """A small RGB image, made here so the test ships no binary file."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    rows = b"".join(
-        b"\x00" + b"".join(bytes((x * 16 % 256, y * 16 % 256, 160)) for x in range(width))
-        for y in range(height)
-    )
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows))
-        + chunk(b"IEND", b"")
-    )
-
-
-PIXEL = png(16, 16)
-USERS = json.dumps([{"id": 1, "name": "Ada"}, {"id": 2, "name": "Grace"}]).encode()
-
-
-async def serve_showcase(stream: trio.SocketStream) -> None:
-    """An upstream with a JSON API, an image and an echo that keeps the content type."""
-    conn = h11.Connection(h11.SERVER)
-    try:
-        while (received := await read_request(stream, conn)) is not None:
-            request, body = received
-            path = request.target.partition(b"?")[0]
-            content_type = dict(request.headers).get(b"content-type", b"text/plain")
-            payload, kind = {
-                b"/api/users": (USERS, b"application/json"),
-                b"/pixel.png": (PIXEL, b"image/png"),
-                b"/echo": (body, content_type),
-            }.get(path, (b"hello from the service\n", b"text/plain; charset=utf-8"))
-            await send_response(stream, conn, payload, headers=[(b"content-type", kind)])
-            conn.start_next_cycle()
-    except (h11.ProtocolError, trio.BrokenResourceError):
-        return
-    finally:
-        await stream.aclose()
-
-
-def send(port: int, method: str, target: str, body: bytes | None = None, **headers: str) -> bytes:
-    """One request through the tunnel (from the browser's thread), Host "app"."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
-    try:
-        connection.request(method, target, body=body, headers={"Host": "app", **headers})
-        response = connection.getresponse()
-        assert response.status == 200, response.status
-        return response.read()
-    finally:
-        connection.close()
 
 
 def open_browser(profile: Path) -> webdriver.Chrome:
@@ -242,24 +176,6 @@ def session(page: str, tunnel_port: int, profile: Path, screenshot: Path) -> Non
         assert [entry for entry in log if entry["level"] == "SEVERE"] == []
     finally:
         driver.quit()
-
-
-async def start_inspected_tunnel(nursery: trio.Nursery) -> tuple[str, int]:
-    """A server and an agent with the inspector on, serving `serve_showcase` as "app".
-
-    Returns the inspector page's URL and the tunnel's external port.
-    """
-    running = await start_server(nursery)
-    upstream_port = await nursery.start(serve_on_loopback, serve_showcase)
-    _, status, _ = await start_agent(
-        nursery,
-        running,
-        {"app": upstream_port},
-        admin=AdminConfig(port=0),
-        inspect=InspectConfig(enabled=True),
-    )
-    assert status.admin is not None
-    return f"http://127.0.0.1:{status.admin[1]}/inspect", running.port
 
 
 async def test_the_page_shows_requests_live_and_replays_them(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from tests.integration.firefox import FIREFOX, open_firefox
-from tests.integration.test_inspect_browser import send, start_inspected_tunnel
+from tests.integration.showcase import send, start_inspected_tunnel
 
 if TYPE_CHECKING:
     from pathlib import Path

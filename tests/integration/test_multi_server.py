@@ -41,10 +41,11 @@ from tests.integration.harness import (
     start_server,
     start_server_in_scope,
     start_upstream,
+    wait_for,
     wait_for_sessions,
 )
+from tests.integration.pki import issue, tls_server_config
 from tests.integration.processes import Process, pvtunnel
-from tests.integration.test_tls import _issue, _tls_server_config
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -77,11 +78,6 @@ def refusing_routes() -> ServerConfig:
     """A server that takes the agent's token but lets it claim none of its routes."""
     scoped = ScopedToken(token=Secret(TOKEN), routes=("*.elsewhere.example.com",))
     return server_config(internal={"token": None, "tokens": (scoped,)})
-
-
-async def wait_for(agent: TunnelAgent, condition: Callable[[], bool]) -> None:
-    while not condition():
-        await agent.wait_links_changed()
 
 
 async def revive(
@@ -242,11 +238,11 @@ async def test_an_agent_refused_by_every_server_raises() -> None:
 
 async def test_an_unverifiable_certificate_ends_only_that_servers_link(tmp_path: Path) -> None:
     """Before a server ever registered the agent, a bad certificate is final for it alone."""
-    stranger = _issue(tmp_path, "stranger", "127.0.0.1")
+    stranger = issue(tmp_path, "stranger", "127.0.0.1")
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             plain = await start_server(nursery)
-            tls_config = _tls_server_config(stranger)
+            tls_config = tls_server_config(stranger)
             tls = await start_server(nursery, tls_config)
             _, port = await start_upstream(nursery, "svc")
             host, tls_port = tls.addresses.internal

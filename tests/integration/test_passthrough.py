@@ -16,14 +16,13 @@ from websockets.sync.client import connect as ws_connect
 
 from pvtunnel import AgentTimeouts, Secret
 from tests.integration.client import Client, fetch
+from tests.integration.echo import TcpEcho, open_connect
 from tests.integration.harness import (
-    Running,
     server_config,
     start_agent,
     start_server,
     start_upstream,
 )
-from tests.integration.listen import serve_on_loopback
 
 MIB = 1024 * 1024
 
@@ -121,34 +120,6 @@ async def test_upgrade_refused_by_the_upstream_is_an_ordinary_response() -> None
                 # The same connection keeps working as plain HTTP.
                 assert (await client.request(b"GET", b"/after")).status == 200
             nursery.cancel_scope.cancel()
-
-
-class TcpEcho:
-    def __init__(self) -> None:
-        self.connections = 0
-
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_on_loopback(self._echo, task_status=task_status)
-
-    async def _echo(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
-        async with stream:
-            while data := await stream.receive_some(65536):
-                await stream.send_all(data)
-            await stream.send_eof()  # half-close: answer the client's EOF with ours
-
-
-async def open_connect(
-    running: Running, target: bytes, headers: bytes = b""
-) -> tuple[trio.SocketStream, bytes]:
-    stream = await trio.open_tcp_stream("127.0.0.1", running.port)
-    await stream.send_all(b"CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (target, target, headers))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        chunk = await stream.receive_some(1)
-        assert chunk, head
-        head += chunk
-    return stream, head
 
 
 async def test_connect_pipes_fifty_mib_both_ways_to_the_routes_own_target() -> None:

@@ -14,7 +14,7 @@ from tests.integration.harness import (
     start_tunnel,
     start_upstream,
 )
-from tests.integration.test_security import start_raw_upstream
+from tests.integration.raw_upstream import start_raw_upstream
 
 LIMIT_S = 10
 

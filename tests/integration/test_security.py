@@ -31,10 +31,11 @@ from tests.integration.harness import (
     start_tunnel,
     start_upstream,
 )
-from tests.integration.listen import serve_on_loopback
+from tests.integration.raw_upstream import start_raw_upstream
 
 if TYPE_CHECKING:
     from tests.integration.harness import Running
+    from tests.integration.raw_upstream import RawUpstream
 
 LIMIT_S: Final = 10
 EXTERNAL_TOKEN: Final = "ext-secret-6b0f2c9d41"
@@ -82,67 +83,6 @@ async def exchange_one(port: int, data: bytes) -> bytes:
 def statuses(received: bytes) -> list[int]:
     """Status codes of the responses in ``received`` (bodies here never hold status lines)."""
     return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
-
-
-class RawUpstream:
-    """An upstream that answers request heads with raw bytes, framing and all.
-
-    The n-th head (over all connections) gets ``answers[n]``, the last one repeating;
-    an answer of None hangs up instead. After its first answer, the first
-    connection waits for ``send_late`` and then writes ``late`` (stray bytes
-    between two responses) before reading on, or with ``hang_up`` closes instead.
-    """
-
-    def __init__(self, *answers: bytes | None, late: bytes = b"", hang_up: bool = False) -> None:
-        self.answers = answers
-        self.late = late
-        self.hang_up = hang_up
-        self.send_late = trio.Event()
-        self.late_sent = trio.Event()
-        self.heads: list[bytes] = []
-        self.connections = 0
-
-    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-        await serve_on_loopback(self._connection, task_status=task_status)
-
-    async def _connection(self, stream: trio.SocketStream) -> None:
-        self.connections += 1
-        is_first = self.connections == 1
-        buffer = bytearray()
-        async with stream:
-            try:
-                while True:
-                    while b"\r\n\r\n" not in buffer:
-                        data = await stream.receive_some(65536)
-                        if not data:
-                            return
-                        buffer += data
-                    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-                    self.heads.append(head)
-                    buffer = bytearray(rest)
-                    answer = self.answers[min(len(self.heads), len(self.answers)) - 1]
-                    if answer is None:
-                        return
-                    await stream.send_all(answer)
-                    if is_first and (self.late or self.hang_up):
-                        is_first = False
-                        await self.send_late.wait()
-                        if self.hang_up:
-                            await stream.aclose()
-                            self.late_sent.set()
-                            return
-                        await stream.send_all(self.late)
-                        self.late_sent.set()
-            except trio.BrokenResourceError:
-                return
-
-
-async def start_raw_upstream(
-    nursery: trio.Nursery, *answers: bytes | None, late: bytes = b"", hang_up: bool = False
-) -> tuple[RawUpstream, int]:
-    upstream = RawUpstream(*answers, late=late, hang_up=hang_up)
-    port: int = await nursery.start(upstream.serve)
-    return upstream, port
 
 
 # ---------------------------------------------------------------- internal token

@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 import re
 import ssl
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import pytest
 import trio
-import trustme
 
 from pvtunnel import ServerCertificateError
 from pvtunnel._config import AgentTimeouts, Secret
@@ -28,13 +26,14 @@ from tests.integration.client import Client, fetch, raw_exchange
 from tests.integration.harness import (
     Running,
     agent_config,
-    server_config,
     start_server,
     start_upstream,
 )
+from tests.integration.pki import Pki, issue, tls_server_config
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
     from pvtunnel._config import AgentConfig, ServerConfig
 
@@ -42,47 +41,15 @@ LIMIT_S: Final = 10
 EXTERNAL_TOKEN: Final = "tls-external-secret-19c4"
 
 
-@attrs.frozen
-class Pki:
-    """A CA and the PEM files of a certificate it issued for 127.0.0.1 and localhost."""
-
-    ca: trustme.CA
-    ca_file: Path
-    cert_file: Path
-    key_file: Path
-
-
-def _issue(tmp_path: Path, name: str, *identities: str) -> Pki:
-    ca = trustme.CA()
-    cert = ca.issue_cert(*identities)
-    ca_file = tmp_path / f"{name}-ca.pem"
-    cert_file = tmp_path / f"{name}-cert.pem"
-    key_file = tmp_path / f"{name}-key.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert_file.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    cert.private_key_pem.write_to_path(str(key_file))
-    return Pki(ca=ca, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> Pki:
-    return _issue(tmp_path, "good", "127.0.0.1", "localhost")
+    return issue(tmp_path, "good", "127.0.0.1", "localhost")
 
 
 @pytest.fixture
 def other_pki(tmp_path: Path) -> Pki:
     """Same names, another CA: what an agent without the right ca_file sees."""
-    return _issue(tmp_path, "other", "127.0.0.1", "localhost")
-
-
-def _tls_server_config(
-    pki: Pki, *, internal: bool = True, external: bool = False, internal_port: int = 0
-) -> ServerConfig:
-    files = {"tls_cert": pki.cert_file, "tls_key": pki.key_file}
-    return server_config(
-        internal={"port": internal_port, **(files if internal else {})},
-        external=files if external else None,
-    )
+    return issue(tmp_path, "other", "127.0.0.1", "localhost")
 
 
 def _wss_agent_config(
@@ -143,7 +110,7 @@ def _wait_for_log(waiters: list[LogWaiter], pattern: str) -> LogWaiter:
 async def test_wss_agent_with_ca_file_connects_and_proxies(pki: Pki) -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery, _tls_server_config(pki))
+            running = await start_server(nursery, tls_server_config(pki))
             upstream, port = await start_upstream(nursery, "svc")
             agent = TunnelAgent(_wss_agent_config(running, {"app": port}, ca_file=pki.ca_file))
             status = await nursery.start(agent.serve)
@@ -156,7 +123,7 @@ async def test_wss_agent_with_ca_file_connects_and_proxies(pki: Pki) -> None:
 
 
 async def test_https_on_the_external_port_end_to_end(pki: Pki) -> None:
-    config = _tls_server_config(pki, internal=True, external=True)
+    config = tls_server_config(pki, internal=True, external=True)
     config = attrs.evolve(
         config,
         external=attrs.evolve(
@@ -200,7 +167,7 @@ async def test_agent_that_cannot_verify_the_server_stops_with_a_clear_message(
     # Far below connect_s (10 s): the failure is reported at once, not after a timeout.
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery, _tls_server_config(pki))
+            running = await start_server(nursery, tls_server_config(pki))
             _, port = await start_upstream(nursery, "svc")
             agent = TunnelAgent(_wss_agent_config(running, {"app": port}, ca_file=ca_file))
             with pytest.raises(ServerCertificateError) as failure:
@@ -222,10 +189,10 @@ async def test_agent_that_cannot_verify_the_server_stops_with_a_clear_message(
 
 
 async def test_agent_refuses_a_certificate_for_another_host_name(tmp_path: Path) -> None:
-    localhost_only = _issue(tmp_path, "named", "localhost")
+    localhost_only = issue(tmp_path, "named", "localhost")
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery, _tls_server_config(localhost_only))
+            running = await start_server(nursery, tls_server_config(localhost_only))
             _, port = await start_upstream(nursery, "svc")
             config = _wss_agent_config(running, {"app": port}, ca_file=localhost_only.ca_file)
             with pytest.raises(ServerCertificateError, match="IP address mismatch"):
@@ -266,7 +233,7 @@ async def test_registered_agent_retries_after_a_certificate_failure(
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             upstream, port = await start_upstream(nursery, "svc")
-            first, first_scope = await _start_server_alone(nursery, _tls_server_config(pki))
+            first, first_scope = await _start_server_alone(nursery, tls_server_config(pki))
             internal_port = first.addresses.internal[1]
             config = attrs.evolve(
                 _wss_agent_config(first, {"app": port}, ca_file=pki.ca_file),
@@ -280,7 +247,7 @@ async def test_registered_agent_retries_after_a_certificate_failure(
             # cannot verify: it says so, and keeps trying.
             first_scope.cancel()
             impostor, impostor_scope = await _start_server_alone(
-                nursery, _tls_server_config(other_pki, internal_port=internal_port)
+                nursery, tls_server_config(other_pki, internal_port=internal_port)
             )
             await cert_failed.event.wait()
             assert impostor.server.sessions == frozenset()
@@ -289,7 +256,7 @@ async def test_registered_agent_retries_after_a_certificate_failure(
             # Fixed: the agent is back without a restart.
             impostor_scope.cancel()
             fixed, _ = await _start_server_alone(
-                nursery, _tls_server_config(pki, internal_port=internal_port)
+                nursery, tls_server_config(pki, internal_port=internal_port)
             )
             await registered.event.wait()
             assert (await fetch(fixed.port, b"GET", b"/back")).status == 200
@@ -301,7 +268,7 @@ async def test_wrong_agent_token_over_wss_is_still_refused(pki: Pki) -> None:
     """TLS changes nothing about the token check: a wrong agent token is a 401."""
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery, _tls_server_config(pki))
+            running = await start_server(nursery, tls_server_config(pki))
             _, port = await start_upstream(nursery, "svc")
             config = _wss_agent_config(
                 running, {"app": port}, ca_file=pki.ca_file, token=Secret("not-the-token")
