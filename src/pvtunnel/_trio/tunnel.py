@@ -369,11 +369,12 @@ class Tunnel:
     def early_send_due(self) -> bool:
         """A batch is big enough to go now, or its stream is the only one (nothing
         else could join it), and nobody is sending (see `send_early`)."""
+        # Asked at every wait of every stream: the plain attributes first.
         return (
-            (self.mux.queued_pieces >= EARLY_SEND_PIECES or self.in_flight <= 1)
-            and self.mux.has_data_to_send
+            self.closed is None
             and not self._sending
-            and self.closed is None
+            and self.mux.has_data_to_send
+            and (self.mux.queued_pieces >= EARLY_SEND_PIECES or self.in_flight <= 1)
         )
 
     async def send_early(self) -> None:
