@@ -109,3 +109,16 @@ def test_a_cycle_is_found(tmp_path: Path) -> None:
     )
     (package / "c.py").write_text("from pkg import a\n")
     assert _cycles(_import_graph(package)) == [["pkg.a", "pkg.b"]]
+
+
+def test_test_modules_take_helpers_from_helper_modules() -> None:
+    # Importing a test module from another one runs (and collects) it twice over,
+    # and ties the two together: what both need lives in a module of helpers.
+    graph = _import_graph(Path(__file__).parent)
+    borrowed = sorted(
+        f"{name} imports {dep}"
+        for name, deps in graph.items()
+        for dep in deps
+        if dep.rpartition(".")[2].startswith("test_")
+    )
+    assert borrowed == []

@@ -3,7 +3,7 @@
 `_http` decides (routing, admission, headers, framing, error answers) and
 `_metrics` counts and renders; `_trio` does the I/O and hands them values. So
 both run under any event loop, in a fuzzer or a plain test, and never block. The
-wire layer has the same rule (``tests/wire/test_imports.py``); here, imports
+wire layer has the same rule (``tests/wire/test_imports.py``, the same banned list); here, imports
 under ``if TYPE_CHECKING:`` are exempt, since they never run.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import pvtunnel
-from tests.wire.test_imports import BANNED, modules_named
+from tests.import_rules import BANNED, modules_named
 
 PACKAGE = Path(pvtunnel.__file__).parent
 CHECKED = sorted([*(PACKAGE / "_http").glob("*.py"), PACKAGE / "_metrics.py"])

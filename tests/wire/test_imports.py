@@ -9,50 +9,19 @@ from __future__ import annotations
 import ast
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
 import pvtunnel._wire
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable
+from tests.import_rules import BANNED, modules_named
 
 WIRE = Path(pvtunnel._wire.__file__).parent
-# Standard-library modules that would bring I/O, time or threads into the codec.
-BANNED = {
-    "trio",
-    "socket",
-    "time",
-    "random",
-    "threading",
-    "logging",
-    "asyncio",
-    "select",
-    "selectors",
-    "os",
-    "subprocess",
-    "datetime",
-}
 OURS = ("pvtunnel._wire", "pvtunnel._errors")
 
 
 def imported_modules(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
     return modules_named(ast.walk(tree), path)
-
-
-def modules_named(nodes: Iterable[ast.AST], path: Path) -> set[str]:
-    """The modules the import statements among ``nodes`` name (absolute imports only)."""
-    names: set[str] = set()
-    for node in nodes:
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            assert node.level == 0, f"{path.name}: relative import"
-            assert node.module is not None
-            names.add(node.module)
-    return names
 
 
 def is_allowed(module: str) -> bool:
