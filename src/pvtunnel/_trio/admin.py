@@ -112,7 +112,9 @@ async def _serve_connection(
             await stream.aclose()
 
 
-async def _send(http: H11Stream, answer: AdminResponse, *, head_only: bool) -> None:
+async def _send(
+    http: H11Stream[trio.abc.Stream], answer: AdminResponse, *, head_only: bool
+) -> None:
     if http.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
         return
     headers = [

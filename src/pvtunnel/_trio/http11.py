@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 import h11
 import trio
@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 _QUICKACK: Final = getattr(socket, "TCP_QUICKACK", None)
 _ACKS_PER_MESSAGE: Final = 2
 
+S = TypeVar("S", bound=trio.abc.Stream)
 
-class H11Stream:
+
+class H11Stream(Generic[S]):
     """``conn`` over ``stream``; a broken stream reads as end of input, which h11 judges.
 
     ``received`` counts bytes fed to h11 since it was last reset, so a caller can
@@ -55,7 +57,7 @@ class H11Stream:
         "stream",
     )
 
-    def __init__(self, conn: h11.Connection, stream: trio.abc.Stream) -> None:
+    def __init__(self, conn: h11.Connection, stream: S) -> None:
         self.conn = conn
         self.stream = stream
         self.io = fast_io(stream)

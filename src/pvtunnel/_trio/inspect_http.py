@@ -44,7 +44,7 @@ KEEPALIVE_S: Final = 15.0
 
 
 async def answer_inspect(
-    http: H11Stream,
+    http: H11Stream[trio.abc.Stream],
     request: h11.Request,
     inspector: Inspector | None,
     token: Secret | None,
@@ -118,7 +118,7 @@ def _no_such_exchange() -> AdminResponse:
     return _error(404, "no such request (it may have left the inspector's buffer)")
 
 
-async def _read_body(http: H11Stream) -> bytes | None:
+async def _read_body(http: H11Stream[trio.abc.Stream]) -> bytes | None:
     """The request body, or None when it is larger than `MAX_EDITS_BYTES`."""
     body = bytearray()
     while True:
@@ -133,7 +133,9 @@ async def _read_body(http: H11Stream) -> bytes | None:
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} in a body")
 
 
-async def _replay(http: H11Stream, inspector: Inspector, exchange_id: int) -> AdminResponse:
+async def _replay(
+    http: H11Stream[trio.abc.Stream], inspector: Inspector, exchange_id: int
+) -> AdminResponse:
     with trio.move_on_after(BODY_DEADLINE_S) as scope:
         data = await _read_body(http)
     if scope.cancelled_caught:
@@ -155,7 +157,7 @@ async def _replay(http: H11Stream, inspector: Inspector, exchange_id: int) -> Ad
     return _json(exchange.detail())
 
 
-async def _serve_events(http: H11Stream, inspector: Inspector) -> None:
+async def _serve_events(http: H11Stream[trio.abc.Stream], inspector: Inspector) -> None:
     """The server-sent event stream: ``exchange`` (started, changed, ended) and ``removed``."""
     send_channel, receive_channel = trio.open_memory_channel["Event"](EVENT_QUEUE)
 

@@ -47,10 +47,10 @@ _BROKEN: Final = (*BROKEN, OSError)
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
-class UpstreamConnection(H11Stream):
+class UpstreamConnection(H11Stream[trio.SocketStream]):
     """One keep-alive HTTP/1.1 connection to a route's target."""
 
-    __slots__ = ("idle_since", "tcp")
+    __slots__ = ("idle_since",)
 
     def __init__(self, stream: trio.SocketStream) -> None:
         super().__init__(
@@ -58,7 +58,6 @@ class UpstreamConnection(H11Stream):
             stream,
         )
         self.idle_since = 0.0
-        self.tcp = stream
 
     async def aclose(self) -> None:
         with trio.move_on_after(1, shield=True):
@@ -66,7 +65,7 @@ class UpstreamConnection(H11Stream):
 
     def close_now(self) -> None:
         """Close without a checkpoint: a socket stream's close never waits."""
-        self.tcp.socket.close()
+        self.stream.socket.close()
 
 
 class UpstreamPool:
@@ -95,7 +94,7 @@ class UpstreamPool:
         oldest = trio.current_time() - self._config.timeouts.upstream_idle_s
         while idle:
             connection = idle.pop()
-            if connection.idle_since > oldest and _is_quiet(connection.tcp):
+            if connection.idle_since > oldest and _is_quiet(connection.stream):
                 return connection
             connection.close_now()
         return None
