@@ -99,11 +99,6 @@ def test_any_split_or_coalescing_decodes_to_the_same_frames(
     decoder = FrameDecoder()
     assert feed_chunks(decoder, chunks) == frames
     assert decoder.buffered_bytes == 0
-    for frame in frames:  # `header` writes the same ten bytes as `encode`
-        encoded = fr.encode(frame)
-        kind, flags = FrameType(encoded[0]), encoded[1]
-        stream_id = int.from_bytes(encoded[2:6])
-        assert fr.header(kind, flags, stream_id, len(encoded) - HEADER_SIZE) == encoded[:10]
 
 
 def test_largest_frames_round_trip_and_one_byte_more_is_refused() -> None:
@@ -472,8 +467,3 @@ def test_frames_before_an_error_in_the_same_feed_are_not_returned_but_the_error_
     decoder = FrameDecoder()
     with pytest.raises(RemoteProtocolError):
         decoder.feed(fr.encode(fr.End(stream_id=S1)) + raw_header(0xFF, 0, 0, 0))
-
-
-def test_header_helper_writes_the_same_header_as_encode() -> None:
-    frame = fr.Data(stream_id=S1, data=b"hello")
-    assert fr.header(FrameType.DATA, 0, S1, 5) + b"hello" == fr.encode(frame)

@@ -188,11 +188,6 @@ _end = positional(End, "stream_id")
 Frame = Hello | Accept | Reject | Head | Data | End | Reset | Window | Ping | Pong | GoAway
 
 
-def header(frame_type: FrameType, flags: int, stream_id: int, length: int) -> bytes:
-    """The ten header bytes; the hot path joins them with a payload it already holds."""
-    return HEADER.pack(frame_type, flags, stream_id, length)
-
-
 def encode_fields(fields: tuple[bytes, ...] | list[bytes]) -> bytes:
     """Head payload: each field as a 16-bit big-endian length and its bytes."""
     parts: list[bytes] = []
