@@ -24,7 +24,6 @@ and retried, and agents come back by themselves when the certificate is fixed.
 from __future__ import annotations
 
 import logging
-import ssl
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Protocol
@@ -47,6 +46,12 @@ from pvtunnel._errors import (
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.admin import serve_admin
 from pvtunnel._trio.agent_admin import AgentAdmin
+from pvtunnel._trio.dial import (
+    client_ssl_context,
+    describe_failure,
+    final_if_refused,
+    open_stream,
+)
 from pvtunnel._trio.discovery import DiscoveredServer, resolve_addresses, url_host_port
 from pvtunnel._trio.inspector import Inspector
 from pvtunnel._trio.tunnel import Channel, Tunnel, first_error
@@ -348,7 +353,7 @@ class TunnelAgent:
             ) as exc:
                 if isinstance(exc, ProtocolError):
                     self.metrics.protocol_errors += 1
-                logger.warning("connection to %s failed: %s", link.label, _describe(exc))
+                logger.warning("connection to %s failed: %s", link.label, describe_failure(exc))
             if link.on_failure is not None:
                 link.on_failure()
             if trio.current_time() - began > STABLE_SESSION_S:
@@ -403,17 +408,17 @@ class TunnelAgent:
         except BaseExceptionGroup as group:
             # The session's nursery wraps even one failure; the retry loop and the
             # CLI decide on the leaf (network error: retry; refusal: exit).
-            raise _final_if_refused(first_error(group), link.label) from None
+            raise final_if_refused(first_error(group), link.label) from None
         except ConnectionRejected as exc:
-            raise _final_if_refused(exc, link.label) from None
+            raise final_if_refused(exc, link.label) from None
 
     async def _session_tasks(self, link: ServerLink, startup: _Reporter) -> None:
         url = link.url
         target = urllib.parse.urlsplit(url)
         host, port = url_host_port(url)
-        ssl_context = _client_ssl_context(url, self.config)
+        ssl_context = client_ssl_context(url, self.config)
         with trio.fail_after(self.config.timeouts.connect_s):
-            stream = await _open_stream(host, port, ssl_context, link.address)
+            stream = await open_stream(host, port, ssl_context, link.address)
         # We own the transport, so it is closed however the session ends; the
         # WebSocket's reader task lives in ``connection`` and ends with it.
         async with stream, trio.open_nursery() as connection:
@@ -547,58 +552,3 @@ async def _receive_answer(tunnel: Tunnel) -> ev.Accepted:
     if not isinstance(answer, ev.Accepted):
         raise RemoteProtocolError("the server's first frame must be ACCEPT or REJECT")
     return answer
-
-
-def _final_if_refused(exc: BaseException, url: str) -> BaseException:
-    if isinstance(exc, ConnectionRejected) and exc.status_code in (401, 403):
-        return HandshakeRefusedError(
-            f"the server at {url} refused this agent's token (HTTP {exc.status_code})"
-        )
-    return exc
-
-
-async def _open_stream(
-    host: str, port: int, ssl_context: ssl.SSLContext | None, address: str | None = None
-) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
-    """Dial ``address`` (else ``host``); TLS names and verifies ``host`` either way."""
-    tcp = await trio.open_tcp_stream(address or host, port)
-    if ssl_context is None:
-        return tcp
-    stream = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
-    # Shake hands here, so a TLS failure is told apart from a refused upgrade.
-    try:
-        await stream.do_handshake()
-    except trio.BrokenResourceError as exc:
-        await trio.aclose_forcefully(stream)
-        raise _tls_failure(exc.__cause__, host, port) from None
-    except BaseException:
-        await trio.aclose_forcefully(stream)
-        raise
-    return stream
-
-
-def _tls_failure(cause: BaseException | None, host: str, port: int) -> Exception:
-    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return ServerCertificateError(
-            f"TLS certificate verification failed for the server at {server}: "
-            f"{cause.verify_message or cause.reason} "
-            "(a server with a private CA needs [server] ca_file)"
-        )
-    reason = cause or "the connection closed"
-    return TunnelClosedError(f"TLS handshake with the server at {server} failed: {reason}")
-
-
-def _client_ssl_context(url: str, config: AgentConfig) -> ssl.SSLContext | None:
-    if not url.startswith("wss://"):
-        return None
-    ca_file = config.server.ca_file
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRejected):
-        return f"the server answered HTTP {exc.status_code}"
-    if isinstance(exc, WebSocketClosed):
-        return f"connection closed ({exc.reason})"
-    return str(exc) or type(exc).__name__

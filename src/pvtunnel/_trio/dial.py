@@ -1,0 +1,87 @@
+"""Dialing a server: TCP, then TLS that names the server's host, and how a failed dial reads.
+
+A discovered server is dialed at one of its addresses, but TLS still names and
+verifies the host of the URL, so a certificate for the name keeps working
+whichever replica answers. A TLS failure is told apart from a refused upgrade
+(shaking hands before the WebSocket opens), and a certificate that does not
+verify becomes `ServerCertificateError`: configuration to fix, not a network
+fault to retry.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import TYPE_CHECKING
+
+import trio
+
+from pvtunnel._errors import (
+    HandshakeRefusedError,
+    ServerCertificateError,
+    TunnelClosedError,
+    WebSocketClosed,
+)
+from pvtunnel._trio.websocket import ConnectionRejected
+
+if TYPE_CHECKING:
+    from pvtunnel._config import AgentConfig
+
+
+def final_if_refused(exc: BaseException, url: str) -> BaseException:
+    """A token the server refused at the upgrade is final: retrying cannot change it."""
+    if isinstance(exc, ConnectionRejected) and exc.status_code in (401, 403):
+        return HandshakeRefusedError(
+            f"the server at {url} refused this agent's token (HTTP {exc.status_code})"
+        )
+    return exc
+
+
+async def open_stream(
+    host: str, port: int, ssl_context: ssl.SSLContext | None, address: str | None = None
+) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+    """Dial ``address`` (else ``host``); TLS names and verifies ``host`` either way."""
+    tcp = await trio.open_tcp_stream(address or host, port)
+    if ssl_context is None:
+        return tcp
+    stream = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
+    # Shake hands here, so a TLS failure is told apart from a refused upgrade.
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(stream)
+        raise tls_failure(exc.__cause__, host, port) from None
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
+
+
+def tls_failure(cause: BaseException | None, host: str, port: int) -> Exception:
+    """A failed handshake as the agent reports it: a certificate that does not verify
+    is configuration (`ServerCertificateError`), anything else a broken connection."""
+    server = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return ServerCertificateError(
+            f"TLS certificate verification failed for the server at {server}: "
+            f"{cause.verify_message or cause.reason} "
+            "(a server with a private CA needs [server] ca_file)"
+        )
+    reason = cause or "the connection closed"
+    return TunnelClosedError(f"TLS handshake with the server at {server} failed: {reason}")
+
+
+def client_ssl_context(url: str, config: AgentConfig) -> ssl.SSLContext | None:
+    """Verification against the system's CAs, or ``ca_file`` for a private CA."""
+    if not url.startswith("wss://"):
+        return None
+    ca_file = config.server.ca_file
+    return ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for the retry log: what the server answered, or why the link closed."""
+    if isinstance(exc, ConnectionRejected):
+        return f"the server answered HTTP {exc.status_code}"
+    if isinstance(exc, WebSocketClosed):
+        return f"connection closed ({exc.reason})"
+    return str(exc) or type(exc).__name__
