@@ -140,3 +140,49 @@ def test_configuration_page_describes_every_key(file: str, cls: type) -> None:
             missing.append(path)
     assert tables - {""} <= {*sections, *(table for table in tables if "." in table)}
     assert not missing, f"docs/configuration.md ({file}) does not describe {missing}"
+
+
+def security_table_tests(text: str) -> list[tuple[str, str]]:
+    """(file, test) for each test SECURITY.md's rules table names.
+
+    A cell names ``tests/dir/test_x.py::name`` in full the first time; after that
+    ``test_x.py::name`` is in the directory last named, and ``::name`` in the file.
+    """
+    found: list[tuple[str, str]] = []
+    directory = file = ""
+    table = text[text.index("## Rules and the tests that hold them") :]
+    for row in re.findall(r"^\|.*\|\s*$", table, re.M)[2:]:
+        for ref in re.findall(r"`([^`]*::[^`]*)`", row.rsplit("|", 2)[1]):
+            path, _, name = ref.partition("::")
+            if "/" in path:
+                directory, _, file = path.rpartition("/")
+            elif path:
+                file = path
+            found.append((f"{directory}/{file}", name.partition("[")[0]))
+    return found
+
+
+def test_security_md_names_tests_that_exist() -> None:
+    named = security_table_tests((ROOT / "SECURITY.md").read_text())
+    assert len(named) > 20
+    missing = [
+        f"{path}::{name}"
+        for path, name in named
+        if not (ROOT / path).is_file()
+        or not re.search(rf"^(async )?def {name}\(", (ROOT / path).read_text(), re.M)
+    ]
+    assert missing == []
+
+
+def test_the_security_table_reader_follows_short_references() -> None:
+    text = (
+        "## Rules and the tests that hold them\n\n| rule | test |\n|---|---|\n"
+        "| a | `tests/x/test_a.py::one`, `::two` |\n"
+        "| b | `test_b.py::three[param]`, `tests/y/test_c.py::four` |\n"
+    )
+    assert security_table_tests(text) == [
+        ("tests/x/test_a.py", "one"),
+        ("tests/x/test_a.py", "two"),
+        ("tests/x/test_b.py", "three"),
+        ("tests/y/test_c.py", "four"),
+    ]
