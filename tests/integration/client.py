@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import attrs
@@ -117,9 +118,11 @@ async def fetch(port: int, method: bytes, target: bytes, **kwargs: object) -> Re
         return await client.request(method, target, **kwargs)  # type: ignore[arg-type]
 
 
-async def raw_exchange(port: int, data: bytes, *, limit: int = 1 << 20) -> bytes:
+async def raw_exchange(
+    port: int, data: bytes, *, limit: int = 1 << 20, host: str = "127.0.0.1"
+) -> bytes:
     """Send raw bytes, read until the server closes (or ``limit``): for malformed input."""
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = await trio.open_tcp_stream(host, port)
     async with stream:
         await stream.send_all(data)
         received = bytearray()
@@ -132,3 +135,24 @@ async def raw_exchange(port: int, data: bytes, *, limit: int = 1 << 20) -> bytes
                 break
             received += chunk
         return bytes(received)
+
+
+async def exchange_one(port: int, data: bytes) -> bytes:
+    """Send ``data`` and read one response with a Content-Length body (the server may stay)."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(data)
+        received = bytearray()
+        while True:
+            head, end, body = bytes(received).partition(b"\r\n\r\n")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            if end and length is not None and len(body) >= int(length.group(1)):
+                return bytes(received)
+            chunk = await stream.receive_some(65536)
+            assert chunk, f"closed before a whole response: {bytes(received)!r}"
+            received += chunk
+
+
+def statuses(received: bytes) -> list[int]:
+    """Status codes of the responses in ``received`` (bodies here never hold status lines)."""
+    return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]

@@ -18,7 +18,7 @@ from pvtunnel._config import ScopedToken, Secret, ServerConfig
 from pvtunnel._errors import HandshakeRefusedError
 from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.hangups import peer_address
-from tests.integration.client import Client, fetch
+from tests.integration.client import Client, exchange_one, fetch, raw_exchange, statuses
 from tests.integration.harness import (
     TOKEN,
     agent_config,
@@ -28,7 +28,6 @@ from tests.integration.harness import (
     start_tunnel,
     start_upstream,
 )
-from tests.integration.raw_exchange import exchange, exchange_one, statuses
 
 if TYPE_CHECKING:
     from tests.integration.harness import Running
@@ -179,7 +178,7 @@ async def test_a_refused_request_with_a_body_is_not_forwarded_and_closes() -> No
                 + EXTERNAL_TOKEN.encode()
                 + b"\r\n\r\n"
             )
-            answer = await exchange(running.port, request)
+            answer = await raw_exchange(running.port, request)
             # The unread body could hide a second request: answer once and close.
             assert statuses(answer) == [407]
             assert upstream.requests == []
@@ -212,7 +211,7 @@ async def test_whitelist_uses_the_tcp_peer_never_x_forwarded_for() -> None:
             await _expect_403_then_close(outside.port)
             # A client claiming a whitelisted address in X-Forwarded-For is still refused.
             for header in (b"X-Forwarded-For: 203.0.113.7", b"X-Real-IP: 10.1.2.3"):
-                answer = await exchange(
+                answer = await raw_exchange(
                     outside.port, b"GET / HTTP/1.1\r\nHost: app\r\n" + header + b"\r\n\r\n"
                 )
                 assert statuses(answer) == [403]
@@ -389,7 +388,7 @@ async def test_tokens_never_reach_logs_reprs_or_errors(caplog: pytest.LogCapture
                 b"Proxy-Authorization: Bearer " + EXTERNAL_TOKEN.encode() + b"\x00\r\n",
                 b"X-Fold: a\r\n " + WRONG_TOKEN.encode() + b"\r\n",
             ):
-                answer = await exchange(
+                answer = await raw_exchange(
                     running.port,
                     b"GET /s HTTP/1.1\r\nHost: app\r\nConnection: close\r\n" + credential + b"\r\n",
                 )

@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Final
 import pytest
 import trio
 
-from tests.integration.client import Reply, fetch
+from tests.integration.client import Reply, fetch, raw_exchange, statuses
 from tests.integration.harness import start_agent, start_server, start_tunnel
-from tests.integration.raw_exchange import exchange, statuses
 from tests.integration.raw_upstream import start_raw_upstream
 
 if TYPE_CHECKING:
@@ -258,7 +257,7 @@ async def test_smuggling_shapes_never_make_a_second_upstream_request(
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             running, upstream = await start_tunnel(nursery)
-            answer = await exchange(running.port, raw + last)
+            answer = await raw_exchange(running.port, raw + last)
             assert b"smuggled" not in answer
             targets = [r.target for r in upstream.requests]
             if body is None:
@@ -283,13 +282,13 @@ async def test_pipelined_requests_are_checked_one_by_one() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             running, upstream = await start_tunnel(nursery)
-            answer = await exchange(running.port, first + last)
+            answer = await raw_exchange(running.port, first + last)
             assert statuses(answer) == [200, 200]
             assert [(r.target, r.body) for r in upstream.requests] == [
                 (b"/echo", b"line\r\n two"),
                 (b"/last", b""),
             ]
-            answer = await exchange(running.port, first + folded + last)
+            answer = await raw_exchange(running.port, first + folded + last)
             assert statuses(answer) == [200, 400]
             assert [r.target for r in upstream.requests[2:]] == [b"/echo"]
             nursery.cancel_scope.cancel()
@@ -303,7 +302,7 @@ async def test_an_abandoned_request_body_never_reaches_the_next_client() -> None
             # Warm the agent's pool so the next request reuses its upstream connection.
             assert (await fetch(running.port, b"GET", b"/warm")).status == 200
             # A chunk goes upstream, then the client's framing breaks.
-            answer = await exchange(
+            answer = await raw_exchange(
                 running.port,
                 b"POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n"
                 b"5\r\nfirst\r\nzz\r\nPOST /echo HTTP/1.1\r\n",
@@ -379,7 +378,7 @@ async def test_upstream_response_with_broken_framing_is_502(answer: bytes) -> No
             running = await start_server(nursery)
             upstream, port = await start_raw_upstream(nursery, answer)
             await start_agent(nursery, running, {"app": port})
-            received = await exchange(
+            received = await raw_exchange(
                 running.port, b"GET /x HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
             )
             assert statuses(received) == [502]
