@@ -143,7 +143,7 @@ def test_configuration_page_describes_every_key(file: str, cls: type) -> None:
 
 
 def security_table_tests(text: str) -> list[tuple[str, str]]:
-    """(file, test) for each test SECURITY.md's rules table names.
+    """(file, test) for each test SECURITY.md's rules table names ("" for a whole module).
 
     A cell names ``tests/dir/test_x.py::name`` in full the first time; after that
     ``test_x.py::name`` is in the directory last named, and ``::name`` in the file.
@@ -152,8 +152,11 @@ def security_table_tests(text: str) -> list[tuple[str, str]]:
     directory = file = ""
     table = text[text.index("## Rules and the tests that hold them") :]
     for row in re.findall(r"^\|.*\|\s*$", table, re.M)[2:]:
-        for ref in re.findall(r"`([^`]*::[^`]*)`", row.rsplit("|", 2)[1]):
+        for ref in re.findall(r"`([^`]*(?:::|\.py)[^`]*)`", row.rsplit("|", 2)[1]):
             path, _, name = ref.partition("::")
+            if not name:  # a whole module, named in full; the next short name reads as before
+                found.append((path, ""))
+                continue
             if "/" in path:
                 directory, _, file = path.rpartition("/")
             elif path:
@@ -169,7 +172,7 @@ def test_security_md_names_tests_that_exist() -> None:
         f"{path}::{name}"
         for path, name in named
         if not (ROOT / path).is_file()
-        or not re.search(rf"^(async )?def {name}\(", (ROOT / path).read_text(), re.M)
+        or (name and not re.search(rf"^(async )?def {name}\(", (ROOT / path).read_text(), re.M))
     ]
     assert missing == []
 
@@ -178,11 +181,14 @@ def test_the_security_table_reader_follows_short_references() -> None:
     text = (
         "## Rules and the tests that hold them\n\n| rule | test |\n|---|---|\n"
         "| a | `tests/x/test_a.py::one`, `::two` |\n"
-        "| b | `test_b.py::three[param]`, `tests/y/test_c.py::four` |\n"
+        "| b | `test_b.py::three[param]`, `tests/z/test_d.py`, `tests/y/test_c.py::four` |\n"
+        "| c | `test_e.py::five` |\n"
     )
     assert security_table_tests(text) == [
         ("tests/x/test_a.py", "one"),
         ("tests/x/test_a.py", "two"),
         ("tests/x/test_b.py", "three"),
+        ("tests/z/test_d.py", ""),
         ("tests/y/test_c.py", "four"),
+        ("tests/y/test_e.py", "five"),
     ]
