@@ -49,8 +49,8 @@ from pvtunnel._trio.agent_admin import AgentAdmin
 from pvtunnel._trio.dial import (
     client_ssl_context,
     describe_failure,
+    dial,
     final_if_refused,
-    open_stream,
 )
 from pvtunnel._trio.discovery import DiscoveredServer, resolve_addresses, url_host_port
 from pvtunnel._trio.inspector import Inspector
@@ -418,7 +418,7 @@ class TunnelAgent:
         host, port = url_host_port(url)
         ssl_context = client_ssl_context(url, self.config)
         with trio.fail_after(self.config.timeouts.connect_s):
-            stream = await open_stream(host, port, ssl_context, link.address)
+            stream = await dial(host, port, ssl_context, link.address)
         # We own the transport, so it is closed however the session ends; the
         # WebSocket's reader task lives in ``connection`` and ends with it.
         async with stream, trio.open_nursery() as connection:

@@ -36,7 +36,7 @@ def final_if_refused(exc: BaseException, url: str) -> BaseException:
     return exc
 
 
-async def open_stream(
+async def dial(
     host: str, port: int, ssl_context: ssl.SSLContext | None, address: str | None = None
 ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
     """Dial ``address`` (else ``host``); TLS names and verifies ``host`` either way."""
