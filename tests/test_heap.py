@@ -58,10 +58,15 @@ def test_tuned_heap_reuses_pages_for_large_buffers() -> None:
         return
     plain = _faults("plain")
     tuned = _faults("tuned")
-    # glibc's defaults fault in every page of each 256 KiB buffer (64 per copy);
-    # the tuned heap keeps them.
-    assert plain > 100 * 64 // 2
-    assert tuned * 10 < plain
+    # The tuned heap keeps the pages: 100 copies of a 256 KiB buffer (64 pages
+    # each) fault next to none in.
+    assert tuned < 100 * 64 // 20
+    # glibc's defaults fault every page of each copy in, unless its dynamic mmap
+    # threshold has already risen (freeing a large mmapped block raises it): under
+    # Python 3.13 it has by the time the script runs, and setting the threshold
+    # by hand (which turns the dynamic one off) brings the faults back.
+    if sys.version_info < (3, 13):
+        assert plain > 100 * 64 // 2
 
 
 def test_environment_settings_win(monkeypatch: pytest.MonkeyPatch) -> None:
