@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import _harness as h
 import _httpclient as hc
+import _procfs as procfs
 import slow
 import split
 from _results import RowResult, Target, Transfer, WrkResult, fmt, one_line
@@ -68,14 +69,14 @@ def run_wrk(
         f"Host: {HOST_HEADER}",
         f"http://{h.LOOPBACK}:{port}{SMALL_PATH}",
     ]
-    cpu_before = h.cpu_total_s(pids)
+    cpu_before = procfs.cpu_total_s(pids)
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=seconds + 60, start_new_session=True
         )
     except subprocess.TimeoutExpired as exc:
         raise h.BenchError(f"wrk did not finish within {seconds + 60:.0f} s") from exc
-    cpu_used = h.cpu_total_s(pids) - cpu_before
+    cpu_used = procfs.cpu_total_s(pids) - cpu_before
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("WRK_JSON ")), None)
     if done.returncode != 0 or line is None:
         raise h.BenchError(
@@ -239,7 +240,7 @@ def sample_rss(row: RowResult, target: Target) -> None:
     """Peak RSS of the tunnel's processes, read before they stop."""
     pids = target.tunnel_pids()
     if pids:
-        samples = h.sample(pids)
+        samples = procfs.sample(pids)
         row.processes = [asdict(s) for s in samples]
         row.peak_rss_mib = sum(s.vmhwm_kib for s in samples) / 1024
 
@@ -249,7 +250,7 @@ def wait_for_quiet(limit_s: float = QUIET_WAIT_S, window_s: float = 2.0) -> floa
     passes; returns the last window's load (cores)."""
     deadline = time.monotonic() + limit_s
     while True:
-        others = h.ForeignLoad()
+        others = procfs.ForeignLoad()
         time.sleep(window_s)  # a measuring window, not a readiness wait
         load = others.cores()
         if load <= OTHER_LOAD_WARN_CORES or time.monotonic() > deadline:
@@ -275,7 +276,7 @@ def measure(world: World, running: Running, label: str, step: Callable[[], T]) -
     """One measurement of one row, again (``--retry-disturbed``) while other processes
     disturb it; the last attempt's figure is returned and its other load recorded."""
     for attempt in range(world.settings.retry_disturbed + 1):
-        others = h.ForeignLoad()
+        others = procfs.ForeignLoad()
         figure = step()
         load = others.cores()
         if load <= OTHER_LOAD_WARN_CORES or attempt == world.settings.retry_disturbed:

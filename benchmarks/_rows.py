@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Final
 
 import _harness as h
 import _httpclient as hc
+import _procfs as procfs
 import slow
 import split
 from _results import RowResult, Target, one_line
@@ -218,7 +219,7 @@ def row_nginx_proxy(world: World, row: RowResult) -> Iterator[Target]:
     (port,) = h.free_ports(1)
     proxy = start_nginx(world, name="nginx-proxy", port=port, server_block=proxy_block(world, port))
     try:
-        yield Target(port, lambda: [proxy.pid, *h.descendants(proxy.pid)])
+        yield Target(port, lambda: [proxy.pid, *procfs.descendants(proxy.pid)])
     finally:
         world.children.stop(proxy)
 
@@ -345,7 +346,9 @@ def ssh_tunnel(world: World, row: RowResult, *, best: bool) -> Iterator[Target]:
 
         def pids() -> list[int]:
             # With root logins sshd skips the unprivileged child: one session process.
-            session = [pid for pid in h.descendants(sshd.pid) if h.proc_comm(pid) == "sshd"]
+            session = [
+                pid for pid in procfs.descendants(sshd.pid) if procfs.proc_comm(pid) == "sshd"
+            ]
             return [ssh.pid, *session]
 
         yield Target(remote_port, pids, split_port=remote_split_port)

@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
 import _httpclient as hc
+import _procfs as procfs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -284,13 +285,13 @@ def measure_path(
         result = TransferResult(path=name, transfer=transfer)
         cpu_before: dict[str, float] = {}
         for who, pid in watched.items():
-            before = h.proc_status_kib(pid, "VmHWM") or 0
+            before = procfs.proc_status_kib(pid, "VmHWM") or 0
             overall_peak_kib[who] = max(overall_peak_kib.get(who, 0), before)
-            if not h.reset_peak_rss(pid):
+            if not procfs.reset_peak_rss(pid):
                 print(f"warning: cannot reset VmHWM of {who}", file=sys.stderr)
-            cpu_before[who] = h.proc_cpu_s(pid) or 0.0
+            cpu_before[who] = procfs.proc_cpu_s(pid) or 0.0
         print(f"   {name}: {transfer} {size / h.MIB:.0f} MiB ...", file=sys.stderr, flush=True)
-        others = h.ForeignLoad()
+        others = procfs.ForeignLoad()
         try:
             result.bytes, result.seconds = run_transfer(
                 port, transfer, size, block, verify_crc=verify_crc
@@ -302,11 +303,11 @@ def measure_path(
             print(f"   FAILED: {result.error}", file=sys.stderr)
         result.other_load_cores = others.cores()
         for who, pid in watched.items():
-            peak = h.proc_status_kib(pid, "VmHWM")
+            peak = procfs.proc_status_kib(pid, "VmHWM")
             if peak is not None:
                 result.peak_rss_mib[who] = peak / 1024
                 overall_peak_kib[who] = max(overall_peak_kib.get(who, 0), peak)
-            cpu = h.proc_cpu_s(pid)
+            cpu = procfs.proc_cpu_s(pid)
             if cpu is not None:
                 result.cpu_s[who] = cpu - cpu_before[who]
         results.append(result)

@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _harness as h
+import _procfs as procfs
 import split
 from _measure import measure_rows
 from _report import compute_ratios, draw_chart, judge_bars, render_tables, versions
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.out.mkdir(parents=True, exist_ok=True)
     logs = settings.out / "logs"
     logs.mkdir(exist_ok=True)
-    others = h.ForeignLoad()
+    others = procfs.ForeignLoad()
     tmp = make_tmp_dir()
     children = h.Children()
     world = World(settings=settings, tmp=tmp, logs=logs, tools=tools, children=children)

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import _harness as h
 import _httpclient as hc
+import _procfs as procfs
 import h11
 import trio
 
@@ -421,7 +422,7 @@ def _client_result(client: h.Child) -> dict[str, Any] | None:
 
 
 def _tunnel_rss_mib(pids: Sequence[int]) -> float:
-    return sum(s.vmrss_kib for s in h.sample(pids)) / 1024
+    return sum(s.vmrss_kib for s in procfs.sample(pids)) / 1024
 
 
 def measure_slow(
@@ -441,7 +442,7 @@ def measure_slow(
     Never raises for a failed step: the reason goes to ``SlowResult.error``.
     """
     result = SlowResult(count, FAST_CONNECTIONS, FAST_THREADS, seconds)
-    others = h.ForeignLoad()
+    others = procfs.ForeignLoad()
     client: h.Child | None = None
     try:
         before = upstream.stats()

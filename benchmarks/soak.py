@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Final
 
 import _harness as h
+import _procfs as procfs
 import h11
 import trio
 
@@ -44,7 +45,7 @@ HEARTBEAT: Final = "[timeouts]\nheartbeat_s = 1.0\nheartbeat_timeout_s = 4.0\n"
 
 def rss_kib(pid: int, key: str = "VmRSS") -> int:
     """A memory figure of a live process in KiB (0 once it is gone)."""
-    return h.proc_status_kib(pid, key) or 0
+    return procfs.proc_status_kib(pid, key) or 0
 
 
 # --------------------------------------------------------------------- upstream
