@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 
 import attrs
@@ -292,4 +293,43 @@ async def test_a_request_pipelined_while_waiting_is_not_taken_for_a_hang_up() ->
             assert [r.target for r in upstream.requests] == [b"/hold", b"/next"]
             assert upstream.hangups == 0
             await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_clients_closing_while_their_hang_up_is_checked_never_stop_the_server() -> None:
+    """The server-wide hang-up watch peeks at a waiting client's socket, and the
+    peek yields: the client's own task may answer it and close the socket meanwhile.
+    The watch must take that in its stride, not stop the server with it.
+
+    Each client leaves a byte unread behind its request (so the watch peeks and
+    then asks the kernel about the socket) and gets its answer at a random moment.
+    """
+    rounds_s, clients = 3.0, 300
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            running, _ = await start_tunnel(nursery)
+
+            async def client() -> None:
+                with trio.move_on_after(rounds_s):
+                    while True:
+                        delay_ms = random.randrange(150, 450)
+                        async with await trio.open_tcp_stream("127.0.0.1", running.port) as s:
+                            await s.send_all(
+                                b"GET /sleep/%d HTTP/1.1\r\nHost: app\r\n"
+                                b"Connection: close\r\n\r\n" % delay_ms
+                            )
+                            # After the server has read the head: this byte stays
+                            # on the socket, for the watch to find.
+                            await trio.sleep(0.05)
+                            # Closing with the byte unread, the server resets the
+                            # connection: the client may see that instead of the end.
+                            with contextlib.suppress(trio.BrokenResourceError):
+                                await s.send_all(b"X")
+                                while await s.receive_some(65536):
+                                    pass
+
+            async with trio.open_nursery() as load:
+                for _ in range(clients):
+                    load.start_soon(client)
+            assert (await fetch(running.port, b"GET", b"/")).status == 200
             nursery.cancel_scope.cancel()

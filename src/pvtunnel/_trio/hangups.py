@@ -8,6 +8,7 @@ pipelined request stays for the keep-alive loop to read.
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 from typing import TYPE_CHECKING, Final
@@ -16,6 +17,8 @@ import trio
 
 if TYPE_CHECKING:
     from pvtunnel._trio.state import ServerState
+
+logger = logging.getLogger("pvtunnel.server")
 
 HANGUP_CHECK_S: Final = 0.2
 
@@ -36,7 +39,15 @@ async def watch_hangups(state: ServerState) -> None:
         await trio.sleep(HANGUP_CHECK_S)
         for client, channel in list(awaiting.items()):
             # The client may have moved on to another request while we peeked at others.
-            settled = awaiting.get(client) is channel and await client.check_hangup(channel)
+            if awaiting.get(client) is not channel:
+                continue
+            try:
+                settled = await client.check_hangup(channel)
+            except Exception:
+                # Boundary: this task serves the whole server, and a failure checking
+                # one client must not end it (and every connection with it).
+                logger.exception("checking %s for a hang-up failed", client.address)
+                settled = True
             if settled and awaiting.get(client) is channel:
                 del awaiting[client]
         state.hangups_checked.unpark_all()
@@ -74,6 +85,11 @@ async def _closed_at_peek(sock: trio.socket.SocketType) -> bool:
         peeked = await sock.recv(1, socket.MSG_PEEK)
     except OSError:
         peeked = b""
+    if sock.fileno() == -1:
+        # The peek yields once it has its answer, and meanwhile the connection's
+        # own task may have finished the exchange and closed the socket: nobody is
+        # waiting any more, so there is no hang-up to act on.
+        return False
     return not peeked or _peer_closed(sock)
 
 

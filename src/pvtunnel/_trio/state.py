@@ -31,6 +31,8 @@ access_logger = logging.getLogger("pvtunnel.access")
 class AwaitingClient(Protocol):
     """A client connection waiting for a response, as `watch_hangups` checks it."""
 
+    address: str
+
     async def check_hangup(self, channel: Channel) -> bool:
         """Reset the stream if the client closed its connection; True once settled."""
         ...
