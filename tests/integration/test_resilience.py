@@ -127,6 +127,37 @@ async def test_reconnecting_client_id_replaces_its_stale_session() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_reconnect_leaves_a_draining_connection_to_finish_its_requests() -> None:
+    """A rolling restart: the old agent said GOAWAY and is finishing a request when
+    the new one, with the same client_id, registers. Only a connection that is not
+    leaving is taken as stale and closed; this one's request still gets its answer,
+    and new requests go to the new connection."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            old_agent, _, _ = await start_agent(nursery, running, {"app": port}, client_id="edge")
+            (old,) = running.server.sessions
+            statuses: list[int] = []
+
+            async def held_request() -> None:
+                statuses.append((await fetch(running.port, b"GET", b"/hold")).status)
+
+            async with trio.open_nursery() as requests:
+                requests.start_soon(held_request)
+                await upstream.hold_started.wait()
+                nursery.start_soon(old_agent.drain)
+                await old.tunnel.going_away.wait()
+                await start_agent(nursery, running, {"app": port}, client_id="edge")
+                assert old in running.server.sessions
+                (new,) = running.server.sessions - {old}
+                assert (await fetch(running.port, b"GET", b"/")).status == 200
+                assert (new.requests, old.requests) == (1, 1)
+                upstream.release.set()
+            assert statuses == [200]
+            nursery.cancel_scope.cancel()
+
+
 async def test_client_hanging_up_resets_the_stream_and_the_upstream_connection() -> None:
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:

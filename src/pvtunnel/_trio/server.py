@@ -301,8 +301,14 @@ class TunnelServer:
         Only a connection whose token has the same scope counts as a reconnect: a
         ``client_id`` is the agent's own claim, and another team's token naming it
         must not evict that agent (both then stay, each with its own routes).
+
+        A connection that is leaving already (its agent said GOAWAY, as in a rolling
+        restart, and is out of the router) is not stale: it is finishing requests,
+        and keeps its connection until they are done.
         """
         for old in [s for s in self.state.sessions if s.client_id == session.client_id]:
+            if old.tunnel.going_away.is_set():
+                continue
             if old.scopes != session.scopes:
                 logger.warning(
                     "agent %s from %s has the client id of a connection from %s whose "
