@@ -96,6 +96,36 @@ async def test_no_agent_back_within_hold_s_is_503_with_retry_after() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_the_hold_is_not_the_upstreams_time() -> None:
+    """A hold longer than ``upstream_response_s`` still ends as a hold does (503 once
+    ``hold_s`` is over), and a request served after such a hold gets the upstream's
+    whole time from then on."""
+    timeouts = {"hold_s": 1.0, "upstream_response_s": 0.3}
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _, _ = await start_departed(nursery, server_config(timeouts=timeouts))
+            started = trio.current_time()
+            reply = await fetch(running.port, b"GET", b"/")
+            assert trio.current_time() - started >= 1.0
+            assert (reply.status, reply.header(b"retry-after")) == (503, b"1")
+            replies: list[Reply] = []
+
+            async def client() -> None:
+                replies.append(await fetch(running.port, b"GET", b"/"))
+
+            async with trio.open_nursery() as clients:
+                clients.start_soon(client)
+                await wait_held(running.server, 1)
+                # Back after longer than the upstream may take, within the hold.
+                await trio.sleep(0.5)
+                _, new_port = await start_upstream(nursery, "new")
+                await start_agent(nursery, running, {"app": new_port})
+            assert [(r.status, r.header(b"x-upstream")) for r in replies] == [(200, b"new")]
+            held = running.server.state.metrics.held_requests
+            assert (held["timed_out"], held["served"], held["abandoned"]) == (1, 1, 0)
+            nursery.cancel_scope.cancel()
+
+
 async def test_never_served_names_are_404_at_once_while_departed_ones_wait() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:

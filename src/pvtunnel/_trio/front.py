@@ -233,8 +233,13 @@ class ClientConnection:
             max_streams_per_agent=limit,
         )
         if isinstance(admission, WaitForRoute):
-            # A route whose agents left lately waits for one to come back.
+            # A route whose agents left lately waits for one to come back. The wait
+            # has its own bound (`hold_s`, then 503); the upstream's time starts
+            # once the request can go to an agent, or its refusal be written.
+            self.scope.deadline = math.inf
             held = await self._wait_held(admission.authority)
+            self.started = trio.current_time()
+            self.scope.deadline = self.started + config.timeouts.upstream_response_s
             if held is None:
                 self.state.log_request(request, self.address, 499, 0, None)
                 return False
