@@ -435,6 +435,43 @@ async def test_request_log_lines_carry_route_agent_status_bytes_duration_and_str
     assert f"stream={get['stream_id']}" in get["message"]
 
 
+async def test_requests_a_deadline_ended_are_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 504 (no response head in time) and a 408 (the body stalled) are answered by
+    the connection's deadline, after the request reached the agent: they get their
+    log line and their count like any answered request."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.access")
+    config = server_config(timeouts={"upstream_response_s": 0.3, "idle_s": 0.3})
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            _, upstream_port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": upstream_port})
+            assert (await fetch(running.port, b"GET", b"/never")).status == 504
+            stalled = await raw_exchange(
+                running.port,
+                b"POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\npart",
+            )
+            assert stalled.startswith(b"HTTP/1.1 408 "), stalled
+            figures = running.server.state.metrics.routes["app"]
+            assert (figures.status_classes[5], figures.status_classes[4]) == (1, 1)
+            assert figures.bytes_in == 4
+            nursery.cancel_scope.cancel()
+    formatter = JsonFormatter()
+    lines = [
+        json.loads(formatter.format(record))
+        for record in caplog.records
+        if record.name == "pvtunnel.access" and "status" in vars(record)
+    ]
+    assert [_pick(line, "status", "method", "route", "agent", "bytes_in") for line in lines] == [
+        {"status": 504, "method": "GET", "route": "app", "agent": "agent-1", "bytes_in": 0},
+        {"status": 408, "method": "POST", "route": "app", "agent": "agent-1", "bytes_in": 4},
+    ]
+    assert all(isinstance(line["stream_id"], int) for line in lines)
+    assert lines[0]["duration_ms"] >= 300
+
+
 async def test_serve_and_agent_take_admin_port_flags_and_status_reads_both(
     processes: list[Process],
 ) -> None:

@@ -86,6 +86,10 @@ class ClientConnection:
         self.body_waits_for_agent = False
         # When the current request's head was read (trio clock), for its log line.
         self.started = 0.0
+        # The current request until its log line is written, and the agent and
+        # stream it went to: a deadline that ends it early still logs it.
+        self.unlogged: h11.Request | None = None
+        self.exchange: tuple[str, int] | None = None
         # h11 caps only incomplete heads; a whole head that arrived at once is checked here.
         self.max_head_bytes = state.config.limits.max_request_head_bytes
 
@@ -98,6 +102,7 @@ class ClientConnection:
             while True:
                 self.phase = Phase.HEAD
                 self.method = None
+                self.unlogged = self.exchange = None
                 self.http.received = 0
                 # The head's raw bytes for request_head_problem, starting with any
                 # pipelined bytes h11 already holds; recording stops at the head.
@@ -143,6 +148,7 @@ class ClientConnection:
                 self.started = trio.current_time()
                 self.scope.deadline = self.started + timeouts.upstream_response_s
                 self.phase = Phase.RESPONSE
+                self.unlogged = event
                 if not await self._proxy(event, headers):
                     return
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -202,6 +208,7 @@ class ClientConnection:
         # Reading an unread body to keep the connection is not worth it: close instead.
         has_body = self.has_body
         await self._send_error(status, detail, close=has_body, extra=extra)
+        self.unlogged = None
         self.state.log_request(request, self.address, status, 0, None, route=route)
         return not has_body
 
@@ -241,6 +248,7 @@ class ClientConnection:
             self.started = trio.current_time()
             self.scope.deadline = self.started + config.timeouts.upstream_response_s
             if held is None:
+                self.unlogged = None
                 self.state.log_request(request, self.address, 499, 0, None)
                 return False
             if isinstance(held, HoldOutcome):
@@ -287,6 +295,7 @@ class ClientConnection:
                 request, 431, "request head too large to forward", route=route
             )
         state.stream_started(session)
+        self.exchange = (session.client_id, channel.stream_id)
         try:
             if switch is not None and not has_body:
                 # No hang-up watch here: after a switch the pipe itself reads the socket.
@@ -508,6 +517,7 @@ class ClientConnection:
         started: float,
         channel: Channel,
     ) -> None:
+        self.unlogged = None
         self.state.log_request(
             request,
             self.address,
@@ -518,6 +528,25 @@ class ClientConnection:
             route=self.route,
             bytes_in=self.request_bytes,
             stream_id=channel.stream_id,
+        )
+
+    def log_cut_short(self, status: int) -> None:
+        """Log the current request, if a deadline or an internal error ended it
+        before its log line was written, with the status it was answered with."""
+        request, self.unlogged = self.unlogged, None
+        if request is None:
+            return
+        agent, stream_id = self.exchange or (None, None)
+        self.state.log_request(
+            request,
+            self.address,
+            status,
+            0,
+            agent,
+            self.started if agent is not None else None,
+            route=self.route,
+            bytes_in=self.request_bytes,
+            stream_id=stream_id,
         )
 
     async def _receive_final_head(
@@ -578,17 +607,21 @@ async def handle_client(
         await client.serve()
         if client.scope.cancelled_caught and client.phase is Phase.RESPONSE:
             await client._send_error(504, "the upstream service took too long", close=True)
+            client.log_cut_short(504)
         elif client.scope.cancelled_caught and client.phase is Phase.BODY:
             if client.body_waits_for_agent:
                 await client._send_error(504, "the upstream stopped taking the body", close=True)
+                client.log_cut_short(504)
             else:
                 await client._send_error(408, "the request body stalled", close=True)
+                client.log_cut_short(408)
     except BROKEN:
         pass
     except Exception:
         # Boundary: one client connection's failure must not reach the listener.
         logger.exception("internal error serving %s", address)
         await client._send_error(500, "internal error", close=True)
+        client.log_cut_short(500)
     finally:
         state.client_connections -= 1
         with trio.move_on_after(1, shield=True):
