@@ -186,6 +186,46 @@ async def test_closing_the_tunnel_ends_a_blocked_early_send(
             assert server.closed is not None
 
 
+async def test_cancelling_an_agent_tunnel_ends_a_blocked_early_send(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On the agent the streams' tasks run inside `Tunnel.run`, so a shielded early
+    send held up by a server that stopped reading would keep `run` from ending when
+    it is cancelled (a shutdown after its grace period, a retired link): the
+    agent would never exit. Cancelling `run` ends that send too."""
+    gate = trio.Event()  # never set: the server reads nothing more
+
+    async def answer(channel: Channel, head: RequestHead) -> None:
+        channel.send_response(OK)
+        channel.end()
+
+    with trio.fail_after(LIMIT_S):
+        async with open_pair() as pair, trio.open_nursery() as nursery:
+            agent = Tunnel(pair.client, Multiplexer(Role.AGENT), on_stream=answer, label="agent")
+            agent.mux.send_hello(client_id="agent-1", routes=("app",))
+            await agent.flush()
+            server_mux = Multiplexer(Role.SERVER)
+            server_mux.receive_data(await pair.server.receive_some())
+            server_mux.accept()
+            await pair.server.send(server_mux.data_to_send())
+            assert await agent.receive_handshake() == ev.Accepted(refused=())
+            _gate_sends(monkeypatch, agent, gate)
+            with trio.CancelScope() as running:
+                nursery.start_soon(_cancel_once_blocked, running)
+                server_mux.open_stream(GET, end_stream=True)
+                await pair.server.send(server_mux.data_to_send())
+                await agent.run()
+            assert running.cancelled_caught
+            assert agent.closed is not None
+            nursery.cancel_scope.cancel()
+
+
+async def _cancel_once_blocked(scope: trio.CancelScope) -> None:
+    """Cancel ``scope`` once every task waits: the stream's early send is then stuck."""
+    await trio.testing.wait_all_tasks_blocked()
+    scope.cancel()
+
+
 async def test_an_early_send_on_a_broken_connection_fails_every_stream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -345,7 +345,18 @@ class Tunnel:
                 if self._heartbeat_s is not None:
                     nursery.start_soon(self._heartbeat, self._heartbeat_s, nursery.cancel_scope)
                 task_status.started()
-                await self._reader(nursery)
+                try:
+                    await self._reader(nursery)
+                except ProtocolError as exc:
+                    self._close_all(TunnelClosedError(f"protocol error: {exc}"))
+                    raise
+                finally:
+                    # However the reader ends (the peer closed, an error, or `run`
+                    # was cancelled): on the agent the streams' tasks run in this
+                    # nursery, and one may be in a shielded early send that a peer
+                    # no longer reading holds up forever. Closing cancels it, so
+                    # the nursery can end; no send starts after it.
+                    self._close_all(TunnelClosedError("agent connection closed"))
                 nursery.cancel_scope.cancel()
         except* ProtocolError as group:
             error = group.exceptions[0]
