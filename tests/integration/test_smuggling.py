@@ -17,6 +17,7 @@ import trio
 
 from tests.integration.client import Reply, fetch, raw_exchange, statuses
 from tests.integration.harness import start_agent, start_server, start_tunnel
+from tests.integration.listen import serve_on_loopback
 from tests.integration.raw_upstream import start_raw_upstream
 
 if TYPE_CHECKING:
@@ -466,4 +467,54 @@ async def test_only_idempotent_requests_are_retried_after_a_pooled_connection_fa
             else:
                 assert reply.status == 502
                 assert len(acted) == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_retry_takes_a_fresh_connection_not_another_pooled_one() -> None:
+    """Two pooled connections that the upstream closes at the same moment (its
+    keep-alive timeout, say): the retry after the first fails must not meet the
+    same fate on the second."""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    both_warming = trio.Event()
+    warming: list[int] = []
+    acted_on: list[int] = []
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        number = len(warming) + len(acted_on) + 1  # connections in the order they came
+        answered = 0
+        buffer = b""
+        async with stream:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    if not (data := await stream.receive_some(65536)):
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                if b" /warm " in head:
+                    # Both warm-ups in flight at once: the pool ends up with two.
+                    warming.append(number)
+                    if len(warming) == 2:
+                        both_warming.set()
+                    await both_warming.wait()
+                else:
+                    acted_on.append(number)
+                    if answered:
+                        return  # a connection that served before hangs up now
+                await stream.send_all(ok)
+                answered += 1
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            port = await nursery.start(serve_on_loopback, upstream)
+            agent, _, _ = await start_agent(nursery, running, {"app": port})
+            async with trio.open_nursery() as warm:
+                for _ in range(2):
+                    warm.start_soon(fetch, running.port, b"GET", b"/warm")
+            assert agent.pool.idle_count("app") == 2
+            reply = await fetch(running.port, b"GET", b"/act")
+            assert (reply.status, reply.body) == (200, b"ok")
+            assert len(acted_on) == 2
+            assert acted_on[0] in warming
+            assert acted_on[1] not in warming
             nursery.cancel_scope.cancel()

@@ -216,7 +216,9 @@ class Replay:
         route = self.route
         pool = self.pool
         for attempt in (1, 2):
-            connection = pool.take_idle(route)
+            # The retry dials afresh: an upstream closing idle connections (its
+            # keep-alive timeout) closes the other pooled ones at the same moment.
+            connection = pool.take_idle(route) if attempt == 1 else None
             reused = connection is not None
             if connection is None:
                 try:
