@@ -10,10 +10,12 @@ a response answer nobody.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Final
 
 import pytest
 import trio
+import trio.testing
 
 from tests.integration.client import Reply, fetch, raw_exchange, statuses
 from tests.integration.harness import start_agent, start_server, start_tunnel
@@ -389,6 +391,55 @@ async def test_upstream_response_with_broken_framing_is_502(answer: bytes) -> No
             )
             assert len(upstream.heads) >= 1
             nursery.cancel_scope.cancel()
+
+
+_FILLER: Final = b"".join(b"X-Filler-%03d: %s\r\n" % (i, b"f" * 1000) for i in range(90))
+_BIG_HEAD: Final = b"HTTP/1.1 200 OK\r\n" + _FILLER + b"Content-Length: 7\r\n\r\nSMUGGLE"
+
+
+@pytest.mark.parametrize(
+    "parts",
+    [
+        # h11 caps a head only while it is incomplete: one that arrives in two
+        # reads, each under the cap, may end up bigger than one HEAD frame.
+        pytest.param([_BIG_HEAD[:40000], _BIG_HEAD[40000:]], id="head-over-one-frame"),
+        # h11 takes any three digits; HTTP and the HEAD frame take 100-599.
+        pytest.param([b"HTTP/1.1 999 Odd\r\nContent-Length: 7\r\n\r\nSMUGGLE"], id="status-999"),
+    ],
+)
+async def test_a_response_head_the_tunnel_cannot_carry_is_the_upstreams_error(
+    parts: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A head h11 accepted but the tunnel cannot carry is the upstream's error (a
+    502, a warning), not the agent's (no error log, no traceback)."""
+    caplog.set_level(logging.WARNING, "pvtunnel")
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        async with stream:
+            buffer = b""
+            while b"\r\n\r\n" not in buffer:
+                buffer += await stream.receive_some(65536)
+            for part in parts:
+                # The agent has read what came before (everything waits for more)
+                # when the next part arrives: no read of the head passes h11's cap.
+                await trio.testing.wait_all_tasks_blocked()
+                await stream.send_all(part)
+            await trio.sleep_forever()
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            port = await nursery.start(serve_on_loopback, upstream)
+            await start_agent(nursery, running, {"app": port})
+            received = await raw_exchange(
+                running.port, b"GET /x HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+            )
+            assert statuses(received) == [502]
+            assert b"SMUGGLE" not in received
+            nursery.cancel_scope.cancel()
+    records = [r for r in caplog.records if r.name.startswith("pvtunnel")]
+    assert [r.getMessage() for r in records if r.levelno >= logging.ERROR] == []
+    assert any("unusable response head" in r.getMessage() for r in records)
 
 
 async def test_extra_bytes_after_a_response_never_answer_another_request() -> None:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 import h11
 import trio
 
-from pvtunnel._errors import ErrorCode, TunnelClosedError, UpstreamError
+from pvtunnel._errors import ErrorCode, LocalProtocolError, TunnelClosedError, UpstreamError
 from pvtunnel._http.framing import framing_problem
 from pvtunnel._http.headers import end_to_end, header_value
 from pvtunnel._metrics import AgentMetrics
@@ -311,10 +311,20 @@ class Replay:
         raw = event.headers.raw_items()
         upgrade = header_value(raw, b"upgrade") or b""
         headers = (*end_to_end(raw), (b"Connection", b"upgrade"), (b"Upgrade", upgrade))
-        self.channel.send_response(ResponseHead(status=101, reason=event.reason, headers=headers))
+        self._forward_head(ResponseHead(status=101, reason=event.reason, headers=headers))
         self.head_sent = True
         initial, _ = connection.conn.trailing_data
         await run_pipe(connection.stream, self.channel, bytes(initial))
+
+    def _forward_head(self, head: ResponseHead) -> None:
+        """Send the upstream's response head on. One the tunnel cannot carry (over one
+        HEAD frame, which h11 lets through when it arrives in two reads; a status
+        h11 takes but HTTP does not, 600 to 999) is the upstream's protocol error:
+        a 502 for the client, as any other broken answer."""
+        try:
+            self.channel.send_response(head)
+        except LocalProtocolError as exc:
+            raise h11.RemoteProtocolError(f"unusable response head: {exc}") from None
 
     async def _pump_body(self, connection: UpstreamConnection) -> None:
         channel = self.channel
@@ -340,7 +350,7 @@ class Replay:
                 if event.status_code == 101:
                     await self._switched(connection, event)
                     return
-                channel.send_response(
+                self._forward_head(
                     ResponseHead(
                         status=event.status_code,
                         reason=event.reason,
@@ -361,7 +371,7 @@ class Replay:
         # Parse the body bytes already received (no I/O) before the head goes out: a
         # body broken from its start (a bad first chunk size) is then a 502 too.
         pending = connection.buffered_event()
-        channel.send_response(
+        self._forward_head(
             ResponseHead(
                 status=event.status_code, reason=event.reason, headers=tuple(end_to_end(headers))
             )
