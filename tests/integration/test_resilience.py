@@ -12,6 +12,7 @@ import trio
 
 from pvtunnel._backoff import Backoff
 from pvtunnel._config import AgentTimeouts
+from pvtunnel._errors import TunnelClosedError
 from tests.integration.client import Client, fetch
 from tests.integration.harness import (
     Running,
@@ -362,5 +363,26 @@ async def test_clients_closing_while_their_hang_up_is_checked_never_stop_the_ser
             async with trio.open_nursery() as load:
                 for _ in range(clients):
                     load.start_soon(client)
+            assert (await fetch(running.port, b"GET", b"/")).status == 200
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_closed_agent_connection_leaves_the_router_at_once() -> None:
+    """The moment a connection closes (a heartbeat timeout, a broken read), the
+    router stops offering it: a request admitted in the same scheduler pass goes to
+    a sibling agent, not to a connection that can only answer 502."""
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port}, client_id="edge-1")
+            (first,) = running.server.sessions
+            await start_agent(nursery, running, {"app": port}, client_id="edge-2")
+            (second,) = running.server.sessions - {first}
+            router = running.server.state.router
+            assert set(router.names()["app"]) == {first, second}
+            first.tunnel._close_all(TunnelClosedError("the peer stopped answering heartbeats"))
+            # No checkpoint since: nothing else has run.
+            assert router.lookup("app") == ("app", second)
             assert (await fetch(running.port, b"GET", b"/")).status == 200
             nursery.cancel_scope.cancel()

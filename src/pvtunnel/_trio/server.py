@@ -265,6 +265,8 @@ class TunnelServer:
         self.state.add_session(session)
         self.state.metrics.agent_connects += 1
         self.state.route(session, accepted)
+        # Its GOAWAY (in-flight requests finish, new ones go elsewhere) or its close.
+        tunnel.on_leaving = functools.partial(self.state.unroute, session)
         logger.info(
             "agent %s connected from %s with routes %s",
             hello.client_id,
@@ -273,10 +275,7 @@ class TunnelServer:
         )
         try:
             with session.scope:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._unroute_when_leaving, session)
-                    await tunnel.run()
-                    nursery.cancel_scope.cancel()
+                await tunnel.run()
         except* ProtocolError as group:
             self.state.metrics.agent_protocol_errors += 1
             # The leaf, not a nested group's summary: it says what the agent did.
@@ -327,11 +326,6 @@ class TunnelServer:
             self.state.unroute(old)
             self.state.discard_session(old)
             old.scope.cancel()
-
-    async def _unroute_when_leaving(self, session: AgentSession) -> None:
-        """An agent's GOAWAY: its in-flight requests finish, new ones go elsewhere."""
-        await session.tunnel.going_away.wait()
-        self.state.unroute(session)
 
     def _token_scopes(self, token: bytes | None) -> tuple[str, ...] | None:
         """Route patterns the token may claim (("*",) = any), or None if it is no token."""

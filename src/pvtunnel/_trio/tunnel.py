@@ -274,6 +274,10 @@ class Tunnel:
         self._pong_lot = trio.lowlevel.ParkingLot()
         self.closed: TunnelClosedError | None = None
         self.going_away = trio.Event()
+        # Called once, at once, when the connection starts to leave (the peer's
+        # GOAWAY, or the close): the server takes the agent out of its router there
+        # and then, so no request picks a connection that can no longer carry it.
+        self.on_leaving: Callable[[], None] | None = None
         # A send under way (the writer's or an early one): an early send waits for none.
         self._sending = False
         self._early_scope: trio.CancelScope | None = None
@@ -457,7 +461,7 @@ class Tunnel:
         self._channels.clear()
         for channel in channels:
             channel._fail(error)
-        self.going_away.set()
+        self._leaving()
         self._finished_lot.unpark_all()
         self._pong_lot.unpark_all()
 
@@ -552,11 +556,17 @@ class Tunnel:
                 self.rtt_s = max(0.0, (time.monotonic_ns() - sent_ns) / 1e9)
                 self._pong_lot.unpark_all()
             case ev.GoAwayReceived():
-                self.going_away.set()
+                self._leaving()
             case ev.PingReceived():
                 pass
             case ev.HelloReceived() | ev.Accepted() | ev.Rejected():
                 raise RemoteProtocolError("handshake frame after the handshake")
+
+    def _leaving(self) -> None:
+        if not self.going_away.is_set():
+            self.going_away.set()
+            if self.on_leaving is not None:
+                self.on_leaving()
 
     def _start_stream(self, event: ev.StreamOpened, nursery: trio.Nursery) -> None:
         handler = self._on_stream
