@@ -9,6 +9,7 @@ from hypothesis import given, strategies as st
 from pvtunnel._config import InspectConfig
 from pvtunnel._inspect.capture import (
     ENTRY_OVERHEAD_BYTES,
+    FIELD_OVERHEAD_BYTES,
     REDACTED,
     Capture,
     Event,
@@ -102,14 +103,27 @@ def test_bodies_are_cut_at_the_preview_size_and_marked() -> None:
 
 
 def test_the_byte_bound_holds_and_drops_the_oldest() -> None:
-    ring, _ = capture(max_bytes=65536, max_body_bytes=20000)
+    ring, _ = capture(max_bytes=70000, max_body_bytes=20000)
     for _ in range(10):
         exchange = ring.begin(head())
         ok(exchange, b"x" * 30000)
-        assert ring.bytes <= 65536
-    # Each holds a 20000-byte preview plus its heads: three fit, not four.
+        assert ring.bytes <= 70000
+    # Each holds a 20000-byte preview plus its heads and overhead: three fit, not four.
     assert held(ring) == [10, 9, 8]
     assert ring.bytes == sum(e.size for e in ring.newest_first())
+
+
+def test_a_head_of_many_tiny_fields_is_charged_what_it_holds() -> None:
+    """Thousands of one-byte fields are a few KiB of text but a tuple and two bytes
+    objects each: the bound counts those, so such heads cannot outgrow it."""
+    fields = tuple((b"a", b"") for _ in range(7000))
+    ring, _ = capture(max_bytes=2 << 20)
+    for _ in range(5):
+        ok(ring.begin(head(b"/", *fields)))
+    for exchange in ring.newest_first():
+        assert exchange.size >= ENTRY_OVERHEAD_BYTES + 7000 * (1 + FIELD_OVERHEAD_BYTES)
+    # About 0.9 MiB each: two fit in 2 MiB, not five.
+    assert held(ring) == [5, 4]
 
 
 def test_an_open_exchange_that_leaves_the_ring_stops_keeping_bytes() -> None:
