@@ -51,6 +51,7 @@ def test_every_key_is_read() -> None:
         (b'{"body_base64": "!!"}', "not valid base64"),
         (b'{"body_base64": 1}', "body_base64: expected a string"),
         (b'{"body": "", "body_base64": ""}', "not both"),
+        (b'{"headers": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deep"),
     ],
 )
 def test_bad_edits_say_what_is_wrong(data: bytes, message: str) -> None:

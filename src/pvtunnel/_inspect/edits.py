@@ -52,6 +52,10 @@ def parse_edits(data: bytes) -> Edits:
         document = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EditError(f"the body is not JSON: {exc}") from None
+    except RecursionError:
+        # How the json module answers deep nesting ("[[[[..."), which a body of
+        # the allowed size holds easily.
+        raise EditError("the body is JSON nested too deep") from None
     if not isinstance(document, dict):
         raise EditError("expected a JSON object of edits")
     unknown = sorted(set(document) - _KEYS)
