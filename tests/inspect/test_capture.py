@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from hypothesis import given, strategies as st
 
 from pvtunnel._config import InspectConfig
@@ -140,7 +141,7 @@ def test_an_open_exchange_that_leaves_the_ring_stops_keeping_bytes() -> None:
     assert events[-1][1] is not upload  # a gone exchange is not announced again
 
 
-def test_connect_upgrade_and_event_streams_keep_no_body() -> None:
+def test_connect_upgrade_and_event_streams_keep_no_streamed_body() -> None:
     ring, _ = capture()
     tunnel = ring.begin(head(b"app:443", method=b"CONNECT"))
     tunnel.request_data(b"client hello")
@@ -151,13 +152,23 @@ def test_connect_upgrade_and_event_streams_keep_no_body() -> None:
     upgrade.response_head(ResponseHead(status=101, headers=((b"Upgrade", b"websocket"),)))
     upgrade.response_data(b"frames")
     assert upgrade.kind is Kind.UPGRADE
-    events = ring.begin(head(b"/events"))
+    events = ring.begin(head(b"/events", (b"Content-Length", b"5"), method=b"POST"))
+    events.request_data(b"query")
+    events.request_end()
     ok(events, b"data: 1\n\n", content_type=b"text/event-stream")
     assert events.kind is Kind.STREAMING
-    for exchange in (tunnel, upgrade, events):
-        for body in (exchange.request_body, exchange.response_body):
-            assert body.omitted
-            assert body.data == b""
+    streamed = [
+        *(tunnel.request_body, tunnel.response_body),
+        *(upgrade.request_body, upgrade.response_body),
+        events.response_body,
+    ]
+    for body in streamed:
+        assert body.omitted
+        assert body.data == b""
+    # An event stream's request is a document like any other: kept, and replayable.
+    assert (bytes(events.request_body.data), events.request_body.omitted) == (b"query", False)
+    assert events.request_complete
+    assert not tunnel.request_complete
     assert tunnel.request_body.size == 12
     assert upgrade.response_body.size == 6
     assert ring.bytes == sum(e.size for e in ring.newest_first())
@@ -255,3 +266,27 @@ def test_any_traffic_stays_within_both_bounds(
             assert len(e.request_body.data) <= max_body_bytes
             assert len(e.response_body.data) <= max_body_bytes
             assert e.size >= ENTRY_OVERHEAD_BYTES
+
+
+@pytest.mark.parametrize(
+    ("headers", "sent", "ended", "complete"),
+    [
+        pytest.param((), b"", False, True, id="bodiless"),
+        pytest.param(((b"Content-Length", b"0"),), b"", False, True, id="content-length-0"),
+        pytest.param(((b"Content-Length", b"4"),), b"body", True, True, id="whole"),
+        pytest.param(((b"Content-Length", b"16"),), b"body", False, False, id="broken-off"),
+        pytest.param(((b"Transfer-Encoding", b"chunked"),), b"", False, False, id="no-chunk-yet"),
+    ],
+)
+def test_a_request_is_complete_once_its_body_ended(
+    headers: tuple[tuple[bytes, bytes], ...], sent: bytes, ended: bool, complete: bool
+) -> None:
+    ring, _ = capture()
+    exchange = ring.begin(head(b"/", *headers, method=b"POST"))
+    if sent:
+        exchange.request_data(sent)
+    if ended:
+        exchange.request_end()
+    exchange.failed("client request body broke off")
+    exchange.finish()
+    assert exchange.request_complete is complete

@@ -259,6 +259,33 @@ async def test_cut_bodies_are_marked_and_replay_needs_the_body_again() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_body_that_broke_off_is_not_replayed_as_if_whole() -> None:
+    """A client that sends 12 of its 16 body bytes and leaves: the preview holds all
+    that came, uncut, but a replay of it would send a shorter request as a whole
+    one (``amount=100`` as ``amount=10``). It needs the body given again."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery)
+            stream = await trio.open_tcp_stream("127.0.0.1", inspected.running.port)
+            async with stream:
+                await stream.send_all(
+                    b'POST /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 16\r\n\r\n{"amount": 1'
+                )
+                while not (entries := await inspected.get_json(b"/inspect/api/requests")) or (
+                    entries[0]["request_bytes"] < 12
+                ):
+                    await trio.testing.wait_all_tasks_blocked()
+            while (await inspected.get_json(b"/inspect/api/requests"))[0]["state"] == "open":
+                await trio.testing.wait_all_tasks_blocked()
+            (entry,) = await inspected.get_json(b"/inspect/api/requests")
+            assert entry["state"] == "failed"
+            refused = await inspected.replay(entry["id"])
+            assert refused.status == 409
+            assert "give the body" in json.loads(refused.body)["error"]
+            assert inspected.upstream.requests == []
+            nursery.cancel_scope.cancel()
+
+
 async def test_the_event_stream_announces_requests_as_they_come_and_go() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:

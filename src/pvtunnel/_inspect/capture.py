@@ -171,6 +171,9 @@ class Exchange:
         self.duration_ms: float | None = None
         self.request_body = BodyPreview(limit)
         self.response_body = BodyPreview(limit)
+        # Whether the request's body reached its end (a bodiless one has: see
+        # `request_complete`); a replay of one that did not would send it cut short.
+        self.request_ended = False
         self.is_kept = True
         self.size = ENTRY_OVERHEAD_BYTES + len(head.target) + _headers_size(headers)
         if self.kind is Kind.CONNECT:
@@ -207,10 +210,27 @@ class Exchange:
         ):
             self.kind = Kind.STREAMING
         freed = 0
-        if self.kind is not Kind.HTTP:
+        if self.kind is Kind.UPGRADE:
+            # After the switch both ways carry a conversation, not a document.
             freed = self.request_body.omit() + self.response_body.omit()
+        elif self.kind is Kind.STREAMING:
+            # Only the answer streams: the request is still one to show and replay.
+            freed = self.response_body.omit()
         self._capture.grew(self, _headers_size(headers) - freed)
         self._capture.publish(self)
+
+    def request_end(self) -> None:
+        """The request's body reached its end."""
+        self.request_ended = True
+
+    @property
+    def request_complete(self) -> bool:
+        """Whether the whole request is recorded: its body ended (or it had none)
+        and the preview holds all of it."""
+        body = self.request_body
+        if body.cut or body.omitted:
+            return False
+        return self.request_ended or not _declares_body(self.request_headers)
 
     def failed(self, reason: str) -> None:
         """The stream was reset (by us or the server); the first reason stays."""
@@ -269,6 +289,15 @@ class Exchange:
             },
             "timing": {"response_head_ms": self.response_head_ms, "duration_ms": self.duration_ms},
         }
+
+
+def _declares_body(headers: Headers) -> bool:
+    """Whether a request head says a body follows (RFC 9112 section 6.3)."""
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding" or (lowered == b"content-length" and value != b"0"):
+            return True
+    return False
 
 
 def _text(value: bytes) -> str:

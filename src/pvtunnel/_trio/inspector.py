@@ -64,6 +64,8 @@ class RecordingChannel:
             raise
         if isinstance(item, bytes):
             self._exchange.request_data(item)
+        elif item is END:
+            self._exchange.request_end()
         return item
 
     def consume(self, size: int) -> None:
@@ -171,7 +173,9 @@ class Inspector:
         original = self.capture.get(exchange_id)
         if original is None:
             raise KeyError(exchange_id)
-        if edits.body is None and (original.request_body.cut or original.request_body.omitted):
+        if edits.body is None and not original.request_complete:
+            # Cut at the preview's size, omitted, or broken off before its end:
+            # replayed as it is, it would go out as a whole, shorter request.
             raise ReplayRefusedError(
                 "the captured body is incomplete: give the body to send with the replay"
             )
