@@ -313,11 +313,7 @@ class TunnelAgent:
             tunnel.mux.goaway(ErrorCode.NO_ERROR, "this server's address left DNS")
             tunnel.wake_writer()
             with trio.move_on_after(self.config.timeouts.grace_s):
-                await _wait_streams_finished(tunnel)
-                # The last response may still be on its way out; once a PING sent
-                # after it is answered, the server has it all, and closing cannot
-                # cut it short.
-                await tunnel.wait_round_trip()
+                await _wait_answers_delivered(tunnel)
                 await tunnel.aclose("this server's address left DNS")
         scope.cancel()
         self._set_links(tuple(other for other in self.links if other is not link))
@@ -400,7 +396,7 @@ class TunnelAgent:
         with trio.move_on_after(self.config.timeouts.grace_s):
             async with trio.open_nursery() as nursery:
                 for tunnel in tunnels:
-                    nursery.start_soon(_wait_streams_finished, tunnel)
+                    nursery.start_soon(_wait_answers_delivered, tunnel)
 
     async def _session(self, link: ServerLink, startup: _Reporter) -> None:
         try:
@@ -517,7 +513,7 @@ class TunnelAgent:
     async def _leave_when_told(tunnel: Tunnel) -> None:
         """After the server's GOAWAY, finish in-flight streams, then hang up and reconnect."""
         await tunnel.going_away.wait()
-        await _wait_streams_finished(tunnel)
+        await _wait_answers_delivered(tunnel)
         await tunnel.aclose("the server asked this agent to go away")
 
     def _serve_stream(self, channel: Channel, head: RequestHead) -> Awaitable[None]:
@@ -540,9 +536,16 @@ async def _nothing() -> None:
     pass
 
 
-async def _wait_streams_finished(tunnel: Tunnel) -> None:
+async def _wait_answers_delivered(tunnel: Tunnel) -> None:
+    """Until every stream has finished and the server has read all of it.
+
+    A stream finishes once its last frames are queued, and up to a window of its
+    answer may still wait to be sent: closing then would cut the client's response
+    short. Once a PING queued after them is answered, the server has them all.
+    """
     while tunnel.in_flight and tunnel.closed is None:
         await tunnel.wait_stream_finished()
+    await tunnel.wait_round_trip()
 
 
 async def _receive_answer(tunnel: Tunnel) -> ev.Accepted:

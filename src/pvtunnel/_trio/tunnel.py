@@ -271,7 +271,10 @@ class Tunnel:
         # Frames that came in the same read as the handshake's answer, for `run`.
         self._early: list[ev.Event] = []
         self._finished_lot = trio.lowlevel.ParkingLot()
-        self._pong_lot = trio.lowlevel.ParkingLot()
+        # `wait_round_trip`'s PINGs by payload: only its own PONG ends a wait (a
+        # heartbeat's, sent before the last data, would end it too early).
+        self._round_trips: dict[bytes, trio.Event] = {}
+        self._last_ping_ns = 0
         self.closed: TunnelClosedError | None = None
         self.going_away = trio.Event()
         # Called once, at once, when the connection starts to leave (the peer's
@@ -325,11 +328,22 @@ class Tunnel:
             self._finished_lot.unpark_all()
 
     async def wait_round_trip(self) -> None:
-        """PING and wait for a PONG (or the end): the peer has then read all sent before."""
+        """PING and wait for its PONG (or the end): the peer has then read all sent before."""
         if self.closed is None:
-            self.mux.ping(_PING.pack(time.monotonic_ns()))
-            self.wake_writer()
-            await self._pong_lot.park()
+            payload = self._ping()
+            answered = self._round_trips[payload] = trio.Event()
+            try:
+                await answered.wait()
+            finally:
+                self._round_trips.pop(payload, None)
+
+    def _ping(self) -> bytes:
+        """Queue a PING carrying the clock (for the round-trip time), unique per PING."""
+        self._last_ping_ns = max(time.monotonic_ns(), self._last_ping_ns + 1)
+        payload = _PING.pack(self._last_ping_ns)
+        self.mux.ping(payload)
+        self.wake_writer()
+        return payload
 
     async def wait_stream_finished(self) -> None:
         """Wait until some stream finishes (or the connection closes)."""
@@ -377,8 +391,10 @@ class Tunnel:
         await self._close_ws(1000, reason)
 
     async def flush(self) -> None:
-        """Send whatever is queued now (used around the handshake and on shutdown)."""
-        await self._send_queued()
+        """Send whatever is queued now, in as many messages as it takes (used around
+        the handshake and on shutdown)."""
+        while self.mux.has_data_to_send:
+            await self._send_queued()
 
     @property
     def early_send_due(self) -> bool:
@@ -463,7 +479,8 @@ class Tunnel:
             channel._fail(error)
         self._leaving()
         self._finished_lot.unpark_all()
-        self._pong_lot.unpark_all()
+        for answered in self._round_trips.values():
+            answered.set()
 
     async def _writer(self) -> None:
         mux = self.mux
@@ -499,8 +516,7 @@ class Tunnel:
                 self._close_all(TunnelClosedError("the peer stopped answering heartbeats"))
                 scope.cancel()
                 return
-            self.mux.ping(_PING.pack(time.monotonic_ns()))
-            self.wake_writer()
+            self._ping()
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         mux = self.mux
@@ -554,7 +570,8 @@ class Tunnel:
             case ev.PongReceived():
                 (sent_ns,) = _PING.unpack(event.payload)
                 self.rtt_s = max(0.0, (time.monotonic_ns() - sent_ns) / 1e9)
-                self._pong_lot.unpark_all()
+                if (answered := self._round_trips.get(event.payload)) is not None:
+                    answered.set()
             case ev.GoAwayReceived():
                 self._leaving()
             case ev.PingReceived():
