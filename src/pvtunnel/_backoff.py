@@ -14,14 +14,15 @@ class Backoff:
     """Delays before successive reconnection attempts.
 
     Args:
-        initial_s: the first step.
+        initial_s: the first step (no more than the cap: a cap below it is every step).
         cap_s: no step grows beyond this.
         rng: the source of jitter (seeded in tests).
     """
 
     def __init__(self, initial_s: float, cap_s: float, rng: random.Random | None = None) -> None:
-        if not 0 < initial_s <= cap_s:
-            raise ValueError("need 0 < initial_s <= cap_s")
+        if not (initial_s > 0 and cap_s > 0):
+            raise ValueError("need initial_s > 0 and cap_s > 0")
+        initial_s = min(initial_s, cap_s)
         self._initial_s = initial_s
         self._cap_s = cap_s
         self._step_s = initial_s

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import random
+import re
 
 import attrs
 import h11
 import pytest
 import trio
+import trio.testing
 
 from pvtunnel._backoff import Backoff
 from pvtunnel._config import AgentTimeouts
 from pvtunnel._errors import TunnelClosedError
+from pvtunnel._trio import agent as agent_module
+from pvtunnel._trio.agent import TunnelAgent
+from pvtunnel._trio.server import ServerAddresses
 from tests.integration.client import Client, fetch
 from tests.integration.harness import (
     Running,
+    agent_config,
     server_config,
     start_agent,
     start_server,
@@ -39,6 +46,53 @@ def test_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() -> None:
     assert 0.25 <= backoff.next_delay() <= 0.5
     with pytest.raises(ValueError, match="initial_s"):
         Backoff(0, 1)
+
+
+def test_a_cap_below_the_first_step_is_every_step() -> None:
+    """``reconnect_max_s`` may be set below the first step (0.5 s): every delay is
+    then at most the cap, and the agent runs (it stopped with ValueError)."""
+    backoff = Backoff(0.5, 0.2, random.Random(7))
+    assert all(0.1 <= backoff.next_delay() <= 0.2 for _ in range(5))
+
+
+async def test_an_agent_with_a_reconnect_max_below_the_first_step_runs() -> None:
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_upstream(nursery, "svc")
+            await start_agent(
+                nursery, running, {"app": port}, timeouts=AgentTimeouts(reconnect_max_s=0.2)
+            )
+            assert (await fetch(running.port, b"GET", b"/")).status == 200
+            nursery.cancel_scope.cancel()
+
+
+async def test_backoff_grows_for_a_server_whose_dial_always_times_out(
+    mock_clock: trio.testing.MockClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Each attempt takes ``connect_s`` (10 s) and a hair more: only time after a
+    registration counts as a session that lasted, so the delays still grow."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.agent")
+    # Jumps over the waits, and real time flows too: a real dial's microseconds.
+    mock_clock.rate = 1.0
+    mock_clock.autojump_threshold = 0
+
+    async def black_holed(*args: object, **kwargs: object) -> trio.SocketStream:
+        await trio.sleep_forever()  # a lost SYN: `connect_s` ends it
+
+    monkeypatch.setattr(agent_module, "dial", black_holed)
+    addresses = ServerAddresses(internal=("127.0.0.1", 9), external=("127.0.0.1", 9))
+    with trio.move_on_after(200):
+        await TunnelAgent(agent_config(addresses, {"app": 1})).serve()
+    delays = [
+        float(match.group(1))
+        for record in caplog.records
+        if (match := re.search(r"reconnecting to .* in ([\d.]+)s", record.getMessage()))
+    ]
+    assert len(delays) >= 5
+    assert max(delays) > 4.0, delays
 
 
 def via(running: Running, port: int) -> Running:

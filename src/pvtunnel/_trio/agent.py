@@ -352,7 +352,11 @@ class TunnelAgent:
                 logger.warning("connection to %s failed: %s", link.label, describe_failure(exc))
             if link.on_failure is not None:
                 link.on_failure()
-            if trio.current_time() - began > STABLE_SESSION_S:
+            # Counted from the registration, not the dial: a dial or handshake
+            # that times out takes `connect_s` (10 s by default) and must not pass
+            # for a session that lasted.
+            registered = link.has_registered and link.connected_at >= began
+            if registered and trio.current_time() - link.connected_at > STABLE_SESSION_S:
                 backoff.reset()
             delay = backoff.next_delay()
             logger.info("reconnecting to %s in %.1fs", link.label, delay)
