@@ -26,9 +26,11 @@ from tests.integration.client import Client, fetch, raw_exchange
 from tests.integration.harness import (
     Running,
     agent_config,
+    start_agent,
     start_server,
     start_upstream,
 )
+from tests.integration.listen import serve_on_loopback
 from tests.integration.pki import Pki, issue, tls_server_config
 
 if TYPE_CHECKING:
@@ -298,4 +300,44 @@ async def test_tls_handshake_failure_that_is_no_certificate_problem_is_retried(
             await failed.event.wait()  # a second attempt: the agent did not give up
             assert "failed: [SSL" in failed.messages[0]
             assert plain.server.sessions == frozenset()
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_a_connect_pipe_ends_when_the_upstream_closes(tmp_path: Path, tls: bool) -> None:
+    """The upstream says its piece and closes. Over plain TCP its end reaches the
+    client as a half-close; TLS cannot half-close, so the whole connection ends:
+    either way the client reads to the end and is not left waiting."""
+    pki = issue(tmp_path, "good", "127.0.0.1", "localhost")
+    config = tls_server_config(pki, internal=False, external=True) if tls else None
+
+    async def says_bye(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"bye")
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            port = await nursery.start(serve_on_loopback, says_bye)
+            await start_agent(nursery, running, {"db": port})
+            client: trio.abc.Stream
+            if tls:
+                # The server's TLS is HTTPS-compatible: it closes without TLS's
+                # close_notify, as HTTPS servers do, and its clients expect that.
+                context = ssl.create_default_context()
+                pki.ca.configure_trust(context)
+                client = await trio.open_ssl_over_tcp_stream(
+                    "127.0.0.1", running.port, ssl_context=context, https_compatible=True
+                )
+            else:
+                client = await trio.open_tcp_stream("127.0.0.1", running.port)
+            async with client:
+                await client.send_all(b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n")
+                received = b""
+                while chunk := await client.receive_some(65536):
+                    received += chunk
+            assert received.startswith(b"HTTP/1.1 200 ")
+            assert received.endswith(b"\r\n\r\nbye")
+            while running.server.state.in_flight:
+                await running.server.state.idle.wait()
             nursery.cancel_scope.cancel()

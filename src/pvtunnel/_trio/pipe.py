@@ -4,8 +4,9 @@ Once a stream stops carrying HTTP, it carries bytes both ways with the same flow
 control as a body. Each direction ends on its own: the socket's EOF becomes the
 stream's END, and the stream's END becomes a half-close (``send_eof``) of the
 socket, so protocols that half-close (a client that shuts down writing and still
-reads the answer) work. The pipe ends when both directions have, or at once on a
-reset or a broken socket.
+reads the answer) work. Over TLS, which trio cannot half-close, the stream's END
+ends the whole pipe instead. The pipe ends when both directions have, or at once
+on a reset or a broken socket.
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ async def _stream_to_socket(
         if isinstance(stream, trio.abc.HalfCloseableStream):
             with contextlib.suppress(*_BROKEN):
                 await stream.send_eof()
+        else:
+            # A stream that cannot half-close (TLS): the end can only be passed on
+            # by closing the whole connection, or the peer would wait for it forever.
+            scope.cancel()
     except _BROKEN:
         channel.reset(ErrorCode.CANCEL, "connection broken")
         scope.cancel()
