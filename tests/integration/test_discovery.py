@@ -18,7 +18,8 @@ import pytest
 import trio
 
 from pvtunnel import ServerCertificateError
-from pvtunnel._config import Discovery
+from pvtunnel._config import Discovery, Secret
+from pvtunnel._errors import HandshakeRefusedError
 from pvtunnel._metrics import ServerLinkFigures
 from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.agent_admin import AgentAdmin
@@ -220,6 +221,45 @@ async def test_a_certificate_for_the_address_alone_is_refused(tmp_path: Path) ->
             )
             with pytest.raises(ServerCertificateError, match=NAME):
                 await agent.serve()
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_agent_ends_once_every_address_left_in_dns_refused_it() -> None:
+    """One replica refuses the agent's token, the other takes it, then leaves DNS:
+    no server left can take the agent, which stops as if all had refused it."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            other_token = Secret("another-token-entirely")
+            refusing = await start_server(
+                nursery, replica_config("127.0.0.1", 0, token=other_token)
+            )
+            port = refusing.addresses.internal[1]
+            taking = await start_server(nursery, replica_config("127.0.0.2", port))
+            _, upstream_port = await start_upstream(nursery, "svc")
+            names = Names(answer=("127.0.0.1", "127.0.0.2"))
+            agent = discovering_agent(
+                [refusing, taking], names, {"app": upstream_port}, discover_interval_s=0.05
+            )
+            ended: list[BaseException] = []
+
+            async def run() -> None:
+                try:
+                    await agent.serve()
+                except HandshakeRefusedError as exc:
+                    ended.append(exc)
+
+            async with trio.open_nursery() as running:
+                running.start_soon(run)
+                await wait_for(
+                    agent,
+                    lambda: (
+                        any(link.refusal for link in agent.links)
+                        and any(link.connected for link in agent.links)
+                    ),
+                )
+                names.answer = ("127.0.0.1",)  # the replica that took the agent goes away
+            assert len(ended) == 1
+            assert "401" in str(ended[0])
             nursery.cancel_scope.cancel()
 
 

@@ -304,7 +304,13 @@ class TunnelAgent:
             async def run_link(link: ServerLink) -> None:
                 await self._serve_link(link, reporter)
 
-            await server.serve(nursery, new_link, run_link, self._retire_link)
+            async def retire_link(link: ServerLink, scope: trio.CancelScope) -> None:
+                # The links left may all be refused ones: then the URL has ended
+                # (as when the last of them is refused), whatever the retired did.
+                reporter.link_ended()
+                await self._retire_link(link, scope)
+
+            await server.serve(nursery, new_link, run_link, retire_link)
 
     async def _retire_link(self, link: ServerLink, scope: trio.CancelScope) -> None:
         """Its address is gone from DNS: GOAWAY, let in-flight requests finish, close."""
