@@ -102,6 +102,25 @@ def test_a_replay_must_be_json_from_the_page_itself(
 
 
 @pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ([], None),  # a script: no browser headers
+        ([(b"sec-fetch-site", b"none")], None),  # an address typed in
+        ([(b"sec-fetch-site", b"same-origin"), (b"origin", b"http://127.0.0.1:4040")], None),
+        ([(b"origin", b"https://evil.example")], 403),  # EventSource, fetch with CORS
+        ([(b"sec-fetch-site", b"cross-site")], 403),  # <img>, no-cors fetch: no Origin
+        ([(b"sec-fetch-site", b"same-site")], 403),  # another port of the same host
+    ],
+)
+def test_another_sites_page_gets_nothing(
+    headers: list[tuple[bytes, bytes]], status: int | None
+) -> None:
+    """Not even a GET: a foreign page could hold the event stream's places open."""
+    refusal = check_access(None, b"GET", [(b"host", b"127.0.0.1:4040"), *headers])
+    assert (None if refusal is None else refusal.status) == status
+
+
+@pytest.mark.parametrize(
     ("method", "target", "expected"),
     [
         (

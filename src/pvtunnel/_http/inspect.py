@@ -12,8 +12,11 @@ without a token two browser attacks are closed here:
 - DNS rebinding (a hostile name that resolves to 127.0.0.1): the ``Host`` header
   must name a loopback address or ``localhost``;
 - cross-site replays: a POST must be ``application/json`` (which a foreign page
-  cannot send without a CORS preflight, and none is ever granted) and any
-  ``Origin`` must be the page's own.
+  cannot send without a CORS preflight, and none is ever granted);
+- requests of another site's page at all: an ``Origin`` must be the page's own,
+  and a browser's ``Sec-Fetch-Site`` must say the same origin (or none: an
+  address typed in). A foreign page could otherwise hold the event stream's
+  few places open with requests it never reads.
 """
 
 from __future__ import annotations
@@ -99,14 +102,21 @@ def check_access(
                 status=403,
                 body=b"403 Forbidden: open the inspector as localhost, 127.0.0.1 or [::1]\n",
             )
+    if _from_another_site(fields):
+        return AdminResponse(status=403, body=b"403 Forbidden: another site's page\n")
     if method == b"POST":
         content_type = (_field(fields, b"content-type") or b"").partition(b";")[0].strip()
         if content_type.lower() != b"application/json":
             return AdminResponse(status=415, body=b"415: send the edits as application/json\n")
-        origin = _field(fields, b"origin")
-        if origin is not None and urllib.parse.urlsplit(origin).netloc != _field(fields, b"host"):
-            return AdminResponse(status=403, body=b"403 Forbidden: another site's page\n")
     return None
+
+
+def _from_another_site(fields: list[tuple[bytes, bytes]]) -> bool:
+    origin = _field(fields, b"origin")
+    if origin is not None and urllib.parse.urlsplit(origin).netloc != _field(fields, b"host"):
+        return True
+    site = _field(fields, b"sec-fetch-site")
+    return site is not None and site.lower() not in (b"same-origin", b"none")
 
 
 def route(method: bytes, target: bytes) -> InspectRequest | AdminResponse:
