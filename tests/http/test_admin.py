@@ -12,6 +12,7 @@ from pvtunnel._http.admin import AdminResponse, bearer_token, respond
 from pvtunnel._metrics import CONTENT_TYPE
 
 TOKEN = Secret("admin-token-123")
+LOOPBACK_HOST = (b"host", b"127.0.0.1:9100")
 
 
 @attrs.define
@@ -38,7 +39,7 @@ def get(
     headers: tuple[tuple[bytes, bytes], ...] = (),
     method: bytes = b"GET",
 ) -> AdminResponse:
-    return respond(source, token, method, target, headers)
+    return respond(source, token, method, target, (LOOPBACK_HOST, *headers))
 
 
 def test_ready_follows_the_source_and_live_is_always_ok() -> None:
@@ -58,6 +59,28 @@ def test_metrics_and_status() -> None:
     status = get(source, b"/status")
     assert status.content_type == "application/json"
     assert json.loads(status.body) == {"kind": "server", "agents": []}
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [
+        (b"127.0.0.1:9100", 200),
+        (b"localhost:9100", 200),
+        (b"[::1]:9100", 200),
+        (b"rebound.evil.example:9100", 403),  # a hostile name resolving to 127.0.0.1
+        (None, 403),
+    ],
+)
+def test_without_a_token_only_loopback_names_read_metrics_and_status(
+    host: bytes | None, status: int
+) -> None:
+    """A page the user visits can reach a loopback listener under a name that
+    resolves to 127.0.0.1 (DNS rebinding); the probes stay open to all."""
+    headers = () if host is None else ((b"host", host),)
+    for path in (b"/metrics", b"/status"):
+        assert respond(FakeSource(), None, b"GET", path, headers).status == status
+    assert respond(FakeSource(ready=True), None, b"GET", b"/ready", headers).status == 200
+    assert respond(FakeSource(), None, b"GET", b"/live", headers).status == 200
 
 
 @pytest.mark.parametrize(
@@ -108,7 +131,7 @@ def test_unknown_paths_are_404() -> None:
 def test_a_404_names_the_paths_this_listener_serves() -> None:
     plain = get(FakeSource(), b"/nope")
     assert plain.body == b"404 Not Found: try /metrics, /status, /live or /ready\n"
-    with_inspector = respond(FakeSource(), None, b"GET", b"/nope", (), inspector=True)
+    with_inspector = respond(FakeSource(), None, b"GET", b"/nope", (LOOPBACK_HOST,), inspector=True)
     assert with_inspector.status == 404
     assert b"/inspect" in with_inspector.body
 

@@ -7,12 +7,12 @@ import base64
 import pytest
 
 from pvtunnel._config import Secret
+from pvtunnel._http.admin import is_loopback_host
 from pvtunnel._http.inspect import (
     Action,
     InspectRequest,
     check_access,
     is_inspect_path,
-    is_loopback_host,
     route,
 )
 

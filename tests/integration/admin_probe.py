@@ -16,8 +16,12 @@ async def admin_get(
 ) -> Reply:
     assert address is not None
     headers = [(b"authorization", b"Bearer " + token.encode())] if token else []
-    async with await Client.connect(address[1], address[0]) as client:
-        return await client.request(b"GET", path, host=b"admin", headers=headers)
+    host, port = address
+    # As a browser or Prometheus names the listener: its own address (a tokenless
+    # listener answers only loopback names).
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    async with await Client.connect(port, host) as client:
+        return await client.request(b"GET", path, host=authority.encode(), headers=headers)
 
 
 async def scrape(address: tuple[str, int] | None, *, token: str | None = None) -> Scrape:

@@ -8,7 +8,6 @@ sleeping: reconnect attempts are counted, not timed.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import signal
@@ -31,8 +30,8 @@ from pvtunnel._config import (
 )
 from pvtunnel._errors import HandshakeRefusedError
 from pvtunnel._trio.agent import TunnelAgent
-from tests.integration.admin_probe import scrape
-from tests.integration.client import Client, fetch
+from tests.integration.admin_probe import admin_get, scrape, status_of as admin_status_of
+from tests.integration.client import fetch
 from tests.integration.harness import (
     TOKEN,
     Running,
@@ -326,19 +325,11 @@ async def test_drain_says_goaway_to_every_server_and_waits_for_both() -> None:
 
 
 async def status_of(address: tuple[str, int] | None) -> dict[str, Any]:
-    assert address is not None
-    async with await Client.connect(address[1], address[0]) as client:
-        reply = await client.request(b"GET", b"/status", host=b"admin")
-    assert reply.status == 200, reply
-    document = json.loads(reply.body)
-    assert isinstance(document, dict)
-    return document
+    return dict(await admin_status_of(address))
 
 
 async def ready_status(address: tuple[str, int] | None) -> int:
-    assert address is not None
-    async with await Client.connect(address[1], address[0]) as client:
-        return (await client.request(b"GET", b"/ready", host=b"admin")).status
+    return (await admin_get(address, b"/ready")).status
 
 
 async def test_status_metrics_and_ready_cover_every_server_connection() -> None:

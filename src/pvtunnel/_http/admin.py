@@ -9,6 +9,7 @@ Bearer <token>``, compared in constant time.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from typing import TYPE_CHECKING, Final, Protocol
 
@@ -93,6 +94,16 @@ def respond(
                 body=b"401 Unauthorized: send Authorization: Bearer <admin token>\n",
                 headers=(WWW_AUTHENTICATE,),
             )
+    else:
+        # Without a token the listener is on loopback, where the web pages its user
+        # visits can still reach it under a hostile name that resolves to 127.0.0.1
+        # (DNS rebinding) and read the routes' targets: only loopback names answer.
+        host = next((value for name, value in headers if name == b"host"), None)
+        if host is None or not is_loopback_host(host):
+            return AdminResponse(
+                status=403,
+                body=b"403 Forbidden: ask as localhost, 127.0.0.1 or [::1], or set a token\n",
+            )
     if path == b"/metrics":
         return AdminResponse(
             status=200, body=source.metrics_text().encode(), content_type=METRICS_CONTENT_TYPE
@@ -104,6 +115,23 @@ def respond(
     return AdminResponse(
         status=404, body=b"404 Not Found: try /metrics, /status, %s/live or /ready\n" % inspect
     )
+
+
+def is_loopback_host(host: bytes) -> bool:
+    """Whether a Host header names this machine's loopback: localhost, 127/8, ::1."""
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        address, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            return False
+    else:
+        address = text.rpartition(":")[0] if ":" in text else text
+    if address == "localhost" or address.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
 
 
 def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:

@@ -24,13 +24,12 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import ipaddress
 import urllib.parse
 from typing import TYPE_CHECKING, Final
 
 import attrs
 
-from pvtunnel._http.admin import AdminResponse, bearer_token
+from pvtunnel._http.admin import AdminResponse, bearer_token, is_loopback_host
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -179,20 +178,3 @@ def basic_password(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
             _, colon, password = decoded.partition(b":")
             return password if colon and password else None
     return None
-
-
-def is_loopback_host(host: bytes) -> bool:
-    """Whether a Host header names this machine's loopback: localhost, 127/8, ::1."""
-    text = host.decode("latin-1").strip().lower()
-    if text.startswith("["):
-        address, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            return False
-    else:
-        address = text.rpartition(":")[0] if ":" in text else text
-    if address == "localhost" or address.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
