@@ -50,6 +50,35 @@ def test_request_headers_add_forwarding_fields() -> None:
     )
 
 
+def test_underscore_spellings_of_the_client_fields_are_dropped() -> None:
+    """CGI-style upstreams read "X_Real_IP" as X-Real-IP: a client's underscore
+    spellings of the fields that name the client never reach them."""
+    result = request_headers(
+        [
+            (b"host", b"app"),
+            (b"X_Real_IP", b"10.6.6.6"),
+            (b"x_forwarded_for", b"10.6.6.6"),
+            (b"X_Forwarded_Host", b"evil"),
+            (b"x_forwarded_proto", b"https"),
+            (b"FORWARDED", b"for=10.0.0.1"),
+            (b"x_request_id", b"kept"),
+        ],
+        client_address="192.0.2.1",
+        host=None,
+        proto=b"http",
+        is_chunked=False,
+    )
+    assert result == (
+        (b"host", b"app"),
+        (b"FORWARDED", b"for=10.0.0.1, for=192.0.2.1;proto=http"),
+        (b"x_request_id", b"kept"),
+        (b"X-Forwarded-For", b"192.0.2.1"),
+        (b"X-Forwarded-Host", b"app"),
+        (b"X-Forwarded-Proto", b"http"),
+        (b"Via", b"1.1 pvtunnel"),
+    )
+
+
 def test_absolute_form_authority_replaces_host() -> None:
     result = request_headers(
         [(b"host", b"wrong"), (b"accept", b"*/*")],

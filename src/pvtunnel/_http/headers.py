@@ -45,6 +45,10 @@ VIA: Final = b"1.1 pvtunnel"
 # X-Real-IP is dropped and not set: it names the client, and the client wrote it
 # (X-Forwarded-For's right-most entry is the address pvtunnel saw).
 _SET_BY_US: Final = frozenset({b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip"})
+# The fields that say who the client is, as CGI-style upstreams (WSGI's wsgiref, many
+# frameworks) read them: they map "-" and "_" to the same variable, so a client's
+# "X_Forwarded_For" would stand in for ours there. Such spellings are dropped.
+_SPOOFABLE: Final = _SET_BY_US | {b"x-forwarded-for", b"forwarded"}
 
 
 def _connection_tokens(items: list[tuple[bytes, bytes]], lowered: list[bytes]) -> frozenset[bytes]:
@@ -101,6 +105,8 @@ def request_headers(
     has_length = False
     for (name, value), lower in zip(items, lowered, strict=True):
         if lower in HOP_BY_HOP or lower in _SET_BY_US or lower in named:
+            continue
+        if b"_" in lower and lower.replace(b"_", b"-") in _SPOOFABLE:
             continue
         if lower == b"host":
             if host is not None:
