@@ -424,3 +424,48 @@ async def test_agent_killed_mid_request_gives_502_quickly() -> None:
             # Its route is remembered: a new request waits (briefly here), then 503.
             assert (await fetch(running.port, b"GET", b"/")).status == 503
             nursery.cancel_scope.cancel()
+
+
+EARLY_HINTS = (
+    b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+)
+
+
+async def test_1xx_answers_reach_http_1_1_clients_only() -> None:
+    """RFC 9110 section 15.2: a server must not send a 1xx to an HTTP/1.0 client."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_raw_upstream(nursery, EARLY_HINTS)
+            await start_agent(nursery, running, {"app": port})
+            old = await raw_exchange(running.port, b"GET / HTTP/1.0\r\nHost: app\r\n\r\n")
+            assert old.startswith(b"HTTP/1.1 200 "), old
+            assert b" 103 " not in old
+            new = await raw_exchange(
+                running.port, b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+            )
+            assert new.startswith(b"HTTP/1.1 103 Early Hints\r\n"), new
+            assert b"\r\n\r\nHTTP/1.1 200 " in new
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_upgrade_in_an_http_1_0_request_is_ignored() -> None:
+    """RFC 9110 section 7.8: the request goes on as an ordinary one, without its
+    Upgrade and Connection lines, and the client gets the ordinary answer."""
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_raw_upstream(nursery, ok)
+            await start_agent(nursery, running, {"app": port})
+            answer = await raw_exchange(
+                running.port,
+                b"GET /ws HTTP/1.0\r\nHost: app\r\n"
+                b"Connection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            )
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            assert answer.endswith(b"\r\n\r\nok")
+            (head,) = upstream.heads
+            assert b"upgrade" not in head.lower()
+            nursery.cancel_scope.cancel()

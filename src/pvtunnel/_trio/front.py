@@ -226,6 +226,10 @@ class ClientConnection:
         authority, origin_target = split_target(request.target)
         host_override = authority
         switch = hdr.protocol_switch(request.method, headers)
+        if switch is not None and switch.upgrade is not None and request.http_version != b"1.1":
+            # RFC 9110 section 7.8: an Upgrade in an HTTP/1.0 request is ignored (its
+            # Upgrade and Connection lines are hop-by-hop: the upstream never sees them).
+            switch = None
         if request.method == b"CONNECT":
             authority = request.target  # authority-form: the route is the target
         if authority is None:
@@ -571,6 +575,8 @@ class ClientConnection:
                 raise StreamResetError(ErrorCode.UPSTREAM_PROTOCOL_ERROR, problem)
             if not item.is_informational:
                 return item
+            if self.conn.their_http_version != b"1.1":
+                continue  # RFC 9110 section 15.2: no 1xx to an HTTP/1.0 client
             if item.status == 100 and not self.conn.they_are_waiting_for_100_continue:
                 continue
             await self.http.send(
