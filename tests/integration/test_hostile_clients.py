@@ -241,3 +241,45 @@ async def test_an_upstreams_folded_header_reaches_the_client_as_one_line() -> No
             assert b"\r\n " not in head
             assert b"\r\n\t" not in head
             nursery.cancel_scope.cancel()
+
+
+async def _upstream_answering_413_at_once(stream: trio.SocketStream) -> None:
+    async with stream:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(65536)
+        await stream.send_all(
+            b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 9\r\nConnection: close\r\n\r\n"
+            b"too large"
+        )
+
+
+@pytest.mark.parametrize(
+    ("host", "status"),
+    [(b"nobody", b"404"), (b"app", b"413")],
+    ids=["refused-by-the-server", "refused-by-the-upstream"],
+)
+async def test_an_answer_before_the_body_reaches_a_client_that_sends_it_all_first(
+    host: bytes, status: bytes
+) -> None:
+    """Many clients (Python's http.client among them) send a whole body before they
+    read. Answered early and closed on with 8 MiB unread, such a client used to
+    meet a reset that destroyed the answer; the server now half-closes, reads the
+    rest away, and says in the answer that it closes."""
+    body = bytes(8 << 20)
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            port = await nursery.start(serve_on_loopback, _upstream_answering_413_at_once)
+            await start_agent(nursery, running, {"app": port})
+            async with await trio.open_tcp_stream("127.0.0.1", running.port) as stream:
+                await stream.send_all(
+                    b"POST / HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n" % (host, len(body))
+                    + body
+                )
+                answer = b""
+                while chunk := await stream.receive_some(65536):
+                    answer += chunk
+            assert answer.startswith(b"HTTP/1.1 %s " % status), answer[:200]
+            assert b"\r\nconnection: close\r\n" in answer.lower()
+            nursery.cancel_scope.cancel()

@@ -35,6 +35,7 @@ from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
 from pvtunnel._http.framing import request_head_problem, response_head_problem
 from pvtunnel._http.holding import HoldOutcome, hold_answer
 from pvtunnel._http.routing import split_target
+from pvtunnel._trio.closing import close_lingering
 from pvtunnel._trio.hangups import has_hung_up, hung_up_when_readable, peer_address
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
@@ -49,6 +50,9 @@ logger = logging.getLogger("pvtunnel.access")
 
 
 FLUSH_BYTES: Final = 65536
+# Where the client may still be sending when the server closes: in a request body
+# it has not finished, or in whatever followed a request h11 refused.
+_MAY_STILL_SEND: Final = frozenset({h11.SEND_BODY, h11.ERROR})
 
 
 class Phase(enum.Enum):
@@ -174,6 +178,9 @@ class ClientConnection:
         """A short text/plain answer, if the response has not started yet."""
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
+        # A request whose body is not all read ends the connection after the
+        # answer (its framing cannot be found again): the answer says so.
+        close = close or self.conn.their_state is h11.SEND_BODY
         body = error_body(status, detail)
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
@@ -441,12 +448,14 @@ class ClientConnection:
             # field as h11's constructor would (and more): ``_parsed`` skips the
             # second pass over the same bytes. h11 still lower-cases the names and
             # checks Content-Length, Transfer-Encoding and the status.
+            headers = hdr.response_headers(head.headers)
+            if self.conn.their_state is h11.SEND_BODY:
+                # Answered before the request's body is all read (the upstream did
+                # not wait for it): the connection ends after this, and says so.
+                headers.append((b"connection", b"close"))
             http.queue(
                 h11.Response(
-                    status_code=head.status,
-                    headers=hdr.response_headers(head.headers),
-                    reason=head.reason,
-                    _parsed=True,
+                    status_code=head.status, headers=headers, reason=head.reason, _parsed=True
                 )
             )
             # Write what has arrived in one send; wait (flushed) only when nothing has.
@@ -630,8 +639,11 @@ async def handle_client(
         client.log_cut_short(500)
     finally:
         state.client_connections -= 1
-        with trio.move_on_after(1, shield=True):
-            await stream.aclose()
+        if client.conn.their_state in _MAY_STILL_SEND:
+            await close_lingering(stream)
+        else:
+            with trio.move_on_after(1, shield=True):
+                await stream.aclose()
 
 
 def _head_size(request: h11.Request) -> int:

@@ -1,0 +1,39 @@
+"""Closing a client connection that may still be sending, without losing the answer.
+
+When the server answers before it has read a request's whole body (a refusal, an
+upstream that answered early, a body that broke the rules) and then closes, the
+client's unread bytes make the kernel answer with a reset, and a reset destroys
+whatever the client has not read yet: the answer it was meant to get. Clients that
+send the whole body before they read (Python's http.client, many others) then
+see "connection reset" instead of a 404 or a 413. RFC 9112 section 9.6 asks a
+server to close in stages: stop sending, then read away what still comes for a
+while, then close. nginx calls it a lingering close.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Final
+
+import trio
+
+from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE
+
+# How long the client may go on sending after the answer: long enough for a body of
+# several MiB on a slow link to finish, short enough that a client that never
+# stops holds its connection a few seconds only.
+LINGER_S: Final = 5.0
+
+
+async def close_lingering(stream: trio.abc.Stream) -> None:
+    """Half-close ``stream``, read away what the client still sends (for at most
+    `LINGER_S`), then close it. Cancellation ends the lingering, not the close."""
+    try:
+        with trio.move_on_after(LINGER_S), contextlib.suppress(*BROKEN):
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()  # TLS cannot: the client sees the end at the close
+            while await stream.receive_some(RECEIVE_SIZE):
+                pass
+    finally:
+        with trio.move_on_after(1, shield=True):
+            await stream.aclose()
