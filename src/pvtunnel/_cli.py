@@ -38,7 +38,7 @@ from pvtunnel._config import (
 )
 from pvtunnel._errors import ConfigError, HandshakeRefusedError, StatusError
 from pvtunnel._heap import tune_heap
-from pvtunnel._logs import configure_logging, serve_log_flushes
+from pvtunnel._logs import configure_logging, printable, serve_log_flushes
 from pvtunnel._status import (
     DEFAULT_ADMIN_URL,
     admin_url,
@@ -241,7 +241,8 @@ def _agent(args: argparse.Namespace) -> int:
     try:
         return trio.run(_run_agent, config)
     except HandshakeRefusedError as exc:
-        _say(f"pvtunnel agent: {exc}")
+        # The reason may be the server's own words: escaped, like a log line.
+        _say(f"pvtunnel agent: {printable(str(exc))}")
         return 1
 
 
@@ -290,7 +291,9 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    token = os.environ.get("PVTUNNEL_ADMIN_TOKEN")
+    # Stripped as `serve` and `agent` strip theirs (a secret's file or variable often
+    # ends in a newline).
+    token = os.environ.get("PVTUNNEL_ADMIN_TOKEN", "").strip() or None
     if args.token_file is not None:
         try:
             token = args.token_file.read_text(encoding="utf-8").strip()
@@ -299,10 +302,11 @@ def _status(args: argparse.Namespace) -> int:
     url = admin_url(args.admin)
     try:
         document = fetch_status(url, token or None)
+        text = format_status(document, url.removesuffix("/status"))
     except StatusError as exc:
-        _say(f"pvtunnel status: {exc}")
+        _say(f"pvtunnel status: {printable(str(exc))}")
         return 1
-    print(format_status(document, url.removesuffix("/status")))
+    print(text)
     return 0
 
 

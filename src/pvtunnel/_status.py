@@ -16,12 +16,15 @@ import urllib.request
 from typing import TYPE_CHECKING, Final, Literal, NotRequired, TypedDict, cast
 
 from pvtunnel._errors import StatusError
+from pvtunnel._logs import printable
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
 DEFAULT_ADMIN_URL: Final = "http://127.0.0.1:8082"
 FETCH_TIMEOUT_S: Final = 5.0
+# A status document of thousands of agents is well under a MiB.
+MAX_STATUS_BYTES: Final = 16 << 20
 
 
 class ServerAgentEntry(TypedDict):
@@ -126,10 +129,13 @@ def fetch_status(url: str, token: str | None) -> StatusDocument:
     """
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if token is not None:
+        if not token.isascii() or not token.isprintable() or " " in token:
+            # http.client's complaint would quote the whole header, token and all.
+            raise StatusError("the admin token holds a character no header can carry (a newline?)")
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as response:
-            body = response.read()
+        with _OPENER.open(request, timeout=FETCH_TIMEOUT_S) as response:
+            body = _read_bounded(response, url)
     except urllib.error.HTTPError as exc:
         if exc.code == 401:
             hint = "a token is needed" if token is None else "the token was refused"
@@ -142,7 +148,7 @@ def fetch_status(url: str, token: str | None) -> StatusDocument:
         raise StatusError(f"cannot reach {url}: {reason}") from None
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise StatusError(f"{url}: the answer is not JSON") from None
     if not isinstance(document, dict) or document.get("kind") not in ("server", "agent"):
         raise StatusError(f"{url}: the answer is not a pvtunnel status document")
@@ -150,16 +156,65 @@ def fetch_status(url: str, token: str | None) -> StatusDocument:
     return cast("StatusDocument", document)
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer like any other: the token never follows it elsewhere."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+# No proxies either: $http_proxy would carry the token (and a local address) through
+# a third party.
+_OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
+def _read_bounded(response: http.client.HTTPResponse, url: str) -> bytes:
+    """The body, within `MAX_STATUS_BYTES` and `FETCH_TIMEOUT_S` in all (the socket's
+    timeout bounds each read only: a byte every few seconds would go on forever)."""
+    deadline = time.monotonic() + FETCH_TIMEOUT_S
+    body = bytearray()
+    while chunk := response.read1(65536):
+        body += chunk
+        if len(body) > MAX_STATUS_BYTES:
+            raise StatusError(f"{url}: the answer is over {MAX_STATUS_BYTES} bytes")
+        if time.monotonic() > deadline:
+            raise StatusError(f"{url}: the answer took over {FETCH_TIMEOUT_S:g}s")
+    return bytes(body)
+
+
 def format_status(document: StatusDocument, source: str) -> str:
     """The document as a summary line and aligned tables, for a terminal.
+
+    What the peer wrote is escaped (a newline or an escape sequence in a client id
+    could forge lines or drive the terminal).
 
     Args:
         document: A server's or an agent's status.
         source: Where it came from, named in the summary line.
+
+    Raises:
+        StatusError: the document lacks what a status document holds, or holds
+            values of the wrong kind.
     """
-    if document["kind"] == "server":
-        return _format_server(document, source)
-    return _format_agent(document, source)
+    escaped = cast("StatusDocument", _escaped(document))
+    try:
+        if escaped["kind"] == "server":
+            return _format_server(escaped, printable(source))
+        return _format_agent(escaped, printable(source))
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        reason = printable(f"{type(exc).__name__} {exc}")
+        raise StatusError(f"{source}: not a pvtunnel status document ({reason})") from None
+
+
+def _escaped(value: object) -> object:
+    """``value`` with every string in it made printable (see `printable`)."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {key: _escaped(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    return value
 
 
 def _format_server(document: ServerStatusDocument, source: str) -> str:

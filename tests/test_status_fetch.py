@@ -1,0 +1,198 @@
+"""`pvtunnel status` against admin endpoints that misbehave: a token it must not
+leak, redirects and proxies it must not follow, answers too slow, too big or
+lying. Each endpoint is a real HTTP server on loopback, in a thread."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from pvtunnel import _status
+from pvtunnel._errors import StatusError
+from pvtunnel._status import fetch_status, format_status
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+TOKEN = "SuperSecretTok123"
+AGENT: dict[str, Any] = {
+    "kind": "agent",
+    "client_id": "edge",
+    "server": "ws://proxy:8081",
+    "ready": True,
+    "connected": True,
+    "draining": False,
+    "connected_since": None,
+    "connected_for_s": None,
+    "reconnects": 0,
+    "in_flight": 0,
+    "routes": [],
+}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """Answers as the test's ``answer`` says; records each request's Authorization."""
+
+    answer: Any = None
+    seen: list[str | None]
+
+    def do_GET(self) -> None:
+        self.seen.append(self.headers.get("Authorization"))
+        type(self).answer(self)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def endpoint(answer: Any) -> Iterator[tuple[str, list[str | None]]]:
+    seen: list[str | None] = []
+    handler = type("H", (Handler,), {"answer": staticmethod(answer), "seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/status", seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def json_answer(document: object) -> Any:
+    def answer(handler: Handler) -> None:
+        body = json.dumps(document).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return answer
+
+
+def test_a_fetch_sends_the_token_and_reads_the_document() -> None:
+    with endpoint(json_answer(AGENT)) as (url, seen):
+        assert fetch_status(url, TOKEN) == AGENT
+    assert seen == [f"Bearer {TOKEN}"]
+
+
+def test_a_token_no_header_can_carry_is_refused_without_being_shown() -> None:
+    """http.client's own complaint about such a header quotes it whole."""
+    with endpoint(json_answer(AGENT)) as (url, seen), pytest.raises(StatusError) as refused:
+        fetch_status(url, f"old-{TOKEN}\nnew-{TOKEN}")
+    assert TOKEN not in str(refused.value)
+    assert seen == []
+
+
+def test_the_token_never_follows_a_redirect() -> None:
+    with endpoint(json_answer(AGENT)) as (elsewhere, seen_elsewhere):
+
+        def redirect(handler: Handler) -> None:
+            handler.send_response(302)
+            handler.send_header("Location", elsewhere)
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+
+        with endpoint(redirect) as (url, _), pytest.raises(StatusError, match="HTTP 302"):
+            fetch_status(url, TOKEN)
+    assert seen_elsewhere == []
+
+
+def test_a_proxy_in_the_environment_is_not_used() -> None:
+    """Run as a command, in a process of its own: urllib reads the proxy settings
+    from the environment when it first opens a URL."""
+    with endpoint(json_answer(AGENT)) as (proxy, seen_by_proxy):
+        environ = {
+            **os.environ,
+            "http_proxy": proxy.removesuffix("/status"),
+            "no_proxy": "",
+            "PVTUNNEL_ADMIN_TOKEN": TOKEN,
+        }
+        with endpoint(json_answer(AGENT)) as (url, seen):
+            status = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "pvtunnel",
+                    "status",
+                    "--admin",
+                    url.removesuffix("/status"),
+                ],
+                env=environ,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+    assert status.returncode == 0, status.stderr
+    assert "pvtunnel agent" in status.stdout
+    assert (seen_by_proxy, seen) == ([], [f"Bearer {TOKEN}"])
+
+
+def test_an_answer_that_trickles_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_status, "FETCH_TIMEOUT_S", 0.5)
+
+    def trickle(handler: Handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100")
+        handler.end_headers()
+        with contextlib.suppress(OSError):
+            for _ in range(100):  # a byte every 0.1 s: each read is quick, the whole is not
+                handler.wfile.write(b" ")
+                handler.wfile.flush()
+                time.sleep(0.1)
+
+    with endpoint(trickle) as (url, _), pytest.raises(StatusError, match=r"took over 0\.5s"):
+        fetch_status(url, None)
+
+
+def test_an_answer_too_big_is_given_up_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_status, "MAX_STATUS_BYTES", 1000)
+    with (
+        endpoint(json_answer({**AGENT, "client_id": "x" * 5000})) as (url, _),
+        pytest.raises(StatusError, match="over 1000 bytes"),
+    ):
+        fetch_status(url, None)
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"kind": "server"},
+        {**AGENT, "connected_for_s": float("inf"), "connected_since": "now"},
+        {**AGENT, "routes": "not a list"},
+    ],
+    ids=["missing-keys", "infinite-duration", "wrong-type"],
+)
+def test_a_lying_document_is_one_line_not_a_traceback(document: dict[str, Any]) -> None:
+    with pytest.raises(StatusError, match="not a pvtunnel status document"):
+        format_status(document, "http://127.0.0.1:8082")  # type: ignore[arg-type]
+
+
+def test_json_nested_too_deep_is_not_json() -> None:
+    def deep(handler: Handler) -> None:
+        body = b"[" * 200_000 + b"]" * 200_000
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    with endpoint(deep) as (url, _), pytest.raises(StatusError, match="not JSON"):
+        fetch_status(url, None)
+
+
+def test_what_the_peer_wrote_cannot_drive_the_terminal() -> None:
+    document = {**AGENT, "client_id": "a\x1b]0;pwned\x07", "server": "ws://x\nFORGED LINE"}
+    text = format_status(document, "http://127.0.0.1:8082")  # type: ignore[arg-type]
+    assert "\x1b" not in text
+    assert "\nFORGED LINE" not in text
+    assert "\\x1b]0;pwned\\x07" in text
