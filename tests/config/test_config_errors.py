@@ -416,3 +416,22 @@ def test_a_file_that_is_not_utf8(here: Path) -> None:
     assert server_problems(Path("server.toml")) == [
         "server.toml: invalid TOML: the file is not UTF-8 text"
     ]
+
+
+@pytest.mark.parametrize("kind", ["server", "agent"])
+def test_a_heartbeat_timeout_not_above_the_interval_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """A quiet peer is heard once per heartbeat (its PONG): a timeout at or below
+    the interval would declare every idle connection dead."""
+    monkeypatch.chdir(tmp_path)
+    body = "[timeouts]\nheartbeat_s = 2.0\nheartbeat_timeout_s = 2.0\n"
+    if kind == "server":
+        write(tmp_path, "s.toml", f'[internal]\ntoken = "{TOKEN}"\n' + body)
+        problems = server_problems(Path("s.toml"))
+    else:
+        write(tmp_path, "s.toml", body)
+        problems = agent_problems(Path("s.toml"))
+    assert problems == [
+        "s.toml: timeouts.heartbeat_timeout_s: must be more than heartbeat_s (2.0), got 2.0"
+    ]

@@ -148,6 +148,9 @@ class TimeoutsConfig:
     # endpoint removal) notices first, so no new client meets a closed port.
     drain_delay_s: float = attrs.field(default=0.0, validator=Rule(rules.delay_seconds))
 
+    def __attrs_post_init__(self) -> None:
+        _check_heartbeat(self)
+
 
 @attrs.frozen(kw_only=True)
 class LimitsConfig:
@@ -379,6 +382,9 @@ class AgentTimeouts:
     heartbeat_timeout_s: float = attrs.field(default=15.0, validator=Rule(rules.seconds))
     grace_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
 
+    def __attrs_post_init__(self) -> None:
+        _check_heartbeat(self)
+
 
 @attrs.frozen(kw_only=True)
 class InspectConfig:
@@ -443,3 +449,20 @@ class AgentConfig:
                 "routes: no routes to serve; add a [[routes]] table or pass --route NAME=HOST:PORT"
             )
         return problems
+
+
+def _check_heartbeat(config: TimeoutsConfig | AgentTimeouts) -> None:
+    """A peer is declared dead after ``heartbeat_timeout_s`` of silence, and a quiet
+    one is heard once per ``heartbeat_s`` (its PONG): a timeout not above the
+    interval would drop every idle connection."""
+    if config.heartbeat_timeout_s <= config.heartbeat_s:
+        raise FieldError(
+            type(config).__name__,
+            [
+                (
+                    "heartbeat_timeout_s",
+                    f"must be more than heartbeat_s ({show(config.heartbeat_s)}), "
+                    f"got {show(config.heartbeat_timeout_s)}",
+                )
+            ],
+        )
