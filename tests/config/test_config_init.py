@@ -96,6 +96,20 @@ def test_init_counts_a_dangling_symlink_as_existing(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_init_with_force_never_writes_through_a_symlink(tmp_path: Path) -> None:
+    """A symbolic link where agent.toml goes must not lead the token elsewhere."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    victim.chmod(0o644)
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "agent.toml").symlink_to(victim)
+    with pytest.raises(ConfigError, match="symbolic link"):
+        write_init_files(tmp_path / "conf", force=True)
+    assert victim.read_text() == "keep me\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert not (tmp_path / "conf" / "server.toml").exists()  # nothing written
+
+
 def test_init_reports_a_file_it_cannot_write(tmp_path: Path) -> None:
     (tmp_path / "server.toml").mkdir()
     with pytest.raises(ConfigError) as caught:

@@ -56,7 +56,9 @@ def _tables(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def _write_private(path: Path, text: str, *, force: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (0 if force else os.O_EXCL)
+    # O_NOFOLLOW as well: a link made between the check and here fails (ELOOP).
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | nofollow | (0 if force else os.O_EXCL)
     try:
         descriptor = os.open(path, flags, FILE_MODE)
     except FileExistsError:
@@ -85,6 +87,14 @@ def write_init_files(directory: Path, *, force: bool) -> tuple[Path, Path]:
             then), or the directory or a file cannot be written.
     """
     server_path, agent_path = directory / SERVER_FILE, directory / AGENT_FILE
+    # Never through a symbolic link, even with --force: it could have us truncate a
+    # file elsewhere, fill it with a token and change its mode. Checked for both
+    # before either is written.
+    links = [path for path in (server_path, agent_path) if path.is_symlink()]
+    if force and links:
+        raise ConfigError(
+            [f"{path}: is a symbolic link; remove it or write elsewhere" for path in links]
+        )
     if not force:
         # is_symlink() too: a dangling link "does not exist" yet O_EXCL refuses it,
         # which would leave server.toml written and agent.toml not.
