@@ -214,12 +214,23 @@ async def _stop_on_signal(
     drain: Callable[[], Awaitable[None]],
     scope: trio.CancelScope,
 ) -> None:
-    """First SIGINT/SIGTERM: drain (bounded by the grace period), then stop everything."""
+    """First SIGINT/SIGTERM: drain (bounded by the grace period), then stop everything.
+    A second one while draining stops everything at once (as a second Ctrl-C does)."""
     async for signum in signals:
         logger.info("%s: finishing in-flight requests, then stopping", signal.Signals(signum).name)
         break
-    await drain()
+    async with trio.open_nursery() as draining:
+        draining.start_soon(_stop_on_second_signal, signals, draining.cancel_scope)
+        await drain()
+        draining.cancel_scope.cancel()
     scope.cancel()
+
+
+async def _stop_on_second_signal(signals: AsyncIterator[int], draining: trio.CancelScope) -> None:
+    async for signum in signals:
+        logger.warning("%s again: stopping now", signal.Signals(signum).name)
+        draining.cancel()
+        return
 
 
 def _agent(args: argparse.Namespace) -> int:

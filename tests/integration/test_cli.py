@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -215,3 +216,53 @@ async def test_demo_prints_a_curl_line_that_works(launch: Launch) -> None:
         ]
         demo.process.send_signal(signal.SIGINT)
         assert await demo.process.wait() == 0
+
+
+async def test_a_second_signal_stops_the_server_without_waiting_for_the_grace_period(
+    launch: Launch,
+) -> None:
+    """The first SIGTERM waits up to grace_s (10 s) for a request the upstream holds;
+    a second one, as a second Ctrl-C, stops at once."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            upstream, upstream_port = await start_upstream(nursery, "svc")
+            server = await launch(
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--internal-port",
+                "0",
+                "--external-port",
+                "0",
+                env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+            )
+            ready = await server.wait_for(
+                r"ready internal=ws://127\.0\.0\.1:(\d+) external=http://127\.0\.0\.1:(\d+)"
+            )
+            internal, external = ready.group(1), ready.group(2)
+            agent = await launch(
+                "agent",
+                "--server",
+                f"127.0.0.1:{internal}",
+                "--route",
+                f"app=127.0.0.1:{upstream_port}",
+                env={"PVTUNNEL_TOKEN": TOKEN},
+            )
+            await agent.wait_for(r"ready server=ws://127\.0\.0\.1:\d+ routes=app")
+
+            async def held_request() -> None:
+                # Cut short when the server stops: no answer comes.
+                with contextlib.suppress(h11.RemoteProtocolError, trio.BrokenResourceError):
+                    await fetch(int(external), b"GET", b"/hold")
+
+            nursery.start_soon(held_request)
+            await upstream.hold_started.wait()
+            server.process.send_signal(signal.SIGTERM)
+            await server.wait_for(r"SIGTERM: finishing in-flight requests")
+            server.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(5):  # well inside the 10 s grace period
+                assert await server.process.wait() == 0
+            assert "SIGTERM again: stopping now" in await server.drain_output()
+            agent.process.send_signal(signal.SIGINT)
+            assert await agent.process.wait() == 0
+            nursery.cancel_scope.cancel()
