@@ -6,6 +6,7 @@ import textwrap
 from typing import TYPE_CHECKING
 
 import pytest
+import trustme
 
 from pvtunnel._config import load_agent_config, load_server_config
 from pvtunnel._errors import ConfigError
@@ -22,6 +23,17 @@ def write(directory: Path, name: str, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(textwrap.dedent(text), encoding="utf-8")
     return path
+
+
+def write_tls_files(directory: Path, cert: str, key: str, ca: str | None = None) -> None:
+    """A certificate and its key (and their CA), real PEM files: the loaders load them."""
+    authority = trustme.CA()
+    issued = authority.issue_cert("proxy.example")
+    (directory / cert).parent.mkdir(parents=True, exist_ok=True)
+    (directory / cert).write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(directory / key))
+    if ca is not None:
+        authority.cert_pem.write_to_path(str(directory / ca))
 
 
 def server_problems(path: Path | None, environ: dict[str, str] | None = None) -> list[str]:

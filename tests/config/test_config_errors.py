@@ -12,7 +12,7 @@ from pvtunnel._config import (
     load_server_config,
 )
 from pvtunnel._config.loading import flatten
-from tests.config.helpers import TOKEN, agent_problems, server_problems, write
+from tests.config.helpers import TOKEN, agent_problems, server_problems, write, write_tls_files
 
 # ------------------------------------------------------------------ error lines
 
@@ -367,7 +367,7 @@ def test_tls_needs_both_files(here: Path) -> None:
 
 
 def test_tls_and_ca_paths_are_relative_to_the_file_and_must_exist(here: Path) -> None:
-    write(here, "etc/cert.pem", "cert")
+    write_tls_files(here, "etc/cert.pem", "etc/tls-key.pem")
     write(here, "etc/server.toml", '[internal]\ntls_cert = "cert.pem"\ntls_key = "key.pem"\n')
     write(here, "etc/agent.toml", 'client_id = "a"\n[server]\nca_file = "../ca.pem"\n')
     assert server_problems(Path("etc/server.toml")) == [
@@ -376,7 +376,7 @@ def test_tls_and_ca_paths_are_relative_to_the_file_and_must_exist(here: Path) ->
     assert agent_problems(Path("etc/agent.toml")) == [
         f"etc/agent.toml: server.ca_file: no such file: {(here / 'ca.pem').resolve()}"
     ]
-    write(here, "etc/key.pem", "key")
+    (here / "etc/tls-key.pem").rename(here / "etc/key.pem")
     config = load_server_config(Path("etc/server.toml"), environ={})
     assert config.internal.tls_cert == (here / "etc/cert.pem").resolve()
     assert config.internal.tls_key == (here / "etc/key.pem").resolve()
@@ -435,3 +435,31 @@ def test_a_heartbeat_timeout_not_above_the_interval_is_refused(
     assert problems == [
         "s.toml: timeouts.heartbeat_timeout_s: must be more than heartbeat_s (2.0), got 2.0"
     ]
+
+
+def test_tls_files_that_do_not_load_are_config_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files that exist but hold no PEM certificate or key: one line each, as for
+    any other bad value (and `pvtunnel check` finds them), not a traceback when the
+    listener starts or an endless retry when the agent dials."""
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "junk.pem", "not a certificate\n")
+    write(
+        tmp_path,
+        "server.toml",
+        f"""
+        [internal]
+        token = "{TOKEN}"
+        [external]
+        tls_cert = "junk.pem"
+        tls_key = "junk.pem"
+        """,
+    )
+    (problem,) = server_problems(Path("server.toml"))
+    assert problem.startswith(
+        "server.toml: external.tls_cert: cannot load it with external.tls_key "
+    )
+    write(tmp_path, "agent.toml", '[server]\nurl = "wss://proxy:8081"\nca_file = "junk.pem"\n')
+    (problem,) = agent_problems(Path("agent.toml"))
+    assert problem.startswith("agent.toml: server.ca_file: cannot load it (PEM CA certificates)")

@@ -25,7 +25,7 @@ from pvtunnel._config import (
     load_agent_config,
     load_server_config,
 )
-from tests.config.helpers import TOKEN, write
+from tests.config.helpers import TOKEN, write, write_tls_files
 
 # ------------------------------------------------------------------ good files
 
@@ -48,8 +48,7 @@ def test_agent_defaults_without_a_file() -> None:
 
 
 def test_server_file_with_every_key(here: Path) -> None:
-    write(here, "cert.pem", "cert")
-    write(here, "key.pem", "key")
+    write_tls_files(here, "cert.pem", "key.pem")
     write(
         here,
         "server.toml",
@@ -141,7 +140,7 @@ def test_server_file_with_every_key(here: Path) -> None:
 
 
 def test_agent_file_with_every_key(here: Path) -> None:
-    write(here, "ca.pem", "ca")
+    write_tls_files(here, "cert.pem", "key.pem", "ca.pem")
     write(
         here,
         "agent.toml",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import difflib
 import re
 import socket
+import ssl
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, get_args, get_origin
@@ -383,10 +384,37 @@ def _load(path: Path | None, environ: Mapping[str, str], kind: ConfigKind, cls: 
         raw["client_id"] = socket.gethostname()
     config = _structure(raw, cls, problems)
     all_problems = problems.lines + env_problems
+    if config is not None and not all_problems:
+        all_problems = _tls_problems(config, problems.source)
     if all_problems:
         raise ConfigError(all_problems)
     assert config is not None
     return config
+
+
+def _tls_problems(config: object, source: str) -> list[str]:
+    """TLS files that exist but do not load: found here, as one line each, rather
+    than as a traceback when the listener starts or a retry loop when the agent
+    dials (and `pvtunnel check` finds them too)."""
+    lines: list[str] = []
+    if isinstance(config, ServerConfig):
+        for name, listener in (("internal", config.internal), ("external", config.external)):
+            if listener.tls_cert is None or listener.tls_key is None:
+                continue
+            try:
+                context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+                context.load_cert_chain(listener.tls_cert, listener.tls_key)
+            except (ssl.SSLError, OSError) as exc:
+                lines.append(
+                    f"{source}: {name}.tls_cert: cannot load it with {name}.tls_key "
+                    f"(a PEM certificate and its private key): {exc}"
+                )
+    elif isinstance(config, AgentConfig) and config.server.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(config.server.ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            lines.append(f"{source}: server.ca_file: cannot load it (PEM CA certificates): {exc}")
+    return lines
 
 
 def admin_token_from_environment(environ: Mapping[str, str]) -> Secret | None:
