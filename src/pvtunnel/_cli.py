@@ -176,6 +176,17 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def _cannot_start(command: str, exc: OSError | BaseExceptionGroup[BaseException]) -> int:
+    """A listener that cannot be opened (a port in use, a host that does not resolve,
+    an address not on this machine) is one line, not a traceback; anything else
+    goes on as it came."""
+    failure = first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+    if not isinstance(failure, OSError):
+        raise exc
+    _say(f"pvtunnel {command}: cannot start: {printable(str(failure))}")
+    return 1
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = load_server_config(args.config, environ=os.environ)
     config = with_overrides(
@@ -191,7 +202,10 @@ def _serve(args: argparse.Namespace) -> int:
         config = attrs.evolve(config, internal=attrs.evolve(config.internal, token=Secret(token)))
         _say(f"pvtunnel serve: no agent token configured; this run's token is {token}")
     configure_logging(args.log_level, args.log_format)
-    return trio.run(_run_server, config)
+    try:
+        return trio.run(_run_server, config)
+    except (OSError, BaseExceptionGroup) as exc:
+        return _cannot_start("serve", exc)
 
 
 async def _run_server(config: ServerConfig) -> int:
@@ -251,6 +265,8 @@ def _agent(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, args.log_format)
     try:
         return trio.run(_run_agent, config)
+    except (OSError, BaseExceptionGroup) as exc:
+        return _cannot_start("agent", exc)
     except HandshakeRefusedError as exc:
         # The reason may be the server's own words: escaped, like a log line.
         _say(f"pvtunnel agent: {printable(str(exc))}")

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import signal
+import socket
 import subprocess
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
@@ -266,3 +267,24 @@ async def test_a_second_signal_stops_the_server_without_waiting_for_the_grace_pe
             agent.process.send_signal(signal.SIGINT)
             assert await agent.process.wait() == 0
             nursery.cancel_scope.cancel()
+
+
+def test_a_port_in_use_is_one_line_not_a_traceback() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run(
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--internal-port",
+            "0",
+            "--external-port",
+            port,
+            env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+        )
+    assert result.returncode == 1
+    assert "pvtunnel serve: cannot start: " in result.stderr
+    assert "Address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
