@@ -336,6 +336,22 @@ def test_duplicate_server_urls(here: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("ws://proxy:8081", "ws://proxy:8081/"),
+        ("ws://proxy:8081/", "ws://PROXY:8081/"),
+        ("wss://proxy", "wss://proxy:443/"),
+        ("ws://proxy", "ws://proxy:80"),
+    ],
+)
+def test_one_server_written_two_ways_is_a_duplicate(here: Path, first: str, second: str) -> None:
+    """Two links to one server, with one client id, would replace each other forever."""
+    write(here, "agent.toml", f'client_id = "a"\n[server]\nurl = ["{first}", "{second}"]\n')
+    (problem,) = agent_problems(Path("agent.toml"))
+    assert problem.startswith("agent.toml: server.url[1]: duplicate server URL ")
+
+
 def test_scoped_tokens_need_patterns(here: Path) -> None:
     write(
         here,

@@ -423,10 +423,23 @@ def server_urls(value: object) -> tuple[str, ...]:
         urls = _url_array(value)
     else:
         raise InvalidValue(f"expected a ws:// or wss:// URL or an array of them, got {show(value)}")
+    seen: list[tuple[str, str, int, str]] = []
     for index, url in enumerate(urls):
-        if url in urls[:index]:
+        # The same server however written (host case, the default port, a bare
+        # path): two links to one server with one client id replace each other.
+        same = _server_identity(url)
+        if same in seen:
             raise InvalidValue(f"duplicate server URL {show(url)}", at=f"[{index}]")
+        seen.append(same)
     return urls
+
+
+def _server_identity(url: str) -> tuple[str, str, int, str]:
+    """Scheme, host, port and path of a checked URL, as a server sees them."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "wss" else 80)
+    return scheme, (parts.hostname or "").lower(), port, parts.path or "/"
 
 
 _url_array = array(server_url, "ws:// or wss:// URLs")
