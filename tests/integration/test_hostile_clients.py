@@ -283,3 +283,25 @@ async def test_an_answer_before_the_body_reaches_a_client_that_sends_it_all_firs
             assert answer.startswith(b"HTTP/1.1 %s " % status), answer[:200]
             assert b"\r\nconnection: close\r\n" in answer.lower()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_host_with_spaces_cannot_forge_fields_of_the_access_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The text access line separates its fields with spaces; a Host value may hold
+    spaces (it is any field value), so they are escaped there."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.access")
+    forged = b"x /fake 200 0B 1.0ms agent=admin route=billing stream=7"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _ = await start_tunnel(nursery)
+            answer = await raw_exchange(
+                running.port,
+                b"GET /real HTTP/1.1\r\nConnection: close\r\nHost: " + forged + b"\r\n\r\n",
+            )
+            assert answer.startswith(b"HTTP/1.1 404 ")
+            nursery.cancel_scope.cancel()
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.access"]
+    assert " x\\x20/fake\\x20200\\x200B" in line
+    assert " agent=admin" not in line
+    assert line.count(" route=") == 1

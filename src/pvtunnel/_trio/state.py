@@ -160,7 +160,9 @@ class ServerState:
         args = (
             address,
             method,
-            host,
+            # The one field a client writes freely that may hold spaces: escaped in
+            # the text line, where a space would start a field it could forge.
+            host.replace(" ", "\\x20") if " " in host else host,
             target,
             status,
             size,
