@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
@@ -366,6 +366,16 @@ async def test_a_token_guards_metrics_and_status_but_not_the_probes() -> None:
             nursery.cancel_scope.cancel()
 
 
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    """The request lines logged, as `--log-format json` writes them."""
+    formatter = JsonFormatter()
+    return [
+        json.loads(formatter.format(record))
+        for record in caplog.records
+        if record.name == "pvtunnel.access" and "status" in vars(record)
+    ]
+
+
 async def test_request_log_lines_carry_route_agent_status_bytes_duration_and_stream(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -381,12 +391,7 @@ async def test_request_log_lines_carry_route_agent_status_bytes_duration_and_str
                 await client.request(b"GET", b"/", host=b"nobody")
             await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
-    formatter = JsonFormatter()
-    lines = [
-        json.loads(formatter.format(record))
-        for record in caplog.records
-        if record.name == "pvtunnel.access" and "status" in vars(record)
-    ]
+    lines = _access_lines(caplog)
     assert [list(line) for line in lines] == [
         [
             "ts",
@@ -458,12 +463,7 @@ async def test_requests_a_deadline_ended_are_logged_and_counted(
             assert (figures.status_classes[5], figures.status_classes[4]) == (1, 1)
             assert figures.bytes_in == 4
             nursery.cancel_scope.cancel()
-    formatter = JsonFormatter()
-    lines = [
-        json.loads(formatter.format(record))
-        for record in caplog.records
-        if record.name == "pvtunnel.access" and "status" in vars(record)
-    ]
+    lines = _access_lines(caplog)
     assert [_pick(line, "status", "method", "route", "agent", "bytes_in") for line in lines] == [
         {"status": 504, "method": "GET", "route": "app", "agent": "agent-1", "bytes_in": 0},
         {"status": 408, "method": "POST", "route": "app", "agent": "agent-1", "bytes_in": 4},

@@ -98,33 +98,40 @@ def test_init_writes_configs_that_check_cleanly(tmp_path: Path) -> None:
     assert run("init", "--dir", str(tmp_path), "--force").returncode == 0
 
 
+async def launch_pair(launch: Launch, upstream_port: int) -> tuple[Process, Process, str]:
+    """`pvtunnel serve` and an agent routing "app" to ``upstream_port``, both ready;
+    with the server's external port."""
+    server = await launch(
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--internal-port",
+        "0",
+        "--external-port",
+        "0",
+        env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+    )
+    ready = await server.wait_for(
+        r"ready internal=ws://127\.0\.0\.1:(\d+) external=http://127\.0\.0\.1:(\d+)"
+    )
+    internal, external = ready.group(1), ready.group(2)
+    agent = await launch(
+        "agent",
+        "--server",
+        f"127.0.0.1:{internal}",
+        "--route",
+        f"app=127.0.0.1:{upstream_port}",
+        env={"PVTUNNEL_TOKEN": TOKEN},
+    )
+    await agent.wait_for(r"ready server=ws://127\.0\.0\.1:\d+ routes=app")
+    return server, agent, external
+
+
 async def test_serve_prints_ready_line_and_drains_on_sigterm(launch: Launch) -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             upstream, upstream_port = await start_upstream(nursery, "svc")
-            server = await launch(
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--internal-port",
-                "0",
-                "--external-port",
-                "0",
-                env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
-            )
-            ready = await server.wait_for(
-                r"ready internal=ws://127\.0\.0\.1:(\d+) external=http://127\.0\.0\.1:(\d+)"
-            )
-            internal, external = ready.group(1), ready.group(2)
-            agent = await launch(
-                "agent",
-                "--server",
-                f"127.0.0.1:{internal}",
-                "--route",
-                f"app=127.0.0.1:{upstream_port}",
-                env={"PVTUNNEL_TOKEN": TOKEN},
-            )
-            await agent.wait_for(r"ready server=ws://127\.0\.0\.1:\d+ routes=app")
+            server, agent, external = await launch_pair(launch, upstream_port)
             replies: list[int] = []
 
             async def slow_request() -> None:
@@ -227,29 +234,7 @@ async def test_a_second_signal_stops_the_server_without_waiting_for_the_grace_pe
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             upstream, upstream_port = await start_upstream(nursery, "svc")
-            server = await launch(
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--internal-port",
-                "0",
-                "--external-port",
-                "0",
-                env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
-            )
-            ready = await server.wait_for(
-                r"ready internal=ws://127\.0\.0\.1:(\d+) external=http://127\.0\.0\.1:(\d+)"
-            )
-            internal, external = ready.group(1), ready.group(2)
-            agent = await launch(
-                "agent",
-                "--server",
-                f"127.0.0.1:{internal}",
-                "--route",
-                f"app=127.0.0.1:{upstream_port}",
-                env={"PVTUNNEL_TOKEN": TOKEN},
-            )
-            await agent.wait_for(r"ready server=ws://127\.0\.0\.1:\d+ routes=app")
+            server, agent, external = await launch_pair(launch, upstream_port)
 
             async def held_request() -> None:
                 # Cut short when the server stops: no answer comes.

@@ -15,11 +15,11 @@ import trio
 import trio.testing
 
 from pvtunnel._errors import TunnelClosedError, WebSocketClosed
-from pvtunnel._trio.tunnel import EARLY_SEND_PIECES, Channel, Tunnel
+from pvtunnel._trio.tunnel import EARLY_SEND_PIECES, Channel, StreamHandler, Tunnel
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, Role
-from tests.trio.helpers import LIMIT_S, open_pair
+from tests.trio.helpers import LIMIT_S, Pair, open_pair
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -50,6 +50,26 @@ async def server_and_bare_agent() -> AsyncIterator[tuple[Tunnel, WebSocket, Mult
         await trio.testing.wait_all_tasks_blocked()  # the writer is waiting
         yield server, pair.client, agent_mux
         nursery.cancel_scope.cancel()
+
+
+async def _answer(channel: Channel, head: RequestHead) -> None:
+    """An agent's stream handler: 200 OK, no body."""
+    channel.send_response(OK)
+    channel.end()
+
+
+async def _agent_past_hello(pair: Pair, handler: StreamHandler) -> tuple[Tunnel, Multiplexer]:
+    """An agent `Tunnel` on ``pair.client`` with ``handler``, accepted by a bare server
+    multiplexer on ``pair.server`` (not yet running: the caller starts `Tunnel.run`)."""
+    agent = Tunnel(pair.client, Multiplexer(Role.AGENT), on_stream=handler, label="agent")
+    agent.mux.send_hello(client_id="agent-1", routes=("app",))
+    await agent.flush()
+    server_mux = Multiplexer(Role.SERVER)
+    server_mux.receive_data(await pair.server.receive_some())
+    server_mux.accept()
+    await pair.server.send(server_mux.data_to_send())
+    assert await agent.receive_handshake() == ev.Accepted(refused=())
+    return agent, server_mux
 
 
 async def _per_message(
@@ -107,20 +127,9 @@ async def test_the_agent_sends_a_big_batch_of_answers_early() -> None:
     one pass; the one that brings the queue to the early-send size sends it."""
     requests = 3 * EARLY_BATCH
 
-    async def answer(channel: Channel, head: RequestHead) -> None:
-        channel.send_response(OK)
-        channel.end()
-
     with trio.fail_after(LIMIT_S):
         async with open_pair() as pair, trio.open_nursery() as nursery:
-            agent = Tunnel(pair.client, Multiplexer(Role.AGENT), on_stream=answer, label="agent")
-            agent.mux.send_hello(client_id="agent-1", routes=("app",))
-            await agent.flush()
-            server_mux = Multiplexer(Role.SERVER)
-            server_mux.receive_data(await pair.server.receive_some())
-            server_mux.accept()
-            await pair.server.send(server_mux.data_to_send())
-            assert await agent.receive_handshake() == ev.Accepted(refused=())
+            agent, server_mux = await _agent_past_hello(pair, _answer)
             await nursery.start(agent.run)
             await trio.testing.wait_all_tasks_blocked()  # the writer is waiting
             for _ in range(requests):
@@ -195,20 +204,9 @@ async def test_cancelling_an_agent_tunnel_ends_a_blocked_early_send(
     agent would never exit. Cancelling `run` ends that send too."""
     gate = trio.Event()  # never set: the server reads nothing more
 
-    async def answer(channel: Channel, head: RequestHead) -> None:
-        channel.send_response(OK)
-        channel.end()
-
     with trio.fail_after(LIMIT_S):
         async with open_pair() as pair, trio.open_nursery() as nursery:
-            agent = Tunnel(pair.client, Multiplexer(Role.AGENT), on_stream=answer, label="agent")
-            agent.mux.send_hello(client_id="agent-1", routes=("app",))
-            await agent.flush()
-            server_mux = Multiplexer(Role.SERVER)
-            server_mux.receive_data(await pair.server.receive_some())
-            server_mux.accept()
-            await pair.server.send(server_mux.data_to_send())
-            assert await agent.receive_handshake() == ev.Accepted(refused=())
+            agent, server_mux = await _agent_past_hello(pair, _answer)
             _gate_sends(monkeypatch, agent, gate)
             with trio.CancelScope() as running:
                 nursery.start_soon(_cancel_once_blocked, running)
