@@ -165,6 +165,17 @@ def test_response_headers_get_via() -> None:
     ]
 
 
+def test_response_headers_add_a_date_only_where_none_is() -> None:
+    date = b"Sun, 06 Dec 2026 23:24:36 GMT"
+    assert response_headers([(b"x", b"1")], date=date) == [
+        (b"x", b"1"),
+        (b"Via", b"1.1 pvtunnel"),
+        (b"Date", date),
+    ]
+    upstreams = (b"DATE", b"Tue, 01 Dec 2026 10:00:00 GMT")
+    assert response_headers([upstreams], date=date) == [upstreams, (b"Via", b"1.1 pvtunnel")]
+
+
 def test_presented_token_forms() -> None:
     assert presented_token([(b"proxy-authorization", b"Bearer abc")]) == b"abc"
     assert presented_token([(b"proxy-authorization", b"basic dTp0b2s=")]) == b"tok"

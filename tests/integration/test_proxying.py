@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import h11
 import trio
 import trio.testing
@@ -257,7 +259,10 @@ async def test_header_names_keep_their_spelling_both_ways() -> None:
             ]
             head, _, body = received.partition(b"\r\n\r\n")
             assert body == b"ok"
-            assert head.split(b"\r\n") == [
+            lines = head.split(b"\r\n")
+            # The upstream sent no Date: the server adds the one it received it at.
+            assert re.fullmatch(rb"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", lines[5])
+            assert lines[:5] + lines[6:] == [
                 b"HTTP/1.1 200 OK",
                 b"Content-Length: 2",
                 b"X-Request-ID: r1",
@@ -468,4 +473,26 @@ async def test_an_upgrade_in_an_http_1_0_request_is_ignored() -> None:
             assert answer.endswith(b"\r\n\r\nok")
             (head,) = upstream.heads
             assert b"upgrade" not in head.lower()
+            nursery.cancel_scope.cancel()
+
+
+async def test_answers_carry_a_date_and_an_upstreams_own_is_kept() -> None:
+    """RFC 9110 section 6.6.1: the server's own answers carry Date, and a response
+    forwarded without one gets one; an upstream's Date goes through as it is."""
+    dated = b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_raw_upstream(nursery, dated)
+            await start_agent(nursery, running, {"app": port})
+            relayed = await raw_exchange(
+                running.port, b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+            )
+            assert relayed.lower().count(b"\r\ndate: ") == 1
+            assert b"\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\n" in relayed
+            refused = await raw_exchange(
+                running.port, b"GET / HTTP/1.1\r\nHost: nobody\r\nConnection: close\r\n\r\n"
+            )
+            assert refused.startswith(b"HTTP/1.1 404 ")
+            assert re.search(rb"\r\ndate: \w{3}, \d\d \w{3} \d{4} [\d:]{8} GMT\r\n", refused)
             nursery.cancel_scope.cancel()

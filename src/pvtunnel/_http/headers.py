@@ -155,8 +155,11 @@ def _extend_at(headers: list[tuple[bytes, bytes]], index: int, name: bytes, valu
         headers[index] = (existing, values + b", " + value)
 
 
-def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Headers sent back to the client: end-to-end ones plus Via."""
+def response_headers(
+    headers: Iterable[tuple[bytes, bytes]], *, date: bytes | None = None
+) -> list[tuple[bytes, bytes]]:
+    """Headers sent back to the client: end-to-end ones plus Via, and ``date`` as the
+    Date header when the response has none (RFC 9110 section 6.6.1)."""
     items = list(headers)
     lowered = [name.lower() for name, _ in items]
     result = _end_to_end(items, lowered)
@@ -168,6 +171,8 @@ def response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes
             (i for i, (name, _) in enumerate(result) if name.lower() == b"via"), default=-1
         )
     _extend_at(result, last_via, b"Via", VIA)
+    if date is not None and b"date" not in lowered:
+        result.append((b"Date", date))
     return result
 
 

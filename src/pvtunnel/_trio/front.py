@@ -36,6 +36,7 @@ from pvtunnel._http.framing import request_head_problem, response_head_problem
 from pvtunnel._http.holding import HoldOutcome, hold_answer
 from pvtunnel._http.routing import split_target
 from pvtunnel._trio.closing import close_lingering
+from pvtunnel._trio.dates import http_date
 from pvtunnel._trio.hangups import has_hung_up, hung_up_when_readable, peer_address
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
@@ -185,6 +186,7 @@ class ClientConnection:
         headers = [
             (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", b"%d" % len(body)),
+            (b"date", http_date()),
             *extra,
         ]
         if close:
@@ -448,7 +450,7 @@ class ClientConnection:
             # field as h11's constructor would (and more): ``_parsed`` skips the
             # second pass over the same bytes. h11 still lower-cases the names and
             # checks Content-Length, Transfer-Encoding and the status.
-            headers = hdr.response_headers(head.headers)
+            headers = hdr.response_headers(head.headers, date=http_date())
             if self.conn.their_state is h11.SEND_BODY:
                 # Answered before the request's body is all read (the upstream did
                 # not wait for it): the connection ends after this, and says so.
@@ -504,13 +506,14 @@ class ClientConnection:
         switch: hdr.Switch,
     ) -> None:
         """Answer the switch, then pipe raw bytes until both sides are done."""
-        headers = hdr.response_headers(head.headers)
         event: h11.InformationalResponse | h11.Response
         if switch.upgrade is not None:
+            headers = hdr.response_headers(head.headers)
             upgrade = hdr.header_value(head.headers, b"upgrade") or switch.upgrade
             headers += [(b"Connection", b"upgrade"), (b"Upgrade", upgrade)]
             event = h11.InformationalResponse(status_code=101, headers=headers, reason=head.reason)
-        else:
+        else:  # CONNECT's 2xx: a final response, which carries a Date
+            headers = hdr.response_headers(head.headers, date=http_date())
             event = h11.Response(status_code=head.status, headers=headers, reason=head.reason)
         try:
             await self.http.send(event)
