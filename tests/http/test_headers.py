@@ -79,6 +79,20 @@ def test_underscore_spellings_of_the_client_fields_are_dropped() -> None:
     )
 
 
+def test_forwarding_lines_stay_well_formed() -> None:
+    """An empty X-Forwarded-For line takes the address alone, and a Forwarded
+    element has no IPv6 zone, which RFC 7239's node syntax cannot hold."""
+    result = request_headers(
+        [(b"host", b"app"), (b"x-forwarded-for", b""), (b"forwarded", b"for=10.0.0.1")],
+        client_address="fe80::1%eth0",
+        host=None,
+        proto=b"http",
+        is_chunked=False,
+    )
+    assert (b"x-forwarded-for", b"fe80::1%eth0") in result
+    assert (b"forwarded", b'for=10.0.0.1, for="[fe80::1]";proto=http') in result
+
+
 def test_absolute_form_authority_replaces_host() -> None:
     result = request_headers(
         [(b"host", b"wrong"), (b"accept", b"*/*")],

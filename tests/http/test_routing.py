@@ -30,6 +30,14 @@ def test_split_target(target: bytes, expected: tuple[bytes | None, bytes]) -> No
     assert split_target(target) == expected
 
 
+def test_an_options_request_for_the_whole_server_goes_on_as_an_asterisk() -> None:
+    """RFC 9112 section 3.2.4: ``OPTIONS http://app`` asks about the server as a
+    whole, which the origin form says as ``*``; with a path it is that path's."""
+    assert split_target(b"http://app:8080", b"OPTIONS") == (b"app:8080", b"*")
+    assert split_target(b"http://app/", b"OPTIONS") == (b"app", b"/")
+    assert split_target(b"http://app", b"GET") == (b"app", b"/")
+
+
 @pytest.mark.parametrize(
     ("authority", "host"),
     [

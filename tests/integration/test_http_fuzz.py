@@ -108,6 +108,11 @@ def split_absolute(target: bytes) -> tuple[bytes | None, bytes]:
 
 
 Field = tuple[bytes, bytes, bytes]  # (lower-case name, name as written, value)
+# A client's "X_Forwarded_For" and the like: CGI-style upstreams would read them as
+# the fields pvtunnel sets, so they are dropped.
+CLIENT_FIELDS_SPELLED_WITH_UNDERSCORES = frozenset(
+    {b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded"}
+)
 
 
 def appended(fields: list[Field], name: bytes, value: bytes) -> list[Field]:
@@ -119,7 +124,7 @@ def appended(fields: list[Field], name: bytes, value: bytes) -> list[Field]:
         return [*fields, (lower, name, value)]
     fields = list(fields)
     _, spelled, values = fields[last]
-    fields[last] = (lower, spelled, values + b", " + value)
+    fields[last] = (lower, spelled, values + b", " + value if values.strip() else value)
     return fields
 
 
@@ -142,7 +147,10 @@ def forwarded(
     kept = [
         (n, spelled, v)
         for (n, v), spelled in zip(fields, names, strict=True)
-        if n not in HOP_BY_HOP and n not in named and n != b"x-real-ip"  # the client wrote it
+        if n not in HOP_BY_HOP
+        and n not in named
+        and n != b"x-real-ip"  # the client wrote it
+        and not (b"_" in n and n.replace(b"_", b"-") in CLIENT_FIELDS_SPELLED_WITH_UNDERSCORES)
     ]
     # Content-Length goes once, as the number it parsed to ("0005" -> "5").
     lengths = [i for i, field in enumerate(kept) if field[0] == b"content-length"]

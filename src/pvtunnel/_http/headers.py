@@ -141,9 +141,11 @@ def request_headers(
 
 
 def _forwarded_element(address: bytes, proto: bytes) -> bytes:
-    """RFC 7239 section 4: ``for=`` the client and ``proto=``; IPv6 quoted in brackets."""
-    node = b'"[%s]"' % address if b":" in address else address
-    return b"for=%s;proto=%s" % (node, proto)
+    """RFC 7239 section 4: ``for=`` the client and ``proto=``; IPv6 quoted in brackets,
+    without a zone (``%eth0``), which its node syntax has no room for."""
+    if b":" in address:
+        return b'for="[%s]";proto=%s' % (address.partition(b"%")[0], proto)
+    return b"for=%s;proto=%s" % (address, proto)
 
 
 def _extend_at(headers: list[tuple[bytes, bytes]], index: int, name: bytes, value: bytes) -> None:
@@ -152,7 +154,8 @@ def _extend_at(headers: list[tuple[bytes, bytes]], index: int, name: bytes, valu
         headers.append((name, value))
     else:
         existing, values = headers[index]
-        headers[index] = (existing, values + b", " + value)
+        # An empty line (a client may send one) takes the value alone, not ", value".
+        headers[index] = (existing, values + b", " + value if values.strip() else value)
 
 
 def response_headers(

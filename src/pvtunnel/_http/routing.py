@@ -26,12 +26,13 @@ class Session(Protocol):
 SessionT = TypeVar("SessionT", bound=Session)
 
 
-def split_target(target: bytes) -> tuple[bytes | None, bytes]:
+def split_target(target: bytes, method: bytes = b"GET") -> tuple[bytes | None, bytes]:
     """Split an absolute-form target into (authority, origin-form target).
 
     Returns ``(None, target)`` for origin-form (and asterisk-form) targets. RFC 9112
     section 3.2.2: a proxy forwards the origin form and takes Host from the
-    authority, ignoring any Host header the client sent.
+    authority, ignoring any Host header the client sent. An empty path becomes
+    ``/``, or for OPTIONS ``*``: the server as a whole (section 3.2.4).
     """
     lowered = target[:8].lower()
     for prefix in _ABSOLUTE_PREFIXES:
@@ -46,7 +47,9 @@ def split_target(target: bytes) -> tuple[bytes | None, bytes]:
             if b"@" in authority:  # userinfo is never part of the route
                 authority = authority.rsplit(b"@", 1)[1]
             path = rest[cut:]
-            if not path.startswith(b"/"):
+            if not path and method == b"OPTIONS":
+                path = b"*"
+            elif not path.startswith(b"/"):
                 path = b"/" + path
             return authority, path
     return None, target

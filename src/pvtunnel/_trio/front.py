@@ -232,7 +232,7 @@ class ClientConnection:
             # h11 still owes us the EndOfMessage of a bodiless request; it needs no I/O.
             end = self.conn.next_event()
             assert isinstance(end, h11.EndOfMessage), end
-        authority, origin_target = split_target(request.target)
+        authority, origin_target = split_target(request.target, request.method)
         host_override = authority
         switch = hdr.protocol_switch(request.method, headers)
         if switch is not None and switch.upgrade is not None and request.http_version != b"1.1":
