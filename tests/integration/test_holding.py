@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 import trio
+import trio.testing
 
 from pvtunnel._config import AdminConfig
 from tests.integration.admin_probe import scrape
@@ -96,34 +97,46 @@ async def test_no_agent_back_within_hold_s_is_503_with_retry_after() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_the_hold_is_not_the_upstreams_time() -> None:
+async def test_the_hold_is_not_the_upstreams_time(mock_clock: trio.testing.MockClock) -> None:
     """A hold longer than ``upstream_response_s`` still ends as a hold does (503 once
     ``hold_s`` is over), and a request served after such a hold gets the upstream's
-    whole time from then on."""
+    whole time from then on.
+
+    The clock stands still unless the test moves it: the jumps are the only time
+    that passes, past ``upstream_response_s`` and then past ``hold_s``.
+    """
     timeouts = {"hold_s": 1.0, "upstream_response_s": 0.3}
-    with trio.fail_after(LIMIT_S):
-        async with trio.open_nursery() as nursery:
-            running, _, _ = await start_departed(nursery, server_config(timeouts=timeouts))
-            started = trio.current_time()
-            reply = await fetch(running.port, b"GET", b"/")
-            assert trio.current_time() - started >= 1.0
-            assert (reply.status, reply.header(b"retry-after")) == (503, b"1")
-            replies: list[Reply] = []
+    async with trio.open_nursery() as nursery:
+        running, _, _ = await start_departed(nursery, server_config(timeouts=timeouts))
+        replies: list[Reply] = []
 
-            async def client() -> None:
-                replies.append(await fetch(running.port, b"GET", b"/"))
+        async def client() -> None:
+            replies.append(await fetch(running.port, b"GET", b"/"))
 
-            async with trio.open_nursery() as clients:
-                clients.start_soon(client)
-                await wait_held(running.server, 1)
-                # Back after longer than the upstream may take, within the hold.
-                await trio.sleep(0.5)
-                _, new_port = await start_upstream(nursery, "new")
-                await start_agent(nursery, running, {"app": new_port})
-            assert [(r.status, r.header(b"x-upstream")) for r in replies] == [(200, b"new")]
-            held = running.server.state.metrics.held_requests
-            assert (held["timed_out"], held["served"], held["abandoned"]) == (1, 1, 0)
-            nursery.cancel_scope.cancel()
+        started = trio.current_time()
+        async with trio.open_nursery() as clients:
+            clients.start_soon(client)
+            await wait_held(running.server, 1)
+            mock_clock.jump(0.5)  # past upstream_response_s: still held
+            await trio.testing.wait_all_tasks_blocked()
+            assert replies == []
+            mock_clock.jump(0.6)  # past hold_s
+        assert trio.current_time() - started >= 1.0
+        (reply,) = replies
+        assert (reply.status, reply.header(b"retry-after")) == (503, b"1")
+        replies.clear()
+        async with trio.open_nursery() as clients:
+            clients.start_soon(client)
+            await wait_held(running.server, 1)
+            # Back after longer than the upstream may take, within the hold.
+            mock_clock.jump(0.5)
+            await trio.testing.wait_all_tasks_blocked()
+            _, new_port = await start_upstream(nursery, "new")
+            await start_agent(nursery, running, {"app": new_port})
+        assert [(r.status, r.header(b"x-upstream")) for r in replies] == [(200, b"new")]
+        held = running.server.state.metrics.held_requests
+        assert (held["timed_out"], held["served"], held["abandoned"]) == (1, 1, 0)
+        nursery.cancel_scope.cancel()
 
 
 async def test_never_served_names_are_404_at_once_while_departed_ones_wait() -> None:

@@ -404,9 +404,9 @@ async def test_clients_closing_while_their_hang_up_is_checked_never_stop_the_ser
                                 b"GET /sleep/%d HTTP/1.1\r\nHost: app\r\n"
                                 b"Connection: close\r\n\r\n" % delay_ms
                             )
-                            # After the server has read the head: this byte stays
-                            # on the socket, for the watch to find.
-                            await trio.sleep(0.05)
+                            # Once the server has read the head (everything waits
+                            # again): this byte stays on the socket for the watch.
+                            await trio.testing.wait_all_tasks_blocked()
                             # Closing with the byte unread, the server resets the
                             # connection: the client may see that instead of the end.
                             with contextlib.suppress(trio.BrokenResourceError):
