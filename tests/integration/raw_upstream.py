@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import trio
 
+from tests.integration.harness import start_agent, start_server
 from tests.integration.listen import serve_on_loopback
+
+if TYPE_CHECKING:
+    from tests.integration.harness import Running
 
 
 class RawUpstream:
@@ -66,3 +72,13 @@ async def start_raw_upstream(
     upstream = RawUpstream(*answers, late=late, hang_up=hang_up)
     port: int = await nursery.start(upstream.serve)
     return upstream, port
+
+
+async def start_raw_tunnel(
+    nursery: trio.Nursery, *answers: bytes | None, late: bytes = b"", hang_up: bool = False
+) -> tuple[Running, RawUpstream]:
+    """A server, and an agent routing "app" to a `RawUpstream` giving ``answers``."""
+    running = await start_server(nursery)
+    upstream, port = await start_raw_upstream(nursery, *answers, late=late, hang_up=hang_up)
+    await start_agent(nursery, running, {"app": port})
+    return running, upstream

@@ -41,7 +41,7 @@ from hypothesis import event, example, given, strategies as st
 from tests import strategies as sts
 from tests.integration.client import Reply, fetch
 from tests.integration.harness import server_config, start_agent, start_server, start_upstream
-from tests.integration.raw_upstream import start_raw_upstream
+from tests.integration.raw_upstream import start_raw_tunnel
 from tests.integration.upstream import Recorded
 
 if TYPE_CHECKING:
@@ -757,9 +757,7 @@ async def test_an_upstream_answer_broken_the_same_ways_is_a_502(answer: bytes) -
     """The checks the fuzzing added to `framing_problem` hold for responses too."""
     with trio.fail_after(EXAMPLE_LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_raw_upstream(nursery, answer)
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_raw_tunnel(nursery, answer)
             reply = await fetch(running.port, b"GET", b"/x")
             assert reply.status == 502
             assert upstream.heads

@@ -16,7 +16,7 @@ from tests.integration.harness import (
     start_tunnel,
     start_upstream,
 )
-from tests.integration.raw_upstream import start_raw_upstream
+from tests.integration.raw_upstream import start_raw_tunnel
 
 LIMIT_S = 10
 
@@ -243,9 +243,7 @@ async def test_header_names_keep_their_spelling_both_ways() -> None:
     )
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_raw_upstream(nursery, answer)
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_raw_tunnel(nursery, answer)
             received = await raw_exchange(running.port, request)
             assert upstream.heads[0].split(b"\r\n") == [
                 b"GET /x HTTP/1.1",
@@ -441,9 +439,7 @@ async def test_1xx_answers_reach_http_1_1_clients_only() -> None:
     """RFC 9110 section 15.2: a server must not send a 1xx to an HTTP/1.0 client."""
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            _, port = await start_raw_upstream(nursery, EARLY_HINTS)
-            await start_agent(nursery, running, {"app": port})
+            running, _ = await start_raw_tunnel(nursery, EARLY_HINTS)
             old = await raw_exchange(running.port, b"GET / HTTP/1.0\r\nHost: app\r\n\r\n")
             assert old.startswith(b"HTTP/1.1 200 "), old
             assert b" 103 " not in old
@@ -461,9 +457,7 @@ async def test_an_upgrade_in_an_http_1_0_request_is_ignored() -> None:
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_raw_upstream(nursery, ok)
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_raw_tunnel(nursery, ok)
             answer = await raw_exchange(
                 running.port,
                 b"GET /ws HTTP/1.0\r\nHost: app\r\n"
@@ -482,9 +476,7 @@ async def test_answers_carry_a_date_and_an_upstreams_own_is_kept() -> None:
     dated = b"HTTP/1.1 200 OK\r\nDate: Tue, 01 Dec 2026 10:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            _, port = await start_raw_upstream(nursery, dated)
-            await start_agent(nursery, running, {"app": port})
+            running, _ = await start_raw_tunnel(nursery, dated)
             relayed = await raw_exchange(
                 running.port, b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
             )

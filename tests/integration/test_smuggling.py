@@ -20,7 +20,7 @@ import trio.testing
 from tests.integration.client import Reply, fetch, raw_exchange, statuses
 from tests.integration.harness import start_agent, start_server, start_tunnel
 from tests.integration.listen import serve_on_loopback
-from tests.integration.raw_upstream import start_raw_upstream
+from tests.integration.raw_upstream import start_raw_tunnel
 
 if TYPE_CHECKING:
     from tests.integration.raw_upstream import RawUpstream
@@ -378,9 +378,7 @@ BROKEN_RESPONSES: Final = [
 async def test_upstream_response_with_broken_framing_is_502(answer: bytes) -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_raw_upstream(nursery, answer)
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_raw_tunnel(nursery, answer)
             received = await raw_exchange(
                 running.port, b"GET /x HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
             )
@@ -450,9 +448,7 @@ async def test_extra_bytes_after_a_response_never_answer_another_request() -> No
     )
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_raw_upstream(nursery, answer)
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_raw_tunnel(nursery, answer)
             for index in range(3):
                 reply = await fetch(running.port, b"GET", b"/%d" % index)
                 assert (reply.status, reply.body) == (200, b"ok")
@@ -469,9 +465,7 @@ async def _after_the_idle_connection_changed(
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream, port = await start_raw_upstream(nursery, ok, late=late, hang_up=hang_up)
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_raw_tunnel(nursery, ok, late=late, hang_up=hang_up)
             assert (await fetch(running.port, b"GET", b"/1")).body == b"ok"
             upstream.send_late.set()
             await upstream.late_sent.wait()
@@ -505,10 +499,8 @@ async def test_only_idempotent_requests_are_retried_after_a_pooled_connection_fa
     ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
             # Second request: read, then hang up without a word; then answer again.
-            upstream, port = await start_raw_upstream(nursery, ok, None, ok)
-            await start_agent(nursery, running, {"app": port})
+            running, upstream = await start_raw_tunnel(nursery, ok, None, ok)
             assert (await fetch(running.port, b"GET", b"/warm")).status == 200
             reply = await fetch(running.port, method, b"/act")
             acted = [head for head in upstream.heads if b" /act " in head]

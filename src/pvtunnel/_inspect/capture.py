@@ -27,6 +27,8 @@ import enum
 import time
 from typing import TYPE_CHECKING, Final
 
+from pvtunnel._http import headers as hdr
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
@@ -230,7 +232,10 @@ class Exchange:
         body = self.request_body
         if body.cut or body.omitted:
             return False
-        return self.request_ended or not _declares_body(self.request_headers)
+        headers = self.request_headers
+        # As the server decided it: a body follows if chunked or of a length above 0.
+        declares_body = hdr.is_chunked(headers) or bool(hdr.content_length(headers))
+        return self.request_ended or not declares_body
 
     def failed(self, reason: str) -> None:
         """The stream was reset (by us or the server); the first reason stays."""
@@ -289,15 +294,6 @@ class Exchange:
             },
             "timing": {"response_head_ms": self.response_head_ms, "duration_ms": self.duration_ms},
         }
-
-
-def _declares_body(headers: Headers) -> bool:
-    """Whether a request head says a body follows (RFC 9112 section 6.3)."""
-    for name, value in headers:
-        lowered = name.lower()
-        if lowered == b"transfer-encoding" or (lowered == b"content-length" and value != b"0"):
-            return True
-    return False
 
 
 def _text(value: bytes) -> str:
