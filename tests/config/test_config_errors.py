@@ -10,6 +10,7 @@ from pvtunnel._config import (
     AdminConfig,
     load_agent_config,
     load_server_config,
+    with_agent_overrides,
 )
 from pvtunnel._config.loading import flatten
 from tests.config.helpers import TOKEN, agent_problems, server_problems, write, write_tls_files
@@ -373,6 +374,48 @@ def test_scoped_tokens_need_patterns(here: Path) -> None:
     ]
 
 
+def test_each_agent_token_is_given_once(here: Path) -> None:
+    # The scoped copy of the unscoped token would claim any name; the later
+    # scoped copy would have its routes ignored. Lines name places, not values.
+    write(
+        here,
+        "server.toml",
+        f"""
+        [internal]
+        token = "{TOKEN}"
+        [[internal.tokens]]
+        token = "team-a-{TOKEN}"
+        routes = ["*.a.example.com"]
+        [[internal.tokens]]
+        token = "{TOKEN}"
+        routes = ["billing"]
+        [[internal.tokens]]
+        token = "team-a-{TOKEN}"
+        routes = ["*.b.example.com"]
+        """,
+    )
+    problems = server_problems(Path("server.toml"))
+    assert problems == [
+        "server.toml: internal.tokens[1].token: the same token as internal.token: "
+        "give each agent token once",
+        "server.toml: internal.tokens[2].token: the same token as internal.tokens[0]: "
+        "give each agent token once",
+    ]
+    assert not any(TOKEN in line for line in problems)
+
+
+def test_the_environment_token_counts_as_the_unscoped_token(here: Path) -> None:
+    write(
+        here,
+        "server.toml",
+        f'[[internal.tokens]]\ntoken = "{TOKEN}"\nroutes = ["billing"]\n',
+    )
+    assert server_problems(Path("server.toml"), {"PVTUNNEL_INTERNAL_TOKEN": TOKEN}) == [
+        "server.toml: internal.tokens[0].token: the same token as internal.token: "
+        "give each agent token once",
+    ]
+
+
 def test_tls_needs_both_files(here: Path) -> None:
     write(here, "cert.pem", "cert")
     write(here, "server.toml", '[external]\ntls_cert = "cert.pem"\n')
@@ -479,3 +522,28 @@ def test_tls_files_that_do_not_load_are_config_errors(
     write(tmp_path, "agent.toml", '[server]\nurl = "wss://proxy:8081"\nca_file = "junk.pem"\n')
     (problem,) = agent_problems(Path("agent.toml"))
     assert problem.startswith("agent.toml: server.ca_file: cannot load it (PEM CA certificates)")
+
+
+def test_a_ca_file_without_a_wss_url_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CA file beside only ws:// URLs suggests a verified, encrypted link that
+    is neither: refused in the file, and after --server flags too."""
+    monkeypatch.chdir(tmp_path)
+    write_tls_files(tmp_path, "cert.pem", "key.pem", ca="ca.pem")
+    routes = '[[routes]]\nname = "app"\nvalue = "127.0.0.1"\nport = 80\n'
+    head = f'client_id = "a"\n[server]\ntoken = "{TOKEN}"\nca_file = "ca.pem"\n'
+    write(tmp_path, "plain.toml", head + 'url = "ws://proxy:8081"\n' + routes)
+    assert agent_problems(Path("plain.toml")) == [
+        "plain.toml: server.ca_file: set, but no server URL is wss://: it verifies TLS "
+        "servers only, and a ws:// link is neither verified nor encrypted"
+    ]
+    urls = 'url = ["wss://proxy:8081", "ws://127.0.0.1:8081"]\n'
+    write(tmp_path, "mixed.toml", head + urls + routes)
+    config = load_agent_config(Path("mixed.toml"), environ={})  # the wss:// one uses it
+    flagged = with_agent_overrides(config, server_urls=["ws://127.0.0.1:8081"])
+    assert flagged.validate_runnable() == [
+        "server.ca_file: set, but no server URL is wss://: it verifies TLS servers only, "
+        "and a ws:// link is neither verified nor encrypted"
+    ]
+    assert with_agent_overrides(config, server_urls=["wss://other:8081"]).validate_runnable() == []

@@ -99,7 +99,9 @@ def test_survives_copy_and_pickle() -> None:
 
 
 def _configs_holding(secret: Secret) -> list[object]:
-    internal = InternalConfig(token=secret, tokens=(ScopedToken(token=secret, routes=("*",)),))
+    # A scoped token must differ from the unscoped one; this one still holds TOKEN.
+    scoped = Secret(secret.reveal() + "-scoped")
+    internal = InternalConfig(token=secret, tokens=(ScopedToken(token=scoped, routes=("*",)),))
     external = ExternalConfig(token=secret)
     admin = AdminConfig(port=9000, host="0.0.0.0", token=secret)
     endpoint = ServerEndpoint(urls=("ws://proxy:8081",), token=secret)

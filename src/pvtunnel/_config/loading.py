@@ -39,7 +39,7 @@ from cattrs.gen import make_dict_structure_fn, override
 from pvtunnel._errors import ConfigError, FieldError, InvalidValue
 
 from . import rules
-from .model import TOML_KEY, AgentConfig, Route, ServerConfig, duplicate_route_names
+from .model import CA_FILE_UNUSED, TOML_KEY, AgentConfig, Route, ServerConfig, duplicate_route_names
 from .rules import Rule, describe, join_path, show
 from .secret import Secret
 
@@ -409,6 +409,8 @@ def _tls_problems(config: object, source: str) -> list[str]:
                     f"{source}: {name}.tls_cert: cannot load it with {name}.tls_key "
                     f"(a PEM certificate and its private key): {exc}"
                 )
+    elif isinstance(config, AgentConfig) and config.server.ca_file_unused():
+        lines.append(f"{source}: {CA_FILE_UNUSED}")
     elif isinstance(config, AgentConfig) and config.server.ca_file is not None:
         try:
             ssl.create_default_context(cafile=str(config.server.ca_file))

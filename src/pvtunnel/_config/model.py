@@ -80,6 +80,28 @@ class InternalConfig:
 
     def __attrs_post_init__(self) -> None:
         _check_tls_pair(self, self.tls_cert, self.tls_key)
+        _check_distinct_tokens(self)
+
+
+def _check_distinct_tokens(internal: InternalConfig) -> None:
+    """Each agent token appears once: a scoped token that is also the unscoped
+    ``token`` would claim any name, and of two scoped entries with one token only
+    the first one's routes would apply. The messages name places, never values."""
+    seen: dict[Secret, str] = {}
+    if internal.token is not None:
+        seen[internal.token] = "token"
+    entries: list[tuple[str, str]] = []
+    for index, scoped in enumerate(internal.tokens):
+        first = seen.setdefault(scoped.token, f"tokens[{index}]")
+        if first != f"tokens[{index}]":
+            entries.append(
+                (
+                    f"tokens[{index}].token",
+                    f"the same token as internal.{first}: give each agent token once",
+                )
+            )
+    if entries:
+        raise FieldError(type(internal).__name__, entries)
 
 
 @attrs.frozen(kw_only=True)
@@ -275,6 +297,15 @@ class ServerEndpoint:
     discover: Discovery = attrs.field(default=Discovery.NONE, validator=Rule(discovery))
     discover_interval_s: float = attrs.field(default=30.0, validator=Rule(rules.seconds))
 
+    def ca_file_unused(self) -> bool:
+        """Whether ``ca_file`` is set where no URL uses TLS: a ws:// link is not
+        verified by it, nor encrypted, whatever the file's presence suggests."""
+        return (
+            self.ca_file is not None
+            and bool(self.urls)
+            and not any(url.startswith("wss://") for url in self.urls)
+        )
+
 
 class RouteType(enum.Enum):
     """How a route's ``value`` is read: a name to resolve, or an address as is."""
@@ -439,6 +470,8 @@ class AgentConfig:
         problems: list[str] = []
         if not self.server.urls:
             problems.append("server.url: no server to connect to; set it or pass --server URL")
+        elif self.server.ca_file_unused():
+            problems.append(CA_FILE_UNUSED)
         if self.server.token is None:
             problems.append(
                 "server.token: no token; set token or token_file in [server], "
@@ -449,6 +482,13 @@ class AgentConfig:
                 "routes: no routes to serve; add a [[routes]] table or pass --route NAME=HOST:PORT"
             )
         return problems
+
+
+# One line for the file check and the check after flags (a --server ws://... URL).
+CA_FILE_UNUSED: Final = (
+    "server.ca_file: set, but no server URL is wss://: it verifies TLS servers only, "
+    "and a ws:// link is neither verified nor encrypted"
+)
 
 
 def _check_heartbeat(config: TimeoutsConfig | AgentTimeouts) -> None:
