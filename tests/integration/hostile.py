@@ -25,7 +25,7 @@ from wsproto.events import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
 
 # protocol.md section 2: type u8, flags u8, stream ID u32, length u32.
 _HEADER: Final = struct.Struct(">BBII")
@@ -39,6 +39,7 @@ RESET: Final = 0x07
 WINDOW: Final = 0x08
 PING: Final = 0x09
 PONG: Final = 0x0A
+GOAWAY: Final = 0x0B
 INFORMATIONAL: Final = 0x01
 WINDOW_BYTES: Final = 1 << 20
 
@@ -121,8 +122,11 @@ class HostileAgent:
         client_id: str = "hostile",
         routes: Sequence[str] = ("app",),
         receive_buffer_bytes: int | None = None,
+        before_hello: Callable[[], Awaitable[None]] | None = None,
     ) -> HostileAgent:
         """Upgrade, say HELLO, and return once ACCEPT arrived.
+
+        ``before_hello`` runs between the upgrade and HELLO, for races with the server.
 
         Raises:
             HandshakeRejectedError: the server sent REJECT.
@@ -142,13 +146,19 @@ class HostileAgent:
             extra_headers=[(b"authorization", f"Bearer {token}".encode())],
         )
         try:
-            await agent._handshake(request, client_id, routes)
+            await agent._handshake(request, client_id, routes, before_hello)
         except BaseException:
             await stream.aclose()
             raise
         return agent
 
-    async def _handshake(self, request: Request, client_id: str, routes: Sequence[str]) -> None:
+    async def _handshake(
+        self,
+        request: Request,
+        client_id: str,
+        routes: Sequence[str],
+        before_hello: Callable[[], Awaitable[None]] | None,
+    ) -> None:
         await self.stream.send_all(self.ws.send(request))
         while True:
             event = await self._next_ws_event()
@@ -156,6 +166,8 @@ class HostileAgent:
                 break
             if isinstance(event, RejectConnection):
                 raise HandshakeRejectedError(f"upgrade refused: {event.status_code}")
+        if before_hello is not None:
+            await before_hello()
         await self.send(hello(client_id, routes))
         first = await self.receive_frame()
         if first is None:

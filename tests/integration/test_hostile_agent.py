@@ -27,6 +27,7 @@ from tests.integration.harness import (
 )
 from tests.integration.hostile import (
     END,
+    GOAWAY,
     PING,
     PONG,
     HandshakeRejectedError,
@@ -247,6 +248,32 @@ async def test_the_same_scope_still_takes_over_its_client_id() -> None:
                     while stale in running.server.sessions:
                         await running.server.state.wait_sessions_changed()
                     assert len(running.server.sessions) == 1
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_agent_registering_as_a_drain_begins_is_told_goaway() -> None:
+    """The drain tells the agents it finds; one whose HELLO comes just after (its
+    upgrade came before) is told too, and never routed, instead of holding on to a
+    server that is about to close."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            state = running.server.state
+            agent = await HostileAgent.connect(
+                running.addresses.internal,
+                TOKEN,
+                client_id="late",
+                before_hello=running.server.drain,
+            )
+            async with agent:
+                assert state.draining
+                received = await agent.receive_frame()
+                while received is not None and received.kind != GOAWAY:
+                    received = await agent.receive_frame()
+                assert received is not None, "closed without GOAWAY"
+                assert b"shutting down" in received.payload
+                assert [s.client_id for s in running.server.sessions] == ["late"]
+                assert state.router.lookup("app") is None
             nursery.cancel_scope.cancel()
 
 

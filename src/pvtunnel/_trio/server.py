@@ -264,7 +264,12 @@ class TunnelServer:
         self._replace_same_client(session)
         self.state.add_session(session)
         self.state.metrics.agent_connects += 1
-        self.state.route(session, accepted)
+        if self.state.draining:
+            # The drain began after this agent's upgrade, and told only the agents
+            # it found: this one goes to another server the same way.
+            mux.goaway(ErrorCode.NO_ERROR, "server shutting down")
+        else:
+            self.state.route(session, accepted)
         # Its GOAWAY (in-flight requests finish, new ones go elsewhere) or its close.
         tunnel.on_leaving = functools.partial(self.state.unroute, session)
         logger.info(
