@@ -288,7 +288,15 @@ def edge_streams() -> st.SearchStrategy[bytes]:
 _TCHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz"
 # Names whose meaning the generator controls itself (framing, routing, switching).
 _RESERVED_NAMES = frozenset(
-    {b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect"}
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"connection",
+        b"upgrade",
+        b"expect",
+        b"max-forwards",
+    }
 )
 _HOP_BY_HOP_FIELDS = (
     (b"keep-alive", b"timeout=5, max=100"),
@@ -402,6 +410,9 @@ _METHOD_CHOICES = st.one_of(
     st.sampled_from(_METHODS),
     http_tokens.map(bytes.upper).filter(lambda m: m not in (b"HEAD", b"CONNECT")),
 )
+_MAX_FORWARDS = st.one_of(
+    st.integers(1, 10**20).map(lambda n: b"%d" % n), st.sampled_from([b"0x1", b"1, 2", b"-1"])
+)
 _QUERIES = st.one_of(st.just(b""), _query.map(lambda q: b"?" + q))
 _SCHEMES = st.sampled_from([b"http://", b"HTTP://", b"https://"])
 _USERINFO = st.sampled_from([b"", b"user@", b"u:p@"])
@@ -480,6 +491,10 @@ def http_requests(
     # Now and then twice: a proxy appends to the last line, never an earlier one.
     fields += [(b"x-forwarded-for", b"192.0.2.%d" % i) for i in range(draw(_SMALL))]
     fields += [(b"via", b"1.0 front-%d" % i) for i in range(draw(_SMALL))]
+    if _one_in(draw, 4):
+        # Counted down on OPTIONS and TRACE, ignored on the rest. Never 0 here: an
+        # OPTIONS or TRACE at 0 is answered by the server, not sent to /echo.
+        fields += [(b"max-forwards", draw(_MAX_FORWARDS)) for _ in range(draw(_SMALL) + 1)]
     if draw(st.booleans()):
         fields.append((b"x-forwarded-host", b"spoofed.example"))
     if draw(st.booleans()):

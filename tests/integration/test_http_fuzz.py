@@ -136,6 +136,7 @@ def forwarded(
     body: bytes,
     *,
     chunked: bool,
+    version: bytes = b"1.1",
 ) -> Recorded:
     """What the upstream must record for a request the server forwards.
 
@@ -172,7 +173,14 @@ def forwarded(
     kept.append((b"x-forwarded-host", b"X-Forwarded-Host", host))
     kept = [f for f in kept if f[0] != b"x-forwarded-proto"]
     kept.append((b"x-forwarded-proto", b"X-Forwarded-Proto", b"http"))
-    kept = appended(kept, b"Via", b"1.1 pvtunnel")
+    kept = appended(kept, b"Via", version + b" pvtunnel")  # the version it came in
+    remaining = max_forwards(method, fields)
+    if remaining is not None:  # RFC 9110 section 7.6.2: one less, on the first line
+        at = [i for i, field in enumerate(kept) if field[0] == b"max-forwards"]
+        if at:
+            _, spelled, _ = kept[at[0]]
+            kept[at[0]] = (b"max-forwards", spelled, b"%d" % (remaining - 1))
+            kept = [field for i, field in enumerate(kept) if i not in at[1:]]
     if chunked:
         kept.append((b"transfer-encoding", b"Transfer-Encoding", b"chunked"))
     return Recorded(
@@ -192,7 +200,16 @@ def forwarded_request(request: sts.HttpRequest) -> Recorded:
         request.names,
         request.body,
         chunked=request.chunked,
+        version=request.version,
     )
+
+
+def max_forwards(method: bytes, fields: Sequence[tuple[bytes, bytes]]) -> int | None:
+    """An OPTIONS or TRACE's Max-Forwards when it is a number (names lower-case)."""
+    if method not in (b"OPTIONS", b"TRACE"):
+        return None
+    value = next((v for n, v in fields if n == b"max-forwards"), None)
+    return int(value) if value is not None and value.isdigit() else None
 
 
 def head_problem(request: h11.Request, head: bytes) -> bool:
@@ -225,6 +242,8 @@ def refusal(request: h11.Request) -> int | str | None:
     name, colon, port = host.rpartition(b":")
     if host != b"app" and not (colon and port.isdigit() and name == b"app"):
         return 404
+    if max_forwards(request.method, list(request.headers)) == 0:
+        return 200  # answered by the server, its final recipient
     options = connection_options(request.headers)
     upgrade = next((v for n, v in request.headers if n == b"upgrade"), b"")
     if request.method in (b"CONNECT", b"HEAD") or (b"upgrade" in options and upgrade):
@@ -376,6 +395,7 @@ def expected_outcome(raw: bytes) -> Outcome:
                 [name for name, _ in event.headers.raw_items()],
                 bytes(body),
                 chunked=chunked,
+                version=event.http_version,
             )
             steps.append(
                 Step(status=200, method=event.method, record=record, bodiless=not has_body)

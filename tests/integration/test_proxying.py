@@ -228,6 +228,19 @@ async def test_forwarding_headers_added_and_hop_by_hop_removed() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_via_names_the_version_the_client_spoke() -> None:
+    """RFC 9110 section 7.6.3: a Via entry says which protocol the hop received."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery)
+            answer = await raw_exchange(running.port, b"GET /old HTTP/1.0\r\nHost: app\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert upstream.requests[-1].header(b"via") == b"1.0 pvtunnel"
+            assert (await fetch(running.port, b"GET", b"/new")).status == 200
+            assert upstream.requests[-1].header(b"via") == b"1.1 pvtunnel"
+            nursery.cancel_scope.cancel()
+
+
 async def test_header_names_keep_their_spelling_both_ways() -> None:
     """Names are case-insensitive (RFC 9110 section 5.1), yet some applications match
     their exact bytes: both heads arrive spelled as sent, less hop-by-hop fields

@@ -40,7 +40,9 @@ HOP_BY_HOP: Final = frozenset(
 # requires Host, RFC 9112 section 3.2; Content-Length frames the body, RFC 9110 section
 # 8.6). "Connection: content-length" would otherwise forward a body without its length.
 KEPT_DESPITE_CONNECTION: Final = frozenset({b"host", b"content-length"})
+# RFC 9110 section 7.6.3: a Via entry names the protocol version the hop received.
 VIA: Final = b"1.1 pvtunnel"
+VIA_1_0: Final = b"1.0 pvtunnel"
 # Set by the server on every forwarded request; a client's own lines are dropped.
 # X-Real-IP is dropped and not set: it names the client, and the client wrote it
 # (X-Forwarded-For's right-most entry is the address pvtunnel saw).
@@ -84,6 +86,7 @@ def request_headers(
     host: bytes | None,
     proto: bytes,
     is_chunked: bool,
+    via: bytes = VIA,
 ) -> Headers:
     """Headers the agent replays upstream: end-to-end ones plus X-Forwarded-* and Via.
 
@@ -91,7 +94,8 @@ def request_headers(
     dropped; ``Content-Length`` goes out once, as the number it parsed to.
 
     ``host`` replaces the client's Host (the authority of an absolute-form target);
-    ``is_chunked`` asks the next hop to frame a body of unknown length as chunked.
+    ``is_chunked`` asks the next hop to frame a body of unknown length as chunked;
+    ``via`` is our Via entry, with the version the client's request came in.
     """
     # One pass on the per-request hot path: drop hop-by-hop and Connection-named
     # fields, the Host being replaced and the X-Forwarded-Host/Proto we set, and
@@ -134,7 +138,7 @@ def request_headers(
     if original_host is not None:
         result.append((b"X-Forwarded-Host", original_host))
     result.append((b"X-Forwarded-Proto", proto))
-    _extend_at(result, last_via, b"Via", VIA)
+    _extend_at(result, last_via, b"Via", via)
     if is_chunked:
         result.append((b"Transfer-Encoding", b"chunked"))
     return tuple(result)

@@ -34,6 +34,7 @@ from pvtunnel._http.admission import Refuse, WaitForRoute, admit, forward_to
 from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
 from pvtunnel._http.framing import request_head_problem, response_head_problem
 from pvtunnel._http.holding import HoldOutcome, hold_answer
+from pvtunnel._http.max_forwards import decremented, final_answer, remaining_forwards
 from pvtunnel._http.routing import split_target
 from pvtunnel._trio.closing import close_lingering
 from pvtunnel._trio.dates import http_date
@@ -177,18 +178,28 @@ class ClientConnection:
         extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         """A short text/plain answer, if the response has not started yet."""
+        await self._answer(
+            status,
+            error_body(status, detail),
+            ((b"content-type", b"text/plain; charset=utf-8"), *extra),
+            close=close,
+        )
+
+    async def _answer(
+        self,
+        status: int,
+        body: bytes,
+        fields: tuple[tuple[bytes, bytes], ...],
+        *,
+        close: bool = False,
+    ) -> None:
+        """A response of the server's own, if the response has not started yet."""
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         # A request whose body is not all read ends the connection after the
         # answer (its framing cannot be found again): the answer says so.
         close = close or self.conn.their_state is h11.SEND_BODY
-        body = error_body(status, detail)
-        headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", b"%d" % len(body)),
-            (b"date", http_date()),
-            *extra,
-        ]
+        headers = [*fields, (b"content-length", b"%d" % len(body)), (b"date", http_date())]
         if close:
             headers.append((b"connection", b"close"))
         http = self.http
@@ -279,18 +290,24 @@ class ClientConnection:
             )
         route, session = admission.route, admission.session
         self.route = route
+        forwards = remaining_forwards(request.method, headers)
+        if forwards == 0:
+            return await self._answer_as_final_recipient(request, headers, route)
+        forwarded = hdr.request_headers(
+            headers,
+            client_address=self.address,
+            host=host_override,
+            proto=self.proto,
+            is_chunked=chunked,
+            via=hdr.VIA if request.http_version == b"1.1" else hdr.VIA_1_0,
+        )
+        if forwards is not None:
+            forwarded = decremented(forwarded, forwards)
         head = RequestHead(
             route=route,
             method=request.method,
             target=origin_target,
-            headers=hdr.request_headers(
-                headers,
-                client_address=self.address,
-                host=host_override,
-                proto=self.proto,
-                is_chunked=chunked,
-            )
-            + (switch.request_headers() if switch is not None else ()),
+            headers=forwarded + (switch.request_headers() if switch is not None else ()),
         )
         try:
             # A switching request keeps its half open: raw bytes may follow the head.
@@ -338,6 +355,17 @@ class ClientConnection:
             if channel.failure is None and session.tunnel.mux.is_stream_open(channel.stream_id):
                 channel.reset(ErrorCode.CANCEL, "client request ended")
             state.stream_finished(session)
+
+    async def _answer_as_final_recipient(
+        self, request: h11.Request, headers: list[tuple[bytes, bytes]], route: str
+    ) -> bool:
+        """An OPTIONS or TRACE at Max-Forwards 0 is answered here, not forwarded."""
+        fields, body = final_answer(request.method, request.target, request.http_version, headers)
+        has_body = self.has_body  # not read, as for any answer of our own
+        await self._answer(200, body, fields, close=has_body)
+        self.unlogged = None
+        self.state.log_request(request, self.address, 200, len(body), None, route=route)
+        return not has_body
 
     def _watch_hangup(self, channel: Channel) -> None:
         """Have `watch_hangups` look at this client until the exchange ends."""
