@@ -4,7 +4,8 @@ Each request the agent replays becomes an `Exchange`: its heads, its timing and 
 preview of each body, cut at ``max_body_bytes`` and marked as cut. A `Capture`
 keeps at most ``max_requests`` of them and at most ``max_bytes`` of heads and
 previews in all; the oldest go first, even while still open (an evicted exchange
-stops keeping bytes, so a long upload cannot grow past the bound either).
+lets go of its previews and keeps no more, so a long upload cannot grow past the
+bound either).
 
 Streams that stop being request/response (CONNECT, an upgrade after 101, an
 event stream) are recorded with their byte counts but without their bodies:
@@ -119,9 +120,15 @@ class BodyPreview:
         self.omitted = True
         return freed
 
-    def freeze(self) -> None:
-        """Keep nothing more (the exchange left the ring): later bytes are only counted."""
-        self.limit = len(self.data)
+    def release(self) -> None:
+        """Let go of what is kept (the exchange left the ring): later bytes are only counted.
+
+        Nothing shows an exchange once it has left, and an open one may stay open
+        long after (an upload, a slow answer): what it held would be held outside
+        ``max_bytes``, up to two previews for each such stream.
+        """
+        self.data = bytearray()
+        self.limit = 0
 
     def document(self, secrets: tuple[bytes, ...] = ()) -> dict[str, object]:
         """The preview as the API shows it, with any of ``secrets`` in it redacted."""
@@ -256,8 +263,8 @@ class Exchange:
     def leave(self) -> None:
         """The ring let go of this exchange: from now on it only counts bytes."""
         self.is_kept = False
-        self.request_body.freeze()
-        self.response_body.freeze()
+        self.request_body.release()
+        self.response_body.release()
 
     def summary(self) -> dict[str, object]:
         """The list entry: the fields `GET /inspect/api/requests` documents."""
