@@ -38,7 +38,7 @@ from pvtunnel._config import (
 )
 from pvtunnel._errors import ConfigError, HandshakeRefusedError, StatusError
 from pvtunnel._heap import tune_heap
-from pvtunnel._logs import configure_logging, printable, serve_log_flushes
+from pvtunnel._logs import configure_logging, printable, say, serve_log_flushes
 from pvtunnel._status import (
     DEFAULT_ADMIN_URL,
     admin_url,
@@ -155,6 +155,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = _parser().parse_args(argv)
     if args.command in _LONG_RUNNING:
         tune_heap()
+    if hasattr(args, "log_format"):
+        # First: every line these commands print, config errors too, is in this format.
+        configure_logging(args.log_level, args.log_format)
     command: Callable[[argparse.Namespace], int] = {
         "serve": _serve,
         "agent": _agent,
@@ -167,13 +170,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         status = command(args)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            say(problem, level="error")
         status = 2
     sys.exit(status)
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def _cannot_start(command: str, exc: OSError | BaseExceptionGroup[BaseException]) -> int:
@@ -183,7 +182,7 @@ def _cannot_start(command: str, exc: OSError | BaseExceptionGroup[BaseException]
     failure = first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
     if not isinstance(failure, OSError):
         raise exc
-    _say(f"pvtunnel {command}: cannot start: {printable(str(failure))}")
+    say(f"pvtunnel {command}: cannot start: {printable(str(failure))}", level="error")
     return 1
 
 
@@ -200,8 +199,7 @@ def _serve(args: argparse.Namespace) -> int:
     if config.internal.token is None and not config.internal.tokens:
         token = generate_token()
         config = attrs.evolve(config, internal=attrs.evolve(config.internal, token=Secret(token)))
-        _say(f"pvtunnel serve: no agent token configured; this run's token is {token}")
-    configure_logging(args.log_level, args.log_format)
+        say(f"pvtunnel serve: no agent token configured; this run's token is {token}")
     try:
         return trio.run(_run_server, config)
     except (OSError, BaseExceptionGroup) as exc:
@@ -215,10 +213,16 @@ async def _run_server(config: ServerConfig) -> int:
             nursery.start_soon(_stop_on_signal, signals, server.drain, nursery.cancel_scope)
             nursery.start_soon(serve_log_flushes)
             addresses: ServerAddresses = await nursery.start(server.serve)
-            _say(
-                f"pvtunnel serve: ready internal={_url('ws', addresses.internal)} "
-                f"external={_url('http', addresses.external)}"
-                + (f" admin={_url('http', addresses.admin)}" if addresses.admin else "")
+            urls = {
+                "internal": _url("ws", addresses.internal),
+                "external": _url("http", addresses.external),
+            }
+            if addresses.admin:
+                urls["admin"] = _url("http", addresses.admin)
+            say(
+                "pvtunnel serve: ready " + " ".join(f"{k}={v}" for k, v in urls.items()),
+                event="ready",
+                **urls,
             )
     return 0
 
@@ -262,14 +266,13 @@ def _agent(args: argparse.Namespace) -> int:
     problems = config.validate_runnable()
     if problems:
         raise ConfigError([f"pvtunnel agent: {problem}" for problem in problems])
-    configure_logging(args.log_level, args.log_format)
     try:
         return trio.run(_run_agent, config)
     except (OSError, BaseExceptionGroup) as exc:
         return _cannot_start("agent", exc)
     except HandshakeRefusedError as exc:
         # The reason may be the server's own words: escaped, like a log line.
-        _say(f"pvtunnel agent: {printable(str(exc))}")
+        say(f"pvtunnel agent: {printable(str(exc))}", level="error")
         return 1
 
 
@@ -281,22 +284,22 @@ async def _run_agent(config: AgentConfig) -> int:
                 nursery.start_soon(_stop_on_signal, signals, agent.drain, nursery.cancel_scope)
                 nursery.start_soon(serve_log_flushes)
                 status = await nursery.start(agent.serve)
-                _say(
-                    f"pvtunnel agent: ready server={status.server_url} "
-                    f"routes={','.join(status.routes)}"
-                    + (f" admin={_url('http', status.admin)}" if status.admin else "")
-                    + _inspect_url(config, status.admin)
+                fields: dict[str, str] = {
+                    "server": status.server_url,
+                    "routes": ",".join(status.routes),
+                }
+                if status.admin:
+                    fields["admin"] = _url("http", status.admin)
+                    if config.inspect.enabled:
+                        fields["inspect"] = f"{fields['admin']}/inspect"
+                say(
+                    "pvtunnel agent: ready " + " ".join(f"{k}={v}" for k, v in fields.items()),
+                    event="ready",
+                    **fields,
                 )
         except BaseExceptionGroup as group:
             raise first_error(group) from None
     return 0
-
-
-def _inspect_url(config: AgentConfig, admin: tuple[str, int] | None) -> str:
-    """The ready line's ``inspect=URL``: where the inspector's page is, if it is on."""
-    if not config.inspect.enabled or admin is None:
-        return ""
-    return f" inspect={_url('http', admin)}/inspect"
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -331,14 +334,13 @@ def _status(args: argparse.Namespace) -> int:
         document = fetch_status(url, token or None)
         text = format_status(document, url.removesuffix("/status"))
     except StatusError as exc:
-        _say(f"pvtunnel status: {printable(str(exc))}")
+        say(f"pvtunnel status: {printable(str(exc))}", level="error")
         return 1
     print(text)
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level, args.log_format)
     return trio.run(_run_demo, args.port)
 
 
@@ -362,7 +364,7 @@ async def _run_demo(preferred_port: int) -> int:
             assert status.admin is not None  # --inspect always opens the admin listener
             page = f"{_url('http', status.admin)}/inspect"
             port = addresses.external[1]
-            _say(
+            say(
                 f"pvtunnel demo: ready. A server, an agent and a sample service are running.\n"
                 f"Try:\n"
                 f"  curl -H 'Host: demo' http://127.0.0.1:{port}/\n"

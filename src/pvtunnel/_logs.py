@@ -105,10 +105,16 @@ class JsonFormatter(logging.Formatter):
     def access_line(self, created: float, message: str, fields: dict[str, object]) -> str:
         """What `format` makes of an INFO record of the access logger with this message
         and these ``extra`` fields (which never start with ``_`` nor shadow a record's)."""
+        return self.line(created, "info", ACCESS_LOGGER, message, fields)
+
+    def line(
+        self, created: float, level: str, logger: str, message: str, fields: dict[str, object]
+    ) -> str:
+        """A line as `format` makes it, from its parts rather than a record."""
         data: dict[str, object] = {
             "ts": self._seconds(created) + f".{int((created - int(created)) * 1000):03d}Z",
-            "level": "info",
-            "logger": ACCESS_LOGGER,
+            "level": level,
+            "logger": logger,
             "message": message,
             **fields,
         }
@@ -222,6 +228,28 @@ async def serve_log_flushes(interval_s: float = MAX_DELAY_S) -> None:
         for handler in _batching_handlers():
             if handler.pending:
                 handler.flush()
+
+
+CLI_LOGGER: Final = "pvtunnel.cli"
+
+
+def say(message: str, *, level: str = "info", **fields: object) -> None:
+    """Print a line meant for whoever started the command, whatever ``--log-level`` says:
+    a ready line, a generated token, why the command stops.
+
+    With the CLI's ``--log-format json`` it is one object like every log line (the
+    ``message`` as in text, ``fields`` as keys of their own), so a program reading
+    stderr reads JSON only; otherwise the message as it is. Log lines waiting in a
+    batch go first, so the order on stderr is the order things happened in.
+    """
+    formatter = None
+    for handler in _batching_handlers():
+        handler.flush()
+        if isinstance(handler.formatter, JsonFormatter):
+            formatter = handler.formatter
+    if formatter is not None:
+        message = formatter.line(time.time(), level, CLI_LOGGER, message, fields)
+    print(message, file=sys.stderr, flush=True)
 
 
 def printable(text: str) -> str:

@@ -74,7 +74,7 @@ class Process:
         assert stream is not None
         while chunk := await stream.receive_some(4096):
             self._buffer += chunk
-        return "\n".join(self.lines) + self._buffer.decode()
+        return "\n".join([*self.lines, self._buffer.decode()])
 
     async def close(self) -> None:
         if self.process.returncode is None:

@@ -149,6 +149,63 @@ async def test_serve_prints_ready_line_and_drains_on_sigterm(launch: Launch) -> 
             nursery.cancel_scope.cancel()
 
 
+async def test_with_json_logs_every_line_is_json_ready_lines_too(launch: Launch) -> None:
+    """A program reading stderr under --log-format json reads JSON only: the ready
+    lines carry their addresses as keys, and the log lines come in the same form."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            _, upstream_port = await start_upstream(nursery, "svc")
+            server = await launch(
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--internal-port",
+                "0",
+                "--external-port",
+                "0",
+                "--log-format",
+                "json",
+                env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+            )
+            await server.wait_for(r'"event": "ready"')
+            ready = json.loads(server.lines[-1])
+            assert ready["level"] == "info"
+            assert ready["message"].startswith("pvtunnel serve: ready internal=ws://127.0.0.1:")
+            agent = await launch(
+                "agent",
+                "--server",
+                ready["internal"],
+                "--route",
+                f"app=127.0.0.1:{upstream_port}",
+                "--log-format",
+                "json",
+                env={"PVTUNNEL_TOKEN": TOKEN},
+            )
+            await agent.wait_for(r'"event": "ready"')
+            assert json.loads(agent.lines[-1])["routes"] == "app"
+            port = int(ready["external"].rpartition(":")[2])
+            assert (await fetch(port, b"GET", b"/")).status == 200
+            for process in (agent, server):
+                process.process.send_signal(signal.SIGTERM)
+                assert await process.process.wait() == 0
+                lines = (await process.drain_output()).splitlines()
+                assert len(lines) >= 3
+                for line in lines:
+                    assert isinstance(json.loads(line), dict), line
+            nursery.cancel_scope.cancel()
+
+
+def test_with_json_logs_config_errors_are_json_too(tmp_path: Path) -> None:
+    result = run("agent", "--log-format", "json", "--server", "ws://127.0.0.1:9", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [line["level"] for line in lines] == ["error", "error"]
+    assert [line["message"].partition(":")[2].split(":")[0] for line in lines] == [
+        " server.token",
+        " routes",
+    ]
+
+
 async def test_agent_with_a_refused_token_exits_non_zero(launch: Launch) -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
