@@ -52,6 +52,12 @@ logger = logging.getLogger("pvtunnel.access")
 
 
 FLUSH_BYTES: Final = 65536
+# A response write to a client that takes nothing for `idle_s` ends the exchange (as
+# nginx's send_timeout does); sooner, after this, when the agent connection is short
+# of credit. A client that does not read keeps its stream's window (2 MiB by default)
+# held in the server, and a few such clients hold the connection's whole window,
+# which every other stream of that agent needs to move at all.
+STALLED_WHEN_SHORT_S: Final = 5.0
 # Where the client may still be sending when the server closes: in a request body
 # it has not finished, or in whatever followed a request h11 refused.
 _MAY_STILL_SEND: Final = frozenset({h11.SEND_BODY, h11.ERROR})
@@ -98,6 +104,14 @@ class ClientConnection:
         self.exchange: tuple[str, int] | None = None
         # h11 caps only incomplete heads; a whole head that arrived at once is checked here.
         self.max_head_bytes = state.config.limits.max_request_head_bytes
+        # Response writes: one under way, how many ended, and what `check_hangup` last
+        # saw of them (a count that does not move while a write is under way is a
+        # client that stopped reading).
+        self.writing = False
+        self.writes = 0
+        self._writes_seen = -1
+        self._writes_seen_at = 0.0
+        self.stopped_reading = False
 
     async def serve(self) -> None:
         """Serve requests until the client leaves, breaks framing or times out."""
@@ -391,18 +405,51 @@ class ClientConnection:
             scope.cancel()
 
     async def check_hangup(self, channel: Channel) -> bool:
-        """Reset the stream if the client closed its connection; True once settled.
+        """Reset the stream if the client closed its connection, or stopped reading
+        its response; True once settled.
 
-        Settled means the client hung up (the stream is reset). A client that sent
-        data (a pipelined request, left for the keep-alive loop) stays watched: it
-        may still close behind that data, and a stream it left must not hold an
-        agent's stream slot until the upstream ends.
+        Settled means the exchange is over (the stream is reset, and a client that
+        stopped reading is disconnected). A client that sent data (a pipelined
+        request, left for the keep-alive loop) stays watched: it may still close
+        behind that data, and a stream it left must not hold an agent's stream slot
+        until the upstream ends.
         """
+        if self.writing and self._stopped_reading(channel):
+            logger.info(
+                "response to %s cut: the client took nothing for %.1fs",
+                self.address,
+                trio.current_time() - self._writes_seen_at,
+            )
+            self.stopped_reading = True
+            channel.reset(ErrorCode.CANCEL, "the client stopped reading")
+            self.scope.cancel()
+            return True
         if not await has_hung_up(self.stream):
             return False
         self.client_error = ClientGoneError("the client closed its connection")
         channel.reset(ErrorCode.CANCEL, "the client went away")
         return True
+
+    def _stopped_reading(self, channel: Channel) -> bool:
+        """Whether the write under way has taken nothing for too long (see
+        `STALLED_WHEN_SHORT_S`)."""
+        now = trio.current_time()
+        if self.writes != self._writes_seen:
+            self._writes_seen, self._writes_seen_at = self.writes, now
+            return False
+        limit = self.state.config.timeouts.idle_s
+        if channel.connection_short():
+            limit = min(limit, STALLED_WHEN_SHORT_S)
+        return now - self._writes_seen_at >= limit
+
+    async def _write(self) -> None:
+        """Write what is queued to the client, watched by `check_hangup` meanwhile."""
+        self.writing = True
+        try:
+            await self.http.flush()
+        finally:
+            self.writing = False
+        self.writes += 1
 
     async def _pump_request_body(self, channel: Channel) -> None:
         """Client body -> stream. A broken client resets the stream."""
@@ -492,24 +539,32 @@ class ClientConnection:
             # Credit goes back once bytes are handed to the socket, so what we hold
             # stays within the stream window plus one flush.
             limited = True
+            if self.has_body:
+                # Watched from now on whatever its body does, for a client that
+                # stops reading (bodiless requests are watched already).
+                self._watch_hangup(channel)
             while True:
                 item = channel.receive_nowait()
                 if item is None:
                     if limited:
                         self.scope.deadline, limited = math.inf, False
-                    await http.flush()
+                    await self._write()
                     item = await channel.receive()
                 if item is END:
                     http.queue(h11.EndOfMessage())
-                    await http.flush()
+                    await self._write()
                     break
                 assert isinstance(item, bytes)
                 if http.queue(h11.Data(data=item)) >= FLUSH_BYTES:
                     if limited:
                         self.scope.deadline, limited = math.inf, False
-                    await http.flush()
+                    await self._write()
                 sent += len(item)
                 channel.consume(len(item))
+        except trio.Cancelled:
+            if self.stopped_reading:  # cut by `check_hangup`: logged with what went out
+                self._log_proxied(request, head.status, sent, agent, started, channel)
+            raise
         except (TunnelClosedError, h11.LocalProtocolError, *BROKEN) as exc:
             if not isinstance(exc, BROKEN):
                 # What arrived before the reset, or before a body that broke its own

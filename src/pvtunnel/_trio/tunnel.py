@@ -148,6 +148,12 @@ class Channel:
             raise self._failure
         return None
 
+    def connection_short(self) -> bool:
+        """Whether the application holds half the connection window or more: what
+        it holds for streams that do not move is credit every other stream lacks."""
+        mux = self._tunnel.mux
+        return mux.held_bytes * 2 >= mux.connection_window
+
     def consume(self, size: int) -> None:
         """Return ``size`` bytes of credit once they were passed on.
 

@@ -153,6 +153,11 @@ class Multiplexer:
         return self._connection_credit
 
     @property
+    def connection_window(self) -> int:
+        """The credit this end grants the peer over all streams (its HELLO/ACCEPT's)."""
+        return self._connection_window
+
+    @property
     def held_bytes(self) -> int:
         """DATA bytes received and not yet acknowledged, over all streams (live or
         gone): what the application holds. Never above ``connection_window``."""

@@ -1,0 +1,150 @@
+"""Clients that stop reading their response: cut after a while, so they cannot hold an agent.
+
+A client that takes nothing keeps its stream's window of response bytes held in
+the server; a few of them hold the agent connection's whole window, which every
+other stream of that agent needs. Time is a `MockClock` the test moves, so "not
+yet" and "now" are checked without racing a timer.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Final
+
+import trio
+import trio.testing
+
+from pvtunnel._trio.front import STALLED_WHEN_SHORT_S, ClientConnection
+from pvtunnel._trio.hangups import HANGUP_CHECK_S
+from tests.integration.client import fetch
+from tests.integration.harness import server_config, start_tunnel
+
+if TYPE_CHECKING:
+    from pvtunnel._wire.mux import Multiplexer
+    from tests.integration.harness import Running
+
+STREAM_WINDOW: Final = 65536
+CONNECTION_WINDOW: Final = 4 * STREAM_WINDOW
+BIG: Final = b"/bytes/8000000"
+
+
+def stalled_client(port: int) -> socket.socket:
+    """A client that asks for a big answer and reads nothing (a small receive buffer).
+
+    A plain socket: the handshake and the short request complete in the kernel
+    without waiting for the server, and later reads must not wait either.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(b"GET " + BIG + b" HTTP/1.1\r\nHost: app\r\n\r\n")
+    sock.setblocking(False)
+    return sock
+
+
+async def was_cut(sock: socket.socket) -> bool:
+    """Read what is there until the server's close (True) or until nothing moves.
+
+    Reading is progress for the server's write: only ask once the cut is due.
+    """
+    while True:
+        await trio.testing.wait_all_tasks_blocked()
+        moved = False
+        while True:
+            try:
+                chunk = sock.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except ConnectionResetError:
+                return True
+            if not chunk:
+                return True
+            moved = True
+        if not moved:
+            return False
+
+
+def agent_link(running: Running) -> Multiplexer:
+    (session,) = running.server.sessions
+    return session.tunnel.mux
+
+
+async def test_clients_that_stop_reading_are_cut_once_the_agent_runs_short(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    config = server_config(
+        limits={"stream_window_bytes": STREAM_WINDOW, "connection_window_bytes": CONNECTION_WINDOW}
+    )
+    async with trio.open_nursery() as nursery:
+        running, _ = await start_tunnel(nursery, config)
+        stalled = [stalled_client(running.port) for _ in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+        mux = agent_link(running)
+        assert mux.held_bytes * 2 >= mux.connection_window  # the agent is short
+        awaiting = running.server.state.awaiting
+        clients = [client for client in awaiting if isinstance(client, ClientConnection)]
+        assert len(clients) == 3
+        ports = {}
+        for client in clients:
+            assert isinstance(client.stream, trio.SocketStream)
+            ports[client.stream.socket.getpeername()[1]] = client
+        mock_clock.jump(HANGUP_CHECK_S)  # the watch sees the writes that do not end
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(STALLED_WHEN_SHORT_S - 2 * HANGUP_CHECK_S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(awaiting) == 3  # not yet (reading would be progress)
+        mock_clock.jump(2 * HANGUP_CHECK_S)
+        await trio.testing.wait_all_tasks_blocked()
+        # As many are cut as it takes to end the shortage; the last keeps its `idle_s`.
+        assert len(awaiting) == 1
+        assert mux.held_bytes * 2 < mux.connection_window
+        for sock in stalled:
+            client = ports[sock.getsockname()[1]]
+            if client not in awaiting:
+                assert client.stopped_reading
+                assert await was_cut(sock)
+        # Another client of the same agent gets its whole answer.
+        reply = await fetch(running.port, b"GET", b"/bytes/300000")
+        assert reply.status == 200
+        assert len(reply.body) == 300000
+        for sock in stalled:
+            sock.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_without_a_shortage_a_client_that_stops_reading_has_idle_s(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """One stalled client among a connection window big enough for it: it keeps its
+    stream until `idle_s` has passed without a write ending, and loses it then."""
+    config = server_config(
+        timeouts={"idle_s": 30.0},
+        limits={
+            "stream_window_bytes": STREAM_WINDOW,
+            "connection_window_bytes": 16 * STREAM_WINDOW,
+        },
+    )
+    async with trio.open_nursery() as nursery:
+        running, _ = await start_tunnel(nursery, config)
+        sock = stalled_client(running.port)
+        await trio.testing.wait_all_tasks_blocked()
+        mux = agent_link(running)
+        assert 0 < mux.held_bytes * 2 < mux.connection_window
+        (client,) = running.server.state.awaiting
+        assert isinstance(client, ClientConnection)
+        mock_clock.jump(HANGUP_CHECK_S)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(STALLED_WHEN_SHORT_S + 1)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(30.0 - STALLED_WHEN_SHORT_S - 1 - 2 * HANGUP_CHECK_S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(running.server.state.awaiting) == 1  # not yet (reading would be progress)
+        assert mux.held_bytes > 0
+        mock_clock.jump(2 * HANGUP_CHECK_S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.stopped_reading
+        assert await was_cut(sock)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mux.held_bytes == 0
+        sock.close()
+        nursery.cancel_scope.cancel()
