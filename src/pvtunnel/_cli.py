@@ -8,7 +8,6 @@ Exit statuses: 0 after a clean stop (including SIGINT/SIGTERM after draining),
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import platform
@@ -32,6 +31,7 @@ from pvtunnel._config import (
     generate_token,
     load_agent_config,
     load_server_config,
+    port_flag,
     with_agent_overrides,
     with_overrides,
     write_init_files,
@@ -179,7 +179,7 @@ def _cannot_start(command: str, exc: OSError | BaseExceptionGroup[BaseException]
     """A listener that cannot be opened (a port in use, a host that does not resolve,
     an address not on this machine) is one line, not a traceback; anything else
     goes on as it came."""
-    failure = first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
+    failure = _failure(exc)
     if not isinstance(failure, OSError):
         raise exc
     say(f"pvtunnel {command}: cannot start: {printable(str(failure))}", level="error")
@@ -341,7 +341,11 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return trio.run(_run_demo, args.port)
+    port = port_flag("--port", args.port)
+    try:
+        return trio.run(_run_demo, port)
+    except (OSError, BaseExceptionGroup) as exc:
+        return _cannot_start("demo", exc)
 
 
 async def _run_demo(preferred_port: int) -> int:
@@ -384,10 +388,20 @@ async def _start_server_on(
         server = TunnelServer(
             attrs.evolve(config, external=attrs.evolve(config.external, port=port))
         )
-        with contextlib.suppress(OSError):
+        try:
             addresses: ServerAddresses = await nursery.start(server.serve)
-            return server, addresses
-    raise OSError("no free port")
+        except (OSError, BaseExceptionGroup) as exc:
+            # The listener's failure comes wrapped by the server's nurseries.
+            if port == 0 or not isinstance(_failure(exc), OSError):
+                raise
+            continue
+        return server, addresses
+    raise AssertionError("port 0 either starts or raises")
+
+
+def _failure(exc: BaseException) -> BaseException:
+    """The error a nursery wrapped, or ``exc`` itself."""
+    return first_error(exc) if isinstance(exc, BaseExceptionGroup) else exc
 
 
 async def _start_agent_on(nursery: trio.Nursery, config: AgentConfig) -> AgentStatus:
@@ -395,7 +409,9 @@ async def _start_agent_on(nursery: trio.Nursery, config: AgentConfig) -> AgentSt
     assert config.admin is not None
     try:
         status: AgentStatus = await nursery.start(TunnelAgent(config).serve)
-    except OSError:
+    except (OSError, BaseExceptionGroup) as exc:
+        if not isinstance(_failure(exc), OSError):
+            raise
         config = attrs.evolve(config, admin=attrs.evolve(config.admin, port=0))
         status = await nursery.start(TunnelAgent(config).serve)
     return status

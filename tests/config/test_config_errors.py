@@ -12,7 +12,7 @@ from pvtunnel._config import (
     load_server_config,
     with_agent_overrides,
 )
-from pvtunnel._config.loading import flatten
+from pvtunnel._config.loading import check_file, flatten
 from tests.config.helpers import TOKEN, agent_problems, server_problems, write, write_tls_files
 
 # ------------------------------------------------------------------ error lines
@@ -528,22 +528,24 @@ def test_a_ca_file_without_a_wss_url_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A CA file beside only ws:// URLs suggests a verified, encrypted link that
-    is neither: refused in the file, and after --server flags too."""
+    is neither: refused by `check`, and by the agent once its --server flags,
+    which replace the file's URLs, are applied."""
     monkeypatch.chdir(tmp_path)
     write_tls_files(tmp_path, "cert.pem", "key.pem", ca="ca.pem")
     routes = '[[routes]]\nname = "app"\nvalue = "127.0.0.1"\nport = 80\n'
     head = f'client_id = "a"\n[server]\ntoken = "{TOKEN}"\nca_file = "ca.pem"\n'
     write(tmp_path, "plain.toml", head + 'url = "ws://proxy:8081"\n' + routes)
-    assert agent_problems(Path("plain.toml")) == [
-        "plain.toml: server.ca_file: set, but no server URL is wss://: it verifies TLS "
-        "servers only, and a ws:// link is neither verified nor encrypted"
-    ]
-    urls = 'url = ["wss://proxy:8081", "ws://127.0.0.1:8081"]\n'
-    write(tmp_path, "mixed.toml", head + urls + routes)
-    config = load_agent_config(Path("mixed.toml"), environ={})  # the wss:// one uses it
-    flagged = with_agent_overrides(config, server_urls=["ws://127.0.0.1:8081"])
-    assert flagged.validate_runnable() == [
+    unused = (
         "server.ca_file: set, but no server URL is wss://: it verifies TLS servers only, "
         "and a ws:// link is neither verified nor encrypted"
-    ]
-    assert with_agent_overrides(config, server_urls=["wss://other:8081"]).validate_runnable() == []
+    )
+    assert check_file(Path("plain.toml"), environ={}) == ("agent", [f"plain.toml: {unused}"])
+    plain = load_agent_config(Path("plain.toml"), environ={})
+    assert plain.validate_runnable() == [unused]
+    assert with_agent_overrides(plain, server_urls=["wss://proxy:8081"]).validate_runnable() == []
+    urls = 'url = ["wss://proxy:8081", "ws://127.0.0.1:8081"]\n'
+    write(tmp_path, "mixed.toml", head + urls + routes)
+    assert check_file(Path("mixed.toml"), environ={}) == ("agent", [])  # wss:// uses it
+    mixed = load_agent_config(Path("mixed.toml"), environ={})
+    flagged = with_agent_overrides(mixed, server_urls=["ws://127.0.0.1:8081"])
+    assert flagged.validate_runnable() == [unused]

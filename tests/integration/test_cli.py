@@ -283,6 +283,28 @@ async def test_demo_prints_a_curl_line_that_works(launch: Launch) -> None:
         assert await demo.process.wait() == 0
 
 
+async def test_demo_takes_a_free_port_when_its_own_is_taken(launch: Launch) -> None:
+    """Its --port (8080 by default) is only the first choice: on a machine where
+    something already listens there, the first command of the README still works."""
+    with trio.fail_after(LIMIT_S), socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        demo = await launch("demo", "--port", str(busy))
+        match = await demo.wait_for(r"curl -H 'Host: demo' http://127\.0\.0\.1:(\d+)/")
+        port = int(match.group(1))
+        assert port != busy
+        assert (await fetch(port, b"GET", b"/", host=b"demo")).status == 200
+        demo.process.send_signal(signal.SIGINT)
+        assert await demo.process.wait() == 0
+
+
+def test_demo_refuses_a_port_that_is_no_port() -> None:
+    result = run("demo", "--port", "70000")
+    assert result.returncode == 2
+    assert result.stderr == "--port: expected an integer from 0 to 65535, got 70000\n"
+
+
 async def test_a_second_signal_stops_the_server_without_waiting_for_the_grace_period(
     launch: Launch,
 ) -> None:

@@ -27,7 +27,7 @@ from .model import (
     ServerEndpoint,
     TimeoutsConfig,
 )
-from .overrides import parse_route_flag, with_agent_overrides, with_overrides
+from .overrides import parse_route_flag, port_flag, with_agent_overrides, with_overrides
 from .scaffold import write_init_files
 from .secret import Secret, generate_token
 
@@ -54,6 +54,7 @@ __all__ = [
     "load_agent_config",
     "load_server_config",
     "parse_route_flag",
+    "port_flag",
     "with_agent_overrides",
     "with_overrides",
     "write_init_files",

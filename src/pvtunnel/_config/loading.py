@@ -409,8 +409,6 @@ def _tls_problems(config: object, source: str) -> list[str]:
                     f"{source}: {name}.tls_cert: cannot load it with {name}.tls_key "
                     f"(a PEM certificate and its private key): {exc}"
                 )
-    elif isinstance(config, AgentConfig) and config.server.ca_file_unused():
-        lines.append(f"{source}: {CA_FILE_UNUSED}")
     elif isinstance(config, AgentConfig) and config.server.ca_file is not None:
         try:
             ssl.create_default_context(cafile=str(config.server.ca_file))
@@ -517,7 +515,11 @@ def check_file(path: Path, *, environ: Mapping[str, str]) -> tuple[ConfigKind, l
         if kind == "server":
             load_server_config(path, environ=environ)
         else:
-            load_agent_config(path, environ=environ)
+            agent = load_agent_config(path, environ=environ)
+            # `pvtunnel agent` checks this once its flags are applied (a --server
+            # wss://... replaces the file's URLs); the file alone is checked here.
+            if agent.server.ca_file_unused():
+                return kind, [f"{path}: {CA_FILE_UNUSED}"]
     except ConfigError as exc:
         return kind, exc.problems
     return kind, []

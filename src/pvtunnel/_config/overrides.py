@@ -38,6 +38,19 @@ def _flag(name: str, value: object, parse: Callable[[object], T], problems: list
         return None
 
 
+def port_flag(name: str, value: int) -> int:
+    """A port given as a flag (0 for any free one).
+
+    Raises:
+        ConfigError: ``"NAME: message"`` when it is not a port.
+    """
+    problems: list[str] = []
+    _flag(name, value, rules.listen_port, problems)
+    if problems:
+        raise ConfigError(problems)
+    return value
+
+
 def with_overrides(
     config: ServerConfig,
     *,
