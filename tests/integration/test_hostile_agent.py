@@ -251,6 +251,17 @@ async def test_the_same_scope_still_takes_over_its_client_id() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_an_agent_sending_interim_heads_without_end_is_stopped() -> None:
+    """Interim heads take no credit: an agent sending them in a loop to a client
+    that does not read them would grow the server's memory. The 33rd for one
+    request resets its stream, and the client gets a 502."""
+    hint = response_head(0, b"103", b"Early Hints", [(b"link", b"</a>")], informational=True)
+    replies = [[hint] * 40 + [ok_head(b"ok"), *body_frames(b"ok")]]
+    received = await through_hostile_agent(replies)
+    assert received.count(b"HTTP/1.1 103 ") <= 32
+    assert [(status, body) for status, _, body in responses_in(received)][-1][0] == 502
+
+
 async def test_an_agent_registering_as_a_drain_begins_is_told_goaway() -> None:
     """The drain tells the agents it finds; one whose HELLO comes just after (its
     upgrade came before) is told too, and never routed, instead of holding on to a

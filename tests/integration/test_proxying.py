@@ -464,6 +464,26 @@ async def test_1xx_answers_reach_http_1_1_clients_only() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_an_upstream_sending_interim_answers_without_end_gets_a_502() -> None:
+    """Interim answers take no flow-control credit: an upstream writing them in a
+    loop would grow memory without bound. A request gets at most 32; the 33rd ends
+    it as the upstream's error (502), before the final answer."""
+    hint = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n"
+    final = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    request = b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _ = await start_raw_tunnel(nursery, hint * 32 + final, hint * 33 + final)
+            enough = await raw_exchange(running.port, request)
+            assert enough.count(b"HTTP/1.1 103 ") == 32
+            assert b"\r\n\r\nHTTP/1.1 200 OK\r\n" in enough
+            flood = await raw_exchange(running.port, request)
+            assert flood.count(b"HTTP/1.1 103 ") <= 32
+            assert b"HTTP/1.1 502 Bad Gateway\r\n" in flood
+            assert b"HTTP/1.1 200 " not in flood
+            nursery.cancel_scope.cancel()
+
+
 async def test_an_upgrade_in_an_http_1_0_request_is_ignored() -> None:
     """RFC 9110 section 7.8: the request goes on as an ordinary one, without its
     Upgrade and Connection lines, and the client gets the ordinary answer."""
@@ -500,4 +520,30 @@ async def test_answers_carry_a_date_and_an_upstreams_own_is_kept() -> None:
             )
             assert refused.startswith(b"HTTP/1.1 404 ")
             assert re.search(rb"\r\ndate: \w{3}, \d\d \w{3} \d{4} [\d:]{8} GMT\r\n", refused)
+            nursery.cancel_scope.cancel()
+
+
+TINY_CHUNKS = 30000
+
+
+async def test_bodies_in_tiny_chunks_pass_whole_both_ways() -> None:
+    """A body of 2-byte chunks is passed on in few pieces (`H11Stream.gather`), and
+    the parts that follow it (the end, the next request) still come in order."""
+    tiny = b"2\r\nab\r\n" * TINY_CHUNKS + b"0\r\n\r\n"
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + tiny
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _ = await start_raw_tunnel(nursery, answer)
+            reply = await fetch(running.port, b"GET", b"/tiny")
+            assert reply.status == 200
+            assert reply.body == b"ab" * TINY_CHUNKS
+            nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery)
+            upload = b"POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n"
+            after = b"GET /after HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+            answers = await raw_exchange(running.port, upload + tiny + after)
+            assert answers.count(b"HTTP/1.1 200 ") == 2
+            assert [r.target for r in upstream.requests] == [b"/echo", b"/after"]
+            assert upstream.requests[0].body == b"ab" * TINY_CHUNKS
             nursery.cancel_scope.cancel()

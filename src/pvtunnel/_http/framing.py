@@ -42,6 +42,12 @@ _FOLDED_LINE: Final = re.compile(rb"\n[ \t]")
 _CONTROL_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
+# Interim (1xx) responses one request may get. HTTP sets no limit, and they take no
+# flow-control credit: an upstream (or an agent) writing them in a loop to a client
+# that does not read them would grow memory without bound. A real one sends a few
+# (100 Continue, 103 Early Hints); more ends the request as the upstream's error.
+MAX_INTERIM_RESPONSES: Final = 32
+
 # The largest body length a signed 64-bit integer holds: what most servers parse into.
 MAX_CONTENT_LENGTH: Final = 2**63 - 1
 _LONGEST_LENGTH_DIGITS: Final = len(str(MAX_CONTENT_LENGTH))

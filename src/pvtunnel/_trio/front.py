@@ -454,14 +454,18 @@ class ClientConnection:
     async def _pump_request_body(self, channel: Channel) -> None:
         """Client body -> stream. A broken client resets the stream."""
         timeouts = self.state.config.timeouts
+        http = self.http
+        pending: h11.Event | None = None
         try:
             while True:
-                event = await self.http.next_event()
+                event = pending if pending is not None else await http.next_event()
+                pending = None
                 if isinstance(event, h11.Data):
+                    data, pending = await http.gather(event.data)
                     self.body_waits_for_agent = True
-                    await channel.send_data(bytes(event.data))
+                    await channel.send_data(data)
                     self.body_waits_for_agent = False
-                    self.request_bytes += len(event.data)
+                    self.request_bytes += len(data)
                     if self.phase is Phase.BODY:
                         self.scope.deadline = trio.current_time() + timeouts.idle_s
                 elif isinstance(event, h11.EndOfMessage):

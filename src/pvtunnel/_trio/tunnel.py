@@ -40,6 +40,7 @@ from pvtunnel._errors import (
     TunnelClosedError,
     WebSocketClosed,
 )
+from pvtunnel._http.framing import MAX_INTERIM_RESPONSES
 from pvtunnel._trio.sockio import BROKEN
 from pvtunnel._trio.websocket import CLOSE_GRACE_S, WebSocket
 from pvtunnel._wire import events as ev
@@ -63,6 +64,8 @@ MAX_MESSAGE_BYTES: Final = 256 * 1024
 EARLY_SEND_PIECES: Final = 24
 
 _PING: Final = struct.Struct(">Q")
+# Body pieces under this size join the small piece queued before them (`_push_data`).
+_JOIN_BELOW: Final = 4096
 _CLOSED: Final = (WebSocketClosed, *BROKEN)
 
 
@@ -90,24 +93,46 @@ class Channel:
         "_lot",
         "_tunnel",
         "cancel_scope",
+        "interim",
         "stream_id",
     )
 
     def __init__(self, tunnel: Tunnel, stream_id: StreamId) -> None:
         self._tunnel = tunnel
         self.stream_id = stream_id
-        self._inbox: collections.deque[InboxItem] = collections.deque()
+        # Body bytes come out as ``bytes``; joined small pieces wait as a bytearray.
+        self._inbox: collections.deque[InboxItem | bytearray] = collections.deque()
         self._lot = trio.lowlevel.ParkingLot()
         self._credit_lot = trio.lowlevel.ParkingLot()
         self._failure: Exception | None = None
         self.cancel_scope = trio.CancelScope()
+        # Interim (1xx) response heads received (server side).
+        self.interim = 0
 
     @property
     def failure(self) -> Exception | None:
         """Why the stream stopped early (a `StreamResetError` or `TunnelClosedError`)."""
         return self._failure
 
-    def _push(self, item: InboxItem) -> None:
+    def _push_data(self, data: bytes) -> None:
+        """Queue body bytes; small pieces join the small piece before them.
+
+        Credit counts payload bytes only, and a queued ``bytes`` object costs some
+        50 bytes of its own: a peer sending its window in 2-byte DATA frames would
+        otherwise make the inbox hold some 25 times the window.
+        """
+        inbox = self._inbox
+        if len(data) < _JOIN_BELOW and inbox:
+            tail = inbox[-1]
+            if type(tail) is bytearray and len(tail) < _JOIN_BELOW:
+                tail += data
+                return
+            if type(tail) is bytes and len(tail) < _JOIN_BELOW:
+                inbox[-1] = bytearray(tail) + data
+                return
+        self._push(data)
+
+    def _push(self, item: InboxItem | bytearray) -> None:
         self._inbox.append(item)
         # unpark_all is Python code that walks the lot even when it is empty, and
         # most pushes (several per request) find nobody waiting.
@@ -138,12 +163,14 @@ class Channel:
                 await self._tunnel.send_early()
                 continue
             await self._lot.park()
-        return self._inbox.popleft()
+        item = self._inbox.popleft()
+        return bytes(item) if isinstance(item, bytearray) else item
 
     def receive_nowait(self) -> InboxItem | None:
         """The next item if one is already here, else None (raises like `receive`)."""
         if self._inbox:
-            return self._inbox.popleft()
+            item = self._inbox.popleft()
+            return bytes(item) if isinstance(item, bytearray) else item
         if self._failure is not None:
             raise self._failure
         return None
@@ -545,13 +572,23 @@ class Tunnel:
             case ev.DataReceived():
                 channel = self._channels.get(event.stream_id)
                 if channel is not None:
-                    channel._push(event.data)
+                    channel._push_data(event.data)
                 else:  # we forgot the channel: nobody will consume it, give it back now
                     # (all it holds: a RESET later in the same message may have freed it)
                     self.mux.acknowledge_all(event.stream_id)
             case ev.ResponseReceived():
                 channel = self._channels.get(event.stream_id)
                 if channel is not None:
+                    if event.head.is_informational:
+                        channel.interim += 1
+                        if channel.interim > MAX_INTERIM_RESPONSES:
+                            # They take no credit: an agent sending them in a loop
+                            # to a client that does not read would grow the inbox.
+                            channel.reset(
+                                ErrorCode.UPSTREAM_PROTOCOL_ERROR,
+                                f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses",
+                            )
+                            return
                     channel._push(event.head)
             case ev.StreamEnded():
                 channel = self._channels.get(event.stream_id)

@@ -27,7 +27,7 @@ import h11
 import trio
 
 from pvtunnel._errors import ErrorCode, LocalProtocolError, TunnelClosedError, UpstreamError
-from pvtunnel._http.framing import framing_problem
+from pvtunnel._http.framing import MAX_INTERIM_RESPONSES, framing_problem
 from pvtunnel._http.headers import end_to_end, header_value
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.http11 import H11Stream
@@ -345,11 +345,17 @@ class Replay:
     ) -> None:
         channel = self.channel
         event = await connection.next_event(read_first=read_first)
+        interim = 0
         while True:
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
                     await self._switched(connection, event)
                     return
+                interim += 1
+                if interim > MAX_INTERIM_RESPONSES:
+                    raise h11.RemoteProtocolError(
+                        f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses"
+                    )
                 self._forward_head(
                     ResponseHead(
                         status=event.status_code,
@@ -381,8 +387,8 @@ class Replay:
             # What came with the last read is taken without a read's coroutine round.
             event = pending if pending is not None else await connection.next_event()
             if isinstance(event, h11.Data):
-                await channel.send_data(bytes(event.data))
-                pending = connection.buffered_event()
+                data, pending = await connection.gather(event.data)
+                await channel.send_data(data)
             elif isinstance(event, h11.EndOfMessage):
                 channel.end()
                 return
