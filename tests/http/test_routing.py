@@ -46,6 +46,7 @@ def test_an_options_request_for_the_whole_server_goes_on_as_an_asterisk() -> Non
         ("[::1]:80", "[::1]"),
         ("[::1]", "[::1]"),
         ("app:x", "app:x"),
+        ("app:", "app"),  # an empty port is no port (RFC 3986 section 3.2.3)
     ],
 )
 def test_strip_port(authority: str, host: str) -> None:

@@ -81,6 +81,26 @@ async def test_a_head_that_grows_past_one_frame_on_the_way_is_431(
     assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
 
 
+async def test_a_pipelined_head_past_the_limit_is_431_too(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """h11 caps only heads that arrive incomplete: one that came whole behind the
+    request before it (in the same read) is measured too, and logged."""
+    caplog.set_level(logging.INFO, "pvtunnel.access")
+    big = b"GET /big HTTP/1.1\r\nHost: app\r\nX-Pad: " + b"p" * 50000 + b"\r\n\r\n"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery, server_config())
+            answer = await raw_exchange(
+                running.port, b"GET /small HTTP/1.1\r\nHost: app\r\n\r\n" + big
+            )
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert b"HTTP/1.1 431 " in answer
+            assert [r.target for r in upstream.requests] == [b"/small"]
+            nursery.cancel_scope.cancel()
+    assert any(" GET app /big 431 " in r.getMessage() for r in caplog.records)
+
+
 async def through_tunnel(*requests: bytes) -> tuple[list[bytes], list[Recorded]]:
     """Each raw request on its own connection; the answers, and what the upstream saw."""
     with trio.fail_after(LIMIT_S):

@@ -240,7 +240,7 @@ def refusal(request: h11.Request) -> int | str | None:
         return 400
     host = authority.lower()
     name, colon, port = host.rpartition(b":")
-    if host != b"app" and not (colon and port.isdigit() and name == b"app"):
+    if host != b"app" and not (colon and (port.isdigit() or not port) and name == b"app"):
         return 404
     if max_forwards(request.method, list(request.headers)) == 0:
         return 200  # answered by the server, its final recipient

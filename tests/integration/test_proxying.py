@@ -484,6 +484,27 @@ async def test_an_upstream_sending_interim_answers_without_end_gets_a_502() -> N
             nursery.cancel_scope.cancel()
 
 
+async def test_an_upgrade_with_a_body_is_an_ordinary_request() -> None:
+    """RFC 9110 section 7.8 lets a server ignore Upgrade: the pipe would start after
+    a body the switch has no room for. The upstream sees an ordinary request, so
+    it cannot agree to a switch the client would then be refused (a 502)."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery)
+            reply = await fetch(
+                running.port,
+                b"POST",
+                b"/echo",
+                headers=[(b"connection", b"upgrade"), (b"upgrade", b"x-proto")],
+                body=b"hello",
+            )
+            assert (reply.status, reply.body) == (200, b"hello")
+            recorded = upstream.requests[-1]
+            assert recorded.header(b"upgrade") is None
+            assert recorded.header(b"connection") in (None, b"keep-alive")
+            nursery.cancel_scope.cancel()
+
+
 async def test_an_upgrade_in_an_http_1_0_request_is_ignored() -> None:
     """RFC 9110 section 7.8: the request goes on as an ordinary one, without its
     Upgrade and Connection lines, and the client gets the ordinary answer."""

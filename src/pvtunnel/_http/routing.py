@@ -61,7 +61,8 @@ def strip_port(authority: str) -> str:
         end = authority.find("]")
         return authority[: end + 1] if end != -1 else authority
     host, sep, port = authority.rpartition(":")
-    return host if sep and port.isdigit() else authority
+    # An empty port is the same as none (RFC 3986 section 3.2.3: port = *DIGIT).
+    return host if sep and (port.isdigit() or not port) else authority
 
 
 class Router(Generic[SessionT]):

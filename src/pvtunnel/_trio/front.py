@@ -123,7 +123,8 @@ class ClientConnection:
                 self.phase = Phase.HEAD
                 self.method = None
                 self.unlogged = self.exchange = None
-                self.http.received = 0
+                # A head already read with the last one (pipelined) counts as received.
+                self.http.received = len(conn.trailing_data[0])
                 # The head's raw bytes for request_head_problem, starting with any
                 # pipelined bytes h11 already holds; recording stops at the head.
                 self.http.recording = bytearray(conn.trailing_data[0])
@@ -151,6 +152,7 @@ class ClientConnection:
                     and _head_size(event) > self.max_head_bytes
                 ):
                     await self._send_error(431, "request head too large", close=True)
+                    self.state.log_request(event, self.address, 431, 0, None)
                     return
                 # h11's header sequence is slow to iterate; the checks below go over it
                 # about ten times, so they share one list. The names keep the client's
@@ -263,6 +265,11 @@ class ClientConnection:
         if switch is not None and switch.upgrade is not None and request.http_version != b"1.1":
             # RFC 9110 section 7.8: an Upgrade in an HTTP/1.0 request is ignored (its
             # Upgrade and Connection lines are hop-by-hop: the upstream never sees them).
+            switch = None
+        if switch is not None and switch.upgrade is not None and has_body:
+            # Ignored too (RFC 9110 section 7.8 lets a server ignore Upgrade): the
+            # pipe would start after a body the switch has no room for. The request
+            # goes on as an ordinary one, without its Upgrade and Connection lines.
             switch = None
         if request.method == b"CONNECT":
             authority = request.target  # authority-form: the route is the target
