@@ -81,6 +81,24 @@ async def test_a_head_that_grows_past_one_frame_on_the_way_is_431(
     assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
 
 
+async def test_a_target_that_is_neither_a_path_nor_an_http_url_is_400() -> None:
+    """Routed by Host but read upstream as naming another host (``ftp://internal/``
+    reached a virtual host no route exposes), or as nothing at all."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery, server_config())
+            for target in (b"ftp://internal/", b"xyz://internal/x", b"foo", b"app:80", b"*"):
+                answer = await raw_exchange(
+                    running.port,
+                    b"GET " + target + b" HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+                )
+                assert answer.startswith(b"HTTP/1.1 400 "), (target, answer[:100])
+            ok = b"OPTIONS * HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+            assert (await raw_exchange(running.port, ok)).startswith(b"HTTP/1.1 200 ")
+            assert [r.target for r in upstream.requests] == [b"*"]
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_pipelined_head_past_the_limit_is_431_too(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

@@ -232,6 +232,13 @@ def head_problem(request: h11.Request, head: bytes) -> bool:
 def refusal(request: h11.Request) -> int | str | None:
     """``"forward"``, a refusal status, or None when the request is outside the model."""
     authority, origin = split_absolute(request.target)
+    if (
+        authority is None
+        and not origin.startswith(b"/")
+        and request.method != b"CONNECT"
+        and not (origin == b"*" and request.method == b"OPTIONS")
+    ):
+        return 400  # neither a path nor an http(s) URL (RFC 9112 section 3.2)
     if request.method == b"CONNECT":
         authority = request.target  # authority form: the target names the route
     elif authority is None:

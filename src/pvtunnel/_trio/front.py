@@ -260,6 +260,18 @@ class ClientConnection:
             end = self.conn.next_event()
             assert isinstance(end, h11.EndOfMessage), end
         authority, origin_target = split_target(request.target, request.method)
+        if (
+            authority is None
+            and not origin_target.startswith(b"/")
+            and request.method != b"CONNECT"
+            and not (origin_target == b"*" and request.method == b"OPTIONS")
+        ):
+            # RFC 9112 section 3.2: a path, an http(s) URL, CONNECT's authority or
+            # OPTIONS' "*". Anything else (ftp://other/, a bare name) would be routed
+            # by Host but read by the upstream as naming some other host.
+            return await self._refuse(
+                request, 400, "the request target must be a path or an http(s) URL"
+            )
         host_override = authority
         switch = hdr.protocol_switch(request.method, headers)
         if switch is not None and switch.upgrade is not None and request.http_version != b"1.1":
