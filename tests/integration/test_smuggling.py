@@ -11,6 +11,8 @@ a response answer nobody.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 from typing import TYPE_CHECKING, Final
 
 import pytest
@@ -560,4 +562,39 @@ async def test_a_retry_takes_a_fresh_connection_not_another_pooled_one() -> None
             assert len(acted_on) == 2
             assert acted_on[0] in warming
             assert acted_on[1] not in warming
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_upstream_reset_ends_a_body_read_until_close_as_truncated() -> None:
+    """A body without a length ends at the upstream's close (RFC 9112 section 6.3);
+    a reset is a failure, not that close: the client's response stays unfinished
+    (no last chunk) and its connection is closed, never a whole-looking answer."""
+    seen = trio.Event()
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            buffer += await stream.receive_some(65536)
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nfirst part;")
+        await seen.wait()
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        stream.socket.close()  # an abortive close: RST, not FIN
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            port = await nursery.start(serve_on_loopback, upstream)
+            await start_agent(nursery, running, {"app": port})
+            client = await trio.open_tcp_stream("127.0.0.1", running.port)
+            await client.send_all(b"GET /report HTTP/1.1\r\nHost: app\r\n\r\n")
+            received = b""
+            while b"first part;" not in received:
+                received += await client.receive_some(65536)
+            seen.set()
+            while chunk := await client.receive_some(65536):  # until the server closes
+                received += chunk
+            assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b"transfer-encoding: chunked" in received.lower()
+            assert not received.endswith(b"\r\n0\r\n\r\n")
+            await client.aclose()
             nursery.cancel_scope.cancel()

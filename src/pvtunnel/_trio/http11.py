@@ -38,7 +38,8 @@ S = TypeVar("S", bound=trio.abc.Stream)
 
 
 class H11Stream(Generic[S]):
-    """``conn`` over ``stream``; a broken stream reads as end of input, which h11 judges.
+    """``conn`` over ``stream``; a broken stream reads as end of input, which h11 judges,
+    except in a body, where it raises.
 
     ``received`` counts bytes fed to h11 since it was last reset, so a caller can
     tell how big a head really was (h11 only caps heads that arrive incomplete).
@@ -111,6 +112,10 @@ class H11Stream(Generic[S]):
             try:
                 data = await self.io.receive_some(RECEIVE_SIZE)
             except BROKEN:
+                if conn.their_state is h11.SEND_BODY:
+                    # A reset in a body is no end of it: a body read until the
+                    # close (no length) would otherwise pass for whole.
+                    raise
                 data = b""
             self.received += len(data)
             if self.recording is not None:
