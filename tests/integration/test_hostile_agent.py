@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Final
 import h11
 import pytest
 import trio
+import trio.testing
 
 from pvtunnel._config import ScopedToken, Secret
 from pvtunnel._logs import TextFormatter
@@ -381,6 +382,43 @@ async def test_a_ping_flood_that_never_reads_its_pongs_is_dropped(
             assert session.tunnel.mux.queued_pieces <= 2048
             assert any("PING flood" in r.getMessage() for r in caplog.records)
             nursery.cancel_scope.cancel()
+
+
+async def test_an_agent_that_stops_reading_is_dropped(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """An agent that sends (PONGs keep it "heard") but never reads would have all
+    the server queues for it pile up: once one send to it has taken nothing for
+    the heartbeat timeout (15 s), the connection is declared dead."""
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery)
+        agent = await HostileAgent.connect(
+            running.addresses.internal, TOKEN, receive_buffer_bytes=4096
+        )
+        async with agent:
+            await wait_for_sessions(running, 1)
+            (session,) = running.server.sessions
+            clients: list[trio.SocketStream] = []
+            head = b"GET / HTTP/1.1\r\nHost: app\r\nX-Pad: " + b"p" * 30000 + b"\r\n\r\n"
+            while not session.tunnel._sending:  # until a send to the agent stalls
+                assert len(clients) < 1000
+                client = await trio.open_tcp_stream("127.0.0.1", running.port)
+                await client.send_all(head)
+                clients.append(client)
+                await trio.testing.wait_all_tasks_blocked()
+            for _ in range(3):
+                await agent.send(frame(PONG, 0, b"\x00" * 8))  # heard, reading nothing
+                mock_clock.jump(5)
+                await trio.testing.wait_all_tasks_blocked()
+            assert session in running.server.sessions  # 10 s stalled: not yet
+            await agent.send(frame(PONG, 0, b"\x00" * 8))
+            mock_clock.jump(5)
+            await trio.testing.wait_all_tasks_blocked()
+            assert session not in running.server.sessions
+            assert session.tunnel.declared_dead
+        for client in clients:
+            await client.aclose()
+        nursery.cancel_scope.cancel()
 
 
 async def test_pings_whose_pongs_are_read_keep_the_link() -> None:

@@ -294,6 +294,9 @@ class Tunnel:
         self._heartbeat_s = heartbeat_s
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self.last_heard = trio.current_time()
+        # Messages sent whole: a count that stands still under a send that does not
+        # end is a peer that stopped reading (`_heartbeat`).
+        self._sends = 0
         self.rtt_s: float | None = None
         self.declared_dead = False
         self._on_stream = on_stream
@@ -478,6 +481,7 @@ class Tunnel:
         mux = self.mux
         if mux.has_data_to_send:
             await self.ws.send(mux.data_to_send(MAX_MESSAGE_BYTES))
+            self._sends += 1
 
     async def receive_handshake(self) -> ev.Event:
         """The first event from the peer (HELLO or its answer); later ones wait for `run`.
@@ -536,20 +540,31 @@ class Tunnel:
         Any message counts as a sign of life, so a busy connection needs no extra
         round trips to stay alive; the PONG's echoed clock gives the round-trip time.
         """
+        sends_seen, stuck_since = -1, 0.0
         while True:
             await trio.sleep(interval_s)
-            silent_s = trio.current_time() - self.last_heard
+            now = trio.current_time()
+            silent_s = now - self.last_heard
+            if self._sending and self._sends == sends_seen:
+                # A peer that sends but never reads (its PONGs keep it "heard") would
+                # have everything queued for it pile up here.
+                stuck_s = now - stuck_since
+                if stuck_s >= self._heartbeat_timeout_s:
+                    self._declare_dead(f"a send taking nothing for {stuck_s:.1f}s")
+                    scope.cancel()
+                    return
+            else:
+                sends_seen, stuck_since = self._sends, now
             if silent_s >= self._heartbeat_timeout_s:
-                logger.warning(
-                    "%s: nothing heard for %.1fs; declaring the connection dead",
-                    self.label,
-                    silent_s,
-                )
-                self.declared_dead = True
-                self._close_all(TunnelClosedError("the peer stopped answering heartbeats"))
+                self._declare_dead(f"nothing heard for {silent_s:.1f}s")
                 scope.cancel()
                 return
             self._ping()
+
+    def _declare_dead(self, why: str) -> None:
+        logger.warning("%s: %s; declaring the connection dead", self.label, why)
+        self.declared_dead = True
+        self._close_all(TunnelClosedError(f"the peer stopped answering: {why}"))
 
     async def _reader(self, nursery: trio.Nursery) -> None:
         mux = self.mux
