@@ -98,19 +98,14 @@ def test_init_writes_configs_that_check_cleanly(tmp_path: Path) -> None:
     assert run("init", "--dir", str(tmp_path), "--force").returncode == 0
 
 
+# `pvtunnel serve` on loopback, both ports chosen by the system.
+SERVE_ON_LOOPBACK = ("serve", "--host", "127.0.0.1", "--internal-port", "0", "--external-port", "0")
+
+
 async def launch_pair(launch: Launch, upstream_port: int) -> tuple[Process, Process, str]:
     """`pvtunnel serve` and an agent routing "app" to ``upstream_port``, both ready;
     with the server's external port."""
-    server = await launch(
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--internal-port",
-        "0",
-        "--external-port",
-        "0",
-        env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
-    )
+    server = await launch(*SERVE_ON_LOOPBACK, env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN})
     ready = await server.wait_for(
         r"ready internal=ws://127\.0\.0\.1:(\d+) external=http://127\.0\.0\.1:(\d+)"
     )
@@ -156,16 +151,7 @@ async def test_with_json_logs_every_line_is_json_ready_lines_too(launch: Launch)
         async with trio.open_nursery() as nursery:
             _, upstream_port = await start_upstream(nursery, "svc")
             server = await launch(
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--internal-port",
-                "0",
-                "--external-port",
-                "0",
-                "--log-format",
-                "json",
-                env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+                *SERVE_ON_LOOPBACK, "--log-format", "json", env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN}
             )
             await server.wait_for(r'"event": "ready"')
             ready = json.loads(server.lines[-1])

@@ -40,6 +40,7 @@ from tests.integration.hostile import (
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from pvtunnel._trio.state import AgentSession
     from tests.integration.harness import Running
 
 LIMIT_S: Final = 10
@@ -358,6 +359,15 @@ async def drain_frames(agent: HostileAgent) -> None:
         pass
 
 
+async def non_reading_agent(running: Running) -> tuple[HostileAgent, AgentSession]:
+    """A registered agent with a 4 KiB receive buffer (it will read nothing), and
+    its session on the server."""
+    agent = await HostileAgent.connect(running.addresses.internal, TOKEN, receive_buffer_bytes=4096)
+    await wait_for_sessions(running, 1)
+    (session,) = running.server.sessions
+    return agent, session
+
+
 async def test_a_ping_flood_that_never_reads_its_pongs_is_dropped(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -366,12 +376,8 @@ async def test_a_ping_flood_that_never_reads_its_pongs_is_dropped(
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             running = await start_server(nursery)
-            agent = await HostileAgent.connect(
-                running.addresses.internal, TOKEN, receive_buffer_bytes=4096
-            )
+            agent, session = await non_reading_agent(running)
             async with agent:
-                await wait_for_sessions(running, 1)
-                (session,) = running.server.sessions
                 sent = await flood_pings(agent, read=False)
                 while session in running.server.sessions:
                     await running.server.state.wait_sessions_changed()
@@ -392,12 +398,8 @@ async def test_an_agent_that_stops_reading_is_dropped(
     the heartbeat timeout (15 s), the connection is declared dead."""
     async with trio.open_nursery() as nursery:
         running = await start_server(nursery)
-        agent = await HostileAgent.connect(
-            running.addresses.internal, TOKEN, receive_buffer_bytes=4096
-        )
+        agent, session = await non_reading_agent(running)
         async with agent:
-            await wait_for_sessions(running, 1)
-            (session,) = running.server.sessions
             clients: list[trio.SocketStream] = []
             head = b"GET / HTTP/1.1\r\nHost: app\r\nX-Pad: " + b"p" * 30000 + b"\r\n\r\n"
             while not session.tunnel._sending:  # until a send to the agent stalls
