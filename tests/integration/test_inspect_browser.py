@@ -29,10 +29,20 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
+from pvtunnel._trio.inspect_http import answer_inspect
 from tests.integration.showcase import WAIT_S, send, start_inspected_tunnel
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import h11
+    import pytest
     from selenium.webdriver.remote.webelement import WebElement
+
+    from pvtunnel._config import Secret
+    from pvtunnel._http.admin import AdminResponse
+    from pvtunnel._trio.http11 import H11Stream
+    from pvtunnel._trio.inspector import Inspector
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -189,4 +199,69 @@ async def test_the_page_shows_requests_live_and_replays_them(tmp_path: Path) -> 
                 session, page, tunnel_port, tmp_path / "profile", screenshot
             )
             assert screenshot.read_bytes().startswith(b"\x89PNG")
+            nursery.cancel_scope.cancel()
+
+
+def late_list_session(
+    page: str, tunnel_port: int, profile: Path, release: Callable[[], None]
+) -> int:
+    """Open the page, send two requests while its list is held back, release the list;
+    the rows left once the page has taken it in."""
+    driver = open_browser(profile)
+    wait = WebDriverWait(driver, WAIT_S)
+    try:
+        driver.get(page)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+        send(tunnel_port, "GET", "/api/users")
+        send(tunnel_port, "GET", "/pixel.png")
+        wait.until(lambda d: len(rows(d)) == 2)  # from the event stream
+        release()
+        # The held list is an empty one: wait until the page has read it and drawn.
+        wait.until(
+            lambda d: d.execute_script(
+                "return performance.getEntriesByType('resource')"
+                ".some(e => e.name.endsWith('/inspect/api/requests') && e.responseEnd > 0)"
+            )
+        )
+        driver.execute_async_script(
+            "const done = arguments[0]; setTimeout(() => requestAnimationFrame(() => done()), 50)"
+        )
+        return len(rows(driver))
+    finally:
+        driver.quit()
+
+
+async def test_a_list_that_comes_after_live_events_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page asks for the list when its event stream opens. A list taken before two
+    requests but delivered after their events is older than them: it must not wipe
+    their rows (a user saw them vanish right after the page opened)."""
+    assert shutil.which(CHROMIUM), ".ci/run installs chromium"
+    held = trio.Event()
+
+    async def hold_the_list(
+        http: H11Stream[trio.abc.Stream],
+        request: h11.Request,
+        inspector: Inspector | None,
+        token: Secret | None,
+    ) -> AdminResponse | None:
+        answer = await answer_inspect(http, request, inspector, token)  # taken now...
+        if request.target == b"/inspect/api/requests":
+            await held.wait()  # ...delivered once the requests' events are in
+        return answer
+
+    monkeypatch.setattr("pvtunnel._trio.admin.answer_inspect", hold_the_list)
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            page, tunnel_port = await start_inspected_tunnel(nursery)
+            token = trio.lowlevel.current_trio_token()
+            left = await trio.to_thread.run_sync(
+                late_list_session,
+                page,
+                tunnel_port,
+                tmp_path / "profile",
+                lambda: trio.from_thread.run_sync(held.set, trio_token=token),
+            )
+            assert left == 2
             nursery.cancel_scope.cancel()

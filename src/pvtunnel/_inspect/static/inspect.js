@@ -80,8 +80,19 @@ function render() {
 async function loadList() {
   const response = await fetch(`${API}/requests`, { cache: "no-store" });
   if (!response.ok) return;
+  const listed = await response.json();
+  // Events that came while the list was on its way are newer than it: an exchange
+  // the list does not know yet stays, and one it still shows open stays finished.
+  const newest = listed.reduce((most, entry) => Math.max(most, entry.id), 0);
+  const merged = new Map();
+  for (const entry of listed) {
+    const seen = entries.get(entry.id);
+    const finished = seen && seen.state !== "open" && entry.state === "open";
+    merged.set(entry.id, finished ? seen : entry);
+  }
+  for (const [id, entry] of entries) if (id > newest) merged.set(id, entry);
   entries.clear();
-  for (const entry of await response.json()) entries.set(entry.id, entry);
+  for (const [id, entry] of merged) entries.set(id, entry);
   render();
 }
 
