@@ -216,15 +216,9 @@ def late_list_session(
         send(tunnel_port, "GET", "/pixel.png")
         wait.until(lambda d: len(rows(d)) == 2)  # from the event stream
         release()
-        # The held list is an empty one: wait until the page has read it and drawn.
+        # The held list is an empty one: wait until the page has drawn it.
         wait.until(
-            lambda d: d.execute_script(
-                "return performance.getEntriesByType('resource')"
-                ".some(e => e.name.endsWith('/inspect/api/requests') && e.responseEnd > 0)"
-            )
-        )
-        driver.execute_async_script(
-            "const done = arguments[0]; setTimeout(() => requestAnimationFrame(() => done()), 50)"
+            lambda d: d.execute_script("return Number(document.body.dataset.lists || 0)") >= 1
         )
         return len(rows(driver))
     finally:
