@@ -175,6 +175,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     sys.exit(status)
 
 
+def _say_ready(command: str, fields: dict[str, str]) -> None:
+    """The ready line: ``key=value`` pairs in text, the same keys in JSON."""
+    pairs = " ".join(f"{key}={value}" for key, value in fields.items())
+    say(f"pvtunnel {command}: ready {pairs}", event="ready", **fields)
+
+
 def _cannot_start(command: str, exc: OSError | BaseExceptionGroup[BaseException]) -> int:
     """A listener that cannot be opened (a port in use, a host that does not resolve,
     an address not on this machine) is one line, not a traceback; anything else
@@ -219,11 +225,7 @@ async def _run_server(config: ServerConfig) -> int:
             }
             if addresses.admin:
                 urls["admin"] = _url("http", addresses.admin)
-            say(
-                "pvtunnel serve: ready " + " ".join(f"{k}={v}" for k, v in urls.items()),
-                event="ready",
-                **urls,
-            )
+            _say_ready("serve", urls)
     return 0
 
 
@@ -292,11 +294,7 @@ async def _run_agent(config: AgentConfig) -> int:
                     fields["admin"] = _url("http", status.admin)
                     if config.inspect.enabled:
                         fields["inspect"] = f"{fields['admin']}/inspect"
-                say(
-                    "pvtunnel agent: ready " + " ".join(f"{k}={v}" for k, v in fields.items()),
-                    event="ready",
-                    **fields,
-                )
+                _say_ready("agent", fields)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
     return 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from pvtunnel._http.headers import header_value
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
@@ -34,7 +36,7 @@ def remaining_forwards(method: bytes, headers: Iterable[tuple[bytes, bytes]]) ->
     """
     if method not in _METHODS:
         return None
-    value = next((v for n, v in headers if n.lower() == b"max-forwards"), None)
+    value = header_value(headers, b"max-forwards")
     if value is None or not value.isdigit():
         return None
     return int(value)

@@ -55,6 +55,18 @@ def split_target(target: bytes, method: bytes = b"GET") -> tuple[bytes | None, b
     return None, target
 
 
+def is_origin_form(target: bytes, method: bytes) -> bool:
+    """Whether a target that is not absolute-form is one a request may carry.
+
+    RFC 9112 section 3.2: a path, CONNECT's authority, or OPTIONS' ``*``. Anything
+    else (``ftp://other/``, a bare name) would be routed by Host but read by the
+    upstream as naming some other host.
+    """
+    return (
+        target.startswith(b"/") or method == b"CONNECT" or (target == b"*" and method == b"OPTIONS")
+    )
+
+
 def strip_port(authority: str) -> str:
     """``host:port`` -> ``host``; keeps IPv6 literals whole (``[::1]:80`` -> ``[::1]``)."""
     if authority.startswith("["):

@@ -35,7 +35,7 @@ from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
 from pvtunnel._http.framing import request_head_problem, response_head_problem
 from pvtunnel._http.holding import HoldOutcome, hold_answer
 from pvtunnel._http.max_forwards import decremented, final_answer, remaining_forwards
-from pvtunnel._http.routing import split_target
+from pvtunnel._http.routing import is_origin_form, split_target
 from pvtunnel._trio.closing import close_lingering
 from pvtunnel._trio.dates import http_date
 from pvtunnel._trio.hangups import has_hung_up, hung_up_when_readable, peer_address
@@ -61,6 +61,7 @@ STALLED_WHEN_SHORT_S: Final = 5.0
 # Where the client may still be sending when the server closes: in a request body
 # it has not finished, or in whatever followed a request h11 refused.
 _MAY_STILL_SEND: Final = frozenset({h11.SEND_BODY, h11.ERROR})
+_TEXT: Final = (b"content-type", b"text/plain; charset=utf-8")
 
 
 class Phase(enum.Enum):
@@ -194,12 +195,7 @@ class ClientConnection:
         extra: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         """A short text/plain answer, if the response has not started yet."""
-        await self._answer(
-            status,
-            error_body(status, detail),
-            ((b"content-type", b"text/plain; charset=utf-8"), *extra),
-            close=close,
-        )
+        await self._answer(status, error_body(status, detail), (_TEXT, *extra), close=close)
 
     async def _answer(
         self,
@@ -240,13 +236,29 @@ class ClientConnection:
         extra: tuple[tuple[bytes, bytes], ...] = (),
         route: str | None = None,
     ) -> bool:
-        """Answer without proxying; keep the connection only if the request has no body."""
+        """Answer with an error instead of proxying (see `_answer_instead`)."""
+        body = error_body(status, detail)
+        return await self._answer_instead(
+            request, status, body, (_TEXT, *extra), route=route, logged=0
+        )
+
+    async def _answer_instead(
+        self,
+        request: h11.Request,
+        status: int,
+        body: bytes,
+        fields: tuple[tuple[bytes, bytes], ...],
+        *,
+        route: str | None,
+        logged: int,
+    ) -> bool:
+        """Answer without proxying, and log it with ``logged`` body bytes; keep the
+        connection (True) only if the request has no body."""
         # Reading an unread body to keep the connection is not worth it: close instead.
-        has_body = self.has_body
-        await self._send_error(status, detail, close=has_body, extra=extra)
+        await self._answer(status, body, fields, close=self.has_body)
         self.unlogged = None
-        self.state.log_request(request, self.address, status, 0, None, route=route)
-        return not has_body
+        self.state.log_request(request, self.address, status, logged, None, route=route)
+        return not self.has_body
 
     async def _proxy(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
         """Proxy one request; False when the connection must be closed afterwards."""
@@ -260,28 +272,21 @@ class ClientConnection:
             end = self.conn.next_event()
             assert isinstance(end, h11.EndOfMessage), end
         authority, origin_target = split_target(request.target, request.method)
-        if (
-            authority is None
-            and not origin_target.startswith(b"/")
-            and request.method != b"CONNECT"
-            and not (origin_target == b"*" and request.method == b"OPTIONS")
-        ):
-            # RFC 9112 section 3.2: a path, an http(s) URL, CONNECT's authority or
-            # OPTIONS' "*". Anything else (ftp://other/, a bare name) would be routed
-            # by Host but read by the upstream as naming some other host.
+        if authority is None and not is_origin_form(origin_target, request.method):
             return await self._refuse(
                 request, 400, "the request target must be a path or an http(s) URL"
             )
         host_override = authority
         switch = hdr.protocol_switch(request.method, headers)
-        if switch is not None and switch.upgrade is not None and request.http_version != b"1.1":
-            # RFC 9110 section 7.8: an Upgrade in an HTTP/1.0 request is ignored (its
-            # Upgrade and Connection lines are hop-by-hop: the upstream never sees them).
-            switch = None
-        if switch is not None and switch.upgrade is not None and has_body:
-            # Ignored too (RFC 9110 section 7.8 lets a server ignore Upgrade): the
-            # pipe would start after a body the switch has no room for. The request
-            # goes on as an ordinary one, without its Upgrade and Connection lines.
+        if (
+            switch is not None
+            and switch.upgrade is not None
+            and (request.http_version != b"1.1" or has_body)
+        ):
+            # RFC 9110 section 7.8: an Upgrade in an HTTP/1.0 request is ignored, and a
+            # server may ignore any (one with a body would start its pipe after a body
+            # the switch has no room for). The request goes on as an ordinary one:
+            # its Upgrade and Connection lines are hop-by-hop, the upstream never sees them.
             switch = None
         if request.method == b"CONNECT":
             authority = request.target  # authority-form: the route is the target
@@ -394,11 +399,7 @@ class ClientConnection:
     ) -> bool:
         """An OPTIONS or TRACE at Max-Forwards 0 is answered here, not forwarded."""
         fields, body = final_answer(request.method, request.target, request.http_version, headers)
-        has_body = self.has_body  # not read, as for any answer of our own
-        await self._answer(200, body, fields, close=has_body)
-        self.unlogged = None
-        self.state.log_request(request, self.address, 200, len(body), None, route=route)
-        return not has_body
+        return await self._answer_instead(request, 200, body, fields, route=route, logged=len(body))
 
     def _watch_hangup(self, channel: Channel) -> None:
         """Have `watch_hangups` look at this client until the exchange ends."""
