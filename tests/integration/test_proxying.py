@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+from typing import TYPE_CHECKING
 
 import h11
 import trio
@@ -17,6 +19,9 @@ from tests.integration.harness import (
     start_upstream,
 )
 from tests.integration.raw_upstream import start_raw_tunnel
+
+if TYPE_CHECKING:
+    import pytest
 
 LIMIT_S = 10
 
@@ -371,6 +376,39 @@ async def test_upstream_response_s_bounds_the_head_not_the_body(
         mock_clock.jump(3)
         answer = await stream.receive_some(65536)
         assert answer.startswith(b"HTTP/1.1 504 "), answer
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_response_body_that_stalls_is_cut_after_idle_s(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream that stops mid-body loses the client, and frees its stream, after
+    `idle_s` without a byte: it would otherwise hold both until the upstream ends."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.access")
+    config = server_config(timeouts={"idle_s": 2.0})
+    async with trio.open_nursery() as nursery:
+        running, upstream = await start_tunnel(nursery, config)
+        stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+        await stream.send_all(b"GET /trickle HTTP/1.1\r\nHost: app\r\n\r\n")
+        received = b""
+        while not received.endswith(b"first"):
+            chunk = await stream.receive_some(65536)
+            assert chunk, received
+            received += chunk
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(1.5)
+        await trio.testing.wait_all_tasks_blocked()
+        assert running.server.state.in_flight == 1  # not yet
+        mock_clock.jump(1.0)
+        await trio.testing.wait_all_tasks_blocked()
+        assert running.server.state.in_flight == 0
+        assert await stream.receive_some(65536) == b""  # cut: a truncated body
+        assert upstream.holding == 1
+        lines = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.access"]
+        assert "body stalled for 2.0s after 5 bytes" in lines[0]
+        assert " GET app /trickle 200 5B " in lines[1]  # logged once, with what went out
+        assert len(lines) == 2
         await stream.aclose()
         nursery.cancel_scope.cancel()
 

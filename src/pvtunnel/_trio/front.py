@@ -113,6 +113,8 @@ class ClientConnection:
         self._writes_seen = -1
         self._writes_seen_at = 0.0
         self.stopped_reading = False
+        # While a response waits for more of its body from the agent.
+        self.waits_for_body = False
 
     async def serve(self) -> None:
         """Serve requests until the client leaves, breaks framing or times out."""
@@ -561,8 +563,12 @@ class ClientConnection:
             )
             # Write what has arrived in one send; wait (flushed) only when nothing has.
             # Credit goes back once bytes are handed to the socket, so what we hold
-            # stays within the stream window plus one flush.
+            # stays within the stream window plus one flush. Writes are bounded by
+            # `check_hangup`, not the deadline; a wait for more of the body by
+            # `idle_s`, as nginx's proxy_read_timeout bounds one: an upstream that
+            # stops mid-body would otherwise hold the client and a stream slot forever.
             limited = True
+            idle_s = self.state.config.timeouts.idle_s
             if self.has_body:
                 # Watched from now on whatever its body does, for a client that
                 # stops reading (bodiless requests are watched already).
@@ -571,11 +577,16 @@ class ClientConnection:
                 item = channel.receive_nowait()
                 if item is None:
                     if limited:
-                        self.scope.deadline, limited = math.inf, False
+                        self.scope.deadline = math.inf
                     await self._write()
+                    self.scope.deadline, limited = trio.current_time() + idle_s, True
+                    self.waits_for_body = True
                     item = await channel.receive()
+                    self.waits_for_body = False
                 if item is END:
                     http.queue(h11.EndOfMessage())
+                    if limited:
+                        self.scope.deadline, limited = math.inf, False
                     await self._write()
                     break
                 assert isinstance(item, bytes)
@@ -586,7 +597,16 @@ class ClientConnection:
                 sent += len(item)
                 channel.consume(len(item))
         except trio.Cancelled:
-            if self.stopped_reading:  # cut by `check_hangup`: logged with what went out
+            if self.waits_for_body and self.scope.cancel_called:
+                logger.info(
+                    "response to %s cut: its body stalled for %.1fs after %d bytes",
+                    self.address,
+                    idle_s,
+                    sent,
+                )
+            if self.stopped_reading or self.waits_for_body:
+                # Cut by `check_hangup` or the body's deadline (or stopped while the
+                # body was awaited): logged with what went out.
                 self._log_proxied(request, head.status, sent, agent, started, channel)
             raise
         except (TunnelClosedError, h11.LocalProtocolError, *BROKEN) as exc:
