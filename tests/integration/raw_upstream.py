@@ -30,6 +30,7 @@ class RawUpstream:
         self.late_sent = trio.Event()
         self.heads: list[bytes] = []
         self.connections = 0
+        self.ended = 0  # connections closed, by either side
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         await serve_on_loopback(self._connection, task_status=task_status)
@@ -64,6 +65,8 @@ class RawUpstream:
                         self.late_sent.set()
             except trio.BrokenResourceError:
                 return
+            finally:
+                self.ended += 1
 
 
 async def start_raw_upstream(

@@ -268,16 +268,19 @@ class TunnelAgent:
         """One reconnect loop per URL; returns (by raising) once every one has ended."""
         startup = _Startup(len(self.config.server.urls))
         try:
-            async with trio.open_nursery() as nursery:
-                if self.discovers:
-                    for url in self.config.server.urls:
-                        nursery.start_soon(self._discover, url, startup, nursery)
-                for link in self.links:
-                    nursery.start_soon(self._serve_link, link, startup)
-                # Reported from this task, the one `nursery.start` is waiting on.
-                await startup.settled.wait()
-                if startup.status is not None:
-                    task_status.started(startup.status)
+            async with trio.open_nursery() as beside:
+                beside.start_soon(self.pool.reap)
+                async with trio.open_nursery() as nursery:
+                    if self.discovers:
+                        for url in self.config.server.urls:
+                            nursery.start_soon(self._discover, url, startup, nursery)
+                    for link in self.links:
+                        nursery.start_soon(self._serve_link, link, startup)
+                    # Reported from this task, the one `nursery.start` is waiting on.
+                    await startup.settled.wait()
+                    if startup.status is not None:
+                        task_status.started(startup.status)
+                beside.cancel_scope.cancel()  # the links have all ended
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         finally:

@@ -45,6 +45,11 @@ logger = logging.getLogger("pvtunnel.agent")
 MAX_RESPONSE_HEAD_BYTES: Final = 60000
 _BROKEN: Final = (*BROKEN, OSError)
 _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+# How often `UpstreamPool.reap` looks over the idle connections (or `upstream_idle_s`,
+# if shorter). Upstreams often close kept-alive connections after a few seconds
+# (Node.js after 5, gunicorn after 2); each one they close stays a socket in
+# CLOSE_WAIT here until it is looked at.
+REAP_EVERY_S: Final = 5.0
 
 
 class UpstreamConnection(H11Stream[trio.SocketStream]):
@@ -98,6 +103,33 @@ class UpstreamPool:
                 return connection
             connection.close_now()
         return None
+
+    def close_stale(self) -> int:
+        """Close the idle connections past ``upstream_idle_s``, or closed or written to
+        by their upstream; returns how many."""
+        oldest = trio.current_time() - self._config.timeouts.upstream_idle_s
+        closed = 0
+        for idle in self._idle.values():
+            for _ in range(len(idle)):  # oldest first; the kept go back newest last
+                connection = idle.popleft()
+                if connection.idle_since > oldest and _is_quiet(connection.stream):
+                    idle.append(connection)
+                else:
+                    connection.close_now()
+                    closed += 1
+        return closed
+
+    async def reap(self) -> None:
+        """`close_stale` every `REAP_EVERY_S` (never returns; run it beside the links).
+
+        Without it an idle connection is looked at only when its route's next request
+        comes, which may be never: the upstream's slot stays held past
+        ``upstream_idle_s``, or the socket it closed stays open here.
+        """
+        every = min(REAP_EVERY_S, self._config.timeouts.upstream_idle_s)
+        while True:
+            await trio.sleep(every)
+            self.close_stale()
 
     async def connect(self, route: Route) -> UpstreamConnection:
         """A fresh connection to the route's target (raises `UpstreamError`)."""
