@@ -318,6 +318,36 @@ async def test_expect_100_continue_is_relayed() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_empty_lines_before_a_request_line_are_ignored() -> None:
+    """RFC 9112 section 2.2: some clients send CRLF after a POST body, or before a
+    request; a server ignores it, at the start of a connection and between requests,
+    whether it comes with the bytes around it or on its own."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery)
+            first = b"\r\n\r\nGET /a HTTP/1.1\r\nHost: app\r\n\r\n"
+            posted = b"POST /b HTTP/1.1\r\nHost: app\r\nContent-Length: 3\r\n\r\nabc\r\n"
+            last = b"GET /c HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+            answers = await raw_exchange(running.port, first + posted + last)
+            assert answers.count(b"HTTP/1.1 200 ") == 3, answers
+            stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+            async with stream:
+                client = Client(stream)
+                assert (await client.request(b"POST", b"/d", body=b"xyz")).status == 200
+                await stream.send_all(b"\r")  # on its own, and split in two
+                await stream.send_all(b"\n")
+                assert (await client.request(b"GET", b"/e")).status == 200
+            seen = [(r.method, r.target, r.body) for r in upstream.requests]
+            assert seen == [
+                (b"GET", b"/a", b""),
+                (b"POST", b"/b", b"abc"),
+                (b"GET", b"/c", b""),
+                (b"POST", b"/d", b"xyz"),
+                (b"GET", b"/e", b""),
+            ]
+            nursery.cancel_scope.cancel()
+
+
 async def test_malformed_and_oversized_heads() -> None:
     config = server_config(limits={"max_request_head_bytes": 4096})
     with trio.fail_after(LIMIT_S):

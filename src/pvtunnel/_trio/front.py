@@ -62,6 +62,7 @@ STALLED_WHEN_SHORT_S: Final = 5.0
 # it has not finished, or in whatever followed a request h11 refused.
 _MAY_STILL_SEND: Final = frozenset({h11.SEND_BODY, h11.ERROR})
 _TEXT: Final = (b"content-type", b"text/plain; charset=utf-8")
+_BLANK: Final = (b"\r", b"\n")
 
 
 class Phase(enum.Enum):
@@ -126,14 +127,22 @@ class ClientConnection:
                 self.phase = Phase.HEAD
                 self.method = None
                 self.unlogged = self.exchange = None
+                trailing, closed = conn.trailing_data
+                if trailing[:1] in _BLANK:
+                    # Empty lines before a request line are ignored (RFC 9112 section
+                    # 2.2), where h11 refuses them: the cycle starts on a connection
+                    # fed what follows them, which is all a new cycle carries over.
+                    conn = self._restart(trailing.lstrip(b"\r\n"), closed)
+                    trailing = conn.trailing_data[0]
+                self.http.skip_blank_lines = not trailing
                 # A head already read with the last one (pipelined) counts as received.
-                self.http.received = len(conn.trailing_data[0])
+                self.http.received = len(trailing)
                 # The head's raw bytes for request_head_problem, starting with any
                 # pipelined bytes h11 already holds; recording stops at the head.
-                self.http.recording = bytearray(conn.trailing_data[0])
+                self.http.recording = bytearray(trailing)
                 # A kept-alive connection may idle for `idle_s`; a head has
                 # `request_head_s` from its first byte on, however slowly it comes.
-                has_head_bytes = first or bool(conn.trailing_data[0])
+                has_head_bytes = first or bool(trailing)
                 self.scope.deadline = trio.current_time() + (
                     timeouts.request_head_s if has_head_bytes else timeouts.idle_s
                 )
@@ -181,6 +190,16 @@ class ClientConnection:
                 conn.start_next_cycle()
         if self.scope.cancelled_caught and self.phase is Phase.HEAD:
             logger.debug("closing idle or slow client connection from %s", self.address)
+
+    def _restart(self, data: bytes, closed: bool) -> h11.Connection:
+        """A fresh h11 connection, fed ``data`` (and the end of input if ``closed``)."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
+        if data:
+            conn.receive_data(data)
+        if closed:
+            conn.receive_data(b"")
+        self.conn = self.http.conn = conn
+        return conn
 
     def _head_started(self) -> None:
         """The first bytes of a kept-alive connection's next head: its time starts."""

@@ -60,6 +60,7 @@ class H11Stream(Generic[S]):
         "pending_bytes",
         "received",
         "recording",
+        "skip_blank_lines",
         "stream",
     )
 
@@ -70,6 +71,11 @@ class H11Stream(Generic[S]):
         self.received = 0
         self.recording: bytearray | None = None
         self.on_data: Callable[[], None] | None = None
+        # While set, CR and LF bytes read are dropped until another byte comes: a
+        # server expecting a request line ignores empty lines before it (RFC 9112
+        # section 2.2; some clients send CRLF after a POST body). The caller sets it
+        # when nothing of the next request is buffered (h11 refuses such lines).
+        self.skip_blank_lines = False
         self.pending: list[bytes] = []
         self.pending_bytes = 0
         # Quick ACKs still allowed for the message being read (see the module docstring);
@@ -117,6 +123,11 @@ class H11Stream(Generic[S]):
                     # close (no length) would otherwise pass for whole.
                     raise
                 data = b""
+            if self.skip_blank_lines and data:
+                data = data.lstrip(b"\r\n")
+                if not data:
+                    continue  # only blank lines so far: read on
+                self.skip_blank_lines = False
             self.received += len(data)
             if self.recording is not None:
                 self.recording += data
