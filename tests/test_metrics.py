@@ -133,12 +133,17 @@ def test_an_empty_server_page_has_every_unlabelled_family() -> None:
         "pvtunnel_protocol_errors",
         "pvtunnel_held_requests_waiting",
         "pvtunnel_held_requests",
+        "pvtunnel_client_connections",
+        "pvtunnel_client_connections_refused",
     }
     assert scrape.series("pvtunnel_requests_total") == {}
-    # Every outcome from the first scrape, so rate() works at once.
+    # Every outcome and reason from the first scrape, so rate() works at once.
     assert scrape.series("pvtunnel_held_requests_total") == {
         (("outcome", outcome),): 0.0
         for outcome in ("served", "timed_out", "refused", "abandoned", "shutting_down")
+    }
+    assert scrape.series("pvtunnel_client_connections_refused_total") == {
+        (("reason", reason),): 0.0 for reason in ("not_allowed", "at_limit")
     }
 
 

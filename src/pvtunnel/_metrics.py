@@ -47,6 +47,8 @@ DURATION_BUCKETS_S: Final = (
 """Upper bounds of the request duration histogram, in seconds (Prometheus' defaults, to 60 s)."""
 
 HELD_OUTCOMES: Final = ("served", "timed_out", "refused", "abandoned", "shutting_down")
+# Why a client connection was refused before its first request (`ServerMetrics`).
+REFUSAL_REASONS: Final = ("not_allowed", "at_limit")
 """How a held request's wait ended: an agent came back and it was forwarded; none came
 within the hold time (503); too many waited already (503 at once, not held); the
 client's own deadline ended it; the server began to drain (503)."""
@@ -107,6 +109,7 @@ class ServerMetrics:
         "agent_disconnects",
         "agent_protocol_errors",
         "client_protocol_errors",
+        "connections_refused",
         "held_requests",
         "routes",
     )
@@ -119,6 +122,8 @@ class ServerMetrics:
         self.agent_disconnects = 0
         self.agent_protocol_errors = 0
         self.client_protocol_errors = 0
+        # Client connections answered and closed before any request was read.
+        self.connections_refused: dict[str, int] = dict.fromkeys(REFUSAL_REASONS, 0)
 
     def record_request(
         self,
@@ -185,7 +190,12 @@ class ServerLinkFigures:
 
 
 def render_server(
-    metrics: ServerMetrics, *, active_streams: int, connected_agents: int, held_requests: int = 0
+    metrics: ServerMetrics,
+    *,
+    active_streams: int,
+    connected_agents: int,
+    held_requests: int = 0,
+    client_connections: int = 0,
 ) -> str:
     """The server's /metrics page.
 
@@ -194,6 +204,7 @@ def render_server(
         active_streams: Requests in flight through agents right now.
         connected_agents: Agents registered right now.
         held_requests: Requests waiting right now for a departed route's agent.
+        client_connections: Client connections open on the external port right now.
 
     Returns:
         Prometheus text exposition format 0.0.4 (serve it as `CONTENT_TYPE`).
@@ -261,6 +272,18 @@ def render_server(
     )
     for outcome, count in metrics.held_requests.items():
         out.sample("pvtunnel_held_requests_total", count, outcome=outcome)
+    out.family(
+        "pvtunnel_client_connections", "gauge", "Client connections open on the external port."
+    )
+    out.sample("pvtunnel_client_connections", client_connections)
+    out.family(
+        "pvtunnel_client_connections_refused_total",
+        "counter",
+        "Client connections answered and closed before a request was read, by reason: "
+        "not_allowed (403, outside whitelisted_ips), at_limit (503, max_client_connections).",
+    )
+    for reason, count in metrics.connections_refused.items():
+        out.sample("pvtunnel_client_connections_refused_total", count, reason=reason)
     return out.text()
 
 

@@ -98,6 +98,41 @@ async def test_metrics_count_exactly_the_traffic_sent() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_client_connections_and_refusals_are_counted() -> None:
+    """The connection limit's 503s and the whitelist's 403s come before any request,
+    so no request counter sees them: they have a counter of their own."""
+    config = attrs.evolve(
+        server_config(
+            limits={"max_client_connections": 2}, external={"whitelisted_ips": ("127.0.0.1",)}
+        ),
+        admin=AdminConfig(port=0),
+    )
+    request = b"GET / HTTP/1.1\r\nHost: app\r\n\r\n"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            admin = running.addresses.admin
+            held = [await trio.open_tcp_stream("127.0.0.1", running.port) for _ in range(2)]
+            assert (await scrape(admin)).value("pvtunnel_client_connections") == 2
+            answer = await raw_exchange(running.port, request)
+            assert answer.startswith(b"HTTP/1.1 503 "), answer  # the third, past the limit
+            for stream in held:
+                await stream.aclose()
+            outside = trio.socket.socket()
+            await outside.bind(("127.0.0.2", 0))  # loopback, but not the whitelisted address
+            await outside.connect(("127.0.0.1", running.port))
+            async with trio.SocketStream(outside) as stream:
+                await stream.send_all(request)
+                answer = await stream.receive_some(65536)
+            assert answer.startswith(b"HTTP/1.1 403 "), answer
+            after = await scrape(admin)
+            assert after.value("pvtunnel_client_connections") == 0
+            refused = after.series("pvtunnel_client_connections_refused_total")
+            assert refused == {(("reason", "not_allowed"),): 1, (("reason", "at_limit"),): 1}
+            assert after.series("pvtunnel_requests_total") == {}
+            nursery.cancel_scope.cancel()
+
+
 async def test_unmatched_hosts_share_one_series() -> None:
     """Clients choose Host headers: they must not choose label values."""
     with trio.fail_after(LIMIT_S):

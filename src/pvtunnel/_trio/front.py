@@ -763,9 +763,11 @@ async def handle_client(
     state.client_connections += 1
     try:
         if state.client_connections > state.config.limits.max_client_connections:
+            state.metrics.connections_refused["at_limit"] += 1
             await client._send_error(503, "the server is at its connection limit", close=True)
             return
         if not state.config.external.allows(address):
+            state.metrics.connections_refused["not_allowed"] += 1
             await client._send_error(403, "your address may not use this tunnel", close=True)
             return
         await client.serve()

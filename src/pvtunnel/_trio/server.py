@@ -435,6 +435,7 @@ class ServerAdmin:
             active_streams=state.in_flight,
             connected_agents=len(state.sessions),
             held_requests=state.held.waiting,
+            client_connections=state.client_connections,
         )
 
     def status(self) -> ServerStatusDocument:
