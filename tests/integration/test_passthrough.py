@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import random
 import socket
+from typing import TYPE_CHECKING
 
 import h11
 import trio
@@ -24,7 +26,11 @@ from tests.integration.harness import (
     start_upstream,
 )
 
+if TYPE_CHECKING:
+    import pytest
+
 MIB = 1024 * 1024
+LIMIT_S = 10
 
 
 class EchoWebSocket:
@@ -153,6 +159,42 @@ async def test_connect_pipes_fifty_mib_both_ways_to_the_routes_own_target() -> N
             assert received.digest() == hashlib.sha256(payload).digest()
             assert echo.connections == 1
             await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_pipe_is_logged_when_it_ends_with_the_bytes_each_way(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One access line per pipe, written at its end: its status, the bytes that
+    crossed it each way (counted in /metrics too) and its whole duration."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.access")
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            echo = TcpEcho()
+            echo_port = await nursery.start(echo.serve)
+            await start_agent(nursery, running, {"db": echo_port})
+            stream, head = await open_connect(running, b"db:1")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            await stream.send_all(b"x" * 1000)
+            echoed = b""
+            while len(echoed) < 1000:
+                echoed += await stream.receive_some(65536)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not [r for r in caplog.records if r.name == "pvtunnel.access"]  # open still
+            await stream.send_all(b"y" * 500)
+            await stream.send_eof()
+            while chunk := await stream.receive_some(65536):
+                echoed += chunk
+            assert len(echoed) == 1500
+            await stream.aclose()
+            await trio.testing.wait_all_tasks_blocked()
+            (record,) = [r for r in caplog.records if r.name == "pvtunnel.access"]
+            fields = vars(record)
+            assert (fields["method"], fields["status"]) == ("CONNECT", 200)
+            assert (fields["bytes_in"], fields["bytes_out"]) == (1500, 1500)
+            figures = running.server.state.metrics.routes["db"]
+            assert (figures.bytes_in, figures.bytes_out) == (1500, 1500)
             nursery.cancel_scope.cancel()
 
 

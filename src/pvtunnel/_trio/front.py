@@ -40,7 +40,7 @@ from pvtunnel._trio.closing import close_lingering
 from pvtunnel._trio.dates import http_date
 from pvtunnel._trio.hangups import has_hung_up, hung_up_when_readable, peer_address
 from pvtunnel._trio.http11 import H11Stream
-from pvtunnel._trio.pipe import run_pipe
+from pvtunnel._trio.pipe import PipeBytes, run_pipe
 from pvtunnel._trio.sockio import BROKEN
 from pvtunnel._trio.tunnel import END, Channel, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
@@ -666,9 +666,15 @@ class ClientConnection:
         except BROKEN:
             channel.reset(ErrorCode.CANCEL, "the client went away")
             return
-        self._log_proxied(request, head.status, 0, agent, started, channel)
         initial, _ = self.conn.trailing_data
-        await run_pipe(self.stream, channel, bytes(initial))
+        counts = PipeBytes()
+        try:
+            await run_pipe(self.stream, channel, bytes(initial), counts)
+        finally:
+            # Logged when the pipe ends (as nginx logs an upgraded connection), with
+            # what crossed it each way and its whole life as the duration.
+            self.request_bytes = counts.from_socket
+            self._log_proxied(request, head.status, counts.to_socket, agent, started, channel)
 
     def _log_proxied(
         self,

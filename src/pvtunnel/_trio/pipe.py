@@ -26,7 +26,23 @@ if TYPE_CHECKING:
 _BROKEN: Final = (*BROKEN, OSError)
 
 
-async def run_pipe(stream: trio.abc.Stream, channel: StreamChannel, initial: bytes = b"") -> None:
+class PipeBytes:
+    """What a pipe moved so far, each way: read while it runs, or after it ended
+    however it ended (a log line written when it is cancelled still has them)."""
+
+    __slots__ = ("from_socket", "to_socket")
+
+    def __init__(self) -> None:
+        self.from_socket = 0  # read from the connection, sent into the tunnel stream
+        self.to_socket = 0  # taken from the tunnel stream, written to the connection
+
+
+async def run_pipe(
+    stream: trio.abc.Stream,
+    channel: StreamChannel,
+    initial: bytes = b"",
+    counts: PipeBytes | None = None,
+) -> None:
     """Move bytes both ways until both directions ended; never raises for I/O failures.
 
     Args:
@@ -34,23 +50,32 @@ async def run_pipe(stream: trio.abc.Stream, channel: StreamChannel, initial: byt
         channel: the tunnel stream.
         initial: bytes already read from ``stream`` beyond the HTTP head (h11's
             trailing data), sent first.
+        counts: where to count the bytes moved, if the caller wants them.
     """
+    counts = PipeBytes() if counts is None else counts
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_socket_to_stream, stream, channel, initial, nursery.cancel_scope)
-            nursery.start_soon(_stream_to_socket, stream, channel, nursery.cancel_scope)
+            scope = nursery.cancel_scope
+            nursery.start_soon(_socket_to_stream, stream, channel, initial, counts, scope)
+            nursery.start_soon(_stream_to_socket, stream, channel, counts, scope)
     except BaseExceptionGroup as group:
         raise first_error(group) from None
 
 
 async def _socket_to_stream(
-    stream: trio.abc.Stream, channel: StreamChannel, initial: bytes, scope: trio.CancelScope
+    stream: trio.abc.Stream,
+    channel: StreamChannel,
+    initial: bytes,
+    counts: PipeBytes,
+    scope: trio.CancelScope,
 ) -> None:
     try:
         if initial:
             await channel.send_data(initial)
+            counts.from_socket += len(initial)
         while data := await stream.receive_some(RECEIVE_SIZE):
             await channel.send_data(bytes(data))
+            counts.from_socket += len(data)
         channel.end()
     except _BROKEN:
         channel.reset(ErrorCode.CANCEL, "connection broken")
@@ -60,12 +85,13 @@ async def _socket_to_stream(
 
 
 async def _stream_to_socket(
-    stream: trio.abc.Stream, channel: StreamChannel, scope: trio.CancelScope
+    stream: trio.abc.Stream, channel: StreamChannel, counts: PipeBytes, scope: trio.CancelScope
 ) -> None:
     try:
         while (item := await channel.receive()) is not END:
             assert isinstance(item, bytes)
             await stream.send_all(item)
+            counts.to_socket += len(item)
             channel.consume(len(item))
         if isinstance(stream, trio.abc.HalfCloseableStream):
             with contextlib.suppress(*_BROKEN):
