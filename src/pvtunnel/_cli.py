@@ -8,13 +8,14 @@ Exit statuses: 0 after a clean stop (including SIGINT/SIGTERM after draining),
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import platform
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -59,8 +60,34 @@ logger = logging.getLogger("pvtunnel.cli")
 _LONG_RUNNING = frozenset({"serve", "agent", "demo"})
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors follow ``--log-format json`` when asked for:
+    a program reading stderr as JSON lines gets one for a mistyped flag too."""
+
+    def __init__(self, *args: Any, json_errors: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.json_errors = json_errors
+
+    def error(self, message: str) -> NoReturn:
+        if not self.json_errors:
+            super().error(message)
+        configure_logging("info", "json")
+        say(f"{self.prog}: {message} (see {self.prog} --help)", level="error", event="usage")
+        sys.exit(2)
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """Whether ``argv`` asks for JSON lines, read before argparse has parsed it."""
+    words = list(argv)
+    return "--log-format=json" in words or any(
+        word == "--log-format" and following == "json"
+        for word, following in itertools.pairwise(words)
+    )
+
+
+def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    parser = _Parser(
+        json_errors=json_errors,
         prog="pvtunnel",
         description="A reverse HTTP tunnel: reach private services "
         "through one outbound WebSocket per agent.",
@@ -70,12 +97,17 @@ def _parser() -> argparse.ArgumentParser:
         f"pvtunnel {__version__} ({platform.python_implementation()} {platform.python_version()})"
     )
     parser.add_argument("--version", action="version", version=version)
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
     common.add_argument("--log-format", default="text", choices=["text", "json"])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=_Parser,
+    )
 
     serve = commands.add_parser("serve", parents=[common], help="run the tunnel server")
     serve.add_argument("--config", type=Path, help="server.toml")
@@ -148,11 +180,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--port", type=int, default=8080, help="external port to try first (any free port if taken)"
     )
+    for command in commands.choices.values():
+        command.json_errors = json_errors
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
-    args = _parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = _parser(json_errors=_wants_json(words)).parse_args(words)
     if args.command in _LONG_RUNNING:
         tune_heap()
     if hasattr(args, "log_format"):

@@ -192,6 +192,29 @@ def test_with_json_logs_config_errors_are_json_too(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("serve", "--log-format", "json", "--bogus"), "unrecognized arguments: --bogus"),
+        (("serve", "--log-format=json", "--internal-port", "x"), "invalid int value: 'x'"),
+        (("agent", "--log-format", "json", "--discover", "mdns"), "invalid choice: 'mdns'"),
+    ],
+)
+def test_with_json_logs_usage_errors_are_json_too(args: tuple[str, ...], says: str) -> None:
+    result = run(*args)
+    assert result.returncode == 2
+    (line,) = [json.loads(line) for line in result.stderr.splitlines()]
+    assert (line["level"], line["event"]) == ("error", "usage")
+    assert says in line["message"]
+
+
+def test_without_json_logs_usage_errors_are_argparses() -> None:
+    result = run("serve", "--bogus")
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: pvtunnel ")
+    assert result.stderr.endswith("error: unrecognized arguments: --bogus\n")
+
+
 async def test_agent_with_a_refused_token_exits_non_zero(launch: Launch) -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
