@@ -349,7 +349,10 @@ def _check(args: argparse.Namespace) -> int:
         print(problem, file=sys.stderr)
     if problems:
         return 2
-    print(f"{args.file}: a valid {kind} configuration")
+    if kind == "unknown":
+        print(f"{args.file}: a valid configuration for pvtunnel serve or pvtunnel agent alike")
+    else:
+        print(f"{args.file}: a valid {kind} configuration")
     return 0
 
 

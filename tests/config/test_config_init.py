@@ -142,6 +142,9 @@ def write(path: Path, text: str) -> Path:
         ('[server]\nurl = "p:1"\n', "agent"),
         ('[[routes]]\nname = "r"\nvalue = "h"\nport = 1\n', "agent"),
         ("max_streams = 5\n", "agent"),
+        # Tables both kinds have: their keys say it.
+        ("[timeouts]\nidle_s = 5.0\n", "server"),
+        ("[timeouts]\nupstream_idle_s = 5.0\ngrace_s = 1.0\n", "agent"),
     ],
 )
 def test_check_tells_the_kinds_apart(tmp_path: Path, text: str, kind: str) -> None:
@@ -197,13 +200,39 @@ def test_check_a_missing_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "text", ["", "[timeouts]\n", '[internal]\nport = 1\n[server]\nurl = "p:1"\n']
+    "text", ["", "[timeouts]\n", "[timeouts]\ngrace_s = 1.0\n", "[admin]\nport = 9000\n"]
 )
-def test_check_a_file_of_no_clear_kind(tmp_path: Path, text: str) -> None:
+def test_check_a_file_good_for_either_kind(tmp_path: Path, text: str) -> None:
+    """A file of nothing but what both kinds share is good for both."""
+    assert check_file(write(tmp_path / "x.toml", text), environ={}) == ("unknown", [])
+
+
+@pytest.mark.parametrize(
+    ("text", "as_server", "as_agent"),
+    [
+        (
+            '[internal]\nport = 1\n[server]\nurl = "p:1"\n',
+            ["server: unknown key"],
+            ["internal: unknown key"],
+        ),
+        (
+            "[timeouts]\nbogus = 1\n",
+            ["timeouts.bogus: unknown key"],
+            ["timeouts.bogus: unknown key"],
+        ),
+    ],
+)
+def test_check_a_file_of_no_clear_kind(
+    tmp_path: Path, text: str, as_server: list[str], as_agent: list[str]
+) -> None:
+    """Neither kind loads it: both kinds' problems, after the reason it has no kind."""
     path = write(tmp_path / "x.toml", text)
     kind, problems = check_file(path, environ={})
     assert kind == "unknown"
     assert problems == [
         f"{path}: cannot tell a server config from an agent config: expected "
-        "[internal]/[external] (server) or client_id, [server], [[routes]] (agent), but not both"
+        "[internal]/[external] (server) or client_id, [server], [[routes]] (agent), "
+        "but not both",
+        *(f"as a server: {path}: {problem}" for problem in as_server),
+        *(f"as an agent: {path}: {problem}" for problem in as_agent),
     ]

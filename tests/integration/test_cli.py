@@ -87,6 +87,19 @@ def test_bad_route_flag_exits_2() -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_check_says_which_kind_a_file_is(tmp_path: Path) -> None:
+    files = {
+        "s.toml": ("[timeouts]\nidle_s = 5.0\n", "a valid server configuration"),
+        "a.toml": ("[timeouts]\nupstream_idle_s = 5.0\n", "a valid agent configuration"),
+        "e.toml": ("[admin]\nport = 9000\n", "for pvtunnel serve or pvtunnel agent alike"),
+    }
+    for name, (text, says) in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+        result = run("check", str(tmp_path / name))
+        assert result.returncode == 0, result.stderr
+        assert says in result.stdout
+
+
 def test_init_writes_configs_that_check_cleanly(tmp_path: Path) -> None:
     result = run("init", "--dir", str(tmp_path))
     assert result.returncode == 0, result.stderr

@@ -489,6 +489,41 @@ def _detect_kind(raw: Mapping[str, Any]) -> ConfigKind:
     return "unknown"
 
 
+def _check_either(path: Path, environ: Mapping[str, str]) -> tuple[ConfigKind, list[str]]:
+    """`check_file` for a file whose table names do not say its kind.
+
+    Tables both kinds have (``[timeouts]``, ``[admin]``) say it by their keys, if at
+    all (``idle_s`` is the server's, ``upstream_idle_s`` the agent's): the file is
+    the kind that loads it. One both kinds load is good for either (``"unknown"``,
+    no problems); one neither loads gets both kinds' problems.
+    """
+    try:
+        load_server_config(path, environ=environ)
+    except ConfigError as exc:
+        as_server = exc.problems
+    else:
+        as_server = []
+    try:
+        load_agent_config(path, environ=environ)
+    except ConfigError as exc:
+        as_agent = exc.problems
+    else:
+        as_agent = []
+    if not as_server and as_agent:
+        return "server", []
+    if as_server and not as_agent:
+        return "agent", []
+    if not as_server:
+        return "unknown", []
+    return "unknown", [
+        f"{path}: cannot tell a server config from an agent config: expected "
+        "[internal]/[external] (server) or client_id, [server], [[routes]] (agent), "
+        "but not both",
+        *(f"as a server: {problem}" for problem in as_server),
+        *(f"as an agent: {problem}" for problem in as_agent),
+    ]
+
+
 def check_file(path: Path, *, environ: Mapping[str, str]) -> tuple[ConfigKind, list[str]]:
     """Validate a config file without knowing which kind it is (``pvtunnel check``).
 
@@ -497,8 +532,9 @@ def check_file(path: Path, *, environ: Mapping[str, str]) -> tuple[ConfigKind, l
         environ: The environment the file would run with; its tokens are checked too.
 
     Returns:
-        ``"server"`` or ``"agent"`` (``"unknown"`` when the file cannot be read or
-        its keys do not say) and the problem lines, empty when the file is good.
+        ``"server"`` or ``"agent"`` (``"unknown"`` when the file cannot be read, or
+        is good or bad for either kind alike) and the problem lines, empty when the
+        file is good.
     """
     try:
         raw = read_toml(path)
@@ -506,11 +542,7 @@ def check_file(path: Path, *, environ: Mapping[str, str]) -> tuple[ConfigKind, l
         return "unknown", exc.problems
     kind = _detect_kind(raw)
     if kind == "unknown":
-        return kind, [
-            f"{path}: cannot tell a server config from an agent config: expected "
-            "[internal]/[external] (server) or client_id, [server], [[routes]] (agent), "
-            "but not both"
-        ]
+        return _check_either(path, environ)
     try:
         if kind == "server":
             load_server_config(path, environ=environ)
