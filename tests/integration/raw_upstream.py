@@ -31,6 +31,8 @@ class RawUpstream:
         self.heads: list[bytes] = []
         self.connections = 0
         self.ended = 0  # connections closed, by either side
+        # Set by a test to have answers wait for it (each head is in `heads` by then).
+        self.hold: trio.Event | None = None
 
     async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         await serve_on_loopback(self._connection, task_status=task_status)
@@ -53,6 +55,8 @@ class RawUpstream:
                     answer = self.answers[min(len(self.heads), len(self.answers)) - 1]
                     if answer is None:
                         return
+                    if self.hold is not None:
+                        await self.hold.wait()
                     await stream.send_all(answer)
                     if is_first and (self.late or self.hang_up):
                         is_first = False

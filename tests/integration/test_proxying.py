@@ -348,6 +348,19 @@ async def test_empty_lines_before_a_request_line_are_ignored() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_204_goes_out_without_the_content_length_an_upstream_gave_it() -> None:
+    """RFC 9110 section 8.6: a server never sends Content-Length in a 204."""
+    answer = b"HTTP/1.1 204 No Content\r\nContent-Length: 11\r\nX-Kept: yes\r\n\r\n"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _ = await start_raw_tunnel(nursery, answer)
+            reply = await fetch(running.port, b"GET", b"/")
+            assert (reply.status, reply.body) == (204, b"")
+            assert reply.header(b"content-length") is None
+            assert reply.header(b"x-kept") == b"yes"
+            nursery.cancel_scope.cancel()
+
+
 async def test_malformed_and_oversized_heads() -> None:
     config = server_config(limits={"max_request_head_bytes": 4096})
     with trio.fail_after(LIMIT_S):
@@ -415,7 +428,7 @@ async def test_a_response_body_that_stalls_is_cut_after_idle_s(
 ) -> None:
     """An upstream that stops mid-body loses the client, and frees its stream, after
     `idle_s` without a byte: it would otherwise hold both until the upstream ends."""
-    caplog.set_level(logging.INFO, logger="pvtunnel.access")
+    caplog.set_level(logging.INFO, logger="pvtunnel")
     config = server_config(timeouts={"idle_s": 2.0})
     async with trio.open_nursery() as nursery:
         running, upstream = await start_tunnel(nursery, config)
@@ -435,10 +448,10 @@ async def test_a_response_body_that_stalls_is_cut_after_idle_s(
         assert running.server.state.in_flight == 0
         assert await stream.receive_some(65536) == b""  # cut: a truncated body
         assert upstream.holding == 1
-        lines = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.access"]
-        assert "body stalled for 2.0s after 5 bytes" in lines[0]
-        assert " GET app /trickle 200 5B " in lines[1]  # logged once, with what went out
-        assert len(lines) == 2
+        said = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.server"]
+        assert any("body stalled for 2.0s after 5 bytes" in line for line in said), said
+        (line,) = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.access"]
+        assert " GET app /trickle 200 5B " in line  # logged once, with what went out
         await stream.aclose()
         nursery.cancel_scope.cancel()
 

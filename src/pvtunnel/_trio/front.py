@@ -48,7 +48,8 @@ from pvtunnel._wire.heads import RequestHead, ResponseHead
 if TYPE_CHECKING:
     from pvtunnel._trio.state import AgentSession, ServerState
 
-logger = logging.getLogger("pvtunnel.access")
+# The access log's lines come from `ServerState.log_request`; this one says the rest.
+logger = logging.getLogger("pvtunnel.server")
 
 
 FLUSH_BYTES: Final = 65536
@@ -151,8 +152,14 @@ class ClientConnection:
                 try:
                     event = await self.http.next_event()
                 except h11.RemoteProtocolError as exc:
+                    # A head h11 refused (also one that grew past the limit in pieces):
+                    # answered, and logged with what only the head would have said as -.
+                    status = exc.error_status_hint
                     self.state.metrics.client_protocol_errors += 1
-                    await self._send_error(exc.error_status_hint, "malformed request", close=True)
+                    await self._send_error(
+                        status, _HEAD_REFUSED.get(status, "malformed request"), close=True
+                    )
+                    self.state.log_unreadable(self.address, status)
                     return
                 if isinstance(event, h11.ConnectionClosed):
                     return
@@ -190,6 +197,10 @@ class ClientConnection:
                 conn.start_next_cycle()
         if self.scope.cancelled_caught and self.phase is Phase.HEAD:
             logger.debug("closing idle or slow client connection from %s", self.address)
+            if self.http.received:
+                # Part of a head came, not all of it in time: logged as nginx logs
+                # one (408, closed without an answer).
+                self.state.log_unreadable(self.address, 408)
 
     def _restart(self, data: bytes, closed: bool) -> h11.Connection:
         """A fresh h11 connection, fed ``data`` (and the end of input if ``closed``)."""
@@ -230,8 +241,9 @@ class ClientConnection:
         if self.conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         # A request whose body is not all read ends the connection after the
-        # answer (its framing cannot be found again): the answer says so.
-        close = close or self.conn.their_state is h11.SEND_BODY
+        # answer (its framing cannot be found again), and so does any answer while
+        # the server shuts down: the answer says so.
+        close = close or self.conn.their_state is h11.SEND_BODY or self.state.draining
         headers = [*fields, (b"content-length", b"%d" % len(body)), (b"date", http_date())]
         if close:
             headers.append((b"connection", b"close"))
@@ -520,6 +532,8 @@ class ClientConnection:
                 else:
                     raise ClientGoneError(f"unexpected {type(event).__name__} in request body")
         except (h11.RemoteProtocolError, ClientGoneError, *BROKEN) as exc:
+            if isinstance(exc, h11.RemoteProtocolError):
+                self.state.metrics.client_protocol_errors += 1  # a malformed body
             self.client_error = exc
             channel.reset(ErrorCode.CANCEL, "client request body broke off")
         except TunnelClosedError:
@@ -571,9 +585,14 @@ class ClientConnection:
             # second pass over the same bytes. h11 still lower-cases the names and
             # checks Content-Length, Transfer-Encoding and the status.
             headers = hdr.response_headers(head.headers, date=http_date())
-            if self.conn.their_state is h11.SEND_BODY:
+            if head.status == 204:
+                # RFC 9110 section 8.6: never a Content-Length on a 204 (an upstream's
+                # is dropped, as nginx drops it).
+                headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+            if self.conn.their_state is h11.SEND_BODY or self.state.draining:
                 # Answered before the request's body is all read (the upstream did
-                # not wait for it): the connection ends after this, and says so.
+                # not wait for it), or the server is shutting down: the connection
+                # ends after this, and says so (a client retries elsewhere).
                 headers.append((b"connection", b"close"))
             http.queue(
                 h11.Response(
@@ -609,11 +628,13 @@ class ClientConnection:
                     await self._write()
                     break
                 assert isinstance(item, bytes)
+                # Counted once queued for the client: a write cut short (a client that
+                # stops reading, a shutdown) logs what was on its way.
+                sent += len(item)
                 if http.queue(h11.Data(data=item)) >= FLUSH_BYTES:
                     if limited:
                         self.scope.deadline, limited = math.inf, False
                     await self._write()
-                sent += len(item)
                 channel.consume(len(item))
         except trio.Cancelled:
             if self.waits_for_body and self.scope.cancel_called:
@@ -623,10 +644,9 @@ class ClientConnection:
                     idle_s,
                     sent,
                 )
-            if self.stopped_reading or self.waits_for_body:
-                # Cut by `check_hangup` or the body's deadline (or stopped while the
-                # body was awaited): logged with what went out.
-                self._log_proxied(request, head.status, sent, agent, started, channel)
+            # Cut by `check_hangup`, the body's deadline or the end of the shutdown
+            # grace period: logged with what went out.
+            self._log_proxied(request, head.status, sent, agent, started, channel)
             raise
         except (TunnelClosedError, h11.LocalProtocolError, *BROKEN) as exc:
             if not isinstance(exc, BROKEN):
@@ -665,6 +685,7 @@ class ClientConnection:
             await self.http.send(event)
         except BROKEN:
             channel.reset(ErrorCode.CANCEL, "the client went away")
+            self._log_proxied(request, 499, 0, agent, started, channel)
             return
         initial, _ = self.conn.trailing_data
         counts = PipeBytes()
@@ -752,6 +773,8 @@ class ClientConnection:
             )
 
 
+_HEAD_REFUSED: Final = {431: "request head too large"}
+
 _RESET_DETAIL: Final = {
     502: "the agent could not reach the upstream service",
     503: "the agent refused the request (at its limit or leaving)",
@@ -788,13 +811,16 @@ async def handle_client(
                 await client._send_error(408, "the request body stalled", close=True)
                 client.log_cut_short(408)
     except BROKEN:
-        pass
+        client.log_cut_short(499)  # the client went away before its answer
     except Exception:
         # Boundary: one client connection's failure must not reach the listener.
         logger.exception("internal error serving %s", address)
         await client._send_error(500, "internal error", close=True)
         client.log_cut_short(500)
     finally:
+        # Still unlogged, a request was cut from outside (the end of the shutdown
+        # grace period) before its response head: its client got no answer.
+        client.log_cut_short(503)
         state.client_connections -= 1
         if client.conn.their_state in _MAY_STILL_SEND:
             await close_lingering(stream)

@@ -142,6 +142,41 @@ class ServerState:
         host = next((v for n, v in request.headers if n == b"host"), b"-").decode("latin-1")
         method = request.method.decode("latin-1")
         target = request.target.decode("latin-1")
+        self._write_line(
+            address,
+            method,
+            host,
+            target,
+            status,
+            size,
+            duration_s,
+            route,
+            agent,
+            bytes_in,
+            stream_id,
+        )
+
+    def log_unreadable(self, address: str, status: int) -> None:
+        """Count and log a request answered before its head could be read (h11 refused
+        it): ``-`` for what only the head would have said, as nginx logs one."""
+        self.metrics.record_request(None, status, 0, 0, None)
+        if access_logger.isEnabledFor(logging.INFO):
+            self._write_line(address, "-", "-", "-", status, 0, None, None, None, 0, None)
+
+    @staticmethod
+    def _write_line(
+        address: str,
+        method: str,
+        host: str,
+        target: str,
+        status: int,
+        size: int,
+        duration_s: float | None,
+        route: str | None,
+        agent: str | None,
+        bytes_in: int,
+        stream_id: int | None,
+    ) -> None:
         duration_ms = round(duration_s * 1000, 3) if duration_s is not None else 0.0
         # Keys of `--log-format json`; present on every request line, null if unknown.
         fields: dict[str, object] = {
