@@ -126,6 +126,10 @@ def test_admin_urls() -> None:
     assert admin_url("127.0.0.1:8082") == "http://127.0.0.1:8082/status"
     assert admin_url("http://[::1]:8082/") == "http://[::1]:8082/status"
     assert admin_url("https://admin.example.com") == "https://admin.example.com/status"
+    assert admin_url("HTTP://127.0.0.1:8082") == "HTTP://127.0.0.1:8082/status"
+    for other in ("ftp://127.0.0.1:8082", "file:///etc/passwd", "ws://127.0.0.1:8082"):
+        with pytest.raises(ValueError, match="expected an http:// or https:// URL"):
+            admin_url(other)
 
 
 def server_entry(url: str, **changes: object) -> AgentServerEntry:

@@ -77,11 +77,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _wants_json(argv: Sequence[str]) -> bool:
-    """Whether ``argv`` asks for JSON lines, read before argparse has parsed it."""
+    """Whether ``argv`` asks for JSON lines, read before argparse has parsed it (which
+    takes ``--log-f`` and longer prefixes of ``--log-format`` for the flag too)."""
+
+    def is_flag(word: str) -> bool:
+        return len(word) >= len("--log-f") and "--log-format".startswith(word)
+
     words = list(argv)
-    return "--log-format=json" in words or any(
-        word == "--log-format" and following == "json"
-        for word, following in itertools.pairwise(words)
+    return any(
+        is_flag(word) and following == "json" for word, following in itertools.pairwise(words)
+    ) or any(
+        flag == "json" and is_flag(word) for word, _, flag in (w.partition("=") for w in words)
     )
 
 
@@ -254,9 +260,14 @@ async def _run_server(config: ServerConfig) -> int:
             nursery.start_soon(_stop_on_signal, signals, server.drain, nursery.cancel_scope)
             nursery.start_soon(serve_log_flushes)
             addresses: ServerAddresses = await nursery.start(server.serve)
+            # The schemes a client must use: a listener with a certificate speaks TLS.
+            internal_tls = config.internal.tls_cert is not None
             urls = {
-                "internal": _url("ws", addresses.internal),
-                "external": _url("http", addresses.external),
+                "internal": _url("wss" if internal_tls else "ws", addresses.internal),
+                "external": _url(
+                    "https" if config.external.tls_cert is not None else "http",
+                    addresses.external,
+                ),
             }
             if addresses.admin:
                 urls["admin"] = _url("http", addresses.admin)
@@ -365,7 +376,10 @@ def _status(args: argparse.Namespace) -> int:
             token = args.token_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError([f"--token-file: cannot read {args.token_file}: {exc}"]) from None
-    url = admin_url(args.admin)
+    try:
+        url = admin_url(args.admin)
+    except ValueError as exc:
+        raise ConfigError([f"--admin: {exc}"]) from None
     try:
         document = fetch_status(url, token or None)
         text = format_status(document, url.removesuffix("/status"))
@@ -404,6 +418,7 @@ async def _run_demo(preferred_port: int) -> int:
             assert status.admin is not None  # --inspect always opens the admin listener
             page = f"{_url('http', status.admin)}/inspect"
             port = addresses.external[1]
+            external = _url("http", addresses.external)
             say(
                 f"pvtunnel demo: ready. A server, an agent and a sample service are running.\n"
                 f"Try:\n"
@@ -411,7 +426,12 @@ async def _run_demo(preferred_port: int) -> int:
                 f"  curl -x http://127.0.0.1:{port} http://demo/hello\n"
                 f"  curl -H 'Host: demo' --data-binary 'echo me' http://127.0.0.1:{port}/echo\n"
                 f"and watch them arrive at {page}\n"
-                f"Ctrl-C stops it."
+                f"Ctrl-C stops it.",
+                # The keys of the other commands' ready lines, for --log-format json.
+                event="ready",
+                external=external,
+                route="demo",
+                inspect=page,
             )
     return 0
 

@@ -110,8 +110,15 @@ def iso_utc(timestamp: float) -> str:
 
 
 def admin_url(text: str) -> str:
-    """``host:port`` or a URL -> the URL of ``/status`` (a bare address means http://)."""
-    base = text if "://" in text else f"http://{text}"
+    """``host:port`` or a URL -> the URL of ``/status`` (a bare address means http://).
+
+    Raises:
+        ValueError: a URL of another scheme than http or https (urllib would try it).
+    """
+    scheme, found, _ = text.partition("://")
+    if found and scheme.lower() not in ("http", "https"):
+        raise ValueError(f"expected an http:// or https:// URL or HOST:PORT, got {text!r}")
+    base = text if found else f"http://{text}"
     return base.rstrip("/") + "/status"
 
 

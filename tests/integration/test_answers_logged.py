@@ -111,7 +111,7 @@ async def test_a_malformed_request_body_counts_as_a_protocol_error() -> None:
 async def test_requests_cut_by_the_end_of_the_grace_period_are_logged(
     mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """One waits for its response head (its client gets none: 503), one is being
+    """One waits for its response head (its client is told 503), one is being
     written to a client that reads nothing (its status, and what went out)."""
     caplog.set_level(logging.INFO, logger="pvtunnel.access")
     async with trio.open_nursery() as nursery:
@@ -142,6 +142,9 @@ async def test_requests_cut_by_the_end_of_the_grace_period_are_logged(
         server_scope.cancel()
         await trio.testing.wait_all_tasks_blocked()
         lines = {line["target"]: line for line in access_lines(caplog)}
+        told = await waiting.receive_some(65536)
+        assert told.startswith(b"HTTP/1.1 503 "), told  # what its line says it got
+        assert b"\r\nconnection: close\r\n" in told.lower()
         assert lines["/hold"]["status"] == 503
         assert lines["/bytes/8000000"]["status"] == 200
         assert 0 < lines["/bytes/8000000"]["bytes_out"] < 8000000

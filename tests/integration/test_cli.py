@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import platform
@@ -19,6 +20,7 @@ import trio
 from pvtunnel import __version__
 from tests.integration.client import fetch
 from tests.integration.harness import TOKEN, start_server, start_upstream
+from tests.integration.pki import issue
 from tests.integration.processes import PVTUNNEL, Process
 
 if TYPE_CHECKING:
@@ -211,6 +213,8 @@ def test_with_json_logs_config_errors_are_json_too(tmp_path: Path) -> None:
         (("serve", "--log-format", "json", "--bogus"), "unrecognized arguments: --bogus"),
         (("serve", "--log-format=json", "--internal-port", "x"), "invalid int value: 'x'"),
         (("agent", "--log-format", "json", "--discover", "mdns"), "invalid choice: 'mdns'"),
+        (("serve", "--log-form", "json", "--bogus"), "unrecognized arguments: --bogus"),
+        (("serve", "--log-f=json", "--bogus"), "unrecognized arguments: --bogus"),
     ],
 )
 def test_with_json_logs_usage_errors_are_json_too(args: tuple[str, ...], says: str) -> None:
@@ -305,6 +309,42 @@ async def test_demo_prints_a_curl_line_that_works(launch: Launch) -> None:
         assert await demo.process.wait() == 0
 
 
+async def test_the_ready_line_gives_the_schemes_of_tls_listeners(
+    launch: Launch, tmp_path: Path
+) -> None:
+    """Whatever reads the ready line to wire itself up gets URLs that work."""
+    pki = issue(tmp_path, "server", "127.0.0.1")
+    tls = f'tls_cert = "{pki.cert_file}"\ntls_key = "{pki.key_file}"\n'
+    config = tmp_path / "server.toml"
+    config.write_text(f"[internal]\nport = 0\n{tls}[external]\nport = 0\n{tls}", "utf-8")
+    with trio.fail_after(LIMIT_S):
+        server = await launch(
+            "serve", "--config", str(config), "--host", "127.0.0.1", "--log-format", "json",
+            env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+        )  # fmt: skip
+        await server.wait_for(r'"event": "ready"')
+        ready = json.loads(server.lines[-1])
+        assert ready["internal"].startswith("wss://127.0.0.1:")
+        assert ready["external"].startswith("https://127.0.0.1:")
+        server.process.send_signal(signal.SIGTERM)
+        assert await server.process.wait() == 0
+
+
+async def test_demo_ready_line_under_json_logs_has_the_keys_of_the_others(
+    launch: Launch,
+) -> None:
+    with trio.fail_after(LIMIT_S):
+        demo = await launch("demo", "--port", "0", "--log-format", "json")
+        await demo.wait_for(r'"event": "ready"')
+        ready = json.loads(demo.lines[-1])
+        assert ready["external"].startswith("http://127.0.0.1:")
+        assert ready["inspect"].endswith("/inspect")
+        port = int(ready["external"].rpartition(":")[2])
+        assert (await fetch(port, b"GET", b"/", host=ready["route"].encode())).status == 200
+        demo.process.send_signal(signal.SIGINT)
+        assert await demo.process.wait() == 0
+
+
 async def test_demo_takes_a_free_port_when_its_own_is_taken(launch: Launch) -> None:
     """Its --port (8080 by default) is only the first choice: on a machine where
     something already listens there, the first command of the README still works."""
@@ -355,22 +395,21 @@ async def test_a_second_signal_stops_the_server_without_waiting_for_the_grace_pe
             nursery.cancel_scope.cancel()
 
 
-def test_a_port_in_use_is_one_line_not_a_traceback() -> None:
+@pytest.mark.parametrize("listener", ["internal", "external", "admin"])
+def test_a_port_in_use_is_one_line_naming_the_listener(listener: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
+        ports = {"internal": "0", "external": "0", "admin": "0", listener: port}
         result = run(
             "serve",
             "--host",
             "127.0.0.1",
-            "--internal-port",
-            "0",
-            "--external-port",
-            port,
+            *(word for name, value in ports.items() for word in (f"--{name}-port", value)),
             env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
         )
     assert result.returncode == 1
-    assert "pvtunnel serve: cannot start: " in result.stderr
-    assert "Address already in use" in result.stderr
+    said = f"pvtunnel serve: cannot start: [Errno {errno.EADDRINUSE}] the {listener} listener"
+    assert f"{said} on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert "Traceback" not in result.stderr

@@ -12,6 +12,7 @@ never by sleeping.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import attrs
@@ -19,6 +20,7 @@ import trio
 import trio.testing
 
 from pvtunnel._config import AdminConfig
+from pvtunnel._metrics import NO_ROUTE
 from tests.integration.admin_probe import scrape
 from tests.integration.client import Reply, fetch
 from tests.integration.harness import (
@@ -31,6 +33,8 @@ from tests.integration.harness import (
 )
 
 if TYPE_CHECKING:
+    import pytest
+
     from pvtunnel._config import ServerConfig
     from pvtunnel._trio.server import TunnelServer
     from tests.integration.upstream import RecordingUpstream
@@ -95,6 +99,33 @@ async def test_no_agent_back_within_hold_s_is_503_with_retry_after() -> None:
             assert b"reconnecting" in reply.body
             assert running.server.state.metrics.held_requests["timed_out"] == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_a_held_request_refused_is_logged_under_its_route_with_its_wait(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The redeploy case operators watch: the 503 counts for the route, not for
+    "no route", and its line says how long the client waited."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.access")
+    async with trio.open_nursery() as nursery:
+        running, _, _ = await start_departed(nursery, server_config(timeouts={"hold_s": 4.0}))
+        replies: list[Reply] = []
+
+        async def client() -> None:
+            replies.append(await fetch(running.port, b"GET", b"/held", host=b"app:8080"))
+
+        async with trio.open_nursery() as clients:
+            clients.start_soon(client)
+            await wait_held(running.server, 1)
+            mock_clock.jump(4.5)
+        assert [reply.status for reply in replies] == [503]
+        line = vars([r for r in caplog.records if r.name == "pvtunnel.access"][-1])
+        assert (line["target"], line["status"], line["route"]) == ("/held", 503, "app")
+        assert line["duration_ms"] >= 4000
+        figures = running.server.state.metrics.routes["app"]
+        assert figures.status_classes[5] == 1
+        assert NO_ROUTE not in running.server.state.metrics.routes
+        nursery.cancel_scope.cancel()
 
 
 async def test_the_hold_is_not_the_upstreams_time(mock_clock: trio.testing.MockClock) -> None:

@@ -23,6 +23,7 @@ from pvtunnel._http.admin import AdminResponse, AdminSource, respond
 from pvtunnel._http.inspect import is_inspect_path
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.inspect_http import answer_inspect
+from pvtunnel._trio.listeners import open_listeners
 from pvtunnel._trio.sockio import BROKEN
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ async def serve_admin(
     Raises:
         OSError: The port cannot be bound (taken, or no such address).
     """
-    listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    listeners = await open_listeners("admin", config.port, config.host)
     sockname = listeners[0].socket.getsockname()
     address = (str(sockname[0]), int(sockname[1]))
     handler = functools.partial(

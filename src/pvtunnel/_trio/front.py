@@ -268,11 +268,12 @@ class ClientConnection:
         *,
         extra: tuple[tuple[bytes, bytes], ...] = (),
         route: str | None = None,
+        started: float | None = None,
     ) -> bool:
         """Answer with an error instead of proxying (see `_answer_instead`)."""
         body = error_body(status, detail)
         return await self._answer_instead(
-            request, status, body, (_TEXT, *extra), route=route, logged=0
+            request, status, body, (_TEXT, *extra), route=route, logged=0, started=started
         )
 
     async def _answer_instead(
@@ -284,13 +285,15 @@ class ClientConnection:
         *,
         route: str | None,
         logged: int,
+        started: float | None = None,
     ) -> bool:
-        """Answer without proxying, and log it with ``logged`` body bytes; keep the
-        connection (True) only if the request has no body."""
+        """Answer without proxying, and log it with ``logged`` body bytes (and the time
+        since ``started``, for a request that waited); keep the connection (True)
+        only if the request has no body."""
         # Reading an unread body to keep the connection is not worth it: close instead.
         await self._answer(status, body, fields, close=self.has_body)
         self.unlogged = None
-        self.state.log_request(request, self.address, status, logged, None, route=route)
+        self.state.log_request(request, self.address, status, logged, None, started, route=route)
         return not self.has_body
 
     async def _proxy(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -339,16 +342,22 @@ class ClientConnection:
             # has its own bound (`hold_s`, then 503); the upstream's time starts
             # once the request can go to an agent, or its refusal be written.
             self.scope.deadline = math.inf
+            waited_from = trio.current_time()
             held = await self._wait_held(admission.authority)
             self.started = trio.current_time()
             self.scope.deadline = self.started + config.timeouts.upstream_response_s
-            if held is None:
-                self.unlogged = None
-                self.state.log_request(request, self.address, 499, 0, None)
-                return False
-            if isinstance(held, HoldOutcome):
+            if not isinstance(held, tuple):
+                # Not forwarded after all: logged with the wait it had, under the
+                # departed route it waited for (the one operators watch on a redeploy).
+                route = state.held.remembered_name(state.router, admission.authority)
+                if held is None:
+                    self.unlogged = None
+                    state.log_request(request, self.address, 499, 0, None, waited_from, route=route)
+                    return False
                 status, detail, extra = hold_answer(held, state.held.hold_s)
-                return await self._refuse(request, status, detail, extra=extra)
+                return await self._refuse(
+                    request, status, detail, extra=extra, route=route, started=waited_from
+                )
             admission = forward_to(*held, limit)
         if isinstance(admission, Refuse):
             self.route = admission.route
@@ -774,6 +783,8 @@ class ClientConnection:
 
 
 _HEAD_REFUSED: Final = {431: "request head too large"}
+# How long a client cut by the end of the shutdown grace period may take its 503.
+_LAST_WORD_S: Final = 1.0
 
 _RESET_DETAIL: Final = {
     502: "the agent could not reach the upstream service",
@@ -819,7 +830,11 @@ async def handle_client(
         client.log_cut_short(500)
     finally:
         # Still unlogged, a request was cut from outside (the end of the shutdown
-        # grace period) before its response head: its client got no answer.
+        # grace period) before its response head: its client is told so, if it still
+        # reads, and the line says what it was told.
+        if client.unlogged is not None and client.conn.our_state is h11.SEND_RESPONSE:
+            with trio.CancelScope(shield=True), trio.move_on_after(_LAST_WORD_S):
+                await client._send_error(503, "the server is shutting down", close=True)
         client.log_cut_short(503)
         state.client_connections -= 1
         if client.conn.their_state in _MAY_STILL_SEND:

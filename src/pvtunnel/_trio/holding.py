@@ -61,6 +61,11 @@ class HeldRequests:
         self.is_closed = True
         self._routes_changed.unpark_all()
 
+    def remembered_name(self, router: Router[SessionT], authority: str) -> str | None:
+        """The departed route a request for ``authority`` is for, if it is remembered
+        (for the log line and metrics of a held request that was refused)."""
+        return router.match_name(authority, self.memory.names)
+
     async def wait_for_agent(
         self, router: Router[SessionT], authority: str
     ) -> tuple[str, SessionT] | HoldOutcome:

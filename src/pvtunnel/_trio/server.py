@@ -32,6 +32,7 @@ from pvtunnel._status import ServerAgentEntry, ServerRouteEntry, ServerStatusDoc
 from pvtunnel._trio.admin import serve_admin
 from pvtunnel._trio.front import handle_client
 from pvtunnel._trio.hangups import peer_address, watch_hangups
+from pvtunnel._trio.listeners import open_listeners
 from pvtunnel._trio.state import AgentSession, ServerState
 from pvtunnel._trio.tunnel import Tunnel, first_error
 from pvtunnel._trio.websocket import TRANSPORT_GONE, WebSocket, read_upgrade
@@ -87,8 +88,8 @@ class TunnelServer:
                 admin = await handlers.start(serve_admin, config.admin, ServerAdmin(self))
             async with trio.open_nursery() as listening:
                 self._listen_scope = listening.cancel_scope
-                internal_listeners = await trio.open_tcp_listeners(
-                    config.internal.port, host=config.host
+                internal_listeners = await open_listeners(
+                    "internal", config.internal.port, config.host
                 )
                 internal = internal_listeners[0].socket.getsockname()
                 await listening.start(
@@ -102,7 +103,7 @@ class TunnelServer:
                         handler_nursery=handlers,
                     )
                 )
-                listeners = await trio.open_tcp_listeners(config.external.port, host=config.host)
+                listeners = await open_listeners("external", config.external.port, config.host)
                 external = listeners[0].socket.getsockname()
                 ext_ssl = _ssl_context(config.external.tls_cert, config.external.tls_key)
                 handler = functools.partial(
