@@ -1,4 +1,5 @@
-"""Idle pooled upstream connections are closed as they come due, not at the next request.
+"""The agent's upstream connections: idle ones are closed as they come due, not at
+the next request, and a connection that cannot be made says why.
 
 A route may see no request for hours: its pooled connections would keep the
 upstream's slots past `upstream_idle_s`, and those the upstream closed would stay
@@ -7,13 +8,18 @@ open sockets here. Time is a `MockClock` the test moves.
 
 from __future__ import annotations
 
+import errno
+import os
+import socket
 from typing import Final
 
+import pytest
 import trio
 import trio.testing
 
-from pvtunnel._config import AgentTimeouts
-from pvtunnel._trio.upstream import REAP_EVERY_S
+from pvtunnel._config import AgentConfig, AgentTimeouts, Route, RouteType
+from pvtunnel._errors import UpstreamError
+from pvtunnel._trio.upstream import REAP_EVERY_S, UpstreamPool
 from tests.integration.client import fetch
 from tests.integration.harness import start_agent, start_server
 from tests.integration.raw_upstream import start_raw_upstream
@@ -60,3 +66,23 @@ async def test_a_connection_its_upstream_closed_is_closed_here_too(
         assert agent.pool.idle_count("app") == 0
         assert pooled.stream.socket.fileno() == -1  # closed, not left in CLOSE_WAIT
         nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_connect_says_why_as_the_system_put_it() -> None:
+    """trio's own message ("all attempts ... failed") names no reason: the log
+    line and the reset carry the system's (ECONNREFUSED here), as nginx's do."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connects are refused
+        port = closed.getsockname()[1]
+        route = Route(name="app", value="127.0.0.1", port=port, type=RouteType.IP)
+        pool = UpstreamPool(AgentConfig(client_id="a", routes=(route,)))
+        with pytest.raises(UpstreamError) as caught:
+            await pool.connect(route)
+    refused = f"{errno.ECONNREFUSED}: {os.strerror(errno.ECONNREFUSED)}"
+    assert str(caught.value) == f"cannot connect to 127.0.0.1:{port}: {refused}"
+
+
+@pytest.mark.parametrize(("idle_s", "every_s"), [(60.0, 5.0), (3.0, 3.0), (1e-6, 0.5)])
+def test_the_reaper_looks_every_few_seconds_never_in_a_spin(idle_s: float, every_s: float) -> None:
+    config = AgentConfig(client_id="a", timeouts=AgentTimeouts(upstream_idle_s=idle_s))
+    assert UpstreamPool(config).reap_every_s == every_s

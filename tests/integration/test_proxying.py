@@ -18,6 +18,7 @@ from tests.integration.harness import (
     start_tunnel,
     start_upstream,
 )
+from tests.integration.listen import serve_on_loopback
 from tests.integration.raw_upstream import start_raw_tunnel
 
 if TYPE_CHECKING:
@@ -315,6 +316,54 @@ async def test_expect_100_continue_is_relayed() -> None:
             assert reply.status == 200
             assert reply.body == body
             assert upstream.requests[-1].header(b"expect") == b"100-continue"
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_100_after_early_hints_still_reaches_the_client_waiting_for_it() -> None:
+    """An upstream may send 103 Early Hints before it reads the body: the 100 that
+    follows must still reach the client, which sends nothing until it comes."""
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        conn = h11.Connection(h11.SERVER)
+        while not isinstance(event := conn.next_event(), h11.Request):
+            conn.receive_data(await stream.receive_some(65536))
+        hints = h11.InformationalResponse(status_code=103, headers=[(b"link", b"</a.css>")])
+        await stream.send_all(
+            conn.send(hints) + conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+        )
+        body = b""
+        while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+            if event is h11.NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Data):
+                body += event.data
+        answer = h11.Response(status_code=200, headers=[(b"content-length", b"%d" % len(body))])
+        await stream.send_all(conn.send(answer) + conn.send(h11.Data(data=body)))
+        await stream.aclose()
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            port = await nursery.start(serve_on_loopback, upstream)
+            await start_agent(nursery, running, {"app": port})
+            async with await Client.connect(running.port) as client:
+                await client._send(
+                    h11.Request(
+                        method=b"PUT",
+                        target=b"/",
+                        headers=[
+                            (b"host", b"app"),
+                            (b"expect", b"100-continue"),
+                            (b"content-length", b"4"),
+                        ],
+                    )
+                )
+                statuses = [getattr(await client._next(), "status_code", None) for _ in "ab"]
+                assert statuses == [103, 100]
+                await client._send(h11.Data(data=b"body"))
+                await client._send(h11.EndOfMessage())
+                reply = await client.read_reply()
+            assert (reply.status, reply.body) == (200, b"body")
             nursery.cancel_scope.cancel()
 
 

@@ -50,6 +50,9 @@ _IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b
 # (Node.js after 5, gunicorn after 2); each one they close stays a socket in
 # CLOSE_WAIT here until it is looked at.
 REAP_EVERY_S: Final = 5.0
+# ...but never more often than this, however short `upstream_idle_s` is (the config
+# takes any positive value; a reaper at 1 us would spin).
+REAP_AT_MOST_EVERY_S: Final = 0.5
 
 
 class UpstreamConnection(H11Stream[trio.SocketStream]):
@@ -126,10 +129,14 @@ class UpstreamPool:
         comes, which may be never: the upstream's slot stays held past
         ``upstream_idle_s``, or the socket it closed stays open here.
         """
-        every = min(REAP_EVERY_S, self._config.timeouts.upstream_idle_s)
         while True:
-            await trio.sleep(every)
+            await trio.sleep(self.reap_every_s)
             self.close_stale()
+
+    @property
+    def reap_every_s(self) -> float:
+        """How often `reap` looks (see `REAP_EVERY_S`, `REAP_AT_MOST_EVERY_S`)."""
+        return max(REAP_AT_MOST_EVERY_S, min(REAP_EVERY_S, self._config.timeouts.upstream_idle_s))
 
     async def connect(self, route: Route) -> UpstreamConnection:
         """A fresh connection to the route's target (raises `UpstreamError`)."""
@@ -145,7 +152,7 @@ class UpstreamPool:
         except OSError as exc:
             self._metrics.upstream_connect_failed(route.name)
             raise UpstreamError(
-                f"cannot connect to {route.value}:{route.port}: {exc.strerror or exc}",
+                f"cannot connect to {route.value}:{route.port}: {_why(exc)}",
                 ErrorCode.UPSTREAM_CONNECT_FAILED,
             ) from None
         return UpstreamConnection(stream)
@@ -174,6 +181,22 @@ class UpstreamPool:
         for idle in pools:
             for connection in idle:
                 await connection.aclose()
+
+
+def _why(exc: OSError) -> str:
+    """What the system said when a connect failed, as nginx logs it ("111: Connection
+    refused"). trio reports every attempt's error (one per address tried) only as
+    the cause of its own "all attempts ... failed", which says nothing of why."""
+    causes: list[BaseException] = [exc]
+    if isinstance(exc.__cause__, BaseExceptionGroup):
+        causes = list(exc.__cause__.exceptions)
+    reasons = dict.fromkeys(
+        f"{cause.errno}: {os.strerror(cause.errno)}"
+        if isinstance(cause, OSError) and cause.errno is not None
+        else str(cause)
+        for cause in causes
+    )
+    return "; ".join(reasons)
 
 
 def _is_quiet(stream: trio.SocketStream) -> bool:
