@@ -330,6 +330,34 @@ async def test_the_ready_line_gives_the_schemes_of_tls_listeners(
         assert await server.process.wait() == 0
 
 
+async def test_a_server_certificate_the_agent_cannot_verify_is_said_once(
+    launch: Launch, tmp_path: Path
+) -> None:
+    pki = issue(tmp_path, "server", "127.0.0.1")  # a CA the agent was not given
+    config = tmp_path / "server.toml"
+    config.write_text(
+        f'[internal]\nport = 0\ntls_cert = "{pki.cert_file}"\ntls_key = "{pki.key_file}"\n'
+        "[external]\nport = 0\n",
+        "utf-8",
+    )
+    with trio.fail_after(LIMIT_S):
+        server = await launch(
+            "serve", "--config", str(config), "--host", "127.0.0.1",
+            env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+        )  # fmt: skip
+        ready = await server.wait_for(r"ready internal=wss://127\.0\.0\.1:(\d+)")
+        agent = await launch(
+            "agent", "--server", f"wss://127.0.0.1:{ready.group(1)}", "--route", "app=127.0.0.1:9",
+            env={"PVTUNNEL_TOKEN": TOKEN},
+        )  # fmt: skip
+        assert await agent.process.wait() == 1
+        said = (await agent.drain_output()).splitlines()
+        verify = [line for line in said if "certificate" in line]
+        assert len(verify) == 1, said
+        server.process.send_signal(signal.SIGTERM)
+        assert await server.process.wait() == 0
+
+
 async def test_demo_ready_line_under_json_logs_has_the_keys_of_the_others(
     launch: Launch,
 ) -> None:

@@ -181,11 +181,8 @@ async def test_agent_that_cannot_verify_the_server_stops_with_a_clear_message(
             )
             assert "unable to get local issuer certificate" in message
             assert "[server] ca_file" in message
-            assert (
-                "pvtunnel.agent",
-                logging.ERROR,
-                message,
-            ) in caplog.record_tuples
+            # Raised, not also logged: whoever runs the agent says it once (the CLI does).
+            assert not [r for r in caplog.records if message in r.getMessage()]
             assert running.server.sessions == frozenset()
             nursery.cancel_scope.cancel()
 

@@ -380,9 +380,7 @@ class TunnelAgent:
         link.refusal = refusal
         if len(self.links) > 1:
             logger.error("giving up on %s: %s", link.label, refusal)
-        elif isinstance(refusal, ServerCertificateError):
-            # One server: the refusal is raised to the caller as well, as it always was.
-            logger.error("%s", refusal)
+        # With one server the refusal is what `serve` raises: its caller says it.
         self._links_changed.unpark_all()
         startup.link_ended()
 

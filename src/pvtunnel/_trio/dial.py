@@ -21,6 +21,7 @@ from pvtunnel._errors import (
     TunnelClosedError,
     WebSocketClosed,
 )
+from pvtunnel._trio.sockio import why_connect_failed
 from pvtunnel._trio.websocket import ConnectionRejected
 
 if TYPE_CHECKING:
@@ -84,4 +85,8 @@ def describe_failure(exc: BaseException) -> str:
         return f"the server answered HTTP {exc.status_code}"
     if isinstance(exc, WebSocketClosed):
         return f"connection closed ({exc.reason})"
+    if isinstance(exc, trio.TooSlowError):
+        return "no connection and handshake within connect_s"
+    if type(exc) is OSError:  # trio's "all attempts to connect ... failed"
+        return f"cannot connect: {why_connect_failed(exc)}"
     return str(exc) or type(exc).__name__

@@ -129,3 +129,23 @@ def fast_io(stream: trio.abc.Stream) -> ByteStream:
     if isinstance(stream, trio.SocketStream) and os.name == "posix":
         return FastSocket(stream)
     return stream
+
+
+def why_connect_failed(exc: OSError) -> str:
+    """What the system said when ``trio.open_tcp_stream`` failed, as nginx logs it
+    ("111: Connection refused").
+
+    trio reports each attempt's error (one per address tried) only as the cause of
+    its own "all attempts ... failed", which says nothing of why; a failure before
+    any attempt (a name that does not resolve) says it itself.
+    """
+    group = exc.__cause__
+    if not isinstance(group, BaseExceptionGroup):
+        return exc.strerror or str(exc)
+    reasons = dict.fromkeys(
+        f"{cause.errno}: {os.strerror(cause.errno)}"
+        if isinstance(cause, OSError) and cause.errno is not None
+        else str(cause)
+        for cause in group.exceptions
+    )
+    return "; ".join(reasons)

@@ -32,7 +32,7 @@ from pvtunnel._http.headers import end_to_end, header_value
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
-from pvtunnel._trio.sockio import BROKEN
+from pvtunnel._trio.sockio import BROKEN, why_connect_failed
 from pvtunnel._trio.tunnel import END, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
@@ -152,7 +152,7 @@ class UpstreamPool:
         except OSError as exc:
             self._metrics.upstream_connect_failed(route.name)
             raise UpstreamError(
-                f"cannot connect to {route.value}:{route.port}: {_why(exc)}",
+                f"cannot connect to {route.value}:{route.port}: {why_connect_failed(exc)}",
                 ErrorCode.UPSTREAM_CONNECT_FAILED,
             ) from None
         return UpstreamConnection(stream)
@@ -181,22 +181,6 @@ class UpstreamPool:
         for idle in pools:
             for connection in idle:
                 await connection.aclose()
-
-
-def _why(exc: OSError) -> str:
-    """What the system said when a connect failed, as nginx logs it ("111: Connection
-    refused"). trio reports every attempt's error (one per address tried) only as
-    the cause of its own "all attempts ... failed", which says nothing of why."""
-    causes: list[BaseException] = [exc]
-    if isinstance(exc.__cause__, BaseExceptionGroup):
-        causes = list(exc.__cause__.exceptions)
-    reasons = dict.fromkeys(
-        f"{cause.errno}: {os.strerror(cause.errno)}"
-        if isinstance(cause, OSError) and cause.errno is not None
-        else str(cause)
-        for cause in causes
-    )
-    return "; ".join(reasons)
 
 
 def _is_quiet(stream: trio.SocketStream) -> bool:
