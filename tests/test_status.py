@@ -60,6 +60,7 @@ def agent_document(**changes: object) -> AgentStatusDocument:
                 "streams": 1200,
                 "idle_connections": 3,
                 "connect_errors": 0,
+                "refused_by": {},
             },
             {
                 "name": "v6",
@@ -67,6 +68,7 @@ def agent_document(**changes: object) -> AgentStatusDocument:
                 "streams": 5,
                 "idle_connections": 0,
                 "connect_errors": 17,
+                "refused_by": {},
             },
         ],
     )
@@ -91,6 +93,20 @@ def test_agent_table() -> None:
         "ROUTE  TARGET                               STREAMS  IDLE CONNECTIONS  CONNECT ERRORS",
         "hello  hello.pvtunnel.svc.cluster.local:80     1200                 3               0",
         "v6     [::1]:3000                                 5                 0              17",
+    ]
+
+
+def test_a_route_a_server_refused_is_marked_with_the_reason() -> None:
+    document = agent_document()
+    document["routes"][1]["refused_by"] = {
+        "wss://agents.example.com": "this agent's token does not cover that name"
+    }
+    lines = format_status(document, "http://127.0.0.1:8083").splitlines()
+    assert lines[3].startswith("hello         ")
+    assert lines[4].startswith("v6 (refused)  ")
+    assert lines[5:] == [
+        "",
+        "v6: refused by wss://agents.example.com: this agent's token does not cover that name",
     ]
 
 

@@ -59,6 +59,9 @@ class AgentRouteEntry(TypedDict):
     streams: int
     idle_connections: int
     connect_errors: int
+    # Servers that refused the route at their latest registration ({url: reason});
+    # empty while every server serves it.
+    refused_by: dict[str, str]
 
 
 class AgentServerEntry(TypedDict):
@@ -293,7 +296,8 @@ def _format_agent(document: AgentStatusDocument, source: str) -> str:
         ("ROUTE", "TARGET", "STREAMS", "IDLE CONNECTIONS", "CONNECT ERRORS"),
         [
             (
-                route["name"],
+                # A route a server would not take (its token does not cover the name).
+                route["name"] + (" (refused)" if route.get("refused_by") else ""),
                 route["target"],
                 str(route["streams"]),
                 str(route["idle_connections"]),
@@ -303,6 +307,13 @@ def _format_agent(document: AgentStatusDocument, source: str) -> str:
         ],
         numeric={2, 3, 4},
     )
+    refusals = [
+        f"{route['name']}: refused by {url}: {reason}"
+        for route in document["routes"]
+        for url, reason in route.get("refused_by", {}).items()
+    ]
+    if refusals:
+        lines += ["", *refusals]
     return "\n".join(lines)
 
 

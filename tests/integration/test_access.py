@@ -17,6 +17,7 @@ import trio
 from pvtunnel._config import ScopedToken, Secret, ServerConfig
 from pvtunnel._errors import HandshakeRefusedError
 from pvtunnel._trio.agent import TunnelAgent
+from pvtunnel._trio.agent_admin import AgentAdmin
 from pvtunnel._trio.hangups import peer_address
 from tests.integration.client import Client, exchange_one, fetch, raw_exchange, statuses
 from tests.integration.harness import (
@@ -277,7 +278,7 @@ async def test_scoped_token_claims_only_its_names(caplog: pytest.LogCaptureFixtu
             await start_agent(
                 nursery, running, {"api.team-b.example.com": port_b}, token="team-b-secret"
             )
-            _, status, _ = await start_agent(
+            team_a_agent, status, _ = await start_agent(
                 nursery,
                 running,
                 {
@@ -307,6 +308,13 @@ async def test_scoped_token_claims_only_its_names(caplog: pytest.LogCaptureFixtu
             )
             agent_lines = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.agent"]
             assert f"route api.team-b.example.com refused by the server: {reason}" in agent_lines
+            # The agent's /status marks them too, not only its log.
+            url = team_a_agent.config.server.urls[0]
+            shown = {
+                r["name"]: r["refused_by"] for r in AgentAdmin(team_a_agent).status()["routes"]
+            }
+            assert shown == {name: {} if name in covered else {url: reason} for name in shown}
+            assert len(shown) == 7
             # Team A's names work; team B's name still reaches team B only.
             for host in (b"api.team-a.example.com", b"BILLING", b"billing:8080"):
                 reply = await fetch(running.port, b"GET", b"/", host=host)

@@ -308,6 +308,7 @@ async def test_agent_metrics_count_streams_connect_errors_and_pooled_connections
                     "streams": 2,
                     "idle_connections": 1,
                     "connect_errors": 0,
+                    "refused_by": {},
                 },
                 {
                     "name": "down",
@@ -315,6 +316,7 @@ async def test_agent_metrics_count_streams_connect_errors_and_pooled_connections
                     "streams": 1,
                     "idle_connections": 0,
                     "connect_errors": 1,
+                    "refused_by": {},
                 },
             ]
             nursery.cancel_scope.cancel()

@@ -105,6 +105,8 @@ class ServerLink:
     # A server that once showed a good certificate gets retried after a bad one.
     has_registered: bool = False
     refusal: HandshakeRefusedError | None = None
+    # The routes this server refused at the latest registration (name -> its reason).
+    refused_routes: dict[str, str] = attrs.field(factory=dict)
 
     @property
     def connected(self) -> bool:
@@ -506,6 +508,7 @@ class TunnelAgent:
         link.tunnel = tunnel
         link.connected_at = trio.current_time()
         link.has_registered = True
+        link.refused_routes = dict(refused)
         if self.draining:
             # A link that (re)registers mid-drain leaves like the others: its server
             # must not route new requests to an agent on its way out.

@@ -42,6 +42,8 @@ class LinkFigures(Protocol):
     def in_flight(self) -> int: ...
     @property
     def refusal(self) -> HandshakeRefusedError | None: ...
+    @property
+    def refused_routes(self) -> Mapping[str, str]: ...
 
 
 class AgentFigures(Protocol):
@@ -110,6 +112,11 @@ class AgentAdmin:
                 streams=metrics.streams.get(name, 0),
                 idle_connections=agent.pool.idle_count(name),
                 connect_errors=metrics.upstream_connect_errors.get(name, 0),
+                refused_by={
+                    link.url: link.refused_routes[name]
+                    for link in agent.links
+                    if name in link.refused_routes
+                },
             )
             for name, route in sorted(agent.routes.items())
         ]
