@@ -631,9 +631,9 @@ class ClientConnection:
                     item = await channel.receive()
                     self.waits_for_body = False
                 if item is END:
+                    # Written under the deadline still set, if any (moving it costs a
+                    # heap entry per request): the request's, or the last wait's idle_s.
                     http.queue(h11.EndOfMessage())
-                    if limited:
-                        self.scope.deadline, limited = math.inf, False
                     await self._write()
                     break
                 assert isinstance(item, bytes)
