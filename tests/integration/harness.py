@@ -152,3 +152,15 @@ async def start_server_in_scope(
 
     addresses: ServerAddresses = await nursery.start(run)
     return Running(server=server, addresses=addresses), scopes[0]
+
+
+def start_drain(nursery: trio.Nursery, running: Running) -> trio.Event:
+    """Begin ``running``'s drain in ``nursery``; the event is set once it returns."""
+    drained = trio.Event()
+
+    async def drain() -> None:
+        await running.server.drain()
+        drained.set()
+
+    nursery.start_soon(drain)
+    return drained

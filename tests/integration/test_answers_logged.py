@@ -21,6 +21,7 @@ from tests.integration.client import raw_exchange
 from tests.integration.harness import (
     server_config,
     start_agent,
+    start_drain,
     start_server,
     start_server_in_scope,
     start_upstream,
@@ -129,13 +130,7 @@ async def test_requests_cut_by_the_end_of_the_grace_period_are_logged(
         await upstream.hold_started.wait()
         await trio.testing.wait_all_tasks_blocked()
         assert access_lines(caplog) == []
-        drained = trio.Event()
-
-        async def drain() -> None:
-            await running.server.drain()
-            drained.set()
-
-        nursery.start_soon(drain)
+        drained = start_drain(nursery, running)
         await trio.testing.wait_all_tasks_blocked()
         mock_clock.jump(3.0)
         await drained.wait()

@@ -11,7 +11,7 @@ import trio.testing
 
 from pvtunnel._trio.server import ServerAdmin
 from tests.integration.client import fetch
-from tests.integration.harness import Running, server_config, start_tunnel
+from tests.integration.harness import Running, server_config, start_drain, start_tunnel
 
 
 def draining(running: Running) -> bool:
@@ -26,13 +26,7 @@ async def test_ready_goes_false_first_and_requests_are_served_until_the_delay_en
         running, _ = await start_tunnel(nursery, config)
         admin = ServerAdmin(running.server)
         assert admin.is_ready()
-        drained = trio.Event()
-
-        async def drain() -> None:
-            await running.server.drain()
-            drained.set()
-
-        nursery.start_soon(drain)
+        drained = start_drain(nursery, running)
         await trio.testing.wait_all_tasks_blocked()
         assert not admin.is_ready()
         assert not draining(running)

@@ -7,7 +7,7 @@ import hashlib
 import logging
 import random
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import h11
 import trio
@@ -28,6 +28,9 @@ from tests.integration.harness import (
 
 if TYPE_CHECKING:
     import pytest
+
+    from pvtunnel._config import ServerConfig
+    from tests.integration.harness import Running
 
 MIB = 1024 * 1024
 LIMIT_S = 10
@@ -64,6 +67,20 @@ class EchoWebSocket:
                 await ws.send_message(message)
         except trio_websocket.ConnectionClosed as exc:
             self.close_codes.append(exc.reason.code if exc.reason else None)
+
+
+async def open_pipe(
+    nursery: trio.Nursery, target: bytes, config: ServerConfig | None = None, **agent: Any
+) -> tuple[Running, TcpEcho, trio.SocketStream]:
+    """A server, an agent routing "db" to a TCP echo, and a CONNECT to ``target``
+    through them, answered 200: the server, the echo and the open pipe."""
+    running = await start_server(nursery, config)
+    echo = TcpEcho()
+    echo_port = await nursery.start(echo.serve)
+    await start_agent(nursery, running, {"db": echo_port}, **agent)
+    stream, head = await open_connect(running, target)
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    return running, echo, stream
 
 
 def websocket_session(port: int) -> dict[str, object]:
@@ -133,13 +150,8 @@ async def test_connect_pipes_fifty_mib_both_ways_to_the_routes_own_target() -> N
     payload = random.Random(5).randbytes(size)
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            echo = TcpEcho()
-            echo_port = await nursery.start(echo.serve)
-            await start_agent(nursery, running, {"db": echo_port})
             # Port 1 is named in the request; the agent must dial the route's target.
-            stream, head = await open_connect(running, b"db:1")
-            assert head.startswith(b"HTTP/1.1 200 ")
+            _, echo, stream = await open_pipe(nursery, b"db:1")
             received = hashlib.sha256()
             count = 0
 
@@ -170,12 +182,7 @@ async def test_a_pipe_is_logged_when_it_ends_with_the_bytes_each_way(
     caplog.set_level(logging.INFO, logger="pvtunnel.access")
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            echo = TcpEcho()
-            echo_port = await nursery.start(echo.serve)
-            await start_agent(nursery, running, {"db": echo_port})
-            stream, head = await open_connect(running, b"db:1")
-            assert head.startswith(b"HTTP/1.1 200 ")
+            running, _, stream = await open_pipe(nursery, b"db:1")
             await stream.send_all(b"x" * 1000)
             echoed = b""
             while len(echoed) < 1000:
@@ -208,12 +215,7 @@ async def test_a_connect_pipe_outlives_upstream_response_s(
     """
     config = server_config(timeouts={"upstream_response_s": 1.0})
     async with trio.open_nursery() as nursery:
-        running = await start_server(nursery, config)
-        echo = TcpEcho()
-        echo_port = await nursery.start(echo.serve)
-        await start_agent(nursery, running, {"db": echo_port})
-        stream, head = await open_connect(running, b"db:1")
-        assert head.startswith(b"HTTP/1.1 200 ")
+        _, _, stream = await open_pipe(nursery, b"db:1", config)
         mock_clock.jump(3)
         await trio.testing.wait_all_tasks_blocked()
         await stream.send_all(b"still there?")
@@ -309,12 +311,9 @@ async def test_idle_pipe_outlives_the_http_timeouts() -> None:
     config = server_config(timeouts={"idle_s": 0.2, "request_head_s": 0.2, **fast})
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery, config)
-            echo = TcpEcho()
-            echo_port = await nursery.start(echo.serve)
-            await start_agent(nursery, running, {"db": echo_port}, timeouts=AgentTimeouts(**fast))
-            stream, head = await open_connect(running, b"db:5432")
-            assert head.startswith(b"HTTP/1.1 200 ")
+            _, _, stream = await open_pipe(
+                nursery, b"db:5432", config, timeouts=AgentTimeouts(**fast)
+            )
             await trio.sleep(1.0)  # the scenario: an idle pipe, five times the HTTP limits
             await stream.send_all(b"still there?")
             assert await stream.receive_some(100) == b"still there?"

@@ -27,6 +27,16 @@ if TYPE_CHECKING:
 LIMIT_S = 10
 
 
+async def read_until(stream: trio.SocketStream, suffix: bytes) -> bytes:
+    """What the server sends until it ends with ``suffix`` (failing if it closes first)."""
+    received = b""
+    while not received.endswith(suffix):
+        chunk = await stream.receive_some(65536)
+        assert chunk, received
+        received += chunk
+    return received
+
+
 async def test_seed_timeline_two_agents_each_request_reaches_its_own() -> None:
     """The seed's T1-T7: one server, agents A1 and B1 with different routes."""
     with trio.fail_after(LIMIT_S):
@@ -449,18 +459,11 @@ async def test_upstream_response_s_bounds_the_head_not_the_body(
         running, upstream = await start_tunnel(nursery, config)
         stream = await trio.open_tcp_stream("127.0.0.1", running.port)
         await stream.send_all(b"GET /trickle HTTP/1.1\r\nHost: app\r\n\r\n")
-        received = b""
-        while not received.endswith(b"first"):
-            chunk = await stream.receive_some(65536)
-            assert chunk, received
-            received += chunk
+        received = await read_until(stream, b"first")
         mock_clock.jump(3)
         await trio.testing.wait_all_tasks_blocked()
         upstream.release.set()
-        while not received.endswith(b"-rest"):
-            chunk = await stream.receive_some(65536)
-            assert chunk, received  # cut off: the deadline outlived the head
-            received += chunk
+        received += await read_until(stream, b"-rest")  # not cut: the deadline was the head's
         assert received.startswith(b"HTTP/1.1 200 ")
         # Still a keep-alive connection, whose next request gets a deadline again.
         await stream.send_all(b"GET /never HTTP/1.1\r\nHost: app\r\n\r\n")
@@ -483,11 +486,7 @@ async def test_a_response_body_that_stalls_is_cut_after_idle_s(
         running, upstream = await start_tunnel(nursery, config)
         stream = await trio.open_tcp_stream("127.0.0.1", running.port)
         await stream.send_all(b"GET /trickle HTTP/1.1\r\nHost: app\r\n\r\n")
-        received = b""
-        while not received.endswith(b"first"):
-            chunk = await stream.receive_some(65536)
-            assert chunk, received
-            received += chunk
+        await read_until(stream, b"first")
         await trio.testing.wait_all_tasks_blocked()
         mock_clock.jump(1.5)
         await trio.testing.wait_all_tasks_blocked()

@@ -497,18 +497,8 @@ def _check_either(path: Path, environ: Mapping[str, str]) -> tuple[ConfigKind, l
     the kind that loads it. One both kinds load is good for either (``"unknown"``,
     no problems); one neither loads gets both kinds' problems.
     """
-    try:
-        load_server_config(path, environ=environ)
-    except ConfigError as exc:
-        as_server = exc.problems
-    else:
-        as_server = []
-    try:
-        load_agent_config(path, environ=environ)
-    except ConfigError as exc:
-        as_agent = exc.problems
-    else:
-        as_agent = []
+    as_server = _problems_loading(load_server_config, path, environ)
+    as_agent = _problems_loading(load_agent_config, path, environ)
     if not as_server and as_agent:
         return "server", []
     if as_server and not as_agent:
@@ -522,6 +512,17 @@ def _check_either(path: Path, environ: Mapping[str, str]) -> tuple[ConfigKind, l
         *(f"as a server: {problem}" for problem in as_server),
         *(f"as an agent: {problem}" for problem in as_agent),
     ]
+
+
+def _problems_loading(
+    load: Callable[..., object], path: Path, environ: Mapping[str, str]
+) -> list[str]:
+    """What ``load`` finds wrong with the file at ``path`` (nothing: an empty list)."""
+    try:
+        load(path, environ=environ)
+    except ConfigError as exc:
+        return exc.problems
+    return []
 
 
 def check_file(path: Path, *, environ: Mapping[str, str]) -> tuple[ConfigKind, list[str]]:
