@@ -8,6 +8,7 @@ yet" and "now" are checked without racing a timer.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from typing import TYPE_CHECKING, Final
 
@@ -17,7 +18,8 @@ import trio.testing
 from pvtunnel._trio.front import STALLED_WHEN_SHORT_S, ClientConnection
 from pvtunnel._trio.hangups import HANGUP_CHECK_S
 from tests.integration.client import fetch
-from tests.integration.harness import server_config, start_tunnel
+from tests.integration.harness import server_config, start_agent, start_server, start_tunnel
+from tests.integration.listen import serve_on_loopback
 
 if TYPE_CHECKING:
     from pvtunnel._wire.mux import Multiplexer
@@ -146,5 +148,54 @@ async def test_without_a_shortage_a_client_that_stops_reading_has_idle_s(
         assert await was_cut(sock)
         await trio.testing.wait_all_tasks_blocked()
         assert mux.held_bytes == 0
+        sock.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_stops_reading_its_pipe_is_cut_after_idle_s(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A CONNECT (or WebSocket) client that takes nothing of a stream of bytes holds
+    its stream's window in the server as a response's reader does: it is cut the
+    same way, and the pipe logged with what went out."""
+
+    async def firehose(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await stream.send_all(b"x" * 65536)
+
+    config = server_config(
+        timeouts={"idle_s": 30.0},
+        limits={
+            "stream_window_bytes": STREAM_WINDOW,
+            "connection_window_bytes": 16 * STREAM_WINDOW,
+        },
+    )
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, config)
+        port = await nursery.start(serve_on_loopback, firehose)
+        await start_agent(nursery, running, {"db": port})
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", running.port))
+        sock.sendall(b"CONNECT db:1 HTTP/1.1\r\nHost: db:1\r\n\r\n")
+        sock.setblocking(False)
+        await trio.testing.wait_all_tasks_blocked()
+        mux = agent_link(running)
+        assert mux.held_bytes > 0  # the pipe's window, held for a client that reads nothing
+        (client,) = running.server.state.awaiting
+        assert isinstance(client, ClientConnection)
+        mock_clock.jump(HANGUP_CHECK_S)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(30.0 - 2 * HANGUP_CHECK_S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert client in running.server.state.awaiting  # not yet: still watched
+        mock_clock.jump(2 * HANGUP_CHECK_S)
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.stopped_reading
+        assert await was_cut(sock)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mux.held_bytes == 0
+        assert running.server.state.awaiting == {}
         sock.close()
         nursery.cancel_scope.cancel()

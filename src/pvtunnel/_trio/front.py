@@ -117,6 +117,8 @@ class ClientConnection:
         self.stopped_reading = False
         # While a response waits for more of its body from the agent.
         self.waits_for_body = False
+        # While the connection is a pipe (after a protocol switch): what it moved.
+        self.pipe: PipeBytes | None = None
 
     async def serve(self) -> None:
         """Serve requests until the client leaves, breaks framing or times out."""
@@ -476,15 +478,17 @@ class ClientConnection:
         behind that data, and a stream it left must not hold an agent's stream slot
         until the upstream ends.
         """
-        if self.writing and self._stopped_reading(channel):
-            logger.info(
-                "response to %s cut: the client took nothing for %.1fs",
-                self.address,
-                trio.current_time() - self._writes_seen_at,
-            )
-            self.stopped_reading = True
-            channel.reset(ErrorCode.CANCEL, "the client stopped reading")
-            self.scope.cancel()
+        pipe = self.pipe
+        if pipe is not None:
+            # A pipe: only a client that stops taking what is written to it is cut
+            # (its window held in the server is the agent's as for a response). A
+            # half-close is the pipe's own business: it passes it on.
+            if pipe.writing and self._stopped_reading(channel, pipe.writes):
+                self._cut_stalled_reader(channel, "pipe")
+                return True
+            return False
+        if self.writing and self._stopped_reading(channel, self.writes):
+            self._cut_stalled_reader(channel, "response")
             return True
         if not await has_hung_up(self.stream):
             return False
@@ -492,12 +496,23 @@ class ClientConnection:
         channel.reset(ErrorCode.CANCEL, "the client went away")
         return True
 
-    def _stopped_reading(self, channel: Channel) -> bool:
+    def _cut_stalled_reader(self, channel: Channel, what: str) -> None:
+        logger.info(
+            "%s to %s cut: the client took nothing for %.1fs",
+            what,
+            self.address,
+            trio.current_time() - self._writes_seen_at,
+        )
+        self.stopped_reading = True
+        channel.reset(ErrorCode.CANCEL, "the client stopped reading")
+        self.scope.cancel()
+
+    def _stopped_reading(self, channel: Channel, writes: int) -> bool:
         """Whether the write under way has taken nothing for too long (see
-        `STALLED_WHEN_SHORT_S`)."""
+        `STALLED_WHEN_SHORT_S`), ``writes`` being how many writes have ended."""
         now = trio.current_time()
-        if self.writes != self._writes_seen:
-            self._writes_seen, self._writes_seen_at = self.writes, now
+        if writes != self._writes_seen:
+            self._writes_seen, self._writes_seen_at = writes, now
             return False
         limit = self.state.config.timeouts.idle_s
         if channel.connection_short():
@@ -697,7 +712,10 @@ class ClientConnection:
             self._log_proxied(request, 499, 0, agent, started, channel)
             return
         initial, _ = self.conn.trailing_data
-        counts = PipeBytes()
+        counts = self.pipe = PipeBytes()
+        self._writes_seen = -1  # the pipe's writes are counted from 0
+        # Watched for a client that stops reading (`check_hangup`) until the pipe ends.
+        self._watch_hangup(channel)
         try:
             await run_pipe(self.stream, channel, bytes(initial), counts)
         finally:

@@ -30,11 +30,15 @@ class PipeBytes:
     """What a pipe moved so far, each way: read while it runs, or after it ended
     however it ended (a log line written when it is cancelled still has them)."""
 
-    __slots__ = ("from_socket", "to_socket")
+    __slots__ = ("from_socket", "to_socket", "writes", "writing")
 
     def __init__(self) -> None:
         self.from_socket = 0  # read from the connection, sent into the tunnel stream
         self.to_socket = 0  # taken from the tunnel stream, written to the connection
+        # A write to the connection under way, and how many ended: a count that does
+        # not move while one is under way is a peer that stopped reading.
+        self.writing = False
+        self.writes = 0
 
 
 async def run_pipe(
@@ -90,7 +94,12 @@ async def _stream_to_socket(
     try:
         while (item := await channel.receive()) is not END:
             assert isinstance(item, bytes)
-            await stream.send_all(item)
+            counts.writing = True
+            try:
+                await stream.send_all(item)
+            finally:
+                counts.writing = False
+            counts.writes += 1
             counts.to_socket += len(item)
             channel.consume(len(item))
         if isinstance(stream, trio.abc.HalfCloseableStream):
