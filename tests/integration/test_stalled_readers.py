@@ -9,6 +9,7 @@ yet" and "now" are checked without racing a timer.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 from typing import TYPE_CHECKING, Final
 
@@ -22,6 +23,9 @@ from tests.integration.harness import server_config, start_agent, start_server, 
 from tests.integration.listen import serve_on_loopback
 
 if TYPE_CHECKING:
+    import pytest
+
+    from pvtunnel._config import ServerConfig
     from pvtunnel._wire.mux import Multiplexer
     from tests.integration.harness import Running
 
@@ -30,7 +34,9 @@ CONNECTION_WINDOW: Final = 4 * STREAM_WINDOW
 BIG: Final = b"/bytes/8000000"
 
 
-def stalled_client(port: int) -> socket.socket:
+def stalled_client(
+    port: int, request: bytes = b"GET " + BIG + b" HTTP/1.1\r\nHost: app\r\n\r\n"
+) -> socket.socket:
     """A client that asks for a big answer and reads nothing (a small receive buffer).
 
     A plain socket: the handshake and the short request complete in the kernel
@@ -39,7 +45,7 @@ def stalled_client(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
-    sock.sendall(b"GET " + BIG + b" HTTP/1.1\r\nHost: app\r\n\r\n")
+    sock.sendall(request)
     sock.setblocking(False)
     return sock
 
@@ -64,6 +70,17 @@ async def was_cut(sock: socket.socket) -> bool:
             moved = True
         if not moved:
             return False
+
+
+def roomy_config() -> ServerConfig:
+    """`idle_s` 30 s, and a connection window that one stalled stream cannot make short."""
+    return server_config(
+        timeouts={"idle_s": 30.0},
+        limits={
+            "stream_window_bytes": STREAM_WINDOW,
+            "connection_window_bytes": 16 * STREAM_WINDOW,
+        },
+    )
 
 
 def agent_link(running: Running) -> Multiplexer:
@@ -119,13 +136,7 @@ async def test_without_a_shortage_a_client_that_stops_reading_has_idle_s(
 ) -> None:
     """One stalled client among a connection window big enough for it: it keeps its
     stream until `idle_s` has passed without a write ending, and loses it then."""
-    config = server_config(
-        timeouts={"idle_s": 30.0},
-        limits={
-            "stream_window_bytes": STREAM_WINDOW,
-            "connection_window_bytes": 16 * STREAM_WINDOW,
-        },
-    )
+    config = roomy_config()
     async with trio.open_nursery() as nursery:
         running, _ = await start_tunnel(nursery, config)
         sock = stalled_client(running.port)
@@ -153,33 +164,24 @@ async def test_without_a_shortage_a_client_that_stops_reading_has_idle_s(
 
 
 async def test_a_client_that_stops_reading_its_pipe_is_cut_after_idle_s(
-    mock_clock: trio.testing.MockClock,
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A CONNECT (or WebSocket) client that takes nothing of a stream of bytes holds
     its stream's window in the server as a response's reader does: it is cut the
     same way, and the pipe logged with what went out."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.access")
 
     async def firehose(stream: trio.SocketStream) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             while True:
                 await stream.send_all(b"x" * 65536)
 
-    config = server_config(
-        timeouts={"idle_s": 30.0},
-        limits={
-            "stream_window_bytes": STREAM_WINDOW,
-            "connection_window_bytes": 16 * STREAM_WINDOW,
-        },
-    )
+    config = roomy_config()
     async with trio.open_nursery() as nursery:
         running = await start_server(nursery, config)
         port = await nursery.start(serve_on_loopback, firehose)
         await start_agent(nursery, running, {"db": port})
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", running.port))
-        sock.sendall(b"CONNECT db:1 HTTP/1.1\r\nHost: db:1\r\n\r\n")
-        sock.setblocking(False)
+        sock = stalled_client(running.port, b"CONNECT db:1 HTTP/1.1\r\nHost: db:1\r\n\r\n")
         await trio.testing.wait_all_tasks_blocked()
         mux = agent_link(running)
         assert mux.held_bytes > 0  # the pipe's window, held for a client that reads nothing
@@ -197,5 +199,8 @@ async def test_a_client_that_stops_reading_its_pipe_is_cut_after_idle_s(
         await trio.testing.wait_all_tasks_blocked()
         assert mux.held_bytes == 0
         assert running.server.state.awaiting == {}
+        (line,) = [vars(r) for r in caplog.records if r.name == "pvtunnel.access"]
+        assert (line["method"], line["status"]) == ("CONNECT", 200)
+        assert line["bytes_out"] > 0
         sock.close()
         nursery.cancel_scope.cancel()

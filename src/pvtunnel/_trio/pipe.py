@@ -94,13 +94,15 @@ async def _stream_to_socket(
     try:
         while (item := await channel.receive()) is not END:
             assert isinstance(item, bytes)
+            # Counted once on its way, as a response's body is: a write cut short (a
+            # client that stops reading) is logged with what it was sending.
+            counts.to_socket += len(item)
             counts.writing = True
             try:
                 await stream.send_all(item)
             finally:
                 counts.writing = False
             counts.writes += 1
-            counts.to_socket += len(item)
             channel.consume(len(item))
         if isinstance(stream, trio.abc.HalfCloseableStream):
             with contextlib.suppress(*_BROKEN):
