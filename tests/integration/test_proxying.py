@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from typing import TYPE_CHECKING
 
 import h11
@@ -501,6 +502,55 @@ async def test_a_response_body_that_stalls_is_cut_after_idle_s(
         (line,) = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.access"]
         assert " GET app /trickle 200 5B " in line  # logged once, with what went out
         await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_last_write_after_a_body_wait_is_not_bound_by_that_wait(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A wait for more of a body has `idle_s`; the write that follows it is watched as
+    any write is (`idle_s` from its own start, for a client that takes nothing), not
+    cut by the wait's deadline."""
+    rest = b"r" * 60000  # under one flush: it goes out with the end of the response
+    released = trio.Event()
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        while b"\r\n\r\n" not in await stream.receive_some(65536):
+            pass
+        await stream.send_all(b"HTTP/1.1 200 OK\r\nContent-Length: 60005\r\n\r\nfirst")
+        await released.wait()
+        await stream.send_all(rest)
+
+    config = server_config(timeouts={"idle_s": 10.0})
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, config)
+        port = await nursery.start(serve_on_loopback, upstream)
+        await start_agent(nursery, running, {"app": port})
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", running.port))
+        client.sendall(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        await trio.testing.wait_all_tasks_blocked()  # the server waits for the rest
+        mock_clock.jump(8.0)
+        released.set()
+        await trio.testing.wait_all_tasks_blocked()  # its write waits for the client
+        mock_clock.jump(3.0)  # past the wait's idle_s, not the write's
+        await trio.testing.wait_all_tasks_blocked()
+        client.setblocking(False)
+        received = b""
+        for _ in range(10_000):  # reads, or passes of the server's loop meanwhile
+            if received.endswith(rest):
+                break
+            try:
+                chunk = client.recv(1 << 20)
+            except BlockingIOError:
+                await trio.testing.wait_all_tasks_blocked()
+                continue
+            assert chunk, received[:200]  # cut short
+            received += chunk
+        assert received.startswith(b"HTTP/1.1 200 ")
+        assert received.endswith(rest), len(received)
+        client.close()
         nursery.cancel_scope.cancel()
 
 

@@ -630,6 +630,7 @@ class ClientConnection:
             # `idle_s`, as nginx's proxy_read_timeout bounds one: an upstream that
             # stops mid-body would otherwise hold the client and a stream slot forever.
             limited = True
+            waited = False  # for more of the body: the deadline is that wait's then
             idle_s = self.state.config.timeouts.idle_s
             if self.has_body:
                 # Watched from now on whatever its body does, for a client that
@@ -642,13 +643,16 @@ class ClientConnection:
                         self.scope.deadline = math.inf
                     await self._write()
                     self.scope.deadline, limited = trio.current_time() + idle_s, True
-                    self.waits_for_body = True
+                    waited = self.waits_for_body = True
                     item = await channel.receive()
                     self.waits_for_body = False
                 if item is END:
-                    # Written under the deadline still set, if any (moving it costs a
-                    # heap entry per request): the request's, or the last wait's idle_s.
                     http.queue(h11.EndOfMessage())
+                    if waited and limited:
+                        # A body wait's deadline bounds the wait, not this write.
+                        self.scope.deadline, limited = math.inf, False
+                    # A response that came whole is written under the request's deadline
+                    # (lifting it would move it once more per request: a heap entry).
                     await self._write()
                     break
                 assert isinstance(item, bytes)
