@@ -19,6 +19,7 @@ import trio.testing
 
 from pvtunnel._config import AgentConfig, AgentTimeouts, Route, RouteType
 from pvtunnel._errors import UpstreamError
+from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.upstream import REAP_EVERY_S, UpstreamPool
 from tests.integration.client import fetch
 from tests.integration.harness import start_agent, start_server
@@ -86,3 +87,25 @@ async def test_a_failed_connect_says_why_as_the_system_put_it() -> None:
 def test_the_reaper_looks_every_few_seconds_never_in_a_spin(idle_s: float, every_s: float) -> None:
     config = AgentConfig(client_id="a", timeouts=AgentTimeouts(upstream_idle_s=idle_s))
     assert UpstreamPool(config).reap_every_s == every_s
+
+
+async def test_running_out_of_descriptors_is_the_agents_not_the_upstreams(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EMFILE is this process's limit: not counted as the route's connect error, and
+    the line says what to do. (trio reports it as it reports a refusal: the cause
+    of its own "all attempts ... failed".)"""
+
+    async def out_of_files(host: str, port: int) -> trio.SocketStream:
+        emfile = OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        failed = ExceptionGroup("all attempts failed", [emfile])
+        raise OSError(f"all attempts to connect to {host}:{port} failed") from failed
+
+    monkeypatch.setattr(trio, "open_tcp_stream", out_of_files)
+    route = Route(name="app", value="127.0.0.1", port=9, type=RouteType.IP)
+    metrics = AgentMetrics()
+    pool = UpstreamPool(AgentConfig(client_id="a", routes=(route,)), metrics)
+    with pytest.raises(UpstreamError, match=f"{errno.EMFILE}: Too many open files") as caught:
+        await pool.connect(route)
+    assert "out of file descriptors: raise its limit" in str(caught.value)
+    assert metrics.upstream_connect_errors == {}

@@ -14,6 +14,7 @@ tests, Windows sockets, which are not file descriptors) keeps Trio's methods.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Final, Protocol
 
@@ -149,3 +150,16 @@ def why_connect_failed(exc: OSError) -> str:
         for cause in group.exceptions
     )
     return "; ".join(reasons)
+
+
+_OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE})
+
+
+def out_of_descriptors(exc: OSError) -> bool:
+    """Whether a failed ``trio.open_tcp_stream`` ran out of file descriptors here: this
+    process's limit or the system's, not anything the peer did."""
+    group = exc.__cause__
+    causes = group.exceptions if isinstance(group, BaseExceptionGroup) else (exc,)
+    return any(
+        isinstance(cause, OSError) and cause.errno in _OUT_OF_DESCRIPTORS for cause in causes
+    )

@@ -32,7 +32,7 @@ from pvtunnel._http.headers import end_to_end, header_value
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
-from pvtunnel._trio.sockio import BROKEN, why_connect_failed
+from pvtunnel._trio.sockio import BROKEN, out_of_descriptors, why_connect_failed
 from pvtunnel._trio.tunnel import END, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
@@ -150,9 +150,15 @@ class UpstreamPool:
                 ErrorCode.UPSTREAM_CONNECT_FAILED,
             ) from None
         except OSError as exc:
-            self._metrics.upstream_connect_failed(route.name)
+            why = why_connect_failed(exc)
+            if out_of_descriptors(exc):
+                # The agent's own shortage, not the upstream's: not counted against
+                # the route, and said so (a client still gets 502).
+                why += " (the agent is out of file descriptors: raise its limit, ulimit -n)"
+            else:
+                self._metrics.upstream_connect_failed(route.name)
             raise UpstreamError(
-                f"cannot connect to {route.value}:{route.port}: {why_connect_failed(exc)}",
+                f"cannot connect to {route.value}:{route.port}: {why}",
                 ErrorCode.UPSTREAM_CONNECT_FAILED,
             ) from None
         return UpstreamConnection(stream)
