@@ -72,6 +72,21 @@ async def was_cut(sock: socket.socket) -> bool:
             return False
 
 
+async def cut_once_due(
+    mock_clock: trio.testing.MockClock,
+    client: ClientConnection,
+    sock: socket.socket,
+    mux: Multiplexer,
+) -> None:
+    """Move past the limit (two checks of the watch): the client is cut, its window back."""
+    mock_clock.jump(2 * HANGUP_CHECK_S)
+    await trio.testing.wait_all_tasks_blocked()
+    assert client.stopped_reading
+    assert await was_cut(sock)
+    await trio.testing.wait_all_tasks_blocked()
+    assert mux.held_bytes == 0
+
+
 def roomy_config() -> ServerConfig:
     """`idle_s` 30 s, and a connection window that one stalled stream cannot make short."""
     return server_config(
@@ -153,12 +168,7 @@ async def test_without_a_shortage_a_client_that_stops_reading_has_idle_s(
         await trio.testing.wait_all_tasks_blocked()
         assert len(running.server.state.awaiting) == 1  # not yet (reading would be progress)
         assert mux.held_bytes > 0
-        mock_clock.jump(2 * HANGUP_CHECK_S)
-        await trio.testing.wait_all_tasks_blocked()
-        assert client.stopped_reading
-        assert await was_cut(sock)
-        await trio.testing.wait_all_tasks_blocked()
-        assert mux.held_bytes == 0
+        await cut_once_due(mock_clock, client, sock, mux)
         sock.close()
         nursery.cancel_scope.cancel()
 
@@ -192,12 +202,7 @@ async def test_a_client_that_stops_reading_its_pipe_is_cut_after_idle_s(
         mock_clock.jump(30.0 - 2 * HANGUP_CHECK_S)
         await trio.testing.wait_all_tasks_blocked()
         assert client in running.server.state.awaiting  # not yet: still watched
-        mock_clock.jump(2 * HANGUP_CHECK_S)
-        await trio.testing.wait_all_tasks_blocked()
-        assert client.stopped_reading
-        assert await was_cut(sock)
-        await trio.testing.wait_all_tasks_blocked()
-        assert mux.held_bytes == 0
+        await cut_once_due(mock_clock, client, sock, mux)
         assert running.server.state.awaiting == {}
         (line,) = [vars(r) for r in caplog.records if r.name == "pvtunnel.access"]
         assert (line["method"], line["status"]) == ("CONNECT", 200)
