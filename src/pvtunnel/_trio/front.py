@@ -107,9 +107,10 @@ class ClientConnection:
         self.exchange: tuple[str, int] | None = None
         # h11 caps only incomplete heads; a whole head that arrived at once is checked here.
         self.max_head_bytes = state.config.limits.max_request_head_bytes
-        # Response writes: one under way, how many ended, and what `check_hangup` last
-        # saw of them (a count that does not move while a write is under way is a
-        # client that stopped reading).
+        # Writes to the client (a response's, or a pipe's: see `pipe.WriteWatch`): one
+        # under way, how many ended, and what `check_hangup` last saw of them (a count
+        # that does not move while a write is under way is a client that stopped
+        # reading).
         self.writing = False
         self.writes = 0
         self._writes_seen = -1
@@ -478,41 +479,33 @@ class ClientConnection:
         behind that data, and a stream it left must not hold an agent's stream slot
         until the upstream ends.
         """
-        pipe = self.pipe
-        if pipe is not None:
-            # A pipe: only a client that stops taking what is written to it is cut
-            # (its window held in the server is the agent's as for a response). A
-            # half-close is the pipe's own business: it passes it on.
-            if pipe.writing and self._stopped_reading(channel, pipe.writes):
-                self._cut_stalled_reader(channel, "pipe")
-                return True
-            return False
-        if self.writing and self._stopped_reading(channel, self.writes):
-            self._cut_stalled_reader(channel, "response")
+        if self.writing and self._stopped_reading(channel):
+            # A response's write or a pipe's (it counts its writes here too).
+            logger.info(
+                "%s to %s cut: the client took nothing for %.1fs",
+                "response" if self.pipe is None else "pipe",
+                self.address,
+                trio.current_time() - self._writes_seen_at,
+            )
+            self.stopped_reading = True
+            channel.reset(ErrorCode.CANCEL, "the client stopped reading")
+            self.scope.cancel()
             return True
+        if self.pipe is not None:
+            # A half-close is the pipe's own business: it passes it on.
+            return False
         if not await has_hung_up(self.stream):
             return False
         self.client_error = ClientGoneError("the client closed its connection")
         channel.reset(ErrorCode.CANCEL, "the client went away")
         return True
 
-    def _cut_stalled_reader(self, channel: Channel, what: str) -> None:
-        logger.info(
-            "%s to %s cut: the client took nothing for %.1fs",
-            what,
-            self.address,
-            trio.current_time() - self._writes_seen_at,
-        )
-        self.stopped_reading = True
-        channel.reset(ErrorCode.CANCEL, "the client stopped reading")
-        self.scope.cancel()
-
-    def _stopped_reading(self, channel: Channel, writes: int) -> bool:
+    def _stopped_reading(self, channel: Channel) -> bool:
         """Whether the write under way has taken nothing for too long (see
-        `STALLED_WHEN_SHORT_S`), ``writes`` being how many writes have ended."""
+        `STALLED_WHEN_SHORT_S`)."""
         now = trio.current_time()
-        if writes != self._writes_seen:
-            self._writes_seen, self._writes_seen_at = writes, now
+        if self.writes != self._writes_seen:
+            self._writes_seen, self._writes_seen_at = self.writes, now
             return False
         limit = self.state.config.timeouts.idle_s
         if channel.connection_short():
@@ -717,11 +710,11 @@ class ClientConnection:
             return
         initial, _ = self.conn.trailing_data
         counts = self.pipe = PipeBytes()
-        self._writes_seen = -1  # the pipe's writes are counted from 0
-        # Watched for a client that stops reading (`check_hangup`) until the pipe ends.
+        # Its writes are watched, as a response's are, for a client that stops reading
+        # (`check_hangup`), until the pipe ends.
         self._watch_hangup(channel)
         try:
-            await run_pipe(self.stream, channel, bytes(initial), counts)
+            await run_pipe(self.stream, channel, bytes(initial), counts, watch=self)
         finally:
             # Logged when the pipe ends (as nginx logs an upgraded connection), with
             # what crossed it each way and its whole life as the duration.

@@ -12,7 +12,7 @@ on a reset or a broken socket.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
 
@@ -30,15 +30,20 @@ class PipeBytes:
     """What a pipe moved so far, each way: read while it runs, or after it ended
     however it ended (a log line written when it is cancelled still has them)."""
 
-    __slots__ = ("from_socket", "to_socket", "writes", "writing")
+    __slots__ = ("from_socket", "to_socket")
 
     def __init__(self) -> None:
         self.from_socket = 0  # read from the connection, sent into the tunnel stream
         self.to_socket = 0  # taken from the tunnel stream, written to the connection
-        # A write to the connection under way, and how many ended: a count that does
-        # not move while one is under way is a peer that stopped reading.
-        self.writing = False
-        self.writes = 0
+
+
+class WriteWatch(Protocol):
+    """Whoever watches the writes to the connection: a write under way, and how many
+    ended (a count that does not move while one is under way is a peer that stopped
+    reading). The server's client connection is one, for its responses and pipe alike."""
+
+    writing: bool
+    writes: int
 
 
 async def run_pipe(
@@ -46,6 +51,7 @@ async def run_pipe(
     channel: StreamChannel,
     initial: bytes = b"",
     counts: PipeBytes | None = None,
+    watch: WriteWatch | None = None,
 ) -> None:
     """Move bytes both ways until both directions ended; never raises for I/O failures.
 
@@ -55,13 +61,14 @@ async def run_pipe(
         initial: bytes already read from ``stream`` beyond the HTTP head (h11's
             trailing data), sent first.
         counts: where to count the bytes moved, if the caller wants them.
+        watch: told of each write to ``stream``, if the caller watches them.
     """
     counts = PipeBytes() if counts is None else counts
     try:
         async with trio.open_nursery() as nursery:
             scope = nursery.cancel_scope
             nursery.start_soon(_socket_to_stream, stream, channel, initial, counts, scope)
-            nursery.start_soon(_stream_to_socket, stream, channel, counts, scope)
+            nursery.start_soon(_stream_to_socket, stream, channel, counts, watch, scope)
     except BaseExceptionGroup as group:
         raise first_error(group) from None
 
@@ -89,7 +96,11 @@ async def _socket_to_stream(
 
 
 async def _stream_to_socket(
-    stream: trio.abc.Stream, channel: StreamChannel, counts: PipeBytes, scope: trio.CancelScope
+    stream: trio.abc.Stream,
+    channel: StreamChannel,
+    counts: PipeBytes,
+    watch: WriteWatch | None,
+    scope: trio.CancelScope,
 ) -> None:
     try:
         while (item := await channel.receive()) is not END:
@@ -97,12 +108,15 @@ async def _stream_to_socket(
             # Counted once on its way, as a response's body is: a write cut short (a
             # client that stops reading) is logged with what it was sending.
             counts.to_socket += len(item)
-            counts.writing = True
-            try:
+            if watch is None:
                 await stream.send_all(item)
-            finally:
-                counts.writing = False
-            counts.writes += 1
+            else:
+                watch.writing = True
+                try:
+                    await stream.send_all(item)
+                finally:
+                    watch.writing = False
+                watch.writes += 1
             channel.consume(len(item))
         if isinstance(stream, trio.abc.HalfCloseableStream):
             with contextlib.suppress(*_BROKEN):

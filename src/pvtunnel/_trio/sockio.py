@@ -132,22 +132,27 @@ def fast_io(stream: trio.abc.Stream) -> ByteStream:
     return stream
 
 
-def why_connect_failed(exc: OSError) -> str:
-    """What the system said when ``trio.open_tcp_stream`` failed, as nginx logs it
-    ("111: Connection refused").
+def _attempt_errors(exc: OSError) -> tuple[BaseException, ...]:
+    """The errors behind a failed ``trio.open_tcp_stream``.
 
     trio reports each attempt's error (one per address tried) only as the cause of
     its own "all attempts ... failed", which says nothing of why; a failure before
-    any attempt (a name that does not resolve) says it itself.
+    any attempt (a name that does not resolve) is its own.
     """
     group = exc.__cause__
-    if not isinstance(group, BaseExceptionGroup):
+    return tuple(group.exceptions) if isinstance(group, BaseExceptionGroup) else (exc,)
+
+
+def why_connect_failed(exc: OSError) -> str:
+    """What the system said when ``trio.open_tcp_stream`` failed, as nginx logs it
+    ("111: Connection refused")."""
+    if not isinstance(exc.__cause__, BaseExceptionGroup):
         return exc.strerror or str(exc)
     reasons = dict.fromkeys(
         f"{cause.errno}: {os.strerror(cause.errno)}"
         if isinstance(cause, OSError) and cause.errno is not None
         else str(cause)
-        for cause in group.exceptions
+        for cause in _attempt_errors(exc)
     )
     return "; ".join(reasons)
 
@@ -158,8 +163,7 @@ _OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE})
 def out_of_descriptors(exc: OSError) -> bool:
     """Whether a failed ``trio.open_tcp_stream`` ran out of file descriptors here: this
     process's limit or the system's, not anything the peer did."""
-    group = exc.__cause__
-    causes = group.exceptions if isinstance(group, BaseExceptionGroup) else (exc,)
     return any(
-        isinstance(cause, OSError) and cause.errno in _OUT_OF_DESCRIPTORS for cause in causes
+        isinstance(cause, OSError) and cause.errno in _OUT_OF_DESCRIPTORS
+        for cause in _attempt_errors(exc)
     )
