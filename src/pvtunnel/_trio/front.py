@@ -1,10 +1,11 @@
 """The external port: HTTP/1.1 clients in, one tunnel stream per request out.
 
 One task per client connection, one h11 connection in it. Time limits use a
-single cancel scope per client connection whose deadline moves with the phase
-(waiting for a head, waiting for the upstream's response), which costs far less
-than a scope per request on the request path. What the deadline meant when it fired
-is read from ``phase``.
+single cancel scope per client connection, whose limit moves with the phase
+(waiting for a head, waiting for the upstream's response) and is kept by the
+server's `Deadlines` task: a move is an attribute write, where a scope per request,
+or a scope's own deadline moved, would cost Trio heap work on every request. What
+the limit meant when it fired is read from ``phase``.
 
 Failure rules: before the response head goes out, a failure
 becomes a short text/plain error response; after it, the client connection is
@@ -88,6 +89,7 @@ class ClientConnection:
         )
         self.http = H11Stream(self.conn, stream)
         self.scope = trio.CancelScope()
+        self.deadline = state.deadlines.deadline(self.scope)
         self.phase = Phase.HEAD
         self.client_error: Exception | None = None
         # The current request's method: an answer to HEAD has a head only.
@@ -147,8 +149,9 @@ class ClientConnection:
                 # A kept-alive connection may idle for `idle_s`; a head has
                 # `request_head_s` from its first byte on, however slowly it comes.
                 has_head_bytes = first or bool(trailing)
-                self.scope.deadline = trio.current_time() + (
-                    timeouts.request_head_s if has_head_bytes else timeouts.idle_s
+                self.deadline.set(
+                    trio.current_time()
+                    + (timeouts.request_head_s if has_head_bytes else timeouts.idle_s)
                 )
                 self.http.on_data = None if has_head_bytes else self._head_started
                 first = False
@@ -190,7 +193,7 @@ class ClientConnection:
                     return
                 # From here the upstream has `upstream_response_s` to answer.
                 self.started = trio.current_time()
-                self.scope.deadline = self.started + timeouts.upstream_response_s
+                self.deadline.set(self.started + timeouts.upstream_response_s)
                 self.phase = Phase.RESPONSE
                 self.unlogged = event
                 if not await self._proxy(event, headers):
@@ -217,8 +220,11 @@ class ClientConnection:
 
     def _head_started(self) -> None:
         """The first bytes of a kept-alive connection's next head: its time starts."""
-        self.scope.deadline = min(
-            self.scope.deadline, trio.current_time() + self.state.config.timeouts.request_head_s
+        self.deadline.set(
+            min(
+                self.deadline.due,
+                trio.current_time() + self.state.config.timeouts.request_head_s,
+            )
         )
 
     async def _send_error(
@@ -344,11 +350,11 @@ class ClientConnection:
             # A route whose agents left lately waits for one to come back. The wait
             # has its own bound (`hold_s`, then 503); the upstream's time starts
             # once the request can go to an agent, or its refusal be written.
-            self.scope.deadline = math.inf
+            self.deadline.set(math.inf)
             waited_from = trio.current_time()
             held = await self._wait_held(admission.authority)
             self.started = trio.current_time()
-            self.scope.deadline = self.started + config.timeouts.upstream_response_s
+            self.deadline.set(self.started + config.timeouts.upstream_response_s)
             if not isinstance(held, tuple):
                 # Not forwarded after all: logged with the wait it had, under the
                 # departed route it waited for (the one operators watch on a redeploy).
@@ -423,7 +429,7 @@ class ClientConnection:
             # response timeout starts once the body is sent (`_pump_request_body`);
             # until then each piece must come within `idle_s` of the last.
             self.phase = Phase.BODY
-            self.scope.deadline = trio.current_time() + state.config.timeouts.idle_s
+            self.deadline.set(trio.current_time() + state.config.timeouts.idle_s)
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._pump_request_body, channel)
@@ -537,12 +543,12 @@ class ClientConnection:
                     self.body_waits_for_agent = False
                     self.request_bytes += len(data)
                     if self.phase is Phase.BODY:
-                        self.scope.deadline = trio.current_time() + timeouts.idle_s
+                        self.deadline.set(trio.current_time() + timeouts.idle_s)
                 elif isinstance(event, h11.EndOfMessage):
                     channel.end()
                     if self.phase is Phase.BODY:
                         self.phase = Phase.RESPONSE
-                        self.scope.deadline = trio.current_time() + timeouts.upstream_response_s
+                        self.deadline.set(trio.current_time() + timeouts.upstream_response_s)
                     # Nobody reads the socket now: watch it for a hang-up instead.
                     self._watch_hangup(channel)
                     return
@@ -567,9 +573,6 @@ class ClientConnection:
         started = self.started
         try:
             head = await self._receive_final_head(channel, switch)
-            # The deadline is lifted only before a wait (a cancel scope's deadline
-            # costs a heap entry each time it moves): a response that arrived whole
-            # is written under it.
             self.phase = Phase.PROXYING
         except StreamResetError as exc:
             if isinstance(self.client_error, ClientGoneError):
@@ -590,7 +593,7 @@ class ClientConnection:
             return True
         if switch is not None:
             if switch.accepts(head.status):
-                self.scope.deadline = math.inf
+                self.deadline.set(math.inf)
                 await self._switch(channel, request, agent, started, head, switch)
                 return False
             channel.end()  # refused: the client sends nothing more on this request
@@ -619,11 +622,9 @@ class ClientConnection:
             # Write what has arrived in one send; wait (flushed) only when nothing has.
             # Credit goes back once bytes are handed to the socket, so what we hold
             # stays within the stream window plus one flush. Writes are bounded by
-            # `check_hangup`, not the deadline; a wait for more of the body by
+            # `check_hangup`, not the time limit; a wait for more of the body by
             # `idle_s`, as nginx's proxy_read_timeout bounds one: an upstream that
             # stops mid-body would otherwise hold the client and a stream slot forever.
-            limited = True
-            waited = False  # for more of the body: the deadline is that wait's then
             idle_s = self.state.config.timeouts.idle_s
             if self.has_body:
                 # Watched from now on whatever its body does, for a client that
@@ -632,20 +633,15 @@ class ClientConnection:
             while True:
                 item = channel.receive_nowait()
                 if item is None:
-                    if limited:
-                        self.scope.deadline = math.inf
+                    self.deadline.set(math.inf)
                     await self._write()
-                    self.scope.deadline, limited = trio.current_time() + idle_s, True
-                    waited = self.waits_for_body = True
+                    self.deadline.set(trio.current_time() + idle_s)
+                    self.waits_for_body = True
                     item = await channel.receive()
                     self.waits_for_body = False
                 if item is END:
                     http.queue(h11.EndOfMessage())
-                    if waited and limited:
-                        # A body wait's deadline bounds the wait, not this write.
-                        self.scope.deadline, limited = math.inf, False
-                    # A response that came whole is written under the request's deadline
-                    # (lifting it would move it once more per request: a heap entry).
+                    self.deadline.set(math.inf)
                     await self._write()
                     break
                 assert isinstance(item, bytes)
@@ -653,8 +649,7 @@ class ClientConnection:
                 # stops reading, a shutdown) logs what was on its way.
                 sent += len(item)
                 if http.queue(h11.Data(data=item)) >= FLUSH_BYTES:
-                    if limited:
-                        self.scope.deadline, limited = math.inf, False
+                    self.deadline.set(math.inf)
                     await self._write()
                 channel.consume(len(item))
         except trio.Cancelled:
@@ -850,6 +845,7 @@ async def handle_client(
         await client._send_error(500, "internal error", close=True)
         client.log_cut_short(500)
     finally:
+        client.deadline.release()
         # Still unlogged, a request was cut from outside (the end of the shutdown
         # grace period) before its response head: its client is told so, if it still
         # reads, and the line says what it was told.

@@ -81,6 +81,7 @@ class TunnelServer:
         config = self.config
         async with trio.open_nursery() as handlers:
             handlers.start_soon(watch_hangups, self.state)
+            handlers.start_soon(self.state.deadlines.run)
             # First and outside `listening`, so probes get answers (/ready: 503) while
             # the listeners start, and during a drain.
             admin: tuple[str, int] | None = None

@@ -16,6 +16,7 @@ import trio
 from pvtunnel._http.routing import Router
 from pvtunnel._logs import direct_access_handler
 from pvtunnel._metrics import ServerMetrics
+from pvtunnel._trio.deadlines import Deadlines
 from pvtunnel._trio.holding import HeldRequests
 from pvtunnel._trio.tunnel import Tunnel
 
@@ -75,6 +76,8 @@ class ServerState:
         # Set when a drain begins with a delay: /ready is false, requests still served.
         self.withdrawn = False
         self.metrics = ServerMetrics()
+        # The client connections' time limits (`Deadlines.run` runs beside the listeners).
+        self.deadlines = Deadlines()
         self.held = HeldRequests(config, self.metrics)
         self.idle = trio.Event()
         self.idle.set()
