@@ -17,7 +17,7 @@ import enum
 import ipaddress
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NoReturn, TypeVar
 
 import attrs
 
@@ -26,6 +26,8 @@ from pvtunnel._errors import FieldError, InvalidValue
 from . import rules
 from .rules import Network, Rule, join_path, show
 from .secret import Secret
+
+T = TypeVar("T")
 
 TOML_KEY: Final = "pvtunnel.toml_key"
 """Field metadata: the TOML key, where it differs from the attribute name."""
@@ -54,6 +56,60 @@ def _lower_all(value: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(_lower(item) for item in value)
 
 
+# Converters that hold a value built in code as the loader holds one read from a file
+# (a token as a `Secret`, a path as a `Path`, a name as its enum member, an array as a
+# tuple), where it parses; one that does not is left as given, for the field's rule
+# to report. Without them, a token given as a plain string would show in the repr.
+def _as_loaded(parse: Callable[[object], T], value: object) -> T:
+    try:
+        return parse(value)
+    except InvalidValue:
+        return value  # type: ignore[return-value]  # the validator refuses it
+
+
+@attrs.frozen
+class _Holds:
+    """An attrs validator for a field that holds a table (or an array of tables):
+    a value of another type fails here, as a `FieldError`, not later and deep in
+    the server or agent."""
+
+    kind: type
+    optional: bool = False
+    array: bool = False
+
+    def __call__(self, instance: object, attribute: "attrs.Attribute[Any]", value: object) -> None:
+        if self.array:
+            if not isinstance(value, tuple):
+                self._refuse(instance, attribute.name, "a tuple", value)
+            for index, item in enumerate(value):
+                if not isinstance(item, self.kind):
+                    self._refuse(instance, f"{attribute.name}[{index}]", "", item)
+        elif not (isinstance(value, self.kind) or (self.optional and value is None)):
+            self._refuse(instance, attribute.name, "", value)
+
+    def _refuse(self, instance: object, at: str, expected: str, value: object) -> NoReturn:
+        expected = expected or f"a {self.kind.__name__}" + (" or None" if self.optional else "")
+        raise FieldError(
+            type(instance).__name__, [(at, f"expected {expected}, got {type(value).__name__}")]
+        )
+
+
+def _secret(value: Secret | str) -> Secret:
+    return _as_loaded(rules.secret, value)
+
+
+def _optional_secret(value: Secret | str | None) -> Secret | None:
+    return _as_loaded(rules.optional_secret, value)
+
+
+def _optional_path(value: Path | str | None) -> Path | None:
+    return _as_loaded(rules.optional_path, value)
+
+
+def _whitelist(value: Sequence[str]) -> tuple[str, ...]:
+    return _as_loaded(rules.whitelist, value)
+
+
 @attrs.frozen(kw_only=True)
 class ScopedToken:
     """An agent token that may only claim the route names its patterns cover.
@@ -62,10 +118,14 @@ class ScopedToken:
     without any of them being able to take over another's names.
     """
 
-    token: Secret = attrs.field(validator=Rule(rules.secret))
+    token: Secret = attrs.field(converter=_secret, validator=Rule(rules.secret))
     routes: tuple[str, ...] = attrs.field(
         converter=_lower_all, validator=Rule(rules.scope_patterns)
     )
+
+
+def _scoped_tokens(value: Sequence[ScopedToken]) -> tuple[ScopedToken, ...]:
+    return tuple(value) if isinstance(value, list) else value  # type: ignore[return-value]
 
 
 @attrs.frozen(kw_only=True)
@@ -73,10 +133,18 @@ class InternalConfig:
     """The listener agents connect to (``[internal]``)."""
 
     port: int = attrs.field(default=8081, validator=Rule(rules.listen_port))
-    token: Secret | None = attrs.field(default=None, validator=Rule(rules.optional_secret))
-    tokens: tuple[ScopedToken, ...] = ()
-    tls_cert: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
-    tls_key: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
+    token: Secret | None = attrs.field(
+        default=None, converter=_optional_secret, validator=Rule(rules.optional_secret)
+    )
+    tokens: tuple[ScopedToken, ...] = attrs.field(
+        default=(), converter=_scoped_tokens, validator=_Holds(ScopedToken, array=True)
+    )
+    tls_cert: Path | None = attrs.field(
+        default=None, converter=_optional_path, validator=Rule(rules.optional_path)
+    )
+    tls_key: Path | None = attrs.field(
+        default=None, converter=_optional_path, validator=Rule(rules.optional_path)
+    )
 
     def __attrs_post_init__(self) -> None:
         _check_tls_pair(self, self.tls_cert, self.tls_key)
@@ -109,13 +177,21 @@ class ExternalConfig:
     """The listener HTTP clients connect to (``[external]``)."""
 
     port: int = attrs.field(default=8080, validator=Rule(rules.listen_port))
-    token: Secret | None = attrs.field(default=None, validator=Rule(rules.optional_secret))
-    whitelisted_ips: tuple[str, ...] = attrs.field(default=(), validator=Rule(rules.whitelist))
+    token: Secret | None = attrs.field(
+        default=None, converter=_optional_secret, validator=Rule(rules.optional_secret)
+    )
+    whitelisted_ips: tuple[str, ...] = attrs.field(
+        default=(), converter=_whitelist, validator=Rule(rules.whitelist)
+    )
     domain: str | None = attrs.field(
         default=None, converter=_lower_optional, validator=Rule(rules.domain)
     )
-    tls_cert: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
-    tls_key: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
+    tls_cert: Path | None = attrs.field(
+        default=None, converter=_optional_path, validator=Rule(rules.optional_path)
+    )
+    tls_key: Path | None = attrs.field(
+        default=None, converter=_optional_path, validator=Rule(rules.optional_path)
+    )
     # Parsed once here: allows() runs for every client connection.
     _networks: tuple[Network, ...] = attrs.field(init=False, repr=False, eq=False)
 
@@ -210,7 +286,9 @@ class AdminConfig:
 
     port: int = attrs.field(validator=Rule(rules.listen_port))
     host: str = attrs.field(default="127.0.0.1", validator=Rule(rules.host))
-    token: Secret | None = attrs.field(default=None, validator=Rule(rules.optional_secret))
+    token: Secret | None = attrs.field(
+        default=None, converter=_optional_secret, validator=Rule(rules.optional_secret)
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.token is None and not rules.is_loopback(self.host):
@@ -230,11 +308,13 @@ class ServerConfig:
     """Everything ``pvtunnel serve`` needs (server.toml plus flags and environment)."""
 
     host: str = attrs.field(default="0.0.0.0", validator=Rule(rules.host))
-    internal: InternalConfig = attrs.field(factory=InternalConfig)
-    external: ExternalConfig = attrs.field(factory=ExternalConfig)
-    timeouts: TimeoutsConfig = attrs.field(factory=TimeoutsConfig)
-    limits: LimitsConfig = attrs.field(factory=LimitsConfig)
-    admin: AdminConfig | None = None
+    internal: InternalConfig = attrs.field(factory=InternalConfig, validator=_Holds(InternalConfig))
+    external: ExternalConfig = attrs.field(factory=ExternalConfig, validator=_Holds(ExternalConfig))
+    timeouts: TimeoutsConfig = attrs.field(factory=TimeoutsConfig, validator=_Holds(TimeoutsConfig))
+    limits: LimitsConfig = attrs.field(factory=LimitsConfig, validator=_Holds(LimitsConfig))
+    admin: AdminConfig | None = attrs.field(
+        default=None, validator=_Holds(AdminConfig, optional=True)
+    )
 
 
 def _normalised_urls(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -276,6 +356,10 @@ discovery: Final = _enum_rule(Discovery)
 """The rule for ``discover``."""
 
 
+def _discovery(value: Discovery | str) -> Discovery:
+    return _as_loaded(discovery, value)
+
+
 @attrs.frozen(kw_only=True)
 class ServerEndpoint:
     """Where the agent dials (``[server]``): one connection per URL, each on its own.
@@ -292,9 +376,15 @@ class ServerEndpoint:
         validator=Rule(rules.server_urls),
         metadata={TOML_KEY: "url"},
     )
-    token: Secret | None = attrs.field(default=None, validator=Rule(rules.optional_secret))
-    ca_file: Path | None = attrs.field(default=None, validator=Rule(rules.optional_path))
-    discover: Discovery = attrs.field(default=Discovery.NONE, validator=Rule(discovery))
+    token: Secret | None = attrs.field(
+        default=None, converter=_optional_secret, validator=Rule(rules.optional_secret)
+    )
+    ca_file: Path | None = attrs.field(
+        default=None, converter=_optional_path, validator=Rule(rules.optional_path)
+    )
+    discover: Discovery = attrs.field(
+        default=Discovery.NONE, converter=_discovery, validator=Rule(discovery)
+    )
     discover_interval_s: float = attrs.field(default=30.0, validator=Rule(rules.seconds))
 
     def ca_file_unused(self) -> bool:
@@ -318,6 +408,10 @@ route_type: Final = _enum_rule(RouteType)
 """The rule for ``type``."""
 
 
+def _route_type(value: RouteType | str) -> RouteType:
+    return _as_loaded(route_type, value)
+
+
 def _unbracket(value: str) -> str:
     inner = value[1:-1]
     if value.startswith("[") and value.endswith("]") and rules.is_ip_literal(inner):
@@ -332,7 +426,9 @@ class Route:
     name: str = attrs.field(converter=_lower, validator=Rule(rules.route_name))
     value: str = attrs.field(converter=_unbracket, validator=Rule(rules.route_target))
     port: int = attrs.field(validator=Rule(rules.route_port))
-    type: RouteType = attrs.field(default=RouteType.CNAME, validator=Rule(route_type))
+    type: RouteType = attrs.field(
+        default=RouteType.CNAME, converter=_route_type, validator=Rule(route_type)
+    )
     host_header: str = attrs.field(default="preserve", validator=Rule(rules.host_header))
     # Computed once: upstream_host_header() runs for every request.
     _fixed_host: bytes | None = attrs.field(init=False, repr=False, eq=False)
@@ -435,16 +531,26 @@ class InspectConfig:
     )
 
 
+def _routes(value: Sequence[Route]) -> tuple[Route, ...]:
+    return tuple(value) if isinstance(value, list) else value  # type: ignore[return-value]
+
+
 @attrs.frozen(kw_only=True)
 class AgentConfig:
     """Everything ``pvtunnel agent`` needs (agent.toml plus flags and environment)."""
 
     client_id: str = attrs.field(validator=Rule(rules.client_id))
-    server: ServerEndpoint = attrs.field(factory=ServerEndpoint)
-    routes: tuple[Route, ...] = attrs.field(default=(), validator=_unique_route_names)
-    timeouts: AgentTimeouts = attrs.field(factory=AgentTimeouts)
-    admin: AdminConfig | None = None
-    inspect: InspectConfig = attrs.field(factory=InspectConfig)
+    server: ServerEndpoint = attrs.field(factory=ServerEndpoint, validator=_Holds(ServerEndpoint))
+    routes: tuple[Route, ...] = attrs.field(
+        default=(),
+        converter=_routes,
+        validator=[_Holds(Route, array=True), _unique_route_names],
+    )
+    timeouts: AgentTimeouts = attrs.field(factory=AgentTimeouts, validator=_Holds(AgentTimeouts))
+    admin: AdminConfig | None = attrs.field(
+        default=None, validator=_Holds(AdminConfig, optional=True)
+    )
+    inspect: InspectConfig = attrs.field(factory=InspectConfig, validator=_Holds(InspectConfig))
     max_streams: int = attrs.field(default=4096, validator=Rule(rules.integer(1, rules.MAX_INT32)))
     stream_window_bytes: int = attrs.field(
         default=2097152, validator=Rule(rules.integer(16384, rules.MAX_INT32))

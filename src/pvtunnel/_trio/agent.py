@@ -34,6 +34,7 @@ import trio
 from pvtunnel._backoff import Backoff
 from pvtunnel._config import Discovery
 from pvtunnel._errors import (
+    ConfigError,
     ErrorCode,
     HandshakeError,
     HandshakeRefusedError,
@@ -195,7 +196,7 @@ class TunnelAgent:
     ) -> None:
         problems = config.validate_runnable()
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError(problems)
         self.config = config
         self.routes: dict[str, Route] = {route.name: route for route in config.routes}
         self.metrics = AgentMetrics()

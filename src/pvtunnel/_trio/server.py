@@ -20,6 +20,7 @@ import trio
 
 from pvtunnel._config import rules
 from pvtunnel._errors import (
+    ConfigError,
     ErrorCode,
     InvalidValue,
     ProtocolError,
@@ -65,7 +66,7 @@ class TunnelServer:
 
     def __init__(self, config: ServerConfig) -> None:
         if config.internal.token is None and not config.internal.tokens:
-            raise ValueError("the server needs an internal token for its agents")
+            raise ConfigError(["internal.token: the server needs a token for its agents"])
         self.config = config
         self.state = ServerState(config)
         self._listen_scope = trio.CancelScope()
