@@ -78,8 +78,23 @@ class TunnelServer:
     async def serve(
         self, *, task_status: trio.TaskStatus[ServerAddresses] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen on both ports until cancelled (startable)."""
+        """Listen on both ports until cancelled (startable).
+
+        Raises:
+            OSError: a listener could not be opened (its message names which), or a
+                TLS certificate or key could not be read: the error itself, as
+                `TunnelAgent.serve` raises its own, not inside an exception group.
+        """
+        try:
+            await self._serve(task_status)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+
+    async def _serve(self, task_status: trio.TaskStatus[ServerAddresses]) -> None:
         config = self.config
+        # Read before any listener opens: one that fails leaves no port taken.
+        internal_ssl = _ssl_context("internal", config.internal.tls_cert, config.internal.tls_key)
+        ext_ssl = _ssl_context("external", config.external.tls_cert, config.external.tls_key)
         async with trio.open_nursery() as handlers:
             handlers.start_soon(watch_hangups, self.state)
             handlers.start_soon(self.state.deadlines.run)
@@ -98,16 +113,12 @@ class TunnelServer:
                     functools.partial(
                         trio.serve_listeners,
                         self._handle_agent,
-                        _secure(
-                            internal_listeners,
-                            _ssl_context(config.internal.tls_cert, config.internal.tls_key),
-                        ),
+                        _secure(internal_listeners, internal_ssl),
                         handler_nursery=handlers,
                     )
                 )
                 listeners = await open_listeners("external", config.external.port, config.host)
                 external = listeners[0].socket.getsockname()
-                ext_ssl = _ssl_context(config.external.tls_cert, config.external.tls_key)
                 handler = functools.partial(
                     handle_client, state=self.state, proto=b"http" if ext_ssl is None else b"https"
                 )
@@ -405,11 +416,24 @@ def _bearer(headers: list[tuple[bytes, bytes]]) -> bytes | None:
     return None
 
 
-def _ssl_context(cert: object, key: object) -> ssl.SSLContext | None:
+def _ssl_context(what: str, cert: object, key: object) -> ssl.SSLContext | None:
+    """The listener's TLS context, None without a certificate.
+
+    Raises:
+        OSError: the certificate or key cannot be read or used (``ssl.SSLError`` is
+            one too); the message names the listener and both files, which
+            ``ssl`` leaves out.
+    """
     if cert is None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    try:
+        context.load_cert_chain(str(cert), str(key) if key is not None else None)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(
+            exc.errno, f"the {what} listener's certificate {cert} and key {key}: {reason}"
+        ) from None
     return context
 
 
