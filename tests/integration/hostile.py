@@ -68,13 +68,18 @@ def response_head(
     return frame(HEAD, stream_id, payload, INFORMATIONAL if informational else 0)
 
 
-def hello(client_id: str, routes: Sequence[str]) -> bytes:
+def hello(
+    client_id: str,
+    routes: Sequence[str],
+    window: int = WINDOW_BYTES,
+    connection_window: int = 16 * WINDOW_BYTES,
+) -> bytes:
     body = {
         "versions": [1],
         "client_id": client_id,
         "routes": list(routes),
-        "window": WINDOW_BYTES,
-        "connection_window": 16 * WINDOW_BYTES,
+        "window": window,
+        "connection_window": connection_window,
     }
     return frame(HELLO, 0, json.dumps(body).encode())
 
@@ -123,10 +128,13 @@ class HostileAgent:
         routes: Sequence[str] = ("app",),
         receive_buffer_bytes: int | None = None,
         before_hello: Callable[[], Awaitable[None]] | None = None,
+        window: int = WINDOW_BYTES,
+        connection_window: int = 16 * WINDOW_BYTES,
     ) -> HostileAgent:
         """Upgrade, say HELLO, and return once ACCEPT arrived.
 
         ``before_hello`` runs between the upgrade and HELLO, for races with the server.
+        ``window`` and ``connection_window`` are the credit HELLO announces.
 
         Raises:
             HandshakeRejectedError: the server sent REJECT.
@@ -146,7 +154,9 @@ class HostileAgent:
             extra_headers=[(b"authorization", f"Bearer {token}".encode())],
         )
         try:
-            await agent._handshake(request, client_id, routes, before_hello)
+            await agent._handshake(
+                request, hello(client_id, routes, window, connection_window), before_hello
+            )
         except BaseException:
             await stream.aclose()
             raise
@@ -155,8 +165,7 @@ class HostileAgent:
     async def _handshake(
         self,
         request: Request,
-        client_id: str,
-        routes: Sequence[str],
+        greeting: bytes,
         before_hello: Callable[[], Awaitable[None]] | None,
     ) -> None:
         await self.stream.send_all(self.ws.send(request))
@@ -168,7 +177,7 @@ class HostileAgent:
                 raise HandshakeRejectedError(f"upgrade refused: {event.status_code}")
         if before_hello is not None:
             await before_hello()
-        await self.send(hello(client_id, routes))
+        await self.send(greeting)
         first = await self.receive_frame()
         if first is None:
             raise HandshakeRejectedError("closed before answering HELLO")

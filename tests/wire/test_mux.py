@@ -46,6 +46,31 @@ def test_handshake_accepts_and_reports_refused_routes() -> None:
     assert pair.agent.send_credit(stream_id) == 100
 
 
+def test_an_accept_too_big_for_a_frame_changes_nothing_and_a_reject_can_follow() -> None:
+    pair = MuxPair()
+    routes = tuple(f"!{index}" for index in range(3000))
+    pair.agent.send_hello(client_id="a", routes=routes)
+    pair.to_server()
+    refused = tuple((route, "not a valid route name") for route in routes)
+    with pytest.raises(ValueError, match="65535|out of range|too"):
+        pair.server.accept(refused=refused)
+    assert not pair.server.has_data_to_send
+    pair.server.reject("3000 routes refused")
+    assert pair.to_agent() == [ev.Rejected(reason="3000 routes refused")]
+
+
+def test_queued_bytes_counts_every_frame_waiting() -> None:
+    pair = MuxPair()
+    pair.handshake()
+    assert pair.server.queued_bytes == 0
+    stream_id = pair.server.open_stream(GET, end_stream=False)
+    pair.server.send_data(stream_id, b"x" * 1000)
+    queued = pair.server.queued_bytes
+    assert queued == len(pair.server.data_to_send())
+    assert queued > 1000
+    assert pair.server.queued_bytes == 0
+
+
 def test_reject_is_final_for_the_agent() -> None:
     pair = MuxPair()
     pair.agent.send_hello(client_id="a", routes=())

@@ -47,6 +47,18 @@ _CONTROL_BYTE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # that does not read them would grow memory without bound. A real one sends a few
 # (100 Continue, 103 Early Hints); more ends the request as the upstream's error.
 MAX_INTERIM_RESPONSES: Final = 32
+# And what they may hold together, counted as they sit in memory: a field is two
+# Python bytes objects and a tuple, some 130 bytes before its text, so one HEAD
+# frame of 8,000 empty fields would hold a megabyte. A 103 with a few Link fields
+# takes a kilobyte or two.
+MAX_INTERIM_BYTES: Final = 32 * 1024
+_FIELD_COST: Final = 128
+
+
+def interim_cost(reason: bytes, headers: tuple[tuple[bytes, bytes], ...]) -> int:
+    """What an interim head counts against `MAX_INTERIM_BYTES`."""
+    return len(reason) + sum(len(name) + len(value) + _FIELD_COST for name, value in headers)
+
 
 # The largest body length a signed 64-bit integer holds: what most servers parse into.
 MAX_CONTENT_LENGTH: Final = 2**63 - 1

@@ -249,10 +249,11 @@ class TunnelServer:
                 hello = await _receive_hello(tunnel)
             _check_client_id(mux, hello.client_id)
             refused = _refusals(hello.routes, scopes)
+            refused_names = {name for name, _ in refused}
             accepted = tuple(
-                dict.fromkeys(r.lower() for r in hello.routes if r not in dict(refused))
+                dict.fromkeys(r.lower() for r in hello.routes if r not in refused_names)
             )
-            mux.accept(refused=refused)
+            _accept(mux, refused)
             await tunnel.flush()
         except (
             ProtocolError,
@@ -273,8 +274,17 @@ class TunnelServer:
             routes=accepted,
             scopes=scopes,
         )
-        for name, reason in refused:
-            logger.warning("agent %s: route %r refused: %s", hello.client_id, name, reason)
+        if refused:
+            # One line, however many: a HELLO may list thousands of names.
+            shown = "; ".join(f"{name!a}: {reason}" for name, reason in refused[:_REFUSALS_SHOWN])
+            more = len(refused) - _REFUSALS_SHOWN
+            logger.warning(
+                "agent %s: %d route(s) refused: %s%s",
+                hello.client_id,
+                len(refused),
+                shown,
+                f"; and {more} more" if more > 0 else "",
+            )
         self._replace_same_client(session)
         self.state.add_session(session)
         self.state.metrics.agent_connects += 1
@@ -364,6 +374,27 @@ async def _receive_hello(tunnel: Tunnel) -> ev.HelloReceived:
     if not isinstance(event, ev.HelloReceived):
         raise RemoteProtocolError("the first frame must be HELLO")
     return event
+
+
+# Refused routes named in the log line; the rest are counted.
+_REFUSALS_SHOWN: Final = 10
+
+
+def _accept(mux: Multiplexer, refused: tuple[tuple[str, str], ...]) -> None:
+    """ACCEPT the agent, or REJECT it when its refused routes do not fit in one frame.
+
+    Raises:
+        RemoteProtocolError: rejected (REJECT is queued, to go out first).
+    """
+    try:
+        mux.accept(refused=refused)
+    except ValueError:
+        # Each refusal is listed with its reason, so the agent (and its /status) can
+        # tell which names are not served; only an agent offering thousands of
+        # unusable names gets here.
+        reason = f"{len(refused)} routes refused: too many to list in an ACCEPT"
+        mux.reject(reason)
+        raise RemoteProtocolError(reason) from None
 
 
 def _check_client_id(mux: Multiplexer, client_id: str) -> None:

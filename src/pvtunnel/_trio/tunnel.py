@@ -40,7 +40,7 @@ from pvtunnel._errors import (
     TunnelClosedError,
     WebSocketClosed,
 )
-from pvtunnel._http.framing import MAX_INTERIM_RESPONSES
+from pvtunnel._http.framing import MAX_INTERIM_BYTES, MAX_INTERIM_RESPONSES, interim_cost
 from pvtunnel._trio.sockio import BROKEN
 from pvtunnel._trio.websocket import CLOSE_GRACE_S, WebSocket
 from pvtunnel._wire import events as ev
@@ -62,6 +62,12 @@ MAX_MESSAGE_BYTES: Final = 256 * 1024
 # the other way round: the two take turns and the machine idles (a quarter of it at
 # 64 connections). 24 to 48 measured alike; 8 and 16 made messages too small.
 EARLY_SEND_PIECES: Final = 24
+# Body bytes queued to send, beyond which a stream's task waits for the writer. The
+# peer's window is no bound on what this side holds: a peer that announces a huge
+# window and then reads nothing would have every body sent to it pile up here. Four
+# messages keep the writer busy; the count of pieces is checked first, as it is free.
+SEND_BACKLOG_BYTES: Final = 4 * MAX_MESSAGE_BYTES
+_BACKLOG_PIECES: Final = 16
 
 _PING: Final = struct.Struct(">Q")
 # Body pieces under this size join the small piece queued before them (`_push_data`).
@@ -94,6 +100,7 @@ class Channel:
         "_tunnel",
         "cancel_scope",
         "interim",
+        "interim_bytes",
         "stream_id",
     )
 
@@ -106,8 +113,9 @@ class Channel:
         self._credit_lot = trio.lowlevel.ParkingLot()
         self._failure: Exception | None = None
         self.cancel_scope = trio.CancelScope()
-        # Interim (1xx) response heads received (server side).
+        # Interim (1xx) response heads received (server side), and their `interim_cost`.
         self.interim = 0
+        self.interim_bytes = 0
 
     @property
     def failure(self) -> Exception | None:
@@ -205,6 +213,10 @@ class Channel:
         while data:
             if self._failure is not None:
                 raise self._failure
+            if mux.queued_pieces >= _BACKLOG_PIECES and mux.queued_bytes >= SEND_BACKLOG_BYTES:
+                tunnel.wake_writer()
+                await tunnel._sent_lot.park()
+                continue
             credit = mux.send_credit(stream_id)
             if credit == 0:
                 if not mux.is_stream_open(stream_id):
@@ -304,6 +316,8 @@ class Tunnel:
         # Channels parked in `Channel.send_data` for credit: connection credit wakes them.
         self._credit_waiters: set[Channel] = set()
         self._write_lot = trio.lowlevel.ParkingLot()
+        # Streams waiting for the send backlog to shrink (`Channel.send_data`).
+        self._sent_lot = trio.lowlevel.ParkingLot()
         # Frames that came in the same read as the handshake's answer, for `run`.
         self._early: list[ev.Event] = []
         self._finished_lot = trio.lowlevel.ParkingLot()
@@ -482,6 +496,8 @@ class Tunnel:
         if mux.has_data_to_send:
             await self.ws.send(mux.data_to_send(MAX_MESSAGE_BYTES))
             self._sends += 1
+            if self._sent_lot:
+                self._sent_lot.unpark_all()
 
     async def receive_handshake(self) -> ev.Event:
         """The first event from the peer (HELLO or its answer); later ones wait for `run`.
@@ -516,6 +532,7 @@ class Tunnel:
             channel._fail(error)
         self._leaving()
         self._finished_lot.unpark_all()
+        self._sent_lot.unpark_all()
         for answered in self._round_trips.values():
             answered.set()
 
@@ -594,14 +611,23 @@ class Tunnel:
             case ev.ResponseReceived():
                 channel = self._channels.get(event.stream_id)
                 if channel is not None:
-                    if event.head.is_informational:
+                    head = event.head
+                    if head.is_informational:
+                        # They take no credit: an agent sending them in a loop, or
+                        # sending big ones, to a client that does not read would
+                        # grow the inbox.
                         channel.interim += 1
+                        channel.interim_bytes += interim_cost(head.reason, head.headers)
                         if channel.interim > MAX_INTERIM_RESPONSES:
-                            # They take no credit: an agent sending them in a loop
-                            # to a client that does not read would grow the inbox.
                             channel.reset(
                                 ErrorCode.UPSTREAM_PROTOCOL_ERROR,
                                 f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses",
+                            )
+                            return
+                        if channel.interim_bytes > MAX_INTERIM_BYTES:
+                            channel.reset(
+                                ErrorCode.UPSTREAM_PROTOCOL_ERROR,
+                                f"interim (1xx) responses over {MAX_INTERIM_BYTES} bytes",
                             )
                             return
                     channel._push(event.head)

@@ -75,22 +75,28 @@ class WebSocket:
         self.closed: WebSocketClosed | None = None
 
     async def receive_some(self) -> bytes:
-        """The next binary message; b"" once the WebSocket closed (either side) or broke.
+        """The next non-empty binary message; b"" once the WebSocket closed (either
+        side) or broke.
+
+        An empty message is skipped: message boundaries mean nothing to the tunnel
+        (protocol.md section 1), so it carries nothing, and must not read as the end.
 
         Raises:
             RemoteProtocolError: the peer sent a text message (the WebSocket is
                 closed with 1003 first).
         """
-        try:
-            message = await self.connection.get_message()
-        except trio_websocket.ConnectionClosed as exc:
-            self._closed_by(exc.reason)
-            return b""
-        if isinstance(message, str):
-            reason = "text WebSocket message on the tunnel"
-            await self.aclose(UNSUPPORTED_DATA, reason)
-            raise RemoteProtocolError(reason)
-        return message
+        while True:
+            try:
+                message = await self.connection.get_message()
+            except trio_websocket.ConnectionClosed as exc:
+                self._closed_by(exc.reason)
+                return b""
+            if isinstance(message, str):
+                reason = "text WebSocket message on the tunnel"
+                await self.aclose(UNSUPPORTED_DATA, reason)
+                raise RemoteProtocolError(reason)
+            if message:
+                return message
 
     async def send(self, data: bytes) -> None:
         """Send one binary message.

@@ -123,6 +123,11 @@ class Multiplexer:
         return len(self._out)
 
     @property
+    def queued_bytes(self) -> int:
+        """How much is queued, in bytes (added up at each call: ask when pieces pile up)."""
+        return sum(map(len, self._out))
+
+    @property
     def is_going_away(self) -> bool:
         """Either side said GOAWAY: no new streams on this connection."""
         return self._goaway_sent_at is not None or self._goaway_received_at is not None
@@ -189,18 +194,22 @@ class Multiplexer:
         )
 
     def accept(self, *, refused: tuple[tuple[str, str], ...] = ()) -> None:
-        """Server: take the agent; ``refused`` pairs route names with reasons."""
-        self._move_connection(ConnectionInput.SEND_ACCEPT, local=True)
-        self._queue(
-            fr.encode(
-                fr.Accept(
-                    version=fr.PROTOCOL_VERSION,
-                    refused=refused,
-                    window=self._window,
-                    connection_window=self._connection_window,
-                )
+        """Server: take the agent; ``refused`` pairs route names with reasons.
+
+        Raises:
+            ValueError: the refusals do not fit in one frame; nothing changed, so
+                the server may still `reject`.
+        """
+        frame = fr.encode(
+            fr.Accept(
+                version=fr.PROTOCOL_VERSION,
+                refused=refused,
+                window=self._window,
+                connection_window=self._connection_window,
             )
         )
+        self._move_connection(ConnectionInput.SEND_ACCEPT, local=True)
+        self._queue(frame)
 
     def reject(self, reason: str) -> None:
         """Server: refuse the agent for good; close the connection after sending."""
