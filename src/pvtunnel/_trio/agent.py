@@ -528,6 +528,10 @@ class TunnelAgent:
     async def _leave_when_told(tunnel: Tunnel) -> None:
         """After the server's GOAWAY, finish in-flight streams, then hang up and reconnect."""
         await tunnel.going_away.wait()
+        if tunnel.closed is not None:
+            # Not a GOAWAY: the connection ended, and `Tunnel.run` closes it with the
+            # reason (1002 for the server's protocol error), which 1000 must not hide.
+            return
         await _wait_answers_delivered(tunnel)
         await tunnel.aclose("the server asked this agent to go away")
 

@@ -236,6 +236,10 @@ class Replay:
                     length = value
             elif lower == b"transfer-encoding":
                 chunked = True
+        if chunked and length is not None:
+            # A head no client could have got past the server with: written on, it
+            # would desynchronise a pooled upstream connection (RFC 9112 section 6.3).
+            raise h11.LocalProtocolError("both Content-Length and Transfer-Encoding")
         host = self.route.upstream_host_header(original)
         if host != original:
             rewritten = [(n, v) for n, v in headers if n.lower() != b"host"]
