@@ -52,7 +52,7 @@ def test_an_accept_too_big_for_a_frame_changes_nothing_and_a_reject_can_follow()
     pair.agent.send_hello(client_id="a", routes=routes)
     pair.to_server()
     refused = tuple((route, "not a valid route name") for route in routes)
-    with pytest.raises(ValueError, match="65535|out of range|too"):
+    with pytest.raises(ValueError, match=r"ACCEPT payload of \d+ bytes is out of range"):
         pair.server.accept(refused=refused)
     assert not pair.server.has_data_to_send
     pair.server.reject("3000 routes refused")
