@@ -187,6 +187,41 @@ async def test_a_failing_link_resolves_the_name_again_at_once() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_reconnects_only_go_up_as_addresses_leave_and_return() -> None:
+    """A counter (/metrics, /status): an address leaving DNS takes its link's count
+    with it no more, and the address coming back goes on from where it was."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            first, first_scope = await start_server_in_scope(
+                nursery, replica_config("127.0.0.1", 0)
+            )
+            internal_port = first.addresses.internal[1]
+            await start_server(nursery, replica_config("127.0.0.2", internal_port))
+            _, port = await start_upstream(nursery, "svc")
+            names = Names(answer=("127.0.0.1", "127.0.0.2"))
+            config = discovering_agent(
+                [first], names, {"app": port}, discover_interval_s=0.05
+            ).config
+            quick = attrs.evolve(config.timeouts, reconnect_max_s=0.2)  # retries, counted
+            agent = TunnelAgent(attrs.evolve(config, timeouts=quick), resolve=names.resolve)
+            await nursery.start(agent.serve)
+            await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
+            first_scope.cancel()  # the replica goes: its link retries, counting
+            await wait_for(agent, lambda: agent.reconnects >= 2)
+            names.answer = ("127.0.0.2",)
+            before = agent.reconnects
+            await wait_for(agent, lambda: {link.address for link in agent.links} == {"127.0.0.2"})
+            assert agent.reconnects >= before
+            counted = agent.reconnects
+            await start_server_in_scope(nursery, replica_config("127.0.0.1", internal_port))
+            names.answer = ("127.0.0.1", "127.0.0.2")
+            await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
+            (returned,) = [link for link in agent.links if link.address == "127.0.0.1"]
+            assert returned.reconnects == counted
+            assert agent.reconnects == counted
+            nursery.cancel_scope.cancel()
+
+
 async def test_tls_verifies_the_urls_host_name_not_the_address(tmp_path: Path) -> None:
     named = issue(tmp_path, "named", NAME)
     with trio.fail_after(LIMIT_S):

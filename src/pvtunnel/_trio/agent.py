@@ -211,6 +211,9 @@ class TunnelAgent:
             () if self.discovers else tuple(ServerLink(url) for url in config.server.urls)
         )
         self.discovered: dict[str, DiscoveredServer[ServerLink]] = {}
+        # Reconnects of discovered links that left with their address, by URL and
+        # address: counters only go up, also when an address leaves DNS (or returns).
+        self._past_reconnects: dict[tuple[str, str | None], int] = {}
         self._resolve = resolve
         self.draining = False
         self.admin_address: tuple[str, int] | None = None
@@ -228,7 +231,7 @@ class TunnelAgent:
 
     @property
     def reconnects(self) -> int:
-        return sum(link.reconnects for link in self.links)
+        return sum(link.reconnects for link in self.links) + sum(self._past_reconnects.values())
 
     @property
     def in_flight(self) -> int:
@@ -304,6 +307,7 @@ class TunnelAgent:
 
             def new_link(address: str) -> ServerLink:
                 link = ServerLink(url, address=address, on_failure=server.link_failed)
+                link.reconnects = self._past_reconnects.pop((url, address), 0)
                 self._set_links((*self.links, link))
                 return link
 
@@ -328,6 +332,8 @@ class TunnelAgent:
                 await _wait_answers_delivered(tunnel)
                 await tunnel.aclose("this server's address left DNS")
         scope.cancel()
+        if link.reconnects:
+            self._past_reconnects[link.url, link.address] = link.reconnects
         self._set_links(tuple(other for other in self.links if other is not link))
 
     def _set_links(self, links: tuple[ServerLink, ...]) -> None:
