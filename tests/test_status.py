@@ -110,6 +110,17 @@ def test_a_route_a_server_refused_is_marked_with_the_reason() -> None:
     ]
 
 
+def test_a_refusing_servers_url_cannot_drive_the_terminal() -> None:
+    # The URLs are keys of refused_by, and a hostile listener chooses them.
+    document = agent_document()
+    document["routes"][1]["refused_by"] = {"wss://a\x1b[2J\x07\nforged line": "no"}
+    shown = format_status(document, "http://127.0.0.1:8083")
+    assert "\x1b" not in shown
+    assert "\x07" not in shown
+    assert "\nforged line" not in shown
+    assert "refused by wss://a" in shown
+
+
 def test_a_disconnected_or_draining_agent_says_so() -> None:
     down = agent_document(ready=False, connected=False, connected_since=None, connected_for_s=None)
     assert "not ready, not connected to wss://agents.example.com" in format_status(down, "x")

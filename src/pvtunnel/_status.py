@@ -223,7 +223,8 @@ def _escaped(value: object) -> object:
     if isinstance(value, str):
         return printable(value)
     if isinstance(value, dict):
-        return {key: _escaped(item) for key, item in value.items()}
+        # Keys too: some are values a peer chose (the server URLs of ``refused_by``).
+        return {_escaped(key): _escaped(item) for key, item in value.items()}
     if isinstance(value, list):
         return [_escaped(item) for item in value]
     return value

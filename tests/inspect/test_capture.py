@@ -230,6 +230,36 @@ def test_proxy_authorization_and_tokens_are_never_captured() -> None:
     assert "the-users-own" in shown
 
 
+def test_a_token_in_the_target_is_redacted_there_too() -> None:
+    ring, _ = capture()
+    exchange = ring.begin(head(b"/hook?secret=" + TOKEN + b"&page=2"))
+    assert exchange.target == b"/hook?secret=" + REDACTED + b"&page=2"
+    assert TOKEN.decode() not in repr(exchange.summary())
+    assert TOKEN.decode() not in repr(exchange.detail())
+
+
+@pytest.mark.parametrize("shown", [1, 5, len(TOKEN) - 1])
+def test_a_token_the_preview_cut_through_shows_none_of_itself(shown: int) -> None:
+    # A preview cut at 100 bytes, a token starting ``shown`` bytes before the cut.
+    ring, _ = capture(max_body_bytes=100)
+    exchange = ring.begin(head(b"/", method=b"POST"))
+    exchange.request_data(b"a" * (100 - shown) + TOKEN + b"tail")
+    body = exchange.detail()["request"]
+    assert isinstance(body, dict)
+    preview = base64.b64decode(body["body"]["base64"])
+    assert body["body"]["cut"] is True
+    assert preview == b"a" * (100 - shown) + REDACTED
+
+
+def test_a_preview_not_cut_keeps_its_ending() -> None:
+    ring, _ = capture(max_body_bytes=100)
+    exchange = ring.begin(head(b"/", method=b"POST"))
+    exchange.request_data(b"ends with " + TOKEN[:4])  # not cut: nothing more of it came
+    body = exchange.detail()["request"]
+    assert isinstance(body, dict)
+    assert base64.b64decode(body["body"]["base64"]) == b"ends with " + TOKEN[:4]
+
+
 operations = st.lists(
     st.tuples(
         st.sampled_from(["begin", "request", "response", "head", "finish"]),

@@ -313,6 +313,29 @@ async def test_the_event_stream_announces_requests_as_they_come_and_go() -> None
             nursery.cancel_scope.cancel()
 
 
+async def test_a_page_that_closes_gives_its_place_back_at_once() -> None:
+    # At most MAX_EVENT_STREAMS pages follow at once; a closed one held its place
+    # until its next keepalive (15 s), and meanwhile new pages got 503.
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery)
+            inspector = inspected.agent.inspector
+            assert inspector is not None
+            host, port = inspected.admin
+            pages = []
+            for _ in range(3):
+                page = EventReader(await trio.open_tcp_stream(host, port))
+                await page.open(b"127.0.0.1:%d" % port)
+                pages.append(page)
+            assert inspector.event_streams == 3
+            for page in pages:
+                await page.stream.aclose()
+            # Once nothing more happens (no timer fires: a keepalive is 15 s off).
+            await trio.testing.wait_all_tasks_blocked(cushion=0.05)
+            assert inspector.event_streams == 0
+            nursery.cancel_scope.cancel()
+
+
 class EventReader(Client):
     """Reads a server-sent event stream, one event at a time."""
 

@@ -15,9 +15,12 @@ screenshot the test takes (README's ``docs/inspector.png`` comes from it).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
+import socket
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +32,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from pvtunnel._trio.inspect_http import answer_inspect
+from pvtunnel._trio.inspect_http import MAX_EVENT_STREAMS, answer_inspect
 from tests.integration.showcase import WAIT_S, send, start_inspected_tunnel
 
 if TYPE_CHECKING:
@@ -258,4 +261,61 @@ async def test_a_list_that_comes_after_live_events_keeps_them(
                 lambda: trio.from_thread.run_sync(held.set, trio_token=token),
             )
             assert left == 2
+            nursery.cancel_scope.cancel()
+
+
+def crowded_session(page: str, tunnel_port: int, profile: Path) -> tuple[bytes, bytes]:
+    """Open the page while every event-stream place is taken, then free them; replay a
+    CRLF body without edits. Returns the body sent and the body the replay sent."""
+    base = page.rsplit("/inspect", 1)[0]
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    holders = []
+    request = f"GET /inspect/api/events HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+    for _ in range(MAX_EVENT_STREAMS):
+        holder = socket.create_connection((host, int(port)), timeout=WAIT_S)
+        holder.sendall(request)
+        assert holder.recv(65536).startswith(b"HTTP/1.1 200 ")
+        holders.append(holder)
+    driver = open_browser(profile)
+    wait = WebDriverWait(driver, WAIT_S)
+    try:
+        driver.get(page)
+        # Its stream was refused (503): a browser gives such a stream up for good.
+        wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "reconnecting"))
+        for holder in holders:
+            holder.close()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+        form = b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\none\r\n--b--\r\n'
+        multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+        send(tunnel_port, "POST", "/echo", form, **multipart)
+        wait.until(lambda d: len(rows(d)) == 1)
+        rows(driver)[0].click()
+        wait.until(ec.text_to_be_present_in_element((By.ID, "detail-title"), "#1 POST /echo"))
+        driver.find_element(By.ID, "edit-replay").click()
+        wait.until(ec.visibility_of_element_located((By.ID, "edit-body")))
+        driver.find_element(By.ID, "edit-send").click()  # no edit at all
+        wait.until(ec.text_to_be_present_in_element((By.ID, "detail-title"), "#2 POST /echo"))
+        with urllib.request.urlopen(f"{base}/inspect/api/requests/2", timeout=WAIT_S) as answer:
+            replayed = json.load(answer)["request"]["body"]["base64"]
+        return form, base64.b64decode(replayed)
+    finally:
+        driver.quit()
+        for holder in holders:
+            holder.close()
+
+
+async def test_a_page_refused_for_want_of_places_goes_live_later_and_replays_crlf_as_is(
+    tmp_path: Path,
+) -> None:
+    """Two page defects: a page refused (503, every place taken) stayed on
+    "reconnecting…" for good, and an unedited text body lost its CRLFs to the
+    textarea (a multipart body then no longer parsed)."""
+    assert shutil.which(CHROMIUM), ".ci/run installs chromium"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            page, tunnel_port = await start_inspected_tunnel(nursery)
+            sent, replayed = await trio.to_thread.run_sync(
+                crowded_session, page, tunnel_port, tmp_path / "profile"
+            )
+            assert replayed == sent
             nursery.cancel_scope.cancel()

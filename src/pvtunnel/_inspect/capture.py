@@ -132,15 +132,31 @@ class BodyPreview:
 
     def document(self, secrets: tuple[bytes, ...] = ()) -> dict[str, object]:
         """The preview as the API shows it, with any of ``secrets`` in it redacted."""
-        data = bytes(self.data)
-        for secret in secrets:
-            data = data.replace(secret, REDACTED)
+        data = redacted(bytes(self.data), secrets)
+        if self.cut:
+            data = _without_cut_secret(data, secrets)
         return {
             "size": self.size,
             "cut": self.cut,
             "omitted": self.omitted,
             "base64": base64.b64encode(data).decode("ascii"),
         }
+
+
+def _without_cut_secret(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """``data`` (a preview cut short) without the start of a secret the cut went through."""
+    for secret in secrets:
+        for size in range(min(len(secret) - 1, len(data)), 0, -1):
+            if data.endswith(secret[:size]):
+                return data[:-size] + REDACTED
+    return data
+
+
+def redacted(text: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """``text`` with each of ``secrets`` in it replaced."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 class Exchange:
@@ -167,7 +183,8 @@ class Exchange:
         self._started = time.perf_counter()
         self.route = head.route
         self.method = head.method
-        self.target = head.target
+        # A token may come in the query string too (a webhook's URL, a mistake).
+        self.target = redacted(head.target, capture.secrets)
         self.request_headers = headers
         self.host = next((value for name, value in headers if name.lower() == b"host"), b"")
         self.kind = Kind.CONNECT if head.method == b"CONNECT" else Kind.HTTP

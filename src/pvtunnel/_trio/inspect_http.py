@@ -22,6 +22,7 @@ from pvtunnel._errors import EditError, ReplayRefusedError
 from pvtunnel._http import inspect as rules
 from pvtunnel._http.admin import JSON, AdminResponse
 from pvtunnel._inspect.edits import parse_edits
+from pvtunnel._trio.hangups import hung_up_when_readable
 from pvtunnel._trio.sockio import BROKEN
 
 if TYPE_CHECKING:
@@ -35,9 +36,12 @@ logger = logging.getLogger("pvtunnel.admin")
 # Reading a replay's edits: a small JSON document from a local page or script.
 BODY_DEADLINE_S: Final = 10.0
 MAX_EDITS_BYTES: Final = 8 * 1024 * 1024
-# Events queued for one page; a page this far behind is sent away (its browser
-# reconnects at once and reloads the list) rather than held in memory.
+# Events queued for one page, in count and in bytes; a page this far behind is sent
+# away (its browser reconnects at once and reloads the list) rather than held in
+# memory. They are queued as the text they go out as (one copy, however many
+# pages listen): an exchange the ring has let go is not kept alive by a queue.
 EVENT_QUEUE: Final = 256
+EVENT_QUEUE_BYTES: Final = 1024 * 1024
 MAX_EVENT_STREAMS: Final = 16
 # A comment line this often, so a page that went away is noticed and let go.
 KEEPALIVE_S: Final = 15.0
@@ -159,11 +163,17 @@ async def _replay(
 
 async def _serve_events(http: H11Stream[trio.abc.Stream], inspector: Inspector) -> None:
     """The server-sent event stream: ``exchange`` (started, changed, ended) and ``removed``."""
-    send_channel, receive_channel = trio.open_memory_channel["Event"](EVENT_QUEUE)
+    send_channel, receive_channel = trio.open_memory_channel[bytes](EVENT_QUEUE)
+    queued = 0
 
     def listen(event: Event) -> None:
+        nonlocal queued
+        message = _event_message(inspector, event)
         try:
-            send_channel.send_nowait(event)
+            if queued + len(message) > EVENT_QUEUE_BYTES:
+                raise trio.WouldBlock
+            send_channel.send_nowait(message)
+            queued += len(message)
         except trio.WouldBlock:
             send_channel.close()  # too far behind: end the stream after what is queued
         except trio.ClosedResourceError:
@@ -183,28 +193,46 @@ async def _serve_events(http: H11Stream[trio.abc.Stream], inspector: Inspector) 
         )
         # `retry`: how soon the browser comes back after the stream ends.
         await http.send(h11.Data(data=b"retry: 1000\n: pvtunnel inspector\n\n"))
-        async with receive_channel:
-            while True:
-                item: Event | None = None
-                with trio.move_on_after(KEEPALIVE_S):
-                    try:
-                        item = await receive_channel.receive()
-                    except trio.EndOfChannel:
-                        return
-                if item is None:
+        async with trio.open_nursery() as nursery:
+            # A page that closes is let go at once, not at the next write; its place
+            # (one of `MAX_EVENT_STREAMS`) is free for the next page.
+            nursery.start_soon(_end_when_gone, http.stream, nursery.cancel_scope)
+            async with receive_channel:
+                while True:
                     message = b": keepalive\n\n"
-                else:
-                    kind, exchange = item
-                    payload = exchange.summary() if kind == "exchange" else {"id": exchange.id}
-                    data = json.dumps(payload, separators=(",", ":"))
-                    message = f"event: {kind}\ndata: {data}\n\n".encode()
-                # A page that stops reading is let go, not waited for.
-                with trio.move_on_after(KEEPALIVE_S) as scope:
-                    await http.send(h11.Data(data=message))
-                if scope.cancelled_caught:
-                    return
+                    with trio.move_on_after(KEEPALIVE_S):
+                        try:
+                            message = await receive_channel.receive()
+                        except trio.EndOfChannel:
+                            break
+                        queued -= len(message)
+                    # A page that stops reading is let go, not waited for.
+                    with trio.move_on_after(KEEPALIVE_S) as scope:
+                        await http.send(h11.Data(data=message))
+                    if scope.cancelled_caught:
+                        break
+            nursery.cancel_scope.cancel()
     except BROKEN:
         return
     finally:
         unsubscribe()
         send_channel.close()
+
+
+async def _end_when_gone(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    # A page sends nothing after its request: readable means it closed (or sent
+    # something it should not have, which is let be).
+    if await hung_up_when_readable(stream):
+        scope.cancel()
+
+
+def _event_message(inspector: Inspector, event: Event) -> bytes:
+    """The event as the stream sends it, rendered once for all the pages listening."""
+    last, message = inspector.last_event
+    if last is not event:
+        kind, exchange = event
+        payload = exchange.summary() if kind == "exchange" else {"id": exchange.id}
+        data = json.dumps(payload, separators=(",", ":"))
+        message = f"event: {kind}\ndata: {data}\n\n".encode()
+        inspector.last_event = (event, message)
+    return message

@@ -30,6 +30,7 @@ from pvtunnel._wire.heads import RequestHead
 if TYPE_CHECKING:
     from pvtunnel._config import AgentConfig, Route
     from pvtunnel._errors import ErrorCode
+    from pvtunnel._inspect.capture import Event
     from pvtunnel._inspect.edits import Edits
     from pvtunnel._trio.channels import StreamChannel
     from pvtunnel._trio.tunnel import InboxItem
@@ -144,6 +145,8 @@ class Inspector:
         self._pool = pool
         # Pages following the event stream now (the admin listener caps them).
         self.event_streams = 0
+        # The last event the pages were sent, as they were sent it (`inspect_http`).
+        self.last_event: tuple[Event | None, bytes] = (None, b"")
 
     async def serve_stream(self, channel: StreamChannel, head: RequestHead, route: Route) -> None:
         """Replay one stream from the server, recording it."""

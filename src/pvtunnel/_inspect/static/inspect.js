@@ -98,9 +98,12 @@ async function loadList() {
   document.body.dataset.lists = String(Number(document.body.dataset.lists || 0) + 1);
 }
 
+let followDelay = 1000;
+
 function follow() {
   const source = new EventSource(`${API}/events`);
   source.addEventListener("open", () => {
+    followDelay = 1000;
     $("live").textContent = "live";
     $("live").classList.add("on");
     loadList(); // whatever happened while the stream was down
@@ -108,6 +111,12 @@ function follow() {
   source.addEventListener("error", () => {
     $("live").textContent = "reconnecting…";
     $("live").classList.remove("on");
+    // The browser retries a dropped stream by itself, but gives up for good on an
+    // answer other than 200 (a 503 while other pages hold every place): try again.
+    if (source.readyState === EventSource.CLOSED) {
+      setTimeout(follow, followDelay);
+      followDelay = Math.min(followDelay * 2, 30000);
+    }
   });
   source.addEventListener("exchange", (event) => {
     const entry = JSON.parse(event.data);
@@ -273,7 +282,10 @@ function openEditor() {
   const body = entry.request.body;
   const data = decode(body.base64);
   const editable = looksLikeText(data);
-  $("edit-body").value = editable ? new TextDecoder().decode(data) : "";
+  const text = editable ? new TextDecoder().decode(data) : "";
+  // A textarea keeps line breaks as LF only: a body that had CRLF gets it back.
+  $("edit-body").dataset.crlf = text.includes("\r\n") ? "1" : "";
+  $("edit-body").value = text;
   $("edit-body").disabled = !editable;
   $("edit-body-note").textContent = editable
     ? (body.cut ? "(cut: only the start was recorded)" : "")
@@ -287,7 +299,10 @@ function editsFromForm() {
     return at < 0 ? [line.trim(), ""] : [line.slice(0, at).trim(), line.slice(at + 1).trim()];
   });
   const edits = { method: $("edit-method").value.trim(), target: $("edit-target").value.trim(), headers };
-  if (!$("edit-body").disabled) edits.body = $("edit-body").value;
+  if (!$("edit-body").disabled) {
+    const text = $("edit-body").value;
+    edits.body = $("edit-body").dataset.crlf ? text.replace(/\r?\n/g, "\r\n") : text;
+  }
   return edits;
 }
 
