@@ -33,6 +33,9 @@ from pvtunnel._http.headers import request_headers, response_headers
         ),
         (b"OK", [(b"Content-Length", b"-1")], "an invalid Content-Length"),
         (b"OK", [(b"Content-Length", b"1" * 20)], "an invalid Content-Length"),
+        # 19 digits, past what a signed 64-bit length holds: a client would wrap it.
+        (b"OK", [(b"Content-Length", b"9223372036854775808")], "an invalid Content-Length"),
+        (b"OK", [(b"Content-Length", b"9223372036854775807")], None),
     ],
 )
 def test_response_head_problem(

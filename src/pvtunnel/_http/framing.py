@@ -168,7 +168,11 @@ def response_head_problem(reason: bytes, headers: Iterable[tuple[bytes, bytes]])
         if _FIELD_VALUE.fullmatch(value) is None:
             return "an invalid header value"
         if name.lower() == b"content-length":
-            if _LENGTH.fullmatch(value) is None or (length is not None and value != length):
+            if (
+                _LENGTH.fullmatch(value) is None
+                or (length is not None and value != length)
+                or (len(value) == _LONGEST_LENGTH_DIGITS and int(value) > MAX_CONTENT_LENGTH)
+            ):
                 return "an invalid Content-Length"
             length = value
     return None
