@@ -15,8 +15,15 @@ import trio
 import trio.testing
 
 from pvtunnel._errors import TunnelClosedError, WebSocketClosed
-from pvtunnel._trio.tunnel import EARLY_SEND_PIECES, Channel, StreamHandler, Tunnel
-from pvtunnel._wire import events as ev
+from pvtunnel._trio.tunnel import (
+    EARLY_SEND_PIECES,
+    FRAMES_PER_STEP,
+    Channel,
+    StreamHandler,
+    Tunnel,
+)
+from pvtunnel._wire import events as ev, frames as fr
+from pvtunnel._wire.frames import StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, Role
 from tests.trio.helpers import LIMIT_S, Pair, open_pair
@@ -281,3 +288,35 @@ def _gate_sends(monkeypatch: pytest.MonkeyPatch, server: Tunnel, gate: trio.Even
         raise AssertionError("a send was held past the test's limit")
 
     monkeypatch.setattr(server.ws, "send", gated_send)
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts the steps of the tasks running `Tunnel.run`."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("Tunnel.run"):
+            self.steps += 1
+
+
+async def test_a_message_of_many_tiny_frames_is_taken_in_steps() -> None:
+    # 5,000 frames in one message (14 bytes each: 70,000 fit in 1 MiB) were all
+    # decoded and handled in one step of the reader, holding the event loop for it.
+    frames = 5 * FRAMES_PER_STEP
+    with trio.fail_after(LIMIT_S):
+        async with server_and_bare_agent() as (server, agent_ws, _):
+            credit = server.mux.connection_credit
+            window = fr.encode(fr.Window(stream_id=StreamId(0), increment=1))
+            steps = _Steps()
+            trio.lowlevel.add_instrument(steps)
+            try:
+                await agent_ws.send(window * frames)
+                await trio.testing.wait_all_tasks_blocked()
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+            assert steps.steps >= frames // FRAMES_PER_STEP
+            # Every frame was taken, in order, and the connection is whole.
+            assert server.mux.connection_credit == credit + frames
+            assert server.closed is None

@@ -101,6 +101,33 @@ def test_any_split_or_coalescing_decodes_to_the_same_frames(
     assert decoder.buffered_bytes == 0
 
 
+@given(
+    st.lists(sts.frames(), max_size=12).flatmap(
+        lambda frames: st.tuples(
+            st.just(frames), sts.chunked(b"".join(fr.encode(f) for f in frames))
+        )
+    ),
+    st.integers(1, 5),
+)
+def test_frames_taken_a_few_at_a_time_are_the_same_frames(
+    case: tuple[list[fr.Frame], list[bytes]], max_frames: int
+) -> None:
+    frames, chunks = case
+    decoder = FrameDecoder()
+    taken: list[fr.Frame] = []
+    for chunk in chunks:
+        step = decoder.feed(chunk, max_frames)
+        while True:
+            assert len(step) <= max_frames
+            assert decoder.stopped_early == (len(step) == max_frames)
+            taken += step
+            if not decoder.stopped_early:
+                break
+            step = decoder.feed(b"", max_frames)
+    assert taken == frames
+    assert decoder.buffered_bytes == 0
+
+
 def test_largest_frames_round_trip_and_one_byte_more_is_refused() -> None:
     biggest: list[fr.Frame] = [
         fr.Data(stream_id=S1, data=b"x" * MAX_FRAME_PAYLOAD),

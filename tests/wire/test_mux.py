@@ -59,6 +59,20 @@ def test_an_accept_too_big_for_a_frame_changes_nothing_and_a_reject_can_follow()
     assert pair.to_agent() == [ev.Rejected(reason="3000 routes refused")]
 
 
+def test_frames_received_in_steps_give_the_same_events() -> None:
+    pair = MuxPair()
+    pair.handshake()
+    for _ in range(5):
+        pair.server.ping(b"\0" * 8)
+    pings = pair.server.data_to_send()
+    first = pair.agent.receive_data(pings, max_frames=2)
+    waiting = [pair.agent.has_frames_waiting]
+    rest = pair.agent.receive_data(b"", max_frames=2) + pair.agent.receive_data(b"", max_frames=2)
+    waiting.append(pair.agent.has_frames_waiting)
+    assert (len(first), len(rest), waiting) == (2, 3, [True, False])
+    assert all(isinstance(event, ev.PingReceived) for event in first + rest)
+
+
 def test_queued_bytes_counts_every_frame_waiting() -> None:
     pair = MuxPair()
     pair.handshake()

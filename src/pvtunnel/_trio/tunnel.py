@@ -69,6 +69,8 @@ EARLY_SEND_PIECES: Final = 24
 SEND_BACKLOG_BYTES: Final = 4 * MAX_MESSAGE_BYTES
 _BACKLOG_PIECES: Final = 16
 
+# Frames decoded and handled at a time before the reader lets other tasks run.
+FRAMES_PER_STEP: Final = 1024
 _PING: Final = struct.Struct(">Q")
 # Body pieces under this size join the small piece queued before them (`_push_data`).
 _JOIN_BELOW: Final = 4096
@@ -594,8 +596,19 @@ class Tunnel:
             if not data:
                 return
             self.last_heard = trio.current_time()
-            for event in mux.receive_data(data):
+            for event in mux.receive_data(data, FRAMES_PER_STEP):
                 self._dispatch(event, nursery)
+            while mux.has_frames_waiting:
+                # A message of many tiny frames (up to 100,000 in 1 MiB) would hold
+                # the event loop for its whole decoding: everyone else runs between
+                # steps.
+                if mux.has_data_to_send:
+                    self.wake_writer()
+                await trio.lowlevel.checkpoint()
+                if self.closed is not None:
+                    return
+                for event in mux.receive_data(b"", FRAMES_PER_STEP):
+                    self._dispatch(event, nursery)
             if mux.has_data_to_send:
                 self.wake_writer()
 

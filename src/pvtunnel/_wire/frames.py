@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import struct
+import sys
 from typing import Final, NewType, assert_never
 
 import attrs
@@ -286,14 +287,24 @@ class FrameDecoder:
     def __init__(self) -> None:
         self._buffer = bytearray()
         self._error: RemoteProtocolError | None = None
+        self._stopped_early = False
 
     @property
     def buffered_bytes(self) -> int:
         """Bytes held waiting for the rest of a frame (never above header + cap)."""
         return len(self._buffer)
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Add bytes and return the frames they complete.
+    @property
+    def stopped_early(self) -> bool:
+        """The last `feed` returned its ``max_frames``: whole frames may be waiting
+        for the next (``feed(b"")`` takes them)."""
+        return self._stopped_early
+
+    def feed(self, data: bytes, max_frames: int = sys.maxsize) -> list[Frame]:
+        """Add bytes and return the frames they complete, at most ``max_frames``.
+
+        A cap lets the caller take a message of many tiny frames in steps, letting
+        others run in between; the frames past it wait here (`stopped_early`).
 
         Raises:
             RemoteProtocolError: the bytes break protocol.md; the decoder is poisoned.
@@ -307,7 +318,7 @@ class FrameDecoder:
         else:
             view = data
         try:
-            frames, consumed = _decode_all(view)
+            frames, consumed = _decode_all(view, max_frames)
         except RemoteProtocolError as exc:
             self._error = exc
             self._buffer = bytearray()
@@ -316,6 +327,7 @@ class FrameDecoder:
             del buffer[:consumed]
         elif consumed < len(data):
             buffer += data[consumed:]
+        self._stopped_early = len(frames) == max_frames
         return frames
 
 
@@ -323,12 +335,12 @@ def _fail(message: str) -> RemoteProtocolError:
     return RemoteProtocolError(message, ErrorCode.PROTOCOL_ERROR)
 
 
-def _decode_all(view: bytes | bytearray) -> tuple[list[Frame], int]:
+def _decode_all(view: bytes | bytearray, max_frames: int) -> tuple[list[Frame], int]:
     frames: list[Frame] = []
     offset = 0
     end = len(view)
     unpack_header = HEADER.unpack_from
-    while end - offset >= HEADER_SIZE:
+    while end - offset >= HEADER_SIZE and len(frames) < max_frames:
         raw_type, flags, stream_id, length = unpack_header(view, offset)
         rules = _RULES.get(raw_type)
         if rules is None:

@@ -16,6 +16,7 @@ which the multiplexer is poisoned and the connection must be closed.
 
 from __future__ import annotations
 
+import sys
 from typing import Final, assert_never
 
 from pvtunnel._errors import (
@@ -417,8 +418,15 @@ class Multiplexer:
 
     # -- receiving -----------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[ev.Event]:
-        """Feed bytes from the peer and return what it did.
+    @property
+    def has_frames_waiting(self) -> bool:
+        """The last `receive_data` stopped at its ``max_frames``: call it again (with
+        b"" or more) for the rest."""
+        return self._decoder.stopped_early
+
+    def receive_data(self, data: bytes, max_frames: int = sys.maxsize) -> list[ev.Event]:
+        """Feed bytes from the peer and return what it did, from at most ``max_frames``
+        frames (see `has_frames_waiting`).
 
         Raises:
             RemoteProtocolError: the peer broke the protocol; its ``code`` is the
@@ -427,7 +435,7 @@ class Multiplexer:
         if self._error is not None:
             raise self._error
         try:
-            frames = self._decoder.feed(data)
+            frames = self._decoder.feed(data, max_frames)
             result: list[ev.Event] = []
             for frame in frames:
                 self._handle(frame, result)
