@@ -222,6 +222,71 @@ async def test_reconnects_only_go_up_as_addresses_leave_and_return() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_reconnects_only_go_up_when_an_address_returns_while_its_link_drains() -> None:
+    """The address leaves with a request in flight (its link drains), comes back at
+    once (a new link for it), and leaves again: both links' counts are kept."""
+    seen: list[int] = []
+
+    def counted(agent: TunnelAgent) -> None:
+        seen.append(agent.reconnects)
+
+    with trio.fail_after(LIMIT_S * 2):
+        async with trio.open_nursery() as nursery:
+            first, first_scope = await start_server_in_scope(
+                nursery, replica_config("127.0.0.1", 0)
+            )
+            internal_port = first.addresses.internal[1]
+            await start_server(nursery, replica_config("127.0.0.2", internal_port))
+            upstream, port = await start_upstream(nursery, "svc")
+            names = Names(answer=("127.0.0.1", "127.0.0.2"))
+            found = discovering_agent([first], names, {"app": port}, discover_interval_s=0.05)
+            quick = attrs.evolve(found.config.timeouts, reconnect_max_s=0.2)
+            agent = TunnelAgent(attrs.evolve(found.config, timeouts=quick), resolve=names.resolve)
+            await nursery.start(agent.serve)
+            await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
+
+            async def replica_back() -> Running:
+                nonlocal first_scope
+                running, first_scope = await start_server_in_scope(
+                    nursery, replica_config("127.0.0.1", internal_port)
+                )
+                await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
+                return running
+
+            def links_to_first() -> int:
+                return sum(link.address == "127.0.0.1" for link in agent.links)
+
+            first_scope.cancel()  # the first link counts a few reconnects
+            await wait_for(agent, lambda: agent.reconnects >= 3)
+            first = await replica_back()
+            counted(agent)
+            # A request in flight through it, and its address leaves: the link drains.
+            (session,) = first.server.sessions
+            nursery.start_soon(get, first, b"/hold")
+            await upstream.hold_started.wait()
+            names.answer = ("127.0.0.2",)
+            await session.tunnel.going_away.wait()
+            # Back at once: a second link for the address while the first drains.
+            names.answer = ("127.0.0.1", "127.0.0.2")
+            await wait_for(agent, lambda: links_to_first() == 2)
+            counted(agent)
+            upstream.release.set()
+            await wait_for(agent, lambda: links_to_first() == 1)
+            counted(agent)
+            # The second link counts reconnects of its own, then its address leaves.
+            before = agent.reconnects
+            first_scope.cancel()
+            await wait_for(agent, lambda: agent.reconnects > before)
+            first = await replica_back()
+            counted(agent)
+            names.answer = ("127.0.0.2",)
+            await wait_for(agent, lambda: links_to_first() == 0)
+            counted(agent)
+            nursery.cancel_scope.cancel()
+    assert seen == sorted(seen), seen
+    assert seen[-1] > seen[0]
+
+
 async def test_tls_verifies_the_urls_host_name_not_the_address(tmp_path: Path) -> None:
     named = issue(tmp_path, "named", NAME)
     with trio.fail_after(LIMIT_S):

@@ -101,3 +101,38 @@ async def _sent_away(
         # What was queued went out; the stream then ended instead of growing.
         assert 0 < received.count(b"event: exchange") < count
         nursery.cancel_scope.cancel()
+
+
+class Breaks(trio.abc.Stream):
+    """A page's connection that breaks at the first write after the head's two."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        self.writes += 1
+        if self.writes > 2:
+            raise trio.BrokenResourceError("reset by the page")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.sleep_forever()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_a_page_that_breaks_its_connection_ends_its_stream_quietly() -> None:
+    # The break came out of the stream's nursery wrapped in an exception group, past
+    # the handler for it: the admin listener logged a traceback and tried a 500.
+    capture = Capture(InspectConfig(enabled=True), secrets=())
+    page = Breaks()
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_serve_events, page_request(page), inspector_with(capture))
+            await trio.testing.wait_all_tasks_blocked()
+            begin(capture)
+    assert page.writes == 3

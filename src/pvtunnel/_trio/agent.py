@@ -333,7 +333,10 @@ class TunnelAgent:
                 await tunnel.aclose("this server's address left DNS")
         scope.cancel()
         if link.reconnects:
-            self._past_reconnects[link.url, link.address] = link.reconnects
+            # Added: the address may have come back while this link drained, and a
+            # new link counts for it already (it takes all of this up if it leaves).
+            key = (link.url, link.address)
+            self._past_reconnects[key] = self._past_reconnects.get(key, 0) + link.reconnects
         self._set_links(tuple(other for other in self.links if other is not link))
 
     def _set_links(self, links: tuple[ServerLink, ...]) -> None:

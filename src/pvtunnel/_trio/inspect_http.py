@@ -9,6 +9,7 @@ is decided by `pvtunnel._http.inspect`; the API is described in ``docs/inspector
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
 import json
@@ -197,20 +198,22 @@ async def _serve_events(http: H11Stream[trio.abc.Stream], inspector: Inspector) 
             # A page that closes is let go at once, not at the next write; its place
             # (one of `MAX_EVENT_STREAMS`) is free for the next page.
             nursery.start_soon(_end_when_gone, http.stream, nursery.cancel_scope)
-            async with receive_channel:
-                while True:
-                    message = b": keepalive\n\n"
-                    with trio.move_on_after(KEEPALIVE_S):
-                        try:
-                            message = await receive_channel.receive()
-                        except trio.EndOfChannel:
+            # Caught in here: out of the nursery's body it would come wrapped in a group.
+            with contextlib.suppress(*BROKEN):
+                async with receive_channel:
+                    while True:
+                        message = b": keepalive\n\n"
+                        with trio.move_on_after(KEEPALIVE_S):
+                            try:
+                                message = await receive_channel.receive()
+                            except trio.EndOfChannel:
+                                break
+                            queued -= len(message)
+                        # A page that stops reading is let go, not waited for.
+                        with trio.move_on_after(KEEPALIVE_S) as scope:
+                            await http.send(h11.Data(data=message))
+                        if scope.cancelled_caught:
                             break
-                        queued -= len(message)
-                    # A page that stops reading is let go, not waited for.
-                    with trio.move_on_after(KEEPALIVE_S) as scope:
-                        await http.send(h11.Data(data=message))
-                    if scope.cancelled_caught:
-                        break
             nursery.cancel_scope.cancel()
     except BROKEN:
         return
