@@ -20,6 +20,7 @@ retry before anything outside pvtunnel could see it.
 from __future__ import annotations
 
 import enum
+import ssl
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -117,6 +118,25 @@ class WebSocketClosed(PvTunnelError):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+class EncryptedKeyError(PvTunnelError, ssl.SSLError):
+    """A listener's TLS key asks for a passphrase, and pvtunnel takes none.
+
+    An `ssl.SSLError` (so an `OSError`), as whatever else stops the key loading.
+    """
+
+    MESSAGE = (
+        "the private key is encrypted, and pvtunnel takes no passphrase: "
+        "give it the key decrypted (openssl pkey -in KEY -out PLAIN_KEY)"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+        self.strerror = self.MESSAGE
+
+    def __str__(self) -> str:
+        return self.MESSAGE
 
 
 class HandshakeError(PvTunnelError):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 
 from pvtunnel._config import load_agent_config, load_server_config
 from pvtunnel._errors import ConfigError
@@ -34,6 +35,18 @@ def write_tls_files(directory: Path, cert: str, key: str, ca: str | None = None)
     issued.private_key_pem.write_to_path(str(directory / key))
     if ca is not None:
         authority.cert_pem.write_to_path(str(directory / ca))
+
+
+def encrypt_key(path: Path, passphrase: bytes = b"passphrase") -> None:
+    """Rewrite the PEM private key at ``path`` encrypted, as ``openssl -aes256`` would."""
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(passphrase),
+        )
+    )
 
 
 def server_problems(path: Path | None, environ: dict[str, str] | None = None) -> list[str]:

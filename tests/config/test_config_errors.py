@@ -13,7 +13,15 @@ from pvtunnel._config import (
     with_agent_overrides,
 )
 from pvtunnel._config.loading import check_file, flatten
-from tests.config.helpers import TOKEN, agent_problems, server_problems, write, write_tls_files
+from pvtunnel._tls import ENCRYPTED_KEY
+from tests.config.helpers import (
+    TOKEN,
+    agent_problems,
+    encrypt_key,
+    server_problems,
+    write,
+    write_tls_files,
+)
 
 # ------------------------------------------------------------------ error lines
 
@@ -522,6 +530,32 @@ def test_tls_files_that_do_not_load_are_config_errors(
     write(tmp_path, "agent.toml", '[server]\nurl = "wss://proxy:8081"\nca_file = "junk.pem"\n')
     (problem,) = agent_problems(Path("agent.toml"))
     assert problem.startswith("agent.toml: server.ca_file: cannot load it (PEM CA certificates)")
+
+
+def test_an_encrypted_key_is_refused_in_one_line_without_a_prompt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OpenSSL asks for a passphrase on the terminal (blocking a process started by
+    hand) or fails with a bare "Invalid argument" without one."""
+    monkeypatch.chdir(tmp_path)
+    write_tls_files(tmp_path, "cert.pem", "key.pem")
+    encrypt_key(tmp_path / "key.pem")
+    write(
+        tmp_path,
+        "server.toml",
+        f"""
+        [internal]
+        token = "{TOKEN}"
+        [external]
+        tls_cert = "cert.pem"
+        tls_key = "key.pem"
+        """,
+    )
+    (problem,) = server_problems(Path("server.toml"))
+    assert problem.startswith(
+        "server.toml: external.tls_cert: cannot load it with external.tls_key"
+    )
+    assert problem.endswith(ENCRYPTED_KEY)
 
 
 def test_a_ca_file_without_a_wss_url_is_refused(

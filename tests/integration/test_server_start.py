@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from pvtunnel._trio.server import ServerAddresses, TunnelServer
+from tests.config.helpers import encrypt_key, write_tls_files
 
 from .harness import server_config
 
@@ -63,6 +64,22 @@ async def test_an_unreadable_certificate_fails_the_start_and_takes_no_port(
         # While the error (and every frame it holds) is alive, no port is taken.
         for port in ports.values():
             await assert_port_free(port)
+
+
+async def test_an_encrypted_key_fails_the_start_saying_so(tmp_path: Path) -> None:
+    write_tls_files(tmp_path, "cert.pem", "key.pem")
+    encrypt_key(tmp_path / "key.pem")
+    config = server_config()
+    config = attrs.evolve(
+        config,
+        external=attrs.evolve(
+            config.external, tls_cert=tmp_path / "cert.pem", tls_key=tmp_path / "key.pem"
+        ),
+    )
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(OSError, match=r"key\.pem: the private key is encrypted") as failure:
+            await nursery.start(TunnelServer(config).serve)
+        assert "Errno" not in str(failure.value)
 
 
 @pytest.mark.parametrize("listener", ["internal", "external"])

@@ -8,6 +8,7 @@ and is retried, loudly, by one that has (the server proved itself before).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import ssl
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import pytest
 import trio
+import trio.testing
 
 from pvtunnel import ServerCertificateError
 from pvtunnel._config import AgentTimeouts, Secret
@@ -337,4 +339,44 @@ async def test_a_connect_pipe_ends_when_the_upstream_closes(tmp_path: Path, tls:
             assert received.endswith(b"\r\n\r\nbye")
             while running.server.state.in_flight:
                 await running.server.state.idle.wait()
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("refusal", ["not-allowed", "at-limit"])
+async def test_a_refused_connection_that_never_shakes_hands_is_closed_in_time(
+    pki: Pki, refusal: str, mock_clock: trio.testing.MockClock
+) -> None:
+    """A refusal (403 outside the whitelist, 503 past the connection limit) is an
+    answer, and on https it waits for the client's TLS handshake: a client that
+    never made one held its task and its place for good (past the limit, every
+    later client got 503 meanwhile)."""
+    mock_clock.autojump_threshold = 0
+    config = tls_server_config(pki, internal=False, external=True)
+    external = (
+        attrs.evolve(config.external, whitelisted_ips=("10.0.0.0/8",))
+        if refusal == "not-allowed"
+        else config.external
+    )
+    limits = attrs.evolve(config.limits, max_client_connections=1)
+    config = attrs.evolve(
+        config,
+        external=external,
+        timeouts=attrs.evolve(config.timeouts, request_head_s=2.0),
+        limits=limits if refusal == "at-limit" else config.limits,
+    )
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            state = running.server.state
+            silent = [await trio.open_tcp_stream("127.0.0.1", running.port) for _ in range(3)]
+            started = trio.current_time()
+            for stream in silent:
+                # The server closes it (or resets it) once request_head_s is over.
+                with contextlib.suppress(trio.BrokenResourceError):
+                    while await stream.receive_some(4096):
+                        pass
+                await stream.aclose()
+            assert trio.current_time() - started <= 2.0 + 1.0
+            await trio.testing.wait_all_tasks_blocked()
+            assert state.client_connections == 0
             nursery.cancel_scope.cancel()

@@ -37,6 +37,7 @@ from cattrs.errors import (
 from cattrs.gen import make_dict_structure_fn, override
 
 from pvtunnel._errors import ConfigError, FieldError, InvalidValue
+from pvtunnel._tls import load_cert_chain
 
 from . import rules
 from .model import CA_FILE_UNUSED, TOML_KEY, AgentConfig, Route, ServerConfig, duplicate_route_names
@@ -403,7 +404,7 @@ def _tls_problems(config: object, source: str) -> list[str]:
                 continue
             try:
                 context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-                context.load_cert_chain(listener.tls_cert, listener.tls_key)
+                load_cert_chain(context, listener.tls_cert, listener.tls_key)
             except (ssl.SSLError, OSError) as exc:
                 lines.append(
                     f"{source}: {name}.tls_cert: cannot load it with {name}.tls_key "

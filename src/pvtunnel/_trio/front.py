@@ -252,7 +252,7 @@ class ClientConnection:
         # A request whose body is not all read ends the connection after the
         # answer (its framing cannot be found again), and so does any answer while
         # the server shuts down: the answer says so.
-        close = close or self.conn.their_state is h11.SEND_BODY or self.state.draining
+        close = close or self.conn.their_state is h11.SEND_BODY or self.state.closing_connections
         headers = [*fields, (b"content-length", b"%d" % len(body)), (b"date", http_date())]
         if close:
             headers.append((b"connection", b"close"))
@@ -609,7 +609,7 @@ class ClientConnection:
                 # RFC 9110 section 8.6: never a Content-Length on a 204 (an upstream's
                 # is dropped, as nginx drops it).
                 headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
-            if self.conn.their_state is h11.SEND_BODY or self.state.draining:
+            if self.conn.their_state is h11.SEND_BODY or self.state.closing_connections:
                 # Answered before the request's body is all read (the upstream did
                 # not wait for it), or the server is shutting down: the connection
                 # ends after this, and says so (a client retries elsewhere).
@@ -818,13 +818,18 @@ async def handle_client(
     client = ClientConnection(stream, state, address, proto)
     state.client_connections += 1
     try:
+        refusal: tuple[int, str] | None = None
         if state.client_connections > state.config.limits.max_client_connections:
             state.metrics.connections_refused["at_limit"] += 1
-            await client._send_error(503, "the server is at its connection limit", close=True)
-            return
-        if not state.config.external.allows(address):
+            refusal = 503, "the server is at its connection limit"
+        elif not state.config.external.allows(address):
             state.metrics.connections_refused["not_allowed"] += 1
-            await client._send_error(403, "your address may not use this tunnel", close=True)
+            refusal = 403, "your address may not use this tunnel"
+        if refusal is not None:
+            # Bounded as a head is: over TLS the answer waits for the client's
+            # handshake, and a client that never makes one must not keep its place.
+            with trio.move_on_after(state.config.timeouts.request_head_s):
+                await client._send_error(*refusal, close=True)
             return
         await client.serve()
         if client.scope.cancelled_caught and client.phase is Phase.RESPONSE:

@@ -30,6 +30,7 @@ from pvtunnel._errors import (
 )
 from pvtunnel._metrics import render_server
 from pvtunnel._status import ServerAgentEntry, ServerRouteEntry, ServerStatusDocument, iso_utc
+from pvtunnel._tls import load_cert_chain
 from pvtunnel._trio.admin import serve_admin
 from pvtunnel._trio.front import handle_client
 from pvtunnel._trio.hangups import peer_address, watch_hangups
@@ -459,12 +460,13 @@ def _ssl_context(what: str, cert: object, key: object) -> ssl.SSLContext | None:
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        context.load_cert_chain(str(cert), str(key) if key is not None else None)
+        load_cert_chain(context, str(cert), None if key is None else str(key))
     except OSError as exc:
+        where = f"the {what} listener's certificate {cert} and key {key}"
         reason = exc.strerror or str(exc)
-        raise OSError(
-            exc.errno, f"the {what} listener's certificate {cert} and key {key}: {reason}"
-        ) from None
+        if isinstance(exc, ssl.SSLError):  # its errno is OpenSSL's, no system one
+            raise OSError(f"{where}: {reason}") from None
+        raise OSError(exc.errno, f"{where}: {reason}") from None
     return context
 
 

@@ -87,6 +87,13 @@ class ServerState:
         # Unparked after each round of checks (tests wait on it instead of the clock).
         self.hangups_checked = trio.lowlevel.ParkingLot()
 
+    @property
+    def closing_connections(self) -> bool:
+        """Whether answers end their connections: from the start of a drain (its
+        delay too), so kept-alive clients, load balancers' pools among them, come
+        back on a new connection, to another server, instead of meeting a 503."""
+        return self.draining or self.withdrawn
+
     def add_session(self, session: AgentSession) -> None:
         self.sessions.add(session)
         self._sessions_changed.unpark_all()
