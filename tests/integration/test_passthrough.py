@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from pvtunnel import AgentTimeouts, Secret
+from pvtunnel._trio.hangups import HANGUP_CHECK_S
 from tests.integration.client import Client, fetch
 from tests.integration.echo import TcpEcho, open_connect
 from tests.integration.harness import (
@@ -25,6 +26,7 @@ from tests.integration.harness import (
     start_server,
     start_upstream,
 )
+from tests.integration.listen import serve_on_loopback
 
 if TYPE_CHECKING:
     import pytest
@@ -319,3 +321,65 @@ async def test_idle_pipe_outlives_the_http_timeouts() -> None:
             assert await stream.receive_some(100) == b"still there?"
             await stream.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_connect_with_content_is_refused_and_opens_nothing() -> None:
+    # It got "200 Connection established", then a dead connection (and a log line
+    # counting bytes the client never got); the target was dialled for it.
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            echo = TcpEcho()
+            await start_agent(nursery, running, {"db": await nursery.start(echo.serve)})
+            stream, head = await open_connect(running, b"db:1", b"Content-Length: 5\r\n")
+            assert head.startswith(b"HTTP/1.1 400 "), head
+            await stream.aclose()
+            assert echo.connections == 0
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_101_without_an_upgrade_field_is_a_502() -> None:
+    # It reached the client with the Upgrade the client had asked for, made up.
+    async def bare_101(stream: trio.SocketStream) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += await stream.receive_some(4096)
+        await stream.send_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n")
+        await trio.sleep_forever()
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            port = await nursery.start(serve_on_loopback, bare_101)
+            await start_agent(nursery, running, {"app": port})
+            async with await Client.connect(running.port) as client:
+                upgrade = [(b"connection", b"upgrade"), (b"upgrade", b"websocket")]
+                reply = await client.request(b"GET", b"/ws", headers=upgrade)
+            assert reply.status == 502
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_client_that_leaves_before_its_101_frees_its_stream(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nobody read its socket while the upgrade waited, so its stream (and its place
+    # under max_streams_per_agent) was held until the upstream answered, to nobody.
+    caplog.set_level(logging.INFO, logger="pvtunnel.access")
+    mock_clock.autojump_threshold = 0
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery)
+        upstream, port = await start_upstream(nursery, "slow")
+        await start_agent(nursery, running, {"app": port})
+        stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+        await stream.send_all(
+            b"GET /hold HTTP/1.1\r\nHost: app\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        await upstream.hold_started.wait()
+        (session,) = running.server.sessions
+        assert session.in_flight == 1
+        await stream.aclose()
+        while session.in_flight:
+            await trio.sleep(HANGUP_CHECK_S)
+        (line,) = [vars(r) for r in caplog.records if r.name == "pvtunnel.access"]
+        assert line["status"] == 499
+        nursery.cancel_scope.cancel()

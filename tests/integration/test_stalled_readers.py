@@ -18,8 +18,16 @@ import trio.testing
 
 from pvtunnel._trio.front import STALLED_WHEN_SHORT_S, ClientConnection
 from pvtunnel._trio.hangups import HANGUP_CHECK_S
+from pvtunnel._trio.pipe import STALL_CHECK_S, STALLED_WHEN_SHORT_S as PIPE_STALLED_S
 from tests.integration.client import fetch
-from tests.integration.harness import server_config, start_agent, start_server, start_tunnel
+from tests.integration.echo import open_connect
+from tests.integration.harness import (
+    server_config,
+    start_agent,
+    start_server,
+    start_tunnel,
+    start_upstream,
+)
 from tests.integration.listen import serve_on_loopback
 
 if TYPE_CHECKING:
@@ -208,4 +216,63 @@ async def test_a_client_that_stops_reading_its_pipe_is_cut_after_idle_s(
         assert (line["method"], line["status"]) == ("CONNECT", 200)
         assert line["bytes_out"] > 0
         sock.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_pipes_into_an_upstream_that_reads_nothing_are_cut_once_the_agent_runs_short(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent's side of a pipe holds its stream's window while its upstream takes
+    nothing; a few such pipes held the window every request body of that agent
+    needs, on every route (an unrelated upload got 504), and for good."""
+    caplog.set_level(logging.INFO, logger="pvtunnel._trio.pipe")
+    sinks: list[trio.SocketStream] = []
+
+    async def sink(stream: trio.SocketStream) -> None:
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sinks.append(stream)  # kept open, never read
+        await trio.sleep_forever()
+
+    async def push(stream: trio.SocketStream) -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while True:
+                await stream.send_all(b"u" * 65536)
+
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, server_config())
+        sink_port = await nursery.start(serve_on_loopback, sink)
+        upstream, echo_port = await start_upstream(nursery, "svc")
+        agent, _, _ = await start_agent(
+            nursery,
+            running,
+            {"db": sink_port, "app": echo_port},
+            stream_window_bytes=STREAM_WINDOW,
+            connection_window_bytes=CONNECTION_WINDOW,
+        )
+        (link,) = agent.links
+        assert link.tunnel is not None
+        clients = []
+        for _ in range(3):
+            client, head = await open_connect(running, b"db:1")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            nursery.start_soon(push, client)
+            clients.append(client)
+        await trio.testing.wait_all_tasks_blocked()
+        assert link.tunnel.in_flight == 3
+        assert link.tunnel.mux.held_bytes * 2 >= link.tunnel.mux.connection_window  # short
+        for _ in range(int(PIPE_STALLED_S / STALL_CHECK_S) + 2):
+            mock_clock.jump(STALL_CHECK_S)
+            await trio.testing.wait_all_tasks_blocked()
+        # Cut while the connection is short: as many as it takes to make it not short.
+        cut = len([r for r in caplog.records if "pipe cut" in r.getMessage()])
+        assert link.tunnel.in_flight == 3 - cut < 3
+        assert link.tunnel.mux.held_bytes * 2 < link.tunnel.mux.connection_window
+        # The window is the connection's again: an upload to another route goes through.
+        mock_clock.autojump_threshold = 0
+        body = b"b" * (2 * STREAM_WINDOW)
+        reply = await fetch(running.port, b"POST", b"/upload", body=body)
+        assert reply.status == 200
+        assert upstream.requests[-1].body == body
+        for client in clients:
+            await client.aclose()
         nursery.cancel_scope.cancel()

@@ -334,6 +334,10 @@ class ClientConnection:
             # its Upgrade and Connection lines are hop-by-hop, the upstream never sees them.
             switch = None
         if request.method == b"CONNECT":
+            if has_body:
+                # RFC 9110 section 9.3.6: CONNECT has no content, and what follows
+                # its head is the tunnel's; framing fields make it neither.
+                return await self._refuse(request, 400, "a CONNECT request has no content")
             authority = request.target  # authority-form: the route is the target
         if authority is None:
             authority = hdr.header_value(headers, b"host")
@@ -417,7 +421,9 @@ class ClientConnection:
         self.exchange = (session.client_id, channel.stream_id)
         try:
             if switch is not None and not has_body:
-                # No hang-up watch here: after a switch the pipe itself reads the socket.
+                # Watched for a hang-up until the switch (the pipe then reads the
+                # socket itself; see `check_hangup`), as any request waiting is.
+                self._watch_hangup(channel)
                 return await self._relay_response(channel, request, session.client_id, switch)
             if not has_body:
                 # A hang-up while we wait is noticed by `watch_hangups`, which costs no
@@ -772,6 +778,14 @@ class ClientConnection:
             if item.status == 101 and (switch is None or not switch.accepts(101)):
                 # A final 1xx has no HTTP/1.1 form but a protocol switch's.
                 problem = "101 Switching Protocols to a request that asked for no upgrade"
+            elif (
+                item.status == 101
+                and problem is None
+                and not hdr.header_value(item.headers, b"upgrade")
+            ):
+                # RFC 9110 section 7.8: a 101 names the protocol it switches to; a
+                # WebSocket client must fail a handshake without it (RFC 6455).
+                problem = "101 Switching Protocols without an Upgrade field"
             if problem is not None:
                 # Written as it came, the head could smuggle a second response to the
                 # client (CRLF in the reason): a 502 instead, and the stream is reset.

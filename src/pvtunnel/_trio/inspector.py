@@ -91,6 +91,9 @@ class RecordingChannel:
         self._exchange.failed(f"{code.name}: {reason}" if reason else code.name)
         self._channel.reset(code, reason)
 
+    def connection_short(self) -> bool:
+        return self._channel.connection_short()
+
 
 class LocalChannel:
     """The channel of a replay: the body to send, and nowhere for the answer to go."""
@@ -123,6 +126,10 @@ class LocalChannel:
 
     def reset(self, code: ErrorCode, reason: str = "") -> None:
         """The recording keeps the reason."""
+
+    def connection_short(self) -> bool:
+        """No tunnel connection, no window to run short of."""
+        return False
 
 
 class Inspector:

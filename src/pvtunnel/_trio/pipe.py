@@ -12,6 +12,7 @@ on a reset or a broken socket.
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import TYPE_CHECKING, Final, Protocol
 
 import trio
@@ -23,7 +24,15 @@ from pvtunnel._trio.tunnel import END, first_error
 if TYPE_CHECKING:
     from pvtunnel._trio.channels import StreamChannel
 
+logger = logging.getLogger(__name__)
+
 _BROKEN: Final = (*BROKEN, OSError)
+# A write to the connection that takes nothing this long, while the tunnel
+# connection is short of window, ends the pipe (`cut_stalled`): the pipe holds its
+# stream's window meanwhile, and a few such pipes would hold the window every other
+# stream of the connection needs to move at all. Looked at every `STALL_CHECK_S`.
+STALLED_WHEN_SHORT_S: Final = 5.0
+STALL_CHECK_S: Final = 1.0
 
 
 class PipeBytes:
@@ -52,6 +61,8 @@ async def run_pipe(
     initial: bytes = b"",
     counts: PipeBytes | None = None,
     watch: WriteWatch | None = None,
+    *,
+    cut_stalled: bool = False,
 ) -> None:
     """Move bytes both ways until both directions ended; never raises for I/O failures.
 
@@ -62,13 +73,24 @@ async def run_pipe(
             trailing data), sent first.
         counts: where to count the bytes moved, if the caller wants them.
         watch: told of each write to ``stream``, if the caller watches them.
+        cut_stalled: watch the writes here, and reset the stream when one takes
+            nothing for `STALLED_WHEN_SHORT_S` while the connection is short of
+            window (the agent's pipes to upstreams; the server watches its clients'
+            writes itself, through ``watch``).
     """
     counts = PipeBytes() if counts is None else counts
+    if cut_stalled:
+        watch = _Writes()
     try:
         async with trio.open_nursery() as nursery:
             scope = nursery.cancel_scope
-            nursery.start_soon(_socket_to_stream, stream, channel, initial, counts, scope)
-            nursery.start_soon(_stream_to_socket, stream, channel, counts, watch, scope)
+            if cut_stalled:
+                assert isinstance(watch, _Writes)
+                nursery.start_soon(_cut_when_stalled, watch, channel, scope)
+            async with trio.open_nursery() as directions:
+                directions.start_soon(_socket_to_stream, stream, channel, initial, counts, scope)
+                directions.start_soon(_stream_to_socket, stream, channel, counts, watch, scope)
+            scope.cancel()  # both directions ended: so does the watch
     except BaseExceptionGroup as group:
         raise first_error(group) from None
 
@@ -130,3 +152,34 @@ async def _stream_to_socket(
         scope.cancel()
     except TunnelClosedError:
         scope.cancel()
+
+
+class _Writes:
+    """A `WriteWatch` of the pipe's own."""
+
+    __slots__ = ("writes", "writing")
+
+    def __init__(self) -> None:
+        self.writing = False
+        self.writes = 0
+
+
+async def _cut_when_stalled(
+    watch: _Writes, channel: StreamChannel, scope: trio.CancelScope
+) -> None:
+    seen, since = -1, trio.current_time()
+    while True:
+        await trio.sleep(STALL_CHECK_S)
+        now = trio.current_time()
+        if not watch.writing or watch.writes != seen or not channel.connection_short():
+            seen, since = watch.writes, now
+            continue
+        if now - since >= STALLED_WHEN_SHORT_S:
+            logger.info(
+                "stream %d: pipe cut: the connection took nothing for %.1fs",
+                channel.stream_id,
+                now - since,
+            )
+            channel.reset(ErrorCode.CANCEL, "the pipe's connection stopped reading")
+            scope.cancel()
+            return

@@ -330,7 +330,7 @@ class Replay:
             return
         try:
             channel.send_response(ResponseHead(status=200, reason=b"Connection established"))
-            await run_pipe(connection.stream, channel)
+            await run_pipe(connection.stream, channel, cut_stalled=True)
         except TunnelClosedError:
             pass
         finally:
@@ -363,7 +363,7 @@ class Replay:
         self._forward_head(ResponseHead(status=101, reason=event.reason, headers=headers))
         self.head_sent = True
         initial, _ = connection.conn.trailing_data
-        await run_pipe(connection.stream, self.channel, bytes(initial))
+        await run_pipe(connection.stream, self.channel, bytes(initial), cut_stalled=True)
 
     def _forward_head(self, head: ResponseHead) -> None:
         """Send the upstream's response head on. One the tunnel cannot carry (over one
