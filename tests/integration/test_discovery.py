@@ -34,10 +34,12 @@ from tests.integration.harness import (
 )
 from tests.integration.pki import issue
 from tests.integration.replicas import NAME, get, replica_config, start_replicas
+from tests.integration.upstream import RecordingUpstream
 from tests.prometheus import Scrape
 
 if TYPE_CHECKING:
     from pathlib import Path
+
 
 LIMIT_S = 20
 
@@ -187,35 +189,62 @@ async def test_a_failing_link_resolves_the_name_again_at_once() -> None:
             nursery.cancel_scope.cancel()
 
 
+@attrs.define
+class TwoReplicas:
+    """Replicas on 127.0.0.1 (stoppable: ``first_scope``) and 127.0.0.2, one internal
+    port, and a discovering agent linked to both that retries fast, counting."""
+
+    nursery: trio.Nursery
+    first: Running
+    first_scope: trio.CancelScope
+    internal_port: int
+    upstream: RecordingUpstream
+    names: Names
+    agent: TunnelAgent
+
+    async def start_first_again(self, answer: tuple[str, ...] | None = None) -> None:
+        """127.0.0.1 back (a new replica on the same port; then ``answer`` in DNS, if
+        given), and the agent linked to it."""
+        self.first, self.first_scope = await start_server_in_scope(
+            self.nursery, replica_config("127.0.0.1", self.internal_port)
+        )
+        if answer is not None:
+            self.names.answer = answer
+        await wait_for(self.agent, lambda: len(connected_addresses(self.agent)) == 2)
+
+    def links_to_first(self) -> int:
+        return sum(link.address == "127.0.0.1" for link in self.agent.links)
+
+
+async def two_replicas(nursery: trio.Nursery) -> TwoReplicas:
+    first, first_scope = await start_server_in_scope(nursery, replica_config("127.0.0.1", 0))
+    internal_port = first.addresses.internal[1]
+    await start_server(nursery, replica_config("127.0.0.2", internal_port))
+    upstream, port = await start_upstream(nursery, "svc")
+    names = Names(answer=("127.0.0.1", "127.0.0.2"))
+    found = discovering_agent([first], names, {"app": port}, discover_interval_s=0.05)
+    quick = attrs.evolve(found.config.timeouts, reconnect_max_s=0.2)
+    agent = TunnelAgent(attrs.evolve(found.config, timeouts=quick), resolve=names.resolve)
+    await nursery.start(agent.serve)
+    await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
+    return TwoReplicas(nursery, first, first_scope, internal_port, upstream, names, agent)
+
+
 async def test_reconnects_only_go_up_as_addresses_leave_and_return() -> None:
     """A counter (/metrics, /status): an address leaving DNS takes its link's count
     with it no more, and the address coming back goes on from where it was."""
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            first, first_scope = await start_server_in_scope(
-                nursery, replica_config("127.0.0.1", 0)
-            )
-            internal_port = first.addresses.internal[1]
-            await start_server(nursery, replica_config("127.0.0.2", internal_port))
-            _, port = await start_upstream(nursery, "svc")
-            names = Names(answer=("127.0.0.1", "127.0.0.2"))
-            config = discovering_agent(
-                [first], names, {"app": port}, discover_interval_s=0.05
-            ).config
-            quick = attrs.evolve(config.timeouts, reconnect_max_s=0.2)  # retries, counted
-            agent = TunnelAgent(attrs.evolve(config, timeouts=quick), resolve=names.resolve)
-            await nursery.start(agent.serve)
-            await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
-            first_scope.cancel()  # the replica goes: its link retries, counting
+            replicas = await two_replicas(nursery)
+            agent = replicas.agent
+            replicas.first_scope.cancel()  # the replica goes: its link retries, counting
             await wait_for(agent, lambda: agent.reconnects >= 2)
-            names.answer = ("127.0.0.2",)
+            replicas.names.answer = ("127.0.0.2",)
             before = agent.reconnects
-            await wait_for(agent, lambda: {link.address for link in agent.links} == {"127.0.0.2"})
+            await wait_for(agent, lambda: replicas.links_to_first() == 0)
             assert agent.reconnects >= before
             counted = agent.reconnects
-            await start_server_in_scope(nursery, replica_config("127.0.0.1", internal_port))
-            names.answer = ("127.0.0.1", "127.0.0.2")
-            await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
+            await replicas.start_first_again(answer=("127.0.0.1", "127.0.0.2"))
             (returned,) = [link for link in agent.links if link.address == "127.0.0.1"]
             assert returned.reconnects == counted
             assert agent.reconnects == counted
@@ -226,62 +255,36 @@ async def test_reconnects_only_go_up_when_an_address_returns_while_its_link_drai
     """The address leaves with a request in flight (its link drains), comes back at
     once (a new link for it), and leaves again: both links' counts are kept."""
     seen: list[int] = []
-
-    def counted(agent: TunnelAgent) -> None:
-        seen.append(agent.reconnects)
-
     with trio.fail_after(LIMIT_S * 2):
         async with trio.open_nursery() as nursery:
-            first, first_scope = await start_server_in_scope(
-                nursery, replica_config("127.0.0.1", 0)
-            )
-            internal_port = first.addresses.internal[1]
-            await start_server(nursery, replica_config("127.0.0.2", internal_port))
-            upstream, port = await start_upstream(nursery, "svc")
-            names = Names(answer=("127.0.0.1", "127.0.0.2"))
-            found = discovering_agent([first], names, {"app": port}, discover_interval_s=0.05)
-            quick = attrs.evolve(found.config.timeouts, reconnect_max_s=0.2)
-            agent = TunnelAgent(attrs.evolve(found.config, timeouts=quick), resolve=names.resolve)
-            await nursery.start(agent.serve)
-            await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
-
-            async def replica_back() -> Running:
-                nonlocal first_scope
-                running, first_scope = await start_server_in_scope(
-                    nursery, replica_config("127.0.0.1", internal_port)
-                )
-                await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
-                return running
-
-            def links_to_first() -> int:
-                return sum(link.address == "127.0.0.1" for link in agent.links)
-
-            first_scope.cancel()  # the first link counts a few reconnects
+            replicas = await two_replicas(nursery)
+            agent, names = replicas.agent, replicas.names
+            replicas.first_scope.cancel()  # the first link counts a few reconnects
             await wait_for(agent, lambda: agent.reconnects >= 3)
-            first = await replica_back()
-            counted(agent)
+            await replicas.start_first_again()
+            seen.append(agent.reconnects)
             # A request in flight through it, and its address leaves: the link drains.
-            (session,) = first.server.sessions
-            nursery.start_soon(get, first, b"/hold")
-            await upstream.hold_started.wait()
+            (session,) = replicas.first.server.sessions
+            nursery.start_soon(get, replicas.first, b"/hold")
+            await replicas.upstream.hold_started.wait()
             names.answer = ("127.0.0.2",)
             await session.tunnel.going_away.wait()
             # Back at once: a second link for the address while the first drains.
             names.answer = ("127.0.0.1", "127.0.0.2")
-            await wait_for(agent, lambda: links_to_first() == 2)
-            counted(agent)
-            upstream.release.set()
-            await wait_for(agent, lambda: links_to_first() == 1)
-            counted(agent)
+            await wait_for(agent, lambda: replicas.links_to_first() == 2)
+            seen.append(agent.reconnects)
+            replicas.upstream.release.set()
+            await wait_for(agent, lambda: replicas.links_to_first() == 1)
+            seen.append(agent.reconnects)
             # The second link counts reconnects of its own, then its address leaves.
             before = agent.reconnects
-            first_scope.cancel()
+            replicas.first_scope.cancel()
             await wait_for(agent, lambda: agent.reconnects > before)
-            first = await replica_back()
-            counted(agent)
+            await replicas.start_first_again()
+            seen.append(agent.reconnects)
             names.answer = ("127.0.0.2",)
-            await wait_for(agent, lambda: links_to_first() == 0)
-            counted(agent)
+            await wait_for(agent, lambda: replicas.links_to_first() == 0)
+            seen.append(agent.reconnects)
             nursery.cancel_scope.cancel()
     assert seen == sorted(seen), seen
     assert seen[-1] > seen[0]

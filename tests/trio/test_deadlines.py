@@ -6,13 +6,18 @@ and moves that only put it later, as every request does, must not grow the heap.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import TYPE_CHECKING
 
 import attrs
 import trio
 import trio.testing
 
 from pvtunnel._trio.deadlines import PRUNE_AT, Deadline, Deadlines
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
 
 
 @attrs.define(eq=False)
@@ -45,106 +50,96 @@ class Keeper:
         return connection
 
 
-async def test_a_limit_fires_at_its_time(mock_clock: trio.testing.MockClock) -> None:
+@contextlib.asynccontextmanager
+async def kept() -> AsyncIterator[Keeper]:
+    """A running `Deadlines` and a way to start connections under it."""
     deadlines = Deadlines()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(deadlines.run)
-        keep = Keeper(nursery, deadlines)
+        yield Keeper(nursery, deadlines)
+        nursery.cancel_scope.cancel()
+
+
+async def step(mock_clock: trio.testing.MockClock, seconds: float) -> None:
+    """Move the clock, and let everything due run."""
+    mock_clock.jump(seconds)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_limit_fires_at_its_time(mock_clock: trio.testing.MockClock) -> None:
+    async with kept() as keep:
         connection = await keep.connection()
         connection.deadline.set(trio.current_time() + 5.0)
-        mock_clock.jump(4.999)
-        await trio.testing.wait_all_tasks_blocked()
+        await step(mock_clock, 4.999)
         assert connection.ended_at is None
-        mock_clock.jump(0.001)
-        await trio.testing.wait_all_tasks_blocked()
+        await step(mock_clock, 0.001)
         assert ended(connection) == 5.0
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_limit_moved_later_fires_only_at_its_last_time_and_keeps_one_entry(
     mock_clock: trio.testing.MockClock,
 ) -> None:
-    deadlines = Deadlines()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(deadlines.run)
-        connection = await Keeper(nursery, deadlines).connection()
+    async with kept() as keep:
+        connection = await keep.connection()
         # A request a second on a kept-alive connection, each moving the limit twice.
         connection.deadline.set(2.0)
         for second in range(100):
             # A head's limit, then the upstream's: later than the last, and earlier.
             connection.deadline.set(second + 3.0)
             connection.deadline.set(second + 2.0)
-            mock_clock.jump(1.0)
-            await trio.testing.wait_all_tasks_blocked()
+            await step(mock_clock, 1.0)
             assert connection.ended_at is None
             # One live entry, re-armed each time the old one came due.
-            assert len(deadlines) == 1
-        mock_clock.jump(0.999)
-        await trio.testing.wait_all_tasks_blocked()
+            assert len(keep.deadlines) == 1
+        await step(mock_clock, 0.999)
         assert connection.ended_at is None
-        mock_clock.jump(0.001)
-        await trio.testing.wait_all_tasks_blocked()
+        await step(mock_clock, 0.001)
         assert ended(connection) == 101.0
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_limit_moved_earlier_fires_at_the_earlier_time(
     mock_clock: trio.testing.MockClock,
 ) -> None:
     mock_clock.autojump_threshold = 0
-    deadlines = Deadlines()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(deadlines.run)
-        keep = Keeper(nursery, deadlines)
+    async with kept() as keep:
         late, early = await keep.connection(), await keep.connection()
         late.deadline.set(75.0)
         early.deadline.set(60.0)
         early.deadline.set(30.0)  # the task sleeps until 60 now: it must wake sooner
         await trio.sleep(100)
         assert (early.ended_at, late.ended_at) == (30.0, 75.0)
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_limit_already_passed_fires_at_once(mock_clock: trio.testing.MockClock) -> None:
     mock_clock.jump(10.0)
-    deadlines = Deadlines()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(deadlines.run)
-        connection = await Keeper(nursery, deadlines).connection()
+    async with kept() as keep:
+        connection = await keep.connection()
         connection.deadline.set(9.0)
         await trio.testing.wait_all_tasks_blocked()
         assert connection.ended_at == 10.0
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_lifted_or_released_limit_never_fires(mock_clock: trio.testing.MockClock) -> None:
     mock_clock.autojump_threshold = 0
-    deadlines = Deadlines()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(deadlines.run)
-        keep = Keeper(nursery, deadlines)
-        lifted, released, kept = [await keep.connection() for _ in range(3)]
-        for connection in (lifted, released, kept):
+    async with kept() as keep:
+        lifted, released, held = [await keep.connection() for _ in range(3)]
+        for connection in (lifted, released, held):
             connection.deadline.set(5.0)
         lifted.deadline.set(math.inf)
         released.deadline.release()
         released.deadline.set(math.inf)
         await trio.sleep(1000)
-        assert (lifted.ended_at, released.ended_at, kept.ended_at) == (None, None, 5.0)
+        assert (lifted.ended_at, released.ended_at, held.ended_at) == (None, None, 5.0)
         assert lifted.deadline.due == math.inf
         # Lifted, then set again: it fires at the new time.
         lifted.deadline.set(trio.current_time() + 1.0)
         await trio.sleep(2)
         assert lifted.ended_at == 1001.0
-        nursery.cancel_scope.cancel()
 
 
 async def test_many_limits_fire_each_at_its_own_time(mock_clock: trio.testing.MockClock) -> None:
     mock_clock.autojump_threshold = 0
-    deadlines = Deadlines()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(deadlines.run)
-        keep = Keeper(nursery, deadlines)
+    async with kept() as keep:
         connections = [await keep.connection() for _ in range(50)]
         # Set in an order unlike their times, some moved later once armed.
         for index, connection in enumerate(connections):
@@ -155,7 +150,6 @@ async def test_many_limits_fire_each_at_its_own_time(mock_clock: trio.testing.Mo
         for index, connection in enumerate(connections):
             expected = float((index * 7) % 50 + 1) + (100.0 if index % 5 == 0 else 0.0)
             assert connection.ended_at == expected
-        nursery.cancel_scope.cancel()
 
 
 async def test_entries_of_ended_connections_do_not_pile_up(
