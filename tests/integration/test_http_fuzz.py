@@ -240,6 +240,11 @@ def refusal(request: h11.Request) -> int | str | None:
     ):
         return 400  # neither a path nor an http(s) URL (RFC 9112 section 3.2)
     if request.method == b"CONNECT":
+        if any(
+            name == b"transfer-encoding" or (name == b"content-length" and int(value) > 0)
+            for name, value in request.headers
+        ):
+            return 400  # CONNECT has no content (RFC 9110 section 9.3.6)
         authority = request.target  # authority form: the target names the route
     elif authority is None:
         authority = next((v for n, v in request.headers if n == b"host"), b"")
@@ -738,6 +743,12 @@ def hostile_writes(draw: st.DrawFn) -> tuple[bytes, ...]:
 # a GET, and the model answered a refused CONNECT with a 200 (a switch) itself.
 @example(writes=(b"HEAD /echo HTTP/1.0\r\nHost: app\r\nVia: 1.0 fron\r\n t-1\r\n\r\n",))
 @example(writes=(b"CONNECT /echo HTTP/1.1\r\nHost: app\r\n\r\n" + CLOSER,))
+@example(  # a CONNECT with a body: refused before its target is looked at
+    writes=(
+        b"CONNECT /echo HTTP/1.1\r\nhost:app\r\ntransfer-encoding:chunked\r\n\r\n"
+        b"1\r\n\x00\r\n0\r\n\r\nGET /echo HTTP/1.1\r\nhost:app\r\n\r\n" + CLOSER,
+    )
+)
 # A bug of this test: the answer to a HEAD after one outside the model (here a 502:
 # the test upstream cannot echo a body to a HEAD) was read as if to a GET.
 @example(
