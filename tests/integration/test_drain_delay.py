@@ -10,7 +10,7 @@ import trio
 import trio.testing
 
 from pvtunnel._trio.server import ServerAdmin
-from tests.integration.client import fetch
+from tests.integration.client import Client, fetch
 from tests.integration.harness import Running, server_config, start_drain, start_tunnel
 
 
@@ -50,4 +50,30 @@ async def test_without_a_delay_the_drain_starts_at_once(
         await running.server.drain()
         assert running.server.state.draining
         assert not running.server.state.withdrawn
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_kept_alive_connections_are_closed_when_the_drain_starts(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    # Left open, their next request met a 503 "shutting down" (or, on its way in as
+    # the listeners closed, was cut): closed now, the client opens a new connection.
+    config = server_config(timeouts={"drain_delay_s": 5.0})
+    async with trio.open_nursery() as nursery:
+        running, _ = await start_tunnel(nursery, config)
+        async with await Client.connect(running.port) as idle:
+            assert (await idle.request(b"GET", b"/before")).status == 200
+            busy = await trio.open_tcp_stream("127.0.0.1", running.port)
+            await busy.send_all(b"GET /half HTTP/1.1\r\n")  # a head on its way: kept
+            await trio.testing.wait_all_tasks_blocked()
+            start_drain(nursery, running)
+            await trio.testing.wait_all_tasks_blocked()
+            # Its handler ended, the kept one's did not; the client reads the close.
+            assert running.server.state.client_connections == 1
+            assert await idle.stream.receive_some(1) == b""
+            await busy.send_all(b"Host: app\r\n\r\n")
+            answer = await busy.receive_some(4096)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            assert b"connection: close" in answer.lower()
+            await busy.aclose()
         nursery.cancel_scope.cancel()

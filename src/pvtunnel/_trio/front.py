@@ -154,6 +154,9 @@ class ClientConnection:
                     + (timeouts.request_head_s if has_head_bytes else timeouts.idle_s)
                 )
                 self.http.on_data = None if has_head_bytes else self._head_started
+                if not has_head_bytes:
+                    # Kept alive, waiting for a head: a drain closes it at once.
+                    self.state.idle_clients.add(self.scope)
                 first = False
                 try:
                     event = await self.http.next_event()
@@ -167,6 +170,8 @@ class ClientConnection:
                     )
                     self.state.log_unreadable(self.address, status)
                     return
+                finally:
+                    self.state.idle_clients.discard(self.scope)
                 if isinstance(event, h11.ConnectionClosed):
                     return
                 assert isinstance(event, h11.Request), event
@@ -219,7 +224,9 @@ class ClientConnection:
         return conn
 
     def _head_started(self) -> None:
-        """The first bytes of a kept-alive connection's next head: its time starts."""
+        """The first bytes of a kept-alive connection's next head: its time starts
+        (and a drain lets it finish: the connection is no longer idle)."""
+        self.state.idle_clients.discard(self.scope)
         self.deadline.set(
             min(
                 self.deadline.due,

@@ -150,18 +150,23 @@ class TunnelServer:
         this: the agents have been told to go away and leave the router. With
         ``timeouts.drain_delay_s``, ``/ready`` answers 503 for that long first while
         requests are still served, so load balancers stop sending clients before
-        the listeners close.
+        the listeners close. Kept-alive client connections that wait for a request
+        are closed at once, and every answer from then on closes its connection, so
+        clients come back on a new connection (to another server) rather than meet
+        a 503.
         """
         state = self.state
         if self.config.timeouts.drain_delay_s and not state.withdrawn:
             # Readiness goes first (see TimeoutsConfig.drain_delay_s); requests are
             # still proxied meanwhile, so none is refused in the gap.
             state.withdrawn = True
+            state.close_idle_clients()
             logger.info(
                 "not ready; closing the listeners in %.1fs", self.config.timeouts.drain_delay_s
             )
             await trio.sleep(self.config.timeouts.drain_delay_s)
         self.state.draining = True
+        state.close_idle_clients()
         self._listen_scope.cancel()
         self.state.held.close()
         for session in list(self.state.sessions):

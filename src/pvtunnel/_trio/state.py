@@ -70,6 +70,10 @@ class ServerState:
         self._sessions_changed = trio.lowlevel.ParkingLot()
         self.in_flight = 0
         self.client_connections = 0
+        # The scopes of kept-alive client connections waiting for a head: a drain
+        # closes them at once, as nginx does, instead of answering their next
+        # request with 503 (`close_idle_clients`).
+        self.idle_clients: set[trio.CancelScope] = set()
         self.draining = False
         # Set once both listeners accept: /ready is false before that (and while draining).
         self.listening = False
@@ -86,6 +90,12 @@ class ServerState:
         self.awaiting_started = trio.lowlevel.ParkingLot()
         # Unparked after each round of checks (tests wait on it instead of the clock).
         self.hangups_checked = trio.lowlevel.ParkingLot()
+
+    def close_idle_clients(self) -> None:
+        """Close the kept-alive client connections waiting for a head (a drain began)."""
+        for scope in list(self.idle_clients):
+            scope.cancel()
+        self.idle_clients.clear()
 
     @property
     def closing_connections(self) -> bool:
