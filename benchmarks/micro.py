@@ -15,8 +15,9 @@ before it shows in ``run.py``'s figures:
 - ``server http``: what the server does with HTTP per request on a keep-alive
   connection: h11 parses a request, pvtunnel's header rules build the forwarded
   head, and the response head, 1 KiB of body and its end are serialised;
-- ``agent http``: the agent's side: the forwarded request serialised towards the
-  upstream, and the upstream's response (head, 1 KiB, end) parsed.
+- ``agent http``: the agent's side: the forwarded request built (checked) and
+  serialised towards the upstream, and the upstream's response (head, 1 KiB, end)
+  parsed.
 
 Usage::
 
@@ -39,7 +40,9 @@ from typing import TYPE_CHECKING, Final
 
 import h11
 
+from pvtunnel._config import Route, RouteType
 from pvtunnel._http import headers as hdr
+from pvtunnel._trio.upstream import upstream_request
 from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer
@@ -177,13 +180,10 @@ def server_http_case() -> Callable[[], None]:
 def agent_http_case() -> Callable[[], None]:
     """The agent's HTTP work for one request on a pooled upstream connection."""
     conn = h11.Connection(h11.CLIENT)
+    route = Route(name="app", value="127.0.0.1", port=8080, type=RouteType.IP)
 
     def once() -> None:
-        request = h11.Request(
-            method=REQUEST_HEAD.method,
-            target=REQUEST_HEAD.target,
-            headers=list(REQUEST_HEAD.headers),
-        )
+        request, _ = upstream_request(REQUEST_HEAD, route)
         conn.send(request)
         conn.send(h11.EndOfMessage())
         conn.receive_data(UPSTREAM_RESPONSE)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import h11
 import pytest
 from hypothesis import given, strategies as st
 
-from pvtunnel._http.framing import framing_problem, response_head_problem
+from pvtunnel._http.framing import field_problem, framing_problem, response_head_problem
 from pvtunnel._http.headers import request_headers, response_headers
 
 
@@ -123,3 +125,46 @@ def test_a_head_response_head_problem_accepts_is_one_h11_accepts(
     trusted = h11.Response(status_code=200, headers=sent, reason=reason, _parsed=True)
     assert trusted == checked
     assert trusted.headers.raw_items() == checked.headers.raw_items()
+
+
+@given(
+    headers=st.lists(
+        st.tuples(_HEAD_BYTES | st.sampled_from([b"Host", b"x-a"]), _HEAD_BYTES),
+        max_size=6,
+    )
+)
+def test_field_problem_refuses_exactly_what_h11_refuses(
+    headers: list[tuple[bytes, bytes]],
+) -> None:
+    """The agent builds requests with h11's ``_parsed`` after `field_problem`: sound
+    only while it refuses all h11 refuses. It refuses control bytes in values too,
+    which h11 lets through (and the server never forwards)."""
+    try:
+        h11.Request(method=b"GET", target=b"/", headers=headers, http_version=b"1.0")
+    except h11.LocalProtocolError as exc:
+        h11_refuses = str(exc).startswith("Illegal header")
+    else:
+        h11_refuses = False
+    control = any(re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", value) for _, value in headers)
+    assert (field_problem(headers) is not None) is (h11_refuses or control)
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ([], None),
+        ([(b"a", b"")], None),
+        ([(b"a", b""), (b"b", b"")], None),
+        ([(b"", b"v")], "an invalid header name"),
+        ([(b"a", b"1"), (b"", b"v")], "an invalid header name"),
+        ([(b"a\nb", b"v")], "an invalid header name"),
+        ([(b"a", b"1"), (b"b", b"x\ny")], "an invalid header value"),
+        ([(b"a", b"1"), (b"b", b"x\x01y")], "an invalid header value"),
+        ([(b"a", b"1"), (b"b", b" x")], "an invalid header value"),
+        ([(b"a", b"1 \t 2"), (b"b", b"\xff")], None),
+    ],
+)
+def test_field_problem_sees_every_field(
+    headers: list[tuple[bytes, bytes]], problem: str | None
+) -> None:
+    assert field_problem(headers) == problem

@@ -13,6 +13,7 @@ import struct
 from typing import TYPE_CHECKING, Final
 
 import attrs
+import pytest
 import trio
 import trio_websocket
 
@@ -110,23 +111,32 @@ async def test_a_server_breaking_the_protocol_is_told_so_with_1002() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_a_head_with_both_length_and_chunked_never_reaches_the_upstream() -> None:
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        (
+            [(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")],
+            b"both Content-Length and Transfer-Encoding",
+        ),
+        ([(b"X-A", b"1\r\nContent-Length: 5")], b"an invalid header value"),
+        ([(b"X-A", b" leading blank")], b"an invalid header value"),
+        ([(b"X A", b"1")], b"an invalid header name"),
+        ([(b"", b"1")], b"an invalid header name"),
+    ],
+)
+async def test_a_head_no_client_could_send_never_reaches_the_upstream(
+    fields: list[tuple[bytes, bytes]], why: bytes
+) -> None:
+    """Heads the server's h11 would have refused from a client: the agent checks
+    them again before they reach a pooled upstream connection."""
     async with trio.open_nursery() as nursery:
         upstream, port = await start_upstream(nursery, "svc")
-        head = request_head(
-            1,
-            [
-                (b"Host", b"app"),
-                (b"Content-Length", b"5"),
-                (b"Transfer-Encoding", b"chunked"),
-            ],
-        )
-        seen = await agent_against([head], port)
+        seen = await agent_against([request_head(1, [(b"Host", b"app"), *fields])], port)
         resets = [payload for kind, _, stream, payload in seen.frames if kind == RESET]
         assert len(resets) == 1
         (code,) = struct.unpack_from(">I", resets[0])
         assert code == ErrorCode.PROTOCOL_ERROR
-        assert b"both Content-Length and Transfer-Encoding" in resets[0]
+        assert why in resets[0]
         assert upstream.connections == 0
         assert upstream.requests == []
         nursery.cancel_scope.cancel()

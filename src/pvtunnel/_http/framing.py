@@ -146,6 +146,27 @@ _FIELD_VALUE: Final = re.compile(rb"(?:[\x21-\x7e\x80-\xff]+(?:[ \t]+[\x21-\x7e\
 _LENGTH: Final = re.compile(rb"[0-9]{1,19}")
 
 
+def field_problem(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """Why header fields must not be written as they are, or None.
+
+    Whatever h11's constructors refuse is refused here, and the control bytes they
+    let through, so a head checked here may skip their check (``_parsed=True``):
+    theirs makes some twenty calls per field where this makes two.
+
+    Args:
+        headers: The fields, names in any case.
+
+    Returns:
+        "an invalid header name" or "an invalid header value", or None.
+    """
+    for name, value in headers:
+        if _FIELD_NAME.fullmatch(name) is None:
+            return "an invalid header name"
+        if _FIELD_VALUE.fullmatch(value) is None:
+            return "an invalid header value"
+    return None
+
+
 def response_head_problem(reason: bytes, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     """Why a response head from an agent must not be written to a client, or None.
 
