@@ -154,9 +154,9 @@ async def test_https_on_the_external_port_end_to_end(pki: Pki) -> None:
             assert upstream.requests[0].header(b"x-forwarded-proto") == b"https"
             assert upstream.requests[0].header(b"x-forwarded-for") == b"127.0.0.1"
             assert upstream.requests[0].header(b"proxy-authorization") is None
-            # A plain-HTTP client on the https port gets no HTTP answer, and harms nothing.
+            # A plain-HTTP client on the https port is told so, and harms nothing.
             plain = await raw_exchange(running.port, b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-            assert b"HTTP/1.1 200" not in plain
+            assert plain.startswith(b"HTTP/1.1 400 ")
             async with await _https_client(pki, running.port) as client:
                 again = await client.request(b"GET", b"/three", headers=[credential])
             assert again.status == 200
@@ -379,4 +379,40 @@ async def test_a_refused_connection_that_never_shakes_hands_is_closed_in_time(
             assert trio.current_time() - started <= 2.0 + 1.0
             await trio.testing.wait_all_tasks_blocked()
             assert state.client_connections == 0
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        b"GET /one HTTP/1.1\r\nHost: app\r\n\r\n",
+        # A body it will never have read: the answer must survive the close.
+        b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 200000\r\n\r\n" + b"x" * 200_000,
+        b"g",
+    ],
+    ids=["get", "post-with-body", "one-letter"],
+)
+async def test_plain_http_on_the_https_port_is_told_to_use_https(
+    pki: Pki, sent: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """As nginx answers it: a 400 in plain HTTP that says why, and an access-log line,
+    where a TLS handshake failing on its first byte closed with no word at all."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.access")
+    config = tls_server_config(pki, internal=False, external=True)
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            answer = await raw_exchange(running.port, sent)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+            assert b"\r\nConnection: close" in head
+            assert b"use https://" in body
+            assert re.search(rb"\r\nContent-Length: (\d+)", head)[1] == b"%d" % len(body)  # type: ignore[index]
+            lines = [r for r in caplog.records if r.name == "pvtunnel.access"]
+            assert [(vars(r)["status"], vars(r)["method"]) for r in lines] == [(400, "-")]
+            assert running.server.state.metrics.client_protocol_errors == 1
+            # TLS clients are served as ever.
+            async with await _https_client(pki, running.port) as client:
+                reply = await client.request(b"GET", b"/")
+            assert reply.status == 404  # no agent: the route is unknown
             nursery.cancel_scope.cancel()

@@ -42,6 +42,7 @@ from pvtunnel._trio.dates import http_date
 from pvtunnel._trio.hangups import has_hung_up, hung_up_when_readable, peer_address
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import PipeBytes, run_pipe
+from pvtunnel._trio.plain_on_tls import answer_in_plain_http, speaks_plain_http
 from pvtunnel._trio.sockio import BROKEN
 from pvtunnel._trio.tunnel import END, Channel, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
@@ -839,6 +840,20 @@ async def handle_client(
     client = ClientConnection(stream, state, address, proto)
     state.client_connections += 1
     try:
+        if isinstance(stream, trio.SSLStream):
+            # Before anything is answered in TLS (a refusal too): see `plain_on_tls`.
+            # A client that sends nothing at all in `request_head_s` is closed, as
+            # one that sends no head in that time would be.
+            plain: bool | None = None
+            with trio.move_on_after(state.config.timeouts.request_head_s):
+                plain = await speaks_plain_http(stream)
+            if plain is None:
+                return
+            if plain:
+                state.metrics.client_protocol_errors += 1
+                state.log_unreadable(address, 400)
+                await answer_in_plain_http(stream)
+                return
         refusal: tuple[int, str] | None = None
         if state.client_connections > state.config.limits.max_client_connections:
             state.metrics.connections_refused["at_limit"] += 1
