@@ -313,7 +313,9 @@ def _agent(args: argparse.Namespace) -> int:
     )
     problems = config.validate_runnable()
     if problems:
-        raise ConfigError([f"pvtunnel agent: {problem}" for problem in problems])
+        # Missing from the file and the flags alike: the file is named, as `check` names it.
+        where = "" if args.config is None else f"{args.config}: "
+        raise ConfigError([f"pvtunnel agent: {where}{problem}" for problem in problems])
     try:
         return trio.run(_run_agent, config)
     except (OSError, BaseExceptionGroup) as exc:
@@ -362,8 +364,16 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     if kind == "unknown":
         print(f"{args.file}: a valid configuration for pvtunnel serve or pvtunnel agent alike")
-    else:
-        print(f"{args.file}: a valid {kind} configuration")
+        return 0
+    print(f"{args.file}: a valid {kind} configuration")
+    if kind == "agent":
+        # Valid, as flags and the environment may add these; but an agent started
+        # with this file alone would stop at once, and the user should know now.
+        missing = load_agent_config(args.file, environ=os.environ).validate_runnable()
+        if missing:
+            print(f"{args.file}: pvtunnel agent will still need, from flags or the environment:")
+            for problem in missing:
+                print(f"  {problem}")
     return 0
 
 

@@ -102,6 +102,29 @@ def test_check_says_which_kind_a_file_is(tmp_path: Path) -> None:
         assert says in result.stdout
 
 
+def test_check_says_what_an_agent_file_leaves_to_flags(tmp_path: Path) -> None:
+    """Valid (flags and the environment may add them), but an agent started with the
+    file alone stops at once: `check` says so, and the agent names the file."""
+    path = tmp_path / "a.toml"
+    path.write_text('[[routes]]\nname = "app"\nvalue = "127.0.0.1"\nport = 8080\n')
+    checked = run("check", str(path), env={})
+    assert checked.returncode == 0, checked.stderr
+    lines = checked.stdout.splitlines()
+    assert lines[0] == f"{path}: a valid agent configuration"
+    assert [line.split(":")[0].strip() for line in lines[2:]] == ["server.url", "server.token"]
+    with_token = run("check", str(path), env={"PVTUNNEL_TOKEN": "t"})
+    assert [line.split(":")[0].strip() for line in with_token.stdout.splitlines()[2:]] == [
+        "server.url"
+    ]
+    started = run("agent", "--config", str(path), env={})
+    assert started.returncode == 2
+    assert f"pvtunnel agent: {path}: server.url: " in started.stderr
+    assert f"pvtunnel agent: {path}: server.token: " in started.stderr
+    path.write_text(path.read_text() + '[server]\nurl = "ws://127.0.0.1:1"\ntoken = "t"\n')
+    complete = run("check", str(path), env={})
+    assert complete.stdout.splitlines() == [f"{path}: a valid agent configuration"]
+
+
 def test_init_writes_configs_that_check_cleanly(tmp_path: Path) -> None:
     result = run("init", "--dir", str(tmp_path))
     assert result.returncode == 0, result.stderr
