@@ -15,7 +15,7 @@ import platform
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import attrs
 import trio
@@ -255,7 +255,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _run_server(config: ServerConfig) -> int:
     server = TunnelServer(config)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, server.drain, nursery.cancel_scope)
             nursery.start_soon(serve_log_flushes)
@@ -275,12 +275,20 @@ async def _run_server(config: ServerConfig) -> int:
     return 0
 
 
+# SIGHUP too: a closed terminal (or a stray `kill -HUP`) would otherwise end the
+# process at once, cutting every request in flight. pvtunnel reloads no
+# configuration, so it stops as it does on SIGTERM. Windows has no SIGHUP.
+STOP_SIGNALS: Final = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+)
+
+
 async def _stop_on_signal(
     signals: AsyncIterator[int],
     drain: Callable[[], Awaitable[None]],
     scope: trio.CancelScope,
 ) -> None:
-    """First SIGINT/SIGTERM: drain (bounded by the grace period), then stop everything.
+    """First stop signal: drain (bounded by the grace period), then stop everything.
     A second one while draining stops everything at once (as a second Ctrl-C does)."""
     async for signum in signals:
         logger.info("%s: finishing in-flight requests, then stopping", signal.Signals(signum).name)
@@ -328,7 +336,7 @@ def _agent(args: argparse.Namespace) -> int:
 
 async def _run_agent(config: AgentConfig) -> int:
     agent = TunnelAgent(config)
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, agent.drain, nursery.cancel_scope)
@@ -413,7 +421,7 @@ async def _run_demo(preferred_port: int) -> int:
     server_config = ServerConfig(
         host="127.0.0.1", internal=InternalConfig(port=0, token=Secret(token))
     )
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
         async with trio.open_nursery() as nursery:
             upstream_port = await nursery.start(serve_demo_upstream)
             server, addresses = await _start_server_on(nursery, server_config, preferred_port)

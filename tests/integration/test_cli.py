@@ -160,7 +160,14 @@ async def launch_pair(launch: Launch, upstream_port: int) -> tuple[Process, Proc
     return server, agent, external
 
 
-async def test_serve_prints_ready_line_and_drains_on_sigterm(launch: Launch) -> None:
+@pytest.mark.parametrize(
+    ("stop_server", "stop_agent"),
+    [(signal.SIGTERM, signal.SIGINT), (signal.SIGHUP, signal.SIGHUP)],
+    ids=["sigterm", "sighup"],
+)
+async def test_serve_prints_ready_line_and_drains_on_a_stop_signal(
+    launch: Launch, stop_server: signal.Signals, stop_agent: signal.Signals
+) -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             upstream, upstream_port = await start_upstream(nursery, "svc")
@@ -172,12 +179,13 @@ async def test_serve_prints_ready_line_and_drains_on_sigterm(launch: Launch) -> 
 
             nursery.start_soon(slow_request)
             await upstream.hold_started.wait()
-            server.process.send_signal(signal.SIGTERM)
+            server.process.send_signal(stop_server)
+            await server.wait_for(f"{stop_server.name}: finishing in-flight requests")
             # In-flight requests finish during the grace period.
             upstream.release.set()
             assert await server.process.wait() == 0
             assert replies == [200]
-            agent.process.send_signal(signal.SIGINT)
+            agent.process.send_signal(stop_agent)
             assert await agent.process.wait() == 0
             nursery.cancel_scope.cancel()
 
