@@ -214,19 +214,26 @@ def test_recording_a_request_allocates_nothing_that_stays() -> None:
     assert set(metrics.routes) == {"app", NO_ROUTE}
 
 
-def test_agent_page_has_a_series_per_server_link() -> None:
+def _agent_page(servers: list[ServerLinkFigures]) -> Scrape:
+    """An agent's page with these server links (its reconnects summed over them)."""
     text = render_agent(
         AgentMetrics(),
-        connected=True,
-        reconnects=3,
+        connected=any(server.connected for server in servers),
+        reconnects=sum(server.reconnects for server in servers),
         active_streams=0,
         idle_connections={"app": 0},
-        servers=[
+        servers=servers,
+    )
+    return Scrape(text)
+
+
+def test_agent_page_has_a_series_per_server_link() -> None:
+    scrape = _agent_page(
+        [
             ServerLinkFigures(url="wss://a.example.com", connected=True, reconnects=0),
             ServerLinkFigures(url="wss://b.example.com", connected=False, reconnects=3),
-        ],
+        ]
     )
-    scrape = Scrape(text)
     assert scrape.types["pvtunnel_agent_server_connected"] == "gauge"
     assert scrape.types["pvtunnel_agent_server_reconnects"] == "counter"
     assert scrape.series("pvtunnel_agent_server_connected") == {
@@ -240,3 +247,25 @@ def test_agent_page_has_a_series_per_server_link() -> None:
     # The unlabelled figures keep their meaning: any server, and all servers together.
     assert scrape.value("pvtunnel_agent_connected") == 1
     assert scrape.value("pvtunnel_agent_reconnects_total") == 3
+
+
+def test_agent_page_has_one_series_for_two_links_to_one_address() -> None:
+    """A link retiring (its address left DNS) and a new one for the same address
+    (it came back meanwhile) are one series: written twice, Prometheus refuses
+    the whole scrape (the parser here too)."""
+    url, address = "wss://servers.example.com", "192.0.2.7"
+    scrape = _agent_page(
+        [
+            ServerLinkFigures(url=url, connected=False, reconnects=2, address=address),
+            ServerLinkFigures(url=url, connected=True, reconnects=3, address=address),
+            ServerLinkFigures(url=url, connected=False, reconnects=1, address="192.0.2.8"),
+        ]
+    )
+    assert scrape.series("pvtunnel_agent_server_connected") == {
+        (("address", address), ("server", url)): 1,
+        (("address", "192.0.2.8"), ("server", url)): 0,
+    }
+    assert scrape.series("pvtunnel_agent_server_reconnects_total") == {
+        (("address", address), ("server", url)): 5,
+        (("address", "192.0.2.8"), ("server", url)): 1,
+    }

@@ -314,6 +314,7 @@ def render_agent(
     """
     out = _Exposition()
     routes = sorted(idle_connections)
+    servers = _one_per_link(servers)
     out.family("pvtunnel_agent_connected", "gauge", "1 while registered with at least one server.")
     out.sample("pvtunnel_agent_connected", int(connected))
     out.family(
@@ -359,6 +360,27 @@ def render_agent(
     )
     out.sample("pvtunnel_protocol_errors_total", metrics.protocol_errors, peer="server")
     return out.text()
+
+
+def _one_per_link(servers: Sequence[ServerLinkFigures]) -> list[ServerLinkFigures]:
+    """One figure per URL and address: connected if either is, reconnects summed.
+
+    Two links share them while one whose address left DNS drains and the address
+    has come back meanwhile. Written twice, a series makes Prometheus refuse the
+    whole scrape.
+    """
+    merged: dict[tuple[str, str | None], ServerLinkFigures] = {}
+    for server in servers:
+        key = (server.url, server.address)
+        seen = merged.get(key)
+        if seen is not None:
+            server = attrs.evolve(
+                server,
+                connected=seen.connected or server.connected,
+                reconnects=seen.reconnects + server.reconnects,
+            )
+        merged[key] = server
+    return list(merged.values())
 
 
 def _link_labels(server: ServerLinkFigures) -> dict[str, str]:

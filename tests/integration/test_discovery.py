@@ -253,8 +253,20 @@ async def test_reconnects_only_go_up_as_addresses_leave_and_return() -> None:
 
 async def test_reconnects_only_go_up_when_an_address_returns_while_its_link_drains() -> None:
     """The address leaves with a request in flight (its link drains), comes back at
-    once (a new link for it), and leaves again: both links' counts are kept."""
+    once (a new link for it), and leaves again: both links' counts are kept, in all
+    and in the address's own series (one series while two links share it)."""
     seen: list[int] = []
+    per_address: list[float] = []
+
+    def scrape(agent: TunnelAgent) -> None:
+        seen.append(agent.reconnects)
+        series = Scrape(AgentAdmin(agent).metrics_text()).series(
+            "pvtunnel_agent_server_reconnects_total"
+        )
+        per_address.extend(
+            value for labels, value in series.items() if ("address", "127.0.0.1") in labels
+        )
+
     with trio.fail_after(LIMIT_S * 2):
         async with trio.open_nursery() as nursery:
             replicas = await two_replicas(nursery)
@@ -262,7 +274,7 @@ async def test_reconnects_only_go_up_when_an_address_returns_while_its_link_drai
             replicas.first_scope.cancel()  # the first link counts a few reconnects
             await wait_for(agent, lambda: agent.reconnects >= 3)
             await replicas.start_first_again()
-            seen.append(agent.reconnects)
+            scrape(agent)
             # A request in flight through it, and its address leaves: the link drains.
             (session,) = replicas.first.server.sessions
             nursery.start_soon(get, replicas.first, b"/hold")
@@ -272,22 +284,25 @@ async def test_reconnects_only_go_up_when_an_address_returns_while_its_link_drai
             # Back at once: a second link for the address while the first drains.
             names.answer = ("127.0.0.1", "127.0.0.2")
             await wait_for(agent, lambda: replicas.links_to_first() == 2)
-            seen.append(agent.reconnects)
+            scrape(agent)
             replicas.upstream.release.set()
             await wait_for(agent, lambda: replicas.links_to_first() == 1)
-            seen.append(agent.reconnects)
+            scrape(agent)
             # The second link counts reconnects of its own, then its address leaves.
             before = agent.reconnects
             replicas.first_scope.cancel()
             await wait_for(agent, lambda: agent.reconnects > before)
             await replicas.start_first_again()
-            seen.append(agent.reconnects)
+            scrape(agent)
             names.answer = ("127.0.0.2",)
             await wait_for(agent, lambda: replicas.links_to_first() == 0)
             seen.append(agent.reconnects)
             nursery.cancel_scope.cancel()
     assert seen == sorted(seen), seen
     assert seen[-1] > seen[0]
+    assert len(per_address) == 4, per_address
+    assert per_address == sorted(per_address), per_address
+    assert per_address[-1] > per_address[0]
 
 
 async def test_tls_verifies_the_urls_host_name_not_the_address(tmp_path: Path) -> None:

@@ -333,10 +333,17 @@ class TunnelAgent:
                 await tunnel.aclose("this server's address left DNS")
         scope.cancel()
         if link.reconnects:
-            # Added: the address may have come back while this link drained, and a
-            # new link counts for it already (it takes all of this up if it leaves).
+            # The address may have come back while this link drained: the new link
+            # for it then takes the count up, as it would have taken it from
+            # `_past_reconnects` had it come later (its series only goes up).
             key = (link.url, link.address)
-            self._past_reconnects[key] = self._past_reconnects.get(key, 0) + link.reconnects
+            successor = next(
+                (o for o in self.links if o is not link and (o.url, o.address) == key), None
+            )
+            if successor is not None:
+                successor.reconnects += link.reconnects
+            else:
+                self._past_reconnects[key] = self._past_reconnects.get(key, 0) + link.reconnects
         self._set_links(tuple(other for other in self.links if other is not link))
 
     def _set_links(self, links: tuple[ServerLink, ...]) -> None:
