@@ -15,7 +15,7 @@ import platform
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import attrs
 import trio
@@ -255,7 +255,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 async def _run_server(config: ServerConfig) -> int:
     server = TunnelServer(config)
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+    with trio.open_signal_receiver(*_stop_signals()) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signal, signals, server.drain, nursery.cancel_scope)
             nursery.start_soon(serve_log_flushes)
@@ -275,12 +275,19 @@ async def _run_server(config: ServerConfig) -> int:
     return 0
 
 
-# SIGHUP too: a closed terminal (or a stray `kill -HUP`) would otherwise end the
-# process at once, cutting every request in flight. pvtunnel reloads no
-# configuration, so it stops as it does on SIGTERM. Windows has no SIGHUP.
-STOP_SIGNALS: Final = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
+def _stop_signals() -> tuple[int, ...]:
+    """SIGINT and SIGTERM, and SIGHUP unless it is ignored.
+
+    A closed terminal (or a stray ``kill -HUP``) would otherwise end the process at
+    once, cutting every request in flight; pvtunnel reloads no configuration, so
+    it stops as it does on SIGTERM. Started under ``nohup`` (SIGHUP ignored, so
+    that it outlives its terminal) it keeps ignoring it. Windows has no SIGHUP.
+    """
+    signals = [signal.SIGINT, signal.SIGTERM]
+    hangup = getattr(signal, "SIGHUP", None)
+    if hangup is not None and signal.getsignal(hangup) is not signal.SIG_IGN:
+        signals.append(hangup)
+    return tuple(signals)
 
 
 async def _stop_on_signal(
@@ -336,7 +343,7 @@ def _agent(args: argparse.Namespace) -> int:
 
 async def _run_agent(config: AgentConfig) -> int:
     agent = TunnelAgent(config)
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+    with trio.open_signal_receiver(*_stop_signals()) as signals:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, signals, agent.drain, nursery.cancel_scope)
@@ -421,7 +428,7 @@ async def _run_demo(preferred_port: int) -> int:
     server_config = ServerConfig(
         host="127.0.0.1", internal=InternalConfig(port=0, token=Secret(token))
     )
-    with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+    with trio.open_signal_receiver(*_stop_signals()) as signals:
         async with trio.open_nursery() as nursery:
             upstream_port = await nursery.start(serve_demo_upstream)
             server, addresses = await _start_server_on(nursery, server_config, preferred_port)

@@ -190,6 +190,23 @@ async def test_serve_prints_ready_line_and_drains_on_a_stop_signal(
             nursery.cancel_scope.cancel()
 
 
+async def test_under_nohup_sighup_is_left_ignored(processes: list[Process]) -> None:
+    """`nohup` ignores SIGHUP so that a process outlives its terminal: the server
+    keeps it so, and the SIGTERM after it is the one that stops it."""
+    with trio.fail_after(LIMIT_S):
+        server = await Process.spawn(
+            ["nohup", *PVTUNNEL, *SERVE_ON_LOOPBACK], env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN}
+        )
+        processes.append(server)
+        await server.wait_for(r"ready internal=")
+        server.process.send_signal(signal.SIGHUP)
+        server.process.send_signal(signal.SIGTERM)
+        assert await server.process.wait() == 0
+        output = await server.drain_output()
+        assert "SIGTERM: finishing in-flight requests" in output
+        assert "SIGHUP" not in output
+
+
 async def test_with_json_logs_every_line_is_json_ready_lines_too(launch: Launch) -> None:
     """A program reading stderr under --log-format json reads JSON only: the ready
     lines carry their addresses as keys, and the log lines come in the same form."""
