@@ -583,3 +583,15 @@ def test_a_ca_file_without_a_wss_url_is_refused(
     mixed = load_agent_config(Path("mixed.toml"), environ={})
     flagged = with_agent_overrides(mixed, server_urls=["ws://127.0.0.1:8081"])
     assert flagged.validate_runnable() == [unused]
+
+
+def test_inspect_previews_too_big_for_the_ring_name_the_key(here: Path) -> None:
+    write(
+        here,
+        "agent.toml",
+        'client_id = "a"\n[inspect]\nmax_bytes = 65536\nmax_body_bytes = 65536\n',
+    )
+    assert agent_problems(Path("agent.toml")) == [
+        "agent.toml: inspect.max_body_bytes: at most max_bytes / 8, so that max_bytes holds "
+        "4 exchanges with both previews whole (got 65536 with max_bytes 65536)"
+    ]

@@ -11,6 +11,7 @@ from pvtunnel._config import (
     AdminConfig,
     AgentConfig,
     ExternalConfig,
+    InspectConfig,
     InternalConfig,
     Route,
     RouteType,
@@ -347,3 +348,14 @@ def test_validate_runnable_passes_a_complete_agent() -> None:
         routes=(Route(name="r", value="h", port=1),),
     )
     assert config.validate_runnable() == []
+
+
+def test_inspect_previews_must_leave_room_for_several_exchanges() -> None:
+    """Two previews near max_bytes: each new exchange would push out all others."""
+    assert InspectConfig(max_bytes=65536, max_body_bytes=8192).max_body_bytes == 8192
+    with pytest.raises(ConfigError) as caught:
+        InspectConfig(max_bytes=65536, max_body_bytes=8193)
+    assert caught.value.problems == [
+        "InspectConfig.max_body_bytes: at most max_bytes / 8, so that max_bytes holds "
+        "4 exchanges with both previews whole (got 8193 with max_bytes 65536)"
+    ]

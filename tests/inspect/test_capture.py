@@ -104,13 +104,13 @@ def test_bodies_are_cut_at_the_preview_size_and_marked() -> None:
 
 
 def test_the_byte_bound_holds_and_drops_the_oldest() -> None:
-    ring, _ = capture(max_bytes=70000, max_body_bytes=20000)
+    ring, _ = capture(max_bytes=70000, max_body_bytes=8750)
     for _ in range(10):
         exchange = ring.begin(head())
         ok(exchange, b"x" * 30000)
         assert ring.bytes <= 70000
-    # Each holds a 20000-byte preview plus its heads and overhead: three fit, not four.
-    assert held(ring) == [10, 9, 8]
+    # Each holds an 8750-byte preview plus its heads and overhead: six fit, not seven.
+    assert held(ring) == [10, 9, 8, 7, 6, 5]
     assert ring.bytes == sum(e.size for e in ring.newest_first())
 
 
@@ -273,18 +273,20 @@ operations = st.lists(
 @given(
     max_requests=st.integers(1, 6),
     max_bytes=st.integers(65536, 200000),
-    max_body_bytes=st.integers(0, 80000),
+    # As a share of what the configuration allows (max_bytes / 8).
+    body_share=st.integers(0, 8),
     steps=operations,
 )
 @example(  # streams that stay open after the ring let them go, each with a preview
     max_requests=1,
     max_bytes=65536,
-    max_body_bytes=65536,
+    body_share=8,
     steps=[("begin", 0, 0), ("response", 0, 60000), ("begin", 0, 0), ("response", 1, 60000)],
 )
 def test_any_traffic_stays_within_both_bounds(
-    max_requests: int, max_bytes: int, max_body_bytes: int, steps: list[tuple[str, int, int]]
+    max_requests: int, max_bytes: int, body_share: int, steps: list[tuple[str, int, int]]
 ) -> None:
+    max_body_bytes = max_bytes // 8 * body_share // 8
     ring, _ = capture(max_requests=max_requests, max_bytes=max_bytes, max_body_bytes=max_body_bytes)
     open_exchanges: list[Exchange] = []
     for operation, pick, size in steps:

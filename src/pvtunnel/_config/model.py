@@ -513,6 +513,10 @@ class AgentTimeouts:
         _check_heartbeat(self)
 
 
+# What max_bytes must hold of max_body_bytes at least: four exchanges of two previews.
+INSPECT_EXCHANGES_IN_BYTES: Final = 8
+
+
 @attrs.frozen(kw_only=True)
 class InspectConfig:
     """The request inspector (``[inspect]`` in agent.toml): off unless ``enabled``.
@@ -529,6 +533,22 @@ class InspectConfig:
     max_body_bytes: int = attrs.field(
         default=64 * 1024, validator=Rule(rules.integer(0, 16 * 1024 * 1024))
     )
+
+    def __attrs_post_init__(self) -> None:
+        # An exchange holds two previews: near max_bytes, each new exchange would
+        # push out all the others, and the page would show one request at most.
+        if self.max_body_bytes * INSPECT_EXCHANGES_IN_BYTES > self.max_bytes:
+            raise FieldError(
+                type(self).__name__,
+                [
+                    (
+                        "max_body_bytes",
+                        f"at most max_bytes / {INSPECT_EXCHANGES_IN_BYTES}, so that max_bytes "
+                        f"holds {INSPECT_EXCHANGES_IN_BYTES // 2} exchanges with both previews "
+                        f"whole (got {self.max_body_bytes} with max_bytes {self.max_bytes})",
+                    )
+                ],
+            )
 
 
 def _routes(value: Sequence[Route]) -> tuple[Route, ...]:
