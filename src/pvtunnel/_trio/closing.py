@@ -13,6 +13,8 @@ while, then close. nginx calls it a lingering close.
 from __future__ import annotations
 
 import contextlib
+import socket
+import struct
 from typing import Final
 
 import trio
@@ -37,3 +39,23 @@ async def close_lingering(stream: trio.abc.Stream) -> None:
     finally:
         with trio.move_on_after(1, shield=True):
             await stream.aclose()
+
+
+_RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)
+
+
+async def close_with_reset(stream: trio.abc.Stream) -> None:
+    """Close ``stream`` with a reset (RST) rather than the orderly end (FIN).
+
+    For a response whose body ends where the connection ends (an HTTP/1.0 client,
+    no Content-Length): cut short, an orderly close would make it look whole
+    (RFC 9112 section 8). A reset is the one way left to say it is not.
+    """
+    transport = stream
+    while isinstance(transport, trio.SSLStream):
+        transport = transport.transport_stream
+    if isinstance(transport, trio.SocketStream):
+        with contextlib.suppress(OSError):
+            transport.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+    with trio.move_on_after(1, shield=True):
+        await stream.aclose()

@@ -37,7 +37,7 @@ from pvtunnel._http.framing import request_head_problem, response_head_problem
 from pvtunnel._http.holding import HoldOutcome, hold_answer
 from pvtunnel._http.max_forwards import decremented, final_answer, remaining_forwards
 from pvtunnel._http.routing import is_origin_form, split_target
-from pvtunnel._trio.closing import close_lingering
+from pvtunnel._trio.closing import close_lingering, close_with_reset
 from pvtunnel._trio.dates import http_date
 from pvtunnel._trio.hangups import has_hung_up, hung_up_when_readable, peer_address
 from pvtunnel._trio.http11 import H11Stream
@@ -64,6 +64,9 @@ STALLED_WHEN_SHORT_S: Final = 5.0
 # Where the client may still be sending when the server closes: in a request body
 # it has not finished, or in whatever followed a request h11 refused.
 _MAY_STILL_SEND: Final = frozenset({h11.SEND_BODY, h11.ERROR})
+# Our side's states while a response's body is not all written.
+_UNFINISHED: Final = frozenset({h11.SEND_BODY, h11.ERROR})
+_BODILESS: Final = frozenset({204, 304})
 _TEXT: Final = (b"content-type", b"text/plain; charset=utf-8")
 _BLANK: Final = (b"\r", b"\n")
 
@@ -123,6 +126,9 @@ class ClientConnection:
         self.waits_for_body = False
         # While the connection is a pipe (after a protocol switch): what it moved.
         self.pipe: PipeBytes | None = None
+        # Whether the response under way ends where the connection ends (no
+        # Content-Length to an HTTP/1.0 client): cut short, it is closed with a reset.
+        self.ends_at_close = False
 
     async def serve(self) -> None:
         """Serve requests until the client leaves, breaks framing or times out."""
@@ -628,6 +634,14 @@ class ClientConnection:
                 # not wait for it), or the server is shutting down: the connection
                 # ends after this, and says so (a client retries elsewhere).
                 headers.append((b"connection", b"close"))
+            # h11 frames a body without a length by the close for an HTTP/1.0 client
+            # (chunked for HTTP/1.1); a response without a body ends at its head.
+            self.ends_at_close = (
+                self.conn.their_http_version == b"1.0"
+                and self.method != b"HEAD"
+                and head.status not in _BODILESS
+                and hdr.content_length(headers) is None
+            )
             http.queue(
                 h11.Response(
                     status_code=head.status, headers=headers, reason=head.reason, _parsed=True
@@ -895,7 +909,9 @@ async def handle_client(
                 await client._send_error(503, "the server is shutting down", close=True)
         client.log_cut_short(503)
         state.client_connections -= 1
-        if client.conn.their_state in _MAY_STILL_SEND:
+        if client.ends_at_close and client.conn.our_state in _UNFINISHED:
+            await close_with_reset(stream)
+        elif client.conn.their_state in _MAY_STILL_SEND:
             await close_lingering(stream)
         else:
             with trio.move_on_after(1, shield=True):
