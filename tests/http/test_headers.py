@@ -205,3 +205,46 @@ def test_error_bodies_and_reset_statuses() -> None:
     assert status_for_reset(ErrorCode.REFUSED_STREAM) == 503
     assert status_for_reset(ErrorCode.UNKNOWN_ROUTE) == 404
     assert status_for_reset(ErrorCode.INTERNAL_ERROR) == 502
+
+
+def test_an_http_1_0_requests_expect_is_not_passed_on() -> None:
+    """RFC 9110 section 10.1.1: a server ignores 100-continue in an HTTP/1.0 request;
+    passed on inside the HTTP/1.1 request the agent writes, the next hop would act
+    on it."""
+    fields = [(b"Host", b"app"), (b"Expect", b"100-continue"), (b"Content-Length", b"3")]
+    common = {"client_address": "192.0.2.1", "host": None, "proto": b"http", "is_chunked": False}
+    old = request_headers(fields, http_version=b"1.0", **common)  # type: ignore[arg-type]
+    assert [name for name, _ in old] == [
+        b"Host",
+        b"Content-Length",
+        b"X-Forwarded-For",
+        b"X-Forwarded-Host",
+        b"X-Forwarded-Proto",
+        b"Via",
+    ]
+    assert dict(old)[b"Via"] == b"1.0 pvtunnel"
+    new = request_headers(fields, http_version=b"1.1", **common)  # type: ignore[arg-type]
+    assert (b"Expect", b"100-continue") in new
+    assert dict(new)[b"Via"] == b"1.1 pvtunnel"
+
+
+def test_interim_and_204_responses_lose_content_length_and_426_keeps_upgrade() -> None:
+    fields = [(b"Content-Length", b"0"), (b"Link", b"</a.css>; rel=preload")]
+    for status in (100, 103, 204):
+        assert response_headers(fields, status=status) == [
+            (b"Link", b"</a.css>; rel=preload"),
+            (b"Via", b"1.1 pvtunnel"),
+        ]
+    assert (b"Content-Length", b"0") in response_headers(fields, status=200)
+    required = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Content-Length", b"0")]
+    assert response_headers(required, status=426) == [
+        (b"Content-Length", b"0"),
+        (b"Upgrade", b"websocket"),
+        (b"Connection", b"upgrade"),
+        (b"Via", b"1.1 pvtunnel"),
+    ]
+    # Elsewhere Upgrade stays hop-by-hop.
+    assert response_headers(required, status=400) == [
+        (b"Content-Length", b"0"),
+        (b"Via", b"1.1 pvtunnel"),
+    ]

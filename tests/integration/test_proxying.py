@@ -643,6 +643,41 @@ async def test_1xx_answers_reach_http_1_1_clients_only() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_length_fields_leave_interim_answers_and_a_426_keeps_its_upgrade() -> None:
+    """RFC 9110 section 8.6: no Content-Length on a 1xx; section 7.8: a 426 names
+    the protocols it wants in Upgrade, hop-by-hop as that field is elsewhere."""
+    answers = (
+        b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\nLink: </a.css>\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: h3\r\nConnection: Upgrade\r\n"
+        b"Content-Length: 0\r\n\r\n",
+    )
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _ = await start_raw_tunnel(nursery, *answers)
+            close = b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+            hinted = await raw_exchange(running.port, close)
+            interim, _, final = hinted.partition(b"\r\n\r\n")
+            assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n"), hinted
+            assert b"content-length" not in interim.lower()
+            assert final.startswith(b"HTTP/1.1 200 ")
+            required = await raw_exchange(running.port, close)
+            head = required.partition(b"\r\n\r\n")[0].lower()
+            assert head.startswith(b"http/1.1 426 ")
+            assert b"\r\nupgrade: h3\r\n" in head
+            assert b"upgrade" in hdr_values(head, b"connection")
+            nursery.cancel_scope.cancel()
+
+
+def hdr_values(head: bytes, name: bytes) -> bytes:
+    """The values of ``name`` in a lower-cased raw head, joined by commas."""
+    return b",".join(
+        line.partition(b":")[2].strip()
+        for line in head.split(b"\r\n")
+        if line.partition(b":")[0] == name
+    )
+
+
 async def test_an_upstream_sending_interim_answers_without_end_gets_a_502() -> None:
     """Interim answers take no flow-control credit: an upstream writing them in a
     loop would grow memory without bound. A request gets at most 32; the 33rd ends

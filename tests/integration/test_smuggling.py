@@ -387,7 +387,7 @@ async def test_upstream_response_with_broken_framing_is_502(answer: bytes) -> No
             assert statuses(received) == [502]
             assert b"SMUGGLE" not in received
             assert received.endswith(
-                b"\r\n\r\n502 Bad Gateway: the agent could not reach the upstream service\n"
+                b"\r\n\r\n502 Bad Gateway: the upstream service sent an invalid response\n"
             )
             assert len(upstream.heads) >= 1
             nursery.cancel_scope.cancel()

@@ -51,6 +51,7 @@ _SET_BY_US: Final = frozenset({b"x-forwarded-host", b"x-forwarded-proto", b"x-re
 # frameworks) read them: they map "-" and "_" to the same variable, so a client's
 # "X_Forwarded_For" would stand in for ours there. Such spellings are dropped.
 _SPOOFABLE: Final = _SET_BY_US | {b"x-forwarded-for", b"forwarded"}
+_IGNORED_FROM_HTTP_1_0: Final = frozenset({b"expect"})
 
 
 def _connection_tokens(items: list[tuple[bytes, bytes]], lowered: list[bytes]) -> frozenset[bytes]:
@@ -79,6 +80,20 @@ def end_to_end(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, byte
     return _end_to_end(items, [name.lower() for name, _ in items])
 
 
+def response_end_to_end(
+    headers: Iterable[tuple[bytes, bytes]], status: int
+) -> list[tuple[bytes, bytes]]:
+    """`end_to_end` for a response the agent relays: a 426 keeps its Upgrade, which it
+    must send (RFC 9110 section 7.8), for the server to answer with (`response_headers`)."""
+    items = list(headers)
+    result = _end_to_end(items, [name.lower() for name, _ in items])
+    if status == 426:
+        upgrade = header_value(items, b"upgrade")
+        if upgrade:
+            result.append((b"Upgrade", upgrade))
+    return result
+
+
 def request_headers(
     headers: Iterable[tuple[bytes, bytes]],
     *,
@@ -86,7 +101,7 @@ def request_headers(
     host: bytes | None,
     proto: bytes,
     is_chunked: bool,
-    via: bytes = VIA,
+    http_version: bytes = b"1.1",
 ) -> Headers:
     """Headers the agent replays upstream: end-to-end ones plus X-Forwarded-* and Via.
 
@@ -95,8 +110,13 @@ def request_headers(
 
     ``host`` replaces the client's Host (the authority of an absolute-form target);
     ``is_chunked`` asks the next hop to frame a body of unknown length as chunked;
-    ``via`` is our Via entry, with the version the client's request came in.
+    ``http_version`` is the client's: our Via entry names it, and an HTTP/1.0
+    request's ``Expect`` is dropped (RFC 9110 section 10.1.1: a server ignores a
+    100-continue expectation in one; the request goes on as HTTP/1.1, where the
+    next hop would act on it).
     """
+    via = VIA if http_version == b"1.1" else VIA_1_0
+    ignored = _IGNORED_FROM_HTTP_1_0 if http_version != b"1.1" else frozenset()
     # One pass on the per-request hot path: drop hop-by-hop and Connection-named
     # fields, the Host being replaced and the X-Forwarded-Host/Proto we set, and
     # remember the last X-Forwarded-For and Via lines to append to.
@@ -108,7 +128,7 @@ def request_headers(
     last_forwarded_for = last_via = last_forwarded = -1
     has_length = False
     for (name, value), lower in zip(items, lowered, strict=True):
-        if lower in HOP_BY_HOP or lower in _SET_BY_US or lower in named:
+        if lower in HOP_BY_HOP or lower in _SET_BY_US or lower in named or lower in ignored:
             continue
         if b"_" in lower and lower.replace(b"_", b"-") in _SPOOFABLE:
             continue
@@ -163,13 +183,25 @@ def _extend_at(headers: list[tuple[bytes, bytes]], index: int, name: bytes, valu
 
 
 def response_headers(
-    headers: Iterable[tuple[bytes, bytes]], *, date: bytes | None = None
+    headers: Iterable[tuple[bytes, bytes]], *, status: int = 200, date: bytes | None = None
 ) -> list[tuple[bytes, bytes]]:
     """Headers sent back to the client: end-to-end ones plus Via, and ``date`` as the
-    Date header when the response has none (RFC 9110 section 6.6.1)."""
+    Date header when the response has none (RFC 9110 section 6.6.1).
+
+    ``status`` is the response's: a 1xx or a 204 never carries Content-Length (RFC
+    9110 section 8.6; an upstream's is dropped, as nginx drops it), and a 426 keeps
+    its Upgrade, which it must send (section 7.8), though hop-by-hop elsewhere.
+    """
     items = list(headers)
     lowered = [name.lower() for name, _ in items]
     result = _end_to_end(items, lowered)
+    if status < 200 or status == 204:
+        if b"content-length" in lowered:
+            result = [(n, v) for n, v in result if n.lower() != b"content-length"]
+    elif status == 426 and b"upgrade" in lowered:
+        upgrade = header_value(items, b"upgrade")
+        if upgrade:
+            result += [(b"Upgrade", upgrade), (b"Connection", b"upgrade")]
     last_via = -1
     if b"via" in lowered:
         # Several lines of one field read as one list in order (RFC 9110 section 5.3),

@@ -406,7 +406,7 @@ class ClientConnection:
             host=host_override,
             proto=self.proto,
             is_chunked=chunked,
-            via=hdr.VIA if request.http_version == b"1.1" else hdr.VIA_1_0,
+            http_version=request.http_version,
         )
         if forwards is not None:
             forwarded = decremented(forwarded, forwards)
@@ -604,7 +604,7 @@ class ClientConnection:
                 self._log_proxied(request, 400, 0, agent, started, channel)
                 return False
             status = status_for_reset(exc.code)
-            await self._send_error(status, _RESET_DETAIL.get(status, "upstream failed"))
+            await self._send_error(status, _RESET_DETAIL.get(exc.code, "the upstream failed"))
             self._log_proxied(request, status, 0, agent, started, channel)
             return True
         except TunnelClosedError:
@@ -624,11 +624,7 @@ class ClientConnection:
             # field as h11's constructor would (and more): ``_parsed`` skips the
             # second pass over the same bytes. h11 still lower-cases the names and
             # checks Content-Length, Transfer-Encoding and the status.
-            headers = hdr.response_headers(head.headers, date=http_date())
-            if head.status == 204:
-                # RFC 9110 section 8.6: never a Content-Length on a 204 (an upstream's
-                # is dropped, as nginx drops it).
-                headers = [(n, v) for n, v in headers if n.lower() != b"content-length"]
+            headers = hdr.response_headers(head.headers, status=head.status, date=http_date())
             if self.conn.their_state is h11.SEND_BODY or self.state.closing_connections:
                 # Answered before the request's body is all read (the upstream did
                 # not wait for it), or the server is shutting down: the connection
@@ -718,12 +714,12 @@ class ClientConnection:
         """Answer the switch, then pipe raw bytes until both sides are done."""
         event: h11.InformationalResponse | h11.Response
         if switch.upgrade is not None:
-            headers = hdr.response_headers(head.headers)
+            headers = hdr.response_headers(head.headers, status=head.status)
             upgrade = hdr.header_value(head.headers, b"upgrade") or switch.upgrade
             headers += [(b"Connection", b"upgrade"), (b"Upgrade", upgrade)]
             event = h11.InformationalResponse(status_code=101, headers=headers, reason=head.reason)
         else:  # CONNECT's 2xx: a final response, which carries a Date
-            headers = hdr.response_headers(head.headers, date=http_date())
+            headers = hdr.response_headers(head.headers, status=head.status, date=http_date())
             event = h11.Response(status_code=head.status, headers=headers, reason=head.reason)
         try:
             await self.http.send(event)
@@ -828,7 +824,7 @@ class ClientConnection:
             await self.http.send(
                 h11.InformationalResponse(
                     status_code=item.status,
-                    headers=hdr.response_headers(item.headers),
+                    headers=hdr.response_headers(item.headers, status=item.status),
                     reason=item.reason,
                 )
             )
@@ -838,11 +834,14 @@ _HEAD_REFUSED: Final = {431: "request head too large"}
 # How long a client cut by the end of the shutdown grace period may take its 503.
 _LAST_WORD_S: Final = 1.0
 
+# What the client is told of a stream reset before its response head, by its code.
 _RESET_DETAIL: Final = {
-    502: "the agent could not reach the upstream service",
-    503: "the agent refused the request (at its limit or leaving)",
-    504: "the upstream service took too long",
-    404: "the agent does not serve this host",
+    ErrorCode.UPSTREAM_CONNECT_FAILED: "the agent could not reach the upstream service",
+    ErrorCode.UPSTREAM_PROTOCOL_ERROR: "the upstream service sent an invalid response",
+    ErrorCode.UPSTREAM_CLOSED: "the upstream service closed the connection without an answer",
+    ErrorCode.REFUSED_STREAM: "the agent refused the request (at its limit or leaving)",
+    ErrorCode.UPSTREAM_TIMEOUT: "the upstream service took too long",
+    ErrorCode.UNKNOWN_ROUTE: "the agent does not serve this host",
 }
 
 

@@ -28,7 +28,7 @@ import trio
 
 from pvtunnel._errors import ErrorCode, LocalProtocolError, TunnelClosedError, UpstreamError
 from pvtunnel._http.framing import MAX_INTERIM_RESPONSES, field_problem, framing_problem
-from pvtunnel._http.headers import end_to_end, header_value
+from pvtunnel._http.headers import end_to_end, header_value, response_end_to_end
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
@@ -439,9 +439,12 @@ class Replay:
         # Parse the body bytes already received (no I/O) before the head goes out: a
         # body broken from its start (a bad first chunk size) is then a 502 too.
         pending = connection.buffered_event()
+        status = event.status_code
         self._forward_head(
             ResponseHead(
-                status=event.status_code, reason=event.reason, headers=tuple(end_to_end(headers))
+                status=status,
+                reason=event.reason,
+                headers=tuple(response_end_to_end(headers, status)),
             )
         )
         self.head_sent = True
