@@ -342,14 +342,17 @@ async def test_a_connect_pipe_ends_when_the_upstream_closes(tmp_path: Path, tls:
             nursery.cancel_scope.cancel()
 
 
-@pytest.mark.parametrize("refusal", ["not-allowed", "at-limit"])
-async def test_a_refused_connection_that_never_shakes_hands_is_closed_in_time(
-    pki: Pki, refusal: str, mock_clock: trio.testing.MockClock
+@pytest.mark.parametrize("sends", [b"", b"\x16"], ids=["nothing", "one-byte"])
+@pytest.mark.parametrize("refusal", ["not-allowed", "at-limit", "none"])
+async def test_a_connection_that_never_shakes_hands_is_closed_in_time(
+    pki: Pki, refusal: str, sends: bytes, mock_clock: trio.testing.MockClock
 ) -> None:
     """A refusal (403 outside the whitelist, 503 past the connection limit) is an
     answer, and on https it waits for the client's TLS handshake: a client that
     never made one held its task and its place for good (past the limit, every
-    later client got 503 meanwhile)."""
+    later client got 503 meanwhile). Whatever it sends first (nothing, or the
+    first byte of a handshake), it has `request_head_s` from its connection's
+    start, refused or not: not that long for each step."""
     mock_clock.autojump_threshold = 0
     config = tls_server_config(pki, internal=False, external=True)
     external = (
@@ -370,13 +373,18 @@ async def test_a_refused_connection_that_never_shakes_hands_is_closed_in_time(
             state = running.server.state
             silent = [await trio.open_tcp_stream("127.0.0.1", running.port) for _ in range(3)]
             started = trio.current_time()
+            if sends:
+                # Late: a limit counted from this byte on would run to 3.5 s.
+                await trio.sleep(1.5)
+                for stream in silent:
+                    await stream.send_all(sends)
             for stream in silent:
                 # The server closes it (or resets it) once request_head_s is over.
                 with contextlib.suppress(trio.BrokenResourceError):
                     while await stream.receive_some(4096):
                         pass
                 await stream.aclose()
-            assert trio.current_time() - started <= 2.0 + 1.0
+            assert trio.current_time() - started <= 2.0 + 0.5
             await trio.testing.wait_all_tasks_blocked()
             assert state.client_connections == 0
             nursery.cancel_scope.cancel()
@@ -389,8 +397,9 @@ async def test_a_refused_connection_that_never_shakes_hands_is_closed_in_time(
         # A body it will never have read: the answer must survive the close.
         b"POST /up HTTP/1.1\r\nHost: app\r\nContent-Length: 200000\r\n\r\n" + b"x" * 200_000,
         b"g",
+        b"\r\n\r\nGET / HTTP/1.1\r\nHost: app\r\n\r\n",
     ],
-    ids=["get", "post-with-body", "one-letter"],
+    ids=["get", "post-with-body", "one-letter", "blank-lines-first"],
 )
 async def test_plain_http_on_the_https_port_is_told_to_use_https(
     pki: Pki, sent: bytes, caplog: pytest.LogCaptureFixture
@@ -415,4 +424,32 @@ async def test_plain_http_on_the_https_port_is_told_to_use_https(
             async with await _https_client(pki, running.port) as client:
                 reply = await client.request(b"GET", b"/")
             assert reply.status == 404  # no agent: the route is unknown
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("refusal", ["not-allowed", "at-limit"])
+async def test_plain_http_from_a_refused_client_gets_the_refusal(pki: Pki, refusal: str) -> None:
+    """The refusal is the answer (in plain HTTP, as the client speaks), counted as
+    one, not a protocol error: what the address or the limit decides comes first."""
+    config = tls_server_config(pki, internal=False, external=True)
+    if refusal == "not-allowed":
+        config = attrs.evolve(
+            config, external=attrs.evolve(config.external, whitelisted_ips=("10.0.0.0/8",))
+        )
+    else:
+        config = attrs.evolve(config, limits=attrs.evolve(config.limits, max_client_connections=1))
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            # Holds the one place (it says nothing yet), or is refused as well.
+            first = await trio.open_tcp_stream("127.0.0.1", running.port)
+            while not running.server.state.client_connections:
+                await trio.testing.wait_all_tasks_blocked()
+            answer = await raw_exchange(running.port, b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            await first.aclose()
+            status, key = (403, "not_allowed") if refusal == "not-allowed" else (503, "at_limit")
+            assert answer.startswith(b"HTTP/1.1 %d " % status), answer
+            metrics = running.server.state.metrics
+            assert metrics.connections_refused[key] == (1 if refusal == "at-limit" else 2)
+            assert metrics.client_protocol_errors == 0
             nursery.cancel_scope.cancel()

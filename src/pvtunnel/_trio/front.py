@@ -42,7 +42,7 @@ from pvtunnel._trio.dates import http_date
 from pvtunnel._trio.hangups import has_hung_up, hung_up_when_readable, peer_address
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import PipeBytes, run_pipe
-from pvtunnel._trio.plain_on_tls import answer_in_plain_http, speaks_plain_http
+from pvtunnel._trio.plain_on_tls import PLAIN_ON_TLS, answer_in_plain_http, speaks_plain_http
 from pvtunnel._trio.sockio import BROKEN
 from pvtunnel._trio.tunnel import END, Channel, first_error
 from pvtunnel._wire.heads import RequestHead, ResponseHead
@@ -94,6 +94,8 @@ class ClientConnection:
         self.http = H11Stream(self.conn, stream)
         self.scope = trio.CancelScope()
         self.deadline = state.deadlines.deadline(self.scope)
+        # The first head's `request_head_s` counts from here (see `handle_client`).
+        self.connected_at = trio.current_time()
         self.phase = Phase.HEAD
         self.client_error: Exception | None = None
         # The current request's method: an answer to HEAD has a head only.
@@ -157,7 +159,7 @@ class ClientConnection:
                 # `request_head_s` from its first byte on, however slowly it comes.
                 has_head_bytes = first or bool(trailing)
                 self.deadline.set(
-                    trio.current_time()
+                    (self.connected_at if first else trio.current_time())
                     + (timeouts.request_head_s if has_head_bytes else timeouts.idle_s)
                 )
                 self.http.on_data = None if has_head_bytes else self._head_started
@@ -853,20 +855,6 @@ async def handle_client(
     client = ClientConnection(stream, state, address, proto)
     state.client_connections += 1
     try:
-        if isinstance(stream, trio.SSLStream):
-            # Before anything is answered in TLS (a refusal too): see `plain_on_tls`.
-            # A client that sends nothing at all in `request_head_s` is closed, as
-            # one that sends no head in that time would be.
-            plain: bool | None = None
-            with trio.move_on_after(state.config.timeouts.request_head_s):
-                plain = await speaks_plain_http(stream)
-            if plain is None:
-                return
-            if plain:
-                state.metrics.client_protocol_errors += 1
-                state.log_unreadable(address, 400)
-                await answer_in_plain_http(stream)
-                return
         refusal: tuple[int, str] | None = None
         if state.client_connections > state.config.limits.max_client_connections:
             state.metrics.connections_refused["at_limit"] += 1
@@ -874,10 +862,28 @@ async def handle_client(
         elif not state.config.external.allows(address):
             state.metrics.connections_refused["not_allowed"] += 1
             refusal = 403, "your address may not use this tunnel"
+        # The head's time counts from the connection's start, whatever comes first:
+        # a TLS handshake, a refusal that waits for one, the look at the first byte.
+        head_due = client.connected_at + state.config.timeouts.request_head_s
+        if isinstance(stream, trio.SSLStream):
+            # Before anything is answered in TLS (a refusal too): see `plain_on_tls`.
+            plain: bool | None = None
+            with trio.move_on_at(head_due):
+                plain = await speaks_plain_http(stream)
+            if plain is None:
+                return  # nothing at all in time: closed as a head that never came
+            if plain and refusal is not None:
+                await answer_in_plain_http(stream, *refusal)
+                return
+            if plain:
+                state.metrics.client_protocol_errors += 1
+                state.log_unreadable(address, 400)
+                await answer_in_plain_http(stream, 400, PLAIN_ON_TLS)
+                return
         if refusal is not None:
             # Bounded as a head is: over TLS the answer waits for the client's
             # handshake, and a client that never makes one must not keep its place.
-            with trio.move_on_after(state.config.timeouts.request_head_s):
+            with trio.move_on_at(head_due):
                 await client._send_error(*refusal, close=True)
             return
         await client.serve()
