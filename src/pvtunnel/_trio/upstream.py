@@ -247,7 +247,10 @@ def upstream_request(head: RequestHead, route: Route) -> tuple[h11.Request, bool
     request = h11.Request(
         method=head.method, target=head.target, headers=list(headers), _parsed=True
     )
-    # h11 has checked that every Content-Length is digits.
+    if length is not None and not length.isdigit():
+        # A list of equal lengths ("5, 5"): h11 took it and kept the one number.
+        length = next(v for n, v in request.headers.raw_items() if n.lower() == b"content-length")
+    # h11 has checked that the Content-Length is digits.
     return request, chunked or (length is not None and int(length) > 0)
 
 
