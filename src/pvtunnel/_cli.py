@@ -1,6 +1,6 @@
 """`pvtunnel`: argparse -> config -> trio.run, nothing more.
 
-Exit statuses: 0 after a clean stop (including SIGINT/SIGTERM after draining),
+Exit statuses: 0 after a clean stop (including SIGINT, SIGTERM or SIGHUP after draining),
 2 for a configuration or usage mistake (one line per problem, no traceback),
 1 when the server refuses an agent for good, or for an unexpected error.
 """
@@ -379,9 +379,9 @@ def _check(args: argparse.Namespace) -> int:
         return 2
     if kind == "unknown":
         print(f"{args.file}: a valid configuration for pvtunnel serve or pvtunnel agent alike")
-        return 0
-    print(f"{args.file}: a valid {kind} configuration")
-    if kind == "agent":
+    else:
+        print(f"{args.file}: a valid {kind} configuration")
+    if kind != "server":
         # Valid, as flags and the environment may add these; but an agent started
         # with this file alone would stop at once, and the user should know now.
         missing = load_agent_config(args.file, environ=os.environ).validate_runnable()

@@ -123,6 +123,16 @@ def test_check_says_what_an_agent_file_leaves_to_flags(tmp_path: Path) -> None:
     path.write_text(path.read_text() + '[server]\nurl = "ws://127.0.0.1:1"\ntoken = "t"\n')
     complete = run("check", str(path), env={})
     assert complete.stdout.splitlines() == [f"{path}: a valid agent configuration"]
+    # A file either kind loads says so too, for the agent it may be meant for.
+    either = tmp_path / "e.toml"
+    either.write_text("[timeouts]\ngrace_s = 5.0\n")
+    lines = run("check", str(either), env={}).stdout.splitlines()
+    assert lines[0].endswith("for pvtunnel serve or pvtunnel agent alike")
+    assert [line.split(":")[0].strip() for line in lines[2:]] == [
+        "server.url",
+        "server.token",
+        "routes",
+    ]
 
 
 def test_init_writes_configs_that_check_cleanly(tmp_path: Path) -> None:
