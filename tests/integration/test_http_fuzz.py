@@ -152,6 +152,8 @@ def forwarded(
         and n not in named
         and n != b"x-real-ip"  # the client wrote it
         and not (b"_" in n and n.replace(b"_", b"-") in CLIENT_FIELDS_SPELLED_WITH_UNDERSCORES)
+        # RFC 9110 section 10.1.1: an HTTP/1.0 request's expectation is ignored.
+        and not (n == b"expect" and version == b"1.0")
     ]
     # Content-Length goes once, as the number it parsed to ("0005" -> "5").
     lengths = [i for i, field in enumerate(kept) if field[0] == b"content-length"]

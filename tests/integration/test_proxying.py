@@ -643,6 +643,27 @@ async def test_1xx_answers_reach_http_1_1_clients_only() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_every_interim_answer_reaches_an_http_1_1_client() -> None:
+    """RFC 9110 section 15.2: a proxy forwards 1xx answers it did not ask for itself:
+    a 100 to a request without Expect, a second 100; the client reads past them."""
+    answer = (
+        b"HTTP/1.1 100 Continue\r\n\r\n"
+        b"HTTP/1.1 100 Continue\r\nX-Second: yes\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    )
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _ = await start_raw_tunnel(nursery, answer)
+            received = await raw_exchange(
+                running.port, b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
+            )
+            heads = [part for part in received.split(b"\r\n\r\n") if part.startswith(b"HTTP/")]
+            assert [head.split(b" ")[1] for head in heads] == [b"100", b"100", b"200"]
+            assert b"X-Second: yes" in heads[1]
+            assert received.endswith(b"\r\n\r\nok")
+            nursery.cancel_scope.cancel()
+
+
 async def test_length_fields_leave_interim_answers_and_a_426_keeps_its_upgrade() -> None:
     """RFC 9110 section 8.6: no Content-Length on a 1xx; section 7.8: a 426 names
     the protocols it wants in Upgrade, hop-by-hop as that field is elsewhere."""

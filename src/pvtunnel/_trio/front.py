@@ -786,10 +786,9 @@ class ClientConnection:
     async def _receive_final_head(
         self, channel: Channel, switch: hdr.Switch | None
     ) -> ResponseHead:
-        # Read once: h11 forgets it as soon as any 1xx goes out, and an upstream may
-        # send another first (103 Early Hints) while the client still waits for its
-        # 100 (RFC 9110 section 15.2: a proxy forwards them all).
-        expects_100 = self.conn.they_are_waiting_for_100_continue
+        # RFC 9110 section 15.2: a proxy forwards every 1xx (a 100 the client asked
+        # for or not, a second one, 103 Early Hints), except to an HTTP/1.0 client,
+        # and a client must read any of them before its final answer.
         while True:
             item = await channel.receive()
             if not isinstance(item, ResponseHead):
@@ -818,11 +817,7 @@ class ClientConnection:
             if not item.is_informational:
                 return item
             if self.conn.their_http_version != b"1.1":
-                continue  # RFC 9110 section 15.2: no 1xx to an HTTP/1.0 client
-            if item.status == 100:
-                if not expects_100:
-                    continue  # the client asked for none, or has had its 100
-                expects_100 = False
+                continue
             await self.http.send(
                 h11.InformationalResponse(
                     status_code=item.status,
