@@ -97,6 +97,16 @@ ROWS = [
         Refuse(status=503, reason="the server is shutting down"),
     ),
     ("no agent serves the host", Facts(authority=b"nowhere"), WaitForRoute(authority="nowhere")),
+    ("an IPv6 literal", Facts(authority=b"[::1]:8080"), WaitForRoute(authority="[::1]:8080")),
+    ("an IPv4 address", Facts(authority=b"192.0.2.1"), WaitForRoute(authority="192.0.2.1")),
+    *[
+        (
+            f"invalid host {bad!r}",
+            Facts(authority=bad, token=TOKEN),
+            Refuse(status=400, reason="the request's host is not a valid host[:port]"),
+        )
+        for bad in (b"app, evil.example", b"user@app", b"app:80x", b"app/x", b"a\tb", b"[::1")
+    ],
     (
         "agent at its limit",
         Facts(authority=b"full"),

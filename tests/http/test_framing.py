@@ -5,7 +5,12 @@ from __future__ import annotations
 import h11
 import pytest
 
-from pvtunnel._http.framing import framing_problem, has_obs_fold, request_head_problem
+from pvtunnel._http.framing import (
+    framing_problem,
+    has_obs_fold,
+    refused_head_status,
+    request_head_problem,
+)
 
 CL = (b"content-length", b"5")
 TE = (b"transfer-encoding", b"chunked")
@@ -80,3 +85,25 @@ def test_request_head_problem_combines_both_checks() -> None:
     both = request_head_problem([HOST, CL, TE], b"1.1", folded)
     assert both is not None
     assert both.startswith("both Content-Length")
+
+
+@pytest.mark.parametrize(
+    ("hint", "received", "expected"),
+    [
+        (431, b"GET /" + b"a" * 100, 414),  # no end of the request line within the limit
+        (431, b"GET / HTTP/1.1\r\nX: " + b"a" * 100, 431),
+        (501, b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
+        (501, b"POST / HTTP/1.1\r\ntransfer-encoding : chunked, gzip\r\n\r\n", 400),
+        (501, b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+        (
+            501,
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+            501,
+        ),
+        (400, b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", 400),
+    ],
+)
+def test_refused_heads_get_the_status_rfc_9112_asks_for(
+    hint: int, received: bytes, expected: int
+) -> None:
+    assert refused_head_status(hint, received, 64)[0] == expected

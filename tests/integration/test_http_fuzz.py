@@ -84,6 +84,13 @@ NEVER_DROPPED: Final = frozenset({b"host", b"content-length"})
 SPECIAL_PATHS: Final = re.compile(rb"/(status/|bytes/|hold|watch|never|close|chunked)")
 # Control bytes other than HTAB (RFC 9110 section 5.5); SECURITY.md: they are a 400.
 CONTROL_BYTES: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# RFC 3986 section 3.2.2 and 3.2.3, spelled out: IP-literal / reg-name, then :port.
+_UNRESERVED_AND_SUB_DELIMS: Final = rb"A-Za-z0-9\-._~!$&'()*+,;="
+VALID_AUTHORITY: Final = re.compile(
+    rb"(\[[0-9A-Za-z:.%_~\-]+\]|([" + _UNRESERVED_AND_SUB_DELIMS + rb"]|%)*)(:[0-9]*)?"
+)
+# The server's default, which the examples run with.
+MAX_REQUEST_HEAD_BYTES: Final = 32768
 
 
 # ---------------------------------------------------------------- the model
@@ -231,6 +238,23 @@ def head_problem(request: h11.Request, head: bytes) -> bool:
     )
 
 
+def refused_status(hint: int, head: bytes) -> int:
+    """The status for a head h11 refused: its hint, but 414 for a request line past
+    the head limit (RFC 9112 section 3), and 400 for a Transfer-Encoding whose last
+    coding is not chunked (section 6.3)."""
+    if hint == 431 and b"\n" not in head[:MAX_REQUEST_HEAD_BYTES]:
+        return 414
+    if hint == 501:
+        lines = [
+            line.partition(b":")[2]
+            for line in head.split(b"\n")
+            if line.partition(b":")[0].strip().lower() == b"transfer-encoding"
+        ]
+        if lines and lines[-1].split(b",")[-1].strip().lower() != b"chunked":
+            return 400
+    return hint
+
+
 def refusal(request: h11.Request) -> int | str | None:
     """``"forward"``, a refusal status, or None when the request is outside the model."""
     authority, origin = split_absolute(request.target)
@@ -241,6 +265,8 @@ def refusal(request: h11.Request) -> int | str | None:
         and not (origin == b"*" and request.method == b"OPTIONS")
     ):
         return 400  # neither a path nor an http(s) URL (RFC 9112 section 3.2)
+    if b"#" in request.target:
+        return 400  # no fragment in a request target (RFC 9112 section 3.2)
     if request.method == b"CONNECT":
         if any(
             name == b"transfer-encoding" or (name == b"content-length" and int(value) > 0)
@@ -250,8 +276,8 @@ def refusal(request: h11.Request) -> int | str | None:
         authority = request.target  # authority form: the target names the route
     elif authority is None:
         authority = next((v for n, v in request.headers if n == b"host"), b"")
-    if not authority:
-        return 400
+    if not authority or not VALID_AUTHORITY.fullmatch(authority):
+        return 400  # none, or not host[:port] (RFC 9112 section 3.2, RFC 3986)
     host = authority.lower()
     name, colon, port = host.rpartition(b":")
     if host != b"app" and not (colon and (port.isdigit() or not port) and name == b"app"):
@@ -383,7 +409,7 @@ def expected_outcome(raw: bytes) -> Outcome:
         try:
             event = next_event()
         except h11.RemoteProtocolError as exc:
-            steps.append(Step(status=exc.error_status_hint))
+            steps.append(Step(status=refused_status(exc.error_status_hint, raw[start:])))
             return outcome()
         if isinstance(event, h11.ConnectionClosed):
             return outcome()

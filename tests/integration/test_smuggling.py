@@ -142,11 +142,20 @@ SMUGGLING: Final = [
         None,
     ),
     (
+        # Chunked is not the last coding: the body's length cannot be known, 400
+        # (RFC 9112 section 6.3), where an unknown coding before chunked is 501.
         "xchunked",
         b"POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: xchunked\r\n"
         b"Content-Length: 5\r\n\r\n"
         b"hello",
-        501,
+        400,
+        None,
+    ),
+    (
+        "chunked then gzip",
+        b"POST /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+        400,
         None,
     ),
     (

@@ -20,6 +20,7 @@ Otherwise the request is forwarded to that agent.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Final, Generic
 
 import attrs
@@ -34,6 +35,12 @@ if TYPE_CHECKING:
     from pvtunnel._http.routing import Router
 
 NO_HOST: Final = "the request names no host"
+INVALID_HOST: Final = "the request's host is not a valid host[:port]"
+# RFC 3986 section 3.2: host (an IP literal in brackets, or a reg-name, which
+# also holds IPv4 addresses) and an optional port.
+_AUTHORITY: Final = re.compile(
+    rb"(?:\[[0-9A-Za-z:.%_~-]+\]|[-A-Za-z0-9._~!$&'()*+,;=%]*)(?::[0-9]*)?"
+)
 TOKEN_REQUIRED: Final = "proxy authentication required"
 SHUTTING_DOWN: Final = "the server is shutting down"
 AGENT_AT_LIMIT: Final = "the agent for this host is at its limit"
@@ -94,6 +101,10 @@ def admit(
     """
     if not authority:
         return Refuse(status=400, reason=NO_HOST)
+    if _AUTHORITY.fullmatch(authority) is None:
+        # RFC 9112 section 3.2: a Host of invalid syntax is a 400, not a route
+        # that happens not to exist ("app, evil.example", "user@app").
+        return Refuse(status=400, reason=INVALID_HOST)
     if token is not None:
         presented = presented_token(headers)
         if presented is None or not token.matches(presented):

@@ -197,3 +197,32 @@ def response_head_problem(reason: bytes, headers: Iterable[tuple[bytes, bytes]])
                 return "an invalid Content-Length"
             length = value
     return None
+
+
+_TRANSFER_ENCODING_LINE: Final = re.compile(rb"(?im)^transfer-encoding[ \t]*:(.*?)\r?$")
+
+
+def refused_head_status(hint: int, received: bytes | bytearray, limit: int) -> tuple[int, str]:
+    """The status and reason for a request head h11 refused with ``hint``.
+
+    h11's hints are close but not always the status RFC 9112 asks for: a request
+    line longer than the head limit is 414, not 431 (section 3); a
+    Transfer-Encoding whose last coding is not chunked is 400, not 501, since the
+    body's length cannot be known (section 6.3); 501 stays for a coding merely
+    unknown in front of chunked (section 6.1).
+
+    Args:
+        hint: h11's ``error_status_hint``.
+        received: The raw bytes of the head as far as they came.
+        limit: The head limit (``max_request_head_bytes``).
+    """
+    if hint == 431:
+        if b"\n" not in received[:limit]:
+            return 414, "request target too long"
+        return 431, "request head too large"
+    if hint == 501:
+        codings = _TRANSFER_ENCODING_LINE.findall(received)
+        if codings and codings[-1].rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+            return 400, "a Transfer-Encoding that does not end in chunked"
+        return 501, "a transfer coding other than chunked"
+    return hint, "malformed request"

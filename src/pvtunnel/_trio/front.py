@@ -33,7 +33,11 @@ from pvtunnel._errors import (
 from pvtunnel._http import headers as hdr
 from pvtunnel._http.admission import Refuse, WaitForRoute, admit, forward_to
 from pvtunnel._http.errors import error_body, reason_phrase, status_for_reset
-from pvtunnel._http.framing import request_head_problem, response_head_problem
+from pvtunnel._http.framing import (
+    refused_head_status,
+    request_head_problem,
+    response_head_problem,
+)
 from pvtunnel._http.holding import HoldOutcome, hold_answer
 from pvtunnel._http.max_forwards import decremented, final_answer, remaining_forwards
 from pvtunnel._http.routing import is_origin_form, split_target
@@ -172,11 +176,11 @@ class ClientConnection:
                 except h11.RemoteProtocolError as exc:
                     # A head h11 refused (also one that grew past the limit in pieces):
                     # answered, and logged with what only the head would have said as -.
-                    status = exc.error_status_hint
-                    self.state.metrics.client_protocol_errors += 1
-                    await self._send_error(
-                        status, _HEAD_REFUSED.get(status, "malformed request"), close=True
+                    status, reason = refused_head_status(
+                        exc.error_status_hint, self.http.recording or b"", self.max_head_bytes
                     )
+                    self.state.metrics.client_protocol_errors += 1
+                    await self._send_error(status, reason, close=True)
                     self.state.log_unreadable(self.address, status)
                     return
                 finally:
@@ -190,8 +194,13 @@ class ClientConnection:
                     self.http.received > self.max_head_bytes
                     and _head_size(event) > self.max_head_bytes
                 ):
-                    await self._send_error(431, "request head too large", close=True)
-                    self.state.log_request(event, self.address, 431, 0, None)
+                    # RFC 9112 section 3: a request line alone past the limit is 414.
+                    status = 414 if len(event.target) > self.max_head_bytes else 431
+                    reason = (
+                        "request target too long" if status == 414 else "request head too large"
+                    )
+                    await self._send_error(status, reason, close=True)
+                    self.state.log_request(event, self.address, status, 0, None)
                     return
                 # h11's header sequence is slow to iterate; the checks below go over it
                 # about ten times, so they share one list. The names keep the client's
@@ -337,6 +346,10 @@ class ClientConnection:
             return await self._refuse(
                 request, 400, "the request target must be a path or an http(s) URL"
             )
+        if b"#" in request.target:
+            # RFC 9112 section 3.2: a request target has no fragment (clients keep
+            # it to themselves); passed on, each hop would read it its own way.
+            return await self._refuse(request, 400, "a request target has no fragment (#)")
         host_override = authority
         switch = hdr.protocol_switch(request.method, headers)
         if (
@@ -827,7 +840,6 @@ class ClientConnection:
             )
 
 
-_HEAD_REFUSED: Final = {431: "request head too large"}
 # How long a client cut by the end of the shutdown grace period may take its 503.
 _LAST_WORD_S: Final = 1.0
 
