@@ -101,6 +101,13 @@ def test_request_head_problem_combines_both_checks() -> None:
             501,
         ),
         (400, b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n", 400),
+        # A pipelined request's lines are not this head's.
+        (
+            501,
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"
+            b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n",
+            400,
+        ),
     ],
 )
 def test_refused_heads_get_the_status_rfc_9112_asks_for(

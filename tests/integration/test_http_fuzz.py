@@ -247,7 +247,7 @@ def refused_status(hint: int, head: bytes) -> int:
     if hint == 501:
         lines = [
             line.partition(b":")[2]
-            for line in head.split(b"\n")
+            for line in re.split(rb"\n\r?\n", head, maxsplit=1)[0].split(b"\n")
             if line.partition(b":")[0].strip().lower() == b"transfer-encoding"
         ]
         if lines and lines[-1].split(b",")[-1].strip().lower() != b"chunked":
@@ -771,6 +771,14 @@ def hostile_writes(draw: st.DrawFn) -> tuple[bytes, ...]:
 # a GET, and the model answered a refused CONNECT with a 200 (a switch) itself.
 @example(writes=(b"HEAD /echo HTTP/1.0\r\nHost: app\r\nVia: 1.0 fron\r\n t-1\r\n\r\n",))
 @example(writes=(b"CONNECT /echo HTTP/1.1\r\nHost: app\r\n\r\n" + CLOSER,))
+# A refused Transfer-Encoding was judged by the last such line of all that was read,
+# a pipelined request's included: its own says 400 (not ending in chunked).
+@example(
+    writes=(
+        b"GET /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: identity\r\n\r\n"
+        b"GET /echo HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + CLOSER,
+    )
+)
 @example(  # a CONNECT with a body: refused before its target is looked at
     writes=(
         b"CONNECT /echo HTTP/1.1\r\nhost:app\r\ntransfer-encoding:chunked\r\n\r\n"

@@ -221,7 +221,10 @@ def refused_head_status(hint: int, received: bytes | bytearray, limit: int) -> t
             return 414, "request target too long"
         return 431, "request head too large"
     if hint == 501:
-        codings = _TRANSFER_ENCODING_LINE.findall(received)
+        # Only this head's lines: what was read may hold a pipelined request too.
+        end = _HEAD_END.search(received)
+        head = received if end is None else received[: end.start() + 1]
+        codings = _TRANSFER_ENCODING_LINE.findall(head)
         if codings and codings[-1].rsplit(b",", 1)[-1].strip().lower() != b"chunked":
             return 400, "a Transfer-Encoding that does not end in chunked"
         return 501, "a transfer coding other than chunked"
