@@ -41,6 +41,7 @@ class ErrorCode(enum.IntEnum):
     UPSTREAM_PROTOCOL_ERROR = 8
     UNKNOWN_ROUTE = 9
     UPSTREAM_CLOSED = 10
+    LENGTH_REQUIRED = 11
 
 
 class PvTunnelError(Exception):

@@ -803,3 +803,51 @@ async def test_bodies_in_tiny_chunks_pass_whole_both_ways() -> None:
             assert [r.target for r in upstream.requests] == [b"/echo", b"/after"]
             assert upstream.requests[0].body == b"ab" * TINY_CHUNKS
             nursery.cancel_scope.cancel()
+
+
+async def test_a_chunked_body_reaches_an_http_1_0_upstream_with_a_length() -> None:
+    """RFC 9112 section 6.1: a client must not send Transfer-Encoding to a server it
+    knows only speaks HTTP/1.0 (from its last answer); such a server reads no chunks
+    and would take the body as empty. The agent holds a chunked body whole and sends
+    it with a Content-Length; one of a stream window or more is refused with 411."""
+    seen: list[tuple[bytes, bytes]] = []
+
+    async def old_server(stream: trio.SocketStream) -> None:
+        # HTTP/1.0 as http.server speaks it by default: a body is Content-Length bytes.
+        async with stream:
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += await stream.receive_some(65536)
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+            while length is not None and len(body) < int(length[1]):
+                body += await stream.receive_some(65536)
+            seen.append((head, body))
+            await stream.send_all(
+                b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+
+    def chunked_post(body: bytes) -> bytes:
+        return (
+            b"POST /up HTTP/1.1\r\nHost: app\r\nConnection: close\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        )
+
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            port = await nursery.start(serve_on_loopback, old_server)
+            await start_agent(nursery, running, {"app": port}, stream_window_bytes=16384)
+            # The first answer says HTTP/1.0; from then on no chunks go there.
+            assert (await fetch(running.port, b"GET", b"/")).status == 200
+            answer = await raw_exchange(running.port, chunked_post(b"hello world"))
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+            assert answer.endswith(b"\r\n\r\nhello world")
+            head, body = seen[-1]
+            assert b"transfer-encoding" not in head.lower()
+            assert b"\r\nContent-Length: 11" in head
+            assert body == b"hello world"
+            too_big = await raw_exchange(running.port, chunked_post(b"x" * 20000))
+            assert too_big.startswith(b"HTTP/1.1 411 "), too_big[:200]
+            assert len(seen) == 2
+            nursery.cancel_scope.cancel()

@@ -851,6 +851,10 @@ _RESET_DETAIL: Final = {
     ErrorCode.REFUSED_STREAM: "the agent refused the request (at its limit or leaving)",
     ErrorCode.UPSTREAM_TIMEOUT: "the upstream service took too long",
     ErrorCode.UNKNOWN_ROUTE: "the agent does not serve this host",
+    ErrorCode.LENGTH_REQUIRED: (
+        "the upstream service speaks HTTP/1.0 and takes no body of unknown length "
+        "this big: send it with a Content-Length"
+    ),
 }
 
 

@@ -28,7 +28,7 @@ import trio
 
 from pvtunnel._errors import ErrorCode, LocalProtocolError, TunnelClosedError, UpstreamError
 from pvtunnel._http.framing import MAX_INTERIM_RESPONSES, field_problem, framing_problem
-from pvtunnel._http.headers import end_to_end, header_value, response_end_to_end
+from pvtunnel._http.headers import end_to_end, header_value, is_chunked, response_end_to_end
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
@@ -83,6 +83,15 @@ class UpstreamPool:
         self._config = config
         self._metrics = AgentMetrics() if metrics is None else metrics
         self._idle: dict[str, collections.deque[UpstreamConnection]] = {}
+        # Routes whose upstream's last answer was HTTP/1.0: a client must not send
+        # it Transfer-Encoding (RFC 9112 section 6.1), which it would not read.
+        self.http_1_0: set[str] = set()
+
+    @property
+    def body_limit(self) -> int:
+        """The most of a chunked body held whole for an HTTP/1.0 upstream: one
+        stream window, what the server may send without credit coming back."""
+        return self._config.stream_window_bytes
 
     def idle_count(self, route: str) -> int:
         return len(self._idle.get(route, ()))
@@ -254,6 +263,17 @@ def upstream_request(head: RequestHead, route: Route) -> tuple[h11.Request, bool
     return request, chunked or (length is not None and int(length) > 0)
 
 
+def with_length(request: h11.Request, length: int) -> h11.Request:
+    """``request`` framed by a Content-Length instead of chunked."""
+    headers = [
+        (name, value)
+        for name, value in request.headers.raw_items()
+        if name.lower() != b"transfer-encoding"
+    ]
+    headers.append((b"Content-Length", b"%d" % length))
+    return h11.Request(method=request.method, target=request.target, headers=headers, _parsed=True)
+
+
 class Replay:
     """Replays one request; a fresh object per stream."""
 
@@ -266,6 +286,8 @@ class Replay:
         self.pool = pool
         self.head_sent = False
         self.has_body = False
+        # Body bytes held whole (`_whole_body`) whose credit is not given back yet.
+        self.held = 0
 
     async def run(self) -> None:
         channel = self.channel
@@ -280,6 +302,12 @@ class Replay:
         has_body = self.has_body
         route = self.route
         pool = self.pool
+        body: bytes | None = None
+        if has_body and route.name in pool.http_1_0 and is_chunked(self.head.headers):
+            body = await self._whole_body()
+            if body is None:
+                return
+            request = with_length(request, len(body))
         for attempt in (1, 2):
             # The retry dials afresh: an upstream closing idle connections (its
             # keep-alive timeout) closes the other pooled ones at the same moment.
@@ -294,7 +322,9 @@ class Replay:
                     return
             received_before = connection.received
             try:
-                if has_body:
+                if body is not None:
+                    await self._send_whole(connection, request, body)
+                elif has_body:
                     await self._exchange(connection, request)
                 else:
                     await connection.send_message(request)
@@ -351,6 +381,49 @@ class Replay:
             pass
         finally:
             await connection.aclose()
+
+    async def _whole_body(self) -> bytes | None:
+        """A chunked request body, whole, for an upstream that reads no chunks; None
+        when it is more than one stream window (the stream is reset, 411).
+
+        Credit is not given back meanwhile, so what is held stays within the window
+        the body had anyway; it goes back once the body is sent (or with the stream).
+        """
+        channel = self.channel
+        limit = self.pool.body_limit
+        pieces: list[bytes] = []
+        size = 0
+        while True:
+            try:
+                item = await channel.receive()
+            except TunnelClosedError:
+                return None
+            if item is END:
+                self.held = size
+                return b"".join(pieces)
+            assert isinstance(item, bytes)
+            pieces.append(item)
+            size += len(item)
+            if size >= limit:
+                channel.reset(
+                    ErrorCode.LENGTH_REQUIRED,
+                    "a chunked body too big to send with a length to an HTTP/1.0 upstream",
+                )
+                return None
+
+    async def _send_whole(
+        self, connection: UpstreamConnection, request: h11.Request, body: bytes
+    ) -> None:
+        """The request, its body and its end in one write, then the answer."""
+        connection.queue(request)
+        if body:
+            connection.queue(h11.Data(data=body))
+        connection.queue(h11.EndOfMessage())
+        await connection.flush()
+        if self.held:
+            self.channel.consume(self.held)
+            self.held = 0
+        await self._relay_response(connection, read_first=True)
 
     async def _exchange(self, connection: UpstreamConnection, request: h11.Request) -> None:
         await connection.send(request)
@@ -433,6 +506,10 @@ class Replay:
             if isinstance(event, h11.Response):
                 break
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} from upstream")
+        if event.http_version == b"1.0":
+            self.pool.http_1_0.add(self.route.name)
+        elif self.pool.http_1_0:
+            self.pool.http_1_0.discard(self.route.name)
         # h11's sequence is slow to iterate, and lower-cases the names: the raw list
         # keeps the upstream's spelling for the client.
         headers = event.headers.raw_items()
