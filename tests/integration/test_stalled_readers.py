@@ -13,6 +13,7 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Final
 
+import h11
 import trio
 import trio.testing
 
@@ -276,3 +277,99 @@ async def test_pipes_into_an_upstream_that_reads_nothing_are_cut_once_the_agent_
         for client in clients:
             await client.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_body_that_ends_at_the_close_cut_in_its_last_write_is_reset(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """To an HTTP/1.0 client a body without a length ends at the close. Cut while its
+    last write is under way (the client stopped reading), the response is not
+    whole although h11 took its end when it was queued: the connection is reset,
+    never closed in order, which would pass the truncated body for a whole one."""
+    release = trio.Event()
+    body = b"b" * 60000
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += await stream.receive_some(65536)
+        await release.wait()
+        # Chunked, head to last chunk in one send: the agent reads it whole, so the
+        # body and its end reach the server together and leave in one write.
+        await stream.send_all(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n"
+            % (len(body), body)
+        )
+
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, roomy_config())
+        port = await nursery.start(serve_on_loopback, upstream)
+        await start_agent(nursery, running, {"app": port})
+        sock = stalled_client(running.port, b"GET /page HTTP/1.0\r\nHost: app\r\n\r\n")
+        await trio.testing.wait_all_tasks_blocked()
+        (client,) = running.server.state.awaiting
+        assert isinstance(client, ClientConnection)
+        # The write must wait: the client reads nothing, and little fits on the way.
+        client.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # type: ignore[attr-defined]
+        release.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.writing
+        assert client.conn.our_state is h11.MUST_CLOSE  # the end was queued with the body
+        # idle_s (30 s) without a write ending, seen by the watch's checks.
+        for _ in range(int(30.0 / HANGUP_CHECK_S) + 3):
+            mock_clock.jump(HANGUP_CHECK_S)
+            await trio.testing.wait_all_tasks_blocked()
+        assert client.stopped_reading
+        received = b""
+        reset = ended = False
+        for _ in range(100):  # time moves on too: a close in stages would end too
+            await trio.testing.wait_all_tasks_blocked()
+            try:
+                chunk = sock.recv(1 << 20)
+            except BlockingIOError:
+                mock_clock.jump(1.0)
+                continue
+            except ConnectionResetError:
+                reset = True
+                break
+            if not chunk:
+                ended = True
+                break
+            received += chunk
+        assert reset, (ended, len(received))
+        assert len(received.partition(b"\r\n\r\n")[2]) < len(body)
+        sock.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_whole_answer_is_closed_in_order_though_the_client_sent_more() -> None:
+    """Bytes the client sent that the server never reads (here a stray empty line
+    after an HTTP/1.0 request) turn a plain close into a reset, and a reset drops
+    what the client has not read yet: the end of a whole answer. The server closes
+    such a connection in stages (lingering), so the answer arrives whole and ends
+    with the orderly close its framing needs."""
+    size = 8_000_000  # more than the kernel buffers between the two: the write waits
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            running, _ = await start_tunnel(nursery)
+            sock = trio.socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await sock.connect(("127.0.0.1", running.port))
+            stream = trio.SocketStream(sock)
+            await stream.send_all(b"GET /bytes/%d HTTP/1.0\r\nHost: app\r\n\r\n" % size)
+            while not running.server.state.awaiting:  # the head is read; nothing more is
+                await trio.testing.wait_all_tasks_blocked()
+            await stream.send_all(b"\r\n")
+            received = bytearray()
+            reset = False
+            try:
+                while chunk := await stream.receive_some(65536):
+                    received += chunk
+            except trio.BrokenResourceError:
+                reset = True
+            await stream.aclose()
+            assert not reset
+            head, _, body = bytes(received).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert len(body) == size
+            nursery.cancel_scope.cancel()

@@ -13,6 +13,7 @@ while, then close. nginx calls it a lingering close.
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import struct
 from typing import Final
@@ -59,3 +60,23 @@ async def close_with_reset(stream: trio.abc.Stream) -> None:
             transport.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
     with trio.move_on_after(1, shield=True):
         await stream.aclose()
+
+
+def has_unread_bytes(stream: trio.abc.Stream) -> bool:
+    """Whether the client's side of ``stream`` holds bytes not read yet (or its end).
+
+    Closed over unread bytes, a socket sends a reset, which destroys what the
+    client has not read yet: then the close goes in stages (`close_lingering`).
+    False where there is no socket to ask (a memory stream in tests).
+    """
+    transport = stream
+    while isinstance(transport, trio.SSLStream):
+        transport = transport.transport_stream
+    if not isinstance(transport, trio.SocketStream):
+        return False
+    fd = transport.socket.fileno()
+    if fd < 0:
+        return False  # closed already (a TLS error closes its transport)
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))

@@ -41,7 +41,7 @@ from pvtunnel._http.framing import (
 from pvtunnel._http.holding import HoldOutcome, hold_answer
 from pvtunnel._http.max_forwards import decremented, final_answer, remaining_forwards
 from pvtunnel._http.routing import is_origin_form, split_target
-from pvtunnel._trio.closing import close_lingering, close_with_reset
+from pvtunnel._trio.closing import close_lingering, close_with_reset, has_unread_bytes
 from pvtunnel._trio.dates import http_date
 from pvtunnel._trio.hangups import has_hung_up, hung_up_when_readable, peer_address
 from pvtunnel._trio.http11 import H11Stream
@@ -68,8 +68,6 @@ STALLED_WHEN_SHORT_S: Final = 5.0
 # Where the client may still be sending when the server closes: in a request body
 # it has not finished, or in whatever followed a request h11 refused.
 _MAY_STILL_SEND: Final = frozenset({h11.SEND_BODY, h11.ERROR})
-# Our side's states while a response's body is not all written.
-_UNFINISHED: Final = frozenset({h11.SEND_BODY, h11.ERROR})
 _BODILESS: Final = frozenset({204, 304})
 _TEXT: Final = (b"content-type", b"text/plain; charset=utf-8")
 _BLANK: Final = (b"\r", b"\n")
@@ -132,8 +130,9 @@ class ClientConnection:
         self.waits_for_body = False
         # While the connection is a pipe (after a protocol switch): what it moved.
         self.pipe: PipeBytes | None = None
-        # Whether the response under way ends where the connection ends (no
-        # Content-Length to an HTTP/1.0 client): cut short, it is closed with a reset.
+        # Whether a response that ends where the connection ends (no Content-Length
+        # to an HTTP/1.0 client) is under way and not all written: cut short, its
+        # connection is closed with a reset, or the cut would look like its end.
         self.ends_at_close = False
 
     async def serve(self) -> None:
@@ -194,8 +193,10 @@ class ClientConnection:
                     self.http.received > self.max_head_bytes
                     and _head_size(event) > self.max_head_bytes
                 ):
-                    # RFC 9112 section 3: a request line alone past the limit is 414.
-                    status = 414 if len(event.target) > self.max_head_bytes else 431
+                    # RFC 9112 section 3: a request line alone past the limit is 414
+                    # (measured as `refused_head_status` measures one h11 refused).
+                    line = len(event.method) + len(event.target) + len(b"  HTTP/1.1\r\n")
+                    status = 414 if line > self.max_head_bytes else 431
                     reason = (
                         "request target too long" if status == 414 else "request head too large"
                     )
@@ -682,6 +683,8 @@ class ClientConnection:
                     http.queue(h11.EndOfMessage())
                     self.deadline.set(math.inf)
                     await self._write()
+                    # Written whole only now: h11 took the end when it was queued.
+                    self.ends_at_close = False
                     break
                 assert isinstance(item, bytes)
                 # Counted once queued for the client: a write cut short (a client that
@@ -925,9 +928,17 @@ async def handle_client(
                 await client._send_error(503, "the server is shutting down", close=True)
         client.log_cut_short(503)
         state.client_connections -= 1
-        if client.ends_at_close and client.conn.our_state in _UNFINISHED:
+        if client.ends_at_close:
             await close_with_reset(stream)
-        elif client.conn.their_state in _MAY_STILL_SEND:
+        elif client.conn.their_state in _MAY_STILL_SEND or (
+            # Whatever the client sent that is still unread (a pipelined request, a
+            # stray empty line) would turn the close into a reset, and a reset
+            # destroys what the client has not read yet: the answer itself. (A
+            # client that closed first, or a pipe's, leaves nothing owed.)
+            client.conn.their_state is not h11.CLOSED
+            and client.pipe is None
+            and has_unread_bytes(stream)
+        ):
             await close_lingering(stream)
         else:
             with trio.move_on_after(1, shield=True):
