@@ -589,7 +589,7 @@ def test_inspect_previews_too_big_for_the_ring_name_the_key(here: Path) -> None:
     write(
         here,
         "agent.toml",
-        'client_id = "a"\n[inspect]\nmax_bytes = 65536\nmax_body_bytes = 65536\n',
+        'client_id = "a"\n[inspect]\nenabled = true\nmax_bytes = 65536\nmax_body_bytes = 65536\n',
     )
     assert agent_problems(Path("agent.toml")) == [
         "agent.toml: inspect.max_body_bytes: at most max_bytes / 8, so that max_bytes holds "

@@ -351,10 +351,15 @@ def test_validate_runnable_passes_a_complete_agent() -> None:
 
 
 def test_inspect_previews_must_leave_room_for_several_exchanges() -> None:
-    """Two previews near max_bytes: each new exchange would push out all others."""
-    assert InspectConfig(max_bytes=65536, max_body_bytes=8192).max_body_bytes == 8192
+    """Two previews near max_bytes: each new exchange would push out all others.
+    Unset, the preview's size follows a small max_bytes; with the inspector off,
+    neither is used, and a file that sets them as it likes still loads."""
+    assert InspectConfig(enabled=True, max_bytes=65536, max_body_bytes=8192).max_body_bytes == 8192
+    assert InspectConfig(enabled=True, max_bytes=262144).max_body_bytes == 32768
+    assert InspectConfig(enabled=True).max_body_bytes == 65536
+    assert InspectConfig(max_bytes=65536, max_body_bytes=65536).enabled is False
     with pytest.raises(ConfigError) as caught:
-        InspectConfig(max_bytes=65536, max_body_bytes=8193)
+        InspectConfig(enabled=True, max_bytes=65536, max_body_bytes=8193)
     assert caught.value.problems == [
         "InspectConfig.max_body_bytes: at most max_bytes / 8, so that max_bytes holds "
         "4 exchanges with both previews whole (got 8193 with max_bytes 65536)"

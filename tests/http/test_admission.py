@@ -100,12 +100,30 @@ ROWS = [
     ("an IPv6 literal", Facts(authority=b"[::1]:8080"), WaitForRoute(authority="[::1]:8080")),
     ("an IPv4 address", Facts(authority=b"192.0.2.1"), WaitForRoute(authority="192.0.2.1")),
     *[
+        (f"valid host {good!r}", Facts(authority=good), WaitForRoute(authority=good.decode()))
+        for good in (
+            b"[v1.fe80::a+en1]",
+            b"[fe80::1%25eth0]:80",
+            b"a%41b",
+            b"x!$&'()*+,;=",
+        )
+    ],
+    *[
         (
             f"invalid host {bad!r}",
             Facts(authority=bad, token=TOKEN),
             Refuse(status=400, reason="the request's host is not a valid host[:port]"),
         )
-        for bad in (b"app, evil.example", b"user@app", b"app:80x", b"app/x", b"a\tb", b"[::1")
+        for bad in (
+            b"app, evil.example",
+            b"user@app",
+            b"app:80x",
+            b"app/x",
+            b"a\tb",
+            b"[::1",
+            b"%",
+            b"a%zz",
+        )
     ],
     (
         "agent at its limit",

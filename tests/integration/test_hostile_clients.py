@@ -140,11 +140,17 @@ async def test_a_request_line_past_the_head_limit_is_414() -> None:
             )
             assert behind.startswith(b"HTTP/1.1 200 ")
             assert b"HTTP/1.1 414 " in behind
+            # Measured as a line, target and all, however it came: 32,774 bytes.
+            edge = b"GET /" + b"e" * 32759 + b" HTTP/1.1\r\nHost: app\r\n\r\n"
+            whole = await raw_exchange(
+                running.port, b"GET /small HTTP/1.1\r\nHost: app\r\n\r\n" + edge
+            )
+            assert b"HTTP/1.1 414 " in whole
             fragment = await raw_exchange(
                 running.port, b"GET /a#frag HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"
             )
             assert fragment.startswith(b"HTTP/1.1 400 "), fragment
-            assert [r.target for r in upstream.requests] == [b"/small"]
+            assert [r.target for r in upstream.requests] == [b"/small", b"/small"]
             nursery.cancel_scope.cancel()
 
 

@@ -515,6 +515,7 @@ class AgentTimeouts:
 
 # What max_bytes must hold of max_body_bytes at least: four exchanges of two previews.
 INSPECT_EXCHANGES_IN_BYTES: Final = 8
+INSPECT_BODY_BYTES: Final = 64 * 1024
 
 
 @attrs.frozen(kw_only=True)
@@ -530,14 +531,21 @@ class InspectConfig:
     max_bytes: int = attrs.field(
         default=16 * 1024 * 1024, validator=Rule(rules.integer(65536, rules.MAX_INT32))
     )
-    max_body_bytes: int = attrs.field(
-        default=64 * 1024, validator=Rule(rules.integer(0, 16 * 1024 * 1024))
-    )
+    max_body_bytes: int = attrs.field(validator=Rule(rules.integer(0, 16 * 1024 * 1024)))
+
+    @max_body_bytes.default
+    def _max_body_bytes(self) -> int:
+        # 64 KiB, or less where max_bytes is small (see __attrs_post_init__).
+        max_bytes: object = self.max_bytes  # not validated yet: its rule reports a wrong one
+        if isinstance(max_bytes, int):
+            return min(INSPECT_BODY_BYTES, max_bytes // INSPECT_EXCHANGES_IN_BYTES)
+        return INSPECT_BODY_BYTES
 
     def __attrs_post_init__(self) -> None:
         # An exchange holds two previews: near max_bytes, each new exchange would
         # push out all the others, and the page would show one request at most.
-        if self.max_body_bytes * INSPECT_EXCHANGES_IN_BYTES > self.max_bytes:
+        # Looked at only when the inspector is on: off, neither value is used.
+        if self.enabled and self.max_body_bytes * INSPECT_EXCHANGES_IN_BYTES > self.max_bytes:
             raise FieldError(
                 type(self).__name__,
                 [

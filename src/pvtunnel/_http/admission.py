@@ -36,10 +36,14 @@ if TYPE_CHECKING:
 
 NO_HOST: Final = "the request names no host"
 INVALID_HOST: Final = "the request's host is not a valid host[:port]"
-# RFC 3986 section 3.2: host (an IP literal in brackets, or a reg-name, which
-# also holds IPv4 addresses) and an optional port.
+# RFC 3986 section 3.2: host (an IP literal in brackets, IPv6 or IPvFuture, a
+# zone as RFC 6874 writes it, or a reg-name, which also holds IPv4 addresses)
+# and an optional port. Percent-encoding is a percent sign and two hex digits.
+_UNRESERVED_OR_SUB_DELIM: Final = rb"[-A-Za-z0-9._~!$&'()*+,;=]"
+_PCT_ENCODED: Final = rb"%[0-9A-Fa-f]{2}"
 _AUTHORITY: Final = re.compile(
-    rb"(?:\[[0-9A-Za-z:.%_~-]+\]|[-A-Za-z0-9._~!$&'()*+,;=%]*)(?::[0-9]*)?"
+    rb"(?:\[(?:%s|%s|:)+\]|(?:%s|%s)*)(?::[0-9]*)?"
+    % (_UNRESERVED_OR_SUB_DELIM, _PCT_ENCODED, _UNRESERVED_OR_SUB_DELIM, _PCT_ENCODED)
 )
 TOKEN_REQUIRED: Final = "proxy authentication required"
 SHUTTING_DOWN: Final = "the server is shutting down"

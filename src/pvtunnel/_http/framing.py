@@ -224,8 +224,11 @@ def refused_head_status(hint: int, received: bytes | bytearray, limit: int) -> t
         # Only this head's lines: what was read may hold a pipelined request too.
         end = _HEAD_END.search(received)
         head = received if end is None else received[: end.start() + 1]
-        codings = _TRANSFER_ENCODING_LINE.findall(head)
-        if codings and codings[-1].rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+        lines = _TRANSFER_ENCODING_LINE.findall(head)
+        # Empty list elements count for nothing (RFC 9110 section 5.6.1): "chunked,"
+        # ends in chunked.
+        codings = [c.strip().lower() for c in b",".join(lines).split(b",") if c.strip()]
+        if codings and codings[-1] != b"chunked":
             return 400, "a Transfer-Encoding that does not end in chunked"
         return 501, "a transfer coding other than chunked"
     return hint, "malformed request"
