@@ -87,7 +87,11 @@ CONTROL_BYTES: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # RFC 3986 section 3.2.2 and 3.2.3, spelled out: IP-literal / reg-name, then :port.
 _UNRESERVED_AND_SUB_DELIMS: Final = rb"A-Za-z0-9\-._~!$&'()*+,;="
 VALID_AUTHORITY: Final = re.compile(
-    rb"(\[[0-9A-Za-z:.%_~\-]+\]|([" + _UNRESERVED_AND_SUB_DELIMS + rb"]|%)*)(:[0-9]*)?"
+    # IP-literal: "[" ( IPv6address / IPvFuture, zone included ) "]", told apart
+    # from a reg-name by its brackets alone; reg-name: unreserved, sub-delims and
+    # pct-encoded ("%" HEXDIG HEXDIG); then ":" port.
+    rb"(\[([" + _UNRESERVED_AND_SUB_DELIMS + rb":]|%[0-9A-Fa-f][0-9A-Fa-f])+\]"
+    rb"|([" + _UNRESERVED_AND_SUB_DELIMS + rb"]|%[0-9A-Fa-f][0-9A-Fa-f])*)(:[0-9]*)?"
 )
 # The server's default, which the examples run with.
 MAX_REQUEST_HEAD_BYTES: Final = 32768
