@@ -20,6 +20,7 @@ from typing import Final
 
 import trio
 
+from pvtunnel._trio.hangups import raw_socket
 from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE
 
 # How long the client may go on sending after the answer: long enough for a body of
@@ -52,12 +53,10 @@ async def close_with_reset(stream: trio.abc.Stream) -> None:
     no Content-Length): cut short, an orderly close would make it look whole
     (RFC 9112 section 8). A reset is the one way left to say it is not.
     """
-    transport = stream
-    while isinstance(transport, trio.SSLStream):
-        transport = transport.transport_stream
-    if isinstance(transport, trio.SocketStream):
+    sock = raw_socket(stream)
+    if sock is not None:
         with contextlib.suppress(OSError):
-            transport.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
     with trio.move_on_after(1, shield=True):
         await stream.aclose()
 
@@ -69,12 +68,10 @@ def has_unread_bytes(stream: trio.abc.Stream) -> bool:
     client has not read yet: then the close goes in stages (`close_lingering`).
     False where there is no socket to ask (a memory stream in tests).
     """
-    transport = stream
-    while isinstance(transport, trio.SSLStream):
-        transport = transport.transport_stream
-    if not isinstance(transport, trio.SocketStream):
+    sock = raw_socket(stream)
+    if sock is None:
         return False
-    fd = transport.socket.fileno()
+    fd = sock.fileno()
     if fd < 0:
         return False  # closed already (a TLS error closes its transport)
     poller = select.poll()

@@ -60,7 +60,7 @@ async def has_hung_up(stream: trio.abc.Stream) -> bool:
     to read (a pipelined request) counts as a hang-up only if the peer's close
     is seen behind it (`_peer_closed`).
     """
-    sock = _raw_socket(stream)
+    sock = raw_socket(stream)
     if sock is None or not sock.is_readable():
         return False
     return await _closed_at_peek(sock)
@@ -72,7 +72,7 @@ async def hung_up_when_readable(stream: trio.abc.Stream) -> bool:
     Returns False at once for a stream without a socket, and False when data came
     instead (it is left unread).
     """
-    sock = _raw_socket(stream)
+    sock = raw_socket(stream)
     if sock is None:
         return False
     await trio.lowlevel.wait_readable(sock)
@@ -108,7 +108,7 @@ def _peer_closed(sock: trio.socket.SocketType) -> bool:
     return bool(poller.poll(0))
 
 
-def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+def raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
     """The socket under a stream (through any TLS layers); None for other streams."""
     transport = stream
     while isinstance(transport, trio.SSLStream):
@@ -118,7 +118,7 @@ def _raw_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
 
 def peer_address(stream: trio.abc.Stream) -> str:
     """The peer's IP address, or ``"unknown"`` (not a socket, or already reset)."""
-    sock = _raw_socket(stream)
+    sock = raw_socket(stream)
     if sock is not None:
         try:
             peer = sock.getpeername()
