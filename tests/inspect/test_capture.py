@@ -230,6 +230,27 @@ def test_proxy_authorization_and_tokens_are_never_captured() -> None:
     assert "the-users-own" in shown
 
 
+@pytest.mark.parametrize("user", [b"", b"admin", b"a:b"])
+def test_a_token_inside_basic_credentials_is_redacted(user: bytes) -> None:
+    # A browser sends the admin token to the inspector's page as a Basic password,
+    # and a route may lead there: base64 hides it from a plain search.
+    credentials = base64.b64encode(user + b":" + TOKEN)
+    headers = (
+        (b"Authorization", b"Basic " + credentials),
+        (b"X-Other", b"basic  " + credentials + b" "),
+        (b"Authorization", b"Basic " + base64.b64encode(b"user:the-users-own")),
+        (b"X-Not-Base64", b"Basic !!!"),
+    )
+    kept = captured_headers(headers, (TOKEN,))
+    assert kept == (
+        (b"Authorization", REDACTED),
+        (b"X-Other", REDACTED),
+        headers[2],
+        headers[3],
+    )
+    assert captured_headers(headers[:1], ()) == headers[:1]
+
+
 def test_a_token_in_the_target_is_redacted_there_too() -> None:
     ring, _ = capture()
     exchange = ring.begin(head(b"/hook?secret=" + TOKEN + b"&page=2"))

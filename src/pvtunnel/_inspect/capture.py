@@ -13,8 +13,9 @@ their bytes are a conversation, not a document, and may never end.
 
 Never kept: ``Proxy-Authorization`` (the server's external token) and any header
 value that contains one of the agent's own secrets (its tunnel token, its admin
-token); such values read ``[redacted]``, and so do those secrets where a body
-preview holds them. ``Authorization`` and ``Cookie`` are kept, since they are the
+token), in clear or inside HTTP Basic credentials; such values read
+``[redacted]``, and so do those secrets where a body preview holds them.
+``Authorization`` and ``Cookie`` are kept otherwise, since they are the
 developer's own, and the page masks them until clicked.
 
 Plain Python: the Trio layer feeds it and the admin listener renders it.
@@ -23,6 +24,7 @@ Plain Python: the Trio layer feeds it and the admin listener renders it.
 from __future__ import annotations
 
 import base64
+import binascii
 import collections
 import enum
 import time
@@ -75,10 +77,24 @@ def captured_headers(headers: Iterable[tuple[bytes, bytes]], secrets: tuple[byte
     for name, value in headers:
         if name.lower() in _NEVER_CAPTURED:
             continue
-        if any(secret in value for secret in secrets):
+        if any(secret in value for secret in secrets) or _basic_holds_secret(value, secrets):
             value = REDACTED
         kept.append((name, value))
     return tuple(kept)
+
+
+def _basic_holds_secret(value: bytes, secrets: tuple[bytes, ...]) -> bool:
+    """Whether ``value`` is HTTP Basic credentials (``Basic <base64>``) with a secret
+    in them: the way a browser sends the admin token to the inspector's own page,
+    which a route may well lead to, in base64 where a plain search misses it."""
+    scheme, _, credentials = value.strip().partition(b" ")
+    if not secrets or scheme.lower() != b"basic":
+        return False
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True)
+    except binascii.Error:
+        return False
+    return any(secret in decoded for secret in secrets)
 
 
 def _headers_size(headers: Headers) -> int:
