@@ -104,6 +104,8 @@ ROWS = [
         for good in (
             b"[v1.fe80::a+en1]",
             b"[fe80::1%25eth0]:80",
+            b"[::ffff:192.0.2.1]",
+            b"[FE80::1%25en%2F1]",
             b"a%41b",
             b"x!$&'()*+,;=",
         )
@@ -123,6 +125,14 @@ ROWS = [
             b"[::1",
             b"%",
             b"a%zz",
+            # Brackets hold an IPv6 address (its zone as "%25...") or an IPvFuture.
+            b"[app]",
+            b"[1.2.3.4]:80",
+            b"[::1::2]",
+            b"[fe80::1%eth0]",
+            b"[fe80::1%25]",
+            b"[v.x]",
+            b"[vz.x]",
         )
     ],
     (

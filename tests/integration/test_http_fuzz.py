@@ -29,6 +29,7 @@ import contextlib
 import functools
 import queue
 import re
+import socket
 import threading
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -93,6 +94,25 @@ VALID_AUTHORITY: Final = re.compile(
     rb"(\[([" + _UNRESERVED_AND_SUB_DELIMS + rb":]|%[0-9A-Fa-f][0-9A-Fa-f])+\]"
     rb"|([" + _UNRESERVED_AND_SUB_DELIMS + rb"]|%[0-9A-Fa-f][0-9A-Fa-f])*)(:[0-9]*)?"
 )
+_IP_FUTURE: Final = re.compile(rb"[vV][0-9A-Fa-f]+\.[" + _UNRESERVED_AND_SUB_DELIMS + rb":]+")
+_ZONE_ID: Final = re.compile(rb"([A-Za-z0-9\-._~]|%[0-9A-Fa-f][0-9A-Fa-f])+")
+
+
+def valid_ip_literal(inside: bytes) -> bool:
+    """What brackets may hold: an IPvFuture, or an IPv6 address with an optional
+    zone written "%25" ZoneID (RFC 3986 section 3.2.2, RFC 6874)."""
+    if _IP_FUTURE.fullmatch(inside):
+        return True
+    address, separator, zone = inside.partition(b"%25")
+    if separator and not _ZONE_ID.fullmatch(zone):
+        return False
+    try:
+        socket.inet_pton(socket.AF_INET6, address.decode("ascii"))
+    except (OSError, UnicodeDecodeError):
+        return False
+    return True
+
+
 # The server's default, which the examples run with.
 MAX_REQUEST_HEAD_BYTES: Final = 32768
 
@@ -280,7 +300,11 @@ def refusal(request: h11.Request) -> int | str | None:
         authority = request.target  # authority form: the target names the route
     elif authority is None:
         authority = next((v for n, v in request.headers if n == b"host"), b"")
-    if not authority or not VALID_AUTHORITY.fullmatch(authority):
+    if (
+        not authority
+        or not VALID_AUTHORITY.fullmatch(authority)
+        or (authority[:1] == b"[" and not valid_ip_literal(authority[1 : authority.index(b"]")]))
+    ):
         return 400  # none, or not host[:port] (RFC 9112 section 3.2, RFC 3986)
     host = authority.lower()
     name, colon, port = host.rpartition(b":")
@@ -800,6 +824,9 @@ def hostile_writes(draw: st.DrawFn) -> tuple[bytes, ...]:
 # A bug of this test: a request outside the model (HEAD) whose body never came. The
 # client waited for the server, which waited for the body, past the example's limit.
 @example(writes=(b"HEAD /echo HTTP/1.1\r\nHost: app\r\nContent-Length: 14\r\n\r\n", b"\n"))
+# Brackets hold an IPv6 address or an IPvFuture, nothing else (a 400, not a 404).
+@example(writes=(b"GET /echo HTTP/1.1\r\nHost: [app]\r\n\r\n" + CLOSER,))
+@example(writes=(b"GET /echo HTTP/1.1\r\nHost: [fe80::1%25eth0]:80\r\n\r\n" + CLOSER,))
 def hostile_requests_get_what_a_parse_says(live: LiveTunnel, writes: tuple[bytes, ...]) -> None:
     outcome = expected_outcome(b"".join(writes))
     result = live.run(functools.partial(live.hostile, writes, half_close=outcome.half_close))

@@ -20,6 +20,7 @@ Otherwise the request is forwarded to that agent.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import TYPE_CHECKING, Final, Generic
 
@@ -45,6 +46,11 @@ _AUTHORITY: Final = re.compile(
     rb"(?:\[(?:%s|%s|:)+\]|(?:%s|%s)*)(?::[0-9]*)?"
     % (_UNRESERVED_OR_SUB_DELIM, _PCT_ENCODED, _UNRESERVED_OR_SUB_DELIM, _PCT_ENCODED)
 )
+# Inside an IP literal's brackets, the other kind: "v", its version in hex, ".",
+# then unreserved, sub-delims or ":" (RFC 3986 section 3.2.2).
+_IP_FUTURE: Final = re.compile(rb"[vV][0-9A-Fa-f]+\.[-A-Za-z0-9._~!$&'()*+,;=:]+")
+# An IPv6 zone as a URI writes it: "%25", then unreserved or pct-encoded (RFC 6874).
+_ZONE: Final = re.compile(rb"(?:[-A-Za-z0-9._~]|%[0-9A-Fa-f]{2})+")
 TOKEN_REQUIRED: Final = "proxy authentication required"
 SHUTTING_DOWN: Final = "the server is shutting down"
 AGENT_AT_LIMIT: Final = "the agent for this host is at its limit"
@@ -105,9 +111,11 @@ def admit(
     """
     if not authority:
         return Refuse(status=400, reason=NO_HOST)
-    if _AUTHORITY.fullmatch(authority) is None:
+    if _AUTHORITY.fullmatch(authority) is None or (
+        authority[:1] == b"[" and not is_ip_literal(authority[1 : authority.index(b"]")])
+    ):
         # RFC 9112 section 3.2: a Host of invalid syntax is a 400, not a route
-        # that happens not to exist ("app, evil.example", "user@app").
+        # that happens not to exist ("app, evil.example", "user@app", "[app]").
         return Refuse(status=400, reason=INVALID_HOST)
     if token is not None:
         presented = presented_token(headers)
@@ -120,6 +128,21 @@ def admit(
     if match is None:
         return WaitForRoute(authority=key)
     return forward_to(match[0], match[1], max_streams_per_agent)
+
+
+def is_ip_literal(inside: bytes) -> bool:
+    """Whether ``inside`` (what an authority holds between its brackets) is an IPv6
+    address, with or without a zone, or an IPvFuture: what brackets may hold."""
+    if _IP_FUTURE.fullmatch(inside) is not None:
+        return True
+    address, separator, zone = inside.partition(b"%25")
+    if (separator and _ZONE.fullmatch(zone) is None) or b"%" in address:
+        return False  # Python would take a zone after a bare "%", a URI may not
+    try:
+        ipaddress.IPv6Address(address.decode("ascii"))
+    except ValueError:
+        return False
+    return True
 
 
 def forward_to(
