@@ -22,6 +22,7 @@ import trio
 
 from pvtunnel import __version__
 from pvtunnel._config import (
+    CA_FILE_UNUSED,
     AgentConfig,
     InternalConfig,
     Secret,
@@ -330,7 +331,9 @@ def _agent(args: argparse.Namespace) -> int:
     if problems:
         # Missing from the file and the flags alike: the file is named, as `check` names it.
         where = "" if args.config is None else f"{args.config}: "
-        raise ConfigError([f"pvtunnel agent: {where}{problem}" for problem in problems])
+        raise ConfigError(
+            [f"pvtunnel agent: {_blamed(problem, where, args)}" for problem in problems]
+        )
     try:
         return trio.run(_run_agent, config)
     except (OSError, BaseExceptionGroup) as exc:
@@ -339,6 +342,18 @@ def _agent(args: argparse.Namespace) -> int:
         # The reason may be the server's own words: escaped, like a log line.
         say(f"pvtunnel agent: {printable(str(exc))}", level="error")
         return 1
+
+
+def _blamed(problem: str, where: str, args: argparse.Namespace) -> str:
+    """``problem`` said of what caused it: the file, or a flag that replaced its URLs."""
+    if problem == CA_FILE_UNUSED and args.server:
+        # The file's ca_file went with its wss:// URLs: the flag's plain URLs undid it.
+        return (
+            f"--server: no wss:// URL, but {where}server.ca_file is set: it verifies "
+            "TLS servers only; give a wss:// URL or leave ca_file out (a ws:// link is "
+            "neither verified nor encrypted)"
+        )
+    return where + problem
 
 
 async def _run_agent(config: AgentConfig) -> int:

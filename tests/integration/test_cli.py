@@ -18,6 +18,7 @@ import pytest
 import trio
 
 from pvtunnel import __version__
+from tests.config.helpers import write_tls_files
 from tests.integration.client import fetch
 from tests.integration.harness import TOKEN, start_server, start_upstream
 from tests.integration.pki import issue
@@ -100,6 +101,27 @@ def test_check_says_which_kind_a_file_is(tmp_path: Path) -> None:
         result = run("check", str(tmp_path / name))
         assert result.returncode == 0, result.stderr
         assert says in result.stdout
+
+
+def test_a_plain_server_flag_beside_a_files_ca_file_is_blamed_on_the_flag(
+    tmp_path: Path,
+) -> None:
+    """The file is right (its wss:// URL uses its ca_file); the --server ws://...
+    that replaced its URLs is what left the CA file verifying nothing."""
+    write_tls_files(tmp_path, "cert.pem", "key.pem", ca="ca.pem")
+    path = tmp_path / "a.toml"
+    path.write_text(
+        'client_id = "a"\n[server]\nurl = "wss://127.0.0.1:1"\ntoken = "t"\n'
+        f'ca_file = "{tmp_path / "ca.pem"}"\n'
+        '[[routes]]\nname = "app"\nvalue = "127.0.0.1"\nport = 8080\n'
+    )
+    assert run("check", str(path), env={}).returncode == 0
+    started = run("agent", "--config", str(path), "--server", "ws://127.0.0.1:1", env={})
+    assert started.returncode == 2
+    assert started.stderr.startswith(
+        f"pvtunnel agent: --server: no wss:// URL, but {path}: server.ca_file is set: "
+    ), started.stderr
+    assert "give a wss:// URL or leave ca_file out" in started.stderr
 
 
 def test_check_says_what_an_agent_file_leaves_to_flags(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from .loading import (
     load_server_config,
 )
 from .model import (
+    CA_FILE_UNUSED,
     AdminConfig,
     AgentConfig,
     AgentTimeouts,
@@ -32,6 +33,7 @@ from .scaffold import write_init_files
 from .secret import Secret, generate_token
 
 __all__ = [
+    "CA_FILE_UNUSED",
     "AdminConfig",
     "AgentConfig",
     "AgentTimeouts",
