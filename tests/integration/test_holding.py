@@ -21,6 +21,7 @@ import trio.testing
 
 from pvtunnel._config import AdminConfig
 from pvtunnel._metrics import NO_ROUTE
+from pvtunnel._wire.frames import MAX_STREAM_ID
 from tests.integration.admin_probe import scrape
 from tests.integration.client import Reply, fetch
 from tests.integration.harness import (
@@ -230,4 +231,29 @@ async def test_a_held_client_that_hangs_up_frees_its_place_at_once() -> None:
                 await wait_held(running.server, 1)
                 await start_agent(nursery, running, {"app": port})
             assert [reply.status for reply in replies] == [200]
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_connection_out_of_stream_ids_is_replaced_without_failing_a_request(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stream IDs are never reused: the request on the last one is answered, the
+    agent is told to reconnect (GOAWAY), and the next request waits for it."""
+    caplog.set_level(logging.INFO, "pvtunnel")
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, server_config())
+            _, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port})
+            (old,) = running.server.sessions
+            old.tunnel.mux._highest_stream_id = MAX_STREAM_ID - 1  # four billion requests on
+            last = await fetch(running.port, b"GET", b"/")
+            assert (last.status, last.header(b"x-upstream")) == (200, b"svc")
+            assert not old.tunnel.mux.can_open_stream
+            # Unrouted at once: the next request is held, not sent to a spent connection.
+            held = await fetch(running.port, b"GET", b"/")
+            assert (held.status, held.header(b"x-upstream")) == (200, b"svc")
+            (new,) = running.server.sessions
+            assert new is not old
+            assert "stream IDs used up; the agent is asked to reconnect" in caplog.text
             nursery.cancel_scope.cancel()

@@ -498,6 +498,30 @@ def test_server_goaway_stops_it_opening_and_lets_streams_finish() -> None:
     assert pair.server.stream_count == pair.agent.stream_count == 0
 
 
+def test_the_last_stream_id_goes_out_with_a_goaway() -> None:
+    """IDs are never reused: with the last one the server says GOAWAY, so the agent
+    reconnects (a fresh ID space) while that last stream still finishes."""
+    pair = opened_pair()
+    pair.server._highest_stream_id = fr.MAX_STREAM_ID - 2  # four billion streams later
+    assert pair.open() == fr.MAX_STREAM_ID - 1
+    before_the_last = pair.server.can_open_stream
+    last = pair.server.open_stream(GET)
+    assert last == fr.MAX_STREAM_ID
+    assert (before_the_last, pair.server.can_open_stream) == (True, False)
+    assert pair.to_agent() == [
+        ev.StreamOpened(stream_id=last, head=GET),
+        ev.GoAwayReceived(
+            last_stream_id=last, code=ErrorCode.NO_ERROR, reason="stream IDs used up: reconnect"
+        ),
+    ]
+    pair.agent.send_response(last, OK)
+    pair.agent.end_stream(last)
+    assert pair.to_server() == [
+        ev.ResponseReceived(stream_id=last, head=OK),
+        ev.StreamEnded(stream_id=last),
+    ]
+
+
 def test_goaway_before_the_handshake_is_refused_and_after_close_ignored() -> None:
     server = Multiplexer(Role.SERVER)
     with pytest.raises(LocalProtocolError):

@@ -363,6 +363,10 @@ class Tunnel:
         channel = Channel(self, stream_id)
         self._channels[stream_id] = channel
         self.wake_writer()
+        if self.mux.is_going_away:
+            # That was the last stream ID: the multiplexer said GOAWAY with it.
+            logger.info("%s: stream IDs used up; the agent is asked to reconnect", self.label)
+            self._leaving()
         return channel
 
     def forget(self, stream_id: StreamId) -> None:

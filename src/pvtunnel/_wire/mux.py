@@ -276,6 +276,10 @@ class Multiplexer:
             self._streams[stream_id] = StreamState(
                 Half.OPEN, Half.IDLE, self._peer_window, self._window
             )
+        if stream_id == fr.MAX_STREAM_ID:
+            # IDs are never reused: the agent is told to reconnect, which starts a
+            # fresh ID space (protocol.md section 6), and this stream still finishes.
+            self.goaway(ErrorCode.NO_ERROR, "stream IDs used up: reconnect")
         return StreamId(stream_id)
 
     def send_response(self, stream_id: StreamId, head: ResponseHead) -> None:
