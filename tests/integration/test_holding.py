@@ -13,6 +13,7 @@ never by sleeping.
 from __future__ import annotations
 
 import logging
+import struct
 from typing import TYPE_CHECKING
 
 import attrs
@@ -25,6 +26,7 @@ from pvtunnel._wire.frames import MAX_STREAM_ID
 from tests.integration.admin_probe import scrape
 from tests.integration.client import Reply, fetch
 from tests.integration.harness import (
+    TOKEN,
     Running,
     server_config,
     start_agent,
@@ -32,6 +34,7 @@ from tests.integration.harness import (
     start_upstream,
     wait_for_sessions,
 )
+from tests.integration.hostile import GOAWAY, HostileAgent, frame
 
 if TYPE_CHECKING:
     import pytest
@@ -256,4 +259,32 @@ async def test_a_connection_out_of_stream_ids_is_replaced_without_failing_a_requ
             (new,) = running.server.sessions
             assert new is not old
             assert "stream IDs used up; the agent is asked to reconnect" in caplog.text
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_request_an_agent_refuses_as_it_leaves_goes_to_another() -> None:
+    """The server opened a stream on an agent whose GOAWAY was already on its way:
+    the agent never saw the request, so it is sent again, here to the agent that
+    registered meanwhile, not answered 503."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, server_config())
+            _, port = await start_upstream(nursery, "svc")
+            async with await HostileAgent.connect(
+                running.addresses.internal, TOKEN, client_id="leaving"
+            ) as leaving:
+                replies: list[Reply] = []
+
+                async def client() -> None:
+                    replies.append(await fetch(running.port, b"GET", b"/"))
+
+                async with trio.open_nursery() as clients:
+                    clients.start_soon(client)
+                    head = await leaving.receive_request()
+                    await start_agent(nursery, running, {"app": port})
+                    # GOAWAY with the last stream ID below the request's: refused unseen.
+                    payload = struct.pack(">IB", head.stream_id - 1, 0) + b"restarting"
+                    await leaving.send(frame(GOAWAY, 0, payload))
+            ((status, upstream),) = [(r.status, r.header(b"x-upstream")) for r in replies]
+            assert (status, upstream) == (200, b"svc")
             nursery.cancel_scope.cancel()

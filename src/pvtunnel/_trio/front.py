@@ -333,8 +333,6 @@ class ClientConnection:
 
     async def _proxy(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
         """Proxy one request; False when the connection must be closed afterwards."""
-        state = self.state
-        config = state.config
         self.route, self.request_bytes = None, 0
         chunked = hdr.is_chunked(headers)
         has_body = self.has_body = chunked or bool(hdr.content_length(headers))
@@ -371,6 +369,42 @@ class ClientConnection:
             authority = request.target  # authority-form: the route is the target
         if authority is None:
             authority = hdr.header_value(headers, b"host")
+        # A request no agent has seen is sent again, as admission picks anew, when
+        # the agent it went to turned out to be leaving: it went away as the stream
+        # opened, or refused the stream (its GOAWAY crossed the request). A request
+        # with a body is not: its bytes are on their way to the agent.
+        for attempt in range(_ATTEMPTS):
+            outcome = await self._forward(
+                request,
+                headers,
+                authority,
+                host_override,
+                origin_target,
+                switch,
+                chunked,
+                retry=attempt + 1 < _ATTEMPTS,
+            )
+            if outcome is not None:
+                return outcome
+        raise AssertionError("the last attempt answers")  # pragma: no cover
+
+    async def _forward(
+        self,
+        request: h11.Request,
+        headers: list[tuple[bytes, bytes]],
+        authority: bytes | None,
+        host_override: bytes | None,
+        origin_target: bytes,
+        switch: hdr.Switch | None,
+        chunked: bool,
+        *,
+        retry: bool,
+    ) -> bool | None:
+        """Admit and forward the request once; None: not forwarded after all, try again
+        (only when ``retry``: see `_proxy`)."""
+        state = self.state
+        config = state.config
+        has_body = self.has_body
         limit = config.limits.max_streams_per_agent
         admission = admit(
             authority=authority,
@@ -436,6 +470,8 @@ class ClientConnection:
             # A switching request keeps its half open: raw bytes may follow the head.
             channel = session.tunnel.open_stream(head, end_stream=not has_body and switch is None)
         except TunnelClosedError:
+            if retry:
+                return None
             return await self._refuse(
                 request, 502, "the agent for this host went away", route=route
             )
@@ -459,7 +495,11 @@ class ClientConnection:
                 # A hang-up while we wait is noticed by `watch_hangups`, which costs no
                 # task per request (a task each cost a sixth of the server's CPU).
                 self._watch_hangup(channel)
-                keep = await self._relay_response(channel, request, session.client_id)
+                keep = await self._relay_response(
+                    channel, request, session.client_id, retry_refused=retry
+                )
+                if keep is None:
+                    return None  # refused unseen: sent again
                 return keep and self.client_error is None
             # The request body is pumped upstream while the response comes. The
             # response timeout starts once the body is sent (`_pump_request_body`);
@@ -604,13 +644,19 @@ class ClientConnection:
         request: h11.Request,
         agent: str,
         switch: hdr.Switch | None = None,
-    ) -> bool:
-        """Stream -> client. False when the client connection must be closed."""
+        *,
+        retry_refused: bool = False,
+    ) -> bool | None:
+        """Stream -> client. False when the client connection must be closed; None
+        when the agent refused the stream unseen and ``retry_refused`` says the caller
+        sends the request again (nothing is answered or logged then)."""
         started = self.started
         try:
             head = await self._receive_final_head(channel, switch)
             self.phase = Phase.PROXYING
         except StreamResetError as exc:
+            if retry_refused and exc.code is ErrorCode.REFUSED_STREAM and self.client_error is None:
+                return None
             if isinstance(self.client_error, ClientGoneError):
                 # Nobody is left to answer; logged as nginx does, 499 "client closed".
                 self._log_proxied(request, 499, 0, agent, started, channel)
@@ -841,6 +887,10 @@ class ClientConnection:
                     reason=item.reason,
                 )
             )
+
+
+# Admissions of one request whose agent turned out to be leaving (see `_proxy`).
+_ATTEMPTS: Final = 3
 
 
 # How long a client cut by the end of the shutdown grace period may take its 503.
