@@ -113,6 +113,7 @@ async def test_a_held_request_refused_is_logged_under_its_route_with_its_wait(
     caplog.set_level(logging.INFO, logger="pvtunnel.access")
     async with trio.open_nursery() as nursery:
         running, _, _ = await start_departed(nursery, server_config(timeouts={"hold_s": 4.0}))
+        served = running.server.state.metrics.routes["app"].duration.count  # before it left
         replies: list[Reply] = []
 
         async def client() -> None:
@@ -128,8 +129,50 @@ async def test_a_held_request_refused_is_logged_under_its_route_with_its_wait(
         assert line["duration_ms"] >= 4000
         figures = running.server.state.metrics.routes["app"]
         assert figures.status_classes[5] == 1
+        # It reached no agent: the duration histogram (agent time) leaves it out.
+        assert figures.duration.count == served
         assert NO_ROUTE not in running.server.state.metrics.routes
         nursery.cancel_scope.cancel()
+
+
+async def test_a_held_request_served_is_logged_with_its_wait(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its line says how long the client waited, wait included; the duration
+    histogram keeps the agent's part alone, as for any other request."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.access")
+    async with trio.open_nursery() as nursery:
+        running, _, port = await start_departed(nursery, server_config(timeouts={"hold_s": 30.0}))
+        before = running.server.state.metrics.routes["app"].duration
+        count, total = before.count, before.sum
+        replies: list[Reply] = []
+
+        async def client() -> None:
+            replies.append(await fetch(running.port, b"GET", b"/held"))
+
+        async with trio.open_nursery() as clients:
+            clients.start_soon(client)
+            await wait_held(running.server, 1)
+            mock_clock.jump(2.5)
+            await start_agent(nursery, running, {"app": port})
+        assert [reply.status for reply in replies] == [200]
+        line = vars([r for r in caplog.records if r.name == "pvtunnel.access"][-1])
+        assert (line["target"], line["status"]) == ("/held", 200)
+        assert line["duration_ms"] >= 2500
+        figures = running.server.state.metrics.routes["app"]
+        assert figures.duration.count == count + 1
+        assert figures.duration.sum - total < 1.0  # the 2.5 s wait is not the agent's
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_name_never_served_is_not_in_the_duration_histogram() -> None:
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, server_config())
+            assert (await fetch(running.port, b"GET", b"/", host=b"nowhere")).status == 404
+            figures = running.server.state.metrics.routes[NO_ROUTE]
+            assert (figures.status_classes[4], figures.duration.count) == (1, 0)
+            nursery.cancel_scope.cancel()
 
 
 async def test_the_hold_is_not_the_upstreams_time(mock_clock: trio.testing.MockClock) -> None:

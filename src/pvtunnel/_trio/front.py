@@ -109,8 +109,11 @@ class ClientConnection:
         self.has_body = False
         # While the body flows: whether we wait for the agent's credit (else the client).
         self.body_waits_for_agent = False
-        # When the current request's head was read (trio clock), for its log line.
+        # When the current request's head was read (trio clock), or, if it waited
+        # for an agent, when that wait ended, for its log line and its deadline.
         self.started = 0.0
+        # When the current request began to wait for an agent, if it did.
+        self.waited_from: float | None = None
         # The current request until its log line is written, and the agent and
         # stream it went to: a deadline that ends it early still logs it.
         self.unlogged: h11.Request | None = None
@@ -333,6 +336,7 @@ class ClientConnection:
 
     async def _proxy(self, request: h11.Request, headers: list[tuple[bytes, bytes]]) -> bool:
         """Proxy one request; False when the connection must be closed afterwards."""
+        self.waited_from = None
         self.route, self.request_bytes = None, 0
         chunked = hdr.is_chunked(headers)
         has_body = self.has_body = chunked or bool(hdr.content_length(headers))
@@ -419,7 +423,7 @@ class ClientConnection:
             # has its own bound (`hold_s`, then 503); the upstream's time starts
             # once the request can go to an agent, or its refusal be written.
             self.deadline.set(math.inf)
-            waited_from = trio.current_time()
+            waited_from = self.waited_from = trio.current_time()
             held = await self._wait_held(admission.authority)
             self.started = trio.current_time()
             self.deadline.set(self.started + config.timeouts.upstream_response_s)
@@ -824,6 +828,7 @@ class ClientConnection:
             route=self.route,
             bytes_in=self.request_bytes,
             stream_id=channel.stream_id,
+            waited_from=self.waited_from,
         )
 
     def log_cut_short(self, status: int) -> None:
@@ -843,6 +848,7 @@ class ClientConnection:
             route=self.route,
             bytes_in=self.request_bytes,
             stream_id=stream_id,
+            waited_from=self.waited_from if agent is not None else None,
         )
 
     async def _receive_final_head(

@@ -148,15 +148,27 @@ class ServerState:
         route: str | None = None,
         bytes_in: int = 0,
         stream_id: int | None = None,
+        waited_from: float | None = None,
     ) -> None:
         """Count and log one answered request: the single hook for /metrics and the access log.
 
         ``size`` is the response body bytes sent, ``bytes_in`` the request body bytes
-        forwarded, ``started`` when the stream to the agent opened (None if the request
-        never reached one).
+        forwarded, ``started`` when the stream to the agent opened, or when a request
+        that reached no agent began to wait for one (else None), ``waited_from`` when
+        a request that then reached an agent began to wait. The log's duration is
+        what the client waited; the duration histogram's, the agent's part alone.
         """
-        duration_s = trio.current_time() - started if started is not None else None
-        self.metrics.record_request(route, status, bytes_in, size, duration_s)
+        now = trio.current_time()
+        self.metrics.record_request(
+            route,
+            status,
+            bytes_in,
+            size,
+            now - started if started is not None and agent is not None else None,
+        )
+        if waited_from is not None:
+            started = waited_from
+        duration_s = now - started if started is not None else None
         if not access_logger.isEnabledFor(logging.INFO):
             return
         host = next((v for n, v in request.headers if n == b"host"), b"-").decode("latin-1")
