@@ -72,6 +72,18 @@ def test_lookup_order_whole_authority_then_host_then_domain() -> None:
     assert router.lookup("other") is None
 
 
+def test_sessions_equally_busy_take_turns() -> None:
+    router: Router[FakeSession] = Router()
+    sessions = [FakeSession(name) for name in ("a", "b", "c")]
+    for session in sessions:
+        router.add(session, ["app"])
+    chosen = [router.lookup("app") for _ in range(6)]
+    assert sorted(route[1].name for route in chosen if route is not None) == list("aabbcc")
+    sessions[1].in_flight = 1
+    picked = [router.lookup("app") for _ in range(4)]
+    assert {route[1].name for route in picked if route is not None} == {"a", "c"}
+
+
 def test_least_in_flight_wins_and_removed_sessions_are_never_chosen() -> None:
     router: Router[FakeSession] = Router()
     busy, idle = FakeSession("busy", in_flight=5), FakeSession("idle", in_flight=1)

@@ -87,6 +87,10 @@ class Router(Generic[SessionT]):
     def __init__(self, *, domain: str | None = None) -> None:
         self._domain_suffix = "." + domain.lower().strip(".") if domain else None
         self._routes: dict[str, list[SessionT]] = {}
+        # Where `lookup` starts among a name's sessions: it moves on at each lookup,
+        # so sessions equally busy take turns (a sequential client, or a quiet one,
+        # would otherwise always reach the first, and a broken second go unnoticed).
+        self._turn = 0
 
     def add(self, session: SessionT, names: Iterable[str]) -> None:
         for name in names:
@@ -114,15 +118,18 @@ class Router(Generic[SessionT]):
         return {name: tuple(sessions) for name, sessions in self._routes.items()}
 
     def lookup(self, authority: str) -> tuple[str, SessionT] | None:
-        """The matched route name and the least busy session serving it, or None."""
+        """The matched route name and the least busy session serving it (among equals,
+        each in turn), or None."""
         routes = self._routes
         key = self.match_name(authority, routes)
         if key is None:
             return None
         sessions = routes[key]
-        if len(sessions) == 1:
+        count = len(sessions)
+        if count == 1:
             return key, sessions[0]
-        return key, min(sessions, key=_in_flight)
+        self._turn = turn = (self._turn + 1) % count
+        return key, min(sessions[turn:] + sessions[:turn], key=_in_flight)
 
     def match_name(self, authority: str, names: Container[str]) -> str | None:
         """The name among ``names`` that a request for ``authority`` is for, or None.
