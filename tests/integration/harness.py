@@ -41,7 +41,8 @@ def server_config(
         host="127.0.0.1",
         internal=InternalConfig(**(internal_fields | (internal or {}))),
         external=ExternalConfig(**({"port": 0} | (external or {}))),
-        timeouts=TimeoutsConfig(**(timeouts or {})),
+        # Unknown names get 404 at once unless a test asks for the startup hold.
+        timeouts=TimeoutsConfig(**({"startup_hold_s": 0.0} | (timeouts or {}))),
         limits=LimitsConfig(**(limits or {})),
     )
 

@@ -331,3 +331,46 @@ async def test_a_request_an_agent_refuses_as_it_leaves_goes_to_another() -> None
             ((status, upstream),) = [(r.status, r.header(b"x-upstream")) for r in replies]
             assert (status, upstream) == (200, b"svc")
             nursery.cancel_scope.cancel()
+
+
+async def test_a_server_just_started_holds_any_name_until_its_agent_comes(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A restarted server, or a new replica agents find at their next DNS look-up,
+    has met no agent yet: a name it cannot know waits, as a remembered one does,
+    and after ``startup_hold_s`` an unknown name is a 404 again at once."""
+    config = server_config(timeouts={"startup_hold_s": 30.0, "hold_s": 10.0})
+    with trio.fail_after(60):  # on the mock clock: it jumps 35.5 s in all
+        await _startup_hold(config, mock_clock)
+
+
+async def _startup_hold(config: ServerConfig, mock_clock: trio.testing.MockClock) -> None:
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, config)
+        _, port = await start_upstream(nursery, "svc")
+        replies: list[Reply] = []
+
+        answered = trio.CancelScope()
+
+        async def client(host: bytes) -> None:
+            replies.append(await fetch(running.port, b"GET", b"/", host=host))
+            answered.cancel()  # held or not, the test stops waiting for the hold
+
+        async with trio.open_nursery() as clients:
+            clients.start_soon(client, b"app")
+            with answered:
+                await wait_held(running.server, 1)
+            assert replies == [], "answered at once instead of held"
+            mock_clock.jump(5.0)
+            await start_agent(nursery, running, {"app": port})
+        assert [(r.status, r.header(b"x-upstream")) for r in replies] == [(200, b"svc")]
+        answered = trio.CancelScope()
+        async with trio.open_nursery() as clients:
+            clients.start_soon(client, b"typo")  # no agent comes: 503, "try again"
+            with answered:
+                await wait_held(running.server, 1)
+            mock_clock.jump(10.5)
+        assert (replies[-1].status, replies[-1].header(b"retry-after")) == (503, b"10")
+        mock_clock.jump(20.0)  # past startup_hold_s
+        assert (await fetch(running.port, b"GET", b"/", host=b"typo")).status == 404
+        nursery.cancel_scope.cancel()

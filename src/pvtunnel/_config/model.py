@@ -241,6 +241,11 @@ class TimeoutsConfig:
     # for it then waits up to hold_s for an agent to register (else 503 + Retry-After).
     route_memory_s: float = attrs.field(default=60.0, validator=Rule(rules.seconds))
     hold_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
+    # A server that just started cannot tell a name that does not exist from one
+    # whose agents have not found it yet (they reconnect with backoff, or discover a
+    # new replica at their next DNS look-up): for this long after it starts, every
+    # name is held as a remembered one is. 0: unknown names get 404 from the start.
+    startup_hold_s: float = attrs.field(default=30.0, validator=Rule(rules.delay_seconds))
     # On SIGTERM, /ready answers 503 this long before the listeners close, while
     # requests are still served: a load balancer's health check (or Kubernetes'
     # endpoint removal) notices first, so no new client meets a closed port.

@@ -7,7 +7,9 @@ name leaves, the server remembers the name for ``route_memory_s``; a request for
 it waits up to ``hold_s`` (and only while fewer than ``max_held_requests`` wait)
 for an agent serving it to register, and is forwarded then. If none comes it gets
 503 with ``Retry-After``, which says "try again", not "no such thing". A name no
-agent served lately still gets 404 at once.
+agent served lately still gets 404 at once, except in the server's first
+``startup_hold_s``: a server that just started (a restart, a new replica agents
+find at their next DNS look-up) has seen no agent yet, so any name is held.
 
 Only new requests wait: one already sent over a lost connection fails with 502,
 since the upstream may have acted on it and replaying it is not safe.
@@ -73,6 +75,13 @@ class RouteMemory:
         self.memory_s = memory_s
         # name -> until when (trio's clock) it is remembered.
         self.names: dict[str, float] = {}
+        # Until when every name counts as remembered (see `remember_every_name`).
+        self.every_name_until = -math.inf
+
+    def remember_every_name(self, now: float, for_s: float) -> None:
+        """The server starts: for ``for_s``, any name may be one whose agents have
+        not connected yet, so none is answered as unknown."""
+        self.every_name_until = now + for_s
 
     def remember(self, names: Iterable[str], now: float) -> None:
         """The last agent serving each of ``names`` left at ``now``."""
@@ -87,5 +96,8 @@ class RouteMemory:
             self.names.pop(name, None)
 
     def recalls(self, name: str | None, now: float) -> bool:
-        """Whether ``name`` (a remembered name or None) was served less than ``memory_s`` ago."""
+        """Whether ``name`` (a remembered name or None) was served less than ``memory_s``
+        ago, or the server started lately enough that any name may still come."""
+        if now < self.every_name_until:
+            return True
         return name is not None and self.names.get(name, -math.inf) > now

@@ -47,6 +47,10 @@ class HeldRequests:
         """Wait until a request starts or stops waiting (for status pages and tests)."""
         await self._waiting_changed.park()
 
+    def server_started(self, startup_hold_s: float) -> None:
+        """The listeners are open: hold any name for ``startup_hold_s`` (see `RouteMemory`)."""
+        self.memory.remember_every_name(trio.current_time(), startup_hold_s)
+
     def routes_left(self, names: Iterable[str]) -> None:
         """No agent serves ``names`` any more: remember them from now."""
         self.memory.remember(names, trio.current_time())

@@ -132,6 +132,7 @@ class TunnelServer:
                     )
                 )
                 self.state.listening = True
+                self.state.held.server_started(config.timeouts.startup_hold_s)
                 task_status.started(
                     ServerAddresses(
                         internal=(internal[0], internal[1]),
