@@ -159,6 +159,37 @@ def test_admin_urls() -> None:
             admin_url(other)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "127.0.0.1:99999",
+        "127.0.0.1:0",
+        "127.0.0.1:+80",
+        "127.0.0.1:\uff18\uff10",
+        "127.0.0.1:",
+        "http://127.0.0.1:http",
+        "http://[::1",
+        "http://[::1]x:8082",
+        "http://[not-v6]:8082",
+        "::1:8082",
+        "http://user@127.0.0.1:8082",
+        "http://",
+        "127.0.0.1:8082\n",
+        "http://127.0.0.1:80 82",
+    ],
+)
+def test_an_admin_address_that_names_no_one_listener_is_refused(text: str) -> None:
+    """urllib would take each of these somewhere: a port of 99999 wraps round, ``+80``
+    is 80, an unclosed bracket is a traceback; and the token goes with it."""
+    with pytest.raises(ValueError, match=re.escape(repr(text))):
+        admin_url(text)
+
+
+def test_an_ipv6_admin_address_keeps_its_port() -> None:
+    assert admin_url("[::1]:8082") == "http://[::1]:8082/status"
+    assert admin_url("https://[::1]") == "https://[::1]/status"
+
+
 def server_entry(url: str, **changes: object) -> AgentServerEntry:
     entry = AgentServerEntry(
         url=url,

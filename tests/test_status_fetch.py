@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pvtunnel import _status
+from pvtunnel import _cli, _status
 from pvtunnel._errors import StatusError
 from pvtunnel._status import fetch_status, format_status
 
@@ -201,3 +201,34 @@ def test_what_the_peer_wrote_cannot_drive_the_terminal() -> None:
     assert "\x1b" not in text
     assert "\nFORGED LINE" not in text
     assert "\\x1b]0;pwned\\x07" in text
+
+
+def test_a_port_past_65535_is_refused_before_the_token_goes_anywhere(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Left to http.client, port P + 65536 wraps round to P: the listener there
+    would get the token."""
+    monkeypatch.setenv("PVTUNNEL_ADMIN_TOKEN", TOKEN)
+    with endpoint(json_answer(AGENT)) as (url, seen):
+        port = int(url.removesuffix("/status").rpartition(":")[2])
+        with pytest.raises(SystemExit) as exited:
+            _cli.main(["status", "--admin", f"127.0.0.1:{port + 65536}"])
+    assert exited.value.code == 2
+    assert seen == []
+    assert capsys.readouterr().err.startswith("--admin: the port must be a number")
+
+
+def test_an_unusable_admin_url_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        _cli.main(["status", "--admin", "http://[::1"])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("--admin: ")
+    assert error.count("\n") == 1
+
+
+def test_a_url_urllib_cannot_parse_is_a_status_error() -> None:
+    with pytest.raises(StatusError, match=r"cannot reach http://\[::1/status"):
+        fetch_status("http://[::1/status", None)

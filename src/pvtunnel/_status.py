@@ -9,6 +9,7 @@ makes one request and exits, so it has no use for an event loop.
 from __future__ import annotations
 
 import http.client
+import ipaddress
 import json
 import time
 import urllib.error
@@ -115,14 +116,54 @@ def iso_utc(timestamp: float) -> str:
 def admin_url(text: str) -> str:
     """``host:port`` or a URL -> the URL of ``/status`` (a bare address means http://).
 
+    The host and port are checked here, not left to urllib and http.client: they
+    read them more loosely (a port of 99999 wraps round to 34463, ``+80`` is 80),
+    and the admin token goes wherever they connect.
+
     Raises:
-        ValueError: a URL of another scheme than http or https (urllib would try it).
+        ValueError: a URL of another scheme than http or https (urllib would try it),
+            or a host or port that names no one listener.
     """
-    scheme, found, _ = text.partition("://")
+    scheme, found, rest = text.partition("://")
     if found and scheme.lower() not in ("http", "https"):
         raise ValueError(f"expected an http:// or https:// URL or HOST:PORT, got {text!r}")
-    base = text if found else f"http://{text}"
-    return base.rstrip("/") + "/status"
+    if not found:
+        scheme, rest = "http", text
+    if any(char.isspace() or not char.isprintable() for char in text):
+        raise ValueError(f"a space or control character has no place in a URL: {text!r}")
+    # Where urllib ends the host and port (its _splithost), so both read the same.
+    end = min((rest.find(mark) for mark in "/?#" if mark in rest), default=len(rest))
+    authority, path = rest[:end], rest[end:]
+    return f"{scheme}://{_authority(authority, text)}{path.rstrip('/')}/status"
+
+
+def _authority(authority: str, text: str) -> str:
+    """``host``, ``host:port`` or ``[v6]:port``, checked (``text`` is for the message)."""
+    if "@" in authority:
+        raise ValueError(
+            f"a user name in the URL is not sent (the token comes from --token-file or "
+            f"$PVTUNNEL_ADMIN_TOKEN): {text!r}"
+        )
+    if authority.startswith("["):
+        address, closed, after = authority[1:].partition("]")
+        if not closed or (after and not after.startswith(":")):
+            raise ValueError(f"expected [IPV6] or [IPV6]:PORT, got {text!r}")
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            raise ValueError(f"not an IPv6 address in brackets: {text!r}") from None
+        port = after[1:] if after else None
+    else:
+        host, colon, port = authority.rpartition(":")
+        if not colon:
+            host, port = authority, None
+        if not host:
+            raise ValueError(f"no host in {text!r}")
+        if ":" in host:
+            raise ValueError(f"an IPv6 address goes in brackets ([::1]:8082), got {text!r}")
+    if port is not None and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ValueError(f"the port must be a number from 1 to 65535, got {text!r}")
+    return authority
 
 
 def fetch_status(url: str, token: str | None) -> StatusDocument:
@@ -139,13 +180,15 @@ def fetch_status(url: str, token: str | None) -> StatusDocument:
         StatusError: Unreachable, refused (401), another HTTP error, or not a
             status document. The message never contains the token.
     """
-    request = urllib.request.Request(url, headers={"Accept": "application/json"})
+    headers = {"Accept": "application/json"}
     if token is not None:
         if not token.isascii() or not token.isprintable() or " " in token:
             # http.client's complaint would quote the whole header, token and all.
             raise StatusError("the admin token holds a character no header can carry (a newline?)")
-        request.add_header("Authorization", f"Bearer {token}")
+        headers["Authorization"] = f"Bearer {token}"
     try:
+        # Inside: urllib refuses some URLs here already (a bracket left open).
+        request = urllib.request.Request(url, headers=headers)
         with _OPENER.open(request, timeout=FETCH_TIMEOUT_S) as response:
             body = _read_bounded(response, url)
     except urllib.error.HTTPError as exc:
