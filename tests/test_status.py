@@ -185,6 +185,33 @@ def test_an_admin_address_that_names_no_one_listener_is_refused(text: str) -> No
         admin_url(text)
 
 
+def test_an_admin_url_may_name_status_itself() -> None:
+    assert admin_url("http://127.0.0.1:8082/status") == "http://127.0.0.1:8082/status"
+    assert admin_url("127.0.0.1:8082/status") == "http://127.0.0.1:8082/status"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "http://127.0.0.1:8082?x",
+        "http://127.0.0.1:8082/?x",
+        "http://127.0.0.1:8082/status?x",
+        "http://127.0.0.1:8082#frag",
+        "http://127.0.0.1:8082/status#frag",
+        "http://127.0.0.1:8082/?",
+        "http://127.0.0.1:8082/metrics",
+        "http://127.0.0.1:8082/status/",
+        "http://127.0.0.1:8082//",
+        "127.0.0.1:8082/admin",
+    ],
+)
+def test_an_admin_url_with_another_path_a_query_or_a_fragment_is_refused(text: str) -> None:
+    """Appending ``/status`` to these named another page, or put it inside the query
+    or the fragment; which page was meant is not for the command to guess."""
+    with pytest.raises(ValueError, match=re.escape(repr(text))):
+        admin_url(text)
+
+
 def test_an_ipv6_admin_address_keeps_its_port() -> None:
     assert admin_url("[::1]:8082") == "http://[::1]:8082/status"
     assert admin_url("https://[::1]") == "https://[::1]/status"

@@ -232,3 +232,23 @@ def test_an_unusable_admin_url_is_one_line_not_a_traceback(
 def test_a_url_urllib_cannot_parse_is_a_status_error() -> None:
     with pytest.raises(StatusError, match=r"cannot reach http://\[::1/status"):
         fetch_status("http://[::1/status", None)
+
+
+def test_an_admin_url_ending_in_status_reads_that_page(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def at_status_only(handler: Handler) -> None:
+        if handler.path == "/status":
+            json_answer(AGENT)(handler)
+        else:
+            handler.send_error(404)
+
+    with endpoint(at_status_only) as (url, seen):
+        with pytest.raises(SystemExit) as shown:
+            _cli.main(["status", "--admin", url])
+        assert (shown.value.code, len(seen)) == (0, 1)
+        assert capsys.readouterr().out.startswith("pvtunnel agent edge at http://127.0.0.1:")
+        with pytest.raises(SystemExit) as refused:
+            _cli.main(["status", "--admin", f"{url}?verbose"])
+        assert (refused.value.code, len(seen)) == (2, 1)
+        assert capsys.readouterr().err.startswith("--admin: a query or fragment")

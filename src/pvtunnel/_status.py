@@ -116,13 +116,17 @@ def iso_utc(timestamp: float) -> str:
 def admin_url(text: str) -> str:
     """``host:port`` or a URL -> the URL of ``/status`` (a bare address means http://).
 
+    A URL may end in ``/status`` already; any other path, a query or a fragment is
+    refused rather than guessed at (``/status`` appended to them named another page).
+
     The host and port are checked here, not left to urllib and http.client: they
     read them more loosely (a port of 99999 wraps round to 34463, ``+80`` is 80),
     and the admin token goes wherever they connect.
 
     Raises:
         ValueError: a URL of another scheme than http or https (urllib would try it),
-            or a host or port that names no one listener.
+            a host or port that names no one listener, or a path, query or
+            fragment that is not the listener's ``/status``.
     """
     scheme, found, rest = text.partition("://")
     if found and scheme.lower() not in ("http", "https"):
@@ -134,7 +138,12 @@ def admin_url(text: str) -> str:
     # Where urllib ends the host and port (its _splithost), so both read the same.
     end = min((rest.find(mark) for mark in "/?#" if mark in rest), default=len(rest))
     authority, path = rest[:end], rest[end:]
-    return f"{scheme}://{_authority(authority, text)}{path.rstrip('/')}/status"
+    checked = _authority(authority, text)
+    if "?" in path or "#" in path:
+        raise ValueError(f"a query or fragment has no place in the admin URL: {text!r}")
+    if path not in ("", "/", "/status"):
+        raise ValueError(f"expected no path, / or /status after the host, got {text!r}")
+    return f"{scheme}://{checked}/status"
 
 
 def _authority(authority: str, text: str) -> str:
