@@ -68,8 +68,11 @@ def endpoint(answer: Any) -> Iterator[tuple[str, list[str | None]]]:
 
 
 def json_answer(document: object) -> Any:
+    return body_answer(json.dumps(document).encode())
+
+
+def body_answer(body: bytes) -> Any:
     def answer(handler: Handler) -> None:
-        body = json.dumps(document).encode()
         handler.send_response(200)
         handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
@@ -184,13 +187,7 @@ def test_a_lying_document_is_one_line_not_a_traceback(document: dict[str, Any]) 
 
 
 def test_json_nested_too_deep_is_not_json() -> None:
-    def deep(handler: Handler) -> None:
-        body = b"[" * 200_000 + b"]" * 200_000
-        handler.send_response(200)
-        handler.send_header("Content-Length", str(len(body)))
-        handler.end_headers()
-        handler.wfile.write(body)
-
+    deep = body_answer(b"[" * 200_000 + b"]" * 200_000)
     with endpoint(deep) as (url, _), pytest.raises(StatusError, match="not JSON"):
         fetch_status(url, None)
 
@@ -252,3 +249,18 @@ def test_an_admin_url_ending_in_status_reads_that_page(
             _cli.main(["status", "--admin", f"{url}?verbose"])
         assert (refused.value.code, len(seen)) == (2, 1)
         assert capsys.readouterr().err.startswith("--admin: a query or fragment")
+
+
+def test_a_document_nested_too_deep_to_escape_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """700 levels: few enough for json to parse, too many to escape recursively
+    (two frames a level, under a limit of 1000)."""
+    deep = body_answer(b'{"kind": "server", "x": ' + b"[" * 700 + b"]" * 700 + b"}")
+    with endpoint(deep) as (url, _), pytest.raises(SystemExit) as exited:
+        _cli.main(["status", "--admin", url])
+    assert exited.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("pvtunnel status: http://127.0.0.1:")
+    assert "not a pvtunnel status document (RecursionError" in error
+    assert error.count("\n") == 1

@@ -260,12 +260,13 @@ def format_status(document: StatusDocument, source: str) -> str:
         StatusError: the document lacks what a status document holds, or holds
             values of the wrong kind.
     """
-    escaped = cast("StatusDocument", _escaped(document))
     try:
+        # Inside: a document nested deeper than the stack allows overruns it here.
+        escaped = cast("StatusDocument", _escaped(document))
         if escaped["kind"] == "server":
             return _format_server(escaped, printable(source))
         return _format_agent(escaped, printable(source))
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
         reason = printable(f"{type(exc).__name__} {exc}")
         raise StatusError(f"{source}: not a pvtunnel status document ({reason})") from None
 
