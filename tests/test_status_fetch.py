@@ -8,6 +8,8 @@ import contextlib
 import http.server
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -264,3 +266,32 @@ def test_a_document_nested_too_deep_to_escape_is_one_line_not_a_traceback(
     assert error.startswith("pvtunnel status: http://127.0.0.1:")
     assert "not a pvtunnel status document (RecursionError" in error
     assert error.count("\n") == 1
+
+
+def test_ctrl_c_while_the_listener_keeps_silent_exits_130_without_a_traceback() -> None:
+    """In a process of its own, so the SIGINT reaches the command only. It is sent once
+    the whole request has arrived: the command is then waiting for the answer."""
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        silent.settimeout(60)
+        argv = ["status", "--admin", f"127.0.0.1:{silent.getsockname()[1]}"]
+        with subprocess.Popen(
+            [sys.executable, "-m", "pvtunnel", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as command:
+            try:
+                connection, _ = silent.accept()
+                with connection:
+                    request = b""
+                    while not request.endswith(b"\r\n\r\n"):
+                        chunk = connection.recv(4096)
+                        assert chunk, "the command closed before its request was whole"
+                        request += chunk
+                    command.send_signal(signal.SIGINT)
+                    _, stderr = command.communicate(timeout=60)
+            finally:
+                command.kill()
+    assert request.startswith(b"GET /status HTTP/1.1\r\n")
+    assert command.returncode == 130, stderr
+    assert stderr == "pvtunnel status: interrupted\n"

@@ -2,7 +2,8 @@
 
 Exit statuses: 0 after a clean stop (including SIGINT, SIGTERM or SIGHUP after draining),
 2 for a configuration or usage mistake (one line per problem, no traceback),
-1 when the server refuses an agent for good, or for an unexpected error.
+1 when the server refuses an agent for good, or for an unexpected error;
+130 when `status` is interrupted (SIGINT) while it waits for an answer.
 """
 
 from __future__ import annotations
@@ -426,6 +427,11 @@ def _status(args: argparse.Namespace) -> int:
     except StatusError as exc:
         say(f"pvtunnel status: {printable(str(exc))}", level="error")
         return 1
+    except KeyboardInterrupt:
+        # Ctrl-C while a listener keeps silent is how the user gives up on it, not a
+        # crash: no traceback, and the status a shell expects (128 + SIGINT).
+        say("pvtunnel status: interrupted", level="error")
+        return 130
     print(text)
     return 0
 
