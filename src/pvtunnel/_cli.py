@@ -327,6 +327,7 @@ def _agent(args: argparse.Namespace) -> int:
         admin_token=admin_token_from_environment(os.environ),
         inspect=args.inspect,
         discover=args.discover,
+        source=None if args.config is None else str(args.config),
     )
     problems = config.validate_runnable()
     if problems:

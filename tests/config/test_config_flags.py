@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 from pvtunnel._config import (
     AgentConfig,
     Discovery,
+    InspectConfig,
     InternalConfig,
     Route,
     RouteType,
@@ -201,4 +203,22 @@ def test_bad_or_repeated_server_flags_are_all_reported() -> None:
     assert caught.value.problems == [
         '--server: expected a ws:// or wss:// URL, got "http://proxy"',
         '--server: server URL "ws://a:1" given twice',
+    ]
+
+
+def test_one_server_written_two_ways_is_blamed_on_the_flag() -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_agent_overrides(FILE_AGENT, server_urls=["ws://h:1", "ws://H:1/"])
+    assert caught.value.problems == ['--server: server URL "ws://H:1/" given twice (as "ws://h:1")']
+
+
+def test_inspect_flag_blames_the_files_keys_it_brings_into_play() -> None:
+    """Off, the inspector's sizes go unchecked; --inspect turns it on, and the
+    problem is said as the file's key, with the flag that made it matter."""
+    config = attrs.evolve(FILE_AGENT, inspect=InspectConfig(max_bytes=65536, max_body_bytes=65536))
+    with pytest.raises(ConfigError) as caught:
+        with_agent_overrides(config, inspect=True, source="a.toml")
+    assert caught.value.problems == [
+        "--inspect: a.toml: inspect.max_body_bytes: at most max_bytes / 8, so that max_bytes "
+        "holds 4 exchanges with both previews whole (got 65536 with max_bytes 65536)"
     ]

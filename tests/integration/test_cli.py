@@ -124,6 +124,29 @@ def test_a_plain_server_flag_beside_a_files_ca_file_is_blamed_on_the_flag(
     assert "give a wss:// URL or leave ca_file out" in started.stderr
 
 
+def test_a_files_inspect_sizes_that_inspect_brings_into_play_are_blamed_on_both(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text("[inspect]\nmax_bytes = 65536\nmax_body_bytes = 65536\n")
+    assert run("check", str(path), env={}).returncode == 0
+    started = run(
+        "agent", "--config", str(path), "--inspect", "--server", "ws://127.0.0.1:1", env={}
+    )
+    assert started.returncode == 2
+    assert started.stderr.startswith(f"--inspect: {path}: inspect.max_body_bytes: at most "), (
+        started.stderr
+    )
+
+
+def test_one_server_given_twice_is_blamed_on_the_flag() -> None:
+    started = run(
+        "agent", "--server", "ws://h:1", "--server", "ws://H:1/", "--route", "a=1.2.3.4:5"
+    )
+    assert started.returncode == 2
+    assert started.stderr == '--server: server URL "ws://H:1/" given twice (as "ws://h:1")\n'
+
+
 def test_check_says_what_an_agent_file_leaves_to_flags(tmp_path: Path) -> None:
     """Valid (flags and the environment may add them), but an agent started with the
     file alone stops at once: `check` says so, and the agent names the file."""

@@ -187,6 +187,7 @@ def with_agent_overrides(
     admin_token: Secret | None = None,
     inspect: bool = False,
     discover: str | None = None,
+    source: str | None = None,
 ) -> AgentConfig:
     """Apply ``pvtunnel agent`` flags; None or empty leaves the file's value.
 
@@ -201,6 +202,8 @@ def with_agent_overrides(
         admin_port: ``--admin-port``, as for `with_overrides`.
         admin_token: As for `with_overrides`.
         discover: ``--discover`` ("none" or "dns"), for every server URL.
+        source: The file ``config`` was loaded from, named in a problem a flag
+            brings out in its values (``--inspect`` checks ``[inspect]``).
 
     Returns:
         A new config; ``config`` itself is unchanged. It may still lack what
@@ -215,10 +218,20 @@ def with_agent_overrides(
         url = _flag("--server", flag, rules.server_url, problems)
         if url is None:
             continue
-        if url in flag_urls:
-            problems.append(f"--server: server URL {rules.show(url)} given twice")
-        else:
+        twin = next(
+            (
+                seen
+                for seen in flag_urls
+                if rules.server_identity(seen) == rules.server_identity(url)
+            ),
+            None,
+        )
+        if twin is None:
             flag_urls.append(url)
+        else:
+            # However written (host case, default port, bare path): one server.
+            also = "" if twin == url else f" (as {rules.show(twin)})"
+            problems.append(f"--server: server URL {rules.show(url)} given twice{also}")
     if client_id is not None:
         _flag("--client-id", client_id, rules.client_id, problems)
     if admin_port is not None:
@@ -234,14 +247,22 @@ def with_agent_overrides(
         if route.name in flag_routes:
             problems.append(f"--route {flag}: route name {rules.show(route.name)} given twice")
         flag_routes[route.name] = route
+    inspector = config.inspect
+    if inspect:
+        try:
+            inspector = attrs.evolve(inspector, enabled=True)
+        except FieldError as exc:
+            # Values the file may hold while the inspector is off, which it then
+            # checks: the flag brought the problem out, the file's keys fix it.
+            where = "" if source is None else f"{source}: "
+            problems.extend(
+                f"--inspect: {where}inspect.{at}: {message}" for at, message in exc.entries
+            )
     if problems:
         raise ConfigError(problems)
     server = config.server
     if flag_urls:
         server = attrs.evolve(server, urls=tuple(flag_urls))
-    inspector = config.inspect
-    if inspect:
-        inspector = attrs.evolve(inspector, enabled=True)
     admin = _admin_on(config.admin, admin_port, admin_token)
     if inspector.enabled and admin is None:
         admin = AdminConfig(port=INSPECT_PORT, token=admin_token)

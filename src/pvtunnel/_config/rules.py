@@ -427,15 +427,16 @@ def server_urls(value: object) -> tuple[str, ...]:
     for index, url in enumerate(urls):
         # The same server however written (host case, the default port, a bare
         # path): two links to one server with one client id replace each other.
-        same = _server_identity(url)
+        same = server_identity(url)
         if same in seen:
             raise InvalidValue(f"duplicate server URL {show(url)}", at=f"[{index}]")
         seen.append(same)
     return urls
 
 
-def _server_identity(url: str) -> tuple[str, str, int, str]:
-    """Scheme, host, port and path of a checked URL, as a server sees them."""
+def server_identity(url: str) -> tuple[str, str, int, str]:
+    """Scheme, host, port and path of a checked URL, as a server sees them: two
+    URLs alike in these reach one server however they are written."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     port = parts.port or (443 if scheme == "wss" else 80)
