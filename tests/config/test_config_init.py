@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from typing import TYPE_CHECKING
 
@@ -115,6 +116,50 @@ def test_init_reports_a_file_it_cannot_write(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         write_init_files(tmp_path, force=True)
     assert caught.value.problems == [f"{tmp_path / 'server.toml'}: cannot write: Is a directory"]
+
+
+def test_init_with_force_keeps_the_old_pair_when_agent_toml_is_a_directory(
+    tmp_path: Path,
+) -> None:
+    """A new server token beside the old agent's would leave neither able to work."""
+    write_init_files(tmp_path, force=False)
+    before = (tmp_path / "server.toml").read_text(encoding="utf-8")
+    (tmp_path / "agent.toml").unlink()
+    (tmp_path / "agent.toml").mkdir()
+    with pytest.raises(ConfigError) as caught:
+        write_init_files(tmp_path, force=True)
+    assert caught.value.problems == [f"{tmp_path / 'agent.toml'}: cannot write: Is a directory"]
+    assert (tmp_path / "server.toml").read_text(encoding="utf-8") == before
+
+
+def test_init_without_force_does_not_advise_it_for_a_directory(tmp_path: Path) -> None:
+    """--force cannot turn a directory into a file: advising it would only fail again."""
+    (tmp_path / "agent.toml").mkdir()
+    with pytest.raises(ConfigError) as caught:
+        write_init_files(tmp_path, force=False)
+    assert caught.value.problems == [f"{tmp_path / 'agent.toml'}: cannot write: Is a directory"]
+    assert not (tmp_path / "server.toml").exists()
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
+@pytest.mark.parametrize("server_exists", [True, False])
+def test_init_with_force_writes_neither_when_agent_toml_cannot_be_opened(
+    here: Path, server_exists: bool
+) -> None:
+    """A socket where agent.toml goes passes every check by name (no directory, no
+    link) and fails only when opened, even for root: server.toml must be as it was."""
+    if server_exists:
+        (here / "server.toml").write_text("old\n", encoding="utf-8")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind("agent.toml")  # relative: a socket's path has a short length limit
+        with pytest.raises(ConfigError, match=r"agent\.toml: cannot write: "):
+            write_init_files(here, force=True)
+    assert sorted(path.name for path in here.iterdir()) == [
+        "agent.toml",
+        *(["server.toml"] if server_exists else []),
+    ]
+    if server_exists:
+        assert (here / "server.toml").read_text(encoding="utf-8") == "old\n"
 
 
 def test_init_reports_an_unwritable_directory(tmp_path: Path) -> None:

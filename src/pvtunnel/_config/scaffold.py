@@ -55,17 +55,31 @@ def _tables(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     return server, agent
 
 
-def _write_private(path: Path, text: str, *, force: bool) -> None:
+def _open_private(path: Path, *, force: bool) -> tuple[int, bool]:
+    """A descriptor to write ``path`` through, and whether this call created the file.
+
+    Nothing is truncated here: both files are opened before either is written, so a
+    second one that cannot be opened leaves the first as it was (and its token with
+    it), and one created only for this is removed again.
+    """
     # O_NOFOLLOW as well: a link made between the check and here fails (ELOOP).
-    nofollow = getattr(os, "O_NOFOLLOW", 0)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | nofollow | (0 if force else os.O_EXCL)
+    flags = os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0)
     try:
-        descriptor = os.open(path, flags, FILE_MODE)
-    except FileExistsError:
-        raise ConfigError([f"{path}: already exists; pass --force to overwrite it"]) from None
+        try:
+            return os.open(path, flags | os.O_CREAT | os.O_EXCL, FILE_MODE), True
+        except FileExistsError:
+            if not force:
+                raise ConfigError(
+                    [f"{path}: already exists; pass --force to overwrite it"]
+                ) from None
+            return os.open(path, flags), False
     except OSError as exc:
         raise ConfigError([f"{path}: cannot write: {exc.strerror or exc}"]) from None
+
+
+def _write_private(descriptor: int, text: str) -> None:
     with os.fdopen(descriptor, "w", encoding="utf-8") as file:
+        file.truncate()
         # The mode given to open() is reduced by the umask and ignored for an
         # existing file; the token must never be readable by others.
         os.fchmod(file.fileno(), FILE_MODE)
@@ -83,8 +97,8 @@ def write_init_files(directory: Path, *, force: bool) -> tuple[Path, Path]:
         The paths of server.toml and agent.toml.
 
     Raises:
-        ConfigError: A file exists and ``force`` is false (nothing is written
-            then), or the directory or a file cannot be written.
+        ConfigError: A file exists and ``force`` is false, or the directory or a
+            file cannot be written; either way neither file is changed.
     """
     server_path, agent_path = directory / SERVER_FILE, directory / AGENT_FILE
     # Never through a symbolic link, even with --force: it could have us truncate a
@@ -95,9 +109,12 @@ def write_init_files(directory: Path, *, force: bool) -> tuple[Path, Path]:
         raise ConfigError(
             [f"{path}: is a symbolic link; remove it or write elsewhere" for path in links]
         )
+    # --force cannot replace a directory: said so, without advising it.
+    folders = [path for path in (server_path, agent_path) if path.is_dir() and path not in links]
+    if folders:
+        raise ConfigError([f"{path}: cannot write: Is a directory" for path in folders])
     if not force:
-        # is_symlink() too: a dangling link "does not exist" yet O_EXCL refuses it,
-        # which would leave server.toml written and agent.toml not.
+        # is_symlink() too: a dangling link "does not exist" yet O_EXCL refuses it.
         existing = [p for p in (server_path, agent_path) if p.exists() or p.is_symlink()]
         if existing:
             raise ConfigError(
@@ -109,7 +126,15 @@ def write_init_files(directory: Path, *, force: bool) -> tuple[Path, Path]:
         raise ConfigError(
             [f"{directory}: cannot create the directory: {exc.strerror or exc}"]
         ) from None
+    server_file, created = _open_private(server_path, force=force)
+    try:
+        agent_file, _ = _open_private(agent_path, force=force)
+    except ConfigError:
+        os.close(server_file)
+        if created:
+            server_path.unlink()
+        raise
     server, agent = _tables(generate_token())
-    _write_private(server_path, _SERVER_HEADER + tomli_w.dumps(server), force=force)
-    _write_private(agent_path, _AGENT_HEADER + tomli_w.dumps(agent), force=force)
+    _write_private(server_file, _SERVER_HEADER + tomli_w.dumps(server))
+    _write_private(agent_file, _AGENT_HEADER + tomli_w.dumps(agent))
     return server_path, agent_path
