@@ -504,6 +504,19 @@ def test_a_heartbeat_timeout_not_above_the_interval_is_refused(
     ]
 
 
+def test_one_port_for_both_listeners_is_refused_naming_both_keys(here: Path) -> None:
+    """Both bind ``host``: the second listener could not start."""
+    write(here, "s.toml", "[internal]\nport = 9000\n[external]\nport = 9000\n")
+    assert server_problems(Path("s.toml")) == [
+        "s.toml: external.port: 9000 is internal.port too: both listeners bind one host, "
+        "so the second could not start; give each its own port (0: any free one)"
+    ]
+    # 0 is any free port: two of them are two ports.
+    write(here, "s.toml", "[internal]\nport = 0\n[external]\nport = 0\n")
+    config = load_server_config(Path("s.toml"), environ={})
+    assert (config.internal.port, config.external.port) == (0, 0)
+
+
 def test_tls_files_that_do_not_load_are_config_errors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,6 +49,29 @@ def test_bad_server_flags_are_all_reported() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("internal_port", "external_port", "problem"),
+    [
+        (8080, None, "--internal-port: 8080 is external.port too"),
+        (None, 9000, "--external-port: 9000 is internal.port too"),
+        (1, 1, "--external-port: 1 is --internal-port too"),
+    ],
+)
+def test_a_port_flag_on_the_other_listeners_port_is_blamed_on_the_flag(
+    internal_port: int | None, external_port: int | None, problem: str
+) -> None:
+    config = ServerConfig(internal=InternalConfig(port=9000))
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(config, internal_port=internal_port, external_port=external_port)
+    assert caught.value.problems == [
+        f"{problem}: both listeners bind one host, so the second could not start; "
+        "give each its own port (0: any free one)"
+    ]
+    # 0 is any free port: two of them are two ports.
+    zeroed = with_overrides(config, internal_port=0, external_port=0)
+    assert (zeroed.internal.port, zeroed.external.port) == (0, 0)
+
+
 # ------------------------------------------------------------------ --route
 
 

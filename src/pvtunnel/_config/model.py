@@ -321,6 +321,26 @@ class ServerConfig:
         default=None, validator=_Holds(AdminConfig, optional=True)
     )
 
+    def __attrs_post_init__(self) -> None:
+        problem = same_port(self.external.port, self.internal.port, "internal.port")
+        if problem is not None:
+            raise FieldError(type(self).__name__, [("external.port", problem)])
+
+
+def same_port(port: int, other_port: int, other: str) -> str | None:
+    """Why ``port`` cannot go beside the other listener's, or None when it can.
+
+    Both listeners bind ``host``: one port for both would pass every check, then
+    fail at start ("Address already in use"). 0 is any free port, so two of them
+    are two ports.
+    """
+    if port != other_port or port == 0:
+        return None
+    return (
+        f"{port} is {other} too: both listeners bind one host, so the second could not "
+        "start; give each its own port (0: any free one)"
+    )
+
 
 def _normalised_urls(value: tuple[str, ...]) -> tuple[str, ...]:
     # Best effort for objects built in code; the validator reports what cannot be fixed.

@@ -15,7 +15,15 @@ import attrs
 from pvtunnel._errors import ConfigError, FieldError, InvalidValue
 
 from . import rules
-from .model import AdminConfig, AgentConfig, Route, RouteType, ServerConfig, discovery
+from .model import (
+    AdminConfig,
+    AgentConfig,
+    Route,
+    RouteType,
+    ServerConfig,
+    discovery,
+    same_port,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -87,6 +95,8 @@ def with_overrides(
         _flag("--external-port", external_port, rules.listen_port, problems)
     if admin_port is not None:
         _flag("--admin-port", admin_port, rules.listen_port, problems)
+    if not problems:
+        problems.extend(_port_clash(config, internal_port, external_port))
     if problems:
         raise ConfigError(problems)
     internal, external = config.internal, config.external
@@ -101,6 +111,24 @@ def with_overrides(
         external=external,
         admin=_admin_on(config.admin, admin_port, admin_token),
     )
+
+
+def _port_clash(
+    config: ServerConfig, internal_port: int | None, external_port: int | None
+) -> list[str]:
+    """A port flag that lands on the other listener's port, said of the flag
+    (``ServerConfig`` itself would name external.port, which the user may not have
+    set)."""
+    clash = None
+    if external_port is not None:
+        other = "internal.port" if internal_port is None else "--internal-port"
+        internal = config.internal.port if internal_port is None else internal_port
+        clash = same_port(external_port, internal, other)
+        flag = "--external-port"
+    elif internal_port is not None:
+        clash = same_port(internal_port, config.external.port, "external.port")
+        flag = "--internal-port"
+    return [] if clash is None else [f"{flag}: {clash}"]
 
 
 def _admin_on(
