@@ -13,6 +13,7 @@ import itertools
 import logging
 import os
 import platform
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -383,8 +384,9 @@ async def _run_agent(config: AgentConfig) -> int:
 def _init(args: argparse.Namespace) -> int:
     server_path, agent_path = write_init_files(args.dir, force=args.force)
     print(f"wrote {server_path} and {agent_path} (mode 0600; they hold fresh tokens)")
-    print(f"start the server: pvtunnel serve --config {server_path}")
-    print(f"start an agent:   pvtunnel agent --config {agent_path}")
+    # Quoted where the shell needs it: the lines are there to be pasted.
+    print(f"start the server: pvtunnel serve --config {shlex.quote(str(server_path))}")
+    print(f"start an agent:   pvtunnel agent --config {shlex.quote(str(agent_path))}")
     return 0
 
 

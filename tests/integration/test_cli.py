@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import platform
+import shlex
 import signal
 import socket
 import subprocess
@@ -189,6 +190,17 @@ def test_init_writes_configs_that_check_cleanly(tmp_path: Path) -> None:
     again = run("init", "--dir", str(tmp_path))
     assert again.returncode == 2
     assert run("init", "--dir", str(tmp_path), "--force").returncode == 0
+
+
+def test_init_prints_commands_a_shell_can_run_as_printed(tmp_path: Path) -> None:
+    directory = tmp_path / "sp ace"
+    result = run("init", "--dir", str(directory))
+    assert result.returncode == 0, result.stderr
+    commands = [line.partition(": ")[2] for line in result.stdout.splitlines()[1:]]
+    assert [shlex.split(command) for command in commands] == [
+        ["pvtunnel", "serve", "--config", str(directory / "server.toml")],
+        ["pvtunnel", "agent", "--config", str(directory / "agent.toml")],
+    ]
 
 
 # `pvtunnel serve` on loopback, both ports chosen by the system.
