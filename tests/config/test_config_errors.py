@@ -412,16 +412,22 @@ def test_each_agent_token_is_given_once(here: Path) -> None:
     assert not any(TOKEN in line for line in problems)
 
 
-def test_the_environment_token_counts_as_the_unscoped_token(here: Path) -> None:
+@pytest.mark.parametrize("in_file", ["", '[internal]\ntoken = "file-token"\n'])
+def test_the_environment_token_counts_as_the_unscoped_token(here: Path, in_file: str) -> None:
+    """Named by its variable: internal.token may not be in the file, or not be the
+    token that clashes (the environment wins over it)."""
     write(
         here,
         "server.toml",
-        f'[[internal.tokens]]\ntoken = "{TOKEN}"\nroutes = ["billing"]\n',
+        f'{in_file}[[internal.tokens]]\ntoken = "{TOKEN}"\nroutes = ["billing"]\n',
     )
-    assert server_problems(Path("server.toml"), {"PVTUNNEL_INTERNAL_TOKEN": TOKEN}) == [
-        "server.toml: internal.tokens[0].token: the same token as internal.token: "
+    environ = {"PVTUNNEL_INTERNAL_TOKEN": TOKEN}
+    expected = [
+        "server.toml: internal.tokens[0].token: the same token as PVTUNNEL_INTERNAL_TOKEN: "
         "give each agent token once",
     ]
+    assert server_problems(Path("server.toml"), environ) == expected
+    assert check_file(Path("server.toml"), environ=environ) == ("server", expected)
 
 
 def test_tls_needs_both_files(here: Path) -> None:

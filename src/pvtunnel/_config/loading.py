@@ -40,7 +40,15 @@ from pvtunnel._errors import ConfigError, FieldError, InvalidValue
 from pvtunnel._tls import load_cert_chain
 
 from . import rules
-from .model import CA_FILE_UNUSED, TOML_KEY, AgentConfig, Route, ServerConfig, duplicate_route_names
+from .model import (
+    CA_FILE_UNUSED,
+    TOML_KEY,
+    AgentConfig,
+    Route,
+    ServerConfig,
+    duplicate_route_names,
+    same_token,
+)
 from .rules import Rule, describe, join_path, show
 from .secret import Secret
 
@@ -239,8 +247,12 @@ class _Problems:
     # Keys whose problem was already reported by an earlier stage (a token_file that
     # could not be read), so the converter's "missing required key" is not repeated.
     reported: set[str] = attrs.field(factory=set)
+    # Messages worded otherwise in this load: a token the environment set is named
+    # by its variable, not by a key the file may not even hold.
+    worded: dict[str, str] = attrs.field(factory=dict)
 
     def add(self, path: str, message: str) -> None:
+        message = self.worded.get(message, message)
         self.lines.append(
             f"{self.source}: {path}: {message}" if path else f"{self.source}: {message}"
         )
@@ -380,7 +392,11 @@ def _load(path: Path | None, environ: Mapping[str, str], kind: ConfigKind, cls: 
     base = path.parent if path is not None else Path.cwd()
     env_problems: list[str] = []
     env_names = SERVER_TOKEN_ENV if kind == "server" else AGENT_TOKEN_ENV
-    _resolve(raw, kind, base, _environment_tokens(environ, env_names, env_problems), problems)
+    tokens = _environment_tokens(environ, env_names, env_problems)
+    for variable, table_name in env_names.items():
+        if table_name in tokens:
+            problems.worded[same_token(f"{table_name}.token")] = same_token(variable)
+    _resolve(raw, kind, base, tokens, problems)
     if kind == "agent" and "client_id" not in raw:
         raw["client_id"] = socket.gethostname()
     config = _structure(raw, cls, problems)

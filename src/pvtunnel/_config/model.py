@@ -162,14 +162,15 @@ def _check_distinct_tokens(internal: InternalConfig) -> None:
     for index, scoped in enumerate(internal.tokens):
         first = seen.setdefault(scoped.token, f"tokens[{index}]")
         if first != f"tokens[{index}]":
-            entries.append(
-                (
-                    f"tokens[{index}].token",
-                    f"the same token as internal.{first}: give each agent token once",
-                )
-            )
+            entries.append((f"tokens[{index}].token", same_token(f"internal.{first}")))
     if entries:
         raise FieldError(type(internal).__name__, entries)
+
+
+def same_token(first: str) -> str:
+    """The message for a token already given at ``first`` (a key, or the
+    environment variable the loader took it from)."""
+    return f"the same token as {first}: give each agent token once"
 
 
 @attrs.frozen(kw_only=True)
