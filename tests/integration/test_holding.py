@@ -22,16 +22,19 @@ import trio.testing
 
 from pvtunnel._config import AdminConfig
 from pvtunnel._metrics import NO_ROUTE
+from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._wire.frames import MAX_STREAM_ID
 from tests.integration.admin_probe import scrape
 from tests.integration.client import Reply, fetch
 from tests.integration.harness import (
     TOKEN,
     Running,
+    agent_config,
     server_config,
     start_agent,
     start_server,
     start_upstream,
+    wait_for,
     wait_for_sessions,
 )
 from tests.integration.hostile import GOAWAY, HostileAgent, frame
@@ -374,3 +377,34 @@ async def _startup_hold(config: ServerConfig, mock_clock: trio.testing.MockClock
         mock_clock.jump(20.0)  # past startup_hold_s
         assert (await fetch(running.port, b"GET", b"/", host=b"typo")).status == 404
         nursery.cancel_scope.cancel()
+
+
+async def test_a_draining_agent_does_not_connect_to_take_held_requests() -> None:
+    """Registered, it would be sent the requests held for its routes at once (its
+    GOAWAY comes after its HELLO), only to refuse them: the client would wait the
+    hold time twice over instead of once."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            config = server_config(timeouts={"hold_s": 0.5})
+            running, upstream, port = await start_departed(nursery, config)
+            replies: list[Reply] = []
+
+            async def client() -> None:
+                replies.append(await fetch(running.port, b"GET", b"/"))
+
+            async with trio.open_nursery() as clients:
+                for _ in range(2):
+                    clients.start_soon(client)
+                await wait_held(running.server, 2)
+                agent = TunnelAgent(
+                    agent_config(running.addresses, {"app": port}, client_id="leaving")
+                )
+                await agent.drain()  # nothing connected: done at once
+                nursery.start_soon(agent.serve)
+                await wait_for(agent, lambda: all(link.stood_down for link in agent.links))
+                assert not running.server.sessions
+            assert [reply.status for reply in replies] == [503, 503]
+            held = running.server.state.metrics.held_requests
+            assert (held["served"], held["timed_out"]) == (0, 2)
+            assert len(upstream.requests) == 1  # start_departed's own request
+            nursery.cancel_scope.cancel()

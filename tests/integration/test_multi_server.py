@@ -451,7 +451,8 @@ async def test_the_agent_command_takes_server_several_times(processes: list[Proc
             nursery.cancel_scope.cancel()
 
 
-async def test_a_server_that_comes_back_during_a_drain_hears_goaway_at_once() -> None:
+async def test_a_server_that_comes_back_during_a_drain_gets_no_connection() -> None:
+    """A draining agent's links that are down stay down (see also test_holding)."""
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             upstream, port = await start_upstream(nursery, "svc")
@@ -468,17 +469,17 @@ async def test_a_server_that_comes_back_during_a_drain_hears_goaway_at_once() ->
             await agent.drain()  # nothing in flight: done at once
             (staying_session,) = staying.server.sessions
             await staying_session.tunnel.going_away.wait()
+            await wait_for(agent, lambda: away_link.stood_down)
+            reconnects = away_link.reconnects
 
-            revived = await revive(nursery, away, timeouts={"hold_s": 0.2})
-            (session,) = revived.server.sessions
-            await session.tunnel.going_away.wait()
-            assert session.tunnel.closed is None
-            # Unrouted, as any agent that said GOAWAY: new requests find no agent
-            # (they wait for one to register, briefly here, then get 503).
+            back = server_config(
+                internal={"port": away.addresses.internal[1]}, external={"port": away.port}
+            )
+            revived = await start_server(nursery, back)
             await trio.testing.wait_all_tasks_blocked()
-            assert revived.server.state.router.names() == {}
+            assert not revived.server.sessions
+            assert away_link.reconnects == reconnects
             served = len(upstream.requests)
-            reply = await fetch(revived.port, b"GET", b"/")
-            assert (reply.status, reply.header(b"retry-after")) == (503, b"1")
+            assert (await fetch(revived.port, b"GET", b"/")).status == 404
             assert len(upstream.requests) == served
             nursery.cancel_scope.cancel()

@@ -108,6 +108,8 @@ class ServerLink:
     refusal: HandshakeRefusedError | None = None
     # The routes this server refused at the latest registration (name -> its reason).
     refused_routes: dict[str, str] = attrs.field(factory=dict)
+    # The agent drains and this link is down: it dials no more until the agent stops.
+    stood_down: bool = False
 
     @property
     def connected(self) -> bool:
@@ -354,6 +356,8 @@ class TunnelAgent:
         """Connect, serve until the connection ends, back off, reconnect: until refused."""
         backoff = Backoff(INITIAL_BACKOFF_S, self.config.timeouts.reconnect_max_s)
         while True:
+            if self.draining:
+                await self._stand_down(link)
             began = trio.current_time()
             try:
                 await self._session(link, startup)
@@ -389,8 +393,21 @@ class TunnelAgent:
             delay = backoff.next_delay()
             logger.info("reconnecting to %s in %.1fs", link.label, delay)
             await trio.sleep(delay)
-            link.reconnects += 1
-            self._links_changed.unpark_all()
+            if not self.draining:
+                link.reconnects += 1
+                self._links_changed.unpark_all()
+
+    async def _stand_down(self, link: ServerLink) -> None:
+        """Stay down until the agent is stopped (never returns).
+
+        An agent on its way out takes no new work. A connection opened now would
+        announce its routes before its GOAWAY, and the server would route to it
+        at once, sending it the requests it holds for them, which the agent
+        could only refuse. The drain ends with the agent cancelled, which ends this.
+        """
+        link.stood_down = True
+        self._links_changed.unpark_all()
+        await trio.sleep_forever()
 
     def _end_link(
         self, link: ServerLink, refusal: HandshakeRefusedError, startup: _Reporter
@@ -527,8 +544,9 @@ class TunnelAgent:
         link.has_registered = True
         link.refused_routes = dict(refused)
         if self.draining:
-            # A link that (re)registers mid-drain leaves like the others: its server
-            # must not route new requests to an agent on its way out.
+            # The drain began while this link was registering (links that are down
+            # stay down): it leaves like the others, so its server routes no new
+            # requests to an agent on its way out.
             mux.goaway(ErrorCode.NO_ERROR, "agent shutting down")
         self._links_changed.unpark_all()
         logger.info("registered with %s: routes %s", link.label, ", ".join(served))
