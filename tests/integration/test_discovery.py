@@ -11,6 +11,7 @@ session tables, never by sleeping.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -231,8 +232,8 @@ async def two_replicas(nursery: trio.Nursery) -> TwoReplicas:
 
 
 async def test_reconnects_only_go_up_as_addresses_leave_and_return() -> None:
-    """A counter (/metrics, /status): an address leaving DNS takes its link's count
-    with it no more, and the address coming back goes on from where it was."""
+    """A counter (/metrics, /status): an address leaving DNS leaves its link's count
+    in the total, and the address coming back starts a series of its own again."""
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             replicas = await two_replicas(nursery)
@@ -246,8 +247,39 @@ async def test_reconnects_only_go_up_as_addresses_leave_and_return() -> None:
             counted = agent.reconnects
             await replicas.start_first_again(answer=("127.0.0.1", "127.0.0.2"))
             (returned,) = [link for link in agent.links if link.address == "127.0.0.1"]
-            assert returned.reconnects == counted
+            assert returned.reconnects == 0
             assert agent.reconnects == counted
+            nursery.cancel_scope.cancel()
+
+
+async def test_addresses_that_leave_dns_leave_nothing_behind_but_their_count() -> None:
+    """In Kubernetes nearly every pod IP leaves DNS for good, so an agent that kept
+    something per address would grow for as long as it runs."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            replicas = await start_replicas(nursery, 1)
+            _, port = await start_upstream(nursery, "svc")
+            names = Names(answer=("127.0.0.1",))
+            found = discovering_agent(replicas, names, {"app": port}, discover_interval_s=0.05)
+            quick = attrs.evolve(found.config.timeouts, reconnect_max_s=0.2)
+            agent = TunnelAgent(attrs.evolve(found.config, timeouts=quick), resolve=names.resolve)
+            await nursery.start(agent.serve)
+            gone = [f"127.0.0.{n}" for n in range(10, 15)]  # nothing listens there
+
+            def retried(address: str) -> bool:
+                return any(link.address == address and link.reconnects for link in agent.links)
+
+            for address in gone:
+                names.answer = ("127.0.0.1", address)
+                await wait_for(agent, functools.partial(retried, address))
+                names.answer = ("127.0.0.1",)
+                await wait_for(agent, lambda: len(agent.links) == 1)
+            assert agent.reconnects >= len(gone)
+            assert agent.retired_reconnects == agent.reconnects
+            scraped = Scrape(AgentAdmin(agent).metrics_text())
+            assert scraped.value("pvtunnel_agent_reconnects_total") == agent.reconnects
+            remembered = repr(vars(agent))
+            assert not [address for address in gone if address in remembered]
             nursery.cancel_scope.cancel()
 
 

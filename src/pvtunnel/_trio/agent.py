@@ -213,9 +213,10 @@ class TunnelAgent:
             () if self.discovers else tuple(ServerLink(url) for url in config.server.urls)
         )
         self.discovered: dict[str, DiscoveredServer[ServerLink]] = {}
-        # Reconnects of discovered links that left with their address, by URL and
-        # address: counters only go up, also when an address leaves DNS (or returns).
-        self._past_reconnects: dict[tuple[str, str | None], int] = {}
+        # Reconnects of discovered links that left with their address, all together:
+        # the total only goes up as addresses leave DNS, and the agent keeps nothing
+        # per address that left (in Kubernetes nearly every pod IP leaves for good).
+        self.retired_reconnects = 0
         self._resolve = resolve
         self.draining = False
         self.admin_address: tuple[str, int] | None = None
@@ -233,7 +234,7 @@ class TunnelAgent:
 
     @property
     def reconnects(self) -> int:
-        return sum(link.reconnects for link in self.links) + sum(self._past_reconnects.values())
+        return sum(link.reconnects for link in self.links) + self.retired_reconnects
 
     @property
     def in_flight(self) -> int:
@@ -309,7 +310,6 @@ class TunnelAgent:
 
             def new_link(address: str) -> ServerLink:
                 link = ServerLink(url, address=address, on_failure=server.link_failed)
-                link.reconnects = self._past_reconnects.pop((url, address), 0)
                 self._set_links((*self.links, link))
                 return link
 
@@ -336,8 +336,9 @@ class TunnelAgent:
         scope.cancel()
         if link.reconnects:
             # The address may have come back while this link drained: the new link
-            # for it then takes the count up, as it would have taken it from
-            # `_past_reconnects` had it come later (its series only goes up).
+            # for it then takes the count up, so the address's series, shown all the
+            # while, does not go down. Otherwise its series ends here (its count
+            # stays in the total); should the address come back, it starts at 0.
             key = (link.url, link.address)
             successor = next(
                 (o for o in self.links if o is not link and (o.url, o.address) == key), None
@@ -345,7 +346,7 @@ class TunnelAgent:
             if successor is not None:
                 successor.reconnects += link.reconnects
             else:
-                self._past_reconnects[key] = self._past_reconnects.get(key, 0) + link.reconnects
+                self.retired_reconnects += link.reconnects
         self._set_links(tuple(other for other in self.links if other is not link))
 
     def _set_links(self, links: tuple[ServerLink, ...]) -> None:
