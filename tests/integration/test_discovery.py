@@ -416,3 +416,37 @@ async def test_the_agent_ends_once_every_address_left_in_dns_refused_it() -> Non
 def test_link_figures_without_discovery_keep_their_labels() -> None:
     figures = ServerLinkFigures(url="ws://a", connected=True, reconnects=0)
     assert figures.address is None
+
+
+async def test_two_urls_that_resolve_to_one_address_make_one_link_to_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Two names for the same replicas (two headless Services selecting the same
+    pods, a move from one name to another): two links would register one client id
+    twice with each server, and each registration would replace the other, forever."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            (replica,) = await start_replicas(nursery, 1)
+            _, port = await start_upstream(nursery, "svc")
+            names = Names(answer=("127.0.0.1",))
+            found = discovering_agent([replica], names, {"app": port}, discover_interval_s=0.05)
+            first_url = found.config.server.urls[0]
+            other_url = f"ws://other.{NAME}:{replica.addresses.internal[1]}"
+
+            async def resolve(host: str, port: int) -> tuple[str, ...]:
+                return await names.resolve(NAME, port)
+
+            endpoint = attrs.evolve(found.config.server, urls=(first_url, other_url))
+            agent = TunnelAgent(attrs.evolve(found.config, server=endpoint), resolve=resolve)
+            await nursery.start(agent.serve)
+            for url in (first_url, other_url):
+                server = agent.discovered[url]
+                while server.resolutions < 3:
+                    await server.wait_resolved()
+            assert [(link.url, link.address) for link in agent.links] == [(first_url, "127.0.0.1")]
+            assert replica.server.state.metrics.agent_connects == 1
+            assert agent.reconnects == 0
+            assert (await get(replica, b"/")).status == 200
+            nursery.cancel_scope.cancel()
+    overlaps = [r.getMessage() for r in caplog.records if "as " + first_url in r.getMessage()]
+    assert len(overlaps) == 1, overlaps

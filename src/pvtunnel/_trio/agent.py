@@ -303,6 +303,7 @@ class TunnelAgent:
             interval_s=self.config.server.discover_interval_s,
             retry_max_s=self.config.timeouts.reconnect_max_s,
             resolve=self._resolve,
+            linked_elsewhere=lambda address: self._linked_by_earlier_url(url, address),
         )
         self.discovered[url] = server
         with trio.CancelScope() as scope:
@@ -323,6 +324,23 @@ class TunnelAgent:
                 await self._retire_link(link, scope)
 
             await server.serve(nursery, new_link, run_link, retire_link)
+
+    def _linked_by_earlier_url(self, url: str, address: str) -> str | None:
+        """The URL listed before ``url`` that links to ``address`` at its port, if any.
+
+        Earlier ones win so that the agent settles on the same links whichever
+        name resolves first: a later URL that got there first gives the address
+        up at its next resolution (sooner, as its link is replaced by the twin).
+        """
+        urls = self.config.server.urls
+        port = url_host_port(url)[1]
+        for earlier in urls[: urls.index(url)]:
+            other = self.discovered.get(earlier)
+            link = None if other is None or other.port != port else other.links.get(address)
+            # One refused for good no longer counts: this URL then hears the refusal too.
+            if link is not None and not link.has_ended:
+                return earlier
+        return None
 
     async def _retire_link(self, link: ServerLink, scope: trio.CancelScope) -> None:
         """Its address is gone from DNS: GOAWAY, let in-flight requests finish, close."""

@@ -89,6 +89,10 @@ class DiscoveredServer(Generic[LinkT]):
         interval_s: How often to resolve again while nothing fails.
         retry_max_s: The cap of the backoff between failed resolutions.
         resolve: The resolver (``resolve_addresses``; tests may pass their own).
+        linked_elsewhere: Which other URL already links to an address at this
+            URL's port, if one does. Two links there would be one agent (one
+            client id) registering twice with one server, each replacing the
+            other in turn: the address is left to that URL.
     """
 
     def __init__(
@@ -98,12 +102,17 @@ class DiscoveredServer(Generic[LinkT]):
         interval_s: float,
         retry_max_s: float,
         resolve: Callable[[str, int], Awaitable[tuple[str, ...]]] = resolve_addresses,
+        linked_elsewhere: Callable[[str], str | None] = lambda address: None,
     ) -> None:
         self.url = url
         self.host, self.port = url_host_port(url)
         self.interval_s = interval_s
         self.retry_max_s = retry_max_s
         self._resolve = resolve
+        self._linked_elsewhere = linked_elsewhere
+        # The URLs found sharing an address with this one, each said once: an
+        # overlap stays for as long as both names stand, and so would the warning.
+        self._overlaps_said: set[str] = set()
         self.links: dict[str, LinkT] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
         self.resolutions = 0
@@ -152,12 +161,31 @@ class DiscoveredServer(Generic[LinkT]):
                 continue
             failures.reset()
             self.resolutions += 1
+            addresses = self._own(addresses)
             self._apply(addresses, nursery, new_link, run_link, retire_link)
             self._resolved.unpark_all()
             with trio.move_on_after(self.interval_s):
                 await self._link_failed.wait()
                 await trio.sleep(MIN_RESOLVE_INTERVAL_S)
             self._link_failed = trio.Event()
+
+    def _own(self, addresses: tuple[str, ...]) -> tuple[str, ...]:
+        """The addresses no other URL links to already (a link there would be its twin)."""
+        own = []
+        for address in addresses:
+            other = self._linked_elsewhere(address)
+            if other is None:
+                own.append(address)
+            elif other not in self._overlaps_said:
+                self._overlaps_said.add(other)
+                logger.warning(
+                    "%s resolves to %s, as %s does: left to that URL, since an agent "
+                    "registered twice with one server replaces itself there in a loop",
+                    self.url,
+                    address,
+                    other,
+                )
+        return tuple(own)
 
     def _apply(
         self,
