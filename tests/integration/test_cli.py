@@ -555,4 +555,5 @@ def test_a_port_in_use_is_one_line_naming_the_listener(listener: str) -> None:
     assert result.returncode == 1
     said = f"pvtunnel serve: cannot start: [Errno {errno.EADDRINUSE}] the {listener} listener"
     assert f"{said} on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert f"give it another port (--{listener}-port, or {listener}.port)" in result.stderr
     assert "Traceback" not in result.stderr

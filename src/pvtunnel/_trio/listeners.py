@@ -19,6 +19,12 @@ import trio
 
 # Another program may take the port between its choice and its other addresses' binds.
 SAME_PORT_TRIES: Final = 8
+# Where each listener's port is set, for the hint when it is taken.
+_PORT_FLAG: Final = {
+    "internal": "--internal-port, or internal.port",
+    "external": "--external-port, or external.port",
+    "admin": "--admin-port, or admin.port",
+}
 
 
 async def open_listeners(what: str, port: int, host: str | None) -> list[trio.SocketListener]:
@@ -37,6 +43,10 @@ async def open_listeners(what: str, port: int, host: str | None) -> list[trio.So
         shown = host if host is not None else "*"
         where = f"[{shown}]:{port}" if ":" in shown else f"{shown}:{port}"
         reason = exc.strerror or str(exc)
+        if exc.errno == errno.EADDRINUSE and port != 0:
+            # What to change is the next question: say it (the agent's inspector
+            # takes 4040 unasked, which another agent on the machine may hold).
+            reason += f"; give it another port ({_PORT_FLAG.get(what, 'its port')})"
         raise OSError(exc.errno, f"the {what} listener on {where}: {reason}") from None
 
 
