@@ -19,6 +19,7 @@ from pvtunnel._config import (
 from pvtunnel._errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
 
 
@@ -260,11 +261,6 @@ def test_check_a_file_good_for_either_kind(tmp_path: Path, text: str) -> None:
             ["server: unknown key"],
             ["internal: unknown key"],
         ),
-        (
-            "[timeouts]\nbogus = 1\n",
-            ["timeouts.bogus: unknown key"],
-            ["timeouts.bogus: unknown key"],
-        ),
     ],
 )
 def test_check_a_file_of_no_clear_kind(
@@ -276,8 +272,44 @@ def test_check_a_file_of_no_clear_kind(
     assert kind == "unknown"
     assert problems == [
         f"{path}: cannot tell a server config from an agent config: expected "
-        "[internal]/[external] (server) or client_id, [server], [[routes]] (agent), "
-        "but not both",
+        "[internal]/[external] (server) or client_id, [server], [[routes]] (agent)",
         *(f"as a server: {path}: {problem}" for problem in as_server),
         *(f"as an agent: {path}: {problem}" for problem in as_agent),
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[timeouts]\nbogus = 1\n", "timeouts.bogus: unknown key"),
+        ("[timeouts]\ngrace_s = 0\n", "timeouts.grace_s: expected a finite number of seconds"),
+    ],
+)
+def test_check_a_file_wrong_alike_for_either_kind_says_it_once(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    """Whichever kind it is, the same thing is wrong: that alone is said."""
+    path = write(tmp_path / "x.toml", text)
+    kind, problems = check_file(path, environ={})
+    assert kind == "unknown"
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{path}: {problem}"), problems
+
+
+@pytest.mark.parametrize(
+    ("text", "load", "said", "command"),
+    [
+        ('client_id = "a"\n[[routes]]\nname = "x"\n', load_server_config, "an agent", "agent"),
+        ("[internal]\nport = 1\n", load_agent_config, "a server", "serve"),
+    ],
+)
+def test_a_file_of_the_other_kind_says_which_command_it_is_for(
+    tmp_path: Path, text: str, load: Callable[..., object], said: str, command: str
+) -> None:
+    """Not a list of "unknown key" for each of its tables: which command it is for."""
+    path = write(tmp_path / "x.toml", text)
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ={})
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{path}: this is {said} config (")
+    assert problem.endswith(f": start it with pvtunnel {command} --config {path}")

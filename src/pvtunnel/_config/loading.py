@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import shlex
 import socket
 import ssl
 import tomllib
@@ -72,6 +73,11 @@ _BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
 
 # check_file tells the kinds apart by these top-level keys; the strong ones first,
 # the weak ones only when no strong key is present.
+_KIND_SAID: Final = {
+    "server": "a server config ([internal], [external])",
+    "agent": "an agent config (client_id, [server], [[routes]])",
+}
+_COMMAND: Final = {"server": "serve", "agent": "agent"}
 _SERVER_KEYS: Final = frozenset({"internal", "external"})
 _AGENT_KEYS: Final = frozenset({"client_id", "server", "routes"})
 _WEAK_SERVER_KEYS: Final = frozenset({"host", "limits"})
@@ -389,6 +395,16 @@ def _structure(raw: dict[str, Any], cls: type[T], problems: _Problems) -> T | No
 def _load(path: Path | None, environ: Mapping[str, str], kind: ConfigKind, cls: type[T]) -> T:
     problems = _Problems(source=str(path) if path is not None else ENVIRONMENT_SOURCE)
     raw = read_toml(path) if path is not None else {}
+    other = _detect_kind(raw)
+    if other not in (kind, "unknown"):
+        # The other kind's file: every one of its tables would be an "unknown key",
+        # where the one thing to say is which command it is for.
+        raise ConfigError(
+            [
+                f"{path}: this is {_KIND_SAID[other]}, not {_KIND_SAID[kind]}: "
+                f"start it with pvtunnel {_COMMAND[other]} --config {shlex.quote(str(path))}"
+            ]
+        )
     base = path.parent if path is not None else Path.cwd()
     env_problems: list[str] = []
     env_names = SERVER_TOKEN_ENV if kind == "server" else AGENT_TOKEN_ENV
@@ -522,10 +538,11 @@ def _check_either(path: Path, environ: Mapping[str, str]) -> tuple[ConfigKind, l
         return "agent", []
     if not as_server:
         return "unknown", []
+    if as_server == as_agent:
+        return "unknown", as_server  # wrong alike for either kind: said once
     return "unknown", [
         f"{path}: cannot tell a server config from an agent config: expected "
-        "[internal]/[external] (server) or client_id, [server], [[routes]] (agent), "
-        "but not both",
+        "[internal]/[external] (server) or client_id, [server], [[routes]] (agent)",
         *(f"as a server: {problem}" for problem in as_server),
         *(f"as an agent: {problem}" for problem in as_agent),
     ]
