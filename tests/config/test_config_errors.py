@@ -221,6 +221,20 @@ def test_unknown_keys_at_every_agent_level(here: Path, text: str, line: str) -> 
     assert agent_problems(Path("agent.toml")) == [f"agent.toml: {line}"]
 
 
+def test_a_top_level_key_after_a_table_is_said_to_belong_at_the_top(here: Path) -> None:
+    """TOML puts a key written after [server] in that table: the usual slip of a
+    key appended at the end of a file."""
+    write(here, "agent.toml", '[server]\nurl = "ws://h:1"\ntoken = "t"\nclient_id = "x"\n')
+    write(here, "server.toml", '[internal]\nport = 0\nhost = "0.0.0.0"\n')
+    above = "goes at the top of the file, above the first [table]"
+    assert agent_problems(Path("agent.toml")) == [
+        f"agent.toml: server.client_id: unknown key here: client_id {above}"
+    ]
+    assert server_problems(Path("server.toml")) == [
+        f"server.toml: internal.host: unknown key here: host {above}"
+    ]
+
+
 def test_agent_keys_are_unknown_in_a_server_file_and_vice_versa(here: Path) -> None:
     # Each file is its own kind by its other keys ([internal]; client_id), so the
     # stray key is what is said; a file that is the other kind says so instead.

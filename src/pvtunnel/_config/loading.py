@@ -203,34 +203,54 @@ def _format_key(key: str) -> str:
     return key if _BARE_KEY.fullmatch(key) else show(key)
 
 
-def _unknown_key_message(cls: type, key: str) -> str:
+def _unknown_key_message(cls: type, key: str, root: type | None) -> str:
     known = [_toml_key(cls, field.name) for field in attrs.fields(cls) if field.init]
     close = difflib.get_close_matches(key, known, n=1)
-    return f"unknown key (did you mean {show(close[0])}?)" if close else "unknown key"
+    if close:
+        return f"unknown key (did you mean {show(close[0])}?)"
+    if root is not None and cls is not root and key in _top_level_keys(root):
+        # TOML puts every key after a [table] header in that table.
+        return f"unknown key here: {key} goes at the top of the file, above the first [table]"
+    return "unknown key"
 
 
-def flatten(error: BaseException, path: str = "") -> Iterator[tuple[str, str]]:
+def _top_level_keys(root: type) -> set[str]:
+    """The root's own keys, not its tables (``client_id``; ``host``)."""
+    return {
+        _toml_key(root, field.name)
+        for field in attrs.fields(root)
+        if field.init and field.type in (str, int, float, bool)
+    }
+
+
+def flatten(
+    error: BaseException, path: str = "", root: type | None = None
+) -> Iterator[tuple[str, str]]:
     """Turn a structuring failure into ``(key.path, message)`` pairs, in file order.
 
     The same walk as ``cattrs.transform_error``, but with TOML key names (``url``,
-    not ``urls``), one line per unknown key, and our own messages.
+    not ``urls``), one line per unknown key, and our own messages. ``root`` is the
+    file's top level (the outermost class, found on the way in).
     """
+    if isinstance(error, ClassValidationError | ForbiddenExtraKeysError) and root is None:
+        root = error.cl
     if isinstance(error, ClassValidationError):
         noted, bare = error.group_exceptions()
         for sub, attribute_note in noted:
             key = _toml_key(error.cl, attribute_note.name)
-            yield from flatten(sub, join_path(path, key))
+            yield from flatten(sub, join_path(path, key), root)
         for sub in bare:
-            yield from flatten(sub, path)
+            yield from flatten(sub, path, root)
     elif isinstance(error, IterableValidationError):
         indexed, bare = error.group_exceptions()
         for sub, index_note in indexed:
-            yield from flatten(sub, f"{path}[{index_note.index}]")
+            yield from flatten(sub, f"{path}[{index_note.index}]", root)
         for sub in bare:
-            yield from flatten(sub, path)
+            yield from flatten(sub, path, root)
     elif isinstance(error, ForbiddenExtraKeysError):
         for key in sorted(error.extra_fields):
-            yield join_path(path, _format_key(key)), _unknown_key_message(error.cl, key)
+            message = _unknown_key_message(error.cl, key, root)
+            yield join_path(path, _format_key(key)), message
     elif isinstance(error, InvalidValue | FieldError):
         for at, message in error.entries:
             yield join_path(path, at), message
