@@ -23,6 +23,7 @@ from pvtunnel._status import fetch_status, format_status
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+    from pathlib import Path
 
 TOKEN = "SuperSecretTok123"
 AGENT: dict[str, Any] = {
@@ -215,6 +216,22 @@ def test_a_port_past_65535_is_refused_before_the_token_goes_anywhere(
     assert exited.value.code == 2
     assert seen == []
     assert capsys.readouterr().err.startswith("--admin: the port must be a number")
+
+
+def test_an_empty_token_file_is_refused_not_taken_for_no_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It would also have hidden the environment's token: the request would go out
+    with none, for a 401 that names neither."""
+    monkeypatch.setenv("PVTUNNEL_ADMIN_TOKEN", TOKEN)
+    (tmp_path / "token").write_text("\n")
+    with endpoint(json_answer(AGENT)) as (url, seen), pytest.raises(SystemExit) as exited:
+        _cli.main(["status", "--admin", url, "--token-file", str(tmp_path / "token")])
+    assert exited.value.code == 2
+    assert seen == []
+    assert capsys.readouterr().err == (
+        f"--token-file: the token in {tmp_path / 'token'} must not be empty\n"
+    )
 
 
 def test_an_unusable_admin_url_is_one_line_not_a_traceback(

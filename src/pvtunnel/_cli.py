@@ -420,6 +420,10 @@ def _status(args: argparse.Namespace) -> int:
             token = args.token_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError([f"--token-file: cannot read {args.token_file}: {exc}"]) from None
+        if not token:
+            # As `serve` and `agent` refuse one: asking without a token, and
+            # without the environment's either, would only end in a 401.
+            raise ConfigError([f"--token-file: the token in {args.token_file} must not be empty"])
     try:
         url = admin_url(args.admin)
     except ValueError as exc:
