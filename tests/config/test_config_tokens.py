@@ -189,6 +189,13 @@ def test_the_admin_token_comes_from_the_environment_too(here: Path) -> None:
     assert bare.admin.token == Secret("from-env-a")
 
 
+def test_an_admin_token_file_that_cannot_be_read_is_said_once(here: Path) -> None:
+    """Not also "required when host is not a loopback address": the file was given."""
+    write(here, "server.toml", '[admin]\nport = 9000\nhost = "0.0.0.0"\ntoken_file = "gone"\n')
+    (problem,) = server_problems(Path("server.toml"))
+    assert problem.startswith("server.toml: admin.token_file: cannot read "), problem
+
+
 def test_the_admin_token_alone_does_not_turn_the_listener_on() -> None:
     # `pvtunnel status` reads the same variable, so it may be set in a shell that
     # also starts servers without an admin listener.

@@ -407,7 +407,10 @@ def _structure(raw: dict[str, Any], cls: type[T], problems: _Problems) -> T | No
         return CONVERTER.structure(raw, cls)
     except ClassValidationError as exc:
         for key_path, message in flatten(exc):
-            if not (message == "missing required key" and key_path in problems.reported):
+            # A key said to be missing ("missing required key", "required when
+            # ...") whose file could not be read was said already, better.
+            missing = message == "missing required key" or message.startswith("required when")
+            if not (missing and key_path in problems.reported):
                 problems.add(key_path, message)
         return None
 
