@@ -142,7 +142,6 @@ def test_init_without_force_does_not_advise_it_for_a_directory(tmp_path: Path) -
     assert not (tmp_path / "server.toml").exists()
 
 
-@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="needs Unix sockets")
 @pytest.mark.parametrize("server_exists", [True, False])
 def test_init_with_force_writes_neither_when_agent_toml_cannot_be_opened(
     here: Path, server_exists: bool
