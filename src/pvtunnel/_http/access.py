@@ -6,13 +6,24 @@ Pure parsing only; the comparison itself is `Secret.matches`, constant time.
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
 PROXY_AUTHENTICATE = (b"Proxy-Authenticate", b'Basic realm="pvtunnel"')
+
+
+def basic_credentials(value: bytes) -> bytes | None:
+    """What a ``Basic <base64>`` credential value decodes to (``user:password``,
+    RFC 7617); None for another scheme or base64 that does not decode."""
+    scheme, _, credentials = value.strip().partition(b" ")
+    if scheme.lower() != b"basic":
+        return None
+    try:
+        return base64.b64decode(credentials.strip(), validate=True)
+    except ValueError:  # binascii.Error
+        return None
 
 
 def presented_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
@@ -25,16 +36,12 @@ def presented_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
         if name.lower() != b"proxy-authorization":
             continue
         scheme, _, credentials = value.strip().partition(b" ")
-        scheme = scheme.lower()
         credentials = credentials.strip()
-        if scheme == b"bearer" and credentials:
+        if scheme.lower() == b"bearer" and credentials:
             return credentials
-        if scheme == b"basic" and credentials:
-            try:
-                decoded = base64.b64decode(credentials, validate=True)
-            except (binascii.Error, ValueError):
-                return None
-            _, sep, password = decoded.partition(b":")
-            return password if sep else None
-        return None
+        decoded = basic_credentials(value)
+        if decoded is None:
+            return None
+        _, sep, password = decoded.partition(b":")
+        return password if sep else None
     return None

@@ -48,7 +48,7 @@ _AUTHORITY: Final = re.compile(
 )
 # Inside an IP literal's brackets, the other kind: "v", its version in hex, ".",
 # then unreserved, sub-delims or ":" (RFC 3986 section 3.2.2).
-_IP_FUTURE: Final = re.compile(rb"[vV][0-9A-Fa-f]+\.[-A-Za-z0-9._~!$&'()*+,;=:]+")
+_IP_FUTURE: Final = re.compile(rb"[vV][0-9A-Fa-f]+\.(?:%s|:)+" % _UNRESERVED_OR_SUB_DELIM)
 # An IPv6 zone as a URI writes it: "%25", then unreserved or pct-encoded (RFC 6874).
 _ZONE: Final = re.compile(rb"(?:[-A-Za-z0-9._~]|%[0-9A-Fa-f]{2})+")
 TOKEN_REQUIRED: Final = "proxy authentication required"

@@ -21,14 +21,13 @@ without a token two browser attacks are closed here:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import urllib.parse
 from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from pvtunnel._http.access import basic_credentials
 from pvtunnel._http.admin import AdminResponse, bearer_token, is_loopback_host
 
 if TYPE_CHECKING:
@@ -168,12 +167,8 @@ def basic_password(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
     """The password of an ``Authorization: Basic`` header, or None."""
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, credentials = value.strip().partition(b" ")
-            if scheme.lower() != b"basic":
-                return None
-            try:
-                decoded = base64.b64decode(credentials.strip(), validate=True)
-            except binascii.Error:
+            decoded = basic_credentials(value)
+            if decoded is None:
                 return None
             _, colon, password = decoded.partition(b":")
             return password if colon and password else None

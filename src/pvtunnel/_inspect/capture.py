@@ -24,13 +24,13 @@ Plain Python: the Trio layer feeds it and the admin listener renders it.
 from __future__ import annotations
 
 import base64
-import binascii
 import collections
 import enum
 import time
 from typing import TYPE_CHECKING, Final
 
 from pvtunnel._http import headers as hdr
+from pvtunnel._http.access import basic_credentials
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
@@ -87,14 +87,8 @@ def _basic_holds_secret(value: bytes, secrets: tuple[bytes, ...]) -> bool:
     """Whether ``value`` is HTTP Basic credentials (``Basic <base64>``) with a secret
     in them: the way a browser sends the admin token to the inspector's own page,
     which a route may well lead to, in base64 where a plain search misses it."""
-    scheme, _, credentials = value.strip().partition(b" ")
-    if not secrets or scheme.lower() != b"basic":
-        return False
-    try:
-        decoded = base64.b64decode(credentials.strip(), validate=True)
-    except binascii.Error:
-        return False
-    return any(secret in decoded for secret in secrets)
+    decoded = basic_credentials(value) if secrets else None
+    return decoded is not None and any(secret in decoded for secret in secrets)
 
 
 def _headers_size(headers: Headers) -> int:

@@ -13,7 +13,6 @@ while, then close. nginx calls it a lingering close.
 from __future__ import annotations
 
 import contextlib
-import select
 import socket
 import struct
 from typing import Final
@@ -71,9 +70,6 @@ def has_unread_bytes(stream: trio.abc.Stream) -> bool:
     sock = raw_socket(stream)
     if sock is None:
         return False
-    fd = sock.fileno()
-    if fd < 0:
+    if sock.fileno() < 0:
         return False  # closed already (a TLS error closes its transport)
-    poller = select.poll()
-    poller.register(fd, select.POLLIN)
-    return bool(poller.poll(0))
+    return sock.is_readable()
