@@ -12,6 +12,7 @@ never by sleeping.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import struct
 from typing import TYPE_CHECKING
@@ -40,6 +41,8 @@ from tests.integration.harness import (
 from tests.integration.hostile import GOAWAY, HostileAgent, frame
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     import pytest
 
     from pvtunnel._config import ServerConfig
@@ -66,6 +69,30 @@ async def wait_held(server: TunnelServer, count: int) -> None:
     held = server.state.held
     while held.waiting != count:
         await held.wait_waiting_changed()
+
+
+@contextlib.asynccontextmanager
+async def held_request(
+    running: Running, target: bytes = b"/", host: bytes = b"app"
+) -> AsyncIterator[list[Reply]]:
+    """One request, held for an agent inside the block; its reply in the list after.
+
+    A request answered at once instead fails the test there, not by a wait for a
+    hold that never comes.
+    """
+    replies: list[Reply] = []
+    answered = trio.CancelScope()
+
+    async def client() -> None:
+        replies.append(await fetch(running.port, b"GET", target, host=host))
+        answered.cancel()
+
+    async with trio.open_nursery() as clients:
+        clients.start_soon(client)
+        with answered:
+            await wait_held(running.server, 1)
+        assert replies == [], "answered at once instead of held"
+        yield replies
 
 
 async def test_a_request_sent_while_the_agent_is_away_reaches_it_when_it_is_back() -> None:
@@ -148,14 +175,7 @@ async def test_a_held_request_served_is_logged_with_its_wait(
         running, _, port = await start_departed(nursery, server_config(timeouts={"hold_s": 30.0}))
         before = running.server.state.metrics.routes["app"].duration
         count, total = before.count, before.sum
-        replies: list[Reply] = []
-
-        async def client() -> None:
-            replies.append(await fetch(running.port, b"GET", b"/held"))
-
-        async with trio.open_nursery() as clients:
-            clients.start_soon(client)
-            await wait_held(running.server, 1)
+        async with held_request(running, b"/held") as replies:
             mock_clock.jump(2.5)
             await start_agent(nursery, running, {"app": port})
         assert [reply.status for reply in replies] == [200]
@@ -270,14 +290,7 @@ async def test_a_held_client_that_hangs_up_frees_its_place_at_once() -> None:
             # Far inside the 60 s hold: the place is free again, for a client that stays.
             await wait_held(running.server, 0)
             assert running.server.state.metrics.held_requests["abandoned"] == 1
-            replies: list[Reply] = []
-
-            async def client() -> None:
-                replies.append(await fetch(running.port, b"GET", b"/"))
-
-            async with trio.open_nursery() as clients:
-                clients.start_soon(client)
-                await wait_held(running.server, 1)
+            async with held_request(running) as replies:
                 await start_agent(nursery, running, {"app": port})
             assert [reply.status for reply in replies] == [200]
             nursery.cancel_scope.cancel()
@@ -351,28 +364,12 @@ async def _startup_hold(config: ServerConfig, mock_clock: trio.testing.MockClock
     async with trio.open_nursery() as nursery:
         running = await start_server(nursery, config)
         _, port = await start_upstream(nursery, "svc")
-        replies: list[Reply] = []
-
-        answered = trio.CancelScope()
-
-        async def client(host: bytes) -> None:
-            replies.append(await fetch(running.port, b"GET", b"/", host=host))
-            answered.cancel()  # held or not, the test stops waiting for the hold
-
-        async with trio.open_nursery() as clients:
-            clients.start_soon(client, b"app")
-            with answered:
-                await wait_held(running.server, 1)
-            assert replies == [], "answered at once instead of held"
+        async with held_request(running) as replies:
             mock_clock.jump(5.0)
             await start_agent(nursery, running, {"app": port})
         assert [(r.status, r.header(b"x-upstream")) for r in replies] == [(200, b"svc")]
-        answered = trio.CancelScope()
-        async with trio.open_nursery() as clients:
-            clients.start_soon(client, b"typo")  # no agent comes: 503, "try again"
-            with answered:
-                await wait_held(running.server, 1)
-            mock_clock.jump(10.5)
+        async with held_request(running, host=b"typo") as replies:
+            mock_clock.jump(10.5)  # no agent comes: 503, "try again"
         assert (replies[-1].status, replies[-1].header(b"retry-after")) == (503, b"10")
         mock_clock.jump(20.0)  # past startup_hold_s
         assert (await fetch(running.port, b"GET", b"/", host=b"typo")).status == 404
