@@ -1,16 +1,32 @@
-"""The CLI's glibc heap settings: fewer page faults for the buffers a stream churns."""
+"""The CLI's heap settings: glibc's (fewer page faults for the buffers a stream
+churns), and start-up objects frozen out of garbage collection once ready."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
 import textwrap
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import pytest
+import trio
 
-from pvtunnel import _cli
+from pvtunnel import _cli, _logs as logs
+from pvtunnel._config import (
+    AgentConfig,
+    InternalConfig,
+    Secret,
+    ServerConfig,
+    ServerEndpoint,
+    with_agent_overrides,
+)
 from pvtunnel._heap import tune_heap
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Iterator
 
 # Allocates and frees 256 KiB buffers (a WebSocket message's size) and prints the
 # page faults that took; with "tuned" first applies the settings.
@@ -100,3 +116,67 @@ def test_only_long_running_commands_tune_the_heap(
         _cli.main(argv)
     assert exit_info.value.code == 0
     assert calls == (["tuned"] if tuned else [])
+
+
+@pytest.fixture
+def unfrozen() -> Iterator[None]:
+    """The test process's heap as the collector normally sees it, before and after."""
+    gc.unfreeze()
+    yield
+    gc.unfreeze()
+
+
+async def _until_ready(
+    monkeypatch: pytest.MonkeyPatch, nursery: trio.Nursery, run: Callable[[], Awaitable[int]]
+) -> dict[str, Any]:
+    """Start a command's trio part; the fields of its ready line, and ``frozen``: how
+    many objects were frozen when it was said."""
+    ready = trio.Event()
+    fields: dict[str, Any] = {}
+
+    def say(message: str, *, level: str = "info", **said: Any) -> None:
+        logs.say(message, level=level, **said)
+        if said.get("event") == "ready":
+            fields.update(said, frozen=gc.get_freeze_count())
+            ready.set()
+
+    monkeypatch.setattr(_cli, "say", say)
+    nursery.start_soon(run)
+    await ready.wait()
+    return fields
+
+
+# Start-up leaves tens of thousands of objects (this test process more); none were
+# frozen before the command started.
+_START_UP_OBJECTS = 10_000
+
+
+@pytest.mark.usefixtures("unfrozen")
+async def test_serve_and_agent_freeze_their_start_up_objects_once_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    token = Secret("t" * 32)
+    server = ServerConfig(host="127.0.0.1", internal=InternalConfig(port=0, token=token))
+    async with trio.open_nursery() as nursery:
+        said = await _until_ready(monkeypatch, nursery, partial(_cli._run_server, server))
+        assert said["frozen"] > _START_UP_OBJECTS
+        gc.unfreeze()
+        agent = with_agent_overrides(
+            AgentConfig(
+                client_id="frozen", server=ServerEndpoint(urls=(said["internal"],), token=token)
+            ),
+            routes=["app=127.0.0.1:9"],
+        )
+        said = await _until_ready(monkeypatch, nursery, partial(_cli._run_agent, agent))
+        assert said["frozen"] > _START_UP_OBJECTS
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.usefixtures("unfrozen")
+async def test_demo_freezes_its_start_up_objects_once_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        said = await _until_ready(monkeypatch, nursery, partial(_cli._run_demo, 0))
+        assert said["frozen"] > _START_UP_OBJECTS
+        nursery.cancel_scope.cancel()

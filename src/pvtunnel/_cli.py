@@ -41,7 +41,7 @@ from pvtunnel._config import (
     write_init_files,
 )
 from pvtunnel._errors import ConfigError, HandshakeRefusedError, StatusError
-from pvtunnel._heap import tune_heap
+from pvtunnel._heap import freeze_start_up_objects, tune_heap
 from pvtunnel._logs import configure_logging, printable, say, serve_log_flushes
 from pvtunnel._status import (
     DEFAULT_ADMIN_URL,
@@ -220,7 +220,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
 
 def _say_ready(command: str, fields: dict[str, str]) -> None:
-    """The ready line: ``key=value`` pairs in text, the same keys in JSON."""
+    """The ready line: ``key=value`` pairs in text, the same keys in JSON.
+
+    Start-up is over then: what it built is frozen out of garbage collection.
+    """
+    freeze_start_up_objects()
     pairs = " ".join(f"{key}={value}" for key, value in fields.items())
     say(f"pvtunnel {command}: ready {pairs}", event="ready", **fields)
 
@@ -472,6 +476,7 @@ async def _run_demo(preferred_port: int) -> int:
             page = f"{_url('http', status.admin)}/inspect"
             port = addresses.external[1]
             external = _url("http", addresses.external)
+            freeze_start_up_objects()
             say(
                 f"pvtunnel demo: ready. A server, an agent and a sample service are running.\n"
                 f"Try:\n"

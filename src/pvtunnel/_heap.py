@@ -1,4 +1,5 @@
-"""glibc heap settings for the long-running `pvtunnel` processes.
+"""Heap settings for the long-running `pvtunnel` processes: glibc's, and the
+garbage collector's.
 
 A body streaming through a 2 MiB window allocates and frees 64-256 KiB buffers
 all the time (socket reads, frames, WebSocket messages). glibc's defaults hand
@@ -10,14 +11,23 @@ the commit that added this).
 
 The settings keep up to `TRIM_THRESHOLD_BYTES` free at the top of the heap,
 which costs at most that much resident memory, and take blocks up to
-`MMAP_THRESHOLD_BYTES` from the heap. Only the CLI applies them: a program that
-embeds pvtunnel owns its allocator. glibc's own ``MALLOC_*_`` environment
-variables, when set, win.
+`MMAP_THRESHOLD_BYTES` from the heap. Only the CLI applies them (and the freeze
+below): a program that embeds pvtunnel owns its allocator and its collector.
+glibc's own ``MALLOC_*_`` environment variables, when set, win.
+
+The garbage collector's full collections look at every object the process holds,
+and after start-up most of those are the imported modules, classes and functions
+(some 35,000 objects), which never become garbage: at 64 concurrent requests an
+agent ran a full collection every few seconds, each stopping all its requests for
+10-30 ms. `freeze_start_up_objects`, called once a process is ready, moves them
+out of the collector's sight, so a full collection looks only at what traffic
+made since (about 1,000 objects under the same load: under a millisecond).
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import sys
 from typing import Final
@@ -47,3 +57,13 @@ def tune_heap() -> bool:
         mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
         and mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
     )
+
+
+def freeze_start_up_objects() -> None:
+    """Exclude every object alive now from later collections (see the module docstring).
+
+    A frozen object that later becomes cyclic garbage is never freed; that is at
+    most the start-up heap, which stays alive in a running process anyway.
+    """
+    gc.collect()  # what start-up left as garbage goes first, not frozen with the rest
+    gc.freeze()
