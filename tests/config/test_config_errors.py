@@ -163,7 +163,8 @@ def test_route_ports_are_1_to_65535(here: Path, port: int, valid: bool) -> None:
 
 @pytest.mark.parametrize(("port", "valid"), [(-1, False), (0, True), (65535, True), (65536, False)])
 def test_server_ports_are_0_to_65535(here: Path, port: int, valid: bool) -> None:
-    write(here, "server.toml", f"[external]\nport = {port}\n[admin]\nport = {port}\n")
+    # On "::" (IPv6 only), beside the admin listener's 127.0.0.1: one port may serve both.
+    write(here, "server.toml", f'host = "::"\n[external]\nport = {port}\n[admin]\nport = {port}\n')
     if valid:
         config = load_server_config(Path("server.toml"), environ={})
         assert config.external.port == port
@@ -537,6 +538,52 @@ def test_one_port_for_both_listeners_is_refused_naming_both_keys(here: Path) -> 
     write(here, "s.toml", "[internal]\nport = 0\n[external]\nport = 0\n")
     config = load_server_config(Path("s.toml"), environ={})
     assert (config.internal.port, config.external.port) == (0, 0)
+
+
+def test_an_admin_port_on_a_tunnel_listeners_port_and_address_is_refused(here: Path) -> None:
+    """The admin listener binds admin.host, the others host: where those overlap
+    (the same address, or a wildcard of its family), one port for both could
+    not start. `pvtunnel check` says so too."""
+    write(here, "s.toml", "[external]\nport = 9000\n[admin]\nport = 9000\n")
+    expected = [
+        's.toml: admin.port: 9000 is external.port too, on overlapping addresses (host "0.0.0.0", '
+        'admin.host "127.0.0.1"), so the second listener could not start; '
+        "give each its own port (0: any free one)"
+    ]
+    assert server_problems(Path("s.toml")) == expected
+    assert check_file(Path("s.toml"), environ={}) == ("server", expected)
+    write(
+        here,
+        "s.toml",
+        """
+        host = "::1"
+        [internal]
+        port = 9000
+        [admin]
+        port = 9000
+        host = "::1"
+        """,
+    )
+    assert server_problems(Path("s.toml")) == [
+        's.toml: admin.port: 9000 is internal.port too, on overlapping addresses (host "::1", '
+        'admin.host "::1"), so the second listener could not start; '
+        "give each its own port (0: any free one)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("host", "admin"),
+    [
+        ('host = "127.0.0.2"', "port = 9000"),  # two loopback addresses
+        ('host = "::"', "port = 9000"),  # IPv6 listeners are IPv6-only
+        ("", "port = 0"),  # two free ports
+    ],
+)
+def test_an_admin_port_that_meets_no_other_listener_is_taken(
+    here: Path, host: str, admin: str
+) -> None:
+    write(here, "s.toml", f"{host}\n[external]\nport = 9000\n[admin]\n{admin}\n")
+    assert check_file(Path("s.toml"), environ={}) == ("server", [])
 
 
 def test_tls_files_that_do_not_load_are_config_errors(

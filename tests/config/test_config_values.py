@@ -285,6 +285,38 @@ def test_admin_elsewhere_needs_a_token(host: str) -> None:
     assert AdminConfig(port=9100, host=host, token=Secret("t")).host == host
 
 
+@pytest.mark.parametrize(
+    ("host", "admin_host", "clash"),
+    [
+        ("0.0.0.0", "127.0.0.1", True),  # a wildcard holds the port on every address
+        ("10.0.0.1", "0.0.0.0", True),
+        ("0.0.0.0", "localhost", True),
+        ("::", "::1", True),
+        ("::1", "0:0::1", True),  # one address, spelt two ways
+        ("proxy.example", "PROXY.example", True),
+        ("127.0.0.1", "127.0.0.2", False),
+        ("::", "127.0.0.1", False),  # IPv6 listeners are IPv6-only
+        ("0.0.0.0", "::1", False),
+        ("proxy.example", "127.0.0.1", False),  # not looked up: told at start, if at all
+    ],
+)
+def test_the_admin_listener_may_share_a_port_only_on_another_address(
+    host: str, admin_host: str, clash: bool
+) -> None:
+    admin = AdminConfig(port=9100, host=admin_host, token=Secret("t"))
+    internal = InternalConfig(port=9100)
+    if not clash:
+        assert ServerConfig(host=host, internal=internal, admin=admin).admin == admin
+        return
+    with pytest.raises(ConfigError) as caught:
+        ServerConfig(host=host, internal=internal, admin=admin)
+    assert caught.value.problems == [
+        "ServerConfig.admin.port: 9100 is internal.port too, on overlapping addresses "
+        f'(host "{host}", admin.host "{admin_host}"), so the second listener could not start; '
+        "give each its own port (0: any free one)"
+    ]
+
+
 def test_tls_files_go_in_pairs() -> None:
     with pytest.raises(ConfigError) as caught:
         InternalConfig(tls_key=Path("/k"))

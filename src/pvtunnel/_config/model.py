@@ -15,7 +15,7 @@ the key the user should change.
 
 import enum
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, NoReturn, TypeVar
 
@@ -326,6 +326,14 @@ class ServerConfig:
         problem = same_port(self.external.port, self.internal.port, "internal.port")
         if problem is not None:
             raise FieldError(type(self).__name__, [("external.port", problem)])
+        if self.admin is not None:
+            ports = {"internal.port": self.internal.port, "external.port": self.external.port}
+            other = admin_clash(self.admin, self.host, ports)
+            if other is not None:
+                problem = admin_port_taken(
+                    str(self.admin.port), other, ("host", self.host), self.admin.host
+                )
+                raise FieldError(type(self).__name__, [("admin.port", problem)])
 
 
 def same_port(port: int, other_port: int, other: str) -> str | None:
@@ -340,6 +348,29 @@ def same_port(port: int, other_port: int, other: str) -> str | None:
     return (
         f"{port} is {other} too: both listeners bind one host, so the second could not "
         "start; give each its own port (0: any free one)"
+    )
+
+
+def admin_clash(admin: AdminConfig, host: str, ports: Mapping[str, int]) -> str | None:
+    """Which of the tunnel's listeners (named by the keys of ``ports``, bound to
+    ``host``) the admin listener would meet on its port, if any.
+
+    The admin listener binds a host of its own, so a shared port is a clash only
+    where the two hosts overlap (`rules.binds_overlap`); 0 is any free port.
+    """
+    if admin.port == 0 or not rules.binds_overlap(admin.host, host):
+        return None
+    return next((name for name, port in ports.items() if port == admin.port), None)
+
+
+def admin_port_taken(subject: str, other: str, host: tuple[str, str], admin_host: str) -> str:
+    """The message for an admin port (``subject``) that is ``other`` too, where
+    ``host`` (its key or flag, and its value) overlaps ``admin_host``."""
+    host_key, host_value = host
+    return (
+        f"{subject} is {other} too, on overlapping addresses ({host_key} {show(host_value)}, "
+        f"admin.host {show(admin_host)}), so the second listener could not start; "
+        "give each its own port (0: any free one)"
     )
 
 

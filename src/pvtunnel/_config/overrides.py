@@ -21,6 +21,8 @@ from .model import (
     Route,
     RouteType,
     ServerConfig,
+    admin_clash,
+    admin_port_taken,
     discovery,
     same_port,
 )
@@ -99,6 +101,10 @@ def with_overrides(
         problems.extend(_port_clash(config, internal_port, external_port))
     if problems:
         raise ConfigError(problems)
+    admin = _admin_on(config.admin, admin_port, admin_token)
+    clash = _admin_port_clash(config, admin, host, internal_port, external_port)
+    if clash:
+        raise ConfigError(clash)
     internal, external = config.internal, config.external
     if internal_port is not None:
         internal = attrs.evolve(internal, port=internal_port)
@@ -109,7 +115,7 @@ def with_overrides(
         host=config.host if host is None else host,
         internal=internal,
         external=external,
-        admin=_admin_on(config.admin, admin_port, admin_token),
+        admin=admin,
     )
 
 
@@ -129,6 +135,40 @@ def _port_clash(
         clash = same_port(internal_port, config.external.port, "external.port")
         flag = "--internal-port"
     return [] if clash is None else [f"{flag}: {clash}"]
+
+
+def _admin_port_clash(
+    config: ServerConfig,
+    admin: AdminConfig | None,
+    host: str | None,
+    internal_port: int | None,
+    external_port: int | None,
+) -> list[str]:
+    """An admin listener the flags put on a tunnel listener's port and address,
+    said of the flag that did it: the file alone passed ``ServerConfig``'s check.
+    ``admin`` is the listener after ``--admin-port``."""
+    if admin is None:
+        return []
+    # Each value with the flag or key it came from, to be named in the message.
+    internal = ("internal.port", config.internal.port)
+    external = ("external.port", config.external.port)
+    if internal_port is not None:
+        internal = ("--internal-port", internal_port)
+    if external_port is not None:
+        external = ("--external-port", external_port)
+    ports = dict([internal, external])
+    bound = ("host", config.host) if host is None else ("--host", host)
+    other = admin_clash(admin, bound[1], ports)
+    if other is None:
+        return []
+    admin_moved = config.admin is None or admin.port != config.admin.port
+    if admin_moved:
+        blamed, subject = "--admin-port", str(admin.port)
+    elif other.startswith("--"):
+        blamed, subject, other = other, str(admin.port), "admin.port"
+    else:
+        blamed, subject = "--host", f"admin.port {admin.port}"
+    return [f"{blamed}: {admin_port_taken(subject, other, bound, admin.host)}"]
 
 
 def _admin_on(

@@ -133,6 +133,33 @@ def is_loopback(host: str) -> bool:
     return address.is_loopback
 
 
+def binds_overlap(one: str, other: str) -> bool:
+    """Whether listeners bound to hosts ``one`` and ``other`` on one port would clash.
+
+    A wildcard (0.0.0.0, ::) takes the port on every address of its family, so
+    Linux refuses a second bind beside it (elsewhere the narrower listener would
+    quietly take its address's connections). trio opens IPv6 listeners
+    IPv6-only, so the two families never meet. "localhost" counts as 127.0.0.1,
+    which it resolves to everywhere; any other name is only known to clash with
+    itself, as its addresses are not looked up here.
+    """
+    if one.lower() == other.lower():
+        return True
+    first, second = _bind_address(one), _bind_address(other)
+    if first is None or second is None or first.version != second.version:
+        return False
+    return first == second or first.is_unspecified or second.is_unspecified
+
+
+def _bind_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if host.lower() == "localhost":
+        return ipaddress.IPv4Address("127.0.0.1")
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
 def integer(low: int, high: int) -> Callable[[object], int]:
     """Build the rule for an integer in ``low..high``; strings like "80" are refused."""
 
