@@ -16,8 +16,6 @@ from pvtunnel import _errors
 
 PACKAGE = Path(pvtunnel.__file__).parent
 ERRORS_MODULE = PACKAGE / "_errors.py"
-# `python -m pvtunnel` runs the CLI on import.
-NOT_IMPORTED = {"pvtunnel.__main__"}
 # A base class that names an exception: `...Error`, `...Exception`, `...Exc`,
 # `...Warning`, `...Closed`, `...Rejected` (trio-websocket's names).
 EXCEPTION_BASE = re.compile(r"(Error|Exception|Exc|Warning|Closed|Rejected|Cancelled)$")
@@ -25,7 +23,7 @@ EXCEPTION_BASE = re.compile(r"(Error|Exception|Exc|Warning|Closed|Rejected|Cance
 
 def _modules() -> list[str]:
     names = [info.name for info in pkgutil.walk_packages(pvtunnel.__path__, prefix="pvtunnel.")]
-    return sorted(set(names) - NOT_IMPORTED)
+    return sorted(set(names))
 
 
 def _exception_classes_by_source() -> list[tuple[Path, int, str]]:

@@ -3,7 +3,8 @@
 Exit statuses: 0 after a clean stop (including SIGINT, SIGTERM or SIGHUP after draining),
 2 for a configuration or usage mistake (one line per problem, no traceback),
 1 when the server refuses an agent for good, or for an unexpected error;
-130 when `status` is interrupted (SIGINT) while it waits for an answer.
+130 when `status` is interrupted (SIGINT) while it waits for an answer, or any
+command before it handles SIGINT itself (`pvtunnel.__main__`, the entry point).
 """
 
 from __future__ import annotations
