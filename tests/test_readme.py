@@ -15,6 +15,7 @@ import pytest
 
 import pvtunnel
 from pvtunnel._config.model import TOML_KEY
+from pvtunnel._http.framing import refused_head_status
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -45,6 +46,16 @@ def test_readme_is_of_readme_size() -> None:
 def test_readme_links_the_pages_under_docs(page: str) -> None:
     assert (DOCS / page).is_file()
     assert f"(docs/{page}" in README
+
+
+def test_the_error_table_tells_a_long_request_line_from_a_long_head() -> None:
+    """Both statuses the head limit brings, as the server chooses them."""
+    table = README[README.index("| situation | status |") :].partition("\n\n")[0]
+    statuses = {row.rsplit("|", 2)[1].strip() for row in table.splitlines()[2:]}
+    limit = 1024
+    line_alone, _ = refused_head_status(431, b"GET /" + b"a" * limit, limit)
+    whole_head, _ = refused_head_status(431, b"GET / HTTP/1.1\r\nX: " + b"a" * limit, limit)
+    assert {str(line_alone), str(whole_head)} <= statuses
 
 
 def test_library_example_runs() -> None:
