@@ -557,3 +557,24 @@ def test_a_port_in_use_is_one_line_naming_the_listener(listener: str) -> None:
     assert f"{said} on 127.0.0.1:{port}: Address already in use" in result.stderr
     assert f"give it another port (--{listener}-port, or {listener}.port)" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_admin_port_on_another_listeners_port_is_refused_before_anything_binds() -> None:
+    """Refused as a flag mistake (2), not met at start as a port in use (1). The port
+    is held here, so a listener that tried it anyway would fail, not take it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run(
+            "serve",
+            *("--host", "127.0.0.1", "--internal-port", "0"),
+            *("--external-port", port, "--admin-port", port),
+            env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"--admin-port: {port} is --external-port too, on overlapping addresses "
+        '(--host "127.0.0.1", admin.host "127.0.0.1"), so the second listener could not '
+        "start; give each its own port (0: any free one)\n"
+    )
