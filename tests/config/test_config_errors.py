@@ -8,6 +8,7 @@ import pytest
 
 from pvtunnel._config import (
     AdminConfig,
+    InspectConfig,
     load_agent_config,
     load_server_config,
     with_agent_overrides,
@@ -677,3 +678,13 @@ def test_inspect_previews_too_big_for_the_ring_name_the_key(here: Path) -> None:
         "agent.toml: inspect.max_body_bytes: at most max_bytes / 8, so that max_bytes holds "
         "4 exchanges with both previews whole (got 65536 with max_bytes 65536)"
     ]
+
+
+def test_inspect_max_replays_is_a_positive_bounded_count(here: Path) -> None:
+    write(here, "agent.toml", 'client_id = "a"\n[inspect]\nmax_replays = 0\n')
+    assert agent_problems(Path("agent.toml")) == [
+        "agent.toml: inspect.max_replays: expected an integer from 1 to 1024, got 0"
+    ]
+    write(here, "agent.toml", 'client_id = "a"\n[inspect]\nmax_replays = 3\n')
+    assert load_agent_config(Path("agent.toml"), environ={}).inspect.max_replays == 3
+    assert InspectConfig().max_replays == 8

@@ -183,6 +183,51 @@ async def test_replay_resends_through_the_agent_with_edits() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_replays_past_the_limit_are_refused_at_once() -> None:
+    """Each replay holds an upstream connection and its body until its answer ends:
+    past ``max_replays`` in flight, one is refused with 429 and Retry-After, before
+    its edits are read and without reaching the upstream, and its place comes back
+    when a replay ends."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(
+                nursery, inspect=InspectConfig(enabled=True, max_replays=2)
+            )
+            inspector = inspected.agent.inspector
+            assert inspector is not None
+            await fetch(inspected.running.port, b"GET", b"/first")
+            (first,) = await inspected.get_json(b"/inspect/api/requests")
+            held: list[Reply] = []
+
+            async def held_replay() -> None:
+                held.append(await inspected.replay(first["id"], {"target": "/hold"}))
+
+            for _ in range(2):
+                nursery.start_soon(held_replay)
+            while inspected.upstream.holding < 2:
+                await trio.testing.wait_all_tasks_blocked()
+            refused = await inspected.replay(first["id"], {"target": "/refused"})
+            assert refused.status == 429, refused
+            assert refused.header(b"retry-after") == b"1"
+            assert refused.body.count(b"\n") == 1
+            assert "too many replays at once (at most 2)" in json.loads(refused.body)["error"]
+            assert [r.target for r in inspected.upstream.requests] == [
+                b"/first",
+                b"/hold",
+                b"/hold",
+            ]
+            assert len(await inspected.get_json(b"/inspect/api/requests")) == 3
+            inspected.upstream.release.set()
+            while len(held) < 2:
+                await trio.testing.wait_all_tasks_blocked()
+            assert [reply.status for reply in held] == [200, 200]
+            assert inspector.replays == 0
+            again = await inspected.replay(first["id"])
+            assert again.status == 200, again
+            assert json.loads(again.body)["status"] == 200
+            nursery.cancel_scope.cancel()
+
+
 async def test_failures_are_recorded_and_so_is_a_failed_replay() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:

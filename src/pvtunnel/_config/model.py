@@ -580,7 +580,10 @@ class InspectConfig:
     """The request inspector (``[inspect]`` in agent.toml): off unless ``enabled``.
 
     What it keeps is bounded by ``max_requests`` and ``max_bytes`` together (the
-    oldest exchanges go first); each body is cut at ``max_body_bytes``.
+    oldest exchanges go first); each body is cut at ``max_body_bytes``. At most
+    ``max_replays`` replays are in flight at once: each holds an upstream
+    connection, its body and a task, and anyone who reaches the admin port could
+    otherwise start thousands.
     """
 
     enabled: bool = attrs.field(default=False, validator=Rule(rules.boolean))
@@ -589,6 +592,7 @@ class InspectConfig:
         default=16 * 1024 * 1024, validator=Rule(rules.integer(65536, rules.MAX_INT32))
     )
     max_body_bytes: int = attrs.field(validator=Rule(rules.integer(0, 16 * 1024 * 1024)))
+    max_replays: int = attrs.field(default=8, validator=Rule(rules.integer(1, 1024)))
 
     @max_body_bytes.default
     def _max_body_bytes(self) -> int:

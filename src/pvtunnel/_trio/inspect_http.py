@@ -44,6 +44,9 @@ MAX_EDITS_BYTES: Final = 8 * 1024 * 1024
 EVENT_QUEUE: Final = 256
 EVENT_QUEUE_BYTES: Final = 1024 * 1024
 MAX_EVENT_STREAMS: Final = 16
+# What a replay refused for the limit is told to wait, in seconds: most replays
+# take far less than their deadline.
+RETRY_REPLAY_S: Final = b"1"
 # A comment line this often, so a page that went away is noticed and let go.
 KEEPALIVE_S: Final = 15.0
 
@@ -93,7 +96,14 @@ async def answer_inspect(
             return _json(exchange.detail())
         case rules.Action.REPLAY:
             assert decision.exchange_id is not None
-            return await _replay(http, inspector, decision.exchange_id)
+            if inspector.replays >= inspector.max_replays:
+                return _too_many_replays(inspector.max_replays)
+            # Held from before the edits are read: they may be 8 MiB each.
+            inspector.replays += 1
+            try:
+                return await _replay(http, inspector, decision.exchange_id)
+            finally:
+                inspector.replays -= 1
         case rules.Action.EVENTS:
             if inspector.event_streams >= MAX_EVENT_STREAMS:
                 return AdminResponse(status=503, body=b"503: too many inspector pages open\n")
@@ -110,13 +120,23 @@ def _asset(name: str) -> bytes:
     return importlib.resources.files("pvtunnel._inspect").joinpath("static", name).read_bytes()
 
 
-def _json(document: object, status: int = 200) -> AdminResponse:
+def _json(
+    document: object, status: int = 200, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> AdminResponse:
     body = json.dumps(document, separators=(",", ":")).encode() + b"\n"
-    return AdminResponse(status=status, body=body, content_type=JSON)
+    return AdminResponse(status=status, body=body, content_type=JSON, headers=headers)
 
 
-def _error(status: int, message: str) -> AdminResponse:
-    return _json({"error": message}, status)
+def _error(
+    status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> AdminResponse:
+    return _json({"error": message}, status, headers)
+
+
+def _too_many_replays(limit: int) -> AdminResponse:
+    # Refused at once, not queued: a queue would hold what the limit is there to bound.
+    message = f"too many replays at once (at most {limit}): try again when one has ended"
+    return _error(429, message, ((b"retry-after", RETRY_REPLAY_S),))
 
 
 def _no_such_exchange() -> AdminResponse:

@@ -150,6 +150,10 @@ class Inspector:
         )
         self._routes = routes
         self._pool = pool
+        # Replays in flight now, edits being read included; `inspect_http` refuses
+        # one past `max_replays` rather than queue it.
+        self.replays = 0
+        self.max_replays = config.inspect.max_replays
         # Pages following the event stream now (the admin listener caps them).
         self.event_streams = 0
         # The last event the pages were sent, as they were sent it (`inspect_http`).
