@@ -228,6 +228,26 @@ async def test_replays_past_the_limit_are_refused_at_once() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_replays_answer_is_kept_within_the_captures_bounds() -> None:
+    """A replay is recorded in the capture like any exchange: its answer, however
+    long, is kept as a preview cut at ``max_body_bytes``, counted in ``max_bytes``."""
+    inspect = InspectConfig(enabled=True, max_bytes=65536, max_body_bytes=1000)
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery, inspect=inspect)
+            inspector = inspected.agent.inspector
+            assert inspector is not None
+            await fetch(inspected.running.port, b"GET", b"/first")
+            (first,) = await inspected.get_json(b"/inspect/api/requests")
+            reply = await inspected.replay(first["id"], {"target": "/bytes/1000000"})
+            replayed = json.loads(reply.body)
+            assert replayed["response_bytes"] == 1000000
+            assert replayed["response"]["body"]["cut"] is True
+            assert len(body_of(replayed["response"])) == 1000
+            assert inspector.capture.bytes <= inspect.max_bytes
+            nursery.cancel_scope.cancel()
+
+
 async def test_failures_are_recorded_and_so_is_a_failed_replay() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
