@@ -211,6 +211,10 @@ async def test_replays_past_the_limit_are_refused_at_once() -> None:
             assert refused.header(b"retry-after") == b"1"
             assert refused.body.count(b"\n") == 1
             assert "too many replays at once (at most 2)" in json.loads(refused.body)["error"]
+            # Refused before its edits are read, the answer still reaches a client
+            # that sends them whole first (they are read away after it, not reset).
+            large = await inspected.replay(first["id"], {"body": "x" * 4 * 1024 * 1024})
+            assert large.status == 429, large
             assert [r.target for r in inspected.upstream.requests] == [
                 b"/first",
                 b"/hold",

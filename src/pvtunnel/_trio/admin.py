@@ -21,6 +21,7 @@ import trio
 
 from pvtunnel._http.admin import AdminResponse, AdminSource, respond
 from pvtunnel._http.inspect import is_inspect_path
+from pvtunnel._trio.closing import close_lingering, has_unread_bytes
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.inspect_http import answer_inspect
 from pvtunnel._trio.listeners import open_listeners
@@ -109,8 +110,27 @@ async def _serve_connection(
         logger.exception("admin request failed")
         await _send(http, AdminResponse(status=500, body=b"internal error\n"), head_only=False)
     finally:
-        with trio.move_on_after(1, shield=True):
-            await stream.aclose()
+        # An answer sent before the request's body was read (a refusal, a replay
+        # past the limit) would be destroyed by the reset of a close over unread
+        # bytes, those here now or those of a body still on its way.
+        if _may_still_send(http) or has_unread_bytes(stream):
+            await close_lingering(stream)
+        else:
+            with trio.move_on_after(1, shield=True):
+                await stream.aclose()
+
+
+def _may_still_send(http: H11Stream[trio.abc.Stream]) -> bool:
+    """Whether the client may still be sending its request (its body, or a head
+    that broke the rules). What was read already is passed over: a bodiless
+    request's end is there without a read, since nothing here asks for it."""
+    try:
+        while http.conn.their_state is h11.SEND_BODY:
+            if http.buffered_event() is None:
+                return True
+    except h11.RemoteProtocolError:
+        return True
+    return http.conn.their_state is h11.ERROR
 
 
 async def _send(
