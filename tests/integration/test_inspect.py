@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import tracemalloc
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -24,6 +25,7 @@ from pvtunnel._config import (
     with_agent_overrides,
 )
 from pvtunnel._errors import FieldError
+from pvtunnel._trio import inspect_http
 from pvtunnel._trio.agent import TunnelAgent
 from tests.integration.client import Client, Reply, fetch
 from tests.integration.echo import TcpEcho, open_connect
@@ -249,6 +251,37 @@ async def test_a_replays_answer_is_kept_within_the_captures_bounds() -> None:
             assert replayed["response"]["body"]["cut"] is True
             assert len(body_of(replayed["response"])) == 1000
             assert inspector.capture.bytes <= inspect.max_bytes
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_replay_in_flight_holds_no_copy_of_its_edits() -> None:
+    """Up to ``max_replays`` replays wait for their answers at once, each with edits
+    of up to 8 MiB: while one waits, the body it sends is held once (as the edits
+    hold it), not also as the JSON it came in."""
+    body = "x" * 4 * 1024 * 1024
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery)
+            await fetch(inspected.running.port, b"GET", b"/first")
+            (first,) = await inspected.get_json(b"/inspect/api/requests")
+            tracemalloc.start()
+            try:
+                done = trio.Event()
+
+                async def held_replay() -> None:
+                    await inspected.replay(first["id"], {"target": "/hold", "body": body})
+                    done.set()
+
+                nursery.start_soon(held_replay)
+                while inspected.upstream.holding < 1:
+                    await trio.testing.wait_all_tasks_blocked()
+                snapshot = tracemalloc.take_snapshot()
+            finally:
+                tracemalloc.stop()
+            held = snapshot.filter_traces([tracemalloc.Filter(True, inspect_http.__file__)])
+            assert sum(stat.size for stat in held.statistics("filename")) < 256 * 1024
+            inspected.upstream.release.set()
+            await done.wait()
             nursery.cancel_scope.cancel()
 
 

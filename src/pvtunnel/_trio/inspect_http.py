@@ -29,6 +29,7 @@ from pvtunnel._trio.sockio import BROKEN
 if TYPE_CHECKING:
     from pvtunnel._config import Secret
     from pvtunnel._inspect.capture import Event
+    from pvtunnel._inspect.edits import Edits
     from pvtunnel._trio.http11 import H11Stream
     from pvtunnel._trio.inspector import Inspector
 
@@ -158,9 +159,12 @@ async def _read_body(http: H11Stream[trio.abc.Stream]) -> bytes | None:
             raise h11.RemoteProtocolError(f"unexpected {type(event).__name__} in a body")
 
 
-async def _replay(
-    http: H11Stream[trio.abc.Stream], inspector: Inspector, exchange_id: int
-) -> AdminResponse:
+async def _read_edits(http: H11Stream[trio.abc.Stream]) -> Edits | AdminResponse:
+    """The replay's edits, or the answer when there are none to use.
+
+    Only the edits outlive this: the JSON they came in (up to `MAX_EDITS_BYTES`)
+    is not held while the replay waits for its answer.
+    """
     with trio.move_on_after(BODY_DEADLINE_S) as scope:
         data = await _read_body(http)
     if scope.cancelled_caught:
@@ -168,7 +172,18 @@ async def _replay(
     if data is None:
         return _error(413, f"the edits are larger than {MAX_EDITS_BYTES} bytes")
     try:
-        edits = parse_edits(data)
+        return parse_edits(data)
+    except EditError as exc:
+        return _error(400, str(exc))
+
+
+async def _replay(
+    http: H11Stream[trio.abc.Stream], inspector: Inspector, exchange_id: int
+) -> AdminResponse:
+    edits = await _read_edits(http)
+    if isinstance(edits, AdminResponse):
+        return edits
+    try:
         exchange = await inspector.replay(exchange_id, edits)
     except KeyError:
         return _no_such_exchange()
