@@ -28,6 +28,7 @@ from pvtunnel._trio.discovery import (
 @attrs.define(eq=False)
 class FakeLink:
     address: str
+    connected: bool = True
     has_ended: bool = False
     running: bool = False
 
@@ -85,6 +86,12 @@ async def start(
     return server
 
 
+async def elapse(clock: trio.testing.MockClock, seconds: float) -> None:
+    """Move the clock on, then let every task do what is due by then."""
+    clock.jump(seconds)
+    await trio.testing.wait_all_tasks_blocked()
+
+
 async def test_one_link_per_address_and_changes_follow_each_resolution(
     mock_clock: trio.testing.MockClock,
 ) -> None:
@@ -94,19 +101,19 @@ async def test_one_link_per_address_and_changes_follow_each_resolution(
         assert fixture.running() == ["127.0.0.1", "127.0.0.2"]
         assert set(server.links) == {"127.0.0.1", "127.0.0.2"}
         fixture.answer = ("127.0.0.2", "127.0.0.3")
-        mock_clock.jump(29.9)
-        await trio.testing.wait_all_tasks_blocked()
+        await elapse(mock_clock, 29.9)
         assert fixture.resolutions == 1  # not before interval_s
-        mock_clock.jump(0.1)
-        await trio.testing.wait_all_tasks_blocked()
+        await elapse(mock_clock, 0.1)
         assert fixture.resolutions == 2
+        assert fixture.running() == ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        await elapse(mock_clock, 30.0)  # missing from a second answer: retired
+        assert fixture.resolutions == 3
         assert fixture.retired == ["127.0.0.1"]
         assert fixture.running() == ["127.0.0.2", "127.0.0.3"]
         assert set(server.links) == {"127.0.0.2", "127.0.0.3"}
         # An unchanged answer opens and closes nothing.
-        mock_clock.jump(30.0)
-        await trio.testing.wait_all_tasks_blocked()
-        assert fixture.resolutions == 3
+        await elapse(mock_clock, 30.0)
+        assert fixture.resolutions == 4
         assert len(fixture.links) == 3
         nursery.cancel_scope.cancel()
 
@@ -118,20 +125,73 @@ async def test_a_failing_link_asks_for_a_resolution_soon_and_bursts_share_one(
     async with trio.open_nursery() as nursery:
         server = await start(nursery, fixture, interval_s=30.0)
         fixture.answer = ("127.0.0.2",)
-        server.link_failed()
-        server.link_failed()
+        failing = fixture.links[0]
+        failing.connected = False
+        server.link_failed(failing)
+        server.link_failed(failing)
         await trio.testing.wait_all_tasks_blocked()
-        mock_clock.jump(MIN_RESOLVE_INTERVAL_S - 0.01)
-        await trio.testing.wait_all_tasks_blocked()
+        await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S - 0.01)
         assert fixture.resolutions == 1
-        mock_clock.jump(0.01)
-        await trio.testing.wait_all_tasks_blocked()
+        await elapse(mock_clock, 0.01)
         assert fixture.resolutions == 2
-        assert fixture.retired == ["127.0.0.1"]
+        assert fixture.retired == ["127.0.0.1"]  # down and gone: at once
         # The burst is spent: the next resolution waits for the interval again.
-        mock_clock.jump(29.0)
-        await trio.testing.wait_all_tasks_blocked()
+        await elapse(mock_clock, 29.0)
         assert fixture.resolutions == 2
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_healthy_link_stays_until_its_address_has_been_missing_for_an_interval(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """A resolver answering with a rotating part of the records: a link missing from
+    one answer is not drained, to be dialled again at the next."""
+    fixture = Fixture(answer=("127.0.0.1", "127.0.0.2", "127.0.0.3"))
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, fixture, interval_s=30.0)
+        for answer in [("127.0.0.1", "127.0.0.2"), ("127.0.0.2", "127.0.0.3")] * 2:
+            fixture.answer = answer
+            await elapse(mock_clock, 30.0)
+        assert fixture.resolutions == 5
+        assert fixture.retired == []
+        assert len(fixture.links) == 3
+        # A failure elsewhere asks again soon: missing from two answers a second
+        # apart is not missing for an interval.
+        fixture.answer = ("127.0.0.2",)
+        for _ in range(2):
+            server.link_failed(fixture.links[1])
+            await trio.testing.wait_all_tasks_blocked()
+            await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S)
+        assert fixture.resolutions == 7
+        assert fixture.retired == []
+        await elapse(mock_clock, 30.0 - 0.01)
+        assert fixture.resolutions == 7
+        assert fixture.retired == []
+        await elapse(mock_clock, 0.01)
+        assert fixture.resolutions == 8
+        assert sorted(fixture.retired) == ["127.0.0.1", "127.0.0.3"]
+        assert fixture.running() == ["127.0.0.2"]
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_link_that_is_down_retires_at_the_first_answer_without_it(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    fixture = Fixture(answer=("127.0.0.1", "127.0.0.2", "127.0.0.3"))
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, fixture, interval_s=30.0)
+        failing, recovered, refused = fixture.links
+        failing.connected = False
+        server.link_failed(failing)
+        server.link_failed(recovered)  # failed, then registered again: healthy
+        refused.has_ended = True
+        refused.connected = False
+        fixture.answer = ()
+        await trio.testing.wait_all_tasks_blocked()
+        await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S)
+        assert fixture.resolutions == 2
+        assert sorted(fixture.retired) == ["127.0.0.1", "127.0.0.3"]
+        assert fixture.running() == ["127.0.0.2"]
         nursery.cancel_scope.cancel()
 
 
@@ -144,12 +204,10 @@ async def test_a_name_that_does_not_resolve_is_retried_with_backoff(
         assert fixture.resolutions == 1
         assert fixture.links == []
         for _ in range(6):  # 0.5, 1, 2, 4, 8, 8 s at most: never the 30 s interval
-            mock_clock.jump(8.0)
-            await trio.testing.wait_all_tasks_blocked()
+            await elapse(mock_clock, 8.0)
         assert fixture.resolutions >= 6
         fixture.answer = ("127.0.0.9",)
-        mock_clock.jump(8.0)
-        await trio.testing.wait_all_tasks_blocked()
+        await elapse(mock_clock, 8.0)
         assert fixture.running() == ["127.0.0.9"]
         nursery.cancel_scope.cancel()
 

@@ -98,7 +98,7 @@ class ServerLink:
     url: str
     address: str | None = None
     # Told when a session fails, so discovery resolves again (the replica may be gone).
-    on_failure: Callable[[], None] | None = attrs.field(default=None, repr=False)
+    on_failure: Callable[[ServerLink], None] | None = attrs.field(default=None, repr=False)
     tunnel: Tunnel | None = None
     # trio.current_time() at the latest registration; /status turns it into wall time.
     connected_at: float = 0.0
@@ -402,7 +402,7 @@ class TunnelAgent:
                     self.metrics.protocol_errors += 1
                 logger.warning("connection to %s failed: %s", link.label, describe_failure(exc))
             if link.on_failure is not None:
-                link.on_failure()
+                link.on_failure(link)
             # Counted from the registration, not the dial: a dial or handshake
             # that times out takes `connect_s` (10 s by default) and must not pass
             # for a session that lasted.

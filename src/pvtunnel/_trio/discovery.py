@@ -12,6 +12,15 @@ a rollout fails first, then is gone from the answer). Links to new addresses ope
 at once; links to addresses that are gone drain (GOAWAY, in-flight requests
 finish within ``grace_s``) and close.
 
+An address is gone once it has been missing from every answer for
+``discover_interval_s`` (two periodic resolutions in a row), not at the first
+answer without it: a resolver may answer with part of a large record set (a
+response cut down to a few records, a rotating subset), and retiring a healthy
+link there would drain it only to dial it again at the next answer. A link that
+is down (its connection failed and has not come back, or a refusal ended it) is
+retired at the first answer without its address: a replaced replica is not
+dialled for another interval.
+
 A link dials its address but speaks to the URL's host: TLS sends the host name
 (SNI) and verifies the certificate against it, and the upgrade's Host header is
 the URL's, so a replica is addressed exactly as the load balancer would address it.
@@ -39,10 +48,14 @@ RESOLVE_RETRY_INITIAL_S: Final = 0.5
 
 
 class DiscoveredLink(Protocol):
-    """What discovery needs of an agent link: its address, and whether it has ended."""
+    """What discovery needs of an agent link: its address, whether it is registered
+    now, and whether a refusal ended it."""
 
     @property
     def address(self) -> str | None: ...
+
+    @property
+    def connected(self) -> bool: ...
 
     @property
     def has_ended(self) -> bool: ...
@@ -115,12 +128,18 @@ class DiscoveredServer(Generic[LinkT]):
         self._overlaps_said: set[str] = set()
         self.links: dict[str, LinkT] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
+        # The linked addresses whose link has failed at least once.
+        self._failed: set[str] = set()
+        # trio.current_time() at the first answer, of those since, without the address.
+        self._missing_since: dict[str, float] = {}
         self.resolutions = 0
         self._link_failed = trio.Event()
         self._resolved = trio.lowlevel.ParkingLot()
 
-    def link_failed(self) -> None:
+    def link_failed(self, link: LinkT) -> None:
         """A link's connection failed: resolve again soon (the replica may be gone)."""
+        if link.address is not None and self.links.get(link.address) is link:
+            self._failed.add(link.address)
         self._link_failed.set()
 
     async def wait_resolved(self) -> None:
@@ -161,7 +180,6 @@ class DiscoveredServer(Generic[LinkT]):
                 continue
             failures.reset()
             self.resolutions += 1
-            addresses = self._own(addresses)
             self._apply(addresses, nursery, new_link, run_link, retire_link)
             self._resolved.unpark_all()
             with trio.move_on_after(self.interval_s):
@@ -189,12 +207,28 @@ class DiscoveredServer(Generic[LinkT]):
 
     def _apply(
         self,
-        addresses: tuple[str, ...],
+        answer: tuple[str, ...],
         nursery: trio.Nursery,
         new_link: Callable[[str], LinkT],
         run_link: Callable[[LinkT], Awaitable[None]],
         retire_link: Callable[[LinkT, trio.CancelScope], Awaitable[None]],
     ) -> None:
+        addresses = self._own(answer)
+        now = trio.current_time()
+        for address, link in list(self.links.items()):
+            if address in addresses:
+                self._missing_since.pop(address, None)
+                continue
+            if address in answer:
+                why = "is left to an earlier URL"
+            elif self._is_down(address, link):
+                why = "is gone from DNS and its connection is down"
+            elif now >= self._missing_since.setdefault(address, now) + self.interval_s:
+                why = "has been gone from DNS for a resolution interval"
+            else:
+                continue
+            logger.info("%s: %s %s; closing its connection", self.url, address, why)
+            self._retire(address, nursery, retire_link)
         for address in addresses:
             if address in self.links:
                 continue
@@ -202,10 +236,21 @@ class DiscoveredServer(Generic[LinkT]):
             link = self.links[address] = new_link(address)
             scope = self.scopes[address] = trio.CancelScope()
             nursery.start_soon(_run_in_scope, run_link, link, scope)
-        for address in [a for a in self.links if a not in addresses]:
-            logger.info("%s: %s is gone from DNS; closing its connection", self.url, address)
-            link = self.links.pop(address)
-            nursery.start_soon(retire_link, link, self.scopes.pop(address))
+
+    def _is_down(self, address: str, link: LinkT) -> bool:
+        """Refused for good, or failed and not registered again since."""
+        return link.has_ended or (address in self._failed and not link.connected)
+
+    def _retire(
+        self,
+        address: str,
+        nursery: trio.Nursery,
+        retire_link: Callable[[LinkT, trio.CancelScope], Awaitable[None]],
+    ) -> None:
+        self._failed.discard(address)
+        self._missing_since.pop(address, None)
+        link = self.links.pop(address)
+        nursery.start_soon(retire_link, link, self.scopes.pop(address))
 
     @property
     def has_ended(self) -> bool:
