@@ -12,6 +12,7 @@ session tables, never by sleeping.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -188,6 +189,33 @@ async def test_a_failing_link_resolves_the_name_again_at_once() -> None:
             await wait_for(agent, lambda: {link.address for link in agent.links} == {"127.0.0.2"})
             assert names.asked >= 2
             nursery.cancel_scope.cancel()
+
+
+async def test_an_ipv6_address_listed_first_gives_way_to_servers_on_ipv4_only(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The servers listen on IPv4 (the server's default host is 0.0.0.0) while their
+    name also has an IPv6 address, which the resolver lists first: it refuses, and
+    the resolution that failure asks for, a second later, dials IPv4 instead."""
+    caplog.set_level(logging.INFO, "pvtunnel.agent")
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            (replica,) = await start_replicas(nursery, 1)
+            _, port = await start_upstream(nursery, "svc")
+            names = Names(answer=("::1", "127.0.0.1"))
+            # An interval far beyond the test's limit: only the failure can ask again.
+            agent = discovering_agent([replica], names, {"app": port}, discover_interval_s=3600)
+            await nursery.start(agent.serve)  # returns once a server has registered it
+            assert names.asked == 2
+            assert [(link.address, link.connected) for link in agent.links] == [("127.0.0.1", True)]
+            assert (await get(replica, b"/")).status == 200
+            nursery.cancel_scope.cancel()
+    said = [r.getMessage() for r in caplog.records if "using IPv" in r.getMessage()]
+    assert said == [
+        f"{agent.config.server.urls[0]}: using IPv6 addresses (the resolver's preference)",
+        f"{agent.config.server.urls[0]}: using IPv4 addresses "
+        "(no IPv6 address could be connected to)",
+    ]
 
 
 @attrs.define

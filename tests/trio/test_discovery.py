@@ -9,6 +9,8 @@ at its edges without sleeping. The real resolver and real links are in
 
 from __future__ import annotations
 
+import itertools
+import logging
 import socket
 
 import attrs
@@ -19,7 +21,7 @@ import trio.testing
 from pvtunnel._trio.discovery import (
     MIN_RESOLVE_INTERVAL_S,
     DiscoveredServer,
-    first_family,
+    by_family,
     resolve_addresses,
     url_host_port,
 )
@@ -29,6 +31,7 @@ from pvtunnel._trio.discovery import (
 class FakeLink:
     address: str
     connected: bool = True
+    has_registered: bool = True
     has_ended: bool = False
     running: bool = False
 
@@ -38,6 +41,8 @@ class Fixture:
     """A resolver answering ``answer`` (or raising when it is None) and the links it led to."""
 
     answer: tuple[str, ...] | None = ("127.0.0.1", "127.0.0.2")
+    # Whether a new link registers (else it has yet to connect).
+    registers: bool = True
     resolutions: int = 0
     links: list[FakeLink] = attrs.field(factory=list)
     retired: list[str] = attrs.field(factory=list)
@@ -50,7 +55,7 @@ class Fixture:
         return self.answer
 
     def new_link(self, address: str) -> FakeLink:
-        link = FakeLink(address)
+        link = FakeLink(address, connected=self.registers, has_registered=self.registers)
         self.links.append(link)
         return link
 
@@ -243,18 +248,116 @@ def test_url_host_port(url: str, expected: tuple[str, int]) -> None:
     assert url_host_port(url) == expected
 
 
-def test_only_the_first_family_is_kept_so_a_dual_stack_server_gets_one_link() -> None:
-    v4, v6 = socket.AF_INET, socket.AF_INET6
-    stream, tcp = socket.SOCK_STREAM, socket.IPPROTO_TCP
-    infos = [
-        (v6, stream, tcp, "", ("fd00::1", 8081, 0, 0)),
-        (v4, stream, tcp, "", ("10.0.0.1", 8081)),
-        (v6, stream, tcp, "", ("fd00::2", 8081, 0, 0)),
-        (v6, stream, tcp, "", ("fd00::1", 8081, 0, 0)),
+def test_addresses_by_family_in_the_order_of_their_first() -> None:
+    answer = ("fd00::1", "10.0.0.1", "fe80::1%eth0", "10.0.0.2")
+    assert by_family(answer) == {
+        socket.AF_INET6: ("fd00::1", "fe80::1%eth0"),
+        socket.AF_INET: ("10.0.0.1", "10.0.0.2"),
+    }
+    assert list(by_family(answer[1:])) == [socket.AF_INET, socket.AF_INET6]
+    assert by_family(()) == {}
+
+
+def families_said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage().split(": ", 1)[1] for r in caplog.records if "using IPv" in r.message]
+
+
+def family(server: DiscoveredServer[FakeLink]) -> socket.AddressFamily | None:
+    return server.family
+
+
+async def fail(server: DiscoveredServer[FakeLink], *links: FakeLink) -> None:
+    """The links' connections fail (and stay down), as a refused dial does."""
+    for link in links:
+        link.connected = False
+        server.link_failed(link)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_a_family_no_link_can_connect_to_gives_way_to_the_other_until_it_leaves(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A dual-stack name in front of servers listening on IPv4 only."""
+    caplog.set_level(logging.INFO, "pvtunnel.agent")
+    fixture = Fixture(answer=("fd00::1", "10.0.0.1", "fd00::2", "10.0.0.2"), registers=False)
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, fixture, interval_s=30.0)
+        assert fixture.running() == ["fd00::1", "fd00::2"]  # one family: the first
+        first, second = fixture.links
+        await fail(server, first)
+        await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S)
+        assert fixture.resolutions == 2
+        assert fixture.running() == ["fd00::1", "fd00::2"]  # one may still connect
+        await fail(server, second)
+        await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S)
+        assert fixture.resolutions == 3
+        assert sorted(fixture.retired) == ["fd00::1", "fd00::2"]
+        assert fixture.running() == ["10.0.0.1", "10.0.0.2"]
+        assert family(server) == socket.AF_INET
+        # IPv4 works: kept, even through its servers' restarts, while IPv6 is there.
+        for link in fixture.links[2:]:
+            link.connected = link.has_registered = True
+        for _ in range(3):
+            await elapse(mock_clock, 30.0)
+        await fail(server, *fixture.links[2:])
+        await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S)
+        for link in fixture.links[2:]:
+            link.connected = True
+        assert fixture.running() == ["10.0.0.1", "10.0.0.2"]
+        assert len(fixture.links) == 4
+        # Until the IPv4 addresses leave the answer.
+        fixture.answer = ("fd00::1", "fd00::2")
+        await elapse(mock_clock, 30.0)
+        assert fixture.running() == ["10.0.0.1", "10.0.0.2"]
+        await elapse(mock_clock, 30.0)
+        assert fixture.running() == ["fd00::1", "fd00::2"]
+        assert family(server) == socket.AF_INET6
+        nursery.cancel_scope.cancel()
+    assert families_said(caplog) == [
+        "using IPv6 addresses (the resolver's preference)",
+        "using IPv4 addresses (no IPv6 address could be connected to)",
+        "using IPv6 addresses (no IPv4 address is left)",
     ]
-    assert first_family(infos) == ("fd00::1", "fd00::2")
-    assert first_family(infos[1:2]) == ("10.0.0.1",)
-    assert first_family([]) == ()
+
+
+async def test_an_answer_without_the_family_in_use_once_changes_nothing(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One of the two look-ups (AAAA, A) timed out: the other family alone answers."""
+    caplog.set_level(logging.INFO, "pvtunnel.agent")
+    fixture = Fixture(answer=("fd00::1", "fd00::2"))
+    async with trio.open_nursery() as nursery:
+        await start(nursery, fixture, interval_s=30.0)
+        fixture.answer = ("10.0.0.1",)
+        await elapse(mock_clock, 30.0)
+        fixture.answer = ("fd00::1", "10.0.0.1", "fd00::2")
+        await elapse(mock_clock, 30.0)
+        assert [link.address for link in fixture.links] == ["fd00::1", "fd00::2"]
+        assert fixture.running() == ["fd00::1", "fd00::2"]
+        nursery.cancel_scope.cancel()
+    assert families_said(caplog) == []
+
+
+async def test_while_neither_family_connects_the_switches_slow_down(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Each switch dials the other family's addresses afresh: without a pause
+    growing between switches, a dead name would be dialled every second."""
+    fixture = Fixture(answer=("::1", "127.0.0.1"), registers=False)
+    switched_at: list[int] = []
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, fixture)  # switches at most retry_max_s (8 s) apart
+        for second in range(1, 121):
+            await fail(server, *[link for link in fixture.links if link.running])
+            linked = len(fixture.links)
+            await elapse(mock_clock, 1.0)
+            if len(fixture.links) > linked:
+                switched_at.append(second)
+        nursery.cancel_scope.cancel()
+    gaps = [later - earlier for earlier, later in itertools.pairwise(switched_at)]
+    assert switched_at[0] == 1  # the first at once
+    assert gaps[:3] == sorted(gaps[:3])
+    assert all(4 <= gap <= 8 for gap in gaps[3:]), gaps  # half the cap to the cap
 
 
 async def test_the_system_resolver_gives_each_address_once() -> None:

@@ -21,6 +21,22 @@ is down (its connection failed and has not come back, or a refusal ended it) is
 retired at the first answer without its address: a replaced replica is not
 dialled for another interval.
 
+A name may resolve to addresses of both families (AAAA and A records). Links go
+to one family at a time: a dual-stack server has both addresses, and two links
+to it would register the same agent twice, each replacing the other. The family
+the resolver lists first (its preference, RFC 6724) is dialled first. When every
+link to it has failed without registering (servers listening on IPv4 only behind
+a name that also has IPv6 addresses; an IPv6 route that goes nowhere, once the
+dial times out after ``connect_s``) while the answer also holds the other
+family, the next resolution, a second after the failures, drops those links and
+dials the other family: Happy Eyeballs (RFC 8305) for the set of replicas rather
+than for one connection. The family that works is kept while it works, since
+dropping healthy links for a preference would cut requests in flight for
+nothing; the other is tried again once this one fails the same way or leaves
+the answer. While neither family gets a link registered, the switches back and
+forth slow down as reconnects do (up to ``reconnect_max_s`` apart), rather than
+dialling each family anew every second.
+
 A link dials its address but speaks to the URL's host: TLS sends the host name
 (SNI) and verifies the certificate against it, and the upgrade's Host header is
 the URL's, so a replica is addressed exactly as the load balancer would address it.
@@ -29,6 +45,7 @@ the URL's, so a replica is addressed exactly as the load balancer would address 
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import urllib.parse
 from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
@@ -38,21 +55,25 @@ import trio
 from pvtunnel._backoff import Backoff
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Sequence
+    from collections.abc import Awaitable, Callable, Iterable
 
 logger = logging.getLogger("pvtunnel.agent")
 
 # A burst of failing links (a replica going down) asks for one resolution, not one each.
 MIN_RESOLVE_INTERVAL_S: Final = 1.0
 RESOLVE_RETRY_INITIAL_S: Final = 0.5
+FAMILY_NAMES: Final = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
 
 
 class DiscoveredLink(Protocol):
     """What discovery needs of an agent link: its address, whether it is registered
-    now, and whether a refusal ended it."""
+    now or ever was, and whether a refusal ended it."""
 
     @property
     def address(self) -> str | None: ...
+
+    @property
+    def has_registered(self) -> bool: ...
 
     @property
     def connected(self) -> bool: ...
@@ -64,25 +85,24 @@ class DiscoveredLink(Protocol):
 async def resolve_addresses(host: str, port: int) -> tuple[str, ...]:
     """Every address ``host`` resolves to for TCP, in the resolver's order, each once.
 
-    Only addresses of the family the resolver lists first (its preference, RFC
-    6724): a dual-stack server has an IPv4 and an IPv6 address, and two links to
-    it would register the same agent twice, each replacing the other.
+    Both families, in the order of the resolver's preference (RFC 6724):
+    `DiscoveredServer` links to one of them at a time.
 
     Raises:
         OSError: The name does not resolve (``socket.gaierror``) or the resolver failed.
     """
     infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return first_family(infos)
+    return tuple(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
-def first_family(
-    infos: Sequence[tuple[socket.AddressFamily, object, object, object, tuple[object, ...]]],
-) -> tuple[str, ...]:
-    """The addresses of ``getaddrinfo``'s answer in the family of its first one, each once."""
-    if not infos:
-        return ()
-    family = infos[0][0]
-    return tuple(dict.fromkeys(str(info[4][0]) for info in infos if info[0] == family))
+def by_family(addresses: Iterable[str]) -> dict[socket.AddressFamily, tuple[str, ...]]:
+    """The addresses by family, the families in the order of their first address."""
+    families: dict[socket.AddressFamily, list[str]] = {}
+    for address in addresses:
+        # An IPv6 address, a scoped one included, is the one with a colon.
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        families.setdefault(family, []).append(address)
+    return {family: tuple(members) for family, members in families.items()}
 
 
 def url_host_port(url: str) -> tuple[str, int]:
@@ -133,6 +153,11 @@ class DiscoveredServer(Generic[LinkT]):
         # trio.current_time() at the first answer, of those since, without the address.
         self._missing_since: dict[str, float] = {}
         self.resolutions = 0
+        # The family linked to: the answer's first, until every link to it fails.
+        self.family: socket.AddressFamily | None = None
+        # Paces the switches from one family to the other while neither registers.
+        self._switches = Backoff(MIN_RESOLVE_INTERVAL_S, retry_max_s)
+        self._switch_after = -math.inf
         self._link_failed = trio.Event()
         self._resolved = trio.lowlevel.ParkingLot()
 
@@ -214,12 +239,19 @@ class DiscoveredServer(Generic[LinkT]):
         retire_link: Callable[[LinkT, trio.CancelScope], Awaitable[None]],
     ) -> None:
         addresses = self._own(answer)
+        families = by_family(addresses)
         now = trio.current_time()
+        if any(link.has_registered for link in self.links.values()):
+            self._switches.reset()
+            self._switch_after = -math.inf
+        fallback = self._fallback(families, now)
         for address, link in list(self.links.items()):
-            if address in addresses:
+            if fallback is not None:
+                why = "could not be connected to"
+            elif address in addresses:
                 self._missing_since.pop(address, None)
                 continue
-            if address in answer:
+            elif address in answer:
                 why = "is left to an earlier URL"
             elif self._is_down(address, link):
                 why = "is gone from DNS and its connection is down"
@@ -229,13 +261,55 @@ class DiscoveredServer(Generic[LinkT]):
                 continue
             logger.info("%s: %s %s; closing its connection", self.url, address, why)
             self._retire(address, nursery, retire_link)
-        for address in addresses:
+        if fallback is not None:
+            self._switch_after = now + self._switches.next_delay()
+        self._choose_family(families, fallback)
+        wanted = () if self.family is None else families.get(self.family, ())
+        for address in wanted:
             if address in self.links:
                 continue
             logger.info("%s: server found at %s", self.url, address)
             link = self.links[address] = new_link(address)
             scope = self.scopes[address] = trio.CancelScope()
             nursery.start_soon(_run_in_scope, run_link, link, scope)
+
+    def _fallback(
+        self, families: dict[socket.AddressFamily, tuple[str, ...]], now: float
+    ) -> socket.AddressFamily | None:
+        """The other family in the answer, if every link to this one failed before
+        it registered (and the last switch is not too recent)."""
+        others = [family for family in families if family != self.family]
+        if not others or not self.links or now < self._switch_after:
+            return None
+        unreachable = all(
+            address in self._failed and not link.has_registered and not link.has_ended
+            for address, link in self.links.items()
+        )
+        return others[0] if unreachable else None
+
+    def _choose_family(
+        self,
+        families: dict[socket.AddressFamily, tuple[str, ...]],
+        fallback: socket.AddressFamily | None,
+    ) -> None:
+        """Take up ``fallback``, or the answer's first family once the one in use has
+        neither links nor addresses left; said when the answer held a choice."""
+        before = self.family
+        if fallback is not None:
+            self.family = fallback
+        elif not self.links and families and before not in families:
+            self.family = next(iter(families))
+        if self.family == before or self.family is None:
+            return
+        if before is None:
+            if len(families) == 1:
+                return
+            why = "the resolver's preference"
+        elif fallback is not None:
+            why = f"no {FAMILY_NAMES[before]} address could be connected to"
+        else:
+            why = f"no {FAMILY_NAMES[before]} address is left"
+        logger.info("%s: using %s addresses (%s)", self.url, FAMILY_NAMES[self.family], why)
 
     def _is_down(self, address: str, link: LinkT) -> bool:
         """Refused for good, or failed and not registered again since."""
