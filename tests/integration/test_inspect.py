@@ -42,6 +42,8 @@ from tests.integration.upstream import RecordingUpstream
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from pvtunnel._trio.inspector import Inspector
+
 LIMIT_S = 20
 ADMIN_TOKEN = "admin-token-for-inspector-tests"
 JSON_POST = ((b"content-type", b"application/json"),)
@@ -58,6 +60,17 @@ class Inspected:
         host, port = self.admin
         async with await Client.connect(port, host) as client:
             return await client.request(b"GET", path, host=b"127.0.0.1:%d" % port, headers=headers)
+
+    @property
+    def inspector(self) -> Inspector:
+        assert self.agent.inspector is not None
+        return self.agent.inspector
+
+    async def record_first(self) -> Any:
+        """Send ``GET /first`` through the tunnel; its exchange, the only one recorded."""
+        await fetch(self.running.port, b"GET", b"/first")
+        (first,) = await self.get_json(b"/inspect/api/requests")
+        return first
 
     async def get_json(self, path: bytes) -> Any:
         reply = await self.get(path)
@@ -195,10 +208,8 @@ async def test_replays_past_the_limit_are_refused_at_once() -> None:
             inspected = await start_inspected(
                 nursery, inspect=InspectConfig(enabled=True, max_replays=2)
             )
-            inspector = inspected.agent.inspector
-            assert inspector is not None
-            await fetch(inspected.running.port, b"GET", b"/first")
-            (first,) = await inspected.get_json(b"/inspect/api/requests")
+            inspector = inspected.inspector
+            first = await inspected.record_first()
             held: list[Reply] = []
 
             async def held_replay() -> None:
@@ -241,10 +252,8 @@ async def test_a_replays_answer_is_kept_within_the_captures_bounds() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             inspected = await start_inspected(nursery, inspect=inspect)
-            inspector = inspected.agent.inspector
-            assert inspector is not None
-            await fetch(inspected.running.port, b"GET", b"/first")
-            (first,) = await inspected.get_json(b"/inspect/api/requests")
+            inspector = inspected.inspector
+            first = await inspected.record_first()
             reply = await inspected.replay(first["id"], {"target": "/bytes/1000000"})
             replayed = json.loads(reply.body)
             assert replayed["response_bytes"] == 1000000
@@ -262,8 +271,7 @@ async def test_a_replay_in_flight_holds_no_copy_of_its_edits() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             inspected = await start_inspected(nursery)
-            await fetch(inspected.running.port, b"GET", b"/first")
-            (first,) = await inspected.get_json(b"/inspect/api/requests")
+            first = await inspected.record_first()
             tracemalloc.start()
             try:
                 done = trio.Event()
@@ -421,8 +429,7 @@ async def test_a_page_that_closes_gives_its_place_back_at_once() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             inspected = await start_inspected(nursery)
-            inspector = inspected.agent.inspector
-            assert inspector is not None
+            inspector = inspected.inspector
             host, port = inspected.admin
             pages = []
             for _ in range(3):
