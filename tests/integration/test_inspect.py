@@ -293,6 +293,42 @@ async def test_a_replay_in_flight_holds_no_copy_of_its_edits() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_a_replay_whose_client_leaves_ends_and_gives_its_place_back() -> None:
+    """A replay waits up to its deadline for its answer; once its client hangs up
+    nobody will read it, so the replay ends then, recorded as cut short, and its
+    place among ``max_replays`` is free at once, not a minute later."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(
+                nursery, inspect=InspectConfig(enabled=True, max_replays=1)
+            )
+            inspector = inspected.inspector
+            first = await inspected.record_first()
+            client = trio.CancelScope()
+
+            async def leaving_client() -> None:
+                with client:
+                    await inspected.replay(first["id"], {"target": "/hold"})
+                assert client.cancelled_caught, "the replay was answered"
+
+            nursery.start_soon(leaving_client)
+            while inspected.upstream.holding < 1:
+                await trio.testing.wait_all_tasks_blocked()
+            assert inspector.replays == 1
+            client.cancel()  # its connection closes while the replay waits
+            while inspector.replays:
+                await trio.testing.wait_all_tasks_blocked()
+            listed = await inspected.get_json(b"/inspect/api/requests")
+            (cut,) = [entry for entry in listed if entry["replay_of"] == first["id"]]
+            assert cut["state"] == "failed"
+            assert cut["error"] == "cancelled before its answer ended"
+            # Its place is free: the next replay is served, not refused.
+            inspected.upstream.release.set()
+            again = await inspected.replay(first["id"])
+            assert again.status == 200, again
+            nursery.cancel_scope.cancel()
+
+
 async def test_failures_are_recorded_and_so_is_a_failed_replay() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:

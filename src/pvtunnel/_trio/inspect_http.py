@@ -25,10 +25,13 @@ from pvtunnel._http.admin import JSON, AdminResponse
 from pvtunnel._inspect.edits import parse_edits
 from pvtunnel._trio.hangups import hung_up_when_readable
 from pvtunnel._trio.sockio import BROKEN
+from pvtunnel._trio.tunnel import first_error
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from pvtunnel._config import Secret
-    from pvtunnel._inspect.capture import Event
+    from pvtunnel._inspect.capture import Event, Exchange
     from pvtunnel._inspect.edits import Edits
     from pvtunnel._trio.http11 import H11Stream
     from pvtunnel._trio.inspector import Inspector
@@ -179,22 +182,53 @@ async def _read_edits(http: H11Stream[trio.abc.Stream]) -> Edits | AdminResponse
 
 async def _replay(
     http: H11Stream[trio.abc.Stream], inspector: Inspector, exchange_id: int
-) -> AdminResponse:
+) -> AdminResponse | None:
     edits = await _read_edits(http)
     if isinstance(edits, AdminResponse):
         return edits
     try:
-        exchange = await inspector.replay(exchange_id, edits)
+        exchange = await _unless_client_leaves(
+            http.stream, functools.partial(inspector.replay, exchange_id, edits)
+        )
     except KeyError:
         return _no_such_exchange()
     except EditError as exc:
         return _error(400, str(exc))
     except ReplayRefusedError as exc:
         return _error(409, str(exc))
+    if exchange is None:
+        logger.info("inspector replay of request %d cut: its client went away", exchange_id)
+        return None
     logger.info(
         "inspector replayed request %d as %d: %s", exchange_id, exchange.id, exchange.status
     )
     return _json(exchange.detail())
+
+
+async def _unless_client_leaves(
+    stream: trio.abc.Stream, work: Callable[[], Awaitable[Exchange]]
+) -> Exchange | None:
+    """``work``'s result, or None once the client hangs up first (``work`` is
+    cancelled then).
+
+    A replay waits up to its deadline for its answer, holding one of the
+    inspector's few replay places and an upstream connection: nobody is left to
+    read that answer once its client has gone.
+    """
+    result: Exchange | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                if await hung_up_when_readable(stream):
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            result = await work()
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    return result
 
 
 async def _serve_events(http: H11Stream[trio.abc.Stream], inspector: Inspector) -> None:

@@ -210,6 +210,10 @@ class Inspector:
                 await Replay(recorder, head, route, self._pool).run()
             if scope.cancelled_caught:
                 exchange.failed(f"no complete answer within {REPLAY_DEADLINE_S:g}s")
+        except trio.Cancelled:
+            # Its client went away, or the agent is stopping: recorded as cut short.
+            exchange.failed("cancelled before its answer ended")
+            raise
         finally:
             exchange.finish()
         return exchange
