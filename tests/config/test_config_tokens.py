@@ -10,6 +10,7 @@ from pvtunnel._config import (
     AdminConfig,
     Secret,
     admin_token_from_environment,
+    generate_token,
     load_agent_config,
     load_server_config,
     with_agent_overrides,
@@ -74,6 +75,35 @@ def test_a_missing_token_file_names_the_key(here: Path) -> None:
     write(here, "etc/agent.toml", 'client_id = "a"\n[server]\ntoken_file = "missing.token"\n')
     assert agent_problems(Path("etc/agent.toml")) == [
         f"etc/agent.toml: server.token_file: cannot read {(here / 'etc/missing.token').resolve()}: "
+        "No such file or directory"
+    ]
+
+
+@pytest.mark.parametrize("kind", ["agent", "server"])
+def test_a_token_given_as_its_file_is_not_echoed(here: Path, kind: str) -> None:
+    """The token itself where its file's path goes names no file; echoed as a path,
+    it would end up in terminals, CI logs and bug reports."""
+    token = generate_token()
+    if kind == "agent":
+        write(here, "c.toml", f'client_id = "a"\n[server]\ntoken_file = "{token}"\n')
+        problems = agent_problems(Path("c.toml"))
+        key = "server.token_file"
+    else:
+        write(here, "c.toml", f'[internal]\ntoken_file = "{token}"\n')
+        problems = server_problems(Path("c.toml"))
+        key = "internal.token_file"
+    assert problems == [
+        f"c.toml: {key}: no such file, and the value looks like a token rather than a "
+        "path (not shown): put a token in token, or in the file token_file names"
+    ]
+    assert token not in "".join(problems)
+
+
+@pytest.mark.parametrize("name", ["missing.token", "secrets/agent-token-for-prod", "token"])
+def test_a_missing_token_file_with_a_path_like_name_is_named(here: Path, name: str) -> None:
+    write(here, "c.toml", f'client_id = "a"\n[server]\ntoken_file = "{name}"\n')
+    assert agent_problems(Path("c.toml")) == [
+        f"c.toml: server.token_file: cannot read {(here / name).resolve()}: "
         "No such file or directory"
     ]
 

@@ -331,6 +331,20 @@ def _read_token_file(table: dict[str, Any], key_path: str, base: Path, problems:
     file = (base / Path(name).expanduser()).resolve()
     try:
         text = file.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        if _looks_like_a_token(name):
+            # The token itself put where its file goes: echoed as the path, it would
+            # end up in terminals, CI logs and bug reports.
+            problems.add(
+                join_path(key_path, "token_file"),
+                "no such file, and the value looks like a token rather than a path "
+                "(not shown): put a token in token, or in the file token_file names",
+            )
+        else:
+            problems.add(
+                join_path(key_path, "token_file"), f"cannot read {file}: No such file or directory"
+            )
+        return
     except OSError as exc:
         problems.add(
             join_path(key_path, "token_file"), f"cannot read {file}: {exc.strerror or exc}"
@@ -345,6 +359,21 @@ def _read_token_file(table: dict[str, Any], key_path: str, base: Path, problems:
         return
     problems.reported.discard(join_path(key_path, "token"))
     table["token"] = Secret(text)
+
+
+# Shorter values are as likely to be file names ("token", "agent-key").
+_TOKEN_LIKE_LENGTH = 20
+
+
+def _looks_like_a_token(name: str) -> bool:
+    """Whether a ``token_file`` value that names no file is more likely a token:
+    long, one word of the characters tokens use, nothing a path has (a separator,
+    a dot before an extension, a ``~``)."""
+    return (
+        len(name) >= _TOKEN_LIKE_LENGTH
+        and rules.token_text(name) is None
+        and not any(char in name for char in "/\\.~")
+    )
 
 
 def _environment_tokens(
