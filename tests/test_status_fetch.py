@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pvtunnel import _cli, _status
+from pvtunnel._config import generate_token
 from pvtunnel._errors import StatusError
 from pvtunnel._status import fetch_status, format_status
 
@@ -231,6 +232,28 @@ def test_an_empty_token_file_is_refused_not_taken_for_no_token(
     assert seen == []
     assert capsys.readouterr().err == (
         f"--token-file: the token in {tmp_path / 'token'} must not be empty\n"
+    )
+
+
+def test_a_token_given_as_token_file_is_not_echoed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The token itself after ``--token-file`` names no file; the error says so
+    without it (a path-like name is still named, once)."""
+    monkeypatch.chdir(tmp_path)
+    token = generate_token()
+    with endpoint(json_answer(AGENT)) as (url, seen):
+        for value in (token, "missing/admin.token"):
+            with pytest.raises(SystemExit) as exited:
+                _cli.main(["status", "--admin", url, "--token-file", value])
+            assert exited.value.code == 2
+    assert seen == []
+    err = capsys.readouterr().err
+    assert token not in err
+    assert err == (
+        "--token-file: no such file, and the value looks like a token rather than a path "
+        "(not shown): put the token in a file and name that, or set PVTUNNEL_ADMIN_TOKEN\n"
+        "--token-file: cannot read missing/admin.token: No such file or directory\n"
     )
 
 

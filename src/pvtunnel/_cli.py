@@ -36,6 +36,7 @@ from pvtunnel._config import (
     generate_token,
     load_agent_config,
     load_server_config,
+    looks_like_a_token,
     port_flag,
     with_agent_overrides,
     with_overrides,
@@ -423,8 +424,23 @@ def _status(args: argparse.Namespace) -> int:
     if args.token_file is not None:
         try:
             token = args.token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"--token-file: cannot read {args.token_file}: {exc}"]) from None
+        except FileNotFoundError:
+            if looks_like_a_token(str(args.token_file)):
+                raise ConfigError(
+                    [
+                        "--token-file: no such file, and the value looks like a token "
+                        "rather than a path (not shown): put the token in a file and name "
+                        "that, or set PVTUNNEL_ADMIN_TOKEN"
+                    ]
+                ) from None
+            raise ConfigError(
+                [f"--token-file: cannot read {args.token_file}: No such file or directory"]
+            ) from None
+        except OSError as exc:
+            detail = exc.strerror or exc
+            raise ConfigError([f"--token-file: cannot read {args.token_file}: {detail}"]) from None
+        except UnicodeDecodeError:
+            raise ConfigError([f"--token-file: {args.token_file} is not UTF-8 text"]) from None
         if not token:
             # As `serve` and `agent` refuse one: asking without a token, and
             # without the environment's either, would only end in a 401.

@@ -10,6 +10,7 @@ from .loading import (
     check_file,
     load_agent_config,
     load_server_config,
+    looks_like_a_token,
 )
 from .model import (
     CA_FILE_UNUSED,
@@ -55,6 +56,7 @@ __all__ = [
     "generate_token",
     "load_agent_config",
     "load_server_config",
+    "looks_like_a_token",
     "parse_route_flag",
     "port_flag",
     "with_agent_overrides",

@@ -332,18 +332,7 @@ def _read_token_file(table: dict[str, Any], key_path: str, base: Path, problems:
     try:
         text = file.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
-        if _looks_like_a_token(name):
-            # The token itself put where its file goes: echoed as the path, it would
-            # end up in terminals, CI logs and bug reports.
-            problems.add(
-                join_path(key_path, "token_file"),
-                "no such file, and the value looks like a token rather than a path "
-                "(not shown): put a token in token, or in the file token_file names",
-            )
-        else:
-            problems.add(
-                join_path(key_path, "token_file"), f"cannot read {file}: No such file or directory"
-            )
+        problems.add(join_path(key_path, "token_file"), _missing_token_file(name, file))
         return
     except OSError as exc:
         problems.add(
@@ -365,15 +354,27 @@ def _read_token_file(table: dict[str, Any], key_path: str, base: Path, problems:
 _TOKEN_LIKE_LENGTH = 20
 
 
-def _looks_like_a_token(name: str) -> bool:
-    """Whether a ``token_file`` value that names no file is more likely a token:
-    long, one word of the characters tokens use, nothing a path has (a separator,
-    a dot before an extension, a ``~``)."""
+def looks_like_a_token(name: str) -> bool:
+    """Whether a token file's name that names no file is more likely the token itself.
+
+    Long, one word of the characters tokens use, and nothing a path has (a
+    separator, a dot before an extension, a ``~``): the token put where its file
+    goes. Echoed as a path, it would end up in terminals, CI logs and bug reports.
+    """
     return (
         len(name) >= _TOKEN_LIKE_LENGTH
         and rules.token_text(name) is None
         and not any(char in name for char in "/\\.~")
     )
+
+
+def _missing_token_file(name: str, file: Path) -> str:
+    if looks_like_a_token(name):
+        return (
+            "no such file, and the value looks like a token rather than a path "
+            "(not shown): put a token in token, or in the file token_file names"
+        )
+    return f"cannot read {file}: No such file or directory"
 
 
 def _environment_tokens(
