@@ -23,8 +23,9 @@ COMMANDS = {
         f"import sys; from {MODULE} import {FUNCTION}; sys.exit({FUNCTION}())",
     ],
 }
-# Stands in for trio: says that the import has begun, and holds it there.
-SLOW_TRIO = "import time\nprint('importing trio', flush=True)\ntime.sleep(60)\n"
+# Stands in for trio: says that the import has begun, and holds it there, reading
+# a pipe the test keeps open and never writes to, until the signal comes.
+SLOW_TRIO = "import sys\nprint('importing trio', flush=True)\nsys.stdin.read()\n"
 LIMIT_S = 20
 
 
@@ -37,6 +38,7 @@ def test_ctrl_c_while_the_command_still_imports_exits_130_quietly(tmp_path: Path
     path = os.pathsep.join([str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])
     with subprocess.Popen(
         [*COMMANDS[how], "--version"],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -46,7 +48,10 @@ def test_ctrl_c_while_the_command_still_imports_exits_130_quietly(tmp_path: Path
             assert command.stdout is not None
             assert command.stdout.readline() == "importing trio\n"
             command.send_signal(signal.SIGINT)
-            _, stderr = command.communicate(timeout=LIMIT_S)
+            # Its stdin stays open: only the signal can end the stand-in's read.
+            command.wait(timeout=LIMIT_S)
+            assert command.stderr is not None
+            stderr = command.stderr.read()
         finally:
             command.kill()
     assert command.returncode == 130, stderr
