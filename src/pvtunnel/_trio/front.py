@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import logging
 import math
 from typing import TYPE_CHECKING, Final
@@ -43,7 +44,7 @@ from pvtunnel._http.max_forwards import decremented, final_answer, remaining_for
 from pvtunnel._http.routing import is_origin_form, split_target
 from pvtunnel._trio.closing import close_lingering, close_with_reset, has_unread_bytes
 from pvtunnel._trio.dates import http_date
-from pvtunnel._trio.hangups import has_hung_up, hung_up_when_readable, peer_address
+from pvtunnel._trio.hangups import has_hung_up, peer_address, unless_hung_up
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import PipeBytes, run_pipe
 from pvtunnel._trio.plain_on_tls import PLAIN_ON_TLS, answer_in_plain_http, speaks_plain_http
@@ -540,20 +541,12 @@ class ClientConnection:
         state.awaiting[self] = channel
 
     async def _wait_held(self, key: str) -> tuple[str, AgentSession] | HoldOutcome | None:
-        """Hold the request until an agent serves ``key``; None if the client left meanwhile."""
+        """Hold the request until an agent serves ``key``; None if the client left
+        meanwhile (its place is free now, not after ``hold_s``)."""
         state = self.state
-        held: tuple[str, AgentSession] | HoldOutcome | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._cancel_when_gone, nursery.cancel_scope)
-            held = await state.held.wait_for_agent(state.router, key)
-            nursery.cancel_scope.cancel()
-        return held
-
-    async def _cancel_when_gone(self, scope: trio.CancelScope) -> None:
-        """A held client that hangs up frees its place now, not after ``hold_s``."""
-        # Data instead (a pipelined request) is left for the keep-alive loop.
-        if await hung_up_when_readable(self.stream):
-            scope.cancel()
+        return await unless_hung_up(
+            self.stream, functools.partial(state.held.wait_for_agent, state.router, key)
+        )
 
     async def check_hangup(self, channel: Channel) -> bool:
         """Reset the stream if the client closed its connection, or stopped reading

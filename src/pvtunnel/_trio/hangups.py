@@ -11,12 +11,18 @@ from __future__ import annotations
 import logging
 import select
 import socket
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
 
+from pvtunnel._trio.tunnel import first_error
+
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from pvtunnel._trio.state import ServerState
+
+T = TypeVar("T")
 
 logger = logging.getLogger("pvtunnel.server")
 
@@ -64,6 +70,29 @@ async def has_hung_up(stream: trio.abc.Stream) -> bool:
     if sock is None or not sock.is_readable():
         return False
     return await _closed_at_peek(sock)
+
+
+async def unless_hung_up(stream: trio.abc.Stream, work: Callable[[], Awaitable[T]]) -> T | None:
+    """``work``'s result, or None when the client hangs up first (``work`` is then
+    cancelled): a request held for an agent, a replay waiting for its answer, whose
+    client has gone frees its place now rather than when the wait runs out.
+
+    Data instead (a pipelined request) is left unread, and ``work`` goes on.
+    """
+    result: T | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                if await hung_up_when_readable(stream):
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            result = await work()
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    return result
 
 
 async def hung_up_when_readable(stream: trio.abc.Stream) -> bool:

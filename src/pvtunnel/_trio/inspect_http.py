@@ -23,15 +23,12 @@ from pvtunnel._errors import EditError, ReplayRefusedError
 from pvtunnel._http import inspect as rules
 from pvtunnel._http.admin import JSON, AdminResponse
 from pvtunnel._inspect.edits import parse_edits
-from pvtunnel._trio.hangups import hung_up_when_readable
+from pvtunnel._trio.hangups import hung_up_when_readable, unless_hung_up
 from pvtunnel._trio.sockio import BROKEN
-from pvtunnel._trio.tunnel import first_error
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from pvtunnel._config import Secret
-    from pvtunnel._inspect.capture import Event, Exchange
+    from pvtunnel._inspect.capture import Event
     from pvtunnel._inspect.edits import Edits
     from pvtunnel._trio.http11 import H11Stream
     from pvtunnel._trio.inspector import Inspector
@@ -187,7 +184,7 @@ async def _replay(
     if isinstance(edits, AdminResponse):
         return edits
     try:
-        exchange = await _unless_client_leaves(
+        exchange = await unless_hung_up(
             http.stream, functools.partial(inspector.replay, exchange_id, edits)
         )
     except KeyError:
@@ -203,32 +200,6 @@ async def _replay(
         "inspector replayed request %d as %d: %s", exchange_id, exchange.id, exchange.status
     )
     return _json(exchange.detail())
-
-
-async def _unless_client_leaves(
-    stream: trio.abc.Stream, work: Callable[[], Awaitable[Exchange]]
-) -> Exchange | None:
-    """``work``'s result, or None once the client hangs up first (``work`` is
-    cancelled then).
-
-    A replay waits up to its deadline for its answer, holding one of the
-    inspector's few replay places and an upstream connection: nobody is left to
-    read that answer once its client has gone.
-    """
-    result: Exchange | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                if await hung_up_when_readable(stream):
-                    nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            result = await work()
-            nursery.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        raise first_error(group) from None
-    return result
 
 
 async def _serve_events(http: H11Stream[trio.abc.Stream], inspector: Inspector) -> None:
