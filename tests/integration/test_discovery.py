@@ -489,3 +489,57 @@ async def test_two_urls_that_resolve_to_one_address_make_one_link_to_it(
             nursery.cancel_scope.cancel()
     overlaps = [r.getMessage() for r in caplog.records if "as " + first_url in r.getMessage()]
     assert len(overlaps) == 1, overlaps
+
+
+async def test_a_link_left_to_an_earlier_url_tells_its_server_so() -> None:
+    """The later URL linked the address first; once the earlier one links it too, the
+    later one's link leaves, and its server hears that reason, not that the address
+    left DNS (it is still there)."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            replicas = await start_replicas(nursery, 2)
+            _, port = await start_upstream(nursery, "svc")
+            found = discovering_agent(replicas, Names(()), {"app": port}, discover_interval_s=0.05)
+            first_url = found.config.server.urls[0]
+            other = f"other.{NAME}"
+            answers: dict[str, tuple[str, ...]] = {NAME: ("127.0.0.2",), other: ("127.0.0.1",)}
+            # Once both names lead to 127.0.0.1, the earlier URL's answer waits for
+            # the later URL to be resolving, and the later URL's for that answer to
+            # be applied: the twin leaves before the earlier URL's new link has
+            # registered, which would have the server replace the twin's session.
+            later_resolving = trio.Event()
+
+            async def resolve(host: str, port: int) -> tuple[str, ...]:
+                if "127.0.0.1" in answers[NAME]:
+                    if host == NAME:
+                        await later_resolving.wait()
+                    else:
+                        later_resolving.set()
+                        await agent.discovered[first_url].wait_resolved()
+                return answers[host]
+
+            endpoint = attrs.evolve(
+                found.config.server,
+                urls=(first_url, f"ws://{other}:{replicas[0].addresses.internal[1]}"),
+            )
+            agent = TunnelAgent(attrs.evolve(found.config, server=endpoint), resolve=resolve)
+            await nursery.start(agent.serve)
+            await wait_for(agent, lambda: len(connected_addresses(agent)) == 2)
+            (twin,) = replicas[0].server.sessions
+            answers[NAME] = ("127.0.0.1", "127.0.0.2")
+            while twin in replicas[0].server.sessions:
+                await replicas[0].server.state.wait_sessions_changed()
+            closed = twin.tunnel.ws.closed
+            assert closed is not None
+            assert (closed.code, closed.reason) == (
+                1000,
+                "an earlier URL links this server's address",
+            )
+            await wait_for(
+                agent,
+                lambda: (
+                    [(link.url, link.address, link.connected) for link in agent.links]
+                    == [(first_url, "127.0.0.2", True), (first_url, "127.0.0.1", True)]
+                ),
+            )
+            nursery.cancel_scope.cancel()

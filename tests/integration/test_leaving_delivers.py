@@ -19,6 +19,7 @@ import trio.testing
 
 from pvtunnel._config import AgentTimeouts
 from pvtunnel._trio.agent import AgentStatus, TunnelAgent
+from pvtunnel._trio.discovery import LEFT_DNS
 from tests.integration.client import Client
 from tests.integration.harness import Running, agent_config, server_config, start_server
 from tests.integration.listen import serve_on_loopback
@@ -107,7 +108,7 @@ async def server_says_goaway(setup: Setup) -> None:
 
 async def address_leaves_dns(setup: Setup) -> None:
     (link,) = setup.agent.links
-    await setup.agent._retire_link(link, trio.CancelScope())
+    await setup.agent._retire_link(link, trio.CancelScope(), LEFT_DNS)
 
 
 @pytest.mark.parametrize(

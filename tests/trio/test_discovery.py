@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import socket
+from typing import TYPE_CHECKING
 
 import attrs
 import pytest
@@ -25,6 +26,9 @@ from pvtunnel._trio.discovery import (
     resolve_addresses,
     url_host_port,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @attrs.define(eq=False)
@@ -46,6 +50,8 @@ class Fixture:
     resolutions: int = 0
     links: list[FakeLink] = attrs.field(factory=list)
     retired: list[str] = attrs.field(factory=list)
+    # Why each retired address's link was retired, as its server would be told.
+    reasons: dict[str, str] = attrs.field(factory=dict)
 
     async def resolve(self, host: str, port: int) -> tuple[str, ...]:
         assert (host, port) == ("servers.example.com", 8081)
@@ -67,8 +73,9 @@ class Fixture:
         finally:
             link.running = False
 
-    async def retire_link(self, link: FakeLink, scope: trio.CancelScope) -> None:
+    async def retire_link(self, link: FakeLink, scope: trio.CancelScope, reason: str) -> None:
         self.retired.append(link.address)
+        self.reasons[link.address] = reason
         scope.cancel()
 
     def running(self) -> list[str]:
@@ -76,13 +83,18 @@ class Fixture:
 
 
 async def start(
-    nursery: trio.Nursery, fixture: Fixture, *, interval_s: float = 30.0
+    nursery: trio.Nursery,
+    fixture: Fixture,
+    *,
+    interval_s: float = 30.0,
+    linked_elsewhere: Callable[[str], str | None] = lambda address: None,
 ) -> DiscoveredServer[FakeLink]:
     server: DiscoveredServer[FakeLink] = DiscoveredServer(
         "ws://servers.example.com:8081",
         interval_s=interval_s,
         retry_max_s=8.0,
         resolve=fixture.resolve,
+        linked_elsewhere=linked_elsewhere,
     )
     nursery.start_soon(
         server.serve, nursery, fixture.new_link, fixture.run_link, fixture.retire_link
@@ -198,6 +210,28 @@ async def test_a_link_that_is_down_retires_at_the_first_answer_without_it(
         assert sorted(fixture.retired) == ["127.0.0.1", "127.0.0.3"]
         assert fixture.running() == ["127.0.0.2"]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_link_left_to_an_earlier_url_does_not_say_its_address_left_dns(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The server hears why its link goes: the address is still in DNS when another
+    URL of the agent, listed earlier, links it (its twin would replace it there)."""
+    fixture = Fixture(answer=("127.0.0.1", "127.0.0.2", "127.0.0.3"))
+    elsewhere: dict[str, str] = {}
+    async with trio.open_nursery() as nursery:
+        await start(nursery, fixture, interval_s=30.0, linked_elsewhere=elsewhere.get)
+        elsewhere["127.0.0.1"] = "ws://earlier.example.com:8081"
+        fixture.answer = ("127.0.0.1", "127.0.0.2")
+        await elapse(mock_clock, 30.0)
+        assert fixture.retired == ["127.0.0.1"]
+        await elapse(mock_clock, 30.0)
+        assert fixture.retired == ["127.0.0.1", "127.0.0.3"]
+        nursery.cancel_scope.cancel()
+    assert fixture.reasons == {
+        "127.0.0.1": "an earlier URL links this server's address",
+        "127.0.0.3": "this server's address left DNS",
+    }
 
 
 async def test_a_name_that_does_not_resolve_is_retried_with_backoff(
@@ -318,6 +352,24 @@ async def test_a_family_no_link_can_connect_to_gives_way_to_the_other_until_it_l
         "using IPv4 addresses (no IPv6 address could be connected to)",
         "using IPv6 addresses (no IPv4 address is left)",
     ]
+
+
+async def test_links_dropped_for_the_other_family_tell_their_servers_so(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """Their addresses are still in the answer: not "left DNS", but the agent's turn
+    to the other family."""
+    fixture = Fixture(answer=("fd00::1", "10.0.0.1", "fd00::2"), registers=False)
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, fixture)
+        await fail(server, *fixture.links)
+        await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S)
+        assert fixture.running() == ["10.0.0.1"]
+        nursery.cancel_scope.cancel()
+    assert fixture.reasons == {
+        "fd00::1": "this agent switched to IPv4 addresses",
+        "fd00::2": "this agent switched to IPv4 addresses",
+    }
 
 
 async def test_an_answer_without_the_family_in_use_once_changes_nothing(

@@ -317,11 +317,11 @@ class TunnelAgent:
             async def run_link(link: ServerLink) -> None:
                 await self._serve_link(link, reporter)
 
-            async def retire_link(link: ServerLink, scope: trio.CancelScope) -> None:
+            async def retire_link(link: ServerLink, scope: trio.CancelScope, reason: str) -> None:
                 # The links left may all be refused ones: then the URL has ended
                 # (as when the last of them is refused), whatever the retired did.
                 reporter.link_ended()
-                await self._retire_link(link, scope)
+                await self._retire_link(link, scope, reason)
 
             await server.serve(nursery, new_link, run_link, retire_link)
 
@@ -342,15 +342,20 @@ class TunnelAgent:
                 return earlier
         return None
 
-    async def _retire_link(self, link: ServerLink, scope: trio.CancelScope) -> None:
-        """Its address is gone from DNS: GOAWAY, let in-flight requests finish, close."""
+    async def _retire_link(self, link: ServerLink, scope: trio.CancelScope, reason: str) -> None:
+        """Discovery no longer wants the link: GOAWAY, let in-flight requests finish, close.
+
+        Both carry discovery's ``reason``: a link is let go for more than its
+        address leaving DNS (another URL links the address, the agent turned to
+        the other family), and the server is told which.
+        """
         tunnel = link.tunnel
         if tunnel is not None:
-            tunnel.mux.goaway(ErrorCode.NO_ERROR, "this server's address left DNS")
+            tunnel.mux.goaway(ErrorCode.NO_ERROR, reason)
             tunnel.wake_writer()
             with trio.move_on_after(self.config.timeouts.grace_s):
                 await _wait_answers_delivered(tunnel)
-                await tunnel.aclose("this server's address left DNS")
+                await tunnel.aclose(reason)
         scope.cancel()
         if link.reconnects:
             # The address may have come back while this link drained: the new link

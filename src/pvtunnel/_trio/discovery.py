@@ -63,6 +63,8 @@ logger = logging.getLogger("pvtunnel.agent")
 MIN_RESOLVE_INTERVAL_S: Final = 1.0
 RESOLVE_RETRY_INITIAL_S: Final = 0.5
 FAMILY_NAMES: Final = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6"}
+# Why a link retires, as its server is told, when the address is gone from the answer.
+LEFT_DNS: Final = "this server's address left DNS"
 
 
 class DiscoveredLink(Protocol):
@@ -176,7 +178,7 @@ class DiscoveredServer(Generic[LinkT]):
         nursery: trio.Nursery,
         new_link: Callable[[str], LinkT],
         run_link: Callable[[LinkT], Awaitable[None]],
-        retire_link: Callable[[LinkT, trio.CancelScope], Awaitable[None]],
+        retire_link: Callable[[LinkT, trio.CancelScope, str], Awaitable[None]],
     ) -> None:
         """Resolve, open and retire links, until cancelled.
 
@@ -185,7 +187,9 @@ class DiscoveredServer(Generic[LinkT]):
                 finish its requests after this URL's own loop has moved on.
             new_link: Builds the link for an address (not yet running).
             run_link: Runs a link until it ends (by refusal) or its scope is cancelled.
-            retire_link: Drains a link whose address is gone, then cancels its scope.
+            retire_link: Drains a link this URL no longer wants, then cancels its
+                scope; the last argument says why, in words for the link's server
+                (the reason of its GOAWAY and of its close).
         """
         failures = Backoff(RESOLVE_RETRY_INITIAL_S, self.retry_max_s)
         while True:
@@ -236,7 +240,7 @@ class DiscoveredServer(Generic[LinkT]):
         nursery: trio.Nursery,
         new_link: Callable[[str], LinkT],
         run_link: Callable[[LinkT], Awaitable[None]],
-        retire_link: Callable[[LinkT, trio.CancelScope], Awaitable[None]],
+        retire_link: Callable[[LinkT, trio.CancelScope, str], Awaitable[None]],
     ) -> None:
         addresses = self._own(answer)
         families = by_family(addresses)
@@ -246,21 +250,26 @@ class DiscoveredServer(Generic[LinkT]):
             self._switch_after = -math.inf
         fallback = self._fallback(families, now)
         for address, link in list(self.links.items()):
+            # `why` completes the log's line about the address; `reason` is the server's.
             if fallback is not None:
                 why = "could not be connected to"
+                reason = f"this agent switched to {FAMILY_NAMES[fallback]} addresses"
             elif address in addresses:
                 self._missing_since.pop(address, None)
                 continue
             elif address in answer:
                 why = "is left to an earlier URL"
+                reason = "an earlier URL links this server's address"
             elif self._is_down(address, link):
                 why = "is gone from DNS and its connection is down"
+                reason = LEFT_DNS
             elif now >= self._missing_since.setdefault(address, now) + self.interval_s:
                 why = "has been gone from DNS for a resolution interval"
+                reason = LEFT_DNS
             else:
                 continue
             logger.info("%s: %s %s; closing its connection", self.url, address, why)
-            self._retire(address, nursery, retire_link)
+            self._retire(address, nursery, retire_link, reason)
         if fallback is not None:
             self._switch_after = now + self._switches.next_delay()
         self._choose_family(families, fallback)
@@ -319,12 +328,13 @@ class DiscoveredServer(Generic[LinkT]):
         self,
         address: str,
         nursery: trio.Nursery,
-        retire_link: Callable[[LinkT, trio.CancelScope], Awaitable[None]],
+        retire_link: Callable[[LinkT, trio.CancelScope, str], Awaitable[None]],
+        reason: str,
     ) -> None:
         self._failed.discard(address)
         self._missing_since.pop(address, None)
         link = self.links.pop(address)
-        nursery.start_soon(retire_link, link, self.scopes.pop(address))
+        nursery.start_soon(retire_link, link, self.scopes.pop(address), reason)
 
     @property
     def has_ended(self) -> bool:
