@@ -84,6 +84,16 @@ class UpstreamError(PvTunnelError):
         self.code = code
 
 
+class ServerUnreachableError(PvTunnelError, OSError):
+    """No TCP connection to the server: refused, no route to it, reset or timed out
+    while connecting.
+
+    The network's answer rather than a server's, which is what DNS discovery needs
+    to know before it gives up on an address family. An `OSError`, as the failed
+    connect it stands for, so whatever retries a failed connect retries it too.
+    """
+
+
 class HandshakeRefusedError(PvTunnelError):
     """The server refused this agent for good (bad token, bad hello): do not retry."""
 

@@ -218,6 +218,78 @@ async def test_an_ipv6_address_listed_first_gives_way_to_servers_on_ipv4_only(
     ]
 
 
+async def answer_503(answered: list[bytes], stream: trio.SocketStream) -> None:
+    """Read a request's head, answer 503 and close: a server that is draining."""
+    async with stream:
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            head += data
+        answered.append(head)
+        await stream.send_all(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+
+
+async def test_an_ipv6_server_that_answers_503_keeps_the_agent_on_ipv6_until_it_refuses(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that answers over IPv6, if only with a 503 at the upgrade while it
+    drains, proves IPv6 reaches it: the agent keeps retrying there rather than turn
+    to IPv4. Once nothing listens on the IPv6 address (connections refused), it turns."""
+    caplog.set_level(logging.INFO, "pvtunnel.agent")
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            (replica,) = await start_replicas(nursery, 1)
+            _, port = await start_upstream(nursery, "svc")
+            answered: list[bytes] = []
+            draining = trio.CancelScope()
+
+            async def serve_draining(
+                *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
+            ) -> None:
+                listeners = await trio.open_tcp_listeners(replica.addresses.internal[1], host="::1")
+                with draining:
+                    await trio.serve_listeners(
+                        functools.partial(answer_503, answered), listeners, task_status=task_status
+                    )
+
+            await nursery.start(serve_draining)
+            names = Names(answer=("::1", "127.0.0.1"))
+            found = discovering_agent([replica], names, {"app": port}, discover_interval_s=0.05)
+            quick = attrs.evolve(found.config.timeouts, reconnect_max_s=0.2)
+            agent = TunnelAgent(attrs.evolve(found.config, timeouts=quick), resolve=names.resolve)
+            nursery.start_soon(agent.serve)
+            await wait_for(
+                agent,
+                lambda: agent.connected or any(link.reconnects >= 3 for link in agent.links),
+            )
+            # A resolution after the third 503, which a switch would have come with.
+            await agent.discovered[found.config.server.urls[0]].wait_resolved()
+            assert [(link.address, link.connected) for link in agent.links] == [("::1", False)]
+            assert len(answered) >= 3
+            assert replica.server.sessions == frozenset()
+
+            draining.cancel()  # the server is gone: its address refuses connections
+            await wait_for(
+                agent,
+                lambda: (
+                    [(link.address, link.connected) for link in agent.links]
+                    == [("127.0.0.1", True)]
+                ),
+            )
+            assert (await get(replica, b"/")).status == 200
+            nursery.cancel_scope.cancel()
+    said = [r.getMessage() for r in caplog.records if "using IPv" in r.getMessage()]
+    assert said == [
+        f"{agent.config.server.urls[0]}: using IPv6 addresses (the resolver's preference)",
+        f"{agent.config.server.urls[0]}: using IPv4 addresses "
+        "(no IPv6 address could be connected to)",
+    ]
+
+
 @attrs.define
 class TwoReplicas:
     """Replicas on 127.0.0.1 (stoppable: ``first_scope``) and 127.0.0.2, one internal

@@ -15,7 +15,7 @@ import trio.testing
 
 from pvtunnel._backoff import Backoff
 from pvtunnel._config import AgentTimeouts
-from pvtunnel._errors import TunnelClosedError
+from pvtunnel._errors import ServerUnreachableError, TunnelClosedError
 from pvtunnel._trio import agent as agent_module
 from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.server import ServerAddresses
@@ -79,8 +79,10 @@ async def test_backoff_grows_for_a_server_whose_dial_always_times_out(
     mock_clock.rate = 1.0
     mock_clock.autojump_threshold = 0
 
-    async def black_holed(*args: object, **kwargs: object) -> trio.SocketStream:
-        await trio.sleep_forever()  # a lost SYN: `connect_s` ends it
+    async def black_holed(*args: object, timeout_s: float) -> trio.SocketStream:
+        # A lost SYN: the dial gives up once `connect_s` is over.
+        await trio.sleep(timeout_s)
+        raise ServerUnreachableError("no TCP connection within connect_s")
 
     monkeypatch.setattr(agent_module, "dial", black_holed)
     addresses = ServerAddresses(internal=("127.0.0.1", 9), external=("127.0.0.1", 9))

@@ -144,8 +144,8 @@ async def test_a_failing_link_asks_for_a_resolution_soon_and_bursts_share_one(
         fixture.answer = ("127.0.0.2",)
         failing = fixture.links[0]
         failing.connected = False
-        server.link_failed(failing)
-        server.link_failed(failing)
+        server.link_failed(failing, unreachable=True)
+        server.link_failed(failing, unreachable=True)
         await trio.testing.wait_all_tasks_blocked()
         await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S - 0.01)
         assert fixture.resolutions == 1
@@ -176,7 +176,7 @@ async def test_a_healthy_link_stays_until_its_address_has_been_missing_for_an_in
         # apart is not missing for an interval.
         fixture.answer = ("127.0.0.2",)
         for _ in range(2):
-            server.link_failed(fixture.links[1])
+            server.link_failed(fixture.links[1], unreachable=False)
             await trio.testing.wait_all_tasks_blocked()
             await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S)
         assert fixture.resolutions == 7
@@ -199,8 +199,8 @@ async def test_a_link_that_is_down_retires_at_the_first_answer_without_it(
         server = await start(nursery, fixture, interval_s=30.0)
         failing, recovered, refused = fixture.links
         failing.connected = False
-        server.link_failed(failing)
-        server.link_failed(recovered)  # failed, then registered again: healthy
+        server.link_failed(failing, unreachable=True)
+        server.link_failed(recovered, unreachable=True)  # failed, then registered again: healthy
         refused.has_ended = True
         refused.connected = False
         fixture.answer = ()
@@ -300,11 +300,14 @@ def family(server: DiscoveredServer[FakeLink]) -> socket.AddressFamily | None:
     return server.family
 
 
-async def fail(server: DiscoveredServer[FakeLink], *links: FakeLink) -> None:
-    """The links' connections fail (and stay down), as a refused dial does."""
+async def fail(
+    server: DiscoveredServer[FakeLink], *links: FakeLink, unreachable: bool = True
+) -> None:
+    """The links' connections fail (and stay down), as a refused dial does (or, not
+    ``unreachable``, as one the server answers with a 503 does)."""
     for link in links:
         link.connected = False
-        server.link_failed(link)
+        server.link_failed(link, unreachable=unreachable)
     await trio.testing.wait_all_tasks_blocked()
 
 
@@ -370,6 +373,40 @@ async def test_links_dropped_for_the_other_family_tell_their_servers_so(
         "fd00::1": "this agent switched to IPv4 addresses",
         "fd00::2": "this agent switched to IPv4 addresses",
     }
+
+
+async def test_servers_that_answer_keep_their_family_however_they_refuse(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that answers at all (a 503 while it drains, a TLS handshake that
+    fails, a protocol version it does not take) was reached: its family works, and
+    the other family's servers would most likely answer the same. Only connects that
+    reach no server, at every address of the family, give way to the other."""
+    caplog.set_level(logging.INFO, "pvtunnel.agent")
+    fixture = Fixture(answer=("fd00::1", "10.0.0.1", "fd00::2"), registers=False)
+    async with trio.open_nursery() as nursery:
+        server = await start(nursery, fixture, interval_s=30.0)
+        first, second = fixture.links
+        for _ in range(5):
+            await fail(server, first, second, unreachable=False)
+            await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S)
+        # One address that reached no server is not the family failing either.
+        await fail(server, first, unreachable=True)
+        await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S)
+        await elapse(mock_clock, 30.0)
+        assert fixture.resolutions == 8
+        assert fixture.retired == []
+        assert fixture.running() == ["fd00::1", "fd00::2"]
+        assert family(server) == socket.AF_INET6
+        await fail(server, second, unreachable=True)
+        await elapse(mock_clock, MIN_RESOLVE_INTERVAL_S)
+        assert fixture.running() == ["10.0.0.1"]
+        assert family(server) == socket.AF_INET
+        nursery.cancel_scope.cancel()
+    assert families_said(caplog) == [
+        "using IPv6 addresses (the resolver's preference)",
+        "using IPv4 addresses (no IPv6 address could be connected to)",
+    ]
 
 
 async def test_an_answer_without_the_family_in_use_once_changes_nothing(

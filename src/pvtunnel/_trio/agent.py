@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final, Protocol
 
 import attrs
@@ -41,6 +40,7 @@ from pvtunnel._errors import (
     ProtocolError,
     RemoteProtocolError,
     ServerCertificateError,
+    ServerUnreachableError,
     TunnelClosedError,
     WebSocketClosed,
 )
@@ -62,6 +62,8 @@ from pvtunnel._wire import events as ev
 from pvtunnel._wire.mux import Multiplexer, Role
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from pvtunnel._config import AgentConfig, Route
     from pvtunnel._wire.heads import RequestHead
 
@@ -86,6 +88,14 @@ class AgentStatus:
     admin: tuple[str, int] | None = None
 
 
+class _LinkFailed(Protocol):
+    """Where a failed session is reported, so discovery resolves again. ``unreachable``
+    (no TCP connection was made, where a server that answered, even to refuse, was
+    reached) is what discovery weighs before it gives up on an address family."""
+
+    def __call__(self, link: ServerLink, /, *, unreachable: bool) -> None: ...
+
+
 @attrs.define(eq=False)
 class ServerLink:
     """The agent's connection to one server URL, as ``/status`` and `drain` read it.
@@ -98,7 +108,7 @@ class ServerLink:
     url: str
     address: str | None = None
     # Told when a session fails, so discovery resolves again (the replica may be gone).
-    on_failure: Callable[[ServerLink], None] | None = attrs.field(default=None, repr=False)
+    on_failure: _LinkFailed | None = attrs.field(default=None, repr=False)
     tunnel: Tunnel | None = None
     # trio.current_time() at the latest registration; /status turns it into wall time.
     connected_at: float = 0.0
@@ -383,6 +393,7 @@ class TunnelAgent:
             if self.draining:
                 await self._stand_down(link)
             began = trio.current_time()
+            unreachable = False
             try:
                 await self._session(link, startup)
                 logger.warning("the connection to %s ended", link.label)
@@ -405,9 +416,10 @@ class TunnelAgent:
             ) as exc:
                 if isinstance(exc, ProtocolError):
                     self.metrics.protocol_errors += 1
+                unreachable = isinstance(exc, ServerUnreachableError)
                 logger.warning("connection to %s failed: %s", link.label, describe_failure(exc))
             if link.on_failure is not None:
-                link.on_failure(link)
+                link.on_failure(link, unreachable=unreachable)
             # Counted from the registration, not the dial: a dial or handshake
             # that times out takes `connect_s` (10 s by default) and must not pass
             # for a session that lasted.
@@ -484,8 +496,9 @@ class TunnelAgent:
         target = urllib.parse.urlsplit(url)
         host, port = url_host_port(url)
         ssl_context = client_ssl_context(url, self.config)
-        with trio.fail_after(self.config.timeouts.connect_s):
-            stream = await dial(host, port, ssl_context, link.address)
+        stream = await dial(
+            host, port, ssl_context, link.address, timeout_s=self.config.timeouts.connect_s
+        )
         # We own the transport, so it is closed however the session ends; the
         # WebSocket's reader task lives in ``connection`` and ends with it.
         async with stream, trio.open_nursery() as connection:

@@ -5,7 +5,10 @@ verifies the host of the URL, so a certificate for the name keeps working
 whichever replica answers. A TLS failure is told apart from a refused upgrade
 (shaking hands before the WebSocket opens), and a certificate that does not
 verify becomes `ServerCertificateError`: configuration to fix, not a network
-fault to retry.
+fault to retry. A connect that never reaches a peer (refused, no route, no
+answer within ``connect_s``) becomes `ServerUnreachableError`: DNS discovery
+counts only that against an address family, since any answer from a server,
+a refusal included, proves the family carries the agent there.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import trio
 from pvtunnel._errors import (
     HandshakeRefusedError,
     ServerCertificateError,
+    ServerUnreachableError,
     TunnelClosedError,
     WebSocketClosed,
 )
-from pvtunnel._trio.sockio import why_connect_failed
+from pvtunnel._trio.sockio import unreachable, why_connect_failed
 from pvtunnel._trio.websocket import ConnectionRejected
 
 if TYPE_CHECKING:
@@ -38,16 +42,31 @@ def final_if_refused(exc: BaseException, url: str) -> BaseException:
 
 
 async def dial(
-    host: str, port: int, ssl_context: ssl.SSLContext | None, address: str | None = None
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    address: str | None = None,
+    *,
+    timeout_s: float,
 ) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
-    """Dial ``address`` (else ``host``); TLS names and verifies ``host`` either way."""
-    tcp = await trio.open_tcp_stream(address or host, port)
+    """Dial ``address`` (else ``host``); TLS names and verifies ``host`` either way.
+
+    Raises:
+        ServerUnreachableError: No TCP connection: the address could not be reached.
+        trio.TooSlowError: The connection was made, but no TLS handshake within
+            the rest of ``timeout_s``.
+        OSError: The connect failed here (a name that does not resolve, out of
+            file descriptors), not on the way to the server.
+    """
+    deadline = trio.current_time() + timeout_s
+    tcp = await _connect(address or host, port, deadline)
     if ssl_context is None:
         return tcp
     stream = trio.SSLStream(tcp, ssl_context, server_hostname=host, https_compatible=True)
     # Shake hands here, so a TLS failure is told apart from a refused upgrade.
     try:
-        await stream.do_handshake()
+        with trio.fail_at(deadline):
+            await stream.do_handshake()
     except trio.BrokenResourceError as exc:
         await trio.aclose_forcefully(stream)
         raise tls_failure(exc.__cause__, host, port) from None
@@ -55,6 +74,20 @@ async def dial(
         await trio.aclose_forcefully(stream)
         raise
     return stream
+
+
+async def _connect(target: str, port: int, deadline: float) -> trio.SocketStream:
+    """TCP to ``target``; failing on the way there (as opposed to here) is
+    `ServerUnreachableError`, a timeout included: an address that never answers."""
+    try:
+        with trio.fail_at(deadline):
+            return await trio.open_tcp_stream(target, port)
+    except trio.TooSlowError:
+        raise ServerUnreachableError("no TCP connection within connect_s") from None
+    except OSError as exc:
+        if not unreachable(exc):
+            raise
+        raise ServerUnreachableError(why_connect_failed(exc)) from exc
 
 
 def tls_failure(cause: BaseException | None, host: str, port: int) -> Exception:
@@ -85,6 +118,8 @@ def describe_failure(exc: BaseException) -> str:
         return f"the server answered HTTP {exc.status_code}"
     if isinstance(exc, WebSocketClosed):
         return f"connection closed ({exc.reason})"
+    if isinstance(exc, ServerUnreachableError):
+        return f"cannot connect: {exc}"
     if isinstance(exc, trio.TooSlowError):
         return "no connection and handshake within connect_s"
     if type(exc) is OSError:  # trio's "all attempts to connect ... failed"

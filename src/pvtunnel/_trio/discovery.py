@@ -24,18 +24,24 @@ dialled for another interval.
 A name may resolve to addresses of both families (AAAA and A records). Links go
 to one family at a time: a dual-stack server has both addresses, and two links
 to it would register the same agent twice, each replacing the other. The family
-the resolver lists first (its preference, RFC 6724) is dialled first. When every
-link to it has failed without registering (servers listening on IPv4 only behind
-a name that also has IPv6 addresses; an IPv6 route that goes nowhere, once the
-dial times out after ``connect_s``) while the answer also holds the other
-family, the next resolution, a second after the failures, drops those links and
-dials the other family: Happy Eyeballs (RFC 8305) for the set of replicas rather
-than for one connection. The family that works is kept while it works, since
-dropping healthy links for a preference would cut requests in flight for
-nothing; the other is tried again once this one fails the same way or leaves
-the answer. While neither family gets a link registered, the switches back and
-forth slow down as reconnects do (up to ``reconnect_max_s`` apart), rather than
-dialling each family anew every second.
+the resolver lists first (its preference, RFC 6724) is dialled first. When no
+link to it has registered and each one's latest attempt reached no server (the
+connect was refused, found no route to the address or its network, was reset,
+or got no answer within ``connect_s``: servers listening on IPv4 only behind a
+name that also has IPv6 addresses, an IPv6 route that goes nowhere) while the
+answer also holds the other family, the next resolution, a second after the
+failures, drops those links and dials the other family: Happy Eyeballs (RFC
+8305) for the set of replicas rather than for one connection. A server that
+answered at all does not count, whatever it said (a 503 while it drains, a
+refused token, a TLS or WebSocket handshake that fails, a protocol version it
+does not take): the family did carry the agent to it, and the other family's
+addresses, most likely the same servers, would answer the same. The family
+that works is kept while it works, since dropping healthy links for a
+preference would cut requests in flight for nothing; the other is tried again
+once this one fails the same way or leaves the answer. While neither family
+gets a link registered, the switches back and forth slow down as reconnects do
+(up to ``reconnect_max_s`` apart), rather than dialling each family anew every
+second.
 
 A link dials its address but speaks to the URL's host: TLS sends the host name
 (SNI) and verifies the certificate against it, and the upgrade's Host header is
@@ -150,8 +156,9 @@ class DiscoveredServer(Generic[LinkT]):
         self._overlaps_said: set[str] = set()
         self.links: dict[str, LinkT] = {}
         self.scopes: dict[str, trio.CancelScope] = {}
-        # The linked addresses whose link has failed at least once.
-        self._failed: set[str] = set()
+        # The linked addresses whose link has failed at least once, each with whether
+        # its latest failure was a connect that reached no server (`link_failed`).
+        self._failed: dict[str, bool] = {}
         # trio.current_time() at the first answer, of those since, without the address.
         self._missing_since: dict[str, float] = {}
         self.resolutions = 0
@@ -163,10 +170,16 @@ class DiscoveredServer(Generic[LinkT]):
         self._link_failed = trio.Event()
         self._resolved = trio.lowlevel.ParkingLot()
 
-    def link_failed(self, link: LinkT) -> None:
-        """A link's connection failed: resolve again soon (the replica may be gone)."""
+    def link_failed(self, link: LinkT, *, unreachable: bool) -> None:
+        """A link's connection failed: resolve again soon (the replica may be gone).
+
+        ``unreachable``: no TCP connection to the address could be made (refused,
+        no route, timed out). Only such failures count against the address's
+        family; a server that answered at all, if only with a 503 or a refusal,
+        was reached through it.
+        """
         if link.address is not None and self.links.get(link.address) is link:
-            self._failed.add(link.address)
+            self._failed[link.address] = unreachable
         self._link_failed.set()
 
     async def wait_resolved(self) -> None:
@@ -285,13 +298,14 @@ class DiscoveredServer(Generic[LinkT]):
     def _fallback(
         self, families: dict[socket.AddressFamily, tuple[str, ...]], now: float
     ) -> socket.AddressFamily | None:
-        """The other family in the answer, if every link to this one failed before
-        it registered (and the last switch is not too recent)."""
+        """The other family in the answer, if no link to this one has ever registered
+        and each one's latest failure reached no server (and the last switch is not
+        too recent)."""
         others = [family for family in families if family != self.family]
         if not others or not self.links or now < self._switch_after:
             return None
         unreachable = all(
-            address in self._failed and not link.has_registered and not link.has_ended
+            self._failed.get(address, False) and not link.has_registered and not link.has_ended
             for address, link in self.links.items()
         )
         return others[0] if unreachable else None
@@ -331,7 +345,7 @@ class DiscoveredServer(Generic[LinkT]):
         retire_link: Callable[[LinkT, trio.CancelScope, str], Awaitable[None]],
         reason: str,
     ) -> None:
-        self._failed.discard(address)
+        self._failed.pop(address, None)
         self._missing_since.pop(address, None)
         link = self.links.pop(address)
         nursery.start_soon(retire_link, link, self.scopes.pop(address), reason)

@@ -158,6 +158,30 @@ def why_connect_failed(exc: OSError) -> str:
 
 
 _OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE})
+# What a connect fails with when the network brings it to no listening peer:
+# refused, reset while connecting, no answer, no route, the network or host down,
+# or the address family not available on this host at all.
+_UNREACHABLE: Final = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ETIMEDOUT,
+        errno.ENETUNREACH,
+        errno.EHOSTUNREACH,
+        errno.ENETDOWN,
+        errno.EHOSTDOWN,
+        errno.EAFNOSUPPORT,
+    }
+)
+
+
+def unreachable(exc: OSError) -> bool:
+    """Whether a failed ``trio.open_tcp_stream`` never reached a peer: every attempt
+    met one of the network's refusals, not a shortage here (out of descriptors, of
+    local ports) or a name that does not resolve."""
+    return all(
+        isinstance(cause, OSError) and cause.errno in _UNREACHABLE for cause in _attempt_errors(exc)
+    )
 
 
 def out_of_descriptors(exc: OSError) -> bool:
