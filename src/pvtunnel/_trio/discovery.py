@@ -43,6 +43,12 @@ gets a link registered, the switches back and forth slow down as reconnects do
 (up to ``reconnect_max_s`` apart), rather than dialling each family anew every
 second.
 
+A retired link's GOAWAY and close say why it goes: its address left the answer,
+an earlier URL links the address (see ``linked_elsewhere``), or the agent
+switched to the other family. Only the first means the replica is on its way
+out; told that instead, whoever reads the server's side of the others would go
+looking for a rollout that never happened.
+
 A link dials its address but speaks to the URL's host: TLS sends the host name
 (SNI) and verifies the certificate against it, and the upgrade's Host header is
 the URL's, so a replica is addressed exactly as the load balancer would address it.
