@@ -17,6 +17,7 @@ from pvtunnel._logs import (
     MAX_DELAY_S,
     BatchingHandler,
     JsonFormatter,
+    LogThrottle,
     TextFormatter,
     direct_access_handler,
     serve_log_flushes,
@@ -201,3 +202,15 @@ def test_anything_else_attached_on_the_way_gets_records(
         finally:
             undo()
         assert direct_access_handler() is not None
+
+
+def test_a_throttle_lets_one_line_through_per_interval_and_counts_the_rest() -> None:
+    """A burst is seen at its start, and its size with the next line let through."""
+    throttle = LogThrottle(10.0)
+    assert throttle.allow(100.0) == 0
+    assert [throttle.allow(100.0 + step) for step in (0.0, 1.0, 9.999)] == [None] * 3
+    assert throttle.allow(110.0) == 3
+    assert throttle.allow(115.0) is None
+    # However long the quiet, the next line carries only what was held since the last.
+    assert throttle.allow(1000.0) == 1
+    assert throttle.allow(1010.0) == 0

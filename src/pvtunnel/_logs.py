@@ -1,8 +1,8 @@
 """Log output for the CLI: readable lines by default, one JSON object per line for machines.
 
 The library itself only logs through `logging.getLogger(__name__)`; choosing
-handlers and formats is the program's business, so this module is used by the
-CLI alone.
+handlers and formats is the program's business, so its handlers and formatters
+are used by the CLI alone.
 
 The access log has a line per proxied request, so its cost is paid per request:
 the CLI skips what no line of ours shows (the caller's file and line, which
@@ -18,12 +18,16 @@ logger with one of the formatters here, nothing else attached on the way),
 batch: the same line, byte for byte, without a `logging.LogRecord` per request,
 which was most of what a line cost. Any other setup (a library user's handlers,
 pytest's log capture) gets ordinary records.
+
+`LogThrottle` is for the library's own lines about something a peer can repeat at
+will: a flood of them would bury every other line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, Final, TextIO
@@ -228,6 +232,32 @@ async def serve_log_flushes(interval_s: float = MAX_DELAY_S) -> None:
         for handler in _batching_handlers():
             if handler.pending:
                 handler.flush()
+
+
+class LogThrottle:
+    """Lets a repeated line through at most once per ``interval_s``, and counts the rest.
+
+    The first of a burst is written at once, so a log shows when it began; the
+    count of those held back goes out with the next line let through, so a log
+    still shows how big it was (a counter in ``/metrics`` has every one).
+    """
+
+    __slots__ = ("_held", "_interval_s", "_next_at")
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval_s = interval_s
+        self._next_at = -math.inf
+        self._held = 0
+
+    def allow(self, now: float) -> int | None:
+        """None when this line is to be held back (it is counted); else how many
+        were held back since the last one let through."""
+        if now < self._next_at:
+            self._held += 1
+            return None
+        held, self._held = self._held, 0
+        self._next_at = now + self._interval_s
+        return held
 
 
 CLI_LOGGER: Final = "pvtunnel.cli"
