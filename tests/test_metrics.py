@@ -191,6 +191,33 @@ def test_agent_page() -> None:
     assert scrape.value("pvtunnel_protocol_errors_total", peer="server") == 1
 
 
+def test_agent_page_counts_refused_replays_by_reason_with_the_inspector_on() -> None:
+    """Every reason from the first scrape (so rate() works at once), and only while
+    the inspector runs: an agent without it has no replays to refuse."""
+    metrics = AgentMetrics()
+
+    def page(*, inspector: bool) -> Scrape:
+        text = render_agent(
+            metrics,
+            connected=True,
+            reconnects=0,
+            active_streams=0,
+            idle_connections={"app": 0},
+            inspector=inspector,
+        )
+        return Scrape(text)
+
+    assert "pvtunnel_inspector_replays_refused" not in page(inspector=False).types
+    scrape = page(inspector=True)
+    assert scrape.types["pvtunnel_inspector_replays_refused"] == "counter"
+    assert scrape.series("pvtunnel_inspector_replays_refused_total") == {
+        (("reason", reason),): 0 for reason in ("busy", "not_found", "bad_edits", "not_replayable")
+    }
+    metrics.replays_refused["busy"] += 3
+    scrape = page(inspector=True)
+    assert scrape.value("pvtunnel_inspector_replays_refused_total", reason="busy") == 3
+
+
 def test_recording_a_request_allocates_nothing_that_stays() -> None:
     """The hot path: once a route is known, counting adds no memory, whatever the traffic."""
     metrics = ServerMetrics()

@@ -53,6 +53,14 @@ REFUSAL_REASONS: Final = ("not_allowed", "at_limit")
 within the hold time (503); too many waited already (503 at once, not held); the
 client's own deadline ended it; the server began to drain (503)."""
 
+REPLAY_REFUSAL_REASONS: Final = ("busy", "not_found", "bad_edits", "not_replayable")
+"""Why the agent's inspector answered a replay without sending it: ``max_replays``
+were in flight already (429); no such exchange (404); edits that came too late,
+too large or make no valid request (408, 413, 400); a recorded body that is
+incomplete, or a route the agent no longer serves (409). A request refused before
+it is known to be a replay (no token, another site's page, a POST not sent as
+JSON: 401, 403, 415) is not counted: the same checks guard every inspector path."""
+
 # Classes 1xx-5xx are always exposed (zero included, so rate() works from the first
 # scrape); 6xx-9xx only once seen, since h11 lets an upstream send any 3-digit status.
 _ALWAYS_SHOWN_CLASSES: Final = range(1, 6)
@@ -162,12 +170,14 @@ class ServerMetrics:
 class AgentMetrics:
     """The agent's counters; connection state, reconnects and pool sizes are read on scrape."""
 
-    __slots__ = ("protocol_errors", "streams", "upstream_connect_errors")
+    __slots__ = ("protocol_errors", "replays_refused", "streams", "upstream_connect_errors")
 
     def __init__(self) -> None:
         self.streams: dict[str, int] = {}
         self.upstream_connect_errors: dict[str, int] = {}
         self.protocol_errors = 0
+        # Inspector replays answered without being sent, by `REPLAY_REFUSAL_REASONS`.
+        self.replays_refused: dict[str, int] = dict.fromkeys(REPLAY_REFUSAL_REASONS, 0)
 
     def stream_started(self, route: str) -> None:
         streams = self.streams
@@ -295,6 +305,7 @@ def render_agent(
     active_streams: int,
     idle_connections: Mapping[str, int],
     servers: Sequence[ServerLinkFigures] = (),
+    inspector: bool = False,
 ) -> str:
     """The agent's /metrics page.
 
@@ -308,6 +319,8 @@ def render_agent(
         servers: Each configured server URL's link, for the per-server series
             (a ``server`` label holds only URLs from the agent's own config; with
             DNS discovery an ``address`` label tells the links of one URL apart).
+        inspector: Whether the inspector is on; its figures are left out when
+            it is not, as a feature the agent does not run has nothing to count.
 
     Returns:
         Prometheus text exposition format 0.0.4 (serve it as `CONTENT_TYPE`).
@@ -359,6 +372,16 @@ def render_agent(
         "pvtunnel_protocol_errors_total", "counter", "Times the server broke the tunnel protocol."
     )
     out.sample("pvtunnel_protocol_errors_total", metrics.protocol_errors, peer="server")
+    if inspector:
+        out.family(
+            "pvtunnel_inspector_replays_refused_total",
+            "counter",
+            "Inspector replays answered without being sent, by reason: busy (429, "
+            "max_replays in flight), not_found (404), bad_edits (400, 408, 413), "
+            "not_replayable (409).",
+        )
+        for reason, count in metrics.replays_refused.items():
+            out.sample("pvtunnel_inspector_replays_refused_total", count, reason=reason)
     return out.text()
 
 

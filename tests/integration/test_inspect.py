@@ -27,6 +27,7 @@ from pvtunnel._config import (
 from pvtunnel._errors import FieldError
 from pvtunnel._trio import inspect_http
 from pvtunnel._trio.agent import TunnelAgent
+from tests.integration.admin_probe import scrape
 from tests.integration.client import Client, Reply, fetch
 from tests.integration.echo import TcpEcho, open_connect
 from tests.integration.harness import (
@@ -242,6 +243,71 @@ async def test_replays_past_the_limit_are_refused_at_once() -> None:
             again = await inspected.replay(first["id"])
             assert again.status == 200, again
             assert json.loads(again.body)["status"] == 200
+            nursery.cancel_scope.cancel()
+
+
+async def test_replays_refused_are_counted_by_reason() -> None:
+    """Each refusal a replay can get counts once under its reason, from zero on the
+    first scrape; a replay served, and a request refused before it is known to be a
+    replay (not sent as JSON), count nowhere."""
+    inspect = InspectConfig(enabled=True, max_replays=1, max_body_bytes=1000)
+    payload = b"x" * 2000
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery, inspect=inspect)
+
+            async def refused() -> dict[str, float]:
+                page = await scrape(inspected.admin)
+                return {
+                    dict(labels)["reason"]: value
+                    for labels, value in page.series(
+                        "pvtunnel_inspector_replays_refused_total"
+                    ).items()
+                }
+
+            assert await refused() == dict.fromkeys(
+                ("busy", "not_found", "bad_edits", "not_replayable"), 0
+            )
+            assert (await fetch(inspected.running.port, b"POST", b"/echo", body=payload)).body
+            (cut,) = await inspected.get_json(b"/inspect/api/requests")
+            whole = {"body": payload.decode()}
+            served = await inspected.replay(cut["id"], whole)
+            assert served.status == 200, served
+            held: list[Reply] = []
+
+            async def held_replay() -> None:
+                held.append(await inspected.replay(cut["id"], {**whole, "target": "/hold"}))
+
+            nursery.start_soon(held_replay)
+            while inspected.upstream.holding < 1:
+                await trio.testing.wait_all_tasks_blocked()
+            for _ in range(2):
+                assert (await inspected.replay(cut["id"], whole)).status == 429
+            inspected.upstream.release.set()
+            while not held:
+                await trio.testing.wait_all_tasks_blocked()
+            assert held[0].status == 200, held
+            assert (await inspected.replay(12345)).status == 404
+            connect = {**whole, "method": "CONNECT"}
+            assert (await inspected.replay(cut["id"], connect)).status == 400
+            assert (await inspected.replay(cut["id"], {"body": 7})).status == 400
+            assert (await inspected.replay(cut["id"])).status == 409
+            host, port = inspected.admin
+            async with await Client.connect(port, host) as client:
+                not_json = await client.request(
+                    b"POST",
+                    b"/inspect/api/requests/%d/replay" % cut["id"],
+                    host=b"127.0.0.1:%d" % port,
+                    headers=[(b"content-type", b"text/plain")],
+                    body=b"{}",
+                )
+            assert not_json.status == 415, not_json
+            assert await refused() == {
+                "busy": 2,
+                "not_found": 1,
+                "bad_edits": 2,
+                "not_replayable": 1,
+            }
             nursery.cancel_scope.cancel()
 
 

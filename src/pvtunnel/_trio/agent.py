@@ -215,7 +215,9 @@ class TunnelAgent:
         self.pool = UpstreamPool(config, self.metrics)
         # None unless [inspect] is on: the request path then only tests for None.
         self.inspector = (
-            Inspector(config, self.routes, self.pool) if config.inspect.enabled else None
+            Inspector(config, self.routes, self.pool, self.metrics)
+            if config.inspect.enabled
+            else None
         )
         # With DNS discovery, links come and go as the URLs' names resolve.
         self.discovers = config.server.discover is Discovery.DNS

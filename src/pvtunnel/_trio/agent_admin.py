@@ -98,6 +98,7 @@ class AgentAdmin:
                 )
                 for link in agent.links
             ],
+            inspector=agent.config.inspect.enabled,
         )
 
     def status(self) -> AgentStatusDocument:

@@ -50,6 +50,17 @@ MAX_EVENT_STREAMS: Final = 16
 RETRY_REPLAY_S: Final = b"1"
 # A comment line this often, so a page that went away is noticed and let go.
 KEEPALIVE_S: Final = 15.0
+# The reason (`pvtunnel._metrics.REPLAY_REFUSAL_REASONS`) of a replay answered with
+# this status. Read off the answer rather than counted where each is made: one
+# place sees every answer, and counts each once.
+_REFUSAL_REASONS: Final = {
+    429: "busy",
+    404: "not_found",
+    400: "bad_edits",
+    408: "bad_edits",
+    413: "bad_edits",
+    409: "not_replayable",
+}
 
 
 async def answer_inspect(
@@ -97,14 +108,11 @@ async def answer_inspect(
             return _json(exchange.detail())
         case rules.Action.REPLAY:
             assert decision.exchange_id is not None
-            if inspector.replays >= inspector.max_replays:
-                return _too_many_replays(inspector.max_replays)
-            # Held from before the edits are read: they may be 8 MiB each.
-            inspector.replays += 1
-            try:
-                return await _replay(http, inspector, decision.exchange_id)
-            finally:
-                inspector.replays -= 1
+            answer = await _replay_within_limit(http, inspector, decision.exchange_id)
+            reason = None if answer is None else _REFUSAL_REASONS.get(answer.status)
+            if reason is not None:
+                inspector.metrics.replays_refused[reason] += 1
+            return answer
         case rules.Action.EVENTS:
             if inspector.event_streams >= MAX_EVENT_STREAMS:
                 return AdminResponse(status=503, body=b"503: too many inspector pages open\n")
@@ -132,6 +140,19 @@ def _error(
     status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
 ) -> AdminResponse:
     return _json({"error": message}, status, headers)
+
+
+async def _replay_within_limit(
+    http: H11Stream[trio.abc.Stream], inspector: Inspector, exchange_id: int
+) -> AdminResponse | None:
+    if inspector.replays >= inspector.max_replays:
+        return _too_many_replays(inspector.max_replays)
+    # Held from before the edits are read: they may be 8 MiB each.
+    inspector.replays += 1
+    try:
+        return await _replay(http, inspector, exchange_id)
+    finally:
+        inspector.replays -= 1
 
 
 def _too_many_replays(limit: int) -> AdminResponse:

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from pvtunnel._errors import ErrorCode
     from pvtunnel._inspect.capture import Event
     from pvtunnel._inspect.edits import Edits
+    from pvtunnel._metrics import AgentMetrics
     from pvtunnel._trio.channels import StreamChannel
     from pvtunnel._trio.tunnel import InboxItem
     from pvtunnel._trio.upstream import UpstreamPool
@@ -140,9 +141,16 @@ class Inspector:
             no capture may hold.
         routes: The agent's routes by name (a replay goes to its route's target).
         pool: The agent's upstream pool.
+        metrics: The agent's counters, which count the replays refused.
     """
 
-    def __init__(self, config: AgentConfig, routes: dict[str, Route], pool: UpstreamPool) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        routes: dict[str, Route],
+        pool: UpstreamPool,
+        metrics: AgentMetrics,
+    ) -> None:
         secrets = [config.server.token, config.admin.token if config.admin else None]
         self.capture = Capture(
             config.inspect,
@@ -150,6 +158,7 @@ class Inspector:
         )
         self._routes = routes
         self._pool = pool
+        self.metrics = metrics
         # Replays in flight now, edits being read included; `inspect_http` refuses
         # one past `max_replays` rather than queue it.
         self.replays = 0
