@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import tracemalloc
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +28,7 @@ from pvtunnel._config import (
 from pvtunnel._errors import FieldError
 from pvtunnel._trio import inspect_http
 from pvtunnel._trio.agent import TunnelAgent
+from pvtunnel._trio.inspector import BUSY_LOG_EVERY_S
 from tests.integration.admin_probe import scrape
 from tests.integration.client import Client, Reply, fetch
 from tests.integration.echo import TcpEcho, open_connect
@@ -309,6 +311,59 @@ async def test_replays_refused_are_counted_by_reason() -> None:
                 "not_replayable": 1,
             }
             nursery.cancel_scope.cancel()
+
+
+async def test_a_flood_of_replays_past_the_limit_is_logged_once_per_interval(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A replay refused for the limit is a warning (the limit may be too low), but a
+    script retrying in a loop must not write a line per try: the first of a burst is
+    logged, the rest are counted, and how many goes out with the next line once
+    `BUSY_LOG_EVERY_S` has passed. Neither the admin token nor the edits are logged.
+
+    The clock stands still unless the test moves it: the jump is the only time
+    that passes, short of a heartbeat timeout."""
+    caplog.set_level(logging.INFO, logger="pvtunnel")
+    auth = ((b"authorization", b"Bearer " + ADMIN_TOKEN.encode()),)
+    edits = {"target": "/hold", "body": "edits-that-stay-out-of-the-log"}
+    async with trio.open_nursery() as nursery:
+        inspected = await start_inspected(
+            nursery, inspect=InspectConfig(enabled=True, max_replays=1), admin_token=ADMIN_TOKEN
+        )
+        await fetch(inspected.running.port, b"GET", b"/first")
+        (first,) = json.loads((await inspected.get(b"/inspect/api/requests", auth)).body)
+
+        async def held_replay() -> None:
+            assert (await inspected.replay(first["id"], edits, auth)).status == 200
+
+        nursery.start_soon(held_replay)
+        while inspected.upstream.holding < 1:
+            await trio.testing.wait_all_tasks_blocked()
+
+        def warnings() -> list[str]:
+            return [
+                record.getMessage()
+                for record in caplog.records
+                if record.name == "pvtunnel.admin" and record.levelno == logging.WARNING
+            ]
+
+        said = (
+            f"inspector replay of request {first['id']} refused: max_replays (1) already in flight"
+        )
+        for _ in range(5):
+            assert (await inspected.replay(first["id"], edits, auth)).status == 429
+        assert warnings() == [said]
+        mock_clock.jump(BUSY_LOG_EVERY_S)
+        assert (await inspected.replay(first["id"], edits, auth)).status == 429
+        assert warnings() == [said, f"{said}; 4 more refused since the last such line"]
+        page = await scrape(inspected.admin, token=ADMIN_TOKEN)
+        assert page.value("pvtunnel_inspector_replays_refused_total", reason="busy") == 6
+        assert ADMIN_TOKEN not in caplog.text
+        assert edits["body"] not in caplog.text
+        inspected.upstream.release.set()
+        while inspected.inspector.replays:
+            await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_replays_answer_is_kept_within_the_captures_bounds() -> None:

@@ -146,6 +146,9 @@ async def _replay_within_limit(
     http: H11Stream[trio.abc.Stream], inspector: Inspector, exchange_id: int
 ) -> AdminResponse | None:
     if inspector.replays >= inspector.max_replays:
+        held_back = inspector.busy_log.allow(trio.current_time())
+        if held_back is not None:
+            _log_too_many_replays(exchange_id, inspector.max_replays, held_back)
         return _too_many_replays(inspector.max_replays)
     # Held from before the edits are read: they may be 8 MiB each.
     inspector.replays += 1
@@ -159,6 +162,18 @@ def _too_many_replays(limit: int) -> AdminResponse:
     # Refused at once, not queued: a queue would hold what the limit is there to bound.
     message = f"too many replays at once (at most {limit}): try again when one has ended"
     return _error(429, message, ((b"retry-after", RETRY_REPLAY_S),))
+
+
+def _log_too_many_replays(exchange_id: int, limit: int, held_back: int) -> None:
+    # A warning: a limit that is hit may be set too low for how the inspector is
+    # used. Only numbers are named: the edits are not read yet, and may hold secrets.
+    more = f"; {held_back} more refused since the last such line" if held_back else ""
+    logger.warning(
+        "inspector replay of request %d refused: max_replays (%d) already in flight%s",
+        exchange_id,
+        limit,
+        more,
+    )
 
 
 def _no_such_exchange() -> AdminResponse:

@@ -22,6 +22,7 @@ import trio
 from pvtunnel._errors import ReplayRefusedError, TunnelClosedError
 from pvtunnel._inspect.capture import Capture, Exchange
 from pvtunnel._inspect.edits import edited_request
+from pvtunnel._logs import LogThrottle
 from pvtunnel._trio.tunnel import END
 from pvtunnel._trio.upstream import Replay
 from pvtunnel._wire.frames import StreamId
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 REPLAY_DEADLINE_S: Final = 60.0
 # Bodies go to the upstream in pieces of this size, as a tunnel stream's would.
 _CHUNK_BYTES: Final = 65536
+# Replays refused past `max_replays` are logged at most this often: a script that
+# retries at once in a loop would otherwise write a line per try.
+BUSY_LOG_EVERY_S: Final = 10.0
 
 
 class RecordingChannel:
@@ -163,6 +167,7 @@ class Inspector:
         # one past `max_replays` rather than queue it.
         self.replays = 0
         self.max_replays = config.inspect.max_replays
+        self.busy_log = LogThrottle(BUSY_LOG_EVERY_S)
         # Pages following the event stream now (the admin listener caps them).
         self.event_streams = 0
         # The last event the pages were sent, as they were sent it (`inspect_http`).
