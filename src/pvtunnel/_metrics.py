@@ -47,11 +47,13 @@ DURATION_BUCKETS_S: Final = (
 """Upper bounds of the request duration histogram, in seconds (Prometheus' defaults, to 60 s)."""
 
 HELD_OUTCOMES: Final = ("served", "timed_out", "refused", "abandoned", "shutting_down")
-# Why a client connection was refused before its first request (`ServerMetrics`).
-REFUSAL_REASONS: Final = ("not_allowed", "at_limit")
 """How a held request's wait ended: an agent came back and it was forwarded; none came
 within the hold time (503); too many waited already (503 at once, not held); the
 client's own deadline ended it; the server began to drain (503)."""
+
+REFUSAL_REASONS: Final = ("not_allowed", "at_limit")
+"""Why a client connection was refused before its first request: its address is not
+allowed (403); the server is at ``max_client_connections`` (503)."""
 
 REPLAY_REFUSAL_REASONS: Final = ("busy", "not_found", "bad_edits", "not_replayable")
 """Why the agent's inspector answered a replay without sending it: ``max_replays``
