@@ -323,6 +323,26 @@ async def test_idle_pipe_outlives_the_http_timeouts() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_an_open_pipe_holds_its_place_under_the_stream_limit_until_it_ends() -> None:
+    # A pipe is a request in flight for as long as it is open, idle or not: at a
+    # limit of one, the next request is refused with 503 until the pipe ends.
+    config = server_config(limits={"max_streams_per_agent": 1})
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, _, pipe = await open_pipe(nursery, b"db:5432", config)
+            refused, head = await open_connect(running, b"db:5432")
+            assert head.startswith(b"HTTP/1.1 503 "), head
+            await refused.aclose()
+            await pipe.aclose()
+            await running.server.state.idle.wait()
+            served, head = await open_connect(running, b"db:5432")
+            assert head.startswith(b"HTTP/1.1 200 "), head
+            await served.send_all(b"ping")
+            assert await served.receive_some(100) == b"ping"
+            await served.aclose()
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_connect_with_content_is_refused_and_opens_nothing() -> None:
     # It got "200 Connection established", then a dead connection (and a log line
     # counting bytes the client never got); the target was dialled for it.
