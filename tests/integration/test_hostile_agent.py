@@ -29,12 +29,14 @@ from tests.integration.hostile import (
     GOAWAY,
     PING,
     PONG,
+    RESET,
     HandshakeRejectedError,
     HostileAgent,
     frame,
     response_head,
 )
 from tests.integration.hostile_exchanges import (
+    answer_requests,
     body_frames,
     hostile_agent,
     ok_head,
@@ -175,6 +177,40 @@ async def test_an_agent_sending_interim_heads_without_end_is_stopped() -> None:
     received = await through_hostile_agent(replies)
     assert received.count(b"HTTP/1.1 103 ") <= 32
     assert [(status, body) for status, _, body in responses_in(received)][-1][0] == 502
+
+
+async def test_a_refused_upgrade_whose_stream_is_reset_at_once_is_relayed_cut_short(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An upgrade answered 400 and reset in the same message (an upstream that cut
+    its answer short): the client gets the head and the body that came, cut short,
+    not a 500 with a traceback in the server's log."""
+    caplog.set_level(logging.INFO, "pvtunnel")
+    cut = frame(RESET, 0, (2).to_bytes(4, "big") + b"the upstream cut its answer short")
+    refusal = response_head(0, b"400", b"Bad Request", [(b"content-length", b"100")])
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            async with await hostile_agent(running) as agent:
+                nursery.start_soon(
+                    answer_requests, agent, [[refusal, frame(0x05, 0, b"part"), cut]]
+                )
+                stream = await trio.open_tcp_stream("127.0.0.1", running.port)
+                async with stream:
+                    await stream.send_all(
+                        b"GET /ws HTTP/1.1\r\nHost: app\r\n"
+                        b"Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+                    )
+                    received = bytearray()
+                    while chunk := await stream.receive_some(65536):
+                        received += chunk
+                nursery.cancel_scope.cancel()
+    assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n"), bytes(received)
+    assert received.endswith(b"\r\n\r\npart"), bytes(received)
+    assert not any(r.exc_info for r in caplog.records), "a traceback was logged"
+    assert any(" GET app /ws 400 4B " in line for line in access_lines(caplog)), access_lines(
+        caplog
+    )
 
 
 async def test_an_agent_registering_as_a_drain_begins_is_told_goaway() -> None:

@@ -675,7 +675,11 @@ class ClientConnection:
                 self.deadline.set(math.inf)
                 await self._switch(channel, request, agent, started, head, switch)
                 return False
-            channel.end()  # refused: the client sends nothing more on this request
+            # Refused: the client sends nothing more on this request. A stream reset
+            # by now (an upstream that cut its answer short, the client's hang-up) is
+            # for the relay below to meet, as for any response: what came goes out.
+            with contextlib.suppress(TunnelClosedError):
+                channel.end()
         sent = 0
         http = self.http
         try:
