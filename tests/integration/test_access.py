@@ -28,6 +28,7 @@ from tests.integration.harness import (
     start_server,
     start_tunnel,
     start_upstream,
+    wait_for,
 )
 
 if TYPE_CHECKING:
@@ -344,6 +345,37 @@ async def test_scoped_token_covering_no_route_stops_the_agent() -> None:
             with pytest.raises(HandshakeRefusedError, match="refused every route"):
                 await agent.serve()
             assert running.server.state.router.names() == {}
+            nursery.cancel_scope.cancel()
+
+
+async def test_an_agent_the_server_rejects_stops_without_dialling_again() -> None:
+    """More names outside its token's scope than an ACCEPT can list: the server
+    answers REJECT, which is final; the agent ends rather than retrying."""
+    routes = {f"svc-{index:04d}": 9 for index in range(2000)}
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, _scoped_config())
+            agent = TunnelAgent(agent_config(running.addresses, routes, token=TEAM_A_TOKEN))
+            refusals: list[HandshakeRefusedError] = []
+            stopped = trio.Event()
+
+            async def serve() -> None:
+                try:
+                    await agent.serve()
+                except HandshakeRefusedError as exc:
+                    refusals.append(exc)
+                stopped.set()
+
+            nursery.start_soon(serve)
+            # The first of: the link ends for good, or the agent dials again.
+            await wait_for(agent, lambda: agent.reconnects > 0 or agent.links[0].has_ended)
+            assert agent.reconnects == 0
+            await stopped.wait()
+            (refusal,) = refusals
+            assert str(refusal) == (
+                "the server rejected this agent: 2000 routes refused: too many to list in an ACCEPT"
+            )
+            assert running.server.sessions == frozenset()
             nursery.cancel_scope.cancel()
 
 

@@ -19,9 +19,10 @@ import pytest
 import trio
 
 from pvtunnel import __version__
+from pvtunnel._config import ScopedToken, Secret
 from tests.config.helpers import write_tls_files
 from tests.integration.client import fetch
-from tests.integration.harness import TOKEN, start_server, start_upstream
+from tests.integration.harness import TOKEN, server_config, start_server, start_upstream
 from tests.integration.pki import issue
 from tests.integration.processes import PVTUNNEL, Process
 
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 LIMIT_S = 20
+SCOPED_TOKEN = "team-a-secret-93e1d7"
 
 Launch = Callable[..., Awaitable[Process]]
 
@@ -364,6 +366,44 @@ async def test_agent_with_a_refused_token_exits_non_zero(launch: Launch) -> None
             output = await agent.drain_output()
             assert "refused this agent's token (HTTP 401)" in output
             assert "wrong-token" not in output
+            nursery.cancel_scope.cancel()
+
+
+async def test_agent_the_server_rejects_exits_1_with_one_line_saying_why(
+    launch: Launch, tmp_path: Path
+) -> None:
+    """A token scoped to other names, and more names than an ACCEPT can list the
+    refusals of: the server answers REJECT, and the agent stops rather than retry."""
+    scoped = ScopedToken(token=Secret(SCOPED_TOKEN), routes=("*.team-a.example.com",))
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        "".join(
+            f'[[routes]]\nname = "svc-{index:04d}"\nvalue = "127.0.0.1"\nport = 9\n'
+            for index in range(2000)
+        ),
+        "utf-8",
+    )
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, server_config(internal={"tokens": (scoped,)}))
+            agent = await launch(
+                "agent",
+                "--config",
+                str(config),
+                "--server",
+                running.url,
+                env={"PVTUNNEL_TOKEN": SCOPED_TOKEN},
+            )
+            # The first line to say so is the last word, not a failure to retry after.
+            said = (await agent.wait_for(r".*rejected this agent.*")).group(0)
+            assert said == (
+                "pvtunnel agent: the server rejected this agent: "
+                "2000 routes refused: too many to list in an ACCEPT"
+            )
+            assert await agent.process.wait() == 1
+            lines = (await agent.drain_output()).splitlines()
+            assert [line for line in lines if "rejected" in line] == [said]
+            assert not [line for line in lines if "reconnecting" in line], lines
             nursery.cancel_scope.cancel()
 
 
