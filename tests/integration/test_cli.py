@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import platform
+import re
 import shlex
 import signal
 import socket
@@ -227,6 +228,46 @@ async def launch_pair(launch: Launch, upstream_port: int) -> tuple[Process, Proc
     )
     await agent.wait_for(r"ready server=ws://127\.0\.0\.1:\d+ routes=app")
     return server, agent, external
+
+
+async def test_serve_without_an_agent_token_prints_the_one_it_made_once(
+    launch: Launch, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first run needs no token: the server makes one and says it on one line,
+    and an agent given that token registers."""
+    monkeypatch.delenv("PVTUNNEL_INTERNAL_TOKEN", raising=False)
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            upstream, upstream_port = await start_upstream(nursery, "svc")
+            server = await launch(*SERVE_ON_LOOPBACK)
+            ready = await server.wait_for(
+                r"ready internal=(\S+) external=http://127\.0\.0\.1:(\d+)"
+            )
+            # Said before the ready line, so it is among the lines read by now.
+            prefix = "pvtunnel serve: no agent token configured; this run's token is "
+            told = [line for line in server.lines if line.startswith(prefix)]
+            assert len(told) == 1, server.lines
+            token = told[0].removeprefix(prefix)
+            assert re.fullmatch(r"[\w-]{43}", token), token
+            agent = await launch(
+                "agent",
+                "--server",
+                ready.group(1),
+                "--route",
+                f"app=127.0.0.1:{upstream_port}",
+                env={"PVTUNNEL_TOKEN": token},
+            )
+            await agent.wait_for(r"ready server=ws://127\.0\.0\.1:\d+ routes=app")
+            assert (await fetch(int(ready.group(2)), b"GET", b"/")).status == 200
+            assert len(upstream.requests) == 1
+            for process in (agent, server):
+                process.process.send_signal(signal.SIGTERM)
+                assert await process.process.wait() == 0
+            # Neither the ready line nor any log line after it repeats the token.
+            said = (await server.drain_output()).splitlines()
+            assert [line for line in said if token in line] == told, said
+            assert token not in await agent.drain_output()
+            nursery.cancel_scope.cancel()
 
 
 @pytest.mark.parametrize(
