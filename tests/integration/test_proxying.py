@@ -7,12 +7,16 @@ import re
 import socket
 from typing import TYPE_CHECKING
 
+import attrs
 import h11
 import trio
 import trio.testing
 
+from pvtunnel._config import Route, RouteType
+from pvtunnel._trio.agent import TunnelAgent
 from tests.integration.client import Client, fetch, raw_exchange
 from tests.integration.harness import (
+    agent_config,
     server_config,
     start_agent,
     start_server,
@@ -242,6 +246,50 @@ async def test_forwarding_headers_added_and_hop_by_hop_removed() -> None:
             assert recorded.header(b"x-forwarded-proto") == b"http"
             assert recorded.header(b"via") == b"1.0 corp-proxy, 1.1 pvtunnel"
             assert recorded.header(b"host") == b"app"
+            nursery.cancel_scope.cancel()
+
+
+async def test_the_upstream_gets_the_host_header_its_route_asks_for() -> None:
+    """``host_header``: "preserve" (the default) passes the client's on, "rewrite"
+    sends the route's own target, and any other value is sent as written."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, port = await start_upstream(nursery, "svc")
+            config = agent_config(running.addresses, {})
+            routes = {
+                "preserved": "preserve",
+                "rewritten": "rewrite",
+                "fixed": "Internal.Example.com:8443",
+            }
+            agent = TunnelAgent(
+                attrs.evolve(
+                    config,
+                    routes=tuple(
+                        Route(
+                            name=name,
+                            value="127.0.0.1",
+                            port=port,
+                            type=RouteType.IP,
+                            host_header=host_header,
+                        )
+                        for name, host_header in routes.items()
+                    ),
+                )
+            )
+            await nursery.start(agent.serve)
+            for name in routes:
+                reply = await fetch(running.port, b"GET", b"/" + name.encode(), host=name.encode())
+                assert reply.status == 200, name
+            received = {r.target: r.header(b"host") for r in upstream.requests}
+            assert received == {
+                b"/preserved": b"preserved",
+                b"/rewritten": b"127.0.0.1:%d" % port,
+                b"/fixed": b"Internal.Example.com:8443",
+            }
+            # One Host field each, whatever it says.
+            for recorded in upstream.requests:
+                assert [name for name, _ in recorded.headers].count(b"host") == 1
             nursery.cancel_scope.cancel()
 
 
