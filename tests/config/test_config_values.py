@@ -333,6 +333,11 @@ def test_timeouts_must_be_positive_and_finite(seconds: float) -> None:
         TimeoutsConfig(idle_s=seconds)
 
 
+def test_the_shutdown_grace_period_is_10_seconds_for_server_and_agent() -> None:
+    assert ServerConfig().timeouts.grace_s == 10.0
+    assert AgentConfig(client_id="a").timeouts.grace_s == 10.0
+
+
 def test_evolve_cannot_bypass_the_rules() -> None:
     with pytest.raises(ConfigError) as caught:
         attrs.evolve(ServerConfig(), host="bad host")

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import random
 import re
+from typing import TYPE_CHECKING
 
 import attrs
 import h11
@@ -32,6 +33,11 @@ from tests.integration.harness import (
     wait_for_sessions,
 )
 from tests.integration.relay import Relay
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from tests.integration.upstream import RecordingUpstream
 
 FAST_HEARTBEAT = {"heartbeat_s": 0.1, "heartbeat_timeout_s": 0.5}
 
@@ -335,6 +341,66 @@ async def test_drain_finishes_in_flight_requests_and_refuses_new_ones() -> None:
                     await drained.wait()
             assert statuses == [200]
             nursery.cancel_scope.cancel()
+
+
+async def _stop_waits_10_seconds(
+    mock_clock: trio.testing.MockClock,
+    upstream: RecordingUpstream,
+    port: int,
+    stop: Callable[[], Awaitable[None]],
+) -> None:
+    """Stop with two requests in flight through ``port``: one answered 9.9 s in gets
+    its answer, and the stop gives up on the other once 10 s have passed."""
+    async with trio.open_nursery() as nursery:
+        statuses: list[int] = []
+
+        async def answered() -> None:
+            statuses.append((await fetch(port, b"GET", b"/hold")).status)
+
+        nursery.start_soon(answered)
+        nursery.start_soon(fetch, port, b"GET", b"/never")
+        while len(upstream.requests) < 2:
+            await trio.testing.wait_all_tasks_blocked()
+        stopped = trio.Event()
+
+        async def stopping() -> None:
+            await stop()
+            stopped.set()
+
+        nursery.start_soon(stopping)
+        await trio.testing.wait_all_tasks_blocked()
+        mock_clock.jump(9.9)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not stopped.is_set()
+        upstream.release.set()
+        while not statuses:
+            await trio.testing.wait_all_tasks_blocked()
+        assert statuses == [200]
+        assert not stopped.is_set()  # the other is still in flight
+        mock_clock.jump(0.1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stopped.is_set()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_server_stop_waits_10_seconds_for_requests_in_flight_by_default(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        running, upstream = await start_tunnel(nursery)  # no grace_s given
+        await _stop_waits_10_seconds(mock_clock, upstream, running.port, running.server.drain)
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_agent_stop_waits_10_seconds_for_requests_in_flight_by_default(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery)
+        upstream, port = await start_upstream(nursery, "svc")
+        agent, _, _ = await start_agent(nursery, running, {"app": port})  # no grace_s given
+        await _stop_waits_10_seconds(mock_clock, upstream, running.port, agent.drain)
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_slow_link_delays_but_never_breaks_requests() -> None:
