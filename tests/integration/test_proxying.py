@@ -29,6 +29,8 @@ from tests.integration.raw_upstream import start_raw_tunnel
 if TYPE_CHECKING:
     import pytest
 
+    from tests.integration.harness import Running
+
 LIMIT_S = 10
 
 
@@ -40,6 +42,13 @@ async def read_until(stream: trio.SocketStream, suffix: bytes) -> bytes:
         assert chunk, received
         received += chunk
     return received
+
+
+async def start_agent_with(nursery: trio.Nursery, running: Running, *routes: Route) -> TunnelAgent:
+    """An agent serving ``routes`` as given (``start_agent`` makes plain IP routes)."""
+    agent = TunnelAgent(attrs.evolve(agent_config(running.addresses, {}), routes=routes))
+    await nursery.start(agent.serve)
+    return agent
 
 
 async def test_seed_timeline_two_agents_each_request_reaches_its_own() -> None:
@@ -179,6 +188,41 @@ async def test_unknown_host_is_404_and_upstream_down_is_502() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_an_upstream_name_that_does_not_resolve_is_a_502_like_a_refused_connect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both are the agent failing to reach its upstream: the client gets the same
+    answer, and the route's connect errors count both. A name under ``.invalid``
+    never resolves (RFC 6761)."""
+    caplog.set_level(logging.WARNING, logger="pvtunnel")
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            listener = trio.socket.socket()
+            await listener.bind(("127.0.0.1", 0))
+            closed_port = listener.getsockname()[1]
+            listener.close()  # nothing listens there now: connection refused
+            agent = await start_agent_with(
+                nursery,
+                running,
+                Route(name="refused", value="127.0.0.1", port=closed_port, type=RouteType.IP),
+                Route(name="unresolved", value="upstream.invalid", port=80),
+            )
+            refused = await fetch(running.port, b"GET", b"/", host=b"refused")
+            unresolved = await fetch(running.port, b"GET", b"/", host=b"unresolved")
+            assert (refused.status, unresolved.status) == (502, 502)
+            assert b"the agent could not reach the upstream service" in unresolved.body
+            assert unresolved.body == refused.body
+            assert agent.metrics.upstream_connect_errors == {"refused": 1, "unresolved": 1}
+            said = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.agent"]
+            assert any(
+                line.startswith("route unresolved stream ")
+                and "cannot connect to upstream.invalid:80: " in line
+                for line in said
+            ), said
+            nursery.cancel_scope.cancel()
+
+
 async def test_absolute_form_target_routes_by_its_authority() -> None:
     """`curl -x http://server:port http://app/path`: proxy mode."""
     with trio.fail_after(LIMIT_S):
@@ -256,28 +300,25 @@ async def test_the_upstream_gets_the_host_header_its_route_asks_for() -> None:
         async with trio.open_nursery() as nursery:
             running = await start_server(nursery)
             upstream, port = await start_upstream(nursery, "svc")
-            config = agent_config(running.addresses, {})
             routes = {
                 "preserved": "preserve",
                 "rewritten": "rewrite",
                 "fixed": "Internal.Example.com:8443",
             }
-            agent = TunnelAgent(
-                attrs.evolve(
-                    config,
-                    routes=tuple(
-                        Route(
-                            name=name,
-                            value="127.0.0.1",
-                            port=port,
-                            type=RouteType.IP,
-                            host_header=host_header,
-                        )
-                        for name, host_header in routes.items()
-                    ),
-                )
+            await start_agent_with(
+                nursery,
+                running,
+                *(
+                    Route(
+                        name=name,
+                        value="127.0.0.1",
+                        port=port,
+                        type=RouteType.IP,
+                        host_header=host_header,
+                    )
+                    for name, host_header in routes.items()
+                ),
             )
-            await nursery.start(agent.serve)
             for name in routes:
                 reply = await fetch(running.port, b"GET", b"/" + name.encode(), host=name.encode())
                 assert reply.status == 200, name
