@@ -190,6 +190,35 @@ async def test_reconnecting_client_id_replaces_its_stale_session() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_the_server_logs_each_agent_connecting_and_disconnecting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """One line each: who connected (its client_id), from where, with which routes;
+    and who left."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.server")
+
+    def said_of(client_id: str) -> list[list[str]]:
+        """The server's lines naming ``client_id``, as their words (punctuation aside)."""
+        lines = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.server"]
+        return [re.findall(r"\w(?:[\w.-]*\w)?", line) for line in lines if client_id in line]
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_upstream(nursery, "svc")
+            _, _, scope = await start_agent(
+                nursery, running, {"app": port, "api": port}, client_id="edge-7"
+            )
+            (session,) = running.server.sessions
+            assert session.address == "127.0.0.1"
+            connected = ["agent", "edge-7", "connected", "from", "127.0.0.1"]
+            assert said_of("edge-7") == [[*connected, "with", "routes", "app", "api"]]
+            scope.cancel()
+            await wait_for_sessions(running, 0)
+            assert said_of("edge-7")[1:] == [["agent", "edge-7", "disconnected"]]
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_reconnect_leaves_a_draining_connection_to_finish_its_requests() -> None:
     """A rolling restart: the old agent said GOAWAY and is finishing a request when
     the new one, with the same client_id, registers. Only a connection that is not
