@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Final
 
 import pytest
 import trio
+import trio.testing
 
+from pvtunnel._trio.front import handle_client
 from tests.integration.client import raw_exchange
 from tests.integration.harness import server_config, start_agent, start_server, start_tunnel
 from tests.integration.listen import serve_on_loopback
@@ -378,3 +380,37 @@ async def test_a_host_with_spaces_cannot_forge_fields_of_the_access_line(
     assert " x\\x20/fake\\x20200\\x200B" in line
     assert " agent=admin" not in line
     assert line.count(" route=") == 1
+
+
+async def test_a_deadline_answer_to_a_client_that_reads_nothing_gives_up_after_idle_s(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request its deadline ended is answered (504) after the connection's scope has
+    ended: the write gets `idle_s` of its own, so a client that reads nothing (its
+    buffers full of earlier answers) is let go then, and logged, rather than holding
+    the connection and its place forever."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.access")
+    mock_clock.autojump_threshold = 0
+    config = server_config(timeouts={"upstream_response_s": 3.0, "idle_s": 4.0})
+    async with trio.open_nursery() as nursery:
+        running, _ = await start_tunnel(nursery, config)
+        state = running.server.state
+        # In lockstep a send waits until the other end has read it all, and this
+        # client never reads: nothing the server writes to it can finish.
+        client, server_end = trio.testing.lockstep_stream_pair()
+        served = trio.Event()
+
+        async def serve() -> None:
+            await handle_client(server_end, state)
+            served.set()
+
+        nursery.start_soon(serve)
+        await client.send_all(b"GET /hold HTTP/1.1\r\nHost: app\r\n\r\n")
+        sent_at = trio.current_time()
+        with trio.fail_after(60):
+            await served.wait()
+        assert trio.current_time() - sent_at == pytest.approx(7.0, abs=0.5)
+        assert state.client_connections == 0
+        lines = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.access"]
+        assert any(" GET app /hold 504 " in line for line in lines), lines
+        nursery.cancel_scope.cancel()

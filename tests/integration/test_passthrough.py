@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from pvtunnel import AgentTimeouts, Secret
+from pvtunnel._trio.front import handle_client
 from pvtunnel._trio.hangups import HANGUP_CHECK_S
 from tests.integration.client import Client, fetch
 from tests.integration.echo import TcpEcho, open_connect
@@ -341,6 +342,44 @@ async def test_an_open_pipe_holds_its_place_under_the_stream_limit_until_it_ends
             assert await served.receive_some(100) == b"ping"
             await served.aclose()
             nursery.cancel_scope.cancel()
+
+
+async def test_a_101_the_client_takes_none_of_is_cut_after_idle_s(
+    mock_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The switch's head is written with no deadline left (a pipe may live for
+    # days), so it is watched as a response's writes are: a client that takes none
+    # of it is cut after idle_s, and the exchange logged.
+    caplog.set_level(logging.INFO, logger="pvtunnel")
+    mock_clock.autojump_threshold = 0
+    config = server_config(timeouts={"idle_s": 4.0})
+    async with trio.open_nursery() as nursery:
+        running = await start_server(nursery, config)
+        echo_port = await nursery.start(EchoWebSocket().serve)
+        await start_agent(nursery, running, {"app": echo_port})
+        # In lockstep a send waits until the other end has read it all, and this
+        # client never reads: the 101 can never be written.
+        client, server_end = trio.testing.lockstep_stream_pair()
+        served = trio.Event()
+
+        async def serve() -> None:
+            await handle_client(server_end, running.server.state)
+            served.set()
+
+        nursery.start_soon(serve)
+        await client.send_all(
+            b"GET /echo HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        sent_at = trio.current_time()
+        with trio.fail_after(60):
+            await served.wait()
+        assert 4.0 <= trio.current_time() - sent_at <= 4.0 + 2 * HANGUP_CHECK_S
+        assert running.server.state.in_flight == 0
+        lines = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.access"]
+        assert any(" GET app /echo 101 0B " in line for line in lines), lines
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_connect_with_content_is_refused_and_opens_nothing() -> None:

@@ -591,6 +591,12 @@ class ClientConnection:
             limit = min(limit, STALLED_WHEN_SHORT_S)
         return now - self._writes_seen_at >= limit
 
+    async def _send_head(self, event: h11.InformationalResponse | h11.Response) -> None:
+        """Write a head alone (a 1xx, a switch's answer), watched as `_write` is: the
+        deadline may be off by then, and a client that takes none of it is cut."""
+        self.http.queue(event)
+        await self._write()
+
     async def _write(self) -> None:
         """Write what is queued to the client, watched by `check_hangup` meanwhile."""
         self.writing = True
@@ -787,11 +793,16 @@ class ClientConnection:
             headers = hdr.response_headers(head.headers, status=head.status, date=http_date())
             event = h11.Response(status_code=head.status, headers=headers, reason=head.reason)
         try:
-            await self.http.send(event)
+            await self._send_head(event)
         except BROKEN:
             channel.reset(ErrorCode.CANCEL, "the client went away")
             self._log_proxied(request, 499, 0, agent, started, channel)
             return
+        except trio.Cancelled:
+            # Cut before the pipe began: the client took none of the head
+            # (`check_hangup`), or the shutdown's grace period ended.
+            self._log_proxied(request, head.status, 0, agent, started, channel)
+            raise
         initial, _ = self.conn.trailing_data
         counts = self.pipe = PipeBytes()
         # Its writes are watched, as a response's are, for a client that stops reading
@@ -827,6 +838,19 @@ class ClientConnection:
             stream_id=channel.stream_id,
             waited_from=self.waited_from,
         )
+
+    async def last_word(self, status: int, detail: str) -> None:
+        """Answer a request its deadline (or an internal error) ended, close, and log it.
+
+        The answer is written outside the connection's scope, which has ended: it
+        gets `idle_s` of its own, the longest a client may take none of what it is
+        sent, so a client that stopped reading (its buffers full of earlier
+        answers) cannot hold the connection, and its place, forever.
+        """
+        if not self.stopped_reading:  # cut for taking nothing: it would take none of this
+            with trio.move_on_after(self.state.config.timeouts.idle_s):
+                await self._send_error(status, detail, close=True)
+        self.log_cut_short(status)
 
     def log_cut_short(self, status: int) -> None:
         """Log the current request, if a deadline or an internal error ended it
@@ -883,7 +907,7 @@ class ClientConnection:
                 return item
             if self.conn.their_http_version != b"1.1":
                 continue
-            await self.http.send(
+            await self._send_head(
                 h11.InformationalResponse(
                     status_code=item.status,
                     headers=hdr.response_headers(item.headers, status=item.status),
@@ -955,22 +979,18 @@ async def handle_client(
             return
         await client.serve()
         if client.scope.cancelled_caught and client.phase is Phase.RESPONSE:
-            await client._send_error(504, "the upstream service took too long", close=True)
-            client.log_cut_short(504)
+            await client.last_word(504, "the upstream service took too long")
         elif client.scope.cancelled_caught and client.phase is Phase.BODY:
             if client.body_waits_for_agent:
-                await client._send_error(504, "the upstream stopped taking the body", close=True)
-                client.log_cut_short(504)
+                await client.last_word(504, "the upstream stopped taking the body")
             else:
-                await client._send_error(408, "the request body stalled", close=True)
-                client.log_cut_short(408)
+                await client.last_word(408, "the request body stalled")
     except BROKEN:
         client.log_cut_short(499)  # the client went away before its answer
     except Exception:
         # Boundary: one client connection's failure must not reach the listener.
         logger.exception("internal error serving %s", address)
-        await client._send_error(500, "internal error", close=True)
-        client.log_cut_short(500)
+        await client.last_word(500, "internal error")
     finally:
         client.deadline.release()
         # Still unlogged, a request was cut from outside (the end of the shutdown
