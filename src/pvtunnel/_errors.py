@@ -193,6 +193,15 @@ class FieldError(ConfigError):
         self.entries = tuple(entries)
 
 
+class InvalidKeyError(PvTunnelError):
+    """A check that relates a table's keys read one whose own value is invalid.
+
+    Raised by the loader's stand-in for a table that did not load, and caught by
+    whatever runs the check, which then skips it: beside the key's own problem
+    line, anything it said would be noise.
+    """
+
+
 # ------------------------------------------------------------ admin and inspector
 
 

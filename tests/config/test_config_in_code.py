@@ -130,3 +130,16 @@ def test_every_config_class_is_public() -> None:
         assert name in pvtunnel.__all__
     assert pvtunnel.InspectConfig is type(AgentConfig(client_id="a").inspect)
     assert pvtunnel.AgentTimeouts is AgentTimeouts
+
+
+def test_every_problem_relating_keys_is_raised_at_once_in_key_order() -> None:
+    with pytest.raises(ConfigError) as caught:
+        InternalConfig(
+            token=TOKEN, tokens=[ScopedToken(token=TOKEN, routes=("app",))], tls_cert="cert.pem"
+        )
+    assert caught.value.problems == [
+        "InternalConfig.tokens[0].token: the same token as internal.token: "
+        "give each agent token once",
+        "InternalConfig.tls_key: required when tls_cert is set: "
+        "TLS needs the certificate and its key",
+    ]

@@ -6,8 +6,11 @@ relative paths already resolved, route names lower-cased. Every field carries it
 rule (see ``rules``) as its validator, so an object that exists is valid, whether
 the loader, a flag or ``attrs.evolve`` built it.
 
-Cross-field checks live in ``__attrs_post_init__`` and raise ``FieldError`` naming
-the key the user should change.
+Checks that relate several keys of a table are functions registered for it with
+``_relates``: the constructor runs them (``__attrs_post_init__``), and so does the
+loader for a table whose other keys are invalid, so that one run reports every
+problem. Each returns ``(key path, message)`` pairs naming the key the user should
+change; raised, they are one ``FieldError``.
 """
 
 # No `from __future__ import annotations` here: cattrs reads these classes'
@@ -15,16 +18,16 @@ the key the user should change.
 
 import enum
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeVar
+from typing import Any, Final, NoReturn, TypeAlias, TypeVar
 
 import attrs
 
-from pvtunnel._errors import FieldError, InvalidValue
+from pvtunnel._errors import FieldError, InvalidKeyError, InvalidValue
 
 from . import rules
-from .rules import Network, Rule, join_path, show
+from .rules import Network, Rule, join_path, show, split_path
 from .secret import Secret
 
 T = TypeVar("T")
@@ -32,14 +35,56 @@ T = TypeVar("T")
 TOML_KEY: Final = "pvtunnel.toml_key"
 """Field metadata: the TOML key, where it differs from the attribute name."""
 
+Problem: TypeAlias = tuple[str, str]
+"""A key path relative to a table, and what is wrong there."""
 
-def _check_tls_pair(owner: object, cert: Path | None, key: Path | None) -> None:
-    if (cert is None) != (key is None):
-        missing, present = ("tls_key", "tls_cert") if key is None else ("tls_cert", "tls_key")
-        raise FieldError(
-            type(owner).__name__,
-            [(missing, f"required when {present} is set: TLS needs the certificate and its key")],
-        )
+Check: TypeAlias = Callable[[Any], Iterable[Problem]]
+"""A rule relating keys of one table: given the table (or the loader's stand-in for
+it), what is wrong with how its keys go together."""
+
+C = TypeVar("C", bound=Check)
+
+_RELATIONS: Final[dict[type, list[Check]]] = {}
+
+
+def _relates(*tables: type) -> Callable[[C], C]:
+    """Register a check for each of ``tables``.
+
+    A rule on several keys cannot be one field's validator; registered here, it has
+    one definition that both the constructor and the loader find (`relation_problems`).
+    """
+
+    def register(check: C) -> C:
+        for table in tables:
+            _RELATIONS.setdefault(table, []).append(check)
+        return check
+
+    return register
+
+
+def relation_problems(table: type, config: object) -> list[Problem]:
+    """What the checks relating ``table``'s keys find wrong with ``config``, in key order.
+
+    ``config`` is a ``table``, or the loader's stand-in for one some of whose keys are
+    invalid. A check that reads such a key raises `InvalidKeyError` and is skipped
+    (its message would be noise beside the key's own problem); the others still run,
+    so their problems show in the same run as the rest.
+    """
+    checks = next((_RELATIONS[cls] for cls in table.__mro__ if cls in _RELATIONS), [])
+    problems: list[Problem] = []
+    for check in checks:
+        try:
+            problems.extend(list(check(config)))  # all or nothing, should it raise midway
+        except InvalidKeyError:
+            continue
+    order = {field.name: index for index, field in enumerate(attrs.fields(table))}
+    return sorted(problems, key=lambda problem: order.get(split_path(problem[0])[0], len(order)))
+
+
+def _check_relations(config: object) -> None:
+    problems = relation_problems(type(config), config)
+    if problems:
+        raise FieldError(type(config).__name__, problems)
 
 
 # Converters lower-case only ASCII text and leave the rest to the validator, which
@@ -147,24 +192,23 @@ class InternalConfig:
     )
 
     def __attrs_post_init__(self) -> None:
-        _check_tls_pair(self, self.tls_cert, self.tls_key)
-        _check_distinct_tokens(self)
+        _check_relations(self)
 
 
-def _check_distinct_tokens(internal: InternalConfig) -> None:
+@_relates(InternalConfig)
+def _distinct_tokens(internal: InternalConfig) -> list[Problem]:
     """Each agent token appears once: a scoped token that is also the unscoped
     ``token`` would claim any name, and of two scoped entries with one token only
     the first one's routes would apply. The messages name places, never values."""
     seen: dict[Secret, str] = {}
     if internal.token is not None:
         seen[internal.token] = "token"
-    entries: list[tuple[str, str]] = []
+    problems: list[Problem] = []
     for index, scoped in enumerate(internal.tokens):
         first = seen.setdefault(scoped.token, f"tokens[{index}]")
         if first != f"tokens[{index}]":
-            entries.append((f"tokens[{index}].token", same_token(f"internal.{first}")))
-    if entries:
-        raise FieldError(type(internal).__name__, entries)
+            problems.append((f"tokens[{index}].token", same_token(f"internal.{first}")))
+    return problems
 
 
 def same_token(first: str) -> str:
@@ -197,7 +241,7 @@ class ExternalConfig:
     _networks: tuple[Network, ...] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        _check_tls_pair(self, self.tls_cert, self.tls_key)
+        _check_relations(self)
         networks = tuple(rules.network(entry) for entry in self.whitelisted_ips)
         object.__setattr__(self, "_networks", networks)
 
@@ -223,6 +267,17 @@ class ExternalConfig:
             candidates.append(client.ipv4_mapped)
         # `in` is False across IP versions, so mixed lists need no sorting.
         return any(candidate in net for net in self._networks for candidate in candidates)
+
+
+@_relates(InternalConfig, ExternalConfig)
+def _tls_pair(listener: InternalConfig | ExternalConfig) -> list[Problem]:
+    """TLS needs the certificate and its key: one without the other is a slip, not
+    a plain listener."""
+    cert, key = listener.tls_cert, listener.tls_key
+    if (cert is None) == (key is None):
+        return []
+    missing, present = ("tls_key", "tls_cert") if key is None else ("tls_cert", "tls_key")
+    return [(missing, f"required when {present} is set: TLS needs the certificate and its key")]
 
 
 @attrs.frozen(kw_only=True)
@@ -253,7 +308,7 @@ class TimeoutsConfig:
     drain_delay_s: float = attrs.field(default=0.0, validator=Rule(rules.delay_seconds))
 
     def __attrs_post_init__(self) -> None:
-        _check_heartbeat(self)
+        _check_relations(self)
 
 
 @attrs.frozen(kw_only=True)
@@ -297,16 +352,15 @@ class AdminConfig:
     )
 
     def __attrs_post_init__(self) -> None:
-        if self.token is None and not rules.is_loopback(self.host):
-            raise FieldError(
-                type(self).__name__,
-                [
-                    (
-                        "token",
-                        f"required when host is not a loopback address (got {show(self.host)})",
-                    )
-                ],
-            )
+        _check_relations(self)
+
+
+@_relates(AdminConfig)
+def _admin_token(admin: AdminConfig) -> list[Problem]:
+    """Off loopback, anyone who reaches the admin port would read it without a token."""
+    if admin.token is None and not rules.is_loopback(admin.host):
+        return [("token", f"required when host is not a loopback address (got {show(admin.host)})")]
+    return []
 
 
 @attrs.frozen(kw_only=True)
@@ -323,17 +377,29 @@ class ServerConfig:
     )
 
     def __attrs_post_init__(self) -> None:
-        problem = same_port(self.external.port, self.internal.port, "internal.port")
-        if problem is not None:
-            raise FieldError(type(self).__name__, [("external.port", problem)])
-        if self.admin is not None:
-            ports = {"internal.port": self.internal.port, "external.port": self.external.port}
-            other = admin_clash(self.admin, self.host, ports)
-            if other is not None:
-                problem = admin_port_taken(
-                    str(self.admin.port), other, ("host", self.host), self.admin.host
-                )
-                raise FieldError(type(self).__name__, [("admin.port", problem)])
+        _check_relations(self)
+
+
+@_relates(ServerConfig)
+def _listener_ports(config: ServerConfig) -> list[Problem]:
+    """The tunnel's two listeners each need a port of their own (`same_port`)."""
+    problem = same_port(config.external.port, config.internal.port, "internal.port")
+    return [] if problem is None else [("external.port", problem)]
+
+
+@_relates(ServerConfig)
+def _admin_port(config: ServerConfig) -> list[Problem]:
+    """The admin listener needs a port no tunnel listener has on its address (`admin_clash`)."""
+    if config.admin is None:
+        return []
+    ports = {"internal.port": config.internal.port, "external.port": config.external.port}
+    other = admin_clash(config.admin, config.host, ports)
+    if other is None:
+        return []
+    problem = admin_port_taken(
+        str(config.admin.port), other, ("host", config.host), config.admin.host
+    )
+    return [("admin.port", problem)]
 
 
 def same_port(port: int, other_port: int, other: str) -> str | None:
@@ -491,16 +557,7 @@ class Route:
     _fixed_host: bytes | None = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        if self.type is RouteType.IP and not rules.is_ip_literal(self.value):
-            raise FieldError(
-                type(self).__name__,
-                [
-                    (
-                        "value",
-                        f'expected an IP literal for a route of type "ip", got {show(self.value)}',
-                    )
-                ],
-            )
+        _check_relations(self)
         fixed: bytes | None
         if self.host_header == "preserve":
             fixed = None
@@ -522,6 +579,17 @@ class Route:
             "rewrite"; the configured bytes for a fixed value.
         """
         return original if self._fixed_host is None else self._fixed_host
+
+
+@_relates(Route)
+def _ip_value(route: Route) -> list[Problem]:
+    """A route of type "ip" is dialled as given, never resolved: its value must be
+    an address."""
+    if route.type is RouteType.IP and not rules.is_ip_literal(route.value):
+        return [
+            ("value", f'expected an IP literal for a route of type "ip", got {show(route.value)}')
+        ]
+    return []
 
 
 def duplicate_route_names(names: Sequence[str | None]) -> list[tuple[str, str]]:
@@ -567,7 +635,7 @@ class AgentTimeouts:
     grace_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
 
     def __attrs_post_init__(self) -> None:
-        _check_heartbeat(self)
+        _check_relations(self)
 
 
 # What max_bytes must hold of max_body_bytes at least: four exchanges of two previews.
@@ -596,28 +664,31 @@ class InspectConfig:
 
     @max_body_bytes.default
     def _max_body_bytes(self) -> int:
-        # 64 KiB, or less where max_bytes is small (see __attrs_post_init__).
+        # 64 KiB, or less where max_bytes is small (see _preview_room).
         max_bytes: object = self.max_bytes  # not validated yet: its rule reports a wrong one
         if isinstance(max_bytes, int):
             return min(INSPECT_BODY_BYTES, max_bytes // INSPECT_EXCHANGES_IN_BYTES)
         return INSPECT_BODY_BYTES
 
     def __attrs_post_init__(self) -> None:
-        # An exchange holds two previews: near max_bytes, each new exchange would
-        # push out all the others, and the page would show one request at most.
-        # Looked at only when the inspector is on: off, neither value is used.
-        if self.enabled and self.max_body_bytes * INSPECT_EXCHANGES_IN_BYTES > self.max_bytes:
-            raise FieldError(
-                type(self).__name__,
-                [
-                    (
-                        "max_body_bytes",
-                        f"at most max_bytes / {INSPECT_EXCHANGES_IN_BYTES}, so that max_bytes "
-                        f"holds {INSPECT_EXCHANGES_IN_BYTES // 2} exchanges with both previews "
-                        f"whole (got {self.max_body_bytes} with max_bytes {self.max_bytes})",
-                    )
-                ],
+        _check_relations(self)
+
+
+@_relates(InspectConfig)
+def _preview_room(inspect: InspectConfig) -> list[Problem]:
+    """An exchange holds two previews: near max_bytes, each new exchange would push
+    out all the others, and the page would show one request at most. Looked at only
+    when the inspector is on: off, neither value is used."""
+    if inspect.enabled and inspect.max_body_bytes * INSPECT_EXCHANGES_IN_BYTES > inspect.max_bytes:
+        return [
+            (
+                "max_body_bytes",
+                f"at most max_bytes / {INSPECT_EXCHANGES_IN_BYTES}, so that max_bytes "
+                f"holds {INSPECT_EXCHANGES_IN_BYTES // 2} exchanges with both previews "
+                f"whole (got {inspect.max_body_bytes} with max_bytes {inspect.max_bytes})",
             )
+        ]
+    return []
 
 
 def _routes(value: Sequence[Route]) -> tuple[Route, ...]:
@@ -686,18 +757,17 @@ CA_FILE_UNUSED: Final = (
 )
 
 
-def _check_heartbeat(config: TimeoutsConfig | AgentTimeouts) -> None:
+@_relates(TimeoutsConfig, AgentTimeouts)
+def _heartbeat(config: TimeoutsConfig | AgentTimeouts) -> list[Problem]:
     """A peer is declared dead after ``heartbeat_timeout_s`` of silence, and a quiet
     one is heard once per ``heartbeat_s`` (its PONG): a timeout not above the
     interval would drop every idle connection."""
     if config.heartbeat_timeout_s <= config.heartbeat_s:
-        raise FieldError(
-            type(config).__name__,
-            [
-                (
-                    "heartbeat_timeout_s",
-                    f"must be more than heartbeat_s ({show(config.heartbeat_s)}), "
-                    f"got {show(config.heartbeat_timeout_s)}",
-                )
-            ],
-        )
+        return [
+            (
+                "heartbeat_timeout_s",
+                f"must be more than heartbeat_s ({show(config.heartbeat_s)}), "
+                f"got {show(config.heartbeat_timeout_s)}",
+            )
+        ]
+    return []

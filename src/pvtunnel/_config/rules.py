@@ -50,6 +50,7 @@ _PORT_DIGITS: Final = re.compile(r"[0-9]{1,5}")
 # A fixed Host header value goes out verbatim: keep it to what a host[:port] can hold,
 # so no configuration can smuggle whitespace or line breaks into a request head.
 _HOST_HEADER_VALUE: Final = re.compile(r"[A-Za-z0-9._~:\[\]-]+")
+_FIRST_KEY: Final = re.compile(r"[^.\[]+")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -75,6 +76,14 @@ def join_path(base: str, sub: str) -> str:
     if not base or sub.startswith("["):
         return base + sub
     return f"{base}.{sub}"
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """Split a key path into its first key and the rest, as `join_path` would join
+    them: ``"tokens[1].token"`` is ``("tokens", "[1].token")``."""
+    head = _FIRST_KEY.match(path)
+    end = 0 if head is None else head.end()
+    return path[:end], path[end:].removeprefix(".")
 
 
 def show(value: object) -> str:
