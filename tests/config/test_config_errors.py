@@ -688,3 +688,141 @@ def test_inspect_max_replays_is_a_positive_bounded_count(here: Path) -> None:
     write(here, "agent.toml", 'client_id = "a"\n[inspect]\nmax_replays = 3\n')
     assert load_agent_config(Path("agent.toml"), environ={}).inspect.max_replays == 3
     assert InspectConfig().max_replays == 8
+
+
+# ------------------------------------------------------------------ keys that go together
+
+
+def checked(path: Path, kind: str) -> list[str]:
+    """What `pvtunnel check` reports for the file: what the loader (serve, agent)
+    reports too, each line once."""
+    found, problems = check_file(path, environ={})
+    assert found == kind
+    load = server_problems if kind == "server" else agent_problems
+    assert load(path) == problems
+    assert len(set(problems)) == len(problems), problems
+    return problems
+
+
+def test_an_ip_route_is_checked_for_an_address_beside_its_bad_port(here: Path) -> None:
+    write(
+        here,
+        "agent.toml",
+        """
+        client_id = "a"
+        [[routes]]
+        name = "app"
+        type = "ip"
+        value = "notip"
+        port = "80a"
+        """,
+    )
+    assert checked(Path("agent.toml"), "agent") == [
+        'agent.toml: routes[0].value: expected an IP literal for a route of type "ip", got "notip"',
+        'agent.toml: routes[0].port: expected an integer from 1 to 65535, got "80a"',
+    ]
+
+
+def test_a_tls_cert_without_its_key_is_reported_beside_a_bad_port(here: Path) -> None:
+    write(here, "cert.pem", "cert")
+    write(here, "server.toml", '[internal]\nport = "x"\ntls_cert = "cert.pem"\n')
+    assert checked(Path("server.toml"), "server") == [
+        'server.toml: internal.port: expected an integer from 0 to 65535, got "x"',
+        "server.toml: internal.tls_key: required when tls_cert is set: "
+        "TLS needs the certificate and its key",
+    ]
+
+
+def test_one_port_for_both_listeners_is_reported_beside_a_bad_host(here: Path) -> None:
+    write(
+        here, "server.toml", 'host = "bad host"\n[internal]\nport = 9000\n[external]\nport = 9000\n'
+    )
+    assert checked(Path("server.toml"), "server") == [
+        'server.toml: host: expected a host name or IP address, got "bad host"',
+        "server.toml: external.port: 9000 is internal.port too: both listeners bind one host, "
+        "so the second could not start; give each its own port (0: any free one)",
+    ]
+
+
+def test_every_problem_relating_keys_is_reported_when_nothing_else_is_wrong(here: Path) -> None:
+    """Two in [internal], which keeps it from loading, and two its port makes with
+    the other listeners' ports: each once, in key order."""
+    write(here, "cert.pem", "cert")
+    write(
+        here,
+        "server.toml",
+        f"""
+        [internal]
+        port = 9000
+        token = "{TOKEN}"
+        tls_cert = "cert.pem"
+        [[internal.tokens]]
+        token = "{TOKEN}"
+        routes = ["billing"]
+        [external]
+        port = 9000
+        [admin]
+        port = 9000
+        """,
+    )
+    assert checked(Path("server.toml"), "server") == [
+        "server.toml: internal.tokens[0].token: the same token as internal.token: "
+        "give each agent token once",
+        "server.toml: internal.tls_key: required when tls_cert is set: "
+        "TLS needs the certificate and its key",
+        "server.toml: external.port: 9000 is internal.port too: both listeners bind one host, "
+        "so the second could not start; give each its own port (0: any free one)",
+        "server.toml: admin.port: 9000 is internal.port too, on overlapping addresses "
+        '(host "0.0.0.0", admin.host "127.0.0.1"), so the second listener could not start; '
+        "give each its own port (0: any free one)",
+    ]
+
+
+def test_an_unknown_key_does_not_hide_a_problem_relating_keys(here: Path) -> None:
+    write(here, "cert.pem", "cert")
+    write(here, "server.toml", '[internal]\ntls_cert = "cert.pem"\nsurplus = 1\n')
+    assert checked(Path("server.toml"), "server") == [
+        "server.toml: internal.tls_key: required when tls_cert is set: "
+        "TLS needs the certificate and its key",
+        "server.toml: internal.surplus: unknown key",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "line"),
+    [
+        # 8081 is internal.port's default: "x" does not become it.
+        (
+            "server",
+            '[internal]\nport = "x"\n[external]\nport = 8081\n',
+            'internal.port: expected an integer from 0 to 65535, got "x"',
+        ),
+        (
+            "server",
+            '[internal]\n[admin]\nport = 9100\nhost = "bad host"\n',
+            'admin.host: expected a host name or IP address, got "bad host"',
+        ),
+        (
+            "agent",
+            '[[routes]]\nname = "r"\nvalue = "bad host!"\nport = 80\ntype = "ip"\n',
+            'routes[0].value: expected a host name or IP address, got "bad host!"',
+        ),
+        (
+            "agent",
+            '[timeouts]\nheartbeat_s = "5"\nheartbeat_timeout_s = 1\n',
+            'timeouts.heartbeat_s: expected a finite number of seconds greater than 0, got "5"',
+        ),
+        # max_body_bytes' default is worked out from max_bytes: unknown too.
+        (
+            "agent",
+            "[inspect]\nenabled = true\nmax_bytes = 100\n",
+            "inspect.max_bytes: expected an integer from 65536 to 2147483647, got 100",
+        ),
+    ],
+)
+def test_a_check_relating_an_invalid_key_is_left_out(
+    here: Path, kind: str, text: str, line: str
+) -> None:
+    """Beside the key's own line, what it said would be noise."""
+    write(here, "x.toml", ('client_id = "a"\n' if kind == "agent" else "") + text)
+    assert checked(Path("x.toml"), kind) == [f"x.toml: {line}"]

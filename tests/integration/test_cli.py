@@ -85,6 +85,19 @@ def test_config_errors_exit_2_with_the_key_path(tmp_path: Path) -> None:
         ), result.stderr
 
 
+def test_a_port_clash_is_reported_beside_a_bad_host_in_one_run(tmp_path: Path) -> None:
+    config = tmp_path / "server.toml"
+    config.write_text('host = "bad host"\n[internal]\nport = 9000\n[external]\nport = 9000\n')
+    for command in (("check", str(config)), ("serve", "--config", str(config))):
+        result = run(*command, env={})
+        assert result.returncode == 2, result
+        assert result.stderr.splitlines() == [
+            f'{config}: host: expected a host name or IP address, got "bad host"',
+            f"{config}: external.port: 9000 is internal.port too: both listeners bind one "
+            "host, so the second could not start; give each its own port (0: any free one)",
+        ]
+
+
 def test_bad_route_flag_exits_2() -> None:
     result = run(
         "agent", "--server", "ws://127.0.0.1:1", "--route", "nonsense", env={"PVTUNNEL_TOKEN": "x"}

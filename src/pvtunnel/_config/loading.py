@@ -8,7 +8,9 @@ The pipeline, for both kinds of file:
    environment wins over the file), relative TLS/CA paths become absolute;
 3. one cattrs converter (``forbid_extra_keys``, detailed validation) structures the
    tables into the attrs classes of ``model``, running each field's rule as its
-   hook, so every problem in the file is collected, not just the first;
+   hook, so every problem in the file is collected, not just the first; where a
+   table has invalid keys, the checks that relate its keys (``model._relates``)
+   still run on the valid ones, so their problems come in the same run;
 4. the resulting exception tree is flattened into ``"<file>: <key.path>: <message>"``
    lines for one ``ConfigError``.
 
@@ -24,12 +26,24 @@ import shlex
 import socket
 import ssl
 import tomllib
+import types
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, get_args, get_origin
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Literal,
+    TypeVar,
+    Union,
+    cast,
+    get_args,
+    get_origin,
+)
 
 import attrs
 import cattrs
 from cattrs.errors import (
+    AttributeValidationNote,
     ClassValidationError,
     ForbiddenExtraKeysError,
     IterableValidationError,
@@ -37,7 +51,7 @@ from cattrs.errors import (
 )
 from cattrs.gen import make_dict_structure_fn, override
 
-from pvtunnel._errors import ConfigError, FieldError, InvalidValue
+from pvtunnel._errors import ConfigError, FieldError, InvalidKeyError, InvalidValue
 from pvtunnel._tls import load_cert_chain
 
 from . import rules
@@ -45,12 +59,14 @@ from .model import (
     CA_FILE_UNUSED,
     TOML_KEY,
     AgentConfig,
+    Problem,
     Route,
     ServerConfig,
     duplicate_route_names,
+    relation_problems,
     same_token,
 )
-from .rules import Rule, describe, join_path, show
+from .rules import Rule, describe, join_path, show, split_path
 from .secret import Secret
 
 if TYPE_CHECKING:
@@ -131,9 +147,135 @@ def _table_hook(converter: cattrs.Converter, cls: Any) -> Callable[[Any, Any], A
         if not isinstance(value, dict):
             # Described, not quoted: `internal = "<token>"` is an easy slip to make.
             raise InvalidValue(f"expected a table, got {describe(value)}")
-        return generated(value, type_)
+        try:
+            return generated(value, type_)
+        except ClassValidationError as exc:
+            if _refused_by_the_class(exc):
+                raise  # every key was valid: the class ran its own checks
+            problems = relation_problems(cls, _Partial(_valid_fields(converter, cls, value)))
+            if not problems:
+                raise
+            raise ClassValidationError(
+                exc.message, _in_key_order(cls, exc, problems), cls
+            ) from None
 
     return structure
+
+
+def _refused_by_the_class(error: ClassValidationError) -> bool:
+    """Whether every key of the table was valid and known, so that what failed was
+    the constructor, which runs the checks relating the keys itself."""
+    noted, bare = error.group_exceptions()
+    return not noted and not any(isinstance(sub, ForbiddenExtraKeysError) for sub in bare)
+
+
+def _in_key_order(
+    cls: type, error: ClassValidationError, problems: list[Problem]
+) -> list[Exception]:
+    """The table's own errors and ``problems`` (from its relation checks) as one
+    list: each key's lines together, the keys in the class's order, as the
+    constructor's `FieldError` lists them; unknown keys last, as cattrs puts them."""
+    noted, bare = error.group_exceptions()
+    fields = attrs.fields_dict(cls)
+    for at, message in problems:
+        key, rest = split_path(at)
+        relation = InvalidValue(message, at=rest)
+        note = AttributeValidationNote(
+            f"Structuring class {cls.__name__} @ attribute {key}", key, fields[key].type
+        )
+        relation.__notes__ = [note]
+        noted.append((relation, note))
+    order = list(fields)
+    noted.sort(key=lambda pair: order.index(pair[1].name))
+    return [*(sub for sub, _ in noted), *bare]
+
+
+class _Partial:
+    """Stands in for a table that did not load, for the checks relating its keys.
+
+    It holds the keys whose values are valid on their own, as the class would hold
+    them (tables and arrays of tables in it as stand-ins too); reading any other key
+    raises `InvalidKeyError`, which skips the check that read it.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, object]) -> None:
+        self._values = values
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise InvalidKeyError(name) from None
+
+
+_INVALID: Final = object()
+"""A value that is invalid on its own: its key stays out of a `_Partial`."""
+
+
+def _valid_fields(converter: cattrs.Converter, cls: type, raw: dict[str, Any]) -> dict[str, object]:
+    """The valid keys of the table ``raw`` for ``cls``, by attribute name; absent
+    keys hold their defaults, as the constructor would give them."""
+    values: dict[str, object] = {}
+    for field in attrs.fields(cls):
+        if not field.init:
+            continue
+        key = _toml_key(cls, field.name)
+        value = _valid_value(converter, field, raw[key]) if key in raw else _default(field, values)
+        if value is not _INVALID:
+            values[field.name] = value if field.converter is None else field.converter(value)
+    return values
+
+
+def _valid_value(converter: cattrs.Converter, field: attrs.Attribute[Any], raw: object) -> object:
+    if isinstance(field.validator, Rule):
+        try:
+            return field.validator.parse(raw)
+        except Exception:  # as cattrs collects them: this value's problem is reported already
+            return _INVALID
+    return _valid_part(converter, field.type, raw)
+
+
+def _valid_part(converter: cattrs.Converter, type_: Any, raw: object) -> object:
+    """``raw`` as ``type_``: a table (or an array of them) as a `_Partial` of its
+    valid keys, anything else as the converter structures it, if it does."""
+    if _is_table_array(type_):
+        if not isinstance(raw, list):
+            return _INVALID
+        items = (_valid_part(converter, get_args(type_)[0], item) for item in raw)
+        return tuple(_Partial({}) if item is _INVALID else item for item in items)
+    table = _table_class(type_)
+    if table is not None:
+        return _Partial(_valid_fields(converter, table, raw)) if isinstance(raw, dict) else _INVALID
+    try:
+        return converter.structure(raw, type_)
+    except Exception:  # as cattrs collects them: this value's problem is reported already
+        return _INVALID
+
+
+def _table_class(type_: Any) -> type | None:
+    """The attrs class a field of ``type_`` holds (``X | None`` holds ``X``), if any."""
+    if attrs.has(type_):
+        return cast("type", type_)
+    if get_origin(type_) in (Union, types.UnionType):
+        tables = [arg for arg in get_args(type_) if attrs.has(arg)]
+        return tables[0] if len(tables) == 1 else None
+    return None
+
+
+def _default(field: attrs.Attribute[Any], values: dict[str, object]) -> object:
+    default: Any = field.default
+    if default is attrs.NOTHING:
+        return _INVALID  # required: its absence is reported as a missing key
+    if not isinstance(default, attrs.Factory):  # type: ignore[arg-type]  # a class at run time
+        return default
+    if not default.takes_self:
+        return default.factory()
+    try:
+        return default.factory(_Partial(values))
+    except InvalidKeyError:
+        return _INVALID  # computed from a key that is invalid
 
 
 def _raw_route_name(table: object) -> str | None:
