@@ -72,6 +72,42 @@ def test_a_port_flag_on_the_other_listeners_port_is_blamed_on_the_flag(
     assert (zeroed.internal.port, zeroed.external.port) == (0, 0)
 
 
+CLASH = (
+    "both listeners bind one host, so the second could not start; "
+    "give each its own port (0: any free one)"
+)
+
+
+def test_a_clash_between_valid_flags_is_reported_beside_a_bad_one() -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(ServerConfig(), host="a b", internal_port=9000, external_port=9000)
+    assert caught.value.problems == [
+        '--host: expected a host name or IP address, got "a b"',
+        f"--external-port: 9000 is --internal-port too: {CLASH}",
+    ]
+
+
+def test_port_flags_clashing_with_each_other_and_the_admin_flag_are_each_reported() -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(ServerConfig(), internal_port=9000, external_port=9000, admin_port=9000)
+    assert caught.value.problems == [
+        f"--external-port: 9000 is --internal-port too: {CLASH}",
+        "--admin-port: 9000 is --internal-port too, on overlapping addresses "
+        '(host "0.0.0.0", admin.host "127.0.0.1"), so the second listener could not start; '
+        "give each its own port (0: any free one)",
+    ]
+
+
+def test_a_clash_with_a_bad_flag_is_left_out() -> None:
+    """-1 is no port, so it is nobody's: 8081 (internal.port's default, and now
+    --external-port's) meets nothing, nor does --admin-port 8081."""
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(ServerConfig(), internal_port=-1, external_port=8081, admin_port=8081)
+    assert caught.value.problems == [
+        "--internal-port: expected an integer from 0 to 65535, got -1",
+    ]
+
+
 # ------------------------------------------------------------------ --route
 
 

@@ -97,14 +97,17 @@ def with_overrides(
         _flag("--external-port", external_port, rules.listen_port, problems)
     if admin_port is not None:
         _flag("--admin-port", admin_port, rules.listen_port, problems)
-    if not problems:
+    # A clash is looked for where every value it relates is valid: a bad one is
+    # reported already, and a clash worked out from it would be noise.
+    bad = {problem.partition(":")[0] for problem in problems}
+    if not bad & {"--internal-port", "--external-port"}:
         problems.extend(_port_clash(config, internal_port, external_port))
+    admin = config.admin
+    if not bad & {"--host", "--internal-port", "--external-port", "--admin-port"}:
+        admin = _admin_on(config.admin, admin_port, admin_token)
+        problems.extend(_admin_port_clash(config, admin, host, internal_port, external_port))
     if problems:
         raise ConfigError(problems)
-    admin = _admin_on(config.admin, admin_port, admin_token)
-    clash = _admin_port_clash(config, admin, host, internal_port, external_port)
-    if clash:
-        raise ConfigError(clash)
     internal, external = config.internal, config.external
     if internal_port is not None:
         internal = attrs.evolve(internal, port=internal_port)
