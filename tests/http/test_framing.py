@@ -97,6 +97,9 @@ def test_request_head_problem_combines_both_checks() -> None:
         (501, b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
         # Empty list elements count for nothing (RFC 9110 section 5.6.1).
         (501, b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked, \r\n\r\n", 501),
+        # An empty field, or one of empty elements only, names no coding: no chunked last.
+        (501, b"POST / HTTP/1.1\r\nTransfer-Encoding:\r\n\r\n", 400),
+        (501, b"POST / HTTP/1.1\r\nTransfer-Encoding: , \r\n\r\n", 400),
         (
             501,
             b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",

@@ -226,9 +226,10 @@ def refused_head_status(hint: int, received: bytes | bytearray, limit: int) -> t
         head = received if end is None else received[: end.start() + 1]
         lines = _TRANSFER_ENCODING_LINE.findall(head)
         # Empty list elements count for nothing (RFC 9110 section 5.6.1): "chunked,"
-        # ends in chunked.
+        # ends in chunked, and an empty field is a list with no coding at all, so
+        # not ending in chunked either.
         codings = [c.strip().lower() for c in b",".join(lines).split(b",") if c.strip()]
-        if codings and codings[-1] != b"chunked":
+        if not codings or codings[-1] != b"chunked":
             return 400, "a Transfer-Encoding that does not end in chunked"
         return 501, "a transfer coding other than chunked"
     return hint, "malformed request"
