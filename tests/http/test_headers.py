@@ -50,6 +50,37 @@ def test_request_headers_add_forwarding_fields() -> None:
     )
 
 
+def test_underscore_spellings_of_removed_fields_and_proxy_are_dropped() -> None:
+    """CGI-style upstreams read "Transfer_Encoding" as Transfer-Encoding and a Proxy
+    field as HTTP_PROXY: a client's such lines never reach them."""
+    result = request_headers(
+        [
+            (b"host", b"app"),
+            (b"Transfer_Encoding", b"chunked"),
+            (b"content_length", b"5"),
+            (b"Proxy_Authorization", b"Basic c2VjcmV0"),
+            (b"proxy_connection", b"keep-alive"),
+            (b"Keep_Alive", b"timeout=5"),
+            (b"Proxy", b"http://evil.example:3128"),
+            (b"x_request_id", b"kept"),
+            (b"proxy-id", b"kept"),
+        ],
+        client_address="192.0.2.1",
+        host=None,
+        proto=b"http",
+        is_chunked=False,
+    )
+    assert result == (
+        (b"host", b"app"),
+        (b"x_request_id", b"kept"),
+        (b"proxy-id", b"kept"),
+        (b"X-Forwarded-For", b"192.0.2.1"),
+        (b"X-Forwarded-Host", b"app"),
+        (b"X-Forwarded-Proto", b"http"),
+        (b"Via", b"1.1 pvtunnel"),
+    )
+
+
 def test_underscore_spellings_of_the_client_fields_are_dropped() -> None:
     """CGI-style upstreams read "X_Real_IP" as X-Real-IP: a client's underscore
     spellings of the fields that name the client never reach them."""

@@ -142,7 +142,15 @@ Field = tuple[bytes, bytes, bytes]  # (lower-case name, name as written, value)
 # A client's "X_Forwarded_For" and the like: CGI-style upstreams would read them as
 # the fields pvtunnel sets, so they are dropped.
 CLIENT_FIELDS_SPELLED_WITH_UNDERSCORES = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip", b"forwarded"}
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+        b"forwarded",
+        b"content-length",
+        *HOP_BY_HOP,
+    }
 )
 
 
@@ -182,6 +190,7 @@ def forwarded(
         if n not in HOP_BY_HOP
         and n not in named
         and n != b"x-real-ip"  # the client wrote it
+        and n != b"proxy"  # CGI's HTTP_PROXY: an upstream's outgoing proxy ("httpoxy")
         and not (b"_" in n and n.replace(b"_", b"-") in CLIENT_FIELDS_SPELLED_WITH_UNDERSCORES)
         # RFC 9110 section 10.1.1: an HTTP/1.0 request's expectation is ignored.
         and not (n == b"expect" and version == b"1.0")

@@ -47,10 +47,18 @@ VIA_1_0: Final = b"1.0 pvtunnel"
 # X-Real-IP is dropped and not set: it names the client, and the client wrote it
 # (X-Forwarded-For's right-most entry is the address pvtunnel saw).
 _SET_BY_US: Final = frozenset({b"x-forwarded-host", b"x-forwarded-proto", b"x-real-ip"})
-# The fields that say who the client is, as CGI-style upstreams (WSGI's wsgiref, many
-# frameworks) read them: they map "-" and "_" to the same variable, so a client's
-# "X_Forwarded_For" would stand in for ours there. Such spellings are dropped.
-_SPOOFABLE: Final = _SET_BY_US | {b"x-forwarded-for", b"forwarded"}
+# CGI-style upstreams (WSGI's wsgiref, many frameworks) map "-" and "_" in a name to
+# the same variable, so a client's "X_Forwarded_For" would stand in for ours there,
+# and its "Transfer_Encoding" or "Proxy_Connection" for a field this hop removed. The
+# underscore spellings of the fields that name the client, the hop-by-hop ones and
+# Content-Length are dropped (as nginx and gunicorn drop every underscore name).
+_CGI_ALIASED: Final = (
+    _SET_BY_US | {b"x-forwarded-for", b"forwarded", b"content-length"} | HOP_BY_HOP
+)
+# Never forwarded. No HTTP field is named Proxy, but CGI turns one into HTTP_PROXY,
+# the variable many HTTP client libraries take their outgoing proxy from: a client's
+# would redirect the upstream's own requests ("httpoxy").
+_DROPPED: Final = HOP_BY_HOP | _SET_BY_US | {b"proxy"}
 _IGNORED_FROM_HTTP_1_0: Final = frozenset({b"expect"})
 
 
@@ -128,9 +136,9 @@ def request_headers(
     last_forwarded_for = last_via = last_forwarded = -1
     has_length = False
     for (name, value), lower in zip(items, lowered, strict=True):
-        if lower in HOP_BY_HOP or lower in _SET_BY_US or lower in named or lower in ignored:
+        if lower in _DROPPED or lower in named or lower in ignored:
             continue
-        if b"_" in lower and lower.replace(b"_", b"-") in _SPOOFABLE:
+        if b"_" in lower and lower.replace(b"_", b"-") in _CGI_ALIASED:
             continue
         if lower == b"host":
             if host is not None:
