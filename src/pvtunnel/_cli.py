@@ -128,6 +128,12 @@ def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     serve.add_argument(
         "--admin-port", type=int, help="serve /metrics, /status, /live, /ready here (0: any)"
     )
+    serve.add_argument(
+        "--admin-host",
+        metavar="HOST",
+        help="bind address of the admin listener (default 127.0.0.1; "
+        "off loopback it needs $PVTUNNEL_ADMIN_TOKEN or the file's [admin] token)",
+    )
 
     agent = commands.add_parser("agent", parents=[common], help="run an agent")
     agent.add_argument("--config", type=Path, help="agent.toml")
@@ -150,10 +156,17 @@ def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         "--admin-port", type=int, help="serve /metrics, /status, /live, /ready here (0: any)"
     )
     agent.add_argument(
+        "--admin-host",
+        metavar="HOST",
+        help="bind address of the admin listener (default 127.0.0.1; "
+        "off loopback it needs $PVTUNNEL_ADMIN_TOKEN or the file's [admin] token)",
+    )
+    agent.add_argument(
         "--inspect",
         action="store_true",
         help="record requests and show them at /inspect on the admin listener "
-        "(127.0.0.1:4040 unless --admin-port says otherwise)",
+        "(127.0.0.1:4040 unless --admin-host, --admin-port or the file's [admin] "
+        "say otherwise)",
     )
     agent.add_argument(
         "--route",
@@ -250,6 +263,7 @@ def _serve(args: argparse.Namespace) -> int:
         internal_port=args.internal_port,
         external_port=args.external_port,
         admin_port=args.admin_port,
+        admin_host=args.admin_host,
         admin_token=admin_token_from_environment(os.environ),
     )
     if config.internal.token is None and not config.internal.tokens:
@@ -331,6 +345,7 @@ def _agent(args: argparse.Namespace) -> int:
         client_id=args.client_id,
         routes=args.route,
         admin_port=args.admin_port,
+        admin_host=args.admin_host,
         admin_token=admin_token_from_environment(os.environ),
         inspect=args.inspect,
         discover=args.discover,

@@ -565,6 +565,45 @@ async def test_serve_and_agent_take_admin_port_flags_and_status_reads_both(
             nursery.cancel_scope.cancel()
 
 
+async def test_serve_and_agent_put_the_admin_listener_where_admin_host_says(
+    processes: list[Process],
+) -> None:
+    """``--admin-host`` moves the listener ``--admin-port`` turns on: the ready lines
+    name the address, and the listeners answer there."""
+    with trio.fail_after(LIMIT_S * 2):
+        async with trio.open_nursery() as nursery:
+            _, upstream_port = await start_upstream(nursery, "svc")
+            server = await Process.launch(
+                "serve",
+                "--host=127.0.0.1",
+                "--internal-port=0",
+                "--external-port=0",
+                "--admin-port=0",
+                "--admin-host=127.0.0.2",
+                env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+            )
+            processes.append(server)
+            ready = await server.wait_for(
+                r"ready internal=(ws://\S+) external=\S+ admin=http://127\.0\.0\.2:(\d+)$"
+            )
+            agent = await Process.launch(
+                "agent",
+                f"--server={ready.group(1)}",
+                f"--route=app=127.0.0.1:{upstream_port}",
+                "--admin-port=0",
+                "--admin-host=127.0.0.2",
+                env={"PVTUNNEL_TOKEN": TOKEN},
+            )
+            processes.append(agent)
+            agent_ready = await agent.wait_for(r"routes=app admin=http://127\.0\.0\.2:(\d+)$")
+            for port in (ready.group(2), agent_ready.group(1)):
+                assert (await admin_get(("127.0.0.2", int(port)), b"/live")).status == 200
+            for process in (agent, server):
+                process.process.send_signal(signal.SIGTERM)
+                assert await process.process.wait() == 0
+            nursery.cancel_scope.cancel()
+
+
 async def test_status_reports_an_unreachable_admin_listener() -> None:
     with trio.socket.socket() as refusing:
         await refusing.bind(("127.0.0.1", 0))

@@ -672,3 +672,75 @@ def test_an_admin_port_on_another_listeners_port_is_refused_before_anything_bind
         '(--host "127.0.0.1", admin.host "127.0.0.1"), so the second listener could not '
         "start; give each its own port (0: any free one)\n"
     )
+
+
+NEEDS_TOKEN = (
+    '--admin-host: admin.token: required when host is not a loopback address (got "0.0.0.0"); '
+    "set token or token_file in [admin], or the PVTUNNEL_ADMIN_TOKEN environment variable\n"
+)
+
+
+# Each command as far as the admin flags go; the agent has all else it needs.
+SERVE = ("serve",)
+AGENT = ("agent", "--server", "ws://127.0.0.1:1", "--route", "app=127.0.0.1:9")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (
+            (*SERVE, "--admin-host", "127.0.0.1"),
+            "--admin-host: no admin listener to bind it to; give --admin-port N too, "
+            "or [admin] port in the file\n",
+        ),
+        (
+            (*AGENT, "--admin-host", "127.0.0.1"),
+            "--admin-host: no admin listener to bind it to; give --admin-port N or --inspect "
+            "too, or [admin] port in the file\n",
+        ),
+        ((*SERVE, "--admin-port", "0", "--admin-host", "0.0.0.0"), NEEDS_TOKEN),
+        ((*AGENT, "--inspect", "--admin-host", "0.0.0.0"), NEEDS_TOKEN),
+        (
+            (*SERVE, "--admin-port", "0", "--admin-host", "not a host"),
+            '--admin-host: expected a host name or IP address, got "not a host"\n',
+        ),
+    ],
+    ids=["serve-alone", "agent-alone", "serve-off-loopback", "agent-off-loopback", "bad"],
+)
+def test_an_admin_host_flag_that_cannot_be_honoured_is_one_line_naming_it(
+    args: tuple[str, ...], says: str
+) -> None:
+    """Refused before anything starts (2): alone it would bind nothing, and off
+    loopback without a token it would hand /metrics and /status to the network."""
+    result = run(*args, env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN, "PVTUNNEL_TOKEN": TOKEN})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == says
+
+
+def test_an_admin_host_flag_onto_a_listeners_address_and_port_is_refused_naming_it(
+    tmp_path: Path,
+) -> None:
+    """The file's [admin] shares external.port on another address (so it is valid);
+    the flag puts it on the external listener's address. The port is held here, so
+    a listener that tried it anyway would fail (1), not take it."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "server.toml"
+        config.write_text(
+            f'host = "127.0.0.1"\n[internal]\nport = 0\n[external]\nport = {port}\n'
+            f'[admin]\nport = {port}\nhost = "127.0.0.2"\n'
+        )
+        assert run("check", str(config)).returncode == 0
+        result = run(
+            "serve",
+            *("--config", str(config), "--admin-host", "127.0.0.1"),
+            env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"--admin-host: admin.port {port} is external.port too, on overlapping addresses "
+        '(host "127.0.0.1", --admin-host "127.0.0.1"), so the second listener could not '
+        "start; give each its own port (0: any free one)\n"
+    )

@@ -393,11 +393,11 @@ def _admin_port(config: ServerConfig) -> list[Problem]:
     if config.admin is None:
         return []
     ports = {"internal.port": config.internal.port, "external.port": config.external.port}
-    other = admin_clash(config.admin, config.host, ports)
+    other = admin_clash(config.admin.port, config.admin.host, config.host, ports)
     if other is None:
         return []
     problem = admin_port_taken(
-        str(config.admin.port), other, ("host", config.host), config.admin.host
+        str(config.admin.port), other, ("host", config.host), ("admin.host", config.admin.host)
     )
     return [("admin.port", problem)]
 
@@ -417,25 +417,30 @@ def same_port(port: int, other_port: int, other: str) -> str | None:
     )
 
 
-def admin_clash(admin: AdminConfig, host: str, ports: Mapping[str, int]) -> str | None:
+def admin_clash(
+    admin_port: int, admin_host: str, host: str, ports: Mapping[str, int]
+) -> str | None:
     """Which of the tunnel's listeners (named by the keys of ``ports``, bound to
-    ``host``) the admin listener would meet on its port, if any.
+    ``host``) an admin listener on ``admin_port`` and ``admin_host`` would meet, if any.
 
     The admin listener binds a host of its own, so a shared port is a clash only
     where the two hosts overlap (`rules.binds_overlap`); 0 is any free port.
     """
-    if admin.port == 0 or not rules.binds_overlap(admin.host, host):
+    if admin_port == 0 or not rules.binds_overlap(admin_host, host):
         return None
-    return next((name for name, port in ports.items() if port == admin.port), None)
+    return next((name for name, port in ports.items() if port == admin_port), None)
 
 
-def admin_port_taken(subject: str, other: str, host: tuple[str, str], admin_host: str) -> str:
+def admin_port_taken(
+    subject: str, other: str, host: tuple[str, str], admin_host: tuple[str, str]
+) -> str:
     """The message for an admin port (``subject``) that is ``other`` too, where
-    ``host`` (its key or flag, and its value) overlaps ``admin_host``."""
+    ``host`` overlaps ``admin_host`` (each its key or flag, and its value)."""
     host_key, host_value = host
+    admin_key, admin_value = admin_host
     return (
         f"{subject} is {other} too, on overlapping addresses ({host_key} {show(host_value)}, "
-        f"admin.host {show(admin_host)}), so the second listener could not start; "
+        f"{admin_key} {show(admin_value)}), so the second listener could not start; "
         "give each its own port (0: any free one)"
     )
 

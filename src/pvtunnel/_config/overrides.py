@@ -48,6 +48,11 @@ def _flag(name: str, value: object, parse: Callable[[object], T], problems: list
         return None
 
 
+def _flags_named(problems: Sequence[str]) -> set[str]:
+    """The flags ``problems`` are about: each line names its flag before the first colon."""
+    return {problem.partition(":")[0] for problem in problems}
+
+
 def port_flag(name: str, value: int) -> int:
     """A port given as a flag (0 for any free one).
 
@@ -68,6 +73,7 @@ def with_overrides(
     internal_port: int | None = None,
     external_port: int | None = None,
     admin_port: int | None = None,
+    admin_host: str | None = None,
     admin_token: Secret | None = None,
 ) -> ServerConfig:
     """Apply ``pvtunnel serve`` flags; None leaves the file's (or default) value.
@@ -78,7 +84,11 @@ def with_overrides(
         internal_port: ``--internal-port``; 0 means any free port.
         external_port: ``--external-port``; 0 means any free port.
         admin_port: ``--admin-port``: turns the admin listener on (loopback,
-            unless the file's ``[admin]`` says otherwise); 0 means any free port.
+            unless ``admin_host`` or the file's ``[admin]`` says otherwise); 0
+            means any free port.
+        admin_host: ``--admin-host``: the admin listener's bind address. It
+            moves a listener the file or ``admin_port`` turns on, and turns none
+            on by itself: alone, with no ``[admin]`` in the file, it is refused.
         admin_token: The token a listener turned on by ``admin_port`` requires
             (``$PVTUNNEL_ADMIN_TOKEN``); one from the file's ``[admin]`` stays.
 
@@ -97,15 +107,23 @@ def with_overrides(
         _flag("--external-port", external_port, rules.listen_port, problems)
     if admin_port is not None:
         _flag("--admin-port", admin_port, rules.listen_port, problems)
+    if admin_host is not None:
+        _flag("--admin-host", admin_host, rules.host, problems)
     # A clash is looked for where every value it relates is valid: a bad one is
     # reported already, and a clash worked out from it would be noise.
-    bad = {problem.partition(":")[0] for problem in problems}
+    bad = _flags_named(problems)
     if not bad & {"--internal-port", "--external-port"}:
         problems.extend(_port_clash(config, internal_port, external_port))
     admin = config.admin
-    if not bad & {"--host", "--internal-port", "--external-port", "--admin-port"}:
-        admin = _admin_on(config.admin, admin_port, admin_token)
-        problems.extend(_admin_port_clash(config, admin, host, internal_port, external_port))
+    place = None if admin is None else (admin.port, admin.host)
+    if not bad & {"--admin-port", "--admin-host"}:
+        admin, place = _admin_on(
+            config.admin, port=admin_port, host=admin_host, token=admin_token, problems=problems
+        )
+    if not bad & {"--host", "--internal-port", "--external-port", "--admin-port", "--admin-host"}:
+        problems.extend(
+            _admin_port_clash(config, place, host, admin_host, internal_port, external_port)
+        )
     if problems:
         raise ConfigError(problems)
     internal, external = config.internal, config.external
@@ -142,16 +160,19 @@ def _port_clash(
 
 def _admin_port_clash(
     config: ServerConfig,
-    admin: AdminConfig | None,
+    place: tuple[int, str] | None,
     host: str | None,
+    admin_host: str | None,
     internal_port: int | None,
     external_port: int | None,
 ) -> list[str]:
     """An admin listener the flags put on a tunnel listener's port and address,
     said of the flag that did it: the file alone passed ``ServerConfig``'s check.
-    ``admin`` is the listener after ``--admin-port``."""
-    if admin is None:
+    ``place`` is the listener's port and host after ``--admin-port`` and
+    ``--admin-host`` (`_admin_on`), None where there is no listener."""
+    if place is None:
         return []
+    admin_port, admin_bind = place
     # Each value with the flag or key it came from, to be named in the message.
     internal = ("internal.port", config.internal.port)
     external = ("external.port", config.external.port)
@@ -161,27 +182,69 @@ def _admin_port_clash(
         external = ("--external-port", external_port)
     ports = dict([internal, external])
     bound = ("host", config.host) if host is None else ("--host", host)
-    other = admin_clash(admin, bound[1], ports)
+    admin_bound = ("admin.host", admin_bind) if admin_host is None else ("--admin-host", admin_host)
+    other = admin_clash(admin_port, admin_bind, bound[1], ports)
     if other is None:
         return []
-    admin_moved = config.admin is None or admin.port != config.admin.port
-    if admin_moved:
-        blamed, subject = "--admin-port", str(admin.port)
+    # The port flag that chose the port first, then the one on the other side of
+    # it, then whichever flag moved an address (the admin one is what to change).
+    port_moved = config.admin is None or admin_port != config.admin.port
+    if port_moved:
+        blamed, subject = "--admin-port", str(admin_port)
     elif other.startswith("--"):
-        blamed, subject, other = other, str(admin.port), "admin.port"
+        blamed, subject, other = other, str(admin_port), "admin.port"
+    elif admin_host is not None:
+        blamed, subject = "--admin-host", f"admin.port {admin_port}"
     else:
-        blamed, subject = "--host", f"admin.port {admin.port}"
-    return [f"{blamed}: {admin_port_taken(subject, other, bound, admin.host)}"]
+        blamed, subject = "--host", f"admin.port {admin_port}"
+    return [f"{blamed}: {admin_port_taken(subject, other, bound, admin_bound)}"]
 
 
 def _admin_on(
-    admin: AdminConfig | None, port: int | None, token: Secret | None
-) -> AdminConfig | None:
-    if port is None:
-        return admin
+    admin: AdminConfig | None,
+    *,
+    port: int | None,
+    host: str | None,
+    token: Secret | None,
+    problems: list[str],
+    default_port: int | None = None,
+    turned_on_by: str = "--admin-port N",
+) -> tuple[AdminConfig | None, tuple[int, str] | None]:
+    """The admin listener after ``--admin-port`` and ``--admin-host`` (both valid),
+    and the port and host it binds, or None for each where there is none.
+
+    A port turns the listener on, and so does ``default_port`` (``--inspect``'s)
+    where nothing else did; a host only says where a listener goes, so one with
+    no listener to move is a mistake, said rather than ignored (naming
+    ``turned_on_by``, the flags that would turn one on). Off loopback the
+    listener needs a token: ``AdminConfig`` checks that itself, by the rule the
+    file's ``[admin]`` goes through, and where ``--admin-host`` took it there,
+    that flag is blamed and no listener is returned; its port and host still
+    are, for a clash there to be said in the same run, as the loader says one
+    beside an ``[admin]`` without its token. ``token`` is the environment's, for
+    a listener the file has no table for (the loader put it in the file's
+    already).
+    """
     if admin is None:
-        return AdminConfig(port=port, token=token)
-    return attrs.evolve(admin, port=port)
+        port = default_port if port is None else port
+        if port is None:
+            if host is not None:
+                problems.append(
+                    f"--admin-host: no admin listener to bind it to; give {turned_on_by} too, "
+                    "or [admin] port in the file"
+                )
+            return None, None
+        admin = AdminConfig(port=port, token=token)
+    place = (admin.port if port is None else port, admin.host if host is None else host)
+    try:
+        return attrs.evolve(admin, port=place[0], host=place[1]), place
+    except FieldError as exc:
+        problems.extend(
+            f"--admin-host: admin.{at}: {message}; set token or token_file in [admin], "
+            "or the PVTUNNEL_ADMIN_TOKEN environment variable"
+            for at, message in exc.entries
+        )
+        return None, place
 
 
 def _split_target(target: str) -> tuple[str, str]:
@@ -254,6 +317,7 @@ def with_agent_overrides(
     client_id: str | None = None,
     routes: Sequence[str] = (),
     admin_port: int | None = None,
+    admin_host: str | None = None,
     server_urls: Sequence[str] = (),
     admin_token: Secret | None = None,
     inspect: bool = False,
@@ -271,6 +335,8 @@ def with_agent_overrides(
         routes: ``--route NAME=HOST:PORT`` values. A flag route replaces the file's
             route of the same name (in place); new names are appended.
         admin_port: ``--admin-port``, as for `with_overrides`.
+        admin_host: ``--admin-host``, as for `with_overrides`; ``inspect`` turns
+            a listener on for it too (on port 4040, where nothing else names one).
         admin_token: As for `with_overrides`.
         discover: ``--discover`` ("none" or "dns"), for every server URL.
         source: The file ``config`` was loaded from, named in a problem a flag
@@ -307,6 +373,8 @@ def with_agent_overrides(
         _flag("--client-id", client_id, rules.client_id, problems)
     if admin_port is not None:
         _flag("--admin-port", admin_port, rules.listen_port, problems)
+    if admin_host is not None:
+        _flag("--admin-host", admin_host, rules.host, problems)
     found_by = None if discover is None else _flag("--discover", discover, discovery, problems)
     flag_routes: dict[str, Route] = {}
     for flag in routes:
@@ -329,14 +397,22 @@ def with_agent_overrides(
             problems.extend(
                 f"--inspect: {where}inspect.{at}: {message}" for at, message in exc.entries
             )
+    admin = config.admin
+    if not _flags_named(problems) & {"--admin-port", "--admin-host"}:
+        admin, _ = _admin_on(
+            config.admin,
+            port=admin_port,
+            host=admin_host,
+            token=admin_token,
+            problems=problems,
+            default_port=INSPECT_PORT if inspector.enabled else None,
+            turned_on_by="--admin-port N or --inspect",
+        )
     if problems:
         raise ConfigError(problems)
     server = config.server
     if flag_urls:
         server = attrs.evolve(server, urls=tuple(flag_urls))
-    admin = _admin_on(config.admin, admin_port, admin_token)
-    if inspector.enabled and admin is None:
-        admin = AdminConfig(port=INSPECT_PORT, token=admin_token)
     if found_by is not None:
         server = attrs.evolve(server, discover=found_by)
     return attrs.evolve(
