@@ -21,7 +21,6 @@ token can never slip into a problem line.
 from __future__ import annotations
 
 import difflib
-import re
 import shlex
 import socket
 import ssl
@@ -66,7 +65,7 @@ from .model import (
     relation_problems,
     same_token,
 )
-from .rules import Rule, describe, join_path, show, split_path
+from .rules import Rule, describe, format_key, join_path, show, split_path
 from .secret import Secret
 
 if TYPE_CHECKING:
@@ -85,7 +84,6 @@ SERVER_TOKEN_ENV: Final = {
 }
 AGENT_TOKEN_ENV: Final = {"PVTUNNEL_TOKEN": "server", **ADMIN_TOKEN_ENV}
 _PATH_KEYS: Final = ("tls_cert", "tls_key", "ca_file")
-_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
 
 # check_file tells the kinds apart by these top-level keys; the strong ones first,
 # the weak ones only when no strong key is present.
@@ -341,10 +339,6 @@ CONVERTER: Final = _make_converter()
 # ---------------------------------------------------------------- error lines
 
 
-def _format_key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else show(key)
-
-
 def _unknown_key_message(cls: type, key: str, root: type | None) -> str:
     known = [_toml_key(cls, field.name) for field in attrs.fields(cls) if field.init]
     close = difflib.get_close_matches(key, known, n=1)
@@ -392,7 +386,7 @@ def flatten(
     elif isinstance(error, ForbiddenExtraKeysError):
         for key in sorted(error.extra_fields):
             message = _unknown_key_message(error.cl, key, root)
-            yield join_path(path, _format_key(key)), message
+            yield join_path(path, format_key(key)), message
     elif isinstance(error, InvalidValue | FieldError):
         for at, message in error.entries:
             yield join_path(path, at), message

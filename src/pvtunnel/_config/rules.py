@@ -47,6 +47,7 @@ _TARGET_NAME: Final = re.compile(
     rf"{_TARGET_LABEL}(?:\.{_TARGET_LABEL})*", re.IGNORECASE | re.ASCII
 )
 _PORT_DIGITS: Final = re.compile(r"[0-9]{1,5}")
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
 # A fixed Host header value goes out verbatim: keep it to what a host[:port] can hold,
 # so no configuration can smuggle whitespace or line breaks into a request head.
 _HOST_HEADER_VALUE: Final = re.compile(r"[A-Za-z0-9._~:\[\]-]+")
@@ -84,6 +85,15 @@ def split_path(path: str) -> tuple[str, str]:
     head = _FIRST_KEY.match(path)
     end = 0 if head is None else head.end()
     return path[:end], path[end:].removeprefix(".")
+
+
+def format_key(key: str) -> str:
+    """A key as a message names it: bare where TOML would write it bare, else quoted,
+    so that one holding a dot or a space is not read as a path or two words.
+
+    Shared by the loader (unknown keys) and the flag parser (``--route`` options).
+    """
+    return key if _BARE_KEY.fullmatch(key) else show(key)
 
 
 def show(value: object) -> str:
