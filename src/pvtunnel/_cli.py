@@ -172,8 +172,11 @@ def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         "--route",
         action="append",
         default=[],
-        metavar="NAME=HOST:PORT",
-        help="serve NAME by sending its requests to HOST:PORT (repeatable)",
+        metavar="NAME=HOST:PORT[,KEY=VALUE]",
+        help="serve NAME by sending its requests to HOST:PORT (repeatable; IPv6 as "
+        "[ADDRESS]:PORT). The KEY=VALUE options are [[routes]] keys: type=ip|cname, "
+        "host_header=preserve|rewrite|HOST[:PORT]. It replaces the file's route of "
+        "that name whole (an option left out takes its default)",
     )
 
     init = commands.add_parser("init", help="write server.toml and agent.toml with fresh tokens")

@@ -125,10 +125,43 @@ def test_a_clash_with_a_bad_flag_is_left_out() -> None:
             "svc=my_service.default.svc:9000",
             Route(name="svc", value="my_service.default.svc", port=9000),
         ),
+        (
+            "app=127.0.0.1:3000,host_header=rewrite",
+            Route(
+                name="app", value="127.0.0.1", port=3000, type=RouteType.IP, host_header="rewrite"
+            ),
+        ),
+        (
+            "app=localhost:3000,host_header=app.internal:8443",
+            Route(name="app", value="localhost", port=3000, host_header="app.internal:8443"),
+        ),
+        (
+            "v6=[::1]:8080,host_header=[::1]:8080,type=ip",
+            Route(name="v6", value="::1", port=8080, type=RouteType.IP, host_header="[::1]:8080"),
+        ),
+        (
+            # An address read as a name (resolved, which gives it back): the file allows it.
+            "app=10.0.0.1:80,type=cname",
+            Route(name="app", value="10.0.0.1", port=80, type=RouteType.CNAME),
+        ),
+        (
+            "app=h:80,host_header=preserve,type=cname",
+            Route(name="app", value="h", port=80, host_header="preserve"),
+        ),
     ],
 )
 def test_route_flags(flag: str, route: Route) -> None:
     assert parse_route_flag(flag) == route
+
+
+def test_a_route_flags_options_are_its_tables_keys_with_their_values() -> None:
+    """``host_header`` and ``type`` say on the command line what they say in a
+    ``[[routes]]`` table: the Host the upstream receives is the file's."""
+    rewrite = parse_route_flag("app=[::1]:8080,host_header=rewrite")
+    assert rewrite.upstream_host_header(b"app") == b"[::1]:8080"
+    fixed = parse_route_flag("app=127.0.0.1:8080,host_header=backend.internal")
+    assert fixed.upstream_host_header(b"app") == b"backend.internal"
+    assert parse_route_flag("app=127.0.0.1:8080").upstream_host_header(b"app") == b"app"
 
 
 @pytest.mark.parametrize(
@@ -157,6 +190,44 @@ def test_route_flags(flag: str, route: Route) -> None:
         ),
         ("app=bad host:1", 'value: expected a host name or IP address, got "bad host"'),
         ("app=[nope]:1", 'value: expected an IP address in brackets, got "nope"'),
+        (
+            "app=h:1,host_header=a b",
+            'host_header: expected "preserve", "rewrite" or a fixed host[:port], got "a b"',
+        ),
+        (
+            # No Host value holds a "=" either: the rule says so, not the splitting.
+            "app=h:1,host_header=a=b",
+            'host_header: expected "preserve", "rewrite" or a fixed host[:port], got "a=b"',
+        ),
+        (
+            "app=h:1,host_header=",
+            'host_header: expected "preserve", "rewrite" or a fixed host[:port], got ""',
+        ),
+        ("app=h:1,type=IP", 'type: expected "cname" or "ip", got "IP"'),
+        (
+            "app=localhost:1,type=ip",
+            'value: expected an IP literal for a route of type "ip", got "localhost"',
+        ),
+        (
+            # A "," ends the option: a Host value cannot hold one.
+            "app=h:1,host_header=a,b",
+            'expected type=VALUE or host_header=VALUE after NAME=HOST:PORT, got "b"',
+        ),
+        ("app=h:1,", 'expected type=VALUE or host_header=VALUE after NAME=HOST:PORT, got ""'),
+        ("app=h:1,type=ip,type=cname", "type: given twice"),
+        (
+            "app=h:1,host-header=rewrite",
+            'host-header: unknown option (did you mean "host_header"?)',
+        ),
+        (
+            "app=h:1,host header=x",
+            '"host header": unknown option (did you mean "host_header"?)',
+        ),
+        ("app=h:1,port=2", "port: unknown option (expected type or host_header)"),
+        (
+            "app=::1:80,type=ip",
+            "expected NAME=HOST:PORT (put an IPv6 address in brackets: NAME=[::1]:PORT)",
+        ),
     ],
 )
 def test_bad_route_flags(flag: str, problem: str) -> None:
@@ -195,6 +266,40 @@ def test_agent_flags_override_the_file() -> None:
         Route(name="three", value="h", port=3),
     )
     assert FILE_AGENT.routes[1].port == 2
+
+
+def test_a_route_flag_replaces_the_files_route_whole() -> None:
+    """Options it leaves out take their defaults, not the file's values: the
+    flag says the whole route, and the command line shows what the agent does."""
+    config = attrs.evolve(
+        FILE_AGENT,
+        routes=(
+            Route(name="one", value="localhost", port=1, host_header="rewrite"),
+            Route(name="two", value="10.0.0.2", port=2, type=RouteType.IP, host_header="fixed"),
+        ),
+    )
+    changed = with_agent_overrides(
+        config, routes=["one=localhost:11", "two=10.0.0.2:2,type=cname,host_header=rewrite"]
+    )
+    assert changed.routes == (
+        Route(name="one", value="localhost", port=11),
+        Route(name="two", value="10.0.0.2", port=2, type=RouteType.CNAME, host_header="rewrite"),
+    )
+
+
+def test_bad_route_options_are_reported_with_the_other_flags() -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_agent_overrides(
+            FILE_AGENT,
+            client_id="has space",
+            routes=["ok=h:1,host_header=rewrite", "x=h:1,host_header=a b", "y=h:1,kind=ip"],
+        )
+    assert caught.value.problems == [
+        '--client-id: expected at most 255 printable characters without spaces, got "has space"',
+        '--route x=h:1,host_header=a b: host_header: expected "preserve", "rewrite" or a fixed '
+        'host[:port], got "a b"',
+        "--route y=h:1,kind=ip: kind: unknown option (expected type or host_header)",
+    ]
 
 
 def test_absent_agent_flags_change_nothing() -> None:

@@ -498,6 +498,51 @@ async def test_agent_process_killed_mid_request_gives_502_within_5_seconds(launc
             nursery.cancel_scope.cancel()
 
 
+async def test_route_flag_options_choose_the_host_header_the_upstream_receives(
+    launch: Launch,
+) -> None:
+    """``host_header`` on ``--route`` does what the [[routes]] key does: "rewrite"
+    sends the target's own HOST:PORT, a fixed value that value, and a route without
+    the option the client's Host."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream, upstream_port = await start_upstream(nursery, "svc")
+            target = f"127.0.0.1:{upstream_port}"
+            agent = await launch(
+                "agent",
+                *("--server", running.url),
+                *("--route", f"app={target},host_header=rewrite"),
+                *("--route", f"fixed={target},host_header=backend.internal:8443,type=ip"),
+                *("--route", f"plain={target}"),
+                env={"PVTUNNEL_TOKEN": TOKEN},
+            )
+            await agent.wait_for(r"ready server=\S+ routes=app,fixed,plain$")
+            for name in (b"app", b"fixed", b"plain"):
+                assert (await fetch(running.port, b"GET", b"/", host=name)).status == 200
+            assert [request.header(b"host") for request in upstream.requests] == [
+                target.encode(),
+                b"backend.internal:8443",
+                b"plain",
+            ]
+            agent.process.send_signal(signal.SIGTERM)
+            assert await agent.process.wait() == 0
+            nursery.cancel_scope.cancel()
+
+
+def test_a_bad_route_option_is_one_line_naming_the_flag() -> None:
+    result = run(
+        "agent",
+        *("--server", "ws://127.0.0.1:1", "--route", "app=127.0.0.1:80,host-header=rewrite"),
+        env={"PVTUNNEL_TOKEN": TOKEN},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        "--route app=127.0.0.1:80,host-header=rewrite: host-header: unknown option "
+        '(did you mean "host_header"?)\n'
+    )
+
+
 async def test_demo_prints_a_curl_line_that_works(launch: Launch) -> None:
     with trio.fail_after(LIMIT_S):
         demo = await launch("demo", "--port", "0")

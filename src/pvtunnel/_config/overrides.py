@@ -8,6 +8,7 @@ time. All bad flags are reported together.
 
 from __future__ import annotations
 
+import difflib
 from typing import TYPE_CHECKING, Final, TypeVar
 
 import attrs
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
     from .secret import Secret
 
 _ROUTE_FORMAT: Final = "expected NAME=HOST:PORT"
+# The [[routes]] keys a --route flag may add after its target, as KEY=VALUE. None
+# of their values can hold a "," (a Host header value cannot), so it separates them.
+_ROUTE_OPTIONS: Final = ("type", "host_header")
 # Where the inspector's page is when nothing says otherwise: ngrok's port, so a
 # developer's bookmark and habits carry over.
 INSPECT_PORT: Final = 4040
@@ -266,13 +270,17 @@ def _split_target(target: str) -> tuple[str, str]:
 
 
 def parse_route_flag(flag: str) -> Route:
-    """Turn one ``--route NAME=HOST:PORT`` into a route.
+    """Turn one ``--route NAME=HOST:PORT[,type=T][,host_header=H]`` into a route.
 
-    The type is inferred: an IP literal (IPv6 in brackets) makes an "ip" route,
-    anything else a "cname" route.
+    The options are the ``[[routes]]`` keys of the same names, with the same
+    values and rules. Without ``type`` it is inferred: an IP literal (IPv6 in
+    brackets) makes an "ip" route, anything else a "cname" route; without
+    ``host_header`` it is "preserve", as in the file. The flag says the whole
+    route, so that what the command line shows is what the agent does.
 
     Args:
-        flag: The flag's value, e.g. ``"app=127.0.0.1:3000"`` or ``"v6=[::1]:3000"``.
+        flag: The flag's value, e.g. ``"app=127.0.0.1:3000"``, ``"v6=[::1]:3000"``
+            or ``"app=localhost:3000,host_header=rewrite"``.
 
     Returns:
         The route, its name lower-cased.
@@ -281,17 +289,48 @@ def parse_route_flag(flag: str) -> Route:
         ConfigError: One ``"--route FLAG: message"`` line per problem.
     """
     try:
-        name, equals, target = flag.partition("=")
+        name_and_target, *options = flag.split(",")
+        name, equals, target = name_and_target.partition("=")
         if not equals or not name or not target:
             raise InvalidValue(_ROUTE_FORMAT)
         host, port_text = _split_target(target)
         digits = port_text.isascii() and port_text.isdigit()
         port = _route_port(int(port_text) if digits else port_text)
-        route_type = RouteType.IP if rules.is_ip_literal(host) else RouteType.CNAME
-        return Route(name=name, value=host, port=port, type=route_type)
+        keys = _route_options(options)
+        inferred = RouteType.IP if rules.is_ip_literal(host) else RouteType.CNAME
+        return Route(
+            name=name,
+            value=host,
+            port=port,
+            type=keys.get("type", inferred),
+            host_header=keys.get("host_header", "preserve"),
+        )
     except (InvalidValue, FieldError) as exc:
         lines = [f"--route {flag}: {_prefixed(at, message)}" for at, message in exc.entries]
         raise ConfigError(lines) from None
+
+
+def _route_options(options: Sequence[str]) -> dict[str, str]:
+    """The ``KEY=VALUE`` options after a route flag's target, each key once; their
+    values are left for `Route` to check, as the file's are."""
+    keys: dict[str, str] = {}
+    for option in options:
+        key, equals, value = option.partition("=")
+        if not equals:
+            raise InvalidValue(
+                f"expected type=VALUE or host_header=VALUE after NAME=HOST:PORT, "
+                f"got {rules.show(option)}"
+            )
+        if key not in _ROUTE_OPTIONS:
+            close = difflib.get_close_matches(key, _ROUTE_OPTIONS, n=1)
+            hint = (
+                f"did you mean {rules.show(close[0])}?" if close else "expected type or host_header"
+            )
+            raise InvalidValue(f"unknown option ({hint})", at=rules.format_key(key))
+        if key in keys:
+            raise InvalidValue("given twice", at=key)
+        keys[key] = value
+    return keys
 
 
 def _prefixed(key: str, message: str) -> str:
@@ -332,8 +371,10 @@ def with_agent_overrides(
             replace every URL from the file, and the agent holds one connection to
             each.
         client_id: ``--client-id``.
-        routes: ``--route NAME=HOST:PORT`` values. A flag route replaces the file's
-            route of the same name (in place); new names are appended.
+        routes: ``--route NAME=HOST:PORT[,type=T][,host_header=H]`` values (see
+            `parse_route_flag`). A flag route replaces the file's route of the
+            same name whole and in place (an option it leaves out takes its
+            default, not the file's value); new names are appended.
         admin_port: ``--admin-port``, as for `with_overrides`.
         admin_host: ``--admin-host``, as for `with_overrides`; ``inspect`` turns
             a listener on for it too (on port 4040, where nothing else names one).
