@@ -126,6 +126,10 @@ def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     serve.add_argument("--internal-port", type=int, help="port agents connect to (0: any)")
     serve.add_argument("--external-port", type=int, help="port HTTP clients use (0: any)")
     serve.add_argument(
+        "--domain",
+        help="base domain for subdomain routing: NAME.DOMAIN reaches route NAME",
+    )
+    serve.add_argument(
         "--admin-port", type=int, help="serve /metrics, /status, /live, /ready here (0: any)"
     )
     serve.add_argument(
@@ -265,6 +269,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         internal_port=args.internal_port,
         external_port=args.external_port,
+        domain=args.domain,
         admin_port=args.admin_port,
         admin_host=args.admin_host,
         admin_token=admin_token_from_environment(os.environ),

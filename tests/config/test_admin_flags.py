@@ -269,6 +269,38 @@ def test_a_host_flag_without_its_token_is_refused_beside_the_clash_it_makes() ->
     ]
 
 
+BAD_DOMAIN = '--domain: expected a domain name such as tunnel.example.com, got "a b"'
+
+
+def test_a_bad_host_flag_and_a_bad_flag_beside_it_are_both_reported() -> None:
+    """--domain relates to no port: only --admin-host leaves out the clash the
+    file's admin port would make with --internal-port."""
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(
+            ServerConfig(admin=AdminConfig(port=9000)),
+            internal_port=9000,
+            domain="a b",
+            admin_host="a b",
+        )
+    assert caught.value.problems == [
+        BAD_DOMAIN,
+        '--admin-host: expected a host name or IP address, got "a b"',
+    ]
+
+
+def test_a_clash_the_host_flag_makes_is_reported_beside_a_bad_flag() -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(
+            ServerConfig(host="0.0.0.0", admin=AdminConfig(port=8081, host="::1")),
+            domain="a b",
+            admin_host="127.0.0.1",
+        )
+    assert caught.value.problems == [
+        BAD_DOMAIN,
+        "--admin-host: admin.port 8081 is internal.port too, " + BY_HOST_FLAG,
+    ]
+
+
 def test_the_admin_flag_may_share_a_port_number_on_another_address() -> None:
     assert with_overrides(ServerConfig(host="::"), admin_port=8080).admin == AdminConfig(port=8080)
     free = with_overrides(ServerConfig(), admin_port=0, internal_port=0)

@@ -8,6 +8,7 @@ import pytest
 from pvtunnel._config import (
     AgentConfig,
     Discovery,
+    ExternalConfig,
     InspectConfig,
     InternalConfig,
     Route,
@@ -46,6 +47,24 @@ def test_bad_server_flags_are_all_reported() -> None:
         '--host: expected a host name or IP address, got "a b"',
         "--internal-port: expected an integer from 0 to 65535, got -1",
         "--external-port: expected an integer from 0 to 65535, got 65536",
+    ]
+
+
+def test_domain_flag_overrides_the_files_domain() -> None:
+    config = ServerConfig(external=ExternalConfig(port=9000, domain="file.example"))
+    changed = with_overrides(config, domain="Tunnel.Example.COM")
+    assert changed.external == ExternalConfig(port=9000, domain="tunnel.example.com")
+    assert with_overrides(ServerConfig(), domain="t.example").external.domain == "t.example"
+    assert with_overrides(config).external.domain == "file.example"
+
+
+@pytest.mark.parametrize("domain", ["", "1.2.3.4", "a b.example", "*.example.com"])
+def test_a_bad_domain_flag_is_reported_as_the_flag(domain: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_overrides(ServerConfig(), domain=domain, external_port=-1)
+    assert caught.value.problems == [
+        "--external-port: expected an integer from 0 to 65535, got -1",
+        f'--domain: expected a domain name such as tunnel.example.com, got "{domain}"',
     ]
 
 

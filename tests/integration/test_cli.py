@@ -530,6 +530,36 @@ async def test_route_flag_options_choose_the_host_header_the_upstream_receives(
             nursery.cancel_scope.cancel()
 
 
+async def test_domain_flag_routes_subdomains_to_their_routes(launch: Launch) -> None:
+    """``serve --domain``, as ``[external] domain``: app.DOMAIN reaches route "app"."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            upstream, upstream_port = await start_upstream(nursery, "svc")
+            server = await launch(
+                *SERVE_ON_LOOPBACK,
+                *("--domain", "tunnel.example"),
+                env={"PVTUNNEL_INTERNAL_TOKEN": TOKEN},
+            )
+            ready = await server.wait_for(
+                r"ready internal=(ws://\S+) external=http://127\.0\.0\.1:(\d+)"
+            )
+            agent = await launch(
+                *("agent", "--server", ready.group(1), "--route", f"app=127.0.0.1:{upstream_port}"),
+                env={"PVTUNNEL_TOKEN": TOKEN},
+            )
+            await agent.wait_for(r"ready server=\S+ routes=app$")
+            port = int(ready.group(2))
+            reply = await fetch(port, b"GET", b"/", host=b"app.tunnel.example")
+            assert reply.status == 200
+            assert [request.header(b"host") for request in upstream.requests] == [
+                b"app.tunnel.example"
+            ]
+            for process in (agent, server):
+                process.process.send_signal(signal.SIGTERM)
+                assert await process.process.wait() == 0
+            nursery.cancel_scope.cancel()
+
+
 def test_a_bad_route_option_is_one_line_naming_the_flag() -> None:
     result = run(
         "agent",

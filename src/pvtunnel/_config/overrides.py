@@ -76,6 +76,7 @@ def with_overrides(
     host: str | None = None,
     internal_port: int | None = None,
     external_port: int | None = None,
+    domain: str | None = None,
     admin_port: int | None = None,
     admin_host: str | None = None,
     admin_token: Secret | None = None,
@@ -87,6 +88,8 @@ def with_overrides(
         host: ``--host``: bind address of both listeners.
         internal_port: ``--internal-port``; 0 means any free port.
         external_port: ``--external-port``; 0 means any free port.
+        domain: ``--domain``: the base domain for subdomain routing
+            (``[external] domain``).
         admin_port: ``--admin-port``: turns the admin listener on (loopback,
             unless ``admin_host`` or the file's ``[admin]`` says otherwise); 0
             means any free port.
@@ -109,6 +112,7 @@ def with_overrides(
         _flag("--internal-port", internal_port, rules.listen_port, problems)
     if external_port is not None:
         _flag("--external-port", external_port, rules.listen_port, problems)
+    base_domain = None if domain is None else _flag("--domain", domain, rules.domain, problems)
     if admin_port is not None:
         _flag("--admin-port", admin_port, rules.listen_port, problems)
     if admin_host is not None:
@@ -135,6 +139,8 @@ def with_overrides(
         internal = attrs.evolve(internal, port=internal_port)
     if external_port is not None:
         external = attrs.evolve(external, port=external_port)
+    if base_domain is not None:
+        external = attrs.evolve(external, domain=base_domain)
     return attrs.evolve(
         config,
         host=config.host if host is None else host,
