@@ -155,6 +155,33 @@ def test_configuration_page_describes_every_key(file: str, cls: type) -> None:
     assert not missing, f"docs/configuration.md ({file}) does not describe {missing}"
 
 
+# Flags about the command itself, not about a key of its file.
+_NOT_KEY_FLAGS = frozenset({"--help", "--config", "--log-level", "--log-format"})
+
+
+@pytest.mark.parametrize("command", ["serve", "agent"])
+def test_configuration_page_lists_every_flag_that_replaces_a_key(command: str) -> None:
+    """The Flags table is where a user learns what a one-liner can say: a flag
+    added to the command and left out of it is one they would not find."""
+    text = (DOCS / "configuration.md").read_text()
+    table = text[text.index("## Flags\n") :].partition("\n\n## ")[0]
+    listed = {
+        flag
+        for row in table.splitlines()[4:]
+        for cell in [row.split(" | ")[0]]
+        for flag in re.findall(rf"`{command} (--[a-z-]+)", cell)
+    }
+    shown = subprocess.run(
+        [sys.executable, "-m", "pvtunnel", command, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    options = set(re.findall(r"^  (--[a-z-]+)", shown, flags=re.M)) - _NOT_KEY_FLAGS
+    assert options, shown
+    assert options == listed
+
+
 def security_table_tests(text: str) -> list[tuple[str, str]]:
     """(file, test) for each test SECURITY.md's rules table names ("" for a whole module).
 
