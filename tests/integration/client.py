@@ -8,10 +8,15 @@ from typing import TYPE_CHECKING
 import attrs
 import h11
 import trio
+import trio.testing
+
+from pvtunnel._trio.front import handle_client
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from types import TracebackType
+
+    from pvtunnel._trio.state import ServerState
 
 
 @attrs.frozen(kw_only=True)
@@ -156,3 +161,24 @@ async def exchange_one(port: int, data: bytes) -> bytes:
 def statuses(received: bytes) -> list[int]:
     """Status codes of the responses in ``received`` (bodies here never hold status lines)."""
     return [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", received)]
+
+
+async def connect_never_reading(
+    nursery: trio.Nursery, state: ServerState
+) -> tuple[trio.abc.Stream, trio.Event]:
+    """A client connection the server serves (`handle_client`, as its listener would),
+    whose client never reads: the client's end, and an event set once the server is
+    done with the connection.
+
+    The two ends are in lockstep: a send waits until the other end has read it all,
+    so nothing the server writes to this client can ever finish.
+    """
+    client, server_end = trio.testing.lockstep_stream_pair()
+    served = trio.Event()
+
+    async def serve() -> None:
+        await handle_client(server_end, state)
+        served.set()
+
+    nursery.start_soon(serve)
+    return client, served

@@ -14,8 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from pvtunnel._trio.front import handle_client
-from tests.integration.client import raw_exchange
+from tests.integration.client import connect_never_reading, raw_exchange
 from tests.integration.harness import server_config, start_agent, start_server, start_tunnel
 from tests.integration.listen import serve_on_loopback
 
@@ -395,16 +394,7 @@ async def test_a_deadline_answer_to_a_client_that_reads_nothing_gives_up_after_i
     async with trio.open_nursery() as nursery:
         running, _ = await start_tunnel(nursery, config)
         state = running.server.state
-        # In lockstep a send waits until the other end has read it all, and this
-        # client never reads: nothing the server writes to it can finish.
-        client, server_end = trio.testing.lockstep_stream_pair()
-        served = trio.Event()
-
-        async def serve() -> None:
-            await handle_client(server_end, state)
-            served.set()
-
-        nursery.start_soon(serve)
+        client, served = await connect_never_reading(nursery, state)
         await client.send_all(b"GET /hold HTTP/1.1\r\nHost: app\r\n\r\n")
         sent_at = trio.current_time()
         with trio.fail_after(60):

@@ -17,9 +17,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
 from pvtunnel import AgentTimeouts, Secret
-from pvtunnel._trio.front import handle_client
 from pvtunnel._trio.hangups import HANGUP_CHECK_S
-from tests.integration.client import Client, fetch
+from tests.integration.client import Client, connect_never_reading, fetch
 from tests.integration.echo import TcpEcho, open_connect
 from tests.integration.harness import (
     server_config,
@@ -357,16 +356,8 @@ async def test_a_101_the_client_takes_none_of_is_cut_after_idle_s(
         running = await start_server(nursery, config)
         echo_port = await nursery.start(EchoWebSocket().serve)
         await start_agent(nursery, running, {"app": echo_port})
-        # In lockstep a send waits until the other end has read it all, and this
-        # client never reads: the 101 can never be written.
-        client, server_end = trio.testing.lockstep_stream_pair()
-        served = trio.Event()
-
-        async def serve() -> None:
-            await handle_client(server_end, running.server.state)
-            served.set()
-
-        nursery.start_soon(serve)
+        # The 101 can never be written.
+        client, served = await connect_never_reading(nursery, running.server.state)
         await client.send_all(
             b"GET /echo HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\n"
             b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
