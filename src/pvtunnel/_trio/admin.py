@@ -21,7 +21,7 @@ import trio
 
 from pvtunnel._http.admin import AdminResponse, AdminSource, respond
 from pvtunnel._http.inspect import is_inspect_path
-from pvtunnel._trio.closing import close_lingering, has_unread_bytes
+from pvtunnel._trio.closing import close_after_answer
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.inspect_http import answer_inspect
 from pvtunnel._trio.listeners import open_listeners
@@ -113,11 +113,7 @@ async def _serve_connection(
         # An answer sent before the request's body was read (a refusal, a replay
         # past the limit) would be destroyed by the reset of a close over unread
         # bytes, those here now or those of a body still on its way.
-        if _may_still_send(http) or has_unread_bytes(stream):
-            await close_lingering(stream)
-        else:
-            with trio.move_on_after(1, shield=True):
-                await stream.aclose()
+        await close_after_answer(stream, may_still_send=_may_still_send(http))
 
 
 def _may_still_send(http: H11Stream[trio.abc.Stream]) -> bool:

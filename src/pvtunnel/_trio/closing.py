@@ -42,6 +42,23 @@ async def close_lingering(stream: trio.abc.Stream) -> None:
             await stream.aclose()
 
 
+async def close_after_answer(
+    stream: trio.abc.Stream, *, may_still_send: bool, may_hold_unread: bool = True
+) -> None:
+    """Close ``stream`` once its answer is written, lingering only where it must.
+
+    A client that ``may_still_send`` (a body not read to its end, a head that broke
+    the rules), or whose bytes wait unread (a pipelined request, a stray empty
+    line: asked only where ``may_hold_unread``), would turn a plain close into a
+    reset that destroys the answer: `close_lingering` then; otherwise a plain close.
+    """
+    if may_still_send or (may_hold_unread and has_unread_bytes(stream)):
+        await close_lingering(stream)
+    else:
+        with trio.move_on_after(1, shield=True):
+            await stream.aclose()
+
+
 _RESET_ON_CLOSE: Final = struct.pack("ii", 1, 0)
 
 

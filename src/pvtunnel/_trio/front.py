@@ -42,7 +42,7 @@ from pvtunnel._http.framing import (
 from pvtunnel._http.holding import HoldOutcome, hold_answer
 from pvtunnel._http.max_forwards import decremented, final_answer, remaining_forwards
 from pvtunnel._http.routing import is_origin_form, split_target
-from pvtunnel._trio.closing import close_lingering, close_with_reset, has_unread_bytes
+from pvtunnel._trio.closing import close_after_answer, close_with_reset
 from pvtunnel._trio.dates import http_date
 from pvtunnel._trio.hangups import has_hung_up, peer_address, unless_hung_up
 from pvtunnel._trio.http11 import H11Stream
@@ -1003,19 +1003,13 @@ async def handle_client(
         state.client_connections -= 1
         if client.ends_at_close:
             await close_with_reset(stream)
-        elif client.conn.their_state in _MAY_STILL_SEND or (
-            # Whatever the client sent that is still unread (a pipelined request, a
-            # stray empty line) would turn the close into a reset, and a reset
-            # destroys what the client has not read yet: the answer itself. (A
-            # client that closed first, or a pipe's, leaves nothing owed.)
-            client.conn.their_state is not h11.CLOSED
-            and client.pipe is None
-            and has_unread_bytes(stream)
-        ):
-            await close_lingering(stream)
         else:
-            with trio.move_on_after(1, shield=True):
-                await stream.aclose()
+            # A client that closed first, or a pipe's, leaves nothing owed.
+            await close_after_answer(
+                stream,
+                may_still_send=client.conn.their_state in _MAY_STILL_SEND,
+                may_hold_unread=client.conn.their_state is not h11.CLOSED and client.pipe is None,
+            )
 
 
 def _head_size(request: h11.Request) -> int:
