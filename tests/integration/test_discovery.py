@@ -77,6 +77,19 @@ def connected_addresses(agent: TunnelAgent) -> set[str | None]:
     return {link.address for link in agent.links if link.connected}
 
 
+def families_said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The agent's lines saying which address family it uses, in order."""
+    return [r.getMessage() for r in caplog.records if "using IPv" in r.getMessage()]
+
+
+def switched_to_ipv4(url: str) -> list[str]:
+    """What ``url``'s discovery says when it starts on IPv6 and has to turn to IPv4."""
+    return [
+        f"{url}: using IPv6 addresses (the resolver's preference)",
+        f"{url}: using IPv4 addresses (no IPv6 address could be connected to)",
+    ]
+
+
 async def test_one_link_per_address_and_replicas_that_come_and_go() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
@@ -210,12 +223,7 @@ async def test_an_ipv6_address_listed_first_gives_way_to_servers_on_ipv4_only(
             assert [(link.address, link.connected) for link in agent.links] == [("127.0.0.1", True)]
             assert (await get(replica, b"/")).status == 200
             nursery.cancel_scope.cancel()
-    said = [r.getMessage() for r in caplog.records if "using IPv" in r.getMessage()]
-    assert said == [
-        f"{agent.config.server.urls[0]}: using IPv6 addresses (the resolver's preference)",
-        f"{agent.config.server.urls[0]}: using IPv4 addresses "
-        "(no IPv6 address could be connected to)",
-    ]
+    assert families_said(caplog) == switched_to_ipv4(agent.config.server.urls[0])
 
 
 async def answer_503(answered: list[bytes], stream: trio.SocketStream) -> None:
@@ -282,12 +290,7 @@ async def test_an_ipv6_server_that_answers_503_keeps_the_agent_on_ipv6_until_it_
             )
             assert (await get(replica, b"/")).status == 200
             nursery.cancel_scope.cancel()
-    said = [r.getMessage() for r in caplog.records if "using IPv" in r.getMessage()]
-    assert said == [
-        f"{agent.config.server.urls[0]}: using IPv6 addresses (the resolver's preference)",
-        f"{agent.config.server.urls[0]}: using IPv4 addresses "
-        "(no IPv6 address could be connected to)",
-    ]
+    assert families_said(caplog) == switched_to_ipv4(agent.config.server.urls[0])
 
 
 @attrs.define
