@@ -96,6 +96,19 @@ def _wants_json(argv: Sequence[str]) -> bool:
     )
 
 
+def _add_admin_flags(command: argparse.ArgumentParser) -> None:
+    """The admin listener's flags, the same for serve and agent."""
+    command.add_argument(
+        "--admin-port", type=int, help="serve /metrics, /status, /live, /ready here (0: any)"
+    )
+    command.add_argument(
+        "--admin-host",
+        metavar="HOST",
+        help="bind address of the admin listener (default 127.0.0.1; "
+        "off loopback it needs $PVTUNNEL_ADMIN_TOKEN or the file's [admin] token)",
+    )
+
+
 def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     parser = _Parser(
         json_errors=json_errors,
@@ -129,15 +142,7 @@ def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         "--domain",
         help="base domain for subdomain routing: NAME.DOMAIN reaches route NAME",
     )
-    serve.add_argument(
-        "--admin-port", type=int, help="serve /metrics, /status, /live, /ready here (0: any)"
-    )
-    serve.add_argument(
-        "--admin-host",
-        metavar="HOST",
-        help="bind address of the admin listener (default 127.0.0.1; "
-        "off loopback it needs $PVTUNNEL_ADMIN_TOKEN or the file's [admin] token)",
-    )
+    _add_admin_flags(serve)
 
     agent = commands.add_parser("agent", parents=[common], help="run an agent")
     agent.add_argument("--config", type=Path, help="agent.toml")
@@ -156,15 +161,7 @@ def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         "re-resolved as servers come and go (e.g. a Kubernetes headless Service)",
     )
     agent.add_argument("--client-id", help="this agent's name in the server's logs")
-    agent.add_argument(
-        "--admin-port", type=int, help="serve /metrics, /status, /live, /ready here (0: any)"
-    )
-    agent.add_argument(
-        "--admin-host",
-        metavar="HOST",
-        help="bind address of the admin listener (default 127.0.0.1; "
-        "off loopback it needs $PVTUNNEL_ADMIN_TOKEN or the file's [admin] token)",
-    )
+    _add_admin_flags(agent)
     agent.add_argument(
         "--inspect",
         action="store_true",
