@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Final
 
 from pvtunnel._wire import events as ev, frames as fr
+from pvtunnel._wire.endpoint import DEFAULT_CONNECTION_WINDOW
 from pvtunnel._wire.frames import FrameDecoder, StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
-from pvtunnel._wire.mux import DEFAULT_CONNECTION_WINDOW, Multiplexer, Role
+from pvtunnel._wire.mux import Multiplexer, Role
 
 GET: Final = RequestHead(route="app", method=b"GET", target=b"/", headers=((b"host", b"app"),))
 OK: Final = ResponseHead(status=200, reason=b"OK")

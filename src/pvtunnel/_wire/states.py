@@ -10,8 +10,9 @@ table is a protocol error.
   (1xx before the final response) and carries DATA only while OPEN. RESET drops
   both halves at once. A stream is forgotten as soon as both halves are CLOSED.
 
-Who moves which machine when is the multiplexer's business (mux.py); the helpers
-here only look the move up and say which side broke the protocol.
+Who moves which machine when is the multiplexer's business (sending.py for its
+commands, mux.py for the peer's frames); the helpers here only look the move up
+and say which side broke the protocol.
 """
 
 from __future__ import annotations
