@@ -17,9 +17,10 @@ import h11
 import trio
 import trio.testing
 
-from pvtunnel._trio.front import STALLED_WHEN_SHORT_S, ClientConnection
+from pvtunnel._trio.front import ClientConnection
 from pvtunnel._trio.hangups import HANGUP_CHECK_S
 from pvtunnel._trio.pipe import STALL_CHECK_S, STALLED_WHEN_SHORT_S as PIPE_STALLED_S
+from pvtunnel._trio.relay import STALLED_WHEN_SHORT_S
 from tests.integration.client import fetch
 from tests.integration.echo import open_connect
 from tests.integration.harness import (

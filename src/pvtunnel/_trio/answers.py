@@ -1,11 +1,12 @@
 """A client connection's state, and the answers the server writes of its own.
 
-`front`'s `ClientConnection` builds on this class, so that all its parts read one
-state (the h11 connection, the one cancel scope and its deadline, the phase that
-says what the deadline meant, the current request's log facts) and answer one
-way: an error, a refusal instead of proxying or the last word after a deadline
-goes out only if no response has started, and a request whose body is not all
-read ends the connection after it.
+The response relay (`relay`) builds on this class, and `front`'s `ClientConnection`
+on the relay, so that all the parts of a client connection read one state (the
+h11 connection, the one cancel scope and its deadline, the phase that says what
+the deadline meant, the current request's log facts) and answer one way: an
+error, a refusal instead of proxying or the last word after a deadline goes out
+only if no response has started, and a request whose body is not all read ends
+the connection after it.
 """
 
 from __future__ import annotations
