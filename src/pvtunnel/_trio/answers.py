@@ -1,12 +1,13 @@
 """A client connection's state, and the answers the server writes of its own.
 
-The response relay (`relay`) builds on this class, and `front`'s `ClientConnection`
-on the relay, so that all the parts of a client connection read one state (the
-h11 connection, the one cancel scope and its deadline, the phase that says what
-the deadline meant, the current request's log facts) and answer one way: an
-error, a refusal instead of proxying or the last word after a deadline goes out
-only if no response has started, and a request whose body is not all read ends
-the connection after it.
+The response relay (`relay`), the forwarding of a request (`forwarding`) and the
+keep-alive loop (`front`'s `ClientConnection`) build on this class, each on the
+one before, so that all the parts of a client connection read one state (the h11
+connection, the one cancel scope and its deadline, the phase that says what the
+deadline meant, the current request's log facts) and answer one way: an error, a
+refusal instead of proxying or the last word after a deadline goes out only if
+no response has started, and a request whose body is not all read ends the
+connection after it.
 """
 
 from __future__ import annotations

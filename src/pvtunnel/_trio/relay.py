@@ -8,7 +8,7 @@ that rule is kept. The client is watched meanwhile (`check_hangup`, called by
 `hangups.watch_hangups`), so one that leaves or stops reading holds neither its
 stream nor the agent connection's window until the upstream ends.
 
-`front`'s `ClientConnection` builds on this class.
+The forwarding of a request (`forwarding`) builds on this class.
 """
 
 from __future__ import annotations
