@@ -9,7 +9,7 @@ The pipeline, for both kinds of file:
 3. one cattrs converter (``forbid_extra_keys``, detailed validation) structures the
    tables into the attrs classes of ``model``, running each field's rule as its
    hook, so every problem in the file is collected, not just the first; where a
-   table has invalid keys, the checks that relate its keys (``model._relates``)
+   table has invalid keys, the checks that relate its keys (``model.relates``)
    still run on the valid ones, so their problems come in the same run;
 4. the resulting exception tree is flattened into ``"<file>: <key.path>: <message>"``
    lines for one ``ConfigError``.

@@ -7,7 +7,7 @@ rule (see ``rules``) as its validator, so an object that exists is valid, whethe
 the loader, a flag or ``attrs.evolve`` built it.
 
 Checks that relate several keys of a table are functions registered for it with
-``_relates``: the constructor runs them (``__attrs_post_init__``), and so does the
+``relates``: the constructor runs them (``__attrs_post_init__``), and so does the
 loader for a table whose other keys are invalid, so that one run reports every
 problem. Each returns ``(key path, message)`` pairs naming the key the user should
 change; raised, they are one ``FieldError``.
@@ -20,7 +20,7 @@ import enum
 import ipaddress
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, NoReturn, TypeAlias, TypeVar
+from typing import Any, Final, NoReturn, Protocol, TypeAlias, TypeVar
 
 import attrs
 
@@ -47,7 +47,7 @@ C = TypeVar("C", bound=Check)
 _RELATIONS: Final[dict[type, list[Check]]] = {}
 
 
-def _relates(*tables: type) -> Callable[[C], C]:
+def relates(*tables: type) -> Callable[[C], C]:
     """Register a check for each of ``tables``.
 
     A rule on several keys cannot be one field's validator; registered here, it has
@@ -81,7 +81,7 @@ def relation_problems(table: type, config: object) -> list[Problem]:
     return sorted(problems, key=lambda problem: order.get(split_path(problem[0])[0], len(order)))
 
 
-def _check_relations(config: object) -> None:
+def check_relations(config: object) -> None:
     problems = relation_problems(type(config), config)
     if problems:
         raise FieldError(type(config).__name__, problems)
@@ -89,23 +89,23 @@ def _check_relations(config: object) -> None:
 
 # Converters lower-case only ASCII text and leave the rest to the validator, which
 # refuses it: "\u212a".lower() is "k", a name the user never wrote.
-def _lower(value: str) -> str:
+def lower(value: str) -> str:
     return value.lower() if value.isascii() else value
 
 
-def _lower_optional(value: str | None) -> str | None:
-    return None if value is None else _lower(value)
+def lower_optional(value: str | None) -> str | None:
+    return None if value is None else lower(value)
 
 
-def _lower_all(value: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(_lower(item) for item in value)
+def lower_all(value: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(lower(item) for item in value)
 
 
 # Converters that hold a value built in code as the loader holds one read from a file
 # (a token as a `Secret`, a path as a `Path`, a name as its enum member, an array as a
 # tuple), where it parses; one that does not is left as given, for the field's rule
 # to report. Without them, a token given as a plain string would show in the repr.
-def _as_loaded(parse: Callable[[object], T], value: object) -> T:
+def as_loaded(parse: Callable[[object], T], value: object) -> T:
     try:
         return parse(value)
     except InvalidValue:
@@ -113,7 +113,7 @@ def _as_loaded(parse: Callable[[object], T], value: object) -> T:
 
 
 @attrs.frozen
-class _Holds:
+class Holds:
     """An attrs validator for a field that holds a table (or an array of tables):
     a value of another type fails here, as a `FieldError`, not later and deep in
     the server or agent."""
@@ -140,19 +140,44 @@ class _Holds:
 
 
 def _secret(value: Secret | str) -> Secret:
-    return _as_loaded(rules.secret, value)
+    return as_loaded(rules.secret, value)
 
 
-def _optional_secret(value: Secret | str | None) -> Secret | None:
-    return _as_loaded(rules.optional_secret, value)
+def as_optional_secret(value: Secret | str | None) -> Secret | None:
+    return as_loaded(rules.optional_secret, value)
 
 
-def _optional_path(value: Path | str | None) -> Path | None:
-    return _as_loaded(rules.optional_path, value)
+def as_optional_path(value: Path | str | None) -> Path | None:
+    return as_loaded(rules.optional_path, value)
 
 
 def _whitelist(value: Sequence[str]) -> tuple[str, ...]:
-    return _as_loaded(rules.whitelist, value)
+    return as_loaded(rules.whitelist, value)
+
+
+class Heartbeats(Protocol):
+    """A ``[timeouts]`` table, the server's or the agent's: both time a peer's silence."""
+
+    @property
+    def heartbeat_s(self) -> float: ...
+
+    @property
+    def heartbeat_timeout_s(self) -> float: ...
+
+
+def heartbeat_pair(config: Heartbeats) -> list[Problem]:
+    """A peer is declared dead after ``heartbeat_timeout_s`` of silence, and a quiet
+    one is heard once per ``heartbeat_s`` (its PONG): a timeout not above the
+    interval would drop every idle connection."""
+    if config.heartbeat_timeout_s <= config.heartbeat_s:
+        return [
+            (
+                "heartbeat_timeout_s",
+                f"must be more than heartbeat_s ({show(config.heartbeat_s)}), "
+                f"got {show(config.heartbeat_timeout_s)}",
+            )
+        ]
+    return []
 
 
 @attrs.frozen(kw_only=True)
@@ -164,9 +189,7 @@ class ScopedToken:
     """
 
     token: Secret = attrs.field(converter=_secret, validator=Rule(rules.secret))
-    routes: tuple[str, ...] = attrs.field(
-        converter=_lower_all, validator=Rule(rules.scope_patterns)
-    )
+    routes: tuple[str, ...] = attrs.field(converter=lower_all, validator=Rule(rules.scope_patterns))
 
 
 def _scoped_tokens(value: Sequence[ScopedToken]) -> tuple[ScopedToken, ...]:
@@ -179,23 +202,23 @@ class InternalConfig:
 
     port: int = attrs.field(default=8081, validator=Rule(rules.listen_port))
     token: Secret | None = attrs.field(
-        default=None, converter=_optional_secret, validator=Rule(rules.optional_secret)
+        default=None, converter=as_optional_secret, validator=Rule(rules.optional_secret)
     )
     tokens: tuple[ScopedToken, ...] = attrs.field(
-        default=(), converter=_scoped_tokens, validator=_Holds(ScopedToken, array=True)
+        default=(), converter=_scoped_tokens, validator=Holds(ScopedToken, array=True)
     )
     tls_cert: Path | None = attrs.field(
-        default=None, converter=_optional_path, validator=Rule(rules.optional_path)
+        default=None, converter=as_optional_path, validator=Rule(rules.optional_path)
     )
     tls_key: Path | None = attrs.field(
-        default=None, converter=_optional_path, validator=Rule(rules.optional_path)
+        default=None, converter=as_optional_path, validator=Rule(rules.optional_path)
     )
 
     def __attrs_post_init__(self) -> None:
-        _check_relations(self)
+        check_relations(self)
 
 
-@_relates(InternalConfig)
+@relates(InternalConfig)
 def _distinct_tokens(internal: InternalConfig) -> list[Problem]:
     """Each agent token appears once: a scoped token that is also the unscoped
     ``token`` would claim any name, and of two scoped entries with one token only
@@ -223,25 +246,25 @@ class ExternalConfig:
 
     port: int = attrs.field(default=8080, validator=Rule(rules.listen_port))
     token: Secret | None = attrs.field(
-        default=None, converter=_optional_secret, validator=Rule(rules.optional_secret)
+        default=None, converter=as_optional_secret, validator=Rule(rules.optional_secret)
     )
     whitelisted_ips: tuple[str, ...] = attrs.field(
         default=(), converter=_whitelist, validator=Rule(rules.whitelist)
     )
     domain: str | None = attrs.field(
-        default=None, converter=_lower_optional, validator=Rule(rules.domain)
+        default=None, converter=lower_optional, validator=Rule(rules.domain)
     )
     tls_cert: Path | None = attrs.field(
-        default=None, converter=_optional_path, validator=Rule(rules.optional_path)
+        default=None, converter=as_optional_path, validator=Rule(rules.optional_path)
     )
     tls_key: Path | None = attrs.field(
-        default=None, converter=_optional_path, validator=Rule(rules.optional_path)
+        default=None, converter=as_optional_path, validator=Rule(rules.optional_path)
     )
     # Parsed once here: allows() runs for every client connection.
     _networks: tuple[Network, ...] = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        _check_relations(self)
+        check_relations(self)
         networks = tuple(rules.network(entry) for entry in self.whitelisted_ips)
         object.__setattr__(self, "_networks", networks)
 
@@ -269,7 +292,7 @@ class ExternalConfig:
         return any(candidate in net for net in self._networks for candidate in candidates)
 
 
-@_relates(InternalConfig, ExternalConfig)
+@relates(InternalConfig, ExternalConfig)
 def _tls_pair(listener: InternalConfig | ExternalConfig) -> list[Problem]:
     """TLS needs the certificate and its key: one without the other is a slip, not
     a plain listener."""
@@ -308,7 +331,10 @@ class TimeoutsConfig:
     drain_delay_s: float = attrs.field(default=0.0, validator=Rule(rules.delay_seconds))
 
     def __attrs_post_init__(self) -> None:
-        _check_relations(self)
+        check_relations(self)
+
+
+relates(TimeoutsConfig)(heartbeat_pair)
 
 
 @attrs.frozen(kw_only=True)
@@ -348,14 +374,14 @@ class AdminConfig:
     port: int = attrs.field(validator=Rule(rules.listen_port))
     host: str = attrs.field(default="127.0.0.1", validator=Rule(rules.host))
     token: Secret | None = attrs.field(
-        default=None, converter=_optional_secret, validator=Rule(rules.optional_secret)
+        default=None, converter=as_optional_secret, validator=Rule(rules.optional_secret)
     )
 
     def __attrs_post_init__(self) -> None:
-        _check_relations(self)
+        check_relations(self)
 
 
-@_relates(AdminConfig)
+@relates(AdminConfig)
 def _admin_token(admin: AdminConfig) -> list[Problem]:
     """Off loopback, anyone who reaches the admin port would read it without a token."""
     if admin.token is None and not rules.is_loopback(admin.host):
@@ -368,26 +394,26 @@ class ServerConfig:
     """Everything ``pvtunnel serve`` needs (server.toml plus flags and environment)."""
 
     host: str = attrs.field(default="0.0.0.0", validator=Rule(rules.host))
-    internal: InternalConfig = attrs.field(factory=InternalConfig, validator=_Holds(InternalConfig))
-    external: ExternalConfig = attrs.field(factory=ExternalConfig, validator=_Holds(ExternalConfig))
-    timeouts: TimeoutsConfig = attrs.field(factory=TimeoutsConfig, validator=_Holds(TimeoutsConfig))
-    limits: LimitsConfig = attrs.field(factory=LimitsConfig, validator=_Holds(LimitsConfig))
+    internal: InternalConfig = attrs.field(factory=InternalConfig, validator=Holds(InternalConfig))
+    external: ExternalConfig = attrs.field(factory=ExternalConfig, validator=Holds(ExternalConfig))
+    timeouts: TimeoutsConfig = attrs.field(factory=TimeoutsConfig, validator=Holds(TimeoutsConfig))
+    limits: LimitsConfig = attrs.field(factory=LimitsConfig, validator=Holds(LimitsConfig))
     admin: AdminConfig | None = attrs.field(
-        default=None, validator=_Holds(AdminConfig, optional=True)
+        default=None, validator=Holds(AdminConfig, optional=True)
     )
 
     def __attrs_post_init__(self) -> None:
-        _check_relations(self)
+        check_relations(self)
 
 
-@_relates(ServerConfig)
+@relates(ServerConfig)
 def _listener_ports(config: ServerConfig) -> list[Problem]:
     """The tunnel's two listeners each need a port of their own (`same_port`)."""
     problem = same_port(config.external.port, config.internal.port, "internal.port")
     return [] if problem is None else [("external.port", problem)]
 
 
-@_relates(ServerConfig)
+@relates(ServerConfig)
 def _admin_port(config: ServerConfig) -> list[Problem]:
     """The admin listener needs a port no tunnel listener has on its address (`admin_clash`)."""
     if config.admin is None:
@@ -485,7 +511,7 @@ discovery: Final = _enum_rule(Discovery)
 
 
 def _discovery(value: Discovery | str) -> Discovery:
-    return _as_loaded(discovery, value)
+    return as_loaded(discovery, value)
 
 
 @attrs.frozen(kw_only=True)
@@ -505,10 +531,10 @@ class ServerEndpoint:
         metadata={TOML_KEY: "url"},
     )
     token: Secret | None = attrs.field(
-        default=None, converter=_optional_secret, validator=Rule(rules.optional_secret)
+        default=None, converter=as_optional_secret, validator=Rule(rules.optional_secret)
     )
     ca_file: Path | None = attrs.field(
-        default=None, converter=_optional_path, validator=Rule(rules.optional_path)
+        default=None, converter=as_optional_path, validator=Rule(rules.optional_path)
     )
     discover: Discovery = attrs.field(
         default=Discovery.NONE, converter=_discovery, validator=Rule(discovery)
@@ -537,7 +563,7 @@ route_type: Final = _enum_rule(RouteType)
 
 
 def _route_type(value: RouteType | str) -> RouteType:
-    return _as_loaded(route_type, value)
+    return as_loaded(route_type, value)
 
 
 def _unbracket(value: str) -> str:
@@ -551,7 +577,7 @@ def _unbracket(value: str) -> str:
 class Route:
     """One name an agent serves and the fixed target it replays requests to."""
 
-    name: str = attrs.field(converter=_lower, validator=Rule(rules.route_name))
+    name: str = attrs.field(converter=lower, validator=Rule(rules.route_name))
     value: str = attrs.field(converter=_unbracket, validator=Rule(rules.route_target))
     port: int = attrs.field(validator=Rule(rules.route_port))
     type: RouteType = attrs.field(
@@ -562,7 +588,7 @@ class Route:
     _fixed_host: bytes | None = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        _check_relations(self)
+        check_relations(self)
         fixed: bytes | None
         if self.host_header == "preserve":
             fixed = None
@@ -586,7 +612,7 @@ class Route:
         return original if self._fixed_host is None else self._fixed_host
 
 
-@_relates(Route)
+@relates(Route)
 def _ip_value(route: Route) -> list[Problem]:
     """A route of type "ip" is dialled as given, never resolved: its value must be
     an address."""
@@ -640,7 +666,10 @@ class AgentTimeouts:
     grace_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
 
     def __attrs_post_init__(self) -> None:
-        _check_relations(self)
+        check_relations(self)
+
+
+relates(AgentTimeouts)(heartbeat_pair)
 
 
 # What max_bytes must hold of max_body_bytes at least: four exchanges of two previews.
@@ -676,10 +705,10 @@ class InspectConfig:
         return INSPECT_BODY_BYTES
 
     def __attrs_post_init__(self) -> None:
-        _check_relations(self)
+        check_relations(self)
 
 
-@_relates(InspectConfig)
+@relates(InspectConfig)
 def _preview_room(inspect: InspectConfig) -> list[Problem]:
     """An exchange holds two previews: near max_bytes, each new exchange would push
     out all the others, and the page would show one request at most. Looked at only
@@ -705,17 +734,17 @@ class AgentConfig:
     """Everything ``pvtunnel agent`` needs (agent.toml plus flags and environment)."""
 
     client_id: str = attrs.field(validator=Rule(rules.client_id))
-    server: ServerEndpoint = attrs.field(factory=ServerEndpoint, validator=_Holds(ServerEndpoint))
+    server: ServerEndpoint = attrs.field(factory=ServerEndpoint, validator=Holds(ServerEndpoint))
     routes: tuple[Route, ...] = attrs.field(
         default=(),
         converter=_routes,
-        validator=[_Holds(Route, array=True), _unique_route_names],
+        validator=[Holds(Route, array=True), _unique_route_names],
     )
-    timeouts: AgentTimeouts = attrs.field(factory=AgentTimeouts, validator=_Holds(AgentTimeouts))
+    timeouts: AgentTimeouts = attrs.field(factory=AgentTimeouts, validator=Holds(AgentTimeouts))
     admin: AdminConfig | None = attrs.field(
-        default=None, validator=_Holds(AdminConfig, optional=True)
+        default=None, validator=Holds(AdminConfig, optional=True)
     )
-    inspect: InspectConfig = attrs.field(factory=InspectConfig, validator=_Holds(InspectConfig))
+    inspect: InspectConfig = attrs.field(factory=InspectConfig, validator=Holds(InspectConfig))
     max_streams: int = attrs.field(default=4096, validator=Rule(rules.integer(1, rules.MAX_INT32)))
     stream_window_bytes: int = attrs.field(
         default=2097152, validator=Rule(rules.integer(16384, rules.MAX_INT32))
@@ -760,19 +789,3 @@ CA_FILE_UNUSED: Final = (
     "server.ca_file: set, but no server URL is wss://: it verifies TLS servers only, "
     "and a ws:// link is neither verified nor encrypted"
 )
-
-
-@_relates(TimeoutsConfig, AgentTimeouts)
-def _heartbeat(config: TimeoutsConfig | AgentTimeouts) -> list[Problem]:
-    """A peer is declared dead after ``heartbeat_timeout_s`` of silence, and a quiet
-    one is heard once per ``heartbeat_s`` (its PONG): a timeout not above the
-    interval would drop every idle connection."""
-    if config.heartbeat_timeout_s <= config.heartbeat_s:
-        return [
-            (
-                "heartbeat_timeout_s",
-                f"must be more than heartbeat_s ({show(config.heartbeat_s)}), "
-                f"got {show(config.heartbeat_timeout_s)}",
-            )
-        ]
-    return []
