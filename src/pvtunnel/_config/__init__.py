@@ -4,6 +4,16 @@ A package because one module would hold several ideas in over a thousand lines; 
 file is its whole interface, and the rest of pvtunnel imports only from here.
 """
 
+from .agent import (
+    CA_FILE_UNUSED,
+    AgentConfig,
+    AgentTimeouts,
+    Discovery,
+    InspectConfig,
+    Route,
+    RouteType,
+    ServerEndpoint,
+)
 from .loading import (
     ConfigKind,
     admin_token_from_environment,
@@ -13,20 +23,12 @@ from .loading import (
     looks_like_a_token,
 )
 from .model import (
-    CA_FILE_UNUSED,
     AdminConfig,
-    AgentConfig,
-    AgentTimeouts,
-    Discovery,
     ExternalConfig,
-    InspectConfig,
     InternalConfig,
     LimitsConfig,
-    Route,
-    RouteType,
     ScopedToken,
     ServerConfig,
-    ServerEndpoint,
     TimeoutsConfig,
 )
 from .overrides import parse_route_flag, port_flag, with_agent_overrides, with_overrides

@@ -54,14 +54,16 @@ from pvtunnel._errors import ConfigError, FieldError, InvalidKeyError, InvalidVa
 from pvtunnel._tls import load_cert_chain
 
 from . import rules
-from .model import (
+from .agent import (
     CA_FILE_UNUSED,
-    TOML_KEY,
     AgentConfig,
-    Problem,
     Route,
-    ServerConfig,
     duplicate_route_names,
+)
+from .model import (
+    TOML_KEY,
+    Problem,
+    ServerConfig,
     relation_problems,
     same_token,
 )

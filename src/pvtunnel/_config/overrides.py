@@ -16,15 +16,17 @@ import attrs
 from pvtunnel._errors import ConfigError, FieldError, InvalidValue
 
 from . import rules
-from .model import (
-    AdminConfig,
+from .agent import (
     AgentConfig,
     Route,
     RouteType,
+    discovery,
+)
+from .model import (
+    AdminConfig,
     ServerConfig,
     admin_clash,
     admin_port_taken,
-    discovery,
     same_port,
 )
 
