@@ -22,8 +22,11 @@ from .loading import (
     load_server_config,
     looks_like_a_token,
 )
-from .model import (
-    AdminConfig,
+from .model import AdminConfig
+from .overrides import parse_route_flag, port_flag, with_agent_overrides, with_overrides
+from .scaffold import write_init_files
+from .secret import Secret, generate_token
+from .server import (
     ExternalConfig,
     InternalConfig,
     LimitsConfig,
@@ -31,9 +34,6 @@ from .model import (
     ServerConfig,
     TimeoutsConfig,
 )
-from .overrides import parse_route_flag, port_flag, with_agent_overrides, with_overrides
-from .scaffold import write_init_files
-from .secret import Secret, generate_token
 
 __all__ = [
     "CA_FILE_UNUSED",

@@ -54,21 +54,11 @@ from pvtunnel._errors import ConfigError, FieldError, InvalidKeyError, InvalidVa
 from pvtunnel._tls import load_cert_chain
 
 from . import rules
-from .agent import (
-    CA_FILE_UNUSED,
-    AgentConfig,
-    Route,
-    duplicate_route_names,
-)
-from .model import (
-    TOML_KEY,
-    Problem,
-    ServerConfig,
-    relation_problems,
-    same_token,
-)
+from .agent import CA_FILE_UNUSED, AgentConfig, Route, duplicate_route_names
+from .model import TOML_KEY, Problem, relation_problems
 from .rules import Rule, describe, format_key, join_path, show, split_path
 from .secret import Secret
+from .server import ServerConfig, same_token
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping

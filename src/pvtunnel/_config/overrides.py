@@ -16,19 +16,9 @@ import attrs
 from pvtunnel._errors import ConfigError, FieldError, InvalidValue
 
 from . import rules
-from .agent import (
-    AgentConfig,
-    Route,
-    RouteType,
-    discovery,
-)
-from .model import (
-    AdminConfig,
-    ServerConfig,
-    admin_clash,
-    admin_port_taken,
-    same_port,
-)
+from .agent import AgentConfig, Route, RouteType, discovery
+from .model import AdminConfig
+from .server import ServerConfig, admin_clash, admin_port_taken, same_port
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
