@@ -21,7 +21,7 @@ from pvtunnel._config import (
     ServerEndpoint,
     generate_token,
 )
-from pvtunnel._config.loading import CONVERTER
+from pvtunnel._config.converter import CONVERTER
 
 TOKEN = "tok-Very-Secret-4711"
 
