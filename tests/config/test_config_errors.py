@@ -13,8 +13,8 @@ from pvtunnel._config import (
     load_server_config,
     with_agent_overrides,
 )
+from pvtunnel._config.check import check_file
 from pvtunnel._config.converter import flatten
-from pvtunnel._config.loading import check_file
 from pvtunnel._tls import ENCRYPTED_KEY
 from tests.config.helpers import (
     TOKEN,

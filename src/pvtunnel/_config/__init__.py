@@ -14,10 +14,10 @@ from .agent import (
     RouteType,
     ServerEndpoint,
 )
+from .check import check_file
 from .loading import (
     ConfigKind,
     admin_token_from_environment,
-    check_file,
     load_agent_config,
     load_server_config,
     looks_like_a_token,

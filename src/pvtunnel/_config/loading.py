@@ -35,14 +35,14 @@ from pvtunnel._errors import ConfigError
 from pvtunnel._tls import load_cert_chain
 
 from . import rules
-from .agent import CA_FILE_UNUSED, AgentConfig
+from .agent import AgentConfig
 from .converter import CONVERTER, flatten
 from .rules import join_path, show
 from .secret import Secret
 from .server import ServerConfig, same_token
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Iterator, Mapping
 
 ConfigKind = Literal["server", "agent", "unknown"]
 
@@ -266,7 +266,7 @@ def _structure(raw: dict[str, Any], cls: type[T], problems: _Problems) -> T | No
 def _load(path: Path | None, environ: Mapping[str, str], kind: ConfigKind, cls: type[T]) -> T:
     problems = _Problems(source=str(path) if path is not None else ENVIRONMENT_SOURCE)
     raw = read_toml(path) if path is not None else {}
-    other = _detect_kind(raw)
+    other = detect_kind(raw)
     if other not in (kind, "unknown"):
         # The other kind's file: every one of its tables would be an "unknown key",
         # where the one thing to say is which command it is for.
@@ -379,7 +379,9 @@ def load_agent_config(path: Path | None, *, environ: Mapping[str, str]) -> Agent
     return _load(path, environ, "agent", AgentConfig)
 
 
-def _detect_kind(raw: Mapping[str, Any]) -> ConfigKind:
+def detect_kind(raw: Mapping[str, Any]) -> ConfigKind:
+    """The kind of file whose top-level table is ``raw``, by its keys: "unknown" where
+    they say both kinds or neither."""
     keys = set(raw)
     for server_keys, agent_keys in (
         (_SERVER_KEYS, _AGENT_KEYS),
@@ -391,73 +393,3 @@ def _detect_kind(raw: Mapping[str, Any]) -> ConfigKind:
         if is_server:
             return "unknown"
     return "unknown"
-
-
-def _check_either(path: Path, environ: Mapping[str, str]) -> tuple[ConfigKind, list[str]]:
-    """`check_file` for a file whose table names do not say its kind.
-
-    Tables both kinds have (``[timeouts]``, ``[admin]``) say it by their keys, if at
-    all (``idle_s`` is the server's, ``upstream_idle_s`` the agent's): the file is
-    the kind that loads it. One both kinds load is good for either (``"unknown"``,
-    no problems); one neither loads gets both kinds' problems.
-    """
-    as_server = _problems_loading(load_server_config, path, environ)
-    as_agent = _problems_loading(load_agent_config, path, environ)
-    if not as_server and as_agent:
-        return "server", []
-    if as_server and not as_agent:
-        return "agent", []
-    if not as_server:
-        return "unknown", []
-    if as_server == as_agent:
-        return "unknown", as_server  # wrong alike for either kind: said once
-    return "unknown", [
-        f"{path}: cannot tell a server config from an agent config: expected "
-        "[internal]/[external] (server) or client_id, [server], [[routes]] (agent)",
-        *(f"as a server: {problem}" for problem in as_server),
-        *(f"as an agent: {problem}" for problem in as_agent),
-    ]
-
-
-def _problems_loading(
-    load: Callable[..., object], path: Path, environ: Mapping[str, str]
-) -> list[str]:
-    """What ``load`` finds wrong with the file at ``path`` (nothing: an empty list)."""
-    try:
-        load(path, environ=environ)
-    except ConfigError as exc:
-        return exc.problems
-    return []
-
-
-def check_file(path: Path, *, environ: Mapping[str, str]) -> tuple[ConfigKind, list[str]]:
-    """Validate a config file without knowing which kind it is (``pvtunnel check``).
-
-    Args:
-        path: A server.toml or agent.toml, whatever its name.
-        environ: The environment the file would run with; its tokens are checked too.
-
-    Returns:
-        ``"server"`` or ``"agent"`` (``"unknown"`` when the file cannot be read, or
-        is good or bad for either kind alike) and the problem lines, empty when the
-        file is good.
-    """
-    try:
-        raw = read_toml(path)
-    except ConfigError as exc:
-        return "unknown", exc.problems
-    kind = _detect_kind(raw)
-    if kind == "unknown":
-        return _check_either(path, environ)
-    try:
-        if kind == "server":
-            load_server_config(path, environ=environ)
-        else:
-            agent = load_agent_config(path, environ=environ)
-            # `pvtunnel agent` checks this once its flags are applied (a --server
-            # wss://... replaces the file's URLs); the file alone is checked here.
-            if agent.server.ca_file_unused():
-                return kind, [f"{path}: {CA_FILE_UNUSED}"]
-    except ConfigError as exc:
-        return kind, exc.problems
-    return kind, []
