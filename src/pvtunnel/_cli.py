@@ -53,8 +53,8 @@ from pvtunnel._status import (
 )
 from pvtunnel._trio.agent import AgentStatus, TunnelAgent
 from pvtunnel._trio.demo import serve_demo_upstream
+from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.server import ServerAddresses, TunnelServer
-from pvtunnel._trio.tunnel import first_error
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence

@@ -54,8 +54,9 @@ from pvtunnel._trio.dial import (
     final_if_refused,
 )
 from pvtunnel._trio.discovery import DiscoveredServer, resolve_addresses, url_host_port
+from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.inspector import Inspector
-from pvtunnel._trio.tunnel import Channel, Tunnel, first_error
+from pvtunnel._trio.tunnel import Channel, Tunnel
 from pvtunnel._trio.upstream import Replay, UpstreamPool
 from pvtunnel._trio.websocket import ConnectionRejected, WebSocket, connect
 from pvtunnel._wire import events as ev

@@ -26,14 +26,15 @@ from pvtunnel._http.holding import HoldOutcome, hold_answer
 from pvtunnel._http.max_forwards import decremented, remaining_forwards
 from pvtunnel._http.routing import is_origin_form, split_target
 from pvtunnel._trio.answers import Phase
+from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.hangups import unless_hung_up
 from pvtunnel._trio.relay import ResponseRelay
 from pvtunnel._trio.sockio import BROKEN
-from pvtunnel._trio.tunnel import Channel, first_error
 from pvtunnel._wire.heads import RequestHead
 
 if TYPE_CHECKING:
     from pvtunnel._trio.state import AgentSession
+    from pvtunnel._trio.tunnel import Channel
 
 # Admissions of one request whose agent turned out to be leaving (see `_proxy`).
 _ATTEMPTS: Final = 3

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 import trio
 
-from pvtunnel._trio.tunnel import first_error
+from pvtunnel._trio.groups import first_error
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

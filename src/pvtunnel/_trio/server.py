@@ -33,10 +33,11 @@ from pvtunnel._status import ServerAgentEntry, ServerRouteEntry, ServerStatusDoc
 from pvtunnel._tls import load_cert_chain
 from pvtunnel._trio.admin import serve_admin
 from pvtunnel._trio.front import handle_client
+from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.hangups import peer_address, watch_hangups
 from pvtunnel._trio.listeners import open_listeners
 from pvtunnel._trio.state import AgentSession, ServerState
-from pvtunnel._trio.tunnel import Tunnel, first_error
+from pvtunnel._trio.tunnel import Tunnel
 from pvtunnel._trio.websocket import TRANSPORT_GONE, WebSocket, read_upgrade
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.mux import Multiplexer, Role

@@ -263,21 +263,6 @@ class Channel:
             raise StreamResetError(ErrorCode.CANCEL, "stream closed") from None
 
 
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The failure that made a two-task nursery give up, for callers that catch leaves.
-
-    A nursery wraps even a single failure in a group; the sibling it cancelled
-    adds only `trio.Cancelled`. Cancellation is level-triggered in Trio, so an
-    outer cancel is delivered again at the next checkpoint and is not lost.
-    """
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            return first_error(exc)
-        if not isinstance(exc, trio.Cancelled):
-            return exc
-    return group
-
-
 StreamHandler = Callable[[Channel, RequestHead], Awaitable[None]]
 
 

@@ -30,10 +30,11 @@ from pvtunnel._errors import ErrorCode, LocalProtocolError, TunnelClosedError, U
 from pvtunnel._http.framing import MAX_INTERIM_RESPONSES, field_problem, framing_problem
 from pvtunnel._http.headers import end_to_end, header_value, is_chunked, response_end_to_end
 from pvtunnel._metrics import AgentMetrics
+from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
 from pvtunnel._trio.sockio import BROKEN, out_of_descriptors, why_connect_failed
-from pvtunnel._trio.tunnel import END, first_error
+from pvtunnel._trio.tunnel import END
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
 if TYPE_CHECKING:
