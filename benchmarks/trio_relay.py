@@ -53,8 +53,8 @@ import trio
 from _end_of_pass import end_of_pass_sender
 
 from pvtunnel._heap import tune_heap
+from pvtunnel._trio.batching import EARLY_SEND_PIECES
 from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE, FastSocket, fast_io
-from pvtunnel._trio.tunnel import EARLY_SEND_PIECES
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -14,8 +14,8 @@ import trio
 import trio.testing
 
 from pvtunnel._http.framing import MAX_INTERIM_BYTES
+from pvtunnel._trio.batching import SEND_BACKLOG_BYTES
 from pvtunnel._trio.http11 import GATHER_BYTES
-from pvtunnel._trio.tunnel import SEND_BACKLOG_BYTES
 from tests.integration.harness import TOKEN, start_server, wait_for_sessions
 from tests.integration.hostile import (
     ACCEPT,

@@ -20,7 +20,7 @@ from pvtunnel._trio.hangups import HANGUP_CHECK_S, _closed_at_peek, watch_hangup
 from pvtunnel._trio.state import ServerState
 
 if TYPE_CHECKING:
-    from pvtunnel._trio.tunnel import Channel
+    from pvtunnel._trio.stream import Channel
 
 
 class ClosedDuringPeek:

@@ -9,7 +9,7 @@ import trio
 import trio.testing
 
 from pvtunnel._trio.http11 import GATHER_PIECES, H11Stream
-from pvtunnel._trio.tunnel import Channel
+from pvtunnel._trio.stream import Channel
 from pvtunnel._wire.frames import StreamId
 
 if TYPE_CHECKING:

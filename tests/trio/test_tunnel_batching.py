@@ -15,13 +15,8 @@ import trio
 import trio.testing
 
 from pvtunnel._errors import TunnelClosedError, WebSocketClosed
-from pvtunnel._trio.tunnel import (
-    EARLY_SEND_PIECES,
-    FRAMES_PER_STEP,
-    Channel,
-    StreamHandler,
-    Tunnel,
-)
+from pvtunnel._trio.batching import EARLY_SEND_PIECES
+from pvtunnel._trio.tunnel import FRAMES_PER_STEP, StreamHandler, Tunnel
 from pvtunnel._wire import events as ev, frames as fr
 from pvtunnel._wire.frames import StreamId
 from pvtunnel._wire.heads import RequestHead, ResponseHead
@@ -31,6 +26,7 @@ from tests.trio.helpers import LIMIT_S, Pair, open_pair
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from pvtunnel._trio.stream import Channel
     from pvtunnel._trio.websocket import WebSocket
 
 GET = RequestHead(route="app", method=b"GET", target=b"/", headers=())

@@ -15,7 +15,8 @@ import trio
 import trio.testing
 
 from pvtunnel._errors import ErrorCode
-from pvtunnel._trio.tunnel import END, Channel, Tunnel
+from pvtunnel._trio.stream import END, Channel
+from pvtunnel._trio.tunnel import Tunnel
 from pvtunnel._wire import events as ev
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 from pvtunnel._wire.mux import Multiplexer, Role

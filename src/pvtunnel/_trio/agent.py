@@ -56,7 +56,7 @@ from pvtunnel._trio.dial import (
 from pvtunnel._trio.discovery import DiscoveredServer, resolve_addresses, url_host_port
 from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.inspector import Inspector
-from pvtunnel._trio.tunnel import Channel, Tunnel
+from pvtunnel._trio.tunnel import Tunnel
 from pvtunnel._trio.upstream import Replay, UpstreamPool
 from pvtunnel._trio.websocket import ConnectionRejected, WebSocket, connect
 from pvtunnel._wire import events as ev
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from pvtunnel._config import AgentConfig, Route
+    from pvtunnel._trio.stream import Channel
     from pvtunnel._wire.heads import RequestHead
 
 logger = logging.getLogger("pvtunnel.agent")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from pvtunnel._errors import ErrorCode
-    from pvtunnel._trio.tunnel import InboxItem
+    from pvtunnel._trio.stream import InboxItem
     from pvtunnel._wire.frames import StreamId
     from pvtunnel._wire.heads import ResponseHead
 

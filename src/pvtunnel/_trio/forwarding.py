@@ -34,7 +34,7 @@ from pvtunnel._wire.heads import RequestHead
 
 if TYPE_CHECKING:
     from pvtunnel._trio.state import AgentSession
-    from pvtunnel._trio.tunnel import Channel
+    from pvtunnel._trio.stream import Channel
 
 # Admissions of one request whose agent turned out to be leaving (see `_proxy`).
 _ATTEMPTS: Final = 3

@@ -23,7 +23,7 @@ from pvtunnel._errors import ReplayRefusedError, TunnelClosedError
 from pvtunnel._inspect.capture import Capture, Exchange
 from pvtunnel._inspect.edits import edited_request
 from pvtunnel._logs import LogThrottle
-from pvtunnel._trio.tunnel import END
+from pvtunnel._trio.stream import END
 from pvtunnel._trio.upstream import Replay
 from pvtunnel._wire.frames import StreamId
 from pvtunnel._wire.heads import RequestHead
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from pvtunnel._inspect.edits import Edits
     from pvtunnel._metrics import AgentMetrics
     from pvtunnel._trio.channels import StreamChannel
-    from pvtunnel._trio.tunnel import InboxItem
+    from pvtunnel._trio.stream import InboxItem
     from pvtunnel._trio.upstream import UpstreamPool
     from pvtunnel._wire.heads import ResponseHead
 

@@ -20,7 +20,7 @@ import trio
 from pvtunnel._errors import ErrorCode, TunnelClosedError
 from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.sockio import BROKEN, RECEIVE_SIZE
-from pvtunnel._trio.tunnel import END
+from pvtunnel._trio.stream import END
 
 if TYPE_CHECKING:
     from pvtunnel._trio.channels import StreamChannel

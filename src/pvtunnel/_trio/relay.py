@@ -30,7 +30,7 @@ from pvtunnel._trio.dates import http_date
 from pvtunnel._trio.hangups import has_hung_up
 from pvtunnel._trio.pipe import PipeBytes, run_pipe
 from pvtunnel._trio.sockio import BROKEN
-from pvtunnel._trio.tunnel import END, Channel
+from pvtunnel._trio.stream import END, Channel
 from pvtunnel._wire.heads import ResponseHead
 
 logger = logging.getLogger("pvtunnel.server")

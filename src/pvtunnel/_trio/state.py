@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import h11
 
     from pvtunnel._config import ServerConfig
-    from pvtunnel._trio.tunnel import Channel
+    from pvtunnel._trio.stream import Channel
 
 access_logger = logging.getLogger("pvtunnel.access")
 

@@ -11,16 +11,10 @@ through a frame would leave the peer reading garbage), so the peer starts on the
 while this side goes on. A stream alone on the connection has nothing to share a
 message with, and its task sends at once too, saving the writer's scheduler pass.
 One sender at a time keeps the frames in queue order.
-
-A stream's inbox cannot grow without bound: the peer may only send what the
-stream's credit window allows, and all inboxes together what the connection window
-allows; credit comes back only after `Channel.consume` has been called for bytes
-the stream's task has actually passed on (or the channel was reset or forgotten).
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import math
@@ -35,16 +29,17 @@ from pvtunnel._errors import (
     ErrorCode,
     ProtocolError,
     RemoteProtocolError,
-    StreamClosedError,
     StreamResetError,
     TunnelClosedError,
     WebSocketClosed,
 )
 from pvtunnel._http.framing import MAX_INTERIM_BYTES, MAX_INTERIM_RESPONSES, interim_cost
+from pvtunnel._trio.batching import EARLY_SEND_PIECES, MAX_MESSAGE_BYTES
 from pvtunnel._trio.sockio import BROKEN
+from pvtunnel._trio.stream import END, Channel
 from pvtunnel._trio.websocket import CLOSE_GRACE_S, WebSocket
 from pvtunnel._wire import events as ev
-from pvtunnel._wire.heads import RequestHead, ResponseHead
+from pvtunnel._wire.heads import RequestHead
 
 if TYPE_CHECKING:
     from pvtunnel._wire.frames import StreamId
@@ -52,215 +47,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Messages of up to 256 KiB. Each message costs a fixed amount on both sides
-# (wsproto's framing, trio-websocket's reader task and channel, our reader), so
-# bulk transfers want few of them; a 2 MiB window still fills in eight.
-MAX_MESSAGE_BYTES: Final = 256 * 1024
-# Frames queued (a DATA frame counts twice) at which a stream's task sends the batch
-# itself instead of leaving it for the writer after the scheduler's pass. Without it,
-# under load one process parses a whole pass of requests while the other waits, then
-# the other way round: the two take turns and the machine idles (a quarter of it at
-# 64 connections). 24 to 48 measured alike; 8 and 16 made messages too small.
-EARLY_SEND_PIECES: Final = 24
-# Body bytes queued to send, beyond which a stream's task waits for the writer. The
-# peer's window is no bound on what this side holds: a peer that announces a huge
-# window and then reads nothing would have every body sent to it pile up here. Four
-# messages keep the writer busy; the count of pieces is checked first, as it is free.
-SEND_BACKLOG_BYTES: Final = 4 * MAX_MESSAGE_BYTES
-_BACKLOG_PIECES: Final = 16
-
 # Frames decoded and handled at a time before the reader lets other tasks run.
 FRAMES_PER_STEP: Final = 1024
 _PING: Final = struct.Struct(">Q")
-# Body pieces under this size join the small piece queued before them (`_push_data`).
-_JOIN_BELOW: Final = 4096
 _CLOSED: Final = (WebSocketClosed, *BROKEN)
-
-
-class _End:
-    """Inbox marker: the peer finished its half of the stream."""
-
-
-END: Final = _End()
-
-InboxItem = bytes | ResponseHead | _End
-
-
-class Channel:
-    """The Trio side of one stream: an inbox of what the peer sent, and send helpers.
-
-    Items are `ResponseHead` (server side), body ``bytes``, and `END`. A reset or a
-    lost connection makes `receive` raise; a reset also cancels ``cancel_scope``
-    so whoever serves the stream stops at once.
-    """
-
-    __slots__ = (
-        "_credit_lot",
-        "_failure",
-        "_inbox",
-        "_lot",
-        "_tunnel",
-        "cancel_scope",
-        "interim",
-        "interim_bytes",
-        "stream_id",
-    )
-
-    def __init__(self, tunnel: Tunnel, stream_id: StreamId) -> None:
-        self._tunnel = tunnel
-        self.stream_id = stream_id
-        # Body bytes come out as ``bytes``; joined small pieces wait as a bytearray.
-        self._inbox: collections.deque[InboxItem | bytearray] = collections.deque()
-        self._lot = trio.lowlevel.ParkingLot()
-        self._credit_lot = trio.lowlevel.ParkingLot()
-        self._failure: Exception | None = None
-        self.cancel_scope = trio.CancelScope()
-        # Interim (1xx) response heads received (server side), and their `interim_cost`.
-        self.interim = 0
-        self.interim_bytes = 0
-
-    @property
-    def failure(self) -> Exception | None:
-        """Why the stream stopped early (a `StreamResetError` or `TunnelClosedError`)."""
-        return self._failure
-
-    def _push_data(self, data: bytes) -> None:
-        """Queue body bytes; small pieces join the small piece before them.
-
-        Credit counts payload bytes only, and a queued ``bytes`` object costs some
-        50 bytes of its own: a peer sending its window in 2-byte DATA frames would
-        otherwise make the inbox hold some 25 times the window.
-        """
-        inbox = self._inbox
-        if len(data) < _JOIN_BELOW and inbox:
-            tail = inbox[-1]
-            if type(tail) is bytearray and len(tail) < _JOIN_BELOW:
-                tail += data
-                return
-            if type(tail) is bytes and len(tail) < _JOIN_BELOW:
-                inbox[-1] = bytearray(tail) + data
-                return
-        self._push(data)
-
-    def _push(self, item: InboxItem | bytearray) -> None:
-        self._inbox.append(item)
-        # unpark_all is Python code that walks the lot even when it is empty, and
-        # most pushes (several per request) find nobody waiting.
-        if self._lot:
-            self._lot.unpark_all()
-
-    def _fail(self, failure: Exception) -> None:
-        if self._failure is None:
-            self._failure = failure
-        self._lot.unpark_all()
-        self._credit_lot.unpark_all()
-
-    def _credit_granted(self) -> None:
-        if self._credit_lot:
-            self._credit_lot.unpark_all()
-
-    async def receive(self) -> InboxItem:
-        """The next item from the peer.
-
-        Raises:
-            StreamResetError: the peer reset the stream.
-            TunnelClosedError: the connection is gone.
-        """
-        while not self._inbox:
-            if self._failure is not None:
-                raise self._failure
-            if self._tunnel.early_send_due:
-                await self._tunnel.send_early()
-                continue
-            await self._lot.park()
-        item = self._inbox.popleft()
-        return bytes(item) if isinstance(item, bytearray) else item
-
-    def receive_nowait(self) -> InboxItem | None:
-        """The next item if one is already here, else None (raises like `receive`)."""
-        if self._inbox:
-            item = self._inbox.popleft()
-            return bytes(item) if isinstance(item, bytearray) else item
-        if self._failure is not None:
-            raise self._failure
-        return None
-
-    def connection_short(self) -> bool:
-        """Whether the application holds half the connection window or more: what
-        it holds for streams that do not move is credit every other stream lacks."""
-        mux = self._tunnel.mux
-        return mux.held_bytes * 2 >= mux.connection_window
-
-    def consume(self, size: int) -> None:
-        """Return ``size`` bytes of credit once they were passed on.
-
-        A no-op once the channel failed: a reset gave back whatever the stream still
-        held, and a closed connection has no credit left to return.
-        """
-        if self._failure is not None:
-            return
-        tunnel = self._tunnel
-        tunnel.mux.acknowledge_data(self.stream_id, size)
-        tunnel.wake_writer()
-
-    async def send_data(self, data: bytes) -> None:
-        """Send body bytes, waiting for credit as needed.
-
-        Raises:
-            StreamResetError / TunnelClosedError: the stream or connection is gone.
-        """
-        tunnel = self._tunnel
-        mux = tunnel.mux
-        stream_id = self.stream_id
-        while data:
-            if self._failure is not None:
-                raise self._failure
-            if mux.queued_pieces >= _BACKLOG_PIECES and mux.queued_bytes >= SEND_BACKLOG_BYTES:
-                tunnel.wake_writer()
-                await tunnel._sent_lot.park()
-                continue
-            credit = mux.send_credit(stream_id)
-            if credit == 0:
-                if not mux.is_stream_open(stream_id):
-                    raise StreamResetError(ErrorCode.CANCEL, "stream closed")
-                # Registered so that connection credit (stream 0) wakes us too.
-                tunnel._credit_waiters.add(self)
-                try:
-                    await self._credit_lot.park()
-                finally:
-                    tunnel._credit_waiters.discard(self)
-                continue
-            if credit >= len(data):
-                chunk, data = data, b""
-            else:
-                chunk, data = data[:credit], data[credit:]
-            self._call(mux.send_data, stream_id, chunk)
-            tunnel.wake_writer()
-
-    def send_response(self, head: ResponseHead) -> None:
-        self._call(self._tunnel.mux.send_response, self.stream_id, head)
-        self._tunnel.wake_writer()
-
-    def end(self) -> None:
-        """Finish our half of the stream."""
-        self._call(self._tunnel.mux.end_stream, self.stream_id)
-        self._tunnel.wake_writer()
-
-    def reset(self, code: ErrorCode, reason: str = "") -> None:
-        """Abort the stream both ways; harmless when it already ended."""
-        tunnel = self._tunnel
-        tunnel.mux.reset_stream(self.stream_id, code, reason)
-        tunnel.forget(self.stream_id)
-        tunnel.wake_writer()
-        self._fail(StreamResetError(code, "reset here"))
-
-    def _call(self, method: Callable[..., None], *args: object) -> None:
-        if self._failure is not None:
-            raise self._failure
-        try:
-            method(*args)
-        except StreamClosedError:
-            raise StreamResetError(ErrorCode.CANCEL, "stream closed") from None
 
 
 StreamHandler = Callable[[Channel, RequestHead], Awaitable[None]]
@@ -301,10 +91,10 @@ class Tunnel:
         self._on_stream = on_stream
         self._channels: dict[int, Channel] = {}
         # Channels parked in `Channel.send_data` for credit: connection credit wakes them.
-        self._credit_waiters: set[Channel] = set()
+        self.credit_waiters: set[Channel] = set()
         self._write_lot = trio.lowlevel.ParkingLot()
         # Streams waiting for the send backlog to shrink (`Channel.send_data`).
-        self._sent_lot = trio.lowlevel.ParkingLot()
+        self.sent_lot = trio.lowlevel.ParkingLot()
         # Frames that came in the same read as the handshake's answer, for `run`.
         self._early: list[ev.Event] = []
         self._finished_lot = trio.lowlevel.ParkingLot()
@@ -487,8 +277,8 @@ class Tunnel:
         if mux.has_data_to_send:
             await self.ws.send(mux.data_to_send(MAX_MESSAGE_BYTES))
             self._sends += 1
-            if self._sent_lot:
-                self._sent_lot.unpark_all()
+            if self.sent_lot:
+                self.sent_lot.unpark_all()
 
     async def receive_handshake(self) -> ev.Event:
         """The first event from the peer (HELLO or its answer); later ones wait for `run`.
@@ -523,7 +313,7 @@ class Tunnel:
             channel._fail(error)
         self._leaving()
         self._finished_lot.unpark_all()
-        self._sent_lot.unpark_all()
+        self.sent_lot.unpark_all()
         for answered in self._round_trips.values():
             answered.set()
 
@@ -645,7 +435,7 @@ class Tunnel:
                     channel.cancel_scope.cancel()
             case ev.CreditGranted() if event.stream_id == 0:
                 # Connection credit: every stream waiting for credit may go on.
-                for waiting in list(self._credit_waiters):
+                for waiting in list(self.credit_waiters):
                     waiting._credit_granted()
             case ev.CreditGranted():
                 channel = self._channels.get(event.stream_id)

@@ -34,7 +34,7 @@ from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.pipe import run_pipe
 from pvtunnel._trio.sockio import BROKEN, out_of_descriptors, why_connect_failed
-from pvtunnel._trio.tunnel import END
+from pvtunnel._trio.stream import END
 from pvtunnel._wire.heads import RequestHead, ResponseHead
 
 if TYPE_CHECKING:
