@@ -24,6 +24,7 @@ _SOURCES: typing.Final = (
     "pvtunnel._config",
     "pvtunnel._errors",
     "pvtunnel._trio.agent",
+    "pvtunnel._trio.links",
     "pvtunnel._trio.server",
 )
 
@@ -59,10 +60,8 @@ if typing.TYPE_CHECKING:
         TunnelClosedError as TunnelClosedError,
         UpstreamError as UpstreamError,
     )
-    from pvtunnel._trio.agent import (
-        AgentStatus as AgentStatus,
-        TunnelAgent as TunnelAgent,
-    )
+    from pvtunnel._trio.agent import TunnelAgent as TunnelAgent
+    from pvtunnel._trio.links import AgentStatus as AgentStatus
     from pvtunnel._trio.server import (
         ServerAddresses as ServerAddresses,
         TunnelServer as TunnelServer,

@@ -51,13 +51,15 @@ from pvtunnel._status import (
     fetch_status,
     format_status,
 )
-from pvtunnel._trio.agent import AgentStatus, TunnelAgent
+from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.demo import serve_demo_upstream
 from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.server import ServerAddresses, TunnelServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+    from pvtunnel._trio.links import AgentStatus
 
 logger = logging.getLogger("pvtunnel.cli")
 

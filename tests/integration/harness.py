@@ -19,12 +19,14 @@ from pvtunnel._config import (
     ServerEndpoint,
     TimeoutsConfig,
 )
-from pvtunnel._trio.agent import AgentStatus, TunnelAgent
+from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.server import ServerAddresses, TunnelServer
 from tests.integration.upstream import RecordingUpstream
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from pvtunnel._trio.links import AgentStatus
 
 TOKEN = "test-internal-token-0123456789"
 

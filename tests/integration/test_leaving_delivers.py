@@ -18,7 +18,7 @@ import trio
 import trio.testing
 
 from pvtunnel._config import AgentTimeouts
-from pvtunnel._trio.agent import AgentStatus, TunnelAgent
+from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.discovery import LEFT_DNS
 from tests.integration.client import Client
 from tests.integration.harness import Running, agent_config, server_config, start_server
@@ -27,6 +27,8 @@ from tests.integration.relay import Relay
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from pvtunnel._trio.links import AgentStatus
 
 SIZE: Final = 24 << 20
 LIMIT_S: Final = 60

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
 
-    from pvtunnel._trio.agent import AgentStatus, ServerLink
+    from pvtunnel._trio.links import AgentStatus, ServerLink
     from pvtunnel._trio.state import AgentSession
 
 LIMIT_S = 20

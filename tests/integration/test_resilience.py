@@ -17,7 +17,7 @@ import trio.testing
 from pvtunnel._backoff import Backoff
 from pvtunnel._config import AgentTimeouts
 from pvtunnel._errors import ServerUnreachableError, TunnelClosedError
-from pvtunnel._trio import agent as agent_module
+from pvtunnel._trio import links as links_module
 from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.server import ServerAddresses
 from tests.integration.client import Client, fetch
@@ -90,7 +90,7 @@ async def test_backoff_grows_for_a_server_whose_dial_always_times_out(
         await trio.sleep(timeout_s)
         raise ServerUnreachableError("no TCP connection within connect_s")
 
-    monkeypatch.setattr(agent_module, "dial", black_holed)
+    monkeypatch.setattr(links_module, "dial", black_holed)
     addresses = ServerAddresses(internal=("127.0.0.1", 9), external=("127.0.0.1", 9))
     with trio.move_on_after(200):
         await TunnelAgent(agent_config(addresses, {"app": 1})).serve()

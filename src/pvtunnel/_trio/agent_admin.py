@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 
 class LinkFigures(Protocol):
-    """One server link as the admin listener shows it (`pvtunnel._trio.agent.ServerLink`)."""
+    """One server link as the admin listener shows it (`pvtunnel._trio.links.ServerLink`)."""
 
     @property
     def url(self) -> str: ...
