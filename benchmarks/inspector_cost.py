@@ -10,7 +10,7 @@ Runs a server, an agent and an h11 upstream in one Trio process on 127.0.0.1, an
 one keep-alive client that sends GETs with 1 KiB answers through the tunnel, one
 after another. Each round measures the agent with the inspector off, then on, on
 fresh tunnels; rounds alternate so a neighbour's load falls on both. Off, the agent
-tests one attribute per stream (``TunnelAgent.serve_stream``), so "off" is the
+tests one attribute per stream (``TunnelAgent._serve_stream``), so "off" is the
 tunnel as it is; the on/off ratio is what recording each exchange costs.
 A system benchmark with wrk belongs to ``run.py``; this is the quick look.
 """

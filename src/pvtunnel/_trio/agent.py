@@ -126,7 +126,7 @@ class TunnelAgent:
         self._resolve = resolve
         self.draining = False
         self.admin_address: tuple[str, int] | None = None
-        self._links_changed = trio.lowlevel.ParkingLot()
+        self._links_lot = trio.lowlevel.ParkingLot()
 
     @property
     def connected(self) -> bool:
@@ -148,11 +148,11 @@ class TunnelAgent:
 
     async def wait_links_changed(self) -> None:
         """Wait until a link registers, disconnects, retries or ends (re-check, then call again)."""
-        await self._links_changed.park()
+        await self._links_lot.park()
 
-    def links_changed(self) -> None:
+    def _links_changed(self) -> None:
         """Wake whoever waits in `wait_links_changed`: a link's loop says so (`LinkOwner`)."""
-        self._links_changed.unpark_all()
+        self._links_lot.unpark_all()
 
     async def serve(
         self, *, task_status: trio.TaskStatus[AgentStatus] = trio.TASK_STATUS_IGNORED
@@ -284,7 +284,7 @@ class TunnelAgent:
 
     def _set_links(self, links: tuple[ServerLink, ...]) -> None:
         self.links = links
-        self._links_changed.unpark_all()
+        self._links_lot.unpark_all()
 
     def _refusal(self) -> HandshakeRefusedError:
         """What `serve` raises once no link is left: one server's refusal, or all of them."""
@@ -311,7 +311,7 @@ class TunnelAgent:
                 for tunnel in tunnels:
                     nursery.start_soon(wait_answers_delivered, tunnel)
 
-    def serve_stream(self, channel: Channel, head: RequestHead) -> Awaitable[None]:
+    def _serve_stream(self, channel: Channel, head: RequestHead) -> Awaitable[None]:
         """What serves the stream: a coroutine the stream's task awaits.
 
         Not a coroutine itself, so the task's every resumption crosses one frame fewer.

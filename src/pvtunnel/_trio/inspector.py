@@ -3,7 +3,7 @@
 `Inspector.serve_stream` stands in for `Replay.run` when the inspector is on: the
 same replay, over a `RecordingChannel` that shows every item passing through to
 the stream's `Exchange`. With the inspector off the agent never builds one, so
-the request path pays one attribute test (see `TunnelAgent.serve_stream`).
+the request path pays one attribute test (see `TunnelAgent._serve_stream`).
 
 `Inspector.replay` sends a recorded request again, optionally edited, to its
 route's upstream through the agent's own `Replay` and pool: the route's Host

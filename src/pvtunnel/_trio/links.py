@@ -143,7 +143,9 @@ class _Reporter(Protocol):
 
 
 class LinkOwner(Protocol):
-    """What a link needs of its agent (`pvtunnel.TunnelAgent` has all of it)."""
+    """What a link needs of its agent (`pvtunnel.TunnelAgent` has all of it). The two
+    underscored members are the agent's own business with its links, kept out of the
+    public API of `TunnelAgent`, which programs embed."""
 
     @property
     def config(self) -> AgentConfig: ...
@@ -157,8 +159,8 @@ class LinkOwner(Protocol):
     def draining(self) -> bool: ...
     @property
     def admin_address(self) -> tuple[str, int] | None: ...
-    def serve_stream(self, channel: Channel, head: RequestHead) -> Awaitable[None]: ...
-    def links_changed(self) -> None: ...
+    def _serve_stream(self, channel: Channel, head: RequestHead) -> Awaitable[None]: ...
+    def _links_changed(self) -> None: ...
 
 
 async def serve_link(agent: LinkOwner, link: ServerLink, startup: _Reporter) -> None:
@@ -206,7 +208,7 @@ async def serve_link(agent: LinkOwner, link: ServerLink, startup: _Reporter) -> 
         await trio.sleep(delay)
         if not agent.draining:
             link.reconnects += 1
-            agent.links_changed()
+            agent._links_changed()
 
 
 async def _stand_down(agent: LinkOwner, link: ServerLink) -> None:
@@ -218,7 +220,7 @@ async def _stand_down(agent: LinkOwner, link: ServerLink) -> None:
     could only refuse. The drain ends with the agent cancelled, which ends this.
     """
     link.stood_down = True
-    agent.links_changed()
+    agent._links_changed()
     await trio.sleep_forever()
 
 
@@ -230,7 +232,7 @@ def _end_link(
     if len(agent.links) > 1:
         logger.error("giving up on %s: %s", link.label, refusal)
     # With one server the refusal is what `serve` raises: its caller says it.
-    agent.links_changed()
+    agent._links_changed()
     startup.link_ended()
 
 
@@ -266,7 +268,7 @@ async def _session_tasks(agent: LinkOwner, link: ServerLink, startup: _Reporter)
                     finally:
                         if link.tunnel is not None:
                             link.tunnel = None
-                            agent.links_changed()
+                            agent._links_changed()
                         nursery.cancel_scope.cancel()
             finally:
                 # Outside the cancelled nursery, so the close is said, not cut short.
@@ -316,7 +318,7 @@ async def _register_and_run(
     tunnel = Tunnel(
         ws,
         mux,
-        on_stream=agent.serve_stream,
+        on_stream=agent._serve_stream,
         label=link.label,
         heartbeat_s=config.timeouts.heartbeat_s,
         heartbeat_timeout_s=config.timeouts.heartbeat_timeout_s,
@@ -341,7 +343,7 @@ async def _register_and_run(
         # stay down): it leaves like the others, so its server routes no new
         # requests to an agent on its way out.
         mux.goaway(ErrorCode.NO_ERROR, "agent shutting down")
-    agent.links_changed()
+    agent._links_changed()
     logger.info("registered with %s: routes %s", link.label, ", ".join(served))
     startup.registered(
         AgentStatus(server_url=link.url, routes=served, refused=refused, admin=agent.admin_address)
