@@ -724,6 +724,17 @@ def test_an_ip_route_is_checked_for_an_address_beside_its_bad_port(here: Path) -
     ]
 
 
+def test_routes_past_the_room_in_the_agents_hello_are_reported(here: Path) -> None:
+    routes = "".join(
+        f'  {{ name = "r{index:04d}-{"a" * 50}", value = "h", port = 1 }},\n'
+        for index in range(1200)
+    )
+    write(here, "agent.toml", f'client_id = "a"\nroutes = [\n{routes}]\n')
+    (problem,) = checked(Path("agent.toml"), "agent")
+    assert problem.startswith("agent.toml: routes: 1200 routes take ")
+    assert "bytes in the agent's HELLO frame, which holds 65536: serve some" in problem
+
+
 def test_a_tls_cert_without_its_key_is_reported_beside_a_bad_port(here: Path) -> None:
     write(here, "cert.pem", "cert")
     write(here, "server.toml", '[internal]\nport = "x"\ntls_cert = "cert.pem"\n')

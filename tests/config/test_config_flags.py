@@ -321,6 +321,18 @@ def test_bad_route_options_are_reported_with_the_other_flags() -> None:
     ]
 
 
+def test_route_flags_past_the_room_in_the_agents_hello_are_blamed_on_the_flag() -> None:
+    flags = [f"r{index:04d}-{'a' * 50}=h:1" for index in range(1200)]
+    with pytest.raises(ConfigError) as caught:
+        with_agent_overrides(FILE_AGENT, routes=flags)
+    (problem,) = caught.value.problems
+    assert problem.startswith("--route: 1202 routes take ")
+    assert problem.endswith(
+        " bytes in the agent's HELLO frame, which holds 65536: serve some from another "
+        "agent (its own client_id), or shorten their names"
+    )
+
+
 def test_absent_agent_flags_change_nothing() -> None:
     assert with_agent_overrides(FILE_AGENT) == FILE_AGENT
 

@@ -22,6 +22,8 @@ from pvtunnel._config import (
     TimeoutsConfig,
 )
 from pvtunnel._errors import ConfigError
+from pvtunnel._wire import frames as fr
+from pvtunnel._wire.mux import Multiplexer, Role
 
 # ------------------------------------------------------------------ whitelist
 
@@ -223,6 +225,53 @@ def test_duplicate_route_names_on_construction() -> None:
     assert caught.value.problems == [
         'AgentConfig.routes[2].name: duplicate route name "b" (also routes[1])'
     ]
+
+
+def routes_for_a_hello_of(size: int) -> tuple[Route, ...]:
+    """Routes whose names make the HELLO of ``AgentConfig(client_id="x", routes=...)``
+    exactly ``size`` bytes long."""
+    defaults = AgentConfig(client_id="x")
+
+    def hello_size(names: list[str]) -> int:
+        hello = fr.Hello(
+            versions=(fr.PROTOCOL_VERSION,),
+            client_id="x",
+            routes=tuple(names),
+            window=defaults.stream_window_bytes,
+            connection_window=defaults.connection_window_bytes,
+        )
+        return len(fr.hello_payload(hello))
+
+    # Names of 40 characters, each 43 bytes in the JSON list, then the last one
+    # lengthened to the size (a label holds 63).
+    names = [f"r{index:04d}-" + "a" * 34 for index in range((size - hello_size([])) // 43)]
+    names[-1] += "b" * (size - hello_size(names))
+    assert hello_size(names) == size, hello_size(names)
+    return tuple(Route(name=name, value="h", port=1) for name in names)
+
+
+def test_the_routes_must_fit_in_the_agents_hello() -> None:
+    # The largest HELLO one frame holds is taken, and the agent can send it.
+    fits = AgentConfig(client_id="x", routes=routes_for_a_hello_of(fr.MAX_FRAME_PAYLOAD))
+    mux = Multiplexer(
+        Role.AGENT,
+        window=fits.stream_window_bytes,
+        connection_window=fits.connection_window_bytes,
+    )
+    mux.send_hello(client_id=fits.client_id, routes=tuple(route.name for route in fits.routes))
+    # One byte more could never be sent: refused with the configuration.
+    routes = routes_for_a_hello_of(fr.MAX_FRAME_PAYLOAD + 1)
+    with pytest.raises(ConfigError) as caught:
+        AgentConfig(client_id="x", routes=routes)
+    assert caught.value.problems == [
+        f"AgentConfig.routes: {len(routes)} routes take 65537 bytes in the agent's HELLO "
+        "frame, which holds 65536: serve some from another agent (its own client_id), "
+        "or shorten their names"
+    ]
+    with pytest.raises(ValueError, match="HELLO payload of 65537 bytes"):
+        Multiplexer(Role.AGENT).send_hello(
+            client_id="x", routes=tuple(route.name for route in routes)
+        )
 
 
 # ------------------------------------------------------------------ server endpoint

@@ -17,6 +17,7 @@ from typing import Any, Final, TypeVar
 import attrs
 
 from pvtunnel._errors import FieldError, InvalidValue
+from pvtunnel._wire import frames as fr
 
 from . import rules
 from .model import (
@@ -323,6 +324,9 @@ class AgentConfig:
         default=64, validator=Rule(rules.integer(0, rules.MAX_INT32))
     )
 
+    def __attrs_post_init__(self) -> None:
+        check_relations(self)
+
     def validate_runnable(self) -> list[str]:
         """List what is still missing before the agent can run.
 
@@ -347,6 +351,30 @@ class AgentConfig:
                 "routes: no routes to serve; add a [[routes]] table or pass --route NAME=HOST:PORT"
             )
         return problems
+
+
+@relates(AgentConfig)
+def _hello_room(config: AgentConfig) -> list[Problem]:
+    """The agent names every route in its HELLO, which is one frame (protocol.md
+    sections 4.1 and 10): an agent whose names do not fit could never connect."""
+    hello = fr.Hello(
+        versions=(fr.PROTOCOL_VERSION,),
+        client_id=config.client_id,
+        routes=tuple(route.name for route in config.routes),
+        window=config.stream_window_bytes,
+        connection_window=config.connection_window_bytes,
+    )
+    size = len(fr.hello_payload(hello))
+    if size > fr.MAX_FRAME_PAYLOAD:
+        return [
+            (
+                "routes",
+                f"{len(config.routes)} routes take {size} bytes in the agent's HELLO frame, "
+                f"which holds {fr.MAX_FRAME_PAYLOAD}: serve some from another agent "
+                "(its own client_id), or shorten their names",
+            )
+        ]
+    return []
 
 
 # One line for the file check and the check after flags (a --server ws://... URL).

@@ -454,11 +454,21 @@ def with_agent_overrides(
         server = attrs.evolve(server, urls=tuple(flag_urls))
     if found_by is not None:
         server = attrs.evolve(server, discover=found_by)
-    return attrs.evolve(
-        config,
-        client_id=config.client_id if client_id is None else client_id,
-        server=server,
-        routes=_merge_routes(config.routes, tuple(flag_routes.values())),
-        admin=admin,
-        inspect=inspector,
-    )
+    try:
+        return attrs.evolve(
+            config,
+            client_id=config.client_id if client_id is None else client_id,
+            server=server,
+            routes=_merge_routes(config.routes, tuple(flag_routes.values())),
+            admin=admin,
+            inspect=inspector,
+        )
+    except FieldError as exc:
+        # A rule over the whole configuration that the file kept and the flags'
+        # routes broke: the routes' room in the agent's HELLO.
+        raise ConfigError(
+            [
+                f"--route: {message}" if at == "routes" else f"{at}: {message}"
+                for at, message in exc.entries
+            ]
+        ) from None

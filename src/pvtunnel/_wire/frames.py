@@ -207,6 +207,20 @@ def _json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
+def hello_payload(hello: Hello) -> bytes:
+    """A HELLO's payload. An agent's configuration is checked against its size: every
+    route name goes in it, and it must fit in one frame (`MAX_FRAME_PAYLOAD`)."""
+    return _json(
+        {
+            "versions": list(hello.versions),
+            "client_id": hello.client_id,
+            "routes": list(hello.routes),
+            "window": hello.window,
+            "connection_window": hello.connection_window,
+        }
+    )
+
+
 def _reason(reason: str) -> bytes:
     # Reasons are diagnostics: cut them to the cap rather than fail the frame.
     cut = reason.encode("utf-8")[:MAX_REASON_LENGTH]
@@ -224,16 +238,7 @@ def encode(frame: Frame) -> bytes:
     stream_id = 0
     match frame:
         case Hello():
-            frame_type = FrameType.HELLO
-            payload = _json(
-                {
-                    "versions": list(frame.versions),
-                    "client_id": frame.client_id,
-                    "routes": list(frame.routes),
-                    "window": frame.window,
-                    "connection_window": frame.connection_window,
-                }
-            )
+            frame_type, payload = FrameType.HELLO, hello_payload(frame)
         case Accept():
             frame_type = FrameType.ACCEPT
             payload = _json(
