@@ -260,6 +260,21 @@ async def test_routing_by_case_port_and_domain_suffix() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_the_longest_route_name_a_config_allows_is_served() -> None:
+    # A host name of 253 characters and the longest port: pvtunnel check allows it,
+    # and the server once refused it as invalid, so the agent served nothing.
+    host = ".".join(letter * 63 for letter in "abc") + "." + "d" * 61
+    name = f"{host}:65535"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_upstream(nursery, "long")
+            await start_agent(nursery, running, {name: port})
+            reply = await fetch(running.port, b"GET", b"/", host=name.upper().encode())
+            assert (reply.status, reply.header(b"x-upstream")) == (200, b"long")
+            nursery.cancel_scope.cancel()
+
+
 async def test_forwarding_headers_added_and_hop_by_hop_removed() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("pvtunnel.server")
 
 _ROUTE_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.:[]*_")
+# A route name is a host name and an optional ":port" (`rules.route_name`).
+_MAX_ROUTE_NAME: Final = rules.MAX_HOST_NAME_LENGTH + len(":65535")
 
 
 @attrs.frozen(kw_only=True)
@@ -430,7 +432,7 @@ def _refusals(routes: tuple[str, ...], scopes: tuple[str, ...]) -> tuple[tuple[s
     refused: list[tuple[str, str]] = []
     for route in routes:
         name = route.lower()
-        if not name or not _ROUTE_CHARS.issuperset(name) or len(name) > 253:
+        if not name or not _ROUTE_CHARS.issuperset(name) or len(name) > _MAX_ROUTE_NAME:
             refused.append((route, "not a valid route name"))
         elif not any(_covers(pattern, name) for pattern in scopes):
             refused.append((route, "this agent's token does not cover that name"))
