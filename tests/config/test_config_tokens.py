@@ -121,6 +121,7 @@ def test_a_missing_scoped_token_file_is_reported_once(here: Path) -> None:
     [
         ("  \n", "must not be empty"),
         ("two words", "must be printable ASCII without spaces (it is sent in an HTTP header)"),
+        ("t" * 4097, "must be at most 4096 characters (it is sent in an HTTP header)"),
     ],
 )
 def test_a_token_file_must_hold_a_usable_token(here: Path, content: str, problem: str) -> None:
@@ -151,6 +152,9 @@ def test_token_file_must_be_a_path(here: Path) -> None:
     [
         ('""', "must not be empty"),
         ('"with space"', "must be printable ASCII without spaces (it is sent in an HTTP header)"),
+        # Longer, no agent, client or admin request could carry it: it would not
+        # fit in the request head the server reads.
+        (f'"{"t" * 4097}"', "must be at most 4096 characters (it is sent in an HTTP header)"),
         ("12345", "expected a string"),
     ],
 )

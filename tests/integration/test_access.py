@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Final
 import attrs
 import pytest
 import trio
+import trio.testing
 
-from pvtunnel._config import ScopedToken, Secret, ServerConfig
+from pvtunnel._config import AdminConfig, ScopedToken, Secret, ServerConfig, rules
 from pvtunnel._errors import HandshakeRefusedError
 from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._trio.agent_admin import AgentAdmin
@@ -166,6 +167,60 @@ async def test_external_token_is_required_for_every_request_and_never_forwarded(
             assert reply.status == 200
             assert upstream.requests[-1].target == b"/proxy-form"
             assert upstream.requests[-1].header(b"proxy-authorization") is None
+            nursery.cancel_scope.cancel()
+
+
+async def status_line_of_head_in_pieces(port: int, head: bytes) -> bytes:
+    """Send ``head`` a kilobyte at a time, each piece read by the server before the
+    next (as a long head comes over a network, not whole as on loopback); return
+    the answer's status line."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        for start in range(0, len(head), 1024):
+            await stream.send_all(head[start : start + 1024])
+            await trio.testing.wait_all_tasks_blocked()
+        received = b""
+        while b"\r\n" not in received:
+            chunk = await stream.receive_some(65536)
+            assert chunk, received
+            received += chunk
+        return received.partition(b"\r\n")[0]
+
+
+async def test_the_longest_tokens_a_config_allows_pass_in_every_head_that_carries_them() -> None:
+    internal, external, admin = (letter * rules.MAX_TOKEN_LENGTH for letter in "iea")
+    config = attrs.evolve(
+        server_config(internal={"token": Secret(internal)}, external={"token": Secret(external)}),
+        admin=AdminConfig(port=0, token=Secret(admin)),
+    )
+    upgrade = (
+        b"GET / HTTP/1.1\r\nHost: server\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        b"Authorization: Bearer %s\r\n\r\n" % internal.encode()
+    )
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery, config)
+            _, port = await start_upstream(nursery, "svc")
+            await start_agent(nursery, running, {"app": port}, token=internal)
+            assert running.addresses.admin is not None
+            heads = (
+                (running.addresses.internal[1], upgrade, b"HTTP/1.1 101 "),
+                (
+                    running.port,
+                    b"GET / HTTP/1.1\r\nHost: app\r\nProxy-Authorization: %s\r\n\r\n"
+                    % _basic(b"user", external.encode()),
+                    b"HTTP/1.1 200 ",
+                ),
+                (
+                    running.addresses.admin[1],
+                    b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\n\r\n"
+                    % admin.encode(),
+                    b"HTTP/1.1 200 ",
+                ),
+            )
+            for port_number, head, status in heads:
+                assert (await status_line_of_head_in_pieces(port_number, head)).startswith(status)
             nursery.cancel_scope.cancel()
 
 

@@ -34,6 +34,9 @@ T = TypeVar("T")
 MAX_INT32: Final = 2**31 - 1
 MAX_HOST_NAME_LENGTH: Final = 253
 MAX_CLIENT_ID_LENGTH: Final = 255
+# Far above any generated token (43 characters), and well inside the 16 KiB that
+# the heads carrying one hold: an agent's WebSocket upgrade, an admin request.
+MAX_TOKEN_LENGTH: Final = 4096
 _MAX_SHOWN_CHARS: Final = 80
 
 # RFC 1123 labels; route *targets* also accept "_" because Docker and Kubernetes
@@ -279,6 +282,8 @@ def token_text(text: str) -> str | None:
     # corrupt the request head or be mangled on the way.
     if not all("!" <= char <= "~" for char in text):
         return "must be printable ASCII without spaces (it is sent in an HTTP header)"
+    if len(text) > MAX_TOKEN_LENGTH:
+        return f"must be at most {MAX_TOKEN_LENGTH} characters (it is sent in an HTTP header)"
     return None
 
 
