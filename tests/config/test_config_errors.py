@@ -735,6 +735,21 @@ def test_routes_past_the_room_in_the_agents_hello_are_reported(here: Path) -> No
     assert "bytes in the agent's HELLO frame, which holds 65536: serve some" in problem
 
 
+def test_an_external_token_past_half_the_request_head_limit_is_reported(here: Path) -> None:
+    """Every request would carry it: at 1024 bytes a head holds no Basic header of a
+    token much longer, and then every client got 431."""
+    limits = "[limits]\nmax_request_head_bytes = 1024\n"
+    write(here, "s.toml", f'[external]\ntoken = "{"e" * 360}"\n{limits}')
+    assert server_problems(Path("s.toml")) == [
+        "s.toml: external.token: a token of 360 characters takes 513 bytes in a client's "
+        "Proxy-Authorization header (as Basic), more than half of "
+        "limits.max_request_head_bytes (1024), a whole request head: shorten the token, "
+        "or raise the limit"
+    ]
+    write(here, "s.toml", f'[external]\ntoken = "{"e" * 359}"\n{limits}')
+    assert load_server_config(Path("s.toml"), environ={}).limits.max_request_head_bytes == 1024
+
+
 def test_a_tls_cert_without_its_key_is_reported_beside_a_bad_port(here: Path) -> None:
     write(here, "cert.pem", "cert")
     write(here, "server.toml", '[internal]\nport = "x"\ntls_cert = "cert.pem"\n')

@@ -224,6 +224,26 @@ async def test_the_longest_tokens_a_config_allows_pass_in_every_head_that_carrie
             nursery.cancel_scope.cancel()
 
 
+async def test_the_longest_external_token_the_smallest_head_limit_allows_passes() -> None:
+    # 359 characters: the longest external token a config with 1024-byte request
+    # heads takes (pvtunnel check refuses 360); a curl request carrying it fits.
+    token = b"e" * 359
+    config = server_config(
+        external={"token": Secret(token.decode())}, limits={"max_request_head_bytes": 1024}
+    )
+    headers = [
+        (b"proxy-authorization", _basic(b"user", token)),
+        (b"user-agent", b"curl/8.5.0"),
+        (b"accept", b"*/*"),
+    ]
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running, upstream = await start_tunnel(nursery, config)
+            reply = await fetch(running.port, b"GET", b"/", headers=headers)
+            assert (reply.status, len(upstream.requests)) == (200, 1)
+            nursery.cancel_scope.cancel()
+
+
 async def test_a_refused_request_with_a_body_is_not_forwarded_and_closes() -> None:
     config = server_config(external={"token": Secret(EXTERNAL_TOKEN)})
     with trio.fail_after(LIMIT_S):

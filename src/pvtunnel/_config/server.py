@@ -252,6 +252,37 @@ def _listener_ports(config: ServerConfig) -> list[Problem]:
 
 
 @relates(ServerConfig)
+def _external_token_room(config: ServerConfig) -> list[Problem]:
+    """A client presents the external token in its request head, which holds
+    ``limits.max_request_head_bytes``: a token whose header takes more than half of
+    it leaves too little room for the rest (the request line, Host, the client's
+    own headers), and past all of it every request would be answered 431."""
+    token = config.external.token
+    if token is None:
+        return []
+    length = len(token.reveal())
+    size = proxy_authorization_bytes(length)
+    limit = config.limits.max_request_head_bytes
+    if 2 * size <= limit:
+        return []
+    return [
+        (
+            "external.token",
+            f"a token of {length} characters takes {size} bytes in a client's "
+            f"Proxy-Authorization header (as Basic), more than half of "
+            f"limits.max_request_head_bytes ({limit}), a whole request head: "
+            "shorten the token, or raise the limit",
+        )
+    ]
+
+
+def proxy_authorization_bytes(token_length: int) -> int:
+    """The bytes of a Proxy-Authorization header line carrying a token this long in
+    its longer form, Basic with an empty user name (base64 of ``":" + token``)."""
+    return len("Proxy-Authorization: Basic \r\n") + 4 * -(-(token_length + 1) // 3)
+
+
+@relates(ServerConfig)
 def _admin_port(config: ServerConfig) -> list[Problem]:
     """The admin listener needs a port no tunnel listener has on its address (`admin_clash`)."""
     if config.admin is None:
