@@ -474,6 +474,40 @@ def test_tls_and_ca_paths_are_relative_to_the_file_and_must_exist(here: Path) ->
     assert config.internal.tls_key == (here / "etc/key.pem").resolve()
 
 
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        (
+            "~no-such-user-at-all/x.pem",
+            "cannot read ~no-such-user-at-all/x.pem: ~no-such-user-at-all names no home directory",
+        ),
+        ("x\\u0000.pem", 'expected a file path, got "x\\u0000.pem"'),
+    ],
+)
+@pytest.mark.parametrize("key", ["token_file", "ca_file", "tls_cert"])
+def test_a_path_no_file_can_have_is_one_line(
+    here: Path, key: str, value: str, problem: str
+) -> None:
+    """pathlib raises for these (``~user`` of no user, a NUL) where ``open`` would
+    have said why: a traceback, and `pvtunnel check` with it."""
+    if key == "tls_cert":
+        write_tls_files(here, "cert.pem", "key.pem")
+        write(here, "c.toml", f'[internal]\ntls_cert = "{value}"\ntls_key = "key.pem"\n')
+        assert server_problems(Path("c.toml")) == [f"c.toml: internal.{key}: {problem}"]
+    else:
+        write(here, "c.toml", f'client_id = "a"\n[server]\nurl = "wss://x:1"\n{key} = "{value}"\n')
+        assert agent_problems(Path("c.toml")) == [f"c.toml: server.{key}: {problem}"]
+
+
+def test_a_token_file_in_a_loop_of_links_is_one_line(here: Path) -> None:
+    (here / "loop").symlink_to("loop")
+    write(here, "c.toml", '[internal]\ntoken_file = "loop"\n')
+    assert server_problems(Path("c.toml")) == [
+        f"c.toml: internal.token_file: cannot read {Path.cwd() / 'loop'}: "
+        "Too many levels of symbolic links"
+    ]
+
+
 def test_admin_off_loopback_needs_a_token(here: Path) -> None:
     write(here, "server.toml", '[admin]\nport = 9100\nhost = "10.0.0.1"\n')
     assert server_problems(Path("server.toml")) == [

@@ -21,6 +21,8 @@ token can never slip into a problem line.
 
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import socket
 import ssl
@@ -146,7 +148,10 @@ def _read_token_file(table: dict[str, Any], key_path: str, base: Path, problems:
     if not isinstance(name, str) or not name:
         problems.add(join_path(key_path, "token_file"), f"expected a file path, got {show(name)}")
         return
-    file = (base / Path(name).expanduser()).resolve()
+    file = _absolute(base, name)
+    if isinstance(file, str):
+        problems.add(join_path(key_path, "token_file"), file)
+        return
     try:
         text = file.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
@@ -166,6 +171,22 @@ def _read_token_file(table: dict[str, Any], key_path: str, base: Path, problems:
         return
     problems.reported.discard(join_path(key_path, "token"))
     table["token"] = Secret(text)
+
+
+def _absolute(base: Path, name: str) -> Path | str:
+    """``name`` (``~`` expanded) made absolute against ``base``, its links resolved;
+    or why it names no file (pathlib raises for these, as no ``open`` would)."""
+    if "\0" in name:
+        return f"expected a file path, got {show(name)}"
+    try:
+        path = Path(name).expanduser()
+    except RuntimeError:
+        return f"cannot read {name}: {name.partition('/')[0]} names no home directory"
+    try:
+        return (base / path).resolve()
+    except RuntimeError:
+        # A loop of symbolic links (Python 3.13 leaves it to open(), as ELOOP).
+        return f"cannot read {(base / path).absolute()}: {os.strerror(errno.ELOOP)}"
 
 
 # Shorter values are as likely to be file names ("token", "agent-key").
@@ -235,7 +256,10 @@ def _resolve(
         for key in _PATH_KEYS:
             value = table.get(key)
             if isinstance(value, str) and value:
-                resolved = (base / Path(value).expanduser()).resolve()
+                resolved = _absolute(base, value)
+                if isinstance(resolved, str):
+                    problems.add(join_path(key_path, key), resolved)
+                    continue
                 table[key] = str(resolved)
                 if not resolved.is_file():
                     problems.add(join_path(key_path, key), f"no such file: {resolved}")
