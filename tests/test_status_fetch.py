@@ -219,20 +219,30 @@ def test_a_port_past_65535_is_refused_before_the_token_goes_anywhere(
     assert capsys.readouterr().err.startswith("--admin: the port must be a number")
 
 
-def test_an_empty_token_file_is_refused_not_taken_for_no_token(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        # It would also have hidden the environment's token: the request would go
+        # out with none, for a 401 that names neither.
+        (b"\n", "the token in {file} must not be empty"),
+        # Read whole, an endless one (/dev/zero) would take all memory first.
+        (b"a" * ((64 << 10) + 1), "{file} holds over 64 KiB, too much for a token"),
+    ],
+)
+def test_a_token_file_without_a_token_is_refused_before_anything_is_sent(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    problem: str,
 ) -> None:
-    """It would also have hidden the environment's token: the request would go out
-    with none, for a 401 that names neither."""
     monkeypatch.setenv("PVTUNNEL_ADMIN_TOKEN", TOKEN)
-    (tmp_path / "token").write_text("\n")
+    (tmp_path / "token").write_bytes(content)
     with endpoint(json_answer(AGENT)) as (url, seen), pytest.raises(SystemExit) as exited:
         _cli.main(["status", "--admin", url, "--token-file", str(tmp_path / "token")])
     assert exited.value.code == 2
     assert seen == []
-    assert capsys.readouterr().err == (
-        f"--token-file: the token in {tmp_path / 'token'} must not be empty\n"
-    )
+    assert capsys.readouterr().err == (f"--token-file: {problem.format(file=tmp_path / 'token')}\n")
 
 
 def test_a_token_given_as_token_file_is_not_echoed(

@@ -26,6 +26,8 @@ import trio
 from pvtunnel import __version__
 from pvtunnel._config import (
     CA_FILE_UNUSED,
+    MAX_TOKEN_FILE_BYTES,
+    TOKEN_FILE_TOO_BIG,
     AgentConfig,
     InternalConfig,
     Secret,
@@ -38,6 +40,7 @@ from pvtunnel._config import (
     load_server_config,
     looks_like_a_token,
     port_flag,
+    read_limited_text,
     with_agent_overrides,
     with_overrides,
     write_init_files,
@@ -445,7 +448,7 @@ def _status(args: argparse.Namespace) -> int:
     token = os.environ.get("PVTUNNEL_ADMIN_TOKEN", "").strip() or None
     if args.token_file is not None:
         try:
-            token = args.token_file.read_text(encoding="utf-8").strip()
+            content = read_limited_text(args.token_file, MAX_TOKEN_FILE_BYTES)
         except FileNotFoundError:
             if looks_like_a_token(str(args.token_file)):
                 raise ConfigError(
@@ -463,6 +466,9 @@ def _status(args: argparse.Namespace) -> int:
             raise ConfigError([f"--token-file: cannot read {args.token_file}: {detail}"]) from None
         except UnicodeDecodeError:
             raise ConfigError([f"--token-file: {args.token_file} is not UTF-8 text"]) from None
+        if content is None:
+            raise ConfigError([f"--token-file: {args.token_file} {TOKEN_FILE_TOO_BIG}"])
+        token = content.strip()
         if not token:
             # As `serve` and `agent` refuse one: asking without a token, and
             # without the environment's either, would only end in a 401.

@@ -537,6 +537,14 @@ def test_a_directory_is_not_a_file(here: Path) -> None:
     assert agent_problems(Path("conf.toml")) == ["conf.toml: cannot read the file: Is a directory"]
 
 
+def test_a_file_past_any_configuration_is_not_read_to_its_end(here: Path) -> None:
+    """Read whole, an endless one (``/dev/zero``) would take all memory first."""
+    (here / "server.toml").write_bytes(b"#" * (16 << 20) + b"\n")
+    assert server_problems(Path("server.toml")) == [
+        "server.toml: over 16 MiB, too big for a configuration"
+    ]
+
+
 def test_a_file_that_is_not_utf8(here: Path) -> None:
     (here / "server.toml").write_bytes(b'host = "\xff"\n')
     assert server_problems(Path("server.toml")) == [

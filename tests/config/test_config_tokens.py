@@ -140,6 +140,16 @@ def test_a_token_file_that_is_not_utf8(here: Path) -> None:
     ]
 
 
+def test_a_token_file_past_any_token_is_not_read_to_its_end(here: Path) -> None:
+    """Read whole, an endless one (``/dev/zero``) would take all memory first."""
+    (here / "t").write_bytes(b"a" * ((64 << 10) + 1))
+    write(here, "server.toml", '[internal]\ntoken_file = "t"\n')
+    assert server_problems(Path("server.toml")) == [
+        f"server.toml: internal.token_file: {(here / 't').resolve()} holds over 64 KiB, "
+        "too much for a token"
+    ]
+
+
 def test_token_file_must_be_a_path(here: Path) -> None:
     write(here, "server.toml", "[internal]\ntoken_file = 5\n")
     assert server_problems(Path("server.toml")) == [

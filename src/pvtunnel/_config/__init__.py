@@ -16,11 +16,14 @@ from .agent import (
 )
 from .check import check_file
 from .loading import (
+    MAX_TOKEN_FILE_BYTES,
+    TOKEN_FILE_TOO_BIG,
     ConfigKind,
     admin_token_from_environment,
     load_agent_config,
     load_server_config,
     looks_like_a_token,
+    read_limited_text,
 )
 from .model import AdminConfig
 from .overrides import parse_route_flag, port_flag, with_agent_overrides, with_overrides
@@ -37,6 +40,8 @@ from .server import (
 
 __all__ = [
     "CA_FILE_UNUSED",
+    "MAX_TOKEN_FILE_BYTES",
+    "TOKEN_FILE_TOO_BIG",
     "AdminConfig",
     "AgentConfig",
     "AgentTimeouts",
@@ -61,6 +66,7 @@ __all__ = [
     "looks_like_a_token",
     "parse_route_flag",
     "port_flag",
+    "read_limited_text",
     "with_agent_overrides",
     "with_overrides",
     "write_init_files",

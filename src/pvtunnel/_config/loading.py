@@ -59,6 +59,11 @@ SERVER_TOKEN_ENV: Final = {
 }
 AGENT_TOKEN_ENV: Final = {"PVTUNNEL_TOKEN": "server", **ADMIN_TOKEN_ENV}
 _PATH_KEYS: Final = ("tls_cert", "tls_key", "ca_file")
+# Far past any configuration file, and any token: a file over them is the wrong one.
+MAX_CONFIG_BYTES: Final = 16 << 20
+MAX_TOKEN_FILE_BYTES: Final = 64 << 10
+CONFIG_FILE_TOO_BIG: Final = f"over {MAX_CONFIG_BYTES >> 20} MiB, too big for a configuration"
+TOKEN_FILE_TOO_BIG: Final = f"holds over {MAX_TOKEN_FILE_BYTES >> 10} KiB, too much for a token"
 
 # check_file tells the kinds apart by these top-level keys; the strong ones first,
 # the weak ones only when no strong key is present.
@@ -104,6 +109,19 @@ class _Problems:
         )
 
 
+def read_limited_text(path: Path, limit: int) -> str | None:
+    """The text of a UTF-8 file, or None when it holds over ``limit`` bytes: what
+    never ends (``/dev/zero``, a pipe that goes on) is not read until memory runs out.
+
+    Raises:
+        OSError: The file cannot be opened or read.
+        UnicodeDecodeError: It is not UTF-8.
+    """
+    with path.open("rb") as file:
+        data = file.read(limit + 1)
+    return data.decode("utf-8") if len(data) <= limit else None
+
+
 def read_toml(path: Path) -> dict[str, Any]:
     """Parse a TOML file or raise ``ConfigError`` with one line saying why not.
 
@@ -114,11 +132,14 @@ def read_toml(path: Path) -> dict[str, Any]:
         The parsed top-level table.
 
     Raises:
-        ConfigError: The file cannot be read, is not UTF-8, or is not valid TOML.
+        ConfigError: The file cannot be read, is over `MAX_CONFIG_BYTES`, is not
+            UTF-8, or is not valid TOML.
     """
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
+        text = read_limited_text(path, MAX_CONFIG_BYTES)
+        if text is None:
+            raise ConfigError([f"{path}: {CONFIG_FILE_TOO_BIG}"])
+        return tomllib.loads(text)
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read the file: {exc.strerror or exc}"]) from None
     except tomllib.TOMLDecodeError as exc:
@@ -153,7 +174,7 @@ def _read_token_file(table: dict[str, Any], key_path: str, base: Path, problems:
         problems.add(join_path(key_path, "token_file"), file)
         return
     try:
-        text = file.read_text(encoding="utf-8").strip()
+        content = read_limited_text(file, MAX_TOKEN_FILE_BYTES)
     except FileNotFoundError:
         problems.add(join_path(key_path, "token_file"), _missing_token_file(name, file))
         return
@@ -165,6 +186,10 @@ def _read_token_file(table: dict[str, Any], key_path: str, base: Path, problems:
     except UnicodeDecodeError:
         problems.add(join_path(key_path, "token_file"), f"{file} is not UTF-8 text")
         return
+    if content is None:
+        problems.add(join_path(key_path, "token_file"), f"{file} {TOKEN_FILE_TOO_BIG}")
+        return
+    text = content.strip()
     problem = rules.token_text(text)
     if problem is not None:
         problems.add(join_path(key_path, "token_file"), f"the token in {file} {problem}")
