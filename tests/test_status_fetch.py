@@ -219,6 +219,17 @@ def test_a_port_past_65535_is_refused_before_the_token_goes_anywhere(
     assert capsys.readouterr().err.startswith("--admin: the port must be a number")
 
 
+def test_a_token_file_as_windows_editors_write_it_is_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A byte order mark and a CRLF line end (Notepad and PowerShell write both)."""
+    (tmp_path / "token").write_bytes(b"\xef\xbb\xbf" + TOKEN.encode() + b"\r\n")
+    with endpoint(json_answer(AGENT)) as (url, seen), pytest.raises(SystemExit) as exited:
+        _cli.main(["status", "--admin", url, "--token-file", str(tmp_path / "token")])
+    assert (exited.value.code, seen) == (0, [f"Bearer {TOKEN}"])
+    assert capsys.readouterr().out.startswith("pvtunnel agent edge at ")
+
+
 @pytest.mark.parametrize(
     ("content", "problem"),
     [

@@ -229,6 +229,16 @@ def test_agent_client_id_defaults_to_the_host_name_in_a_file_too(here: Path) -> 
     assert load_agent_config(Path("agent.toml"), environ={}).client_id == socket.gethostname()
 
 
+def test_files_as_windows_editors_write_them_load(here: Path) -> None:
+    """A byte order mark and CRLF line ends, in the config file and its token file:
+    Notepad and PowerShell write both."""
+    (here / "agent.token").write_bytes(b"\xef\xbb\xbf" + TOKEN.encode() + b"\r\n")
+    text = 'client_id = "a"\r\n[server]\r\ntoken_file = "agent.token"\r\n'
+    (here / "agent.toml").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    config = load_agent_config(Path("agent.toml"), environ={})
+    assert (config.client_id, config.server.token) == ("a", Secret(TOKEN))
+
+
 @pytest.mark.parametrize(
     ("written", "normalised"),
     [

@@ -112,6 +112,7 @@ class _Problems:
 def read_limited_text(path: Path, limit: int) -> str | None:
     """The text of a UTF-8 file, or None when it holds over ``limit`` bytes: what
     never ends (``/dev/zero``, a pipe that goes on) is not read until memory runs out.
+    A byte order mark at the start is no part of it (Windows editors write one).
 
     Raises:
         OSError: The file cannot be opened or read.
@@ -119,7 +120,7 @@ def read_limited_text(path: Path, limit: int) -> str | None:
     """
     with path.open("rb") as file:
         data = file.read(limit + 1)
-    return data.decode("utf-8") if len(data) <= limit else None
+    return data.decode("utf-8-sig") if len(data) <= limit else None
 
 
 def read_toml(path: Path) -> dict[str, Any]:
