@@ -238,6 +238,11 @@ def test_a_token_file_as_windows_editors_write_it_is_read(
         (b"\n", "the token in {file} must not be empty"),
         # Read whole, an endless one (/dev/zero) would take all memory first.
         (b"a" * ((64 << 10) + 1), "{file} holds over 64 KiB, too much for a token"),
+        (
+            b"old-token new-token\n",
+            "the token in {file} must be printable ASCII without spaces "
+            "(it is sent in an HTTP header)",
+        ),
     ],
 )
 def test_a_token_file_without_a_token_is_refused_before_anything_is_sent(
@@ -254,6 +259,22 @@ def test_a_token_file_without_a_token_is_refused_before_anything_is_sent(
     assert exited.value.code == 2
     assert seen == []
     assert capsys.readouterr().err == (f"--token-file: {problem.format(file=tmp_path / 'token')}\n")
+
+
+@pytest.mark.parametrize("value", [f"old-{TOKEN}\nnew-{TOKEN}", f"{TOKEN}\u00e9"])
+def test_an_environment_token_no_header_can_carry_is_a_usage_mistake(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """Exit 2 and the variable named, as `serve` and `agent` say it."""
+    monkeypatch.setenv("PVTUNNEL_ADMIN_TOKEN", value)
+    with endpoint(json_answer(AGENT)) as (url, seen), pytest.raises(SystemExit) as exited:
+        _cli.main(["status", "--admin", url])
+    assert exited.value.code == 2
+    assert seen == []
+    assert capsys.readouterr().err == (
+        "environment: PVTUNNEL_ADMIN_TOKEN: the token must be printable ASCII without "
+        "spaces (it is sent in an HTTP header)\n"
+    )
 
 
 def test_a_token_given_as_token_file_is_not_echoed(

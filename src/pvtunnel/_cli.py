@@ -41,6 +41,7 @@ from pvtunnel._config import (
     looks_like_a_token,
     port_flag,
     read_limited_text,
+    token_text,
     with_agent_overrides,
     with_overrides,
     write_init_files,
@@ -446,6 +447,7 @@ def _status(args: argparse.Namespace) -> int:
     # Stripped as `serve` and `agent` strip theirs (a secret's file or variable often
     # ends in a newline).
     token = os.environ.get("PVTUNNEL_ADMIN_TOKEN", "").strip() or None
+    source = "environment: PVTUNNEL_ADMIN_TOKEN: the token"
     if args.token_file is not None:
         try:
             content = read_limited_text(args.token_file, MAX_TOKEN_FILE_BYTES)
@@ -468,11 +470,14 @@ def _status(args: argparse.Namespace) -> int:
             raise ConfigError([f"--token-file: {args.token_file} is not UTF-8 text"]) from None
         if content is None:
             raise ConfigError([f"--token-file: {args.token_file} {TOKEN_FILE_TOO_BIG}"])
-        token = content.strip()
-        if not token:
-            # As `serve` and `agent` refuse one: asking without a token, and
-            # without the environment's either, would only end in a 401.
-            raise ConfigError([f"--token-file: the token in {args.token_file} must not be empty"])
+        # Empty, it is refused, not taken for none: asking without a token, and
+        # without the environment's either, would only end in a 401.
+        token, source = content.strip(), f"--token-file: the token in {args.token_file}"
+    # Checked as `serve` and `agent` check theirs: a usage mistake, said before
+    # anything is sent.
+    problem = None if token is None else token_text(token)
+    if problem is not None:
+        raise ConfigError([f"{source} {problem}"])
     try:
         url = admin_url(args.admin)
     except ValueError as exc:

@@ -27,6 +27,7 @@ from .loading import (
 )
 from .model import AdminConfig
 from .overrides import parse_route_flag, port_flag, with_agent_overrides, with_overrides
+from .rules import token_text
 from .scaffold import write_init_files
 from .secret import Secret, generate_token
 from .server import (
@@ -67,6 +68,7 @@ __all__ = [
     "parse_route_flag",
     "port_flag",
     "read_limited_text",
+    "token_text",
     "with_agent_overrides",
     "with_overrides",
     "write_init_files",
