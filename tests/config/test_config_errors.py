@@ -526,6 +526,17 @@ def test_toml_syntax_error_is_one_line_with_its_position(here: Path) -> None:
     assert "column" in line
 
 
+@pytest.mark.parametrize(
+    "nested", ["[" * 100_000 + "]" * 100_000, "{a=" * 100_000 + "1" + "}" * 100_000]
+)
+def test_values_nested_past_the_parsers_stack_are_one_line(here: Path, nested: str) -> None:
+    """tomllib recurses once per level, and overruns the stack in a few hundred."""
+    write(here, "server.toml", f"host = {nested}\n")
+    assert server_problems(Path("server.toml")) == [
+        "server.toml: invalid TOML: values nested too deep"
+    ]
+
+
 def test_missing_file(here: Path) -> None:
     assert server_problems(Path("nope.toml")) == [
         "nope.toml: cannot read the file: No such file or directory"

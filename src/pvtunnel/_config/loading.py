@@ -134,7 +134,7 @@ def read_toml(path: Path) -> dict[str, Any]:
 
     Raises:
         ConfigError: The file cannot be read, is over `MAX_CONFIG_BYTES`, is not
-            UTF-8, or is not valid TOML.
+            UTF-8, or is not valid TOML (or nested deeper than tomllib can parse).
     """
     try:
         text = read_limited_text(path, MAX_CONFIG_BYTES)
@@ -148,6 +148,9 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: invalid TOML: the file is not UTF-8 text"]) from None
+    except RecursionError:
+        # tomllib recurses once per level: a few hundred nested arrays or tables do.
+        raise ConfigError([f"{path}: invalid TOML: values nested too deep"]) from None
 
 
 def _secret_tables(raw: dict[str, Any], kind: ConfigKind) -> Iterator[tuple[str, dict[str, Any]]]:
