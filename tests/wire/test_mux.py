@@ -59,6 +59,20 @@ def test_an_accept_too_big_for_a_frame_changes_nothing_and_a_reject_can_follow()
     assert pair.to_agent() == [ev.Rejected(reason="3000 routes refused")]
 
 
+def test_a_hello_too_big_for_a_frame_changes_nothing_and_a_smaller_one_can_follow() -> None:
+    pair = MuxPair()
+    routes = tuple(f"r{index:04d}-" + "a" * 50 for index in range(1200))
+    with pytest.raises(ValueError, match=r"HELLO payload of \d+ bytes is out of range"):
+        pair.agent.send_hello(client_id="a", routes=routes)
+    assert pair.agent.state is ConnectionState.START
+    assert not pair.agent.has_data_to_send
+    pair.agent.send_hello(client_id="a", routes=routes[:10])
+    pair.to_server()
+    pair.server.accept()
+    pair.to_agent()
+    assert {pair.server.state, pair.agent.state} == {ConnectionState.OPEN}
+
+
 def test_frames_received_in_steps_give_the_same_events() -> None:
     pair = MuxPair()
     pair.handshake()

@@ -47,19 +47,22 @@ class Sender(Endpoint):
     # -- connection commands -------------------------------------------------------
 
     def send_hello(self, *, client_id: str, routes: tuple[str, ...]) -> None:
-        """Agent: introduce this agent and the names it serves."""
-        self._move_connection(ConnectionInput.SEND_HELLO, local=True)
-        self._queue(
-            fr.encode(
-                fr.Hello(
-                    versions=(fr.PROTOCOL_VERSION,),
-                    client_id=client_id,
-                    routes=routes,
-                    window=self._window,
-                    connection_window=self._connection_window,
-                )
+        """Agent: introduce this agent and the names it serves.
+
+        Raises:
+            ValueError: the names do not fit in one frame; nothing changed.
+        """
+        frame = fr.encode(
+            fr.Hello(
+                versions=(fr.PROTOCOL_VERSION,),
+                client_id=client_id,
+                routes=routes,
+                window=self._window,
+                connection_window=self._connection_window,
             )
         )
+        self._move_connection(ConnectionInput.SEND_HELLO, local=True)
+        self._queue(frame)
 
     def accept(self, *, refused: tuple[tuple[str, str], ...] = ()) -> None:
         """Server: take the agent; ``refused`` pairs route names with reasons.
