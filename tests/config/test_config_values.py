@@ -233,8 +233,7 @@ def routes_for_a_hello_of(size: int) -> tuple[Route, ...]:
     defaults = AgentConfig(client_id="x")
 
     def hello_size(names: list[str]) -> int:
-        hello = fr.Hello(
-            versions=(fr.PROTOCOL_VERSION,),
+        hello = fr.our_hello(
             client_id="x",
             routes=tuple(names),
             window=defaults.stream_window_bytes,

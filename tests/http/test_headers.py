@@ -16,6 +16,22 @@ from pvtunnel._http.headers import (
     response_headers,
 )
 
+# What this hop adds to a request for host "app" from 192.0.2.1 over http, with
+# none of these fields from the client.
+ADDED_FOR_APP = (
+    (b"X-Forwarded-For", b"192.0.2.1"),
+    (b"X-Forwarded-Host", b"app"),
+    (b"X-Forwarded-Proto", b"http"),
+    (b"Via", b"1.1 pvtunnel"),
+)
+
+
+def from_client(headers: list[tuple[bytes, bytes]]) -> tuple[tuple[bytes, bytes], ...]:
+    """The headers forwarded for a bodiless request from 192.0.2.1 over http."""
+    return request_headers(
+        headers, client_address="192.0.2.1", host=None, proto=b"http", is_chunked=False
+    )
+
 
 def test_hop_by_hop_and_connection_named_fields_are_removed() -> None:
     headers = [
@@ -53,7 +69,7 @@ def test_request_headers_add_forwarding_fields() -> None:
 def test_underscore_spellings_of_removed_fields_and_proxy_are_dropped() -> None:
     """CGI-style upstreams read "Transfer_Encoding" as Transfer-Encoding and a Proxy
     field as HTTP_PROXY: a client's such lines never reach them."""
-    result = request_headers(
+    result = from_client(
         [
             (b"host", b"app"),
             (b"Transfer_Encoding", b"chunked"),
@@ -64,27 +80,20 @@ def test_underscore_spellings_of_removed_fields_and_proxy_are_dropped() -> None:
             (b"Proxy", b"http://evil.example:3128"),
             (b"x_request_id", b"kept"),
             (b"proxy-id", b"kept"),
-        ],
-        client_address="192.0.2.1",
-        host=None,
-        proto=b"http",
-        is_chunked=False,
+        ]
     )
     assert result == (
         (b"host", b"app"),
         (b"x_request_id", b"kept"),
         (b"proxy-id", b"kept"),
-        (b"X-Forwarded-For", b"192.0.2.1"),
-        (b"X-Forwarded-Host", b"app"),
-        (b"X-Forwarded-Proto", b"http"),
-        (b"Via", b"1.1 pvtunnel"),
+        *ADDED_FOR_APP,
     )
 
 
 def test_underscore_spellings_of_the_client_fields_are_dropped() -> None:
     """CGI-style upstreams read "X_Real_IP" as X-Real-IP: a client's underscore
     spellings of the fields that name the client never reach them."""
-    result = request_headers(
+    result = from_client(
         [
             (b"host", b"app"),
             (b"X_Real_IP", b"10.6.6.6"),
@@ -93,20 +102,13 @@ def test_underscore_spellings_of_the_client_fields_are_dropped() -> None:
             (b"x_forwarded_proto", b"https"),
             (b"FORWARDED", b"for=10.0.0.1"),
             (b"x_request_id", b"kept"),
-        ],
-        client_address="192.0.2.1",
-        host=None,
-        proto=b"http",
-        is_chunked=False,
+        ]
     )
     assert result == (
         (b"host", b"app"),
         (b"FORWARDED", b"for=10.0.0.1, for=192.0.2.1;proto=http"),
         (b"x_request_id", b"kept"),
-        (b"X-Forwarded-For", b"192.0.2.1"),
-        (b"X-Forwarded-Host", b"app"),
-        (b"X-Forwarded-Proto", b"http"),
-        (b"Via", b"1.1 pvtunnel"),
+        *ADDED_FOR_APP,
     )
 
 
@@ -166,9 +168,7 @@ def test_names_keep_their_spelling_and_match_in_any_case() -> None:
         (b"x-FORWARDED-proto", b"https"),
         (b"VIA", b"1.0 edge"),
     ]
-    assert request_headers(
-        headers, client_address="192.0.2.1", host=None, proto=b"http", is_chunked=False
-    ) == (
+    assert from_client(headers) == (
         (b"Host", b"app"),
         (b"X-Api-Key", b"k"),
         (b"X-FORWARDED-FOR", b"10.0.0.1, 192.0.2.1"),

@@ -21,3 +21,12 @@ async def serve_on_loopback(
     async with trio.open_nursery() as nursery:
         await nursery.start(functools.partial(trio.serve_listeners, handler, listeners))
         task_status.started(listeners[0].socket.getsockname()[1])
+
+
+async def refused_port() -> int:
+    """A 127.0.0.1 port that was just free and that nothing listens on: a connect
+    there is refused."""
+    with trio.socket.socket() as probe:
+        await probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port

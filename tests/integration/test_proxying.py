@@ -23,7 +23,7 @@ from tests.integration.harness import (
     start_tunnel,
     start_upstream,
 )
-from tests.integration.listen import serve_on_loopback
+from tests.integration.listen import refused_port, serve_on_loopback
 from tests.integration.raw_upstream import start_raw_tunnel
 
 if TYPE_CHECKING:
@@ -172,10 +172,7 @@ async def test_unknown_host_is_404_and_upstream_down_is_502() -> None:
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             running = await start_server(nursery)
-            listener = trio.socket.socket()
-            await listener.bind(("127.0.0.1", 0))
-            closed_port = listener.getsockname()[1]
-            listener.close()  # nothing listens there now: connection refused
+            closed_port = await refused_port()
             await start_agent(nursery, running, {"app": closed_port})
             async with await Client.connect(running.port) as client:
                 missing = await client.request(b"GET", b"/", host=b"nobody.example")
@@ -198,10 +195,7 @@ async def test_an_upstream_name_that_does_not_resolve_is_a_502_like_a_refused_co
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
             running = await start_server(nursery)
-            listener = trio.socket.socket()
-            await listener.bind(("127.0.0.1", 0))
-            closed_port = listener.getsockname()[1]
-            listener.close()  # nothing listens there now: connection refused
+            closed_port = await refused_port()
             agent = await start_agent_with(
                 nursery,
                 running,

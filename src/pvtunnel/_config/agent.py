@@ -357,8 +357,7 @@ class AgentConfig:
 def _hello_room(config: AgentConfig) -> list[Problem]:
     """The agent names every route in its HELLO, which is one frame (protocol.md
     sections 4.1 and 10): an agent whose names do not fit could never connect."""
-    hello = fr.Hello(
-        versions=(fr.PROTOCOL_VERSION,),
+    hello = fr.our_hello(
         client_id=config.client_id,
         routes=tuple(route.name for route in config.routes),
         window=config.stream_window_bytes,

@@ -207,6 +207,20 @@ def _json(value: object) -> bytes:
     return json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
 
 
+def our_hello(
+    *, client_id: str, routes: tuple[str, ...], window: int, connection_window: int
+) -> Hello:
+    """The HELLO this implementation's agent sends: the versions it speaks, with its
+    name, routes and windows. The agent's configuration is checked against it too."""
+    return Hello(
+        versions=(PROTOCOL_VERSION,),
+        client_id=client_id,
+        routes=routes,
+        window=window,
+        connection_window=connection_window,
+    )
+
+
 def hello_payload(hello: Hello) -> bytes:
     """A HELLO's payload. An agent's configuration is checked against its size: every
     route name goes in it, and it must fit in one frame (`MAX_FRAME_PAYLOAD`)."""

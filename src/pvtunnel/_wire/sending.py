@@ -53,8 +53,7 @@ class Sender(Endpoint):
             ValueError: the names do not fit in one frame; nothing changed.
         """
         frame = fr.encode(
-            fr.Hello(
-                versions=(fr.PROTOCOL_VERSION,),
+            fr.our_hello(
                 client_id=client_id,
                 routes=routes,
                 window=self._window,
