@@ -338,7 +338,12 @@ async def _start_agent_over_ipv6(
 
 
 def _scoped_config(*, with_team_b: bool = False) -> ServerConfig:
-    tokens = [ScopedToken(token=Secret(TEAM_A_TOKEN), routes=("*.team-a.example.com", "billing"))]
+    tokens = [
+        ScopedToken(
+            token=Secret(TEAM_A_TOKEN),
+            routes=("*.team-a.example.com", "billing", "*.team-a.example.com:8443"),
+        )
+    ]
     if with_team_b:
         tokens.append(ScopedToken(token=Secret("team-b-secret"), routes=("*.team-b.example.com",)))
     return server_config(internal={"tokens": tuple(tokens)})
@@ -365,11 +370,16 @@ async def test_scoped_token_claims_only_its_names(caplog: pytest.LogCaptureFixtu
                     "evilteam-a.example.com": port_a,
                     "x.team-a.example.com.evil.com": port_a,
                     "billing.example.com": port_a,
+                    # A pattern covers a port only where it names one: a port-qualified
+                    # grant to one team is not shared with the host name's owner.
+                    "api.team-a.example.com:8443": port_a,
+                    "api.team-a.example.com:9000": port_a,
+                    "billing:8080": port_a,
                 },
                 client_id="team-a-agent",
                 token=TEAM_A_TOKEN,
             )
-            covered = {"api.team-a.example.com", "billing"}
+            covered = {"api.team-a.example.com", "billing", "api.team-a.example.com:8443"}
             assert set(status.routes) == covered
             reason = "this agent's token does not cover that name"
             assert sorted(status.refused) == sorted(
@@ -380,6 +390,8 @@ async def test_scoped_token_claims_only_its_names(caplog: pytest.LogCaptureFixtu
                     "evilteam-a.example.com",
                     "x.team-a.example.com.evil.com",
                     "billing.example.com",
+                    "api.team-a.example.com:9000",
+                    "billing:8080",
                 )
             )
             agent_lines = [r.getMessage() for r in caplog.records if r.name == "pvtunnel.agent"]
@@ -390,9 +402,14 @@ async def test_scoped_token_claims_only_its_names(caplog: pytest.LogCaptureFixtu
                 r["name"]: r["refused_by"] for r in AgentAdmin(team_a_agent).status()["routes"]
             }
             assert shown == {name: {} if name in covered else {url: reason} for name in shown}
-            assert len(shown) == 7
+            assert len(shown) == 10
             # Team A's names work; team B's name still reaches team B only.
-            for host in (b"api.team-a.example.com", b"BILLING", b"billing:8080"):
+            for host in (
+                b"api.team-a.example.com",
+                b"BILLING",
+                b"billing:8080",
+                b"api.team-a.example.com:8443",
+            ):
                 reply = await fetch(running.port, b"GET", b"/", host=host)
                 assert reply.header(b"x-upstream") == b"team-a", host
             for _ in range(3):
@@ -401,7 +418,7 @@ async def test_scoped_token_claims_only_its_names(caplog: pytest.LogCaptureFixtu
             for host in (b"team-a.example.com", b"billing.example.com"):
                 assert (await fetch(running.port, b"GET", b"/", host=host)).status == 404
             assert len(team_b.requests) == 3
-            assert len(team_a.requests) == 3
+            assert len(team_a.requests) == 4
             nursery.cancel_scope.cancel()
 
 
