@@ -214,3 +214,27 @@ def test_a_throttle_lets_one_line_through_per_interval_and_counts_the_rest() -> 
     # However long the quiet, the next line carries only what was held since the last.
     assert throttle.allow(1000.0) == 1
     assert throttle.allow(1010.0) == 0
+
+
+def test_the_library_logs_under_its_five_names() -> None:
+    """A program embedding pvtunnel routes its lines by logger name
+    (docs/operations.md lists them): a module logging under its own ``__name__``
+    would slip past such a setup."""
+    import importlib
+    import pkgutil
+
+    import pvtunnel
+
+    for module in pkgutil.walk_packages(pvtunnel.__path__, "pvtunnel."):
+        if module.name != "pvtunnel.__main__":
+            importlib.import_module(module.name)
+    names = {name for name in logging.root.manager.loggerDict if name.startswith("pvtunnel")}
+    assert names <= {
+        "pvtunnel",  # a placeholder `logging` makes for the dotted names below
+        "pvtunnel.server",
+        "pvtunnel.agent",
+        "pvtunnel.access",
+        "pvtunnel.admin",
+        "pvtunnel.cli",
+    }
+    assert {"pvtunnel.server", "pvtunnel.agent"} <= names

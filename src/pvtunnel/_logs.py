@@ -1,8 +1,9 @@
 """Log output for the CLI: readable lines by default, one JSON object per line for machines.
 
-The library itself only logs through `logging.getLogger(__name__)`; choosing
-handlers and formats is the program's business, so its handlers and formatters
-are used by the CLI alone.
+The library logs through a few named loggers (`pvtunnel.server`,
+`pvtunnel.agent`, `pvtunnel.access`, `pvtunnel.admin`, `pvtunnel.cli`) and nothing
+else; choosing handlers and formats is the program's business, so its handlers and
+formatters are used by the CLI alone.
 
 The access log has a line per proxied request, so its cost is paid per request:
 the CLI skips what no line of ours shows (the caller's file and line, which

@@ -317,7 +317,8 @@ async def test_a_connection_out_of_stream_ids_is_replaced_without_failing_a_requ
             assert (held.status, held.header(b"x-upstream")) == (200, b"svc")
             (new,) = running.server.sessions
             assert new is not old
-            assert "stream IDs used up; the agent is asked to reconnect" in caplog.text
+            used_up = "stream IDs used up; the agent is asked to reconnect"
+            assert [r.name for r in caplog.records if used_up in r.message] == ["pvtunnel.server"]
             nursery.cancel_scope.cancel()
 
 

@@ -111,7 +111,10 @@ def via(running: Running, port: int) -> Running:
     )
 
 
-async def test_blackholed_network_is_noticed_and_the_agent_comes_back() -> None:
+async def test_blackholed_network_is_noticed_and_the_agent_comes_back(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
     config = server_config(timeouts=FAST_HEARTBEAT)
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
@@ -146,6 +149,9 @@ async def test_blackholed_network_is_noticed_and_the_agent_comes_back() -> None:
             assert held == [200]
             assert (await fetch(running.port, b"GET", b"/")).status == 200
             assert agent.reconnects >= 1
+            # Each end says so, under its own program's logger.
+            dead = {r.name for r in caplog.records if "declaring the connection dead" in r.message}
+            assert dead == {"pvtunnel.server", "pvtunnel.agent"}
             nursery.cancel_scope.cancel()
 
 

@@ -227,7 +227,7 @@ async def test_pipes_into_an_upstream_that_reads_nothing_are_cut_once_the_agent_
     """The agent's side of a pipe holds its stream's window while its upstream takes
     nothing; a few such pipes held the window every request body of that agent
     needs, on every route (an unrelated upload got 504), and for good."""
-    caplog.set_level(logging.INFO, logger="pvtunnel._trio.pipe")
+    caplog.set_level(logging.INFO, logger="pvtunnel.agent")
     sinks: list[trio.SocketStream] = []
 
     async def sink(stream: trio.SocketStream) -> None:
@@ -266,7 +266,9 @@ async def test_pipes_into_an_upstream_that_reads_nothing_are_cut_once_the_agent_
             mock_clock.jump(STALL_CHECK_S)
             await trio.testing.wait_all_tasks_blocked()
         # Cut while the connection is short: as many as it takes to make it not short.
-        cut = len([r for r in caplog.records if "pipe cut" in r.getMessage()])
+        cut = len(
+            [r for r in caplog.records if r.name == "pvtunnel.agent" and "pipe cut" in r.message]
+        )
         assert link.tunnel.in_flight == 3 - cut < 3
         assert link.tunnel.mux.held_bytes * 2 < link.tunnel.mux.connection_window
         # The window is the connection's again: an upload to another route goes through.

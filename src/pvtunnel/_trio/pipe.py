@@ -25,7 +25,7 @@ from pvtunnel._trio.stream import END
 if TYPE_CHECKING:
     from pvtunnel._trio.channels import StreamChannel
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pvtunnel.agent")  # only the agent cuts a stalled pipe
 
 _BROKEN: Final = (*BROKEN, OSError)
 # A write to the connection that takes nothing this long, while the tunnel

@@ -45,7 +45,9 @@ if TYPE_CHECKING:
     from pvtunnel._wire.frames import StreamId
     from pvtunnel._wire.mux import Multiplexer
 
-logger = logging.getLogger(__name__)
+# The side's own logger: a tunnel's lines belong with the rest of its program's.
+_SERVER_LOG = logging.getLogger("pvtunnel.server")
+_AGENT_LOG = logging.getLogger("pvtunnel.agent")
 
 # Frames decoded and handled at a time before the reader lets other tasks run.
 FRAMES_PER_STEP: Final = 1024
@@ -80,6 +82,7 @@ class Tunnel:
         self.ws = ws
         self.mux = mux
         self.label = label
+        self._log = _SERVER_LOG if on_stream is None else _AGENT_LOG
         self._heartbeat_s = heartbeat_s
         self._heartbeat_timeout_s = heartbeat_timeout_s
         self.last_heard = trio.current_time()
@@ -140,7 +143,7 @@ class Tunnel:
         self.wake_writer()
         if self.mux.is_going_away:
             # That was the last stream ID: the multiplexer said GOAWAY with it.
-            logger.info("%s: stream IDs used up; the agent is asked to reconnect", self.label)
+            self._log.info("%s: stream IDs used up; the agent is asked to reconnect", self.label)
             self._leaving()
         return channel
 
@@ -360,7 +363,7 @@ class Tunnel:
             self._ping()
 
     def _declare_dead(self, why: str) -> None:
-        logger.warning("%s: %s; declaring the connection dead", self.label, why)
+        self._log.warning("%s: %s; declaring the connection dead", self.label, why)
         self.declared_dead = True
         self._close_all(TunnelClosedError(f"the peer stopped answering: {why}"))
 
@@ -479,7 +482,7 @@ class Tunnel:
             if self.early_send_due:
                 await self.send_early()
         except Exception:
-            logger.exception("%s stream %d: internal error", self.label, channel.stream_id)
+            self._log.exception("%s stream %d: internal error", self.label, channel.stream_id)
             channel.reset(ErrorCode.INTERNAL_ERROR, "agent internal error")
         finally:
             self.forget(channel.stream_id)
