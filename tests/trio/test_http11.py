@@ -64,9 +64,9 @@ def test_small_body_pieces_wait_joined_and_come_out_as_bytes() -> None:
     make the inbox hold some 25 times the window."""
     channel = Channel(cast("Tunnel", None), StreamId(1))
     for _ in range(1000):
-        channel._push_data(b"ab")
-    channel._push_data(b"x" * 8192)  # a big piece is queued as it is
-    channel._push_data(b"cd")
+        channel.deliver_data(b"ab")
+    channel.deliver_data(b"x" * 8192)  # a big piece is queued as it is
+    channel.deliver_data(b"cd")
     assert len(channel._inbox) == 3
     first = channel.receive_nowait()
     assert type(first) is bytes

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from pvtunnel._wire.frames import StreamId
     from pvtunnel._wire.mux import Multiplexer
 
-# Body pieces under this size join the small piece queued before them (`_push_data`).
+# Body pieces under this size join the small piece queued before them (`deliver_data`).
 _JOIN_BELOW: Final = 4096
 
 
@@ -64,6 +64,9 @@ class Channel:
     Items are `ResponseHead` (server side), body ``bytes``, and `END`. A reset or a
     lost connection makes `receive` raise; a reset also cancels ``cancel_scope``
     so whoever serves the stream stops at once.
+
+    The tunnel that owns the channel fills it (`deliver`, `deliver_data`, `fail`,
+    `credit_granted`); whoever serves the stream uses the rest.
     """
 
     __slots__ = (
@@ -96,7 +99,7 @@ class Channel:
         """Why the stream stopped early (a `StreamResetError` or `TunnelClosedError`)."""
         return self._failure
 
-    def _push_data(self, data: bytes) -> None:
+    def deliver_data(self, data: bytes) -> None:
         """Queue body bytes; small pieces join the small piece before them.
 
         Credit counts payload bytes only, and a queued ``bytes`` object costs some
@@ -112,22 +115,22 @@ class Channel:
             if type(tail) is bytes and len(tail) < _JOIN_BELOW:
                 inbox[-1] = bytearray(tail) + data
                 return
-        self._push(data)
+        self.deliver(data)
 
-    def _push(self, item: InboxItem | bytearray) -> None:
+    def deliver(self, item: InboxItem | bytearray) -> None:
         self._inbox.append(item)
         # unpark_all is Python code that walks the lot even when it is empty, and
         # most pushes (several per request) find nobody waiting.
         if self._lot:
             self._lot.unpark_all()
 
-    def _fail(self, failure: Exception) -> None:
+    def fail(self, failure: Exception) -> None:
         if self._failure is None:
             self._failure = failure
         self._lot.unpark_all()
         self._credit_lot.unpark_all()
 
-    def _credit_granted(self) -> None:
+    def credit_granted(self) -> None:
         if self._credit_lot:
             self._credit_lot.unpark_all()
 
@@ -224,7 +227,7 @@ class Channel:
         tunnel.mux.reset_stream(self.stream_id, code, reason)
         tunnel.forget(self.stream_id)
         tunnel.wake_writer()
-        self._fail(StreamResetError(code, "reset here"))
+        self.fail(StreamResetError(code, "reset here"))
 
     def _call(self, method: Callable[..., None], *args: object) -> None:
         if self._failure is not None:

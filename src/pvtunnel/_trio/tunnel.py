@@ -313,7 +313,7 @@ class Tunnel:
         channels = list(self._channels.values())
         self._channels.clear()
         for channel in channels:
-            channel._fail(error)
+            channel.fail(error)
         self._leaving()
         self._finished_lot.unpark_all()
         self.sent_lot.unpark_all()
@@ -399,7 +399,7 @@ class Tunnel:
             case ev.DataReceived():
                 channel = self._channels.get(event.stream_id)
                 if channel is not None:
-                    channel._push_data(event.data)
+                    channel.deliver_data(event.data)
                 else:  # we forgot the channel: nobody will consume it, give it back now
                     # (all it holds: a RESET later in the same message may have freed it)
                     self.mux.acknowledge_all(event.stream_id)
@@ -425,25 +425,25 @@ class Tunnel:
                                 f"interim (1xx) responses over {MAX_INTERIM_BYTES} bytes",
                             )
                             return
-                    channel._push(event.head)
+                    channel.deliver(event.head)
             case ev.StreamEnded():
                 channel = self._channels.get(event.stream_id)
                 if channel is not None:
-                    channel._push(END)
+                    channel.deliver(END)
             case ev.StreamReset():
                 channel = self._channels.get(event.stream_id)
                 if channel is not None:
                     self.forget(event.stream_id)
-                    channel._fail(StreamResetError(event.code, event.reason))
+                    channel.fail(StreamResetError(event.code, event.reason))
                     channel.cancel_scope.cancel()
             case ev.CreditGranted() if event.stream_id == 0:
                 # Connection credit: every stream waiting for credit may go on.
                 for waiting in list(self.credit_waiters):
-                    waiting._credit_granted()
+                    waiting.credit_granted()
             case ev.CreditGranted():
                 channel = self._channels.get(event.stream_id)
                 if channel is not None:
-                    channel._credit_granted()
+                    channel.credit_granted()
             case ev.StreamOpened():
                 self._start_stream(event, nursery)
             case ev.PongReceived():
