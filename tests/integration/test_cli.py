@@ -85,6 +85,26 @@ def test_config_errors_exit_2_with_the_key_path(tmp_path: Path) -> None:
         ), result.stderr
 
 
+def test_a_reconnect_cap_below_its_floor_stops_agent_and_check_before_any_dial(
+    tmp_path: Path,
+) -> None:
+    """At 1e-9 the agent redialled a server that was down as fast as it could,
+    thousands of times a second, each attempt logged."""
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        'client_id = "a"\n[server]\nurl = "ws://127.0.0.1:1"\ntoken = "t"\n'
+        '[[routes]]\nname = "r"\nvalue = "localhost"\nport = 80\n'
+        "[timeouts]\nreconnect_max_s = 1e-9\n"
+    )
+    for command in (("check", str(config)), ("agent", "--config", str(config))):
+        result = run(*command)
+        assert result.returncode == 2, result
+        assert result.stderr.splitlines() == [
+            f"{config}: timeouts.reconnect_max_s: expected at least 0.2 seconds "
+            "(the longest pause between attempts to dial a server), got 1e-09"
+        ]
+
+
 def test_a_port_clash_is_reported_beside_a_bad_host_in_one_run(tmp_path: Path) -> None:
     config = tmp_path / "server.toml"
     config.write_text('host = "bad host"\n[internal]\nport = 9000\n[external]\nport = 9000\n')

@@ -105,7 +105,7 @@ class ServerEndpoint:
     discover: Discovery = attrs.field(
         default=Discovery.NONE, converter=_discovery, validator=Rule(discovery)
     )
-    discover_interval_s: float = attrs.field(default=30.0, validator=Rule(rules.seconds))
+    discover_interval_s: float = attrs.field(default=30.0, validator=Rule(rules.discover_interval))
 
     def ca_file_unused(self) -> bool:
         """Whether ``ca_file`` is set where no URL uses TLS: a ws:// link is not
@@ -225,9 +225,9 @@ class AgentTimeouts:
 
     connect_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
     upstream_connect_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
-    reconnect_max_s: float = attrs.field(default=30.0, validator=Rule(rules.seconds))
+    reconnect_max_s: float = attrs.field(default=30.0, validator=Rule(rules.reconnect_max))
     upstream_idle_s: float = attrs.field(default=60.0, validator=Rule(rules.seconds))
-    heartbeat_s: float = attrs.field(default=5.0, validator=Rule(rules.seconds))
+    heartbeat_s: float = attrs.field(default=5.0, validator=Rule(rules.heartbeat_interval))
     heartbeat_timeout_s: float = attrs.field(default=15.0, validator=Rule(rules.seconds))
     grace_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
 

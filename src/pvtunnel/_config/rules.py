@@ -220,6 +220,43 @@ def seconds(value: object) -> float:
     raise InvalidValue(f"expected a finite number of seconds greater than 0, got {show(value)}")
 
 
+def interval_seconds(floor: float, why: str) -> Callable[[object], float]:
+    """Build the rule for a duration that paces a loop: at least ``floor`` seconds.
+
+    A loop that sleeps for the key's value between rounds (a PING, a DNS look-up,
+    a reconnect attempt) spins at a value near zero: ``floor`` is the shortest
+    pause that is still a pause, and ``why`` says, in the message, what the loop
+    does each round.
+    """
+
+    def parse(value: object) -> float:
+        duration = seconds(value)
+        if duration < floor:
+            raise InvalidValue(
+                f"expected at least {show(floor)} seconds ({why}), got {show(value)}"
+            )
+        return duration
+
+    return parse
+
+
+# The floors of the keys that pace a loop; timeouts that only bound a wait need
+# none, as a tiny one ends its wait, not a loop.
+#
+# 10 ms: both ends PING every heartbeat_s. Near zero each sleep ends at once (or
+# at the event loop's next millisecond tick) and the loop spins; at 10 ms a link
+# already carries a hundred PINGs and PONGs a second for nothing but liveness.
+MIN_HEARTBEAT_S: Final = 0.01
+# 50 ms: each round is a DNS look-up (a thread, and a query to a resolver other
+# machines share), so at most 20 a second per URL; a failing link asks for one
+# more, at most once a second, whatever this is.
+MIN_DISCOVER_INTERVAL_S: Final = 0.05
+# 200 ms: each round dials a server that may be down, and logs the failure and
+# the pause. With the jitter (each pause from half the cap to the cap), an agent
+# then tries at most ten times a second per server, not thousands of times.
+MIN_RECONNECT_MAX_S: Final = 0.2
+
+
 def delay_seconds(value: object) -> float:
     """A delay in seconds: 0 (none), or positive and finite."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
@@ -495,3 +532,17 @@ def server_identity(url: str) -> tuple[str, str, int, str]:
 
 
 _url_array = array(server_url, "ws:// or wss:// URLs")
+
+
+heartbeat_interval: Final = interval_seconds(MIN_HEARTBEAT_S, "a PING goes out each time")
+"""The rule for ``heartbeat_s``, the server's and the agent's."""
+
+discover_interval: Final = interval_seconds(
+    MIN_DISCOVER_INTERVAL_S, "the name is looked up in DNS each time"
+)
+"""The rule for ``discover_interval_s``."""
+
+reconnect_max: Final = interval_seconds(
+    MIN_RECONNECT_MAX_S, "the longest pause between attempts to dial a server"
+)
+"""The rule for ``reconnect_max_s``."""

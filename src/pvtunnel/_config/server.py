@@ -177,7 +177,7 @@ class TimeoutsConfig:
     handshake_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
     # Both ends PING every heartbeat_s; a peer silent for heartbeat_timeout_s is dead,
     # so a blackholed network is noticed in seconds, not at TCP's timeout.
-    heartbeat_s: float = attrs.field(default=5.0, validator=Rule(rules.seconds))
+    heartbeat_s: float = attrs.field(default=5.0, validator=Rule(rules.heartbeat_interval))
     heartbeat_timeout_s: float = attrs.field(default=15.0, validator=Rule(rules.seconds))
     # When a route's last agent leaves, its name is remembered this long; a request
     # for it then waits up to hold_s for an agent to register (else 503 + Retry-After).
