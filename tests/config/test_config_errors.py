@@ -564,22 +564,39 @@ def test_a_file_that_is_not_utf8(here: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["server", "agent"])
-def test_a_heartbeat_timeout_not_above_the_interval_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+@pytest.mark.parametrize(
+    ("interval", "timeout", "least"),
+    [("2.0", "2.0", "4.0"), ("0.2", "0.2001", "0.4"), ("5", "9.99", "10.0")],
+)
+def test_a_heartbeat_timeout_under_twice_the_interval_is_refused(
+    here: Path, kind: str, interval: str, timeout: str, least: str
 ) -> None:
-    """A quiet peer is heard once per heartbeat (its PONG): a timeout at or below
-    the interval would declare every idle connection dead."""
-    monkeypatch.chdir(tmp_path)
-    body = "[timeouts]\nheartbeat_s = 2.0\nheartbeat_timeout_s = 2.0\n"
+    """A quiet peer is heard once per heartbeat (its PONG), and its silence is read
+    when the heartbeat's timer fires: at 0.2 and 0.2001, a timer a fraction of a
+    millisecond late dropped idle connections about once a second."""
+    body = f"[timeouts]\nheartbeat_s = {interval}\nheartbeat_timeout_s = {timeout}\n"
     if kind == "server":
-        write(tmp_path, "s.toml", f'[internal]\ntoken = "{TOKEN}"\n' + body)
+        write(here, "s.toml", f'[internal]\ntoken = "{TOKEN}"\n' + body)
         problems = server_problems(Path("s.toml"))
     else:
-        write(tmp_path, "s.toml", body)
+        write(here, "s.toml", 'client_id = "a"\n' + body)
         problems = agent_problems(Path("s.toml"))
     assert problems == [
-        "s.toml: timeouts.heartbeat_timeout_s: must be more than heartbeat_s (2.0), got 2.0"
+        f"s.toml: timeouts.heartbeat_timeout_s: must be at least twice heartbeat_s "
+        f"(2 x {float(interval)!r} = {least}), so that a PONG that comes late is not taken "
+        f"for silence; got {float(timeout)!r}"
     ]
+    assert check_file(Path("s.toml"), environ={}) == (kind, problems)
+
+
+@pytest.mark.parametrize("kind", ["server", "agent"])
+def test_a_heartbeat_timeout_of_twice_the_interval_and_the_defaults_are_taken(
+    here: Path, kind: str
+) -> None:
+    head = f'[internal]\ntoken = "{TOKEN}"\n' if kind == "server" else 'client_id = "a"\n'
+    for body in ("[timeouts]\nheartbeat_s = 0.2\nheartbeat_timeout_s = 0.4\n", "[timeouts]\n"):
+        write(here, "s.toml", head + body)
+        assert check_file(Path("s.toml"), environ={}) == (kind, [])
 
 
 def test_one_port_for_both_listeners_is_refused_naming_both_keys(here: Path) -> None:

@@ -160,16 +160,27 @@ class Heartbeats(Protocol):
     def heartbeat_timeout_s(self) -> float: ...
 
 
+# A peer is declared dead after this many heartbeat intervals of silence, at least.
+HEARTBEAT_TIMEOUT_INTERVALS: Final = 2
+
+
 def heartbeat_pair(config: Heartbeats) -> list[Problem]:
     """A peer is declared dead after ``heartbeat_timeout_s`` of silence, and a quiet
-    one is heard once per ``heartbeat_s`` (its PONG): a timeout not above the
-    interval would drop every idle connection."""
-    if config.heartbeat_timeout_s <= config.heartbeat_s:
+    one is heard once per ``heartbeat_s`` (its PONG). The silence is read when the
+    heartbeat's timer fires, one interval after the PING it answered less the round
+    trip, plus however late the timer fires: a timeout just above the interval
+    would drop idle connections whenever the timer is a little late (a busy event
+    loop, a loaded machine). At twice the interval, the timer must fire a whole
+    interval late for an idle peer to pass for a dead one, as ping/pong systems
+    commonly require."""
+    least = HEARTBEAT_TIMEOUT_INTERVALS * config.heartbeat_s
+    if config.heartbeat_timeout_s < least:
         return [
             (
                 "heartbeat_timeout_s",
-                f"must be more than heartbeat_s ({show(config.heartbeat_s)}), "
-                f"got {show(config.heartbeat_timeout_s)}",
+                f"must be at least twice heartbeat_s ({HEARTBEAT_TIMEOUT_INTERVALS} x "
+                f"{show(config.heartbeat_s)} = {show(least)}), so that a PONG that comes "
+                f"late is not taken for silence; got {show(config.heartbeat_timeout_s)}",
             )
         ]
     return []
