@@ -91,3 +91,100 @@ def test_the_defaults_are_above_every_floor() -> None:
     assert agent.server.discover_interval_s == 30.0
     assert (agent.timeouts.reconnect_max_s, agent.timeouts.heartbeat_s) == (30.0, 5.0)
     assert TimeoutsConfig().heartbeat_s == 5.0
+
+
+# ------------------------------------------------------------------ the ceilings
+
+SERVER_KEYS = (
+    "request_head_s",
+    "idle_s",
+    "upstream_response_s",
+    "grace_s",
+    "handshake_s",
+    "heartbeat_s",
+    "heartbeat_timeout_s",
+    "route_memory_s",
+    "startup_hold_s",
+    "drain_delay_s",
+)
+AGENT_KEYS = (
+    "connect_s",
+    "upstream_connect_s",
+    "reconnect_max_s",
+    "upstream_idle_s",
+    "heartbeat_s",
+    "heartbeat_timeout_s",
+    "grace_s",
+)
+A_YEAR = "expected at most 31536000 seconds (a year)"
+AN_HOUR = (
+    "expected at most 3600 seconds (an hour: a held client waits as long, "
+    "and is told to come back after as long)"
+)
+
+
+@pytest.mark.parametrize("key", SERVER_KEYS)
+def test_no_server_duration_is_over_a_year(here: Path, key: str) -> None:
+    """1e308 is valid TOML: a drain_delay_s of it logged a 309-digit number."""
+    write(here, "server.toml", SERVER_HEAD + f"[timeouts]\n{key} = 1e308\n")
+    expected = [f"server.toml: timeouts.{key}: {A_YEAR}, got 1e+308"]
+    assert check_file(Path("server.toml"), environ={}) == ("server", expected)
+
+
+@pytest.mark.parametrize("key", [f"timeouts.{key}" for key in AGENT_KEYS])
+def test_no_agent_duration_is_over_a_year(here: Path, key: str) -> None:
+    table, name = key.split(".")
+    write(here, "agent.toml", AGENT_HEAD + f"[{table}]\n{name} = 1e308\n")
+    expected = [f"agent.toml: {key}: {A_YEAR}, got 1e+308"]
+    assert check_file(Path("agent.toml"), environ={}) == ("agent", expected)
+
+
+def test_no_discover_interval_is_over_a_year(here: Path) -> None:
+    write(here, "agent.toml", AGENT_HEAD + "discover_interval_s = 1e308\n")
+    expected = [f"agent.toml: server.discover_interval_s: {A_YEAR}, got 1e+308"]
+    assert check_file(Path("agent.toml"), environ={}) == ("agent", expected)
+
+
+def test_a_year_itself_is_taken(here: Path) -> None:
+    """Every key but heartbeat_s, which its timeout must double, at a year (hold_s,
+    at most an hour, has its own test)."""
+    server = "".join(f"{key} = 31536000\n" for key in SERVER_KEYS if key != "heartbeat_s")
+    write(
+        here,
+        "server.toml",
+        SERVER_HEAD + "[timeouts]\nheartbeat_s = 15768000\n" + server,
+    )
+    agent = "".join(f"{key} = 31536000\n" for key in AGENT_KEYS if key != "heartbeat_s")
+    write(
+        here,
+        "agent.toml",
+        AGENT_HEAD + "discover_interval_s = 31536000\n[timeouts]\nheartbeat_s = 15768000\n" + agent,
+    )
+    assert check_file(Path("server.toml"), environ={}) == ("server", [])
+    assert check_file(Path("agent.toml"), environ={}) == ("agent", [])
+
+
+def test_hold_s_is_at_most_an_hour_as_retry_after_is(here: Path) -> None:
+    """The 503 after a hold asks the client back after hold_s (Retry-After): at
+    1e308 the header was 309 digits long."""
+    write(here, "server.toml", SERVER_HEAD + "[timeouts]\nhold_s = 1e308\n")
+    expected = [f"server.toml: timeouts.hold_s: {AN_HOUR}, got 1e+308"]
+    assert check_file(Path("server.toml"), environ={}) == ("server", expected)
+    write(here, "server.toml", SERVER_HEAD + "[timeouts]\nhold_s = 3600.5\n")
+    expected = [f"server.toml: timeouts.hold_s: {AN_HOUR}, got 3600.5"]
+    assert check_file(Path("server.toml"), environ={}) == ("server", expected)
+    write(here, "server.toml", SERVER_HEAD + "[timeouts]\nhold_s = 3600\n")
+    assert check_file(Path("server.toml"), environ={}) == ("server", [])
+    with pytest.raises(ConfigError) as caught:
+        TimeoutsConfig(hold_s=1e308)
+    assert caught.value.problems == [f"TimeoutsConfig.hold_s: {AN_HOUR}, got 1e+308"]
+
+
+def test_an_integer_too_large_for_a_float_is_one_line_with_its_value_cut_short(
+    here: Path,
+) -> None:
+    """TOML integers have any number of digits; math.isfinite raised OverflowError
+    on this one, reported as "invalid value (OverflowError)"."""
+    write(here, "server.toml", SERVER_HEAD + "[timeouts]\nidle_s = 1" + "0" * 400 + "\n")
+    expected = [f"server.toml: timeouts.idle_s: {A_YEAR}, got 1{'0' * 79}... (401 digits)"]
+    assert check_file(Path("server.toml"), environ={}) == ("server", expected)

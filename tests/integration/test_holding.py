@@ -22,6 +22,7 @@ import trio
 import trio.testing
 
 from pvtunnel._config import AdminConfig
+from pvtunnel._config.rules import MAX_HOLD_S
 from pvtunnel._metrics import NO_ROUTE
 from pvtunnel._trio.agent import TunnelAgent
 from pvtunnel._wire.frames import MAX_STREAM_ID
@@ -133,6 +134,25 @@ async def test_no_agent_back_within_hold_s_is_503_with_retry_after() -> None:
             assert b"reconnecting" in reply.body
             assert running.server.state.metrics.held_requests["timed_out"] == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_the_longest_hold_asks_the_client_back_after_an_hour(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """hold_s is at most an hour (MAX_HOLD_S), so Retry-After is at most 3600: at
+    1e308 it was a 309-digit number."""
+    async with trio.open_nursery() as nursery:
+        config = server_config(timeouts={"hold_s": float(MAX_HOLD_S)})
+        running, _, _ = await start_departed(nursery, config)
+        async with held_request(running) as replies:
+            mock_clock.jump(MAX_HOLD_S - 1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert (replies, running.server.state.held.waiting) == ([], 1)
+            mock_clock.jump(1.5)
+        assert [(reply.status, reply.header(b"retry-after")) for reply in replies] == [
+            (503, b"3600")
+        ]
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_held_request_refused_is_logged_under_its_route_with_its_wait(

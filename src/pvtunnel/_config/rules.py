@@ -107,7 +107,10 @@ def show(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return repr(value)
+        text = repr(value)
+        if len(text) <= _MAX_SHOWN_CHARS:
+            return text
+        return f"{text[:_MAX_SHOWN_CHARS]}... ({len(text.lstrip('-'))} digits)"
     if isinstance(value, list | tuple):
         return "an array"
     if isinstance(value, dict):
@@ -208,16 +211,50 @@ def boolean(value: object) -> bool:
     raise InvalidValue(f"expected true or false, got {show(value)}")
 
 
+# The longest duration any key takes: past a year no wait is one anyone means,
+# and such values reach floats whose seconds spelled out (a log line, a header)
+# run to hundreds of digits: 1e308 is valid TOML.
+MAX_SECONDS: Final = 365 * 24 * 3600
+# hold_s: a held request keeps its client waiting this long, and its 503 asks the
+# client to come back after as long (Retry-After). An hour is past what clients and
+# proxies in front of them wait for a response head (a minute or a few), and past
+# any agent's restart; longer would only hold connections and memory.
+MAX_HOLD_S: Final = 3600
+
+
 def seconds(value: object) -> float:
-    """A duration in seconds: positive and finite (``inf`` and ``nan`` are valid TOML)."""
-    if (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    ):
-        return float(value)
-    raise InvalidValue(f"expected a finite number of seconds greater than 0, got {show(value)}")
+    """A duration in seconds: positive and finite (``inf`` and ``nan`` are valid
+    TOML), at most a year (`MAX_SECONDS`)."""
+    return _seconds_up_to(value, MAX_SECONDS, "a year")
+
+
+def _positive_seconds(value: object) -> int | float | None:
+    """``value`` if it is a positive finite number, else None. Not yet a float: an
+    integer too large for one (TOML integers have any number of digits) is compared
+    as it is, where ``float()`` or ``math.isfinite`` would raise OverflowError."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value if value > 0 else None
+
+
+def _seconds_up_to(value: object, most: float, what: str) -> float:
+    duration = _positive_seconds(value)
+    if duration is None:
+        raise InvalidValue(f"expected a finite number of seconds greater than 0, got {show(value)}")
+    if duration > most:
+        raise InvalidValue(f"expected at most {show(most)} seconds ({what}), got {show(value)}")
+    return float(duration)
+
+
+def hold_seconds(value: object) -> float:
+    """``hold_s``: positive, at most an hour (`MAX_HOLD_S`)."""
+    return _seconds_up_to(
+        value,
+        MAX_HOLD_S,
+        "an hour: a held client waits as long, and is told to come back after as long",
+    )
 
 
 def interval_seconds(floor: float, why: str) -> Callable[[object], float]:
@@ -258,15 +295,12 @@ MIN_RECONNECT_MAX_S: Final = 0.2
 
 
 def delay_seconds(value: object) -> float:
-    """A delay in seconds: 0 (none), or positive and finite."""
+    """A delay in seconds: 0 (none), or positive and finite, at most a year."""
     if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
         return 0.0
-    try:
-        return seconds(value)
-    except InvalidValue:
-        raise InvalidValue(
-            f"expected a finite number of seconds, 0 or more, got {show(value)}"
-        ) from None
+    if _positive_seconds(value) is None:
+        raise InvalidValue(f"expected a finite number of seconds, 0 or more, got {show(value)}")
+    return seconds(value)
 
 
 def string(value: object, what: str) -> str:

@@ -182,7 +182,7 @@ class TimeoutsConfig:
     # When a route's last agent leaves, its name is remembered this long; a request
     # for it then waits up to hold_s for an agent to register (else 503 + Retry-After).
     route_memory_s: float = attrs.field(default=60.0, validator=Rule(rules.seconds))
-    hold_s: float = attrs.field(default=10.0, validator=Rule(rules.seconds))
+    hold_s: float = attrs.field(default=10.0, validator=Rule(rules.hold_seconds))
     # A server that just started cannot tell a name that does not exist from one
     # whose agents have not found it yet (they reconnect with backoff, or discover a
     # new replica at their next DNS look-up): for this long after it starts, every
