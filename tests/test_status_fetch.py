@@ -196,6 +196,93 @@ def test_json_nested_too_deep_is_not_json() -> None:
         fetch_status(url, None)
 
 
+def raw_answer(answer: bytes) -> Any:
+    """Write ``answer`` as it is, HTTP or not, then close the connection."""
+
+    def write(handler: Handler) -> None:
+        handler.wfile.write(answer)
+        handler.close_connection = True
+
+    return write
+
+
+BROKEN_CHUNKS = (
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n" + json.dumps(AGENT).encode()[:20]
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "what"),
+    [
+        (
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops",
+            "the answer was HTTP 500, not 200",
+        ),
+        # urllib takes every 2xx; only 200 carries the document.
+        (b"HTTP/1.1 204 No Content\r\n\r\n", "the answer was HTTP 204, not 200"),
+        # Another service on the port (sshd announces itself first).
+        (
+            b"SSH-2.0-OpenSSH_9.6\r\n",
+            "the answer was not HTTP (its first line: 'SSH-2.0-OpenSSH_9.6')",
+        ),
+        (b"", "it closed the connection without an answer"),
+        (BROKEN_CHUNKS, "the answer was cut short"),
+    ],
+    ids=["500", "204", "not-http", "no-answer", "chunks-cut-short"],
+)
+def test_a_listener_reached_that_answers_badly_is_not_called_unreachable(
+    answer: bytes, what: str
+) -> None:
+    with endpoint(raw_answer(answer)) as (url, seen), pytest.raises(StatusError) as failed:
+        fetch_status(url, None)
+    assert len(seen) == 1
+    assert str(failed.value) == f"{url}: reached, but {what}"
+
+
+def test_a_listener_that_never_answers_was_reached(monkeypatch: pytest.MonkeyPatch) -> None:
+    """It took the connection and the request: it was reached; its answer never came."""
+    monkeypatch.setattr(_status, "FETCH_TIMEOUT_S", 0.2)
+    released = threading.Event()
+    try:
+        with (
+            endpoint(lambda _: released.wait(60)) as (url, _),
+            pytest.raises(StatusError) as failed,
+        ):
+            fetch_status(url, None)
+    finally:
+        released.set()
+    assert str(failed.value) == f"{url}: reached, but no answer came within 0.2s"
+
+
+def test_a_plain_http_listener_asked_for_https_was_reached() -> None:
+    with endpoint(json_answer(AGENT)) as (url, _), pytest.raises(StatusError) as failed:
+        fetch_status(url.replace("http://", "https://"), None)
+    assert str(failed.value).startswith(
+        f"{url.replace('http://', 'https://')}: reached, but the TLS handshake failed: "
+    )
+
+
+def test_the_command_says_the_listener_was_reached_and_what_it_answered(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    answer = raw_answer(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+    with endpoint(answer) as (url, _), pytest.raises(SystemExit) as exited:
+        _cli.main(["status", "--admin", url])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == (
+        f"pvtunnel status: {url}: reached, but the answer was HTTP 503, not 200\n"
+    )
+
+
+def test_a_listener_that_cannot_be_reached_is_called_so() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/status"
+        with pytest.raises(StatusError) as failed:
+            fetch_status(url, None)
+    assert str(failed.value).startswith(f"cannot reach {url}: ")
+
+
 def test_what_the_peer_wrote_cannot_drive_the_terminal() -> None:
     document = {**AGENT, "client_id": "a\x1b]0;pwned\x07", "server": "ws://x\nFORGED LINE"}
     text = format_status(document, "http://127.0.0.1:8082")  # type: ignore[arg-type]

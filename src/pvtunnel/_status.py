@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +27,8 @@ DEFAULT_ADMIN_URL: Final = "http://127.0.0.1:8082"
 FETCH_TIMEOUT_S: Final = 5.0
 # A status document of thousands of agents is well under a MiB.
 MAX_STATUS_BYTES: Final = 16 << 20
+# How much of a first line that is not HTTP a message quotes.
+_SHOWN_LINE: Final = 60
 # The clock the whole answer is timed by (a test's own stands in for it).
 _now = time.monotonic
 
@@ -186,8 +189,10 @@ def fetch_status(url: str, token: str | None) -> StatusDocument:
         The document, checked to be a server's or an agent's.
 
     Raises:
-        StatusError: Unreachable, refused (401), another HTTP error, or not a
-            status document. The message never contains the token.
+        StatusError: Unreachable ("cannot reach"), or reached but its answer was
+            no status document: another status than 200 (401: the token), not
+            HTTP, cut short, too slow or too big, not JSON, or JSON of another
+            shape ("reached, but"). The message never contains the token.
     """
     headers = {"Accept": "application/json"}
     if token is not None:
@@ -198,26 +203,60 @@ def fetch_status(url: str, token: str | None) -> StatusDocument:
     try:
         # Inside: urllib refuses some URLs here already (a bracket left open).
         request = urllib.request.Request(url, headers=headers)
-        with _OPENER.open(request, timeout=FETCH_TIMEOUT_S) as response:
-            body = _read_bounded(response, url)
+        response = _OPENER.open(request, timeout=FETCH_TIMEOUT_S)
     except urllib.error.HTTPError as exc:
-        if exc.code == 401:
-            hint = "a token is needed" if token is None else "the token was refused"
+        exc.close()
+        raise StatusError(f"{url}: reached, but {_status_answer(exc.code, token)}") from None
+    except urllib.error.URLError as exc:
+        # urllib wraps what fails while it connects and sends the request.
+        if isinstance(exc.reason, ssl.SSLError):
             raise StatusError(
-                f"{url}: HTTP 401, {hint} (set PVTUNNEL_ADMIN_TOKEN or pass --token-file)"
+                f"{url}: reached, but the TLS handshake failed: {exc.reason}"
             ) from None
-        raise StatusError(f"{url}: HTTP {exc.code}") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-        raise StatusError(f"cannot reach {url}: {reason}") from None
+        raise StatusError(f"cannot reach {url}: {exc.reason}") from None
+    except (ValueError, http.client.InvalidURL) as exc:
+        raise StatusError(f"cannot reach {url}: {exc}") from None
+    except (http.client.HTTPException, OSError) as exc:
+        # Raised while the answer's head is read: the request went out.
+        raise StatusError(f"{url}: reached, but {_no_answer(exc)}") from None
+    with response:
+        if response.status != 200:
+            # urllib raises for the others; a 2xx other than 200 carries no document.
+            raise StatusError(f"{url}: reached, but {_status_answer(response.status, token)}")
+        body = _read_answer(response, url)
     try:
         document = json.loads(body)
     except (ValueError, RecursionError):
-        raise StatusError(f"{url}: the answer is not JSON") from None
+        raise StatusError(f"{url}: reached, but the answer was not JSON") from None
     if not isinstance(document, dict) or document.get("kind") not in ("server", "agent"):
-        raise StatusError(f"{url}: the answer is not a pvtunnel status document")
+        raise StatusError(f"{url}: reached, but the answer was not a pvtunnel status document")
     # Checked just above as far as the formatter relies on it; json.loads gives Any.
     return cast("StatusDocument", document)
+
+
+def _status_answer(code: int, token: str | None) -> str:
+    """What an answer of another status than 200 means, after "reached, but"."""
+    if code == 401:
+        hint = "a token is needed" if token is None else "the token was refused"
+        return f"the answer was HTTP 401, {hint} (set PVTUNNEL_ADMIN_TOKEN or pass --token-file)"
+    if 300 <= code < 400:
+        return f"the answer was HTTP {code}, a redirect (not followed: the token goes nowhere else)"
+    return f"the answer was HTTP {code}, not 200"
+
+
+def _no_answer(exc: http.client.HTTPException | OSError) -> str:
+    """Why no answer's head came back, after "reached, but"."""
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return "it closed the connection without an answer"
+    if isinstance(exc, http.client.BadStatusLine):
+        first = str(exc).strip()
+        shown = first if len(first) <= _SHOWN_LINE else first[:_SHOWN_LINE] + "..."
+        return f"the answer was not HTTP (its first line: {shown!r})"
+    if isinstance(exc, http.client.HTTPException):
+        return f"the answer was not valid HTTP ({type(exc).__name__}: {exc})"
+    if isinstance(exc, TimeoutError):
+        return f"no answer came within {FETCH_TIMEOUT_S:g}s"
+    return f"the connection broke before an answer came ({exc.strerror or exc})"
 
 
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
@@ -232,17 +271,28 @@ class _NoRedirects(urllib.request.HTTPRedirectHandler):
 _OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
 
 
-def _read_bounded(response: http.client.HTTPResponse, url: str) -> bytes:
+def _read_answer(response: http.client.HTTPResponse, url: str) -> bytes:
     """The body, within `MAX_STATUS_BYTES` and `FETCH_TIMEOUT_S` in all (the socket's
     timeout bounds each read only: a byte every few seconds would go on forever)."""
     deadline = _now() + FETCH_TIMEOUT_S
     body = bytearray()
-    while chunk := response.read1(65536):
-        body += chunk
-        if len(body) > MAX_STATUS_BYTES:
-            raise StatusError(f"{url}: the answer is over {MAX_STATUS_BYTES} bytes")
-        if _now() > deadline:
-            raise StatusError(f"{url}: the answer took over {FETCH_TIMEOUT_S:g}s")
+    try:
+        while chunk := response.read1(65536):
+            body += chunk
+            if len(body) > MAX_STATUS_BYTES:
+                raise StatusError(
+                    f"{url}: reached, but the answer is over {MAX_STATUS_BYTES} bytes"
+                )
+            if _now() > deadline:
+                raise StatusError(f"{url}: reached, but the answer took over {FETCH_TIMEOUT_S:g}s")
+    except http.client.IncompleteRead:
+        # A chunked body that ends before its last chunk (or a chunk size that is
+        # not hex).
+        raise StatusError(f"{url}: reached, but the answer was cut short") from None
+    except OSError as exc:
+        raise StatusError(
+            f"{url}: reached, but the answer broke off ({exc.strerror or exc})"
+        ) from None
     return bytes(body)
 
 
@@ -268,7 +318,9 @@ def format_status(document: StatusDocument, source: str) -> str:
         return _format_agent(escaped, printable(source))
     except (KeyError, TypeError, ValueError, AttributeError, OverflowError, RecursionError) as exc:
         reason = printable(f"{type(exc).__name__} {exc}")
-        raise StatusError(f"{source}: not a pvtunnel status document ({reason})") from None
+        raise StatusError(
+            f"{source}: reached, but the answer was not a pvtunnel status document ({reason})"
+        ) from None
 
 
 def _escaped(value: object) -> object:
