@@ -239,6 +239,36 @@ def test_a_listener_reached_that_answers_badly_is_not_called_unreachable(
     assert str(failed.value) == f"{url}: reached, but {what}"
 
 
+def test_a_body_shorter_than_its_content_length_is_a_broken_answer() -> None:
+    """The whole document, but the head promised more: the connection closed
+    mid-answer, and a document that happens to parse is no reason to trust it."""
+    document = json.dumps(AGENT).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (len(document) + 100)
+    with endpoint(raw_answer(head + document)) as (url, _), pytest.raises(StatusError) as failed:
+        fetch_status(url, None)
+    assert str(failed.value) == (
+        f"{url}: reached, but the answer was cut short: {len(document)} of the "
+        f"{len(document) + 100} bytes its Content-Length declares came"
+    )
+
+
+@pytest.mark.parametrize(
+    "length", [b"+%d", b"%d, 1", b"x"], ids=["plus-sign", "two-values", "not-digits"]
+)
+def test_a_content_length_that_is_not_one_number_is_a_broken_answer(length: bytes) -> None:
+    """http.client would read ``+N`` as N, and anything it cannot parse as no length
+    at all (the body then runs to the close)."""
+    document = json.dumps(AGENT).encode()
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: "
+        + length.replace(b"%d", b"%d" % len(document))
+        + b"\r\n\r\n"
+    )
+    with endpoint(raw_answer(head + document)) as (url, _), pytest.raises(StatusError) as failed:
+        fetch_status(url, None)
+    assert str(failed.value) == f"{url}: reached, but the answer's Content-Length is not one number"
+
+
 def test_a_listener_that_never_answers_was_reached(monkeypatch: pytest.MonkeyPatch) -> None:
     """It took the connection and the request: it was reached; its answer never came."""
     monkeypatch.setattr(_status, "FETCH_TIMEOUT_S", 0.2)

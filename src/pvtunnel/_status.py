@@ -273,7 +273,13 @@ _OPENER: Final = urllib.request.build_opener(urllib.request.ProxyHandler({}), _N
 
 def _read_answer(response: http.client.HTTPResponse, url: str) -> bytes:
     """The body, within `MAX_STATUS_BYTES` and `FETCH_TIMEOUT_S` in all (the socket's
-    timeout bounds each read only: a byte every few seconds would go on forever)."""
+    timeout bounds each read only: a byte every few seconds would go on forever).
+
+    http.client ends the body quietly where the connection closes, even short of
+    its Content-Length: a body that stops early is a broken answer here, not a
+    shorter document (JSON cut at the right place still parses).
+    """
+    declared = _declared_length(response, url)
     deadline = _now() + FETCH_TIMEOUT_S
     body = bytearray()
     try:
@@ -293,7 +299,28 @@ def _read_answer(response: http.client.HTTPResponse, url: str) -> bytes:
         raise StatusError(
             f"{url}: reached, but the answer broke off ({exc.strerror or exc})"
         ) from None
+    if declared is not None and len(body) < declared:
+        raise StatusError(
+            f"{url}: reached, but the answer was cut short: {len(body)} of the "
+            f"{declared} bytes its Content-Length declares came"
+        )
     return bytes(body)
+
+
+def _declared_length(response: http.client.HTTPResponse, url: str) -> int | None:
+    """The body's length as the answer's Content-Length declares it, or None for a
+    chunked body (as http.client reads it) or one that runs to the close."""
+    encoding = response.headers.get("Transfer-Encoding")
+    if encoding is not None and encoding.lower() == "chunked":
+        return None
+    values = {value.strip() for value in response.headers.get_all("Content-Length", [])}
+    if not values:
+        return None
+    # http.client reads a length it cannot parse as none at all (the body then
+    # runs to the close), and one it can more loosely than HTTP allows ("+5", "1_0").
+    if len(values) > 1 or not all(value.isascii() and value.isdigit() for value in values):
+        raise StatusError(f"{url}: reached, but the answer's Content-Length is not one number")
+    return int(values.pop())
 
 
 def format_status(document: StatusDocument, source: str) -> str:
