@@ -121,7 +121,7 @@ def test_agent_problems_across_tables_are_reported_together(here: Path) -> None:
     assert agent_problems(Path("agent.toml")) == [
         "agent.toml: client_id: must not be empty",
         'agent.toml: server.url[0]: expected a ws:// or wss:// URL, got "ftp://proxy"',
-        'agent.toml: server.url[1]: expected a ws:// or wss:// URL, got "proxy:99999"',
+        'agent.toml: server.url[1]: the port must be a number from 1 to 65535, got "proxy:99999"',
         'agent.toml: server.url[2]: expected a URL with a host name or IP address, got "ws://:80"',
         'agent.toml: server.discover: expected "none" or "dns", got "srv"',
         "agent.toml: routes[0].name: expected a route name (letters, digits, '-' and '.', "

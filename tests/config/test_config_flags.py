@@ -401,6 +401,15 @@ def test_bad_or_repeated_server_flags_are_all_reported() -> None:
     ]
 
 
+@pytest.mark.parametrize("url", ["ws://proxy:99999", "proxy:65536", "wss://proxy:https"])
+def test_a_server_flag_with_a_bad_port_says_the_port_is_wrong(url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        with_agent_overrides(FILE_AGENT, server_urls=[url])
+    assert caught.value.problems == [
+        f'--server: the port must be a number from 1 to 65535, got "{url}"'
+    ]
+
+
 def test_one_server_written_two_ways_is_blamed_on_the_flag() -> None:
     with pytest.raises(ConfigError) as caught:
         with_agent_overrides(FILE_AGENT, server_urls=["ws://h:1", "ws://H:1/"])

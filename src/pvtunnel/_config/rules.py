@@ -523,18 +523,35 @@ def server_url(value: object) -> str:
         raise InvalidValue("credentials in the URL are not allowed: set token or token_file")
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError:
         raise InvalidValue(f"expected a ws:// or wss:// URL, got {show(value)}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("ws", "wss"):
         raise InvalidValue(f"expected a ws:// or wss:// URL, got {show(value)}")
     hostname = parts.hostname or ""
-    if not (is_ip_literal(hostname) or is_host_name(hostname)):
+    # urlsplit drops what follows "]" up to a colon: "[::1]x" would dial [::1].
+    after_brackets = parts.netloc.partition("]")[2] if parts.netloc.startswith("[") else ""
+    if not (is_ip_literal(hostname) or is_host_name(hostname)) or (
+        after_brackets and not after_brackets.startswith(":")
+    ):
         raise InvalidValue(f"expected a URL with a host name or IP address, got {show(value)}")
-    if port == 0 or parts.fragment or any(char.isspace() for char in url):
+    if not _url_port_valid(parts.netloc):
+        raise InvalidValue(f"the port must be a number from 1 to 65535, got {show(value)}")
+    if parts.fragment or any(char.isspace() for char in url):
         raise InvalidValue(f"expected a ws:// or wss:// URL, got {show(value)}")
     return f"{scheme}{url[len(parts.scheme) :]}"
+
+
+def _url_port_valid(netloc: str) -> bool:
+    """Whether the port of a URL's ``host[:port]`` or ``[v6][:port]`` is absent (or
+    empty: the scheme's default) or a number from 1 to 65535.
+
+    Read here rather than from ``urlsplit(...).port``, whose ValueError would have
+    to be told apart from the URL's other faults to say which part is wrong.
+    """
+    after_host = netloc.partition("]")[2] if netloc.startswith("[") else netloc
+    port = after_host.partition(":")[2]
+    return not port or (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535)
 
 
 def server_urls(value: object) -> tuple[str, ...]:
