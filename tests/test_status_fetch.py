@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pvtunnel import _cli, _status
-from pvtunnel._config import generate_token
-from pvtunnel._errors import StatusError
+from pvtunnel._config import generate_token, load_server_config
+from pvtunnel._errors import ConfigError, StatusError
 from pvtunnel._status import fetch_status, format_status
 
 if TYPE_CHECKING:
@@ -392,6 +392,35 @@ def test_an_environment_token_no_header_can_carry_is_a_usage_mistake(
         "environment: PVTUNNEL_ADMIN_TOKEN: the token must be printable ASCII without "
         "spaces (it is sent in an HTTP header)\n"
     )
+
+
+@pytest.mark.parametrize("value", ["", " \n"], ids=["empty", "blank"])
+def test_an_empty_environment_token_is_a_usage_mistake_as_serve_says(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    """Set but empty is not "no token": the line and the exit status `serve` and
+    `agent` give for it, before anything is sent."""
+    monkeypatch.setenv("PVTUNNEL_ADMIN_TOKEN", value)
+    with pytest.raises(ConfigError) as serve_refused:
+        load_server_config(None, environ={"PVTUNNEL_ADMIN_TOKEN": value})
+    with endpoint(json_answer(AGENT)) as (url, seen), pytest.raises(SystemExit) as exited:
+        _cli.main(["status", "--admin", url])
+    assert exited.value.code == 2
+    assert seen == []
+    said = "environment: PVTUNNEL_ADMIN_TOKEN: the token must not be empty"
+    assert serve_refused.value.problems == [said]
+    assert capsys.readouterr().err == f"{said}\n"
+
+
+def test_a_token_file_is_used_whatever_the_environment_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flag names the token to send; the variable it overrides is not read."""
+    monkeypatch.setenv("PVTUNNEL_ADMIN_TOKEN", "")
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    with endpoint(json_answer(AGENT)) as (url, seen), pytest.raises(SystemExit) as exited:
+        _cli.main(["status", "--admin", url, "--token-file", str(tmp_path / "token")])
+    assert (exited.value.code, seen) == (0, [f"Bearer {TOKEN}"])
 
 
 def test_a_token_given_as_token_file_is_not_echoed(

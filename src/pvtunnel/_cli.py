@@ -444,11 +444,15 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    # Stripped as `serve` and `agent` strip theirs (a secret's file or variable often
-    # ends in a newline).
-    token = os.environ.get("PVTUNNEL_ADMIN_TOKEN", "").strip() or None
-    source = "environment: PVTUNNEL_ADMIN_TOKEN: the token"
-    if args.token_file is not None:
+    if args.token_file is None:
+        # Read as `serve` and `agent` read it: stripped (a variable often ends in a
+        # newline), and refused, exit 2, when set but empty or not a token. Empty is
+        # not taken for none: it is most often a secret that did not arrive
+        # (VAR=$(cat missing-file)), and asking without one would end in a 401
+        # telling the user to set the variable they did set.
+        from_environment = admin_token_from_environment(os.environ)
+        token = None if from_environment is None else from_environment.reveal()
+    else:
         try:
             content = read_limited_text(args.token_file, MAX_TOKEN_FILE_BYTES)
         except FileNotFoundError:
@@ -472,18 +476,18 @@ def _status(args: argparse.Namespace) -> int:
             raise ConfigError([f"--token-file: {args.token_file} {TOKEN_FILE_TOO_BIG}"])
         # Empty, it is refused, not taken for none: asking without a token, and
         # without the environment's either, would only end in a 401.
-        token, source = content.strip(), f"--token-file: the token in {args.token_file}"
-    # Checked as `serve` and `agent` check theirs: a usage mistake, said before
-    # anything is sent.
-    problem = None if token is None else token_text(token)
-    if problem is not None:
-        raise ConfigError([f"{source} {problem}"])
+        token = content.strip()
+        # Checked as `serve` and `agent` check theirs: a usage mistake, said before
+        # anything is sent.
+        problem = token_text(token)
+        if problem is not None:
+            raise ConfigError([f"--token-file: the token in {args.token_file} {problem}"])
     try:
         url = admin_url(args.admin)
     except ValueError as exc:
         raise ConfigError([f"--admin: {exc}"]) from None
     try:
-        document = fetch_status(url, token or None)
+        document = fetch_status(url, token)
         text = format_status(document, url.removesuffix("/status"))
     except StatusError as exc:
         say(f"pvtunnel status: {printable(str(exc))}", level="error")
