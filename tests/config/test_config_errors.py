@@ -644,6 +644,28 @@ def test_an_admin_port_on_a_tunnel_listeners_port_and_address_is_refused(here: P
 
 
 @pytest.mark.parametrize(
+    ("host", "admin_host"),
+    [("localhost", "::1"), ("localhost", "::"), ("::1", "localhost"), ("0.0.0.0", "localhost")],
+)
+def test_localhost_overlaps_both_loopback_addresses(here: Path, host: str, admin_host: str) -> None:
+    """A host name is bound on every address it resolves to, and localhost resolves
+    to ::1 as well as 127.0.0.1 on most systems: a clash there must not pass the
+    check, whether or not this machine's localhost has ::1."""
+    write(
+        here,
+        "s.toml",
+        f'host = "{host}"\n[internal]\nport = 9000\n[admin]\nport = 9000\nhost = "{admin_host}"\n'
+        f'token = "{TOKEN}"\n',
+    )
+    expected = [
+        f"s.toml: admin.port: 9000 is internal.port too, on overlapping addresses "
+        f'(host "{host}", admin.host "{admin_host}"), so the second listener could not '
+        "start; give each its own port (0: any free one)"
+    ]
+    assert check_file(Path("s.toml"), environ={}) == ("server", expected)
+
+
+@pytest.mark.parametrize(
     ("host", "admin"),
     [
         ('host = "127.0.0.2"', "port = 9000"),  # two loopback addresses

@@ -164,25 +164,30 @@ def binds_overlap(one: str, other: str) -> bool:
     A wildcard (0.0.0.0, ::) takes the port on every address of its family, so
     Linux refuses a second bind beside it (elsewhere the narrower listener would
     quietly take its address's connections). trio opens IPv6 listeners
-    IPv6-only, so the two families never meet. "localhost" counts as 127.0.0.1,
-    which it resolves to everywhere; any other name is only known to clash with
+    IPv6-only, so the two families never meet. A host name is bound on every
+    address it resolves to, one listener each; "localhost" counts as both
+    127.0.0.1 and ::1, as most systems resolve it (without ::1 on this machine,
+    the check still refuses what would clash on one that has it, so a file that
+    passes here starts there too). Any other name is only known to clash with
     itself, as its addresses are not looked up here.
     """
     if one.lower() == other.lower():
         return True
-    first, second = _bind_address(one), _bind_address(other)
-    if first is None or second is None or first.version != second.version:
-        return False
-    return first == second or first.is_unspecified or second.is_unspecified
+    return any(
+        first.version == second.version
+        and (first == second or first.is_unspecified or second.is_unspecified)
+        for first in _bind_addresses(one)
+        for second in _bind_addresses(other)
+    )
 
 
-def _bind_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def _bind_addresses(host: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]:
     if host.lower() == "localhost":
-        return ipaddress.IPv4Address("127.0.0.1")
+        return (ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1"))
     try:
-        return ipaddress.ip_address(host)
+        return (ipaddress.ip_address(host),)
     except ValueError:
-        return None
+        return ()
 
 
 def integer(low: int, high: int) -> Callable[[object], int]:
