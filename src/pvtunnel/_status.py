@@ -50,6 +50,9 @@ class ServerRouteEntry(TypedDict):
 
 class ServerStatusDocument(TypedDict):
     kind: Literal["server"]
+    # The id the server sends with every upgrade (protocol.md 1.1); servers older
+    # than it send none, so readers use ``.get``.
+    server_id: NotRequired[str]
     ready: bool
     draining: bool
     in_flight: int

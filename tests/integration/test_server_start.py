@@ -9,17 +9,20 @@ listeners on one port, the one reported.
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
 import trio
+import trio_websocket
 
 from pvtunnel._trio.server import ServerAddresses, TunnelServer
+from pvtunnel._wire.identity import server_id_from
 from tests.config.helpers import encrypt_key, write_tls_files
 
-from .harness import server_config
+from .harness import TOKEN, server_config, start_server
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -131,3 +134,27 @@ async def _listens_on_the_reported_port(config: ServerConfig) -> None:
                 with trio.socket.socket(family) as sock:
                     await sock.connect((address, port))
         nursery.cancel_scope.cancel()
+
+
+async def test_every_upgrade_is_answered_with_the_id_of_its_server_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The same id on every connection to one server, another for another server
+    (protocol.md 1.1); a client that closes with 1000 before its HELLO is no failure."""
+    caplog.set_level(logging.INFO, logger="pvtunnel.server")
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            first = await start_server(nursery)
+            second = await start_server(nursery)
+            seen = []
+            for running in (first, first, second):
+                async with trio_websocket.open_websocket_url(
+                    running.url, extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())]
+                ) as ws:
+                    seen.append(server_id_from(ws.handshake_headers))
+            assert seen == [first.server.server_id] * 2 + [second.server.server_id]
+            assert first.server.server_id != second.server.server_id
+            nursery.cancel_scope.cancel()
+    assert "closed before its HELLO" in caplog.text
+    server_lines = [r for r in caplog.records if r.name == "pvtunnel.server"]
+    assert not [r for r in server_lines if r.levelno >= logging.WARNING]

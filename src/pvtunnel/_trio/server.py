@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import secrets
 import ssl
 import time
 from typing import TYPE_CHECKING, Final
@@ -40,6 +41,7 @@ from pvtunnel._trio.state import AgentSession, ServerState
 from pvtunnel._trio.tunnel import Tunnel
 from pvtunnel._trio.websocket import TRANSPORT_GONE, WebSocket, read_upgrade
 from pvtunnel._wire import events as ev
+from pvtunnel._wire.identity import SERVER_ID_HEADER, new_server_id
 from pvtunnel._wire.mux import Multiplexer, Role
 
 if TYPE_CHECKING:
@@ -73,6 +75,9 @@ class TunnelServer:
             raise ConfigError(["internal.token: the server needs a token for its agents"])
         self.config = config
         self.state = ServerState(config)
+        # Sent with every upgrade (protocol.md 1.1): an agent whose two URLs reach
+        # this one process then registers through one of them only.
+        self.server_id = new_server_id(secrets.token_bytes(16))
         self._listen_scope = trio.CancelScope()
 
     @property
@@ -233,7 +238,9 @@ class TunnelServer:
             return None
         try:
             with trio.fail_after(config.timeouts.handshake_s):
-                connection = await request.accept()
+                connection = await request.accept(
+                    extra_headers=[(SERVER_ID_HEADER, self.server_id.encode())]
+                )
         except (*TRANSPORT_GONE, trio.TooSlowError) as exc:
             logger.info("agent connection from %s lost before the upgrade: %s", address, exc)
             return None
@@ -274,7 +281,15 @@ class TunnelServer:
         ) as exc:
             if isinstance(exc, ProtocolError):
                 self.state.metrics.agent_protocol_errors += 1
-            logger.warning("agent handshake from %s failed: %s", address, exc)
+            closed = ws.closed
+            if isinstance(exc, TunnelClosedError) and closed is not None and closed.code == 1000:
+                # The agent's own choice, not a failure: it has a connection here by
+                # another URL already (protocol.md 1.1), and says so in the reason.
+                logger.info(
+                    "agent connection from %s closed before its HELLO: %a", address, closed.reason
+                )
+            else:
+                logger.warning("agent handshake from %s failed: %s", address, exc)
             await tunnel.aclose("handshake failed")
             return
         session = AgentSession(
@@ -529,6 +544,7 @@ class ServerAdmin:
         ]
         return ServerStatusDocument(
             kind="server",
+            server_id=self._server.server_id,
             ready=self.is_ready(),
             draining=state.draining,
             in_flight=state.in_flight,
