@@ -158,6 +158,16 @@ class ClientGoneError(PvTunnelError):
     """The client connection broke or sent something unusable mid-request."""
 
 
+class SameServerError(PvTunnelError):
+    """An agent link's upgrade reached a server another of its links holds already
+    (protocol.md 1.1): ``holder`` names that link, ``server_id`` is the server's id."""
+
+    def __init__(self, holder: str, server_id: str) -> None:
+        super().__init__(f"{holder} is connected to server {server_id} already")
+        self.holder = holder
+        self.server_id = server_id
+
+
 # ------------------------------------------------------------ configuration
 
 

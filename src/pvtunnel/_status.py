@@ -85,6 +85,14 @@ class AgentServerEntry(TypedDict):
     # Why the server turned the agent away for good (token, hello, certificate); None
     # while the link is connected or still retrying.
     refused: str | None
+    # The id the server answered this link's upgrade with (protocol.md 1.1), while the
+    # link holds that server; None otherwise, or from a server that sends none.
+    server_id: NotRequired[str | None]
+    # Another of the agent's links (its URL, and address with DNS discovery), which
+    # held the server this one's latest attempt reached: this one then did not
+    # register there (it retries at its reconnect pace). None otherwise. Agents
+    # older than these keys lack them.
+    same_server_as: NotRequired[str | None]
 
 
 class AgentStatusDocument(TypedDict):
@@ -427,6 +435,12 @@ def _format_agent(document: AgentStatusDocument, source: str) -> str:
     ]
     if len(servers) > 1 or discovered:
         lines += _servers_table(servers, discovered=discovered)
+        lines += [
+            f"{_label(server)}: not registered; its latest attempt reached the server "
+            f"{server['same_server_as']} holds"
+            for server in servers
+            if server.get("same_server_as") and not server["connected"]
+        ]
         lines.append("")
     lines += _table(
         ("ROUTE", "TARGET", "STREAMS", "IDLE CONNECTIONS", "CONNECT ERRORS"),
@@ -459,8 +473,10 @@ def _servers_table(servers: Sequence[AgentServerEntry], *, discovered: bool) -> 
     for server in servers:
         if server["connected"]:
             link = "connected"
+        elif server["refused"] is not None:
+            link = "refused"
         else:
-            link = "connecting" if server["refused"] is None else "refused"
+            link = "same server" if server.get("same_server_as") else "connecting"
         for_s = server["connected_for_s"]
         address = (server.get("address") or "-",) if discovered else ()
         rows.append(
@@ -477,6 +493,12 @@ def _servers_table(servers: Sequence[AgentServerEntry], *, discovered: bool) -> 
     header = ("SERVER", *(("ADDRESS",) if discovered else ()), "STATE", "CONNECTED SINCE")
     shift = 1 if discovered else 0
     return _table((*header, "FOR", "RECONNECTS", "IN FLIGHT"), rows, numeric={4 + shift, 5 + shift})
+
+
+def _label(server: AgentServerEntry) -> str:
+    """A server link as the agent's logs name it: its URL, and the address it dials."""
+    address = server.get("address")
+    return server["url"] if not address else f"{server['url']} ({address})"
 
 
 def _state(*, ready: bool, draining: bool) -> str:

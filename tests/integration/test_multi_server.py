@@ -30,6 +30,7 @@ from pvtunnel._config import (
 )
 from pvtunnel._errors import HandshakeRefusedError
 from pvtunnel._trio.agent import TunnelAgent
+from pvtunnel._trio.server import ServerAdmin
 from tests.integration.admin_probe import admin_get, scrape, status_of as admin_status_of
 from tests.integration.client import fetch
 from tests.integration.harness import (
@@ -482,4 +483,94 @@ async def test_a_server_that_comes_back_during_a_drain_gets_no_connection() -> N
             served = len(upstream.requests)
             assert (await fetch(revived.port, b"GET", b"/")).status == 404
             assert len(upstream.requests) == served
+            nursery.cancel_scope.cancel()
+
+
+async def test_two_urls_to_one_server_keep_one_link_and_do_not_replace_each_other(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """127.0.0.1 and localhost name one server: the server keeps one connection per
+    client id, so two registrations would replace each other in a loop. The first
+    link stays; the second retries at the reconnect pace and registers nowhere, and
+    /status and pvtunnel status say which link it shares the server with."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_upstream(nursery, "svc")
+            by_name = running.url.replace("127.0.0.1", "localhost")
+            config = multi_agent_config(
+                [running], {"app": port}, timeouts=QUICK_RETRY, admin=AdminConfig(port=0)
+            )
+            endpoint = attrs.evolve(config.server, urls=(running.url, by_name))
+            agent = TunnelAgent(attrs.evolve(config, server=endpoint))
+            status: AgentStatus = await nursery.start(agent.serve)
+            (kept,) = (link for link in agent.links if link.connected)
+            (other,) = (link for link in agent.links if link is not kept)
+            since = kept.connected_at
+            # Several retries of the other link: each reached the server, and none
+            # of them registered there or displaced the kept one.
+            await wait_for(agent, lambda: other.reconnects >= 3)
+            assert running.server.state.metrics.agent_connects == 1
+            assert (kept.connected, kept.connected_at, kept.reconnects) == (True, since, 0)
+            assert not other.connected
+            assert len(running.server.sessions) == 1
+            assert (await fetch(running.port, b"GET", b"/")).status == 200
+
+            server_id = running.server.server_id
+            assert re.fullmatch(r"[0-9a-f]{32}", server_id)
+            assert ServerAdmin(running.server).status()["server_id"] == server_id
+            document = await status_of(status.admin)
+            assert {
+                e["url"]: (e["connected"], e["server_id"], e["same_server_as"])
+                for e in document["servers"]
+            } == {kept.url: (True, server_id, None), other.url: (False, None, kept.url)}
+            admin = status.admin
+            admin_url = f"http://{admin[0]}:{admin[1]}" if admin else ""
+            shown = await pvtunnel("status", "--admin", admin_url)
+            assert shown.returncode == 0, shown.stderr
+            lines = shown.stdout.decode().splitlines()
+            assert "connected to 1 of 2 servers" in lines[0]
+            assert any(re.match(rf"{other.url} +same server +- +- ", line) for line in lines)
+            assert (
+                f"{other.url}: not registered; its latest attempt reached the server "
+                f"{kept.url} holds" in lines
+            )
+            nursery.cancel_scope.cancel()
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    same = [r.getMessage() for r in warnings if "same server" in r.getMessage()]
+    assert len(same) == 1, [r.getMessage() for r in warnings]
+    assert kept.url in same[0]
+    assert other.url in same[0]
+    # The server hears a clean close before any HELLO: the agent's choice, no failure.
+    assert not [r.getMessage() for r in warnings if r.name == "pvtunnel.server"]
+    assert not any(TOKEN in r.getMessage() for r in caplog.records)
+
+
+async def test_once_the_link_holding_the_server_drops_one_link_takes_it_again() -> None:
+    """The claim on a server ends with the connection that made it: after the server
+    drops it, the two links race again, one registers, and the other keeps finding
+    it there instead of replacing it."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            _, port = await start_upstream(nursery, "svc")
+            config = multi_agent_config([running], {"app": port}, timeouts=QUICK_RETRY)
+            by_name = running.url.replace("127.0.0.1", "localhost")
+            endpoint = attrs.evolve(config.server, urls=(running.url, by_name))
+            agent = TunnelAgent(attrs.evolve(config, server=endpoint))
+            await nursery.start(agent.serve)
+            (kept,) = (link for link in agent.links if link.connected)
+            await wait_for(agent, lambda: any(link.same_server_as for link in agent.links))
+
+            (session,) = running.server.sessions
+            session.scope.cancel()
+            await wait_for(agent, lambda: not kept.connected)
+            await wait_for_sessions(running, 1)
+            attempts = agent.reconnects
+            await wait_for(agent, lambda: agent.reconnects >= attempts + 4)
+            assert running.server.state.metrics.agent_connects == 2
+            assert sum(link.connected for link in agent.links) == 1
+            (holder,) = (link for link in agent.links if link.connected)
+            assert holder.server_id == running.server.server_id
+            assert (await fetch(running.port, b"GET", b"/")).status == 200
             nursery.cancel_scope.cancel()

@@ -44,6 +44,10 @@ class LinkFigures(Protocol):
     def refusal(self) -> HandshakeRefusedError | None: ...
     @property
     def refused_routes(self) -> Mapping[str, str]: ...
+    @property
+    def server_id(self) -> str | None: ...
+    @property
+    def same_server_as(self) -> str | None: ...
 
 
 class AgentFigures(Protocol):
@@ -130,6 +134,8 @@ class AgentAdmin:
                 reconnects=link.reconnects,
                 in_flight=link.in_flight,
                 refused=None if link.refusal is None else str(link.refusal),
+                server_id=link.server_id,
+                same_server_as=link.same_server_as,
             )
             for link in agent.links
         ]

@@ -11,6 +11,13 @@ or a REJECT of the hello is final for that server and ends its link;
 anything the network does (refused, reset, a server restart) is retried with
 capped, jittered exponential backoff, forever.
 
+Two URLs may lead to one server (127.0.0.1 and localhost, two names for one
+host): the server keeps one connection per client id, so two registrations there
+would replace each other, forever. Each server says who it is at the upgrade (its
+server id, protocol.md 1.1); a link whose upgrade reaches a server another link of
+the agent is connected to already closes before its HELLO, and tries again at its
+reconnect pace, as the address may later lead to another server.
+
 A server certificate that does not verify is configuration, not the network (a
 missing ``ca_file``, a wrong host name): before a link has ever registered it is
 final for that link (`ServerCertificateError`), so a mistake shows at once
@@ -35,6 +42,7 @@ from pvtunnel._errors import (
     HandshakeRefusedError,
     ProtocolError,
     RemoteProtocolError,
+    SameServerError,
     ServerCertificateError,
     ServerUnreachableError,
     TunnelClosedError,
@@ -51,6 +59,7 @@ from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.tunnel import Tunnel
 from pvtunnel._trio.websocket import ConnectionRejected, WebSocket, connect
 from pvtunnel._wire import events as ev
+from pvtunnel._wire.identity import server_id_from
 from pvtunnel._wire.mux import Multiplexer, Role
 
 if TYPE_CHECKING:
@@ -114,6 +123,13 @@ class ServerLink:
     refused_routes: dict[str, str] = attrs.field(factory=dict)
     # The agent drains and this link is down: it dials no more until the agent stops.
     stood_down: bool = False
+    # The id the server answered this link's upgrade with (protocol.md 1.1), from the
+    # upgrade until the session ends; None between sessions, and from a server that
+    # sends none. Another link's upgrade that finds it here is to the same server.
+    server_id: str | None = None
+    # The link (its label) that held the server this one's latest upgrade reached:
+    # this one then did not register. None once an upgrade reaches a server of its own.
+    same_server_as: str | None = None
 
     @property
     def connected(self) -> bool:
@@ -132,6 +148,10 @@ class ServerLink:
     @property
     def in_flight(self) -> int:
         return self.tunnel.in_flight if self.tunnel is not None else 0
+
+
+# The close that ends such a connection, before its HELLO, says why to the server.
+SAME_SERVER_REASON: Final = "this agent is connected to this server by another URL"
 
 
 class _Reporter(Protocol):
@@ -174,6 +194,8 @@ async def serve_link(agent: LinkOwner, link: ServerLink, startup: _Reporter) -> 
         try:
             await _session(agent, link, startup)
             logger.warning("the connection to %s ended", link.label)
+        except SameServerError as exc:
+            _say_same_server(link, exc)
         except ServerCertificateError as exc:
             if not link.has_registered:
                 _end_link(agent, link, exc, startup)
@@ -209,6 +231,23 @@ async def serve_link(agent: LinkOwner, link: ServerLink, startup: _Reporter) -> 
         if not agent.draining:
             link.reconnects += 1
             agent._links_changed()
+
+
+def _say_same_server(link: ServerLink, exc: SameServerError) -> None:
+    """Warn once, while the same link keeps holding that server; retries say it quietly."""
+    holder = exc.holder
+    if link.same_server_as == holder:
+        logger.info("%s still reaches the server %s is connected to", link.label, holder)
+        return
+    link.same_server_as = holder
+    logger.warning(
+        "%s reaches the same server as %s (server id %s), which this agent is connected "
+        "to already: not registering twice, since the server keeps one connection per "
+        "client id and the two would replace each other; retrying at the reconnect pace",
+        link.label,
+        holder,
+        exc.server_id,
+    )
 
 
 async def _stand_down(agent: LinkOwner, link: ServerLink) -> None:
@@ -261,6 +300,16 @@ async def _session_tasks(agent: LinkOwner, link: ServerLink, startup: _Reporter)
         try:
             with trio.fail_after(agent.config.timeouts.connect_s):
                 ws = await _handshake(agent, connection, stream, host, port, target)
+            # No checkpoint between the look and the claim: of two links upgrading
+            # to one server at once, the first to get here keeps it.
+            server_id = server_id_from(ws.connection.handshake_headers)
+            holder = _holding(agent.links, link, server_id)
+            if holder is not None:
+                assert server_id is not None
+                await ws.aclose(1000, SAME_SERVER_REASON)
+                raise SameServerError(holder.label, server_id)
+            link.server_id = server_id
+            link.same_server_as = None
             try:
                 async with trio.open_nursery() as nursery:
                     try:
@@ -271,10 +320,26 @@ async def _session_tasks(agent: LinkOwner, link: ServerLink, startup: _Reporter)
                             agent._links_changed()
                         nursery.cancel_scope.cancel()
             finally:
+                link.server_id = None
                 # Outside the cancelled nursery, so the close is said, not cut short.
                 await ws.aclose()
         finally:
             await trio.aclose_forcefully(stream)
+
+
+def _holding(
+    links: Sequence[ServerLink], link: ServerLink, server_id: str | None
+) -> ServerLink | None:
+    """The other link whose session reached the server ``server_id`` names, if any.
+
+    A link holds its server from its upgrade to the end of its session, so one that
+    has yet to register counts too, and so does one draining (its GOAWAY said): the
+    GOAWAY may reach the server after the other link's HELLO, which would then
+    replace it while its requests finish.
+    """
+    if server_id is None:
+        return None
+    return next((o for o in links if o is not link and o.server_id == server_id), None)
 
 
 async def _handshake(
