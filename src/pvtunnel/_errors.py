@@ -77,11 +77,13 @@ class TunnelClosedError(PvTunnelError):
 
 
 class UpstreamError(PvTunnelError):
-    """The agent could not talk to a route's target; ``code`` says how it failed."""
+    """The agent could not talk to a route's target; ``code`` says how it failed;
+    ``logged``: the failure was logged already (or held back, see `LogThrottle`)."""
 
-    def __init__(self, message: str, code: ErrorCode) -> None:
+    def __init__(self, message: str, code: ErrorCode, *, logged: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.logged = logged
 
 
 class ServerUnreachableError(PvTunnelError, OSError):

@@ -24,7 +24,7 @@ from pvtunnel._http.inspect import is_inspect_path
 from pvtunnel._trio.closing import close_after_answer
 from pvtunnel._trio.http11 import H11Stream
 from pvtunnel._trio.inspect_http import answer_inspect
-from pvtunnel._trio.listeners import open_listeners
+from pvtunnel._trio.listeners import open_listeners, serve_listeners
 from pvtunnel._trio.sockio import BROKEN
 
 if TYPE_CHECKING:
@@ -62,7 +62,9 @@ async def serve_admin(
         _serve_connection, source=source, inspector=inspector, token=config.token
     )
     async with trio.open_nursery() as nursery:
-        await nursery.start(functools.partial(trio.serve_listeners, handler, listeners))
+        await nursery.start(
+            functools.partial(serve_listeners, handler, listeners, what="admin", log=logger)
+        )
         logger.info("admin listener on %s:%d", *address)
         task_status.started(address)
 

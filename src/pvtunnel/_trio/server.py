@@ -36,7 +36,7 @@ from pvtunnel._trio.admin import serve_admin
 from pvtunnel._trio.front import handle_client
 from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.hangups import peer_address, watch_hangups
-from pvtunnel._trio.listeners import open_listeners
+from pvtunnel._trio.listeners import open_listeners, serve_listeners
 from pvtunnel._trio.state import AgentSession, ServerState
 from pvtunnel._trio.tunnel import Tunnel
 from pvtunnel._trio.websocket import TRANSPORT_GONE, WebSocket, read_upgrade
@@ -120,9 +120,11 @@ class TunnelServer:
                 internal = internal_listeners[0].socket.getsockname()
                 await listening.start(
                     functools.partial(
-                        trio.serve_listeners,
+                        serve_listeners,
                         self._handle_agent,
                         _secure(internal_listeners, internal_ssl),
+                        what="internal",
+                        log=logger,
                         handler_nursery=handlers,
                     )
                 )
@@ -133,9 +135,11 @@ class TunnelServer:
                 )
                 await listening.start(
                     functools.partial(
-                        trio.serve_listeners,
+                        serve_listeners,
                         handler,
                         _secure(listeners, ext_ssl),
+                        what="external",
+                        log=logger,
                         handler_nursery=handlers,
                     )
                 )

@@ -29,6 +29,7 @@ import trio
 from pvtunnel._errors import ErrorCode, LocalProtocolError, TunnelClosedError, UpstreamError
 from pvtunnel._http.framing import MAX_INTERIM_RESPONSES, field_problem, framing_problem
 from pvtunnel._http.headers import end_to_end, header_value, is_chunked, response_end_to_end
+from pvtunnel._logs import LogThrottle
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.http11 import H11Stream
@@ -54,6 +55,8 @@ REAP_EVERY_S: Final = 5.0
 # ...but never more often than this, however short `upstream_idle_s` is (the config
 # takes any positive value; a reaper at 1 us would spin).
 REAP_AT_MOST_EVERY_S: Final = 0.5
+# The least time between two lines about dials that failed for want of descriptors.
+SHORTAGE_LOG_EVERY_S: Final = 10.0
 
 
 class UpstreamConnection(H11Stream[trio.SocketStream]):
@@ -87,6 +90,9 @@ class UpstreamPool:
         # Routes whose upstream's last answer was HTTP/1.0: a client must not send
         # it Transfer-Encoding (RFC 9112 section 6.1), which it would not read.
         self.http_1_0: set[str] = set()
+        # Dials that fail for want of descriptors here fail every request at once:
+        # one line now and then says so (with a count), not one per request.
+        self._short_log = LogThrottle(SHORTAGE_LOG_EVERY_S)
 
     @property
     def body_limit(self) -> int:
@@ -160,18 +166,22 @@ class UpstreamPool:
                 ErrorCode.UPSTREAM_CONNECT_FAILED,
             ) from None
         except OSError as exc:
-            why = why_connect_failed(exc)
+            why = f"cannot connect to {route.value}:{route.port}: {why_connect_failed(exc)}"
             if out_of_descriptors(exc):
                 # The agent's own shortage, not the upstream's: not counted against
                 # the route, and said so (a client still gets 502).
                 why += " (the agent is out of file descriptors: raise its limit, ulimit -n)"
-            else:
-                self._metrics.upstream_connect_failed(route.name)
-            raise UpstreamError(
-                f"cannot connect to {route.value}:{route.port}: {why}",
-                ErrorCode.UPSTREAM_CONNECT_FAILED,
-            ) from None
+                self._log_shortage(route, why)
+                raise UpstreamError(why, ErrorCode.UPSTREAM_CONNECT_FAILED, logged=True) from None
+            self._metrics.upstream_connect_failed(route.name)
+            raise UpstreamError(why, ErrorCode.UPSTREAM_CONNECT_FAILED) from None
         return UpstreamConnection(stream)
+
+    def _log_shortage(self, route: Route, why: str) -> None:
+        held = self._short_log.allow(trio.current_time())
+        if held is not None:
+            more = f"; {held} more requests failed so since the last line" if held else ""
+            logger.warning("route %s: %s%s", route.name, why, more)
 
     def keep(self, route: Route, connection: UpstreamConnection) -> bool:
         """Pool the connection if both sides finished cleanly; False: the caller closes it."""
@@ -318,7 +328,8 @@ class Replay:
                 try:
                     connection = await pool.connect(route)
                 except UpstreamError as exc:
-                    logger.warning("route %s stream %d: %s", route.name, channel.stream_id, exc)
+                    if not exc.logged:
+                        logger.warning("route %s stream %d: %s", route.name, channel.stream_id, exc)
                     channel.reset(exc.code, str(exc))
                     return
             received_before = connection.received
@@ -372,7 +383,8 @@ class Replay:
         try:
             connection = await self.pool.connect(self.route)
         except UpstreamError as exc:
-            logger.warning("route %s stream %d: %s", self.route.name, channel.stream_id, exc)
+            if not exc.logged:
+                logger.warning("route %s stream %d: %s", self.route.name, channel.stream_id, exc)
             channel.reset(exc.code, str(exc))
             return
         try:
