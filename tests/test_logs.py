@@ -1,10 +1,15 @@
-"""The CLI's log output: request lines in batches, everything else at once, order kept."""
+"""The CLI's log output: request lines in batches, everything else at once, order kept;
+written by a thread of the handler's own, so a stream that takes nothing stops no one."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import os
+import re
+import sys
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -15,11 +20,13 @@ from pvtunnel._logs import (
     ACCESS_LOGGER,
     MAX_BATCH_LINES,
     MAX_DELAY_S,
+    MAX_WAITING_CHARS,
     BatchingHandler,
     JsonFormatter,
     LogThrottle,
     TextFormatter,
     direct_access_handler,
+    say,
     serve_log_flushes,
 )
 from pvtunnel._trio.state import ACCESS_LINE
@@ -46,6 +53,7 @@ def test_request_lines_wait_for_a_batch_and_other_lines_take_them_along_in_order
     assert stream.getvalue() == ""
     assert handler.pending == 2
     handler.handle(_record("pvtunnel.server", "agent a connected"))
+    assert handler.written()
     assert stream.getvalue().splitlines() == [
         f"{ACCESS_LOGGER} GET /1",
         f"{ACCESS_LOGGER} GET /2",
@@ -66,6 +74,7 @@ def test_a_full_batch_is_written_in_one_write() -> None:
     stream.write = counted  # type: ignore[method-assign]  # count the handler's writes
     for index in range(MAX_BATCH_LINES):
         handler.handle(_record(ACCESS_LOGGER, f"GET /{index}"))
+    assert handler.written()
     assert len(writes) == 1
     assert len(writes[0].splitlines()) == MAX_BATCH_LINES
 
@@ -91,12 +100,66 @@ async def test_waiting_lines_are_written_by_the_timer_when_traffic_stops(
             await trio.testing.wait_all_tasks_blocked()
             handler.handle(_record(ACCESS_LOGGER, "GET /last"))
             await trio.sleep(MAX_DELAY_S / 2)
+            assert handler.written()
             assert stream.getvalue() == ""
             await trio.sleep(MAX_DELAY_S)
+            assert handler.written()
             assert stream.getvalue() == f"{ACCESS_LOGGER} GET /last\n"
             nursery.cancel_scope.cancel()
     finally:
         root.handlers[:] = saved
+
+
+# Only keeps a failing run finite: nothing here waits for it to pass.
+STALL_LIMIT_S = 10.0
+
+
+def test_a_stream_that_takes_nothing_stops_no_one_and_drops_lines_with_a_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """stderr a pipe nobody reads: logging and `say` return at once; past
+    MAX_WAITING_CHARS lines are dropped, and once the pipe is read a line says how
+    many, where they were."""
+    read_fd, write_fd = os.pipe()
+    stream = open(write_fd, "w", encoding="utf-8")  # noqa: SIM115  # closed below
+    handler = BatchingHandler(stream)
+    handler.setFormatter(logging.Formatter("%(name)s %(message)s"))
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+    read = threading.Event()
+    timed_out: list[bool] = []
+    received = bytearray()
+
+    def reader() -> None:
+        timed_out.append(not read.wait(STALL_LIMIT_S))
+        while chunk := os.read(read_fd, 65536):
+            received.extend(chunk)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    sent = 6000
+    try:
+        for index in range(sent):
+            handler.handle(_record("pvtunnel.server", f"{index:05d} {'x' * 1000}"))
+        say("pvtunnel serve: ready")
+        dropped = handler.dropped
+        read.set()
+        assert handler.written(STALL_LIMIT_S)
+        handler.handle(_record("pvtunnel.server", "after"))
+        assert handler.written(STALL_LIMIT_S)
+    finally:
+        read.set()
+        stream.close()
+        thread.join(STALL_LIMIT_S)
+        os.close(read_fd)
+    assert timed_out == [False]  # every call above returned while nothing was read
+    *kept, notice, last = received.decode().splitlines()
+    assert [int(line.split()[1]) for line in kept] == list(range(len(kept)))
+    assert len(kept) >= MAX_WAITING_CHARS // (len(kept[0]) + 1)  # with its newline
+    assert dropped == sent - len(kept) + 1  # the ready line too
+    assert re.fullmatch(rf"pvtunnel\.cli {dropped} log lines dropped: .*", notice), notice
+    assert last == "pvtunnel.server after"
+    assert handler.dropped == 0
 
 
 def test_the_formatters_give_the_time_of_each_line() -> None:

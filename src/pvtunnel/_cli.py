@@ -48,7 +48,7 @@ from pvtunnel._config import (
 )
 from pvtunnel._errors import ConfigError, HandshakeRefusedError, StatusError
 from pvtunnel._heap import freeze_start_up_objects, tune_heap
-from pvtunnel._logs import configure_logging, printable, say, serve_log_flushes
+from pvtunnel._logs import configure_logging, flush_logs, printable, say, serve_log_flushes
 from pvtunnel._status import (
     DEFAULT_ADMIN_URL,
     admin_url,
@@ -84,6 +84,7 @@ class _Parser(argparse.ArgumentParser):
             super().error(message)
         configure_logging("info", "json")
         say(f"{self.prog}: {message} (see {self.prog} --help)", level="error", event="usage")
+        flush_logs()
         sys.exit(2)
 
 
@@ -241,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         for problem in exc.problems:
             say(problem, level="error")
         status = 2
+    finally:
+        flush_logs()  # before a traceback, and before exit
     sys.exit(status)
 
 

@@ -26,10 +26,14 @@ will: a flood of them would bury every other line.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
 import math
+import os
 import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Final, TextIO
 
@@ -41,6 +45,11 @@ if TYPE_CHECKING:
 ACCESS_LOGGER: Final = "pvtunnel.access"
 MAX_BATCH_LINES: Final = 256
 MAX_DELAY_S: Final = 0.2
+# Log text a stream that does not take it may hold in memory; past it lines are dropped.
+MAX_WAITING_CHARS: Final = 4 * 1024 * 1024
+# How long `BatchingHandler.flush` (at exit, last) waits for a stream that takes nothing.
+FLUSH_WAIT_S: Final = 5.0
+CLI_LOGGER: Final = "pvtunnel.cli"
 
 # Attributes every LogRecord has; anything else came in through ``extra=``.
 _STANDARD: Final = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -129,14 +138,23 @@ class JsonFormatter(logging.Formatter):
 class BatchingHandler(logging.StreamHandler[TextIO]):
     """A stream handler that writes access-log lines in batches (see the module docstring).
 
-    Call `flush` when the program goes idle or ends (`serve_log_flushes` does it on
-    a timer; `logging.shutdown`, run at exit, does it last).
+    The writing itself is done by a thread of its own (`_Writer`), so a stream that
+    stops taking lines (stderr a pipe nobody reads, a terminal on hold) never stops
+    the program that logs: the lines wait, up to `MAX_WAITING_CHARS`, and past that
+    they are dropped and counted, and a line saying how many goes out first once
+    the stream takes lines again.
+
+    Call `write_out` when the program goes idle (`serve_log_flushes` does it on a
+    timer); `flush` also waits (up to `FLUSH_WAIT_S`) for the stream to take them
+    (`logging.shutdown`, run at exit, does it last).
     """
 
     def __init__(self, stream: TextIO) -> None:
         super().__init__(stream)
         self._lines: list[str] = []
         self._first_at = 0.0
+        self._writer = _Writer(stream)
+        self._dropped = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -156,37 +174,153 @@ class BatchingHandler(logging.StreamHandler[TextIO]):
         finally:
             self.release()
 
+    def write_line(self, line: str) -> None:
+        """Write ``line`` as it is, after the lines that wait (see `say`)."""
+        self.acquire()
+        try:
+            self._add(line, is_access=False)
+        finally:
+            self.release()
+
     def _add(self, line: str, *, is_access: bool) -> None:
         lines = self._lines
         lines.append(line)
         if not is_access or len(lines) >= MAX_BATCH_LINES:
-            self.flush()
+            self.write_out()
             return
         now = time.monotonic()
         if len(lines) == 1:
             self._first_at = now
         elif now - self._first_at >= MAX_DELAY_S:
-            self.flush()
+            self.write_out()
 
-    def flush(self) -> None:
+    def write_out(self) -> None:
+        """Hand the waiting lines to the writer; never waits for the stream."""
         self.acquire()
         try:
-            if not self._lines:
+            lines = self._lines
+            if not lines:
                 return
-            text = "\n".join(self._lines) + "\n"
-            self._lines.clear()
-            try:
-                self.stream.write(text)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass  # stderr is gone (closed pipe): nothing left to tell
+            if self._dropped:
+                lines.insert(0, self._dropped_line())
+            if self._writer.put("\n".join(lines) + "\n"):
+                self._dropped = 0
+            else:
+                self._dropped += len(lines) - (1 if self._dropped else 0)
+            lines.clear()
         finally:
             self.release()
 
+    def _dropped_line(self) -> str:
+        message = (
+            f"{self._dropped} log lines dropped: the log's stream (stderr) took "
+            f"none of the last {MAX_WAITING_CHARS // 1024} KiB written to it"
+        )
+        record = logging.makeLogRecord(
+            {
+                "name": CLI_LOGGER,
+                "levelno": logging.WARNING,
+                "levelname": "WARNING",
+                "msg": message,
+                "event": "log_lines_dropped",
+                "dropped": self._dropped,
+            }
+        )
+        return self.format(record)
+
+    def flush(self) -> None:
+        """`write_out`, then wait until the stream took everything (`FLUSH_WAIT_S` at most)."""
+        self.write_out()
+        self._writer.wait(FLUSH_WAIT_S)
+
+    def written(self, timeout_s: float = FLUSH_WAIT_S) -> bool:
+        """Wait until the stream took every line handed to the writer; False: it did
+        not within ``timeout_s``."""
+        return self._writer.wait(timeout_s)
+
     @property
     def pending(self) -> int:
-        """Lines written to this handler and not yet to its stream."""
+        """Lines written to this handler and not yet handed to its writer."""
         return len(self._lines)
+
+    @property
+    def dropped(self) -> int:
+        """Lines dropped since the last line the writer took (see the class docstring)."""
+        return self._dropped
+
+
+class _Writer:
+    """Writes text to a stream from a thread of its own, holding at most
+    `MAX_WAITING_CHARS` that the stream has not taken yet.
+
+    A stream with a file descriptor is written with `os.write` on it, not through
+    the stream's own buffer: a thread stuck in a write while holding that buffer's
+    lock would make the interpreter abort at exit, when it flushes the stream.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        try:
+            self._fd: int | None = stream.fileno()
+        except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation: StringIO
+            self._fd = None
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._changed = threading.Condition(threading.Lock())
+        self._texts: collections.deque[str] = collections.deque()
+        self._waiting = 0  # characters queued or being written
+        self._thread: threading.Thread | None = None
+        self._writes = 0  # writes done
+        self._stuck_at: int | None = None  # `_writes` when a wait last ran out
+
+    def put(self, text: str) -> bool:
+        """Queue ``text``; False (dropped) when that would hold more than allowed."""
+        with self._changed:
+            if self._waiting and self._waiting + len(text) > MAX_WAITING_CHARS:
+                return False
+            self._texts.append(text)
+            self._waiting += len(text)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="pvtunnel-log-writer", daemon=True
+                )
+                self._thread.start()
+            self._changed.notify_all()
+        return True
+
+    def wait(self, timeout_s: float) -> bool:
+        """Until the stream took everything, at most ``timeout_s``; not at all while
+        it has taken nothing since a wait ran out (exit waits once, not per flush)."""
+        with self._changed:
+            if self._stuck_at == self._writes:
+                timeout_s = 0
+            if self._changed.wait_for(lambda: not self._waiting, timeout_s):
+                return True
+            self._stuck_at = self._writes
+            return False
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._texts))
+                text = "".join(self._texts)
+                self._texts.clear()
+            # A stream that is gone (a closed pipe) leaves nothing to tell.
+            with contextlib.suppress(OSError, ValueError):
+                self._write(text)
+            with self._changed:
+                self._waiting -= len(text)
+                self._writes += 1
+                self._changed.notify_all()
+
+    def _write(self, text: str) -> None:
+        if self._fd is None:
+            self._stream.write(text)
+            self._stream.flush()
+            return
+        self._stream.flush()  # whatever was printed to it before goes first
+        data = memoryview(text.encode(self._encoding, "backslashreplace"))
+        while data:
+            data = data[os.write(self._fd, data) :]
 
 
 def direct_access_handler() -> BatchingHandler | None:
@@ -232,7 +366,7 @@ async def serve_log_flushes(interval_s: float = MAX_DELAY_S) -> None:
         await trio.sleep(interval_s)
         for handler in _batching_handlers():
             if handler.pending:
-                handler.flush()
+                handler.write_out()
 
 
 class LogThrottle:
@@ -261,9 +395,6 @@ class LogThrottle:
         return held
 
 
-CLI_LOGGER: Final = "pvtunnel.cli"
-
-
 def say(message: str, *, level: str = "info", **fields: object) -> None:
     """Print a line meant for whoever started the command, whatever ``--log-level`` says:
     a ready line, a generated token, why the command stops.
@@ -271,16 +402,31 @@ def say(message: str, *, level: str = "info", **fields: object) -> None:
     With the CLI's ``--log-format json`` it is one object like every log line (the
     ``message`` as in text, ``fields`` as keys of their own), so a program reading
     stderr reads JSON only; otherwise the message as it is. Log lines waiting in a
-    batch go first, so the order on stderr is the order things happened in.
+    batch go first, so the order on stderr is the order things happened in. When the
+    CLI's handler writes to stderr, the line goes through it, so a stderr that takes
+    nothing does not stop the program here either.
     """
     formatter = None
+    through = None
     for handler in _batching_handlers():
-        handler.flush()
+        if handler.stream is sys.stderr:
+            through = handler
+        else:
+            handler.flush()
         if isinstance(handler.formatter, JsonFormatter):
             formatter = handler.formatter
     if formatter is not None:
         message = formatter.line(time.time(), level, CLI_LOGGER, message, fields)
-    print(message, file=sys.stderr, flush=True)
+    if through is not None:
+        through.write_line(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+def flush_logs() -> None:
+    """Write out what the CLI's handlers hold, waiting (boundedly) for the stream."""
+    for handler in _batching_handlers():
+        handler.flush()
 
 
 def printable(text: str) -> str:
