@@ -125,6 +125,7 @@ class TunnelAgent:
         self.retired_reconnects = 0
         self._resolve = resolve
         self.draining = False
+        self._served = False
         self.admin_address: tuple[str, int] | None = None
         self._links_lot = trio.lowlevel.ParkingLot()
 
@@ -164,11 +165,18 @@ class TunnelAgent:
         ``config.admin`` set, the admin listener starts first, so probes are
         answered (``/ready``: 503) while the agent is not yet registered.
 
+        A `TunnelAgent` serves once: its links and their state are that one
+        run's. To serve again, create a new one.
+
         Raises:
             HandshakeRefusedError: every server refused the token, the hello or
                 the certificate (with one URL: that server's refusal itself).
             OSError: the admin port cannot be bound.
+            RuntimeError: this agent has served (or is serving) already.
         """
+        if self._served:
+            raise RuntimeError("a TunnelAgent serves once: create a new TunnelAgent to serve again")
+        self._served = True
         admin = self.config.admin
         if admin is None:
             await self._serve_links(task_status)

@@ -79,6 +79,7 @@ class TunnelServer:
         # this one process then registers through one of them only.
         self.server_id = new_server_id(secrets.token_bytes(16))
         self._listen_scope = trio.CancelScope()
+        self._served = False
 
     @property
     def sessions(self) -> frozenset[AgentSession]:
@@ -89,11 +90,20 @@ class TunnelServer:
     ) -> None:
         """Listen on both ports until cancelled (startable).
 
+        A `TunnelServer` serves once: its state (sessions, held requests, a
+        drain) is that one run's. To serve again, create a new one.
+
         Raises:
             OSError: a listener could not be opened (its message names which), or a
                 TLS certificate or key could not be read: the error itself, as
                 `TunnelAgent.serve` raises its own, not inside an exception group.
+            RuntimeError: this server has served (or is serving) already.
         """
+        if self._served:
+            raise RuntimeError(
+                "a TunnelServer serves once: create a new TunnelServer to serve again"
+            )
+        self._served = True
         try:
             await self._serve(task_status)
         except BaseExceptionGroup as group:
