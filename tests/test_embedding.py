@@ -7,11 +7,15 @@ objects to what it promises, real sockets on 127.0.0.1 (port 0) throughout.
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import pytest
 import trio
 
 import pvtunnel
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 TOKEN = pvtunnel.Secret("embedding-test-token-0123456789")
 LIMIT_S = 10
@@ -113,3 +117,21 @@ async def test_a_stopped_server_or_agent_says_so_rather_than_serve_again() -> No
             with pytest.raises(RuntimeError, match="create a new TunnelAgent"):
                 await agent.serve()
             nursery.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------- loading
+
+
+@pytest.mark.parametrize("kind", ["server", "agent"])
+def test_the_loaders_take_a_str_path_as_open_does(kind: str, tmp_path: Path) -> None:
+    load = pvtunnel.load_server_config if kind == "server" else pvtunnel.load_agent_config
+    path = tmp_path / f"{kind}.toml"
+    path.write_text(
+        '[internal]\ntoken = "from-the-file-0123456789"\n'
+        if kind == "server"
+        else 'client_id = "from-the-file"\n'
+    )
+    assert load(str(path), environ={}) == load(path, environ={})
+    missing = str(tmp_path / "missing.toml")
+    with pytest.raises(pvtunnel.ConfigError, match="cannot read the file"):
+        load(missing, environ={})

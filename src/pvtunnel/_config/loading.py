@@ -390,11 +390,14 @@ def admin_token_from_environment(environ: Mapping[str, str]) -> Secret | None:
     return tokens.get("admin")
 
 
-def load_server_config(path: Path | None, *, environ: Mapping[str, str]) -> ServerConfig:
+def load_server_config(
+    path: str | os.PathLike[str] | None, *, environ: Mapping[str, str]
+) -> ServerConfig:
     """Build the server's configuration from server.toml and the environment.
 
     Args:
-        path: The TOML file, or None for defaults only (a first run needs no file).
+        path: The TOML file (a `Path` or a str), or None for defaults only (a first
+            run needs no file).
         environ: Where ``PVTUNNEL_INTERNAL_TOKEN``, ``PVTUNNEL_EXTERNAL_TOKEN`` and
             ``PVTUNNEL_ADMIN_TOKEN`` are looked up (pass ``os.environ``); they win
             over the file.
@@ -407,10 +410,12 @@ def load_server_config(path: Path | None, *, environ: Mapping[str, str]) -> Serv
             problem found (unreadable file, TOML syntax, unknown keys, bad values,
             unreadable token files, empty environment tokens).
     """
-    return _load(path, environ, "server", ServerConfig)
+    return _load(_as_path(path), environ, "server", ServerConfig)
 
 
-def load_agent_config(path: Path | None, *, environ: Mapping[str, str]) -> AgentConfig:
+def load_agent_config(
+    path: str | os.PathLike[str] | None, *, environ: Mapping[str, str]
+) -> AgentConfig:
     """Build the agent's configuration from agent.toml and the environment.
 
     The file may leave out the server URL, the token and the routes, since flags
@@ -418,7 +423,7 @@ def load_agent_config(path: Path | None, *, environ: Mapping[str, str]) -> Agent
     for them once flags are applied. ``client_id`` defaults to the host name.
 
     Args:
-        path: The TOML file, or None for defaults only.
+        path: The TOML file (a `Path` or a str), or None for defaults only.
         environ: Where ``PVTUNNEL_TOKEN`` and ``PVTUNNEL_ADMIN_TOKEN`` are looked
             up; they win over the file.
 
@@ -429,7 +434,12 @@ def load_agent_config(path: Path | None, *, environ: Mapping[str, str]) -> Agent
         ConfigError: With one line per problem, as for ``load_server_config``, plus
             duplicate route names.
     """
-    return _load(path, environ, "agent", AgentConfig)
+    return _load(_as_path(path), environ, "agent", AgentConfig)
+
+
+def _as_path(path: str | os.PathLike[str] | None) -> Path | None:
+    """A str as a `Path`, as `open` takes either (a program's paths often are str)."""
+    return None if path is None else Path(path)
 
 
 def detect_kind(raw: Mapping[str, Any]) -> ConfigKind:
