@@ -7,6 +7,7 @@ objects to what it promises, real sockets on 127.0.0.1 (port 0) throughout.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import TYPE_CHECKING
 
 import pytest
@@ -135,3 +136,32 @@ def test_the_loaders_take_a_str_path_as_open_does(kind: str, tmp_path: Path) -> 
     missing = str(tmp_path / "missing.toml")
     with pytest.raises(pvtunnel.ConfigError, match="cannot read the file"):
         load(missing, environ={})
+
+
+# ---------------------------------------------------------------- logging
+
+LOGGERS = ("", "pvtunnel", "pvtunnel.server", "pvtunnel.agent", "pvtunnel.admin", "pvtunnel.access")
+
+
+async def test_embedding_leaves_logging_to_the_program(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="pvtunnel")
+    before = {
+        name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level)
+        for name in LOGGERS
+    }
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            service_port = await _start_service(nursery)
+            addresses: pvtunnel.ServerAddresses = await nursery.start(_server().serve)
+            await nursery.start(_agent(addresses, service_port).serve)
+            assert await _status_line(addresses) == b"HTTP/1.1 200 OK"
+            nursery.cancel_scope.cancel()
+    after = {
+        name: (logging.getLogger(name).handlers[:], logging.getLogger(name).level)
+        for name in LOGGERS
+    }
+    assert after == before
+    (line,) = [r for r in caplog.records if r.name == "pvtunnel.access"]
+    fields = vars(line)
+    assert line.levelno == logging.INFO
+    assert (fields["status"], fields["route"], fields["method"]) == (200, "app", "GET")
