@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ast
+import copy
 import importlib
 import inspect
+import pickle
 import pkgutil
 import re
 from pathlib import Path
@@ -100,3 +102,31 @@ def test_every_exception_is_a_pvtunnel_error() -> None:
 def test_what_a_library_user_can_catch_is_public(name: str) -> None:
     assert name in pvtunnel.__all__
     assert getattr(pvtunnel, name) is getattr(_errors, name)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        pvtunnel.ConfigError(["server.url: first", "routes[0].port: second"]),
+        _errors.FieldError("Route", [("port", "expected an integer from 1 to 65535, got 0")]),
+        pvtunnel.UpstreamError("connect refused", pvtunnel.ErrorCode.UPSTREAM_CONNECT_FAILED),
+        pvtunnel.RemoteProtocolError("bad frame", pvtunnel.ErrorCode.FLOW_CONTROL_ERROR),
+        pvtunnel.ServerCertificateError("the server at wss://x:1 ..."),
+        _errors.StreamResetError(pvtunnel.ErrorCode.CANCEL, "client went away"),
+        _errors.WebSocketClosed("going away", 1001),
+        _errors.EncryptedKeyError(),
+        _errors.ServerUnreachableError(111, "Connection refused"),
+        _errors.InvalidValue("expected a table", at="[2]"),
+    ],
+    ids=lambda error: type(error).__name__,
+)
+@pytest.mark.parametrize("how", ["pickle", "copy"])
+def test_errors_survive_pickle_and_copy(error: _errors.PvTunnelError, how: str) -> None:
+    """A program may send one to another process (multiprocessing, trio-parallel) or
+    copy it; each comes back whole, where ``cls(*args)`` failed for several."""
+    again = pickle.loads(pickle.dumps(error)) if how == "pickle" else copy.copy(error)
+    assert type(again) is type(error)
+    assert (str(again), again.args, vars(again)) == (str(error), error.args, vars(error))
+    if isinstance(error, OSError):
+        assert isinstance(again, OSError)
+        assert (again.errno, again.strerror) == (error.errno, error.strerror)

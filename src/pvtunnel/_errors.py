@@ -47,6 +47,22 @@ class ErrorCode(enum.IntEnum):
 class PvTunnelError(Exception):
     """Base of every error pvtunnel raises on purpose."""
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # `pickle` and `copy` rebuild an exception as ``cls(*self.args)``, which
+        # fails for a class whose ``__init__`` takes other arguments (ConfigError's
+        # problems, UpstreamError's code); this rebuilds it without calling it.
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(
+    cls: type[PvTunnelError], args: tuple[object, ...], state: dict[str, object]
+) -> PvTunnelError:
+    """An exception as `PvTunnelError.__reduce__` took it apart, ``__init__`` skipped."""
+    error = cls.__new__(cls, *args)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class ConfigError(PvTunnelError):
     """A configuration is unusable; ``problems`` holds one line per mistake."""
@@ -150,6 +166,9 @@ class EncryptedKeyError(PvTunnelError, ssl.SSLError):
 
     def __str__(self) -> str:
         return self.MESSAGE
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), ())
 
 
 class HandshakeError(PvTunnelError):
