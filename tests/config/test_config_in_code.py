@@ -94,6 +94,8 @@ def test_a_name_that_is_no_member_is_refused_with_its_key() -> None:
         (AgentConfig, {"routes": ({"name": "app"},)}, r"routes\[0\]"),
         (AgentConfig, {"routes": "app=80"}, "routes"),
         (InternalConfig, {"tokens": (Secret(TOKEN),)}, r"tokens\[0\]"),
+        # One string is no array: not its letters ("app" would be "a" and "p").
+        (ScopedToken, {"token": TOKEN, "routes": "app"}, "routes"),
     ],
     ids=[
         "no-timeouts",
@@ -106,6 +108,7 @@ def test_a_name_that_is_no_member_is_refused_with_its_key() -> None:
         "route-dict",
         "route-text",
         "token-not-scoped",
+        "scope-text",
     ],
 )
 def test_a_value_of_the_wrong_kind_is_refused_at_once(

@@ -100,7 +100,10 @@ def lower_optional(value: str | None) -> str | None:
     return None if value is None else lower(value)
 
 
-def lower_all(value: tuple[str, ...]) -> tuple[str, ...]:
+def lower_all(value: tuple[str, ...] | str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        # Not split into its letters ("app" would claim "a" and "p"): the rule refuses it.
+        return value  # type: ignore[return-value]
     return tuple(lower(item) for item in value)
 
 
