@@ -609,6 +609,7 @@ class EventReader(Client):
         super().__init__(stream)
         self.buffer = b""
         self.content_type: bytes | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
 
     async def open(self, host: bytes) -> None:
         target = b"/inspect/api/events"
@@ -618,6 +619,7 @@ class EventReader(Client):
         assert isinstance(event, h11.Response), event
         assert event.status_code == 200
         self.content_type = dict(event.headers).get(b"content-type")
+        self.headers = list(event.headers)
 
     async def next(self) -> tuple[str, dict[str, Any]]:
         while b"\n\n" not in self.buffer:
@@ -705,6 +707,50 @@ async def test_the_page_and_its_assets_are_served_from_package_data() -> None:
             async with rebound:
                 reply = await rebound.request(b"GET", b"/inspect", host=b"attacker.example")
                 assert reply.status == 403
+            nursery.cancel_scope.cancel()
+
+
+def assert_guarded(headers: Sequence[tuple[bytes, bytes]], what: object) -> None:
+    """The answer can be neither sniffed into a page, nor framed, nor leak a referrer."""
+    fields = dict(headers)
+    policy = fields.get(b"content-security-policy", b"")
+    assert b"default-src 'none'" in policy, what
+    assert b"frame-ancestors 'none'" in policy, what
+    assert fields.get(b"x-content-type-options") == b"nosniff", what
+    assert fields.get(b"x-frame-options") == b"DENY", what
+    assert fields.get(b"referrer-policy") == b"no-referrer", what
+
+
+async def test_every_inspector_answer_carries_the_pages_guards() -> None:
+    """Only the page and its assets carried them: the JSON answers, which hold what
+    clients sent, and the refusals went without nosniff and frame-ancestors."""
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            inspected = await start_inspected(nursery)
+            first = await inspected.record_first()
+            for path in (
+                b"/inspect",
+                b"/inspect/inspect.js",
+                b"/inspect/api/requests",
+                b"/inspect/api/requests/%d" % first["id"],
+                b"/inspect/api/requests/999",
+                b"/inspect/nope",
+                b"/inspect/api/requests/1/replay",
+            ):
+                reply = await inspected.get(path)
+                assert_guarded(reply.headers, (path, reply.status))
+            reply = await inspected.replay(first["id"], {"method": "GET"})
+            assert reply.status == 200
+            assert_guarded(reply.headers, "replay")
+            host, port = inspected.admin
+            async with await Client.connect(port, host) as client:
+                reply = await client.request(b"GET", b"/inspect", host=b"attacker.example")
+                assert reply.status == 403
+                assert_guarded(reply.headers, "another host")
+            events = EventReader(await trio.open_tcp_stream(host, port))
+            async with events:
+                await events.open(b"127.0.0.1:%d" % port)
+                assert_guarded(events.headers, "events")
             nursery.cancel_scope.cancel()
 
 

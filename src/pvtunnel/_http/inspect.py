@@ -46,7 +46,10 @@ ASSETS: Final = {
     b"/inspect/inspect.css": ("inspect.css", "text/css; charset=utf-8"),
 }
 # The page draws captured bytes as text and data: images only; nothing it shows
-# may load or run anything (a captured body is whatever a client sent).
+# may load or run anything (a captured body is whatever a client sent). Every
+# inspector answer carries these, not the page alone: a JSON answer holds
+# captured text too, and is read as JSON, never sniffed as a page, framed or
+# run, whoever opens it (an address typed in, a link, an old browser).
 SECURITY_HEADERS: Final = (
     (
         b"content-security-policy",
@@ -54,6 +57,7 @@ SECURITY_HEADERS: Final = (
         b"connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
     ),
     (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 )
 

@@ -16,6 +16,7 @@ import json
 import logging
 from typing import TYPE_CHECKING, Final
 
+import attrs
 import h11
 import trio
 
@@ -72,9 +73,22 @@ async def answer_inspect(
     """Serve one inspector request.
 
     Returns:
-        The answer for the admin listener to send, or None when the event stream
-        was served here (the connection is then done).
+        The answer for the admin listener to send, with `rules.SECURITY_HEADERS`
+        (whatever it is: a refusal too), or None when the event stream was
+        served here (the connection is then done).
     """
+    answer = await _answer(http, request, inspector, token)
+    if answer is None:
+        return None
+    return attrs.evolve(answer, headers=(*answer.headers, *rules.SECURITY_HEADERS))
+
+
+async def _answer(
+    http: H11Stream[trio.abc.Stream],
+    request: h11.Request,
+    inspector: Inspector | None,
+    token: Secret | None,
+) -> AdminResponse | None:
     headers = list(request.headers)
     refusal = rules.check_access(token, request.method, headers)
     if refusal is not None:
@@ -92,12 +106,7 @@ async def answer_inspect(
         case rules.Action.ASSET:
             assert decision.asset is not None
             name, content_type = decision.asset
-            return AdminResponse(
-                status=200,
-                body=_asset(name),
-                content_type=content_type,
-                headers=rules.SECURITY_HEADERS,
-            )
+            return AdminResponse(status=200, body=_asset(name), content_type=content_type)
         case rules.Action.LIST:
             return _json([exchange.summary() for exchange in capture.newest_first()])
         case rules.Action.ONE:
@@ -265,6 +274,7 @@ async def _serve_events(http: H11Stream[trio.abc.Stream], inspector: Inspector) 
                     (b"content-type", b"text/event-stream; charset=utf-8"),
                     (b"cache-control", b"no-store"),
                     (b"connection", b"close"),
+                    *rules.SECURITY_HEADERS,
                 ],
             )
         )
