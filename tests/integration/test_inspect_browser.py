@@ -16,10 +16,13 @@ screenshot the test takes (README's ``docs/inspector.png`` comes from it).
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 import os
 import shutil
 import socket
+import threading
+import time
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,8 +35,11 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
+from pvtunnel._config import AdminConfig, InspectConfig
 from pvtunnel._trio.inspect_http import MAX_EVENT_STREAMS, answer_inspect
-from tests.integration.showcase import WAIT_S, send, start_inspected_tunnel
+from tests.integration.harness import start_agent, start_server
+from tests.integration.listen import serve_on_loopback
+from tests.integration.showcase import WAIT_S, send, serve_showcase, start_inspected_tunnel
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -318,4 +324,78 @@ async def test_a_page_refused_for_want_of_places_goes_live_later_and_replays_crl
                 crowded_session, page, tunnel_port, tmp_path / "profile"
             )
             assert replayed == sent
+            nursery.cancel_scope.cancel()
+
+
+# A busy capture: the rows the page holds, and a burst of requests on top.
+BUSY_ROWS = 2000
+BURST = 300
+
+
+def send_many(port: int, first: int, count: int, senders: int = 4) -> None:
+    """``count`` requests through the tunnel, ``GET /n/<i>``, over kept-alive connections."""
+
+    def sender(offset: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=WAIT_S)
+        try:
+            for index in range(first + offset, first + count, senders):
+                connection.request("GET", f"/n/{index}", headers={"Host": "app"})
+                response = connection.getresponse()
+                response.read()
+                assert response.status == 200, response.status
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=sender, args=(offset,)) for offset in range(senders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def newest_row(driver: webdriver.Chrome) -> int:
+    newest: int = driver.execute_script(
+        "const row = document.querySelector('#requests tbody tr');"
+        "return row ? Number(row.dataset.id) : 0;"
+    )
+    return newest
+
+
+def busy_session(page: str, tunnel_port: int, profile: Path) -> None:
+    """Open the page on a full capture, then send a burst: the page must keep up."""
+    send_many(tunnel_port, 1, BUSY_ROWS)
+    driver = open_browser(profile)
+    try:
+        driver.get(page)
+        WebDriverWait(driver, WAIT_S).until(lambda d: len(rows(d)) == BUSY_ROWS)
+        send_many(tunnel_port, BUSY_ROWS + 1, BURST)
+        sent = time.monotonic()
+        # Each request is three events (opened, answered, ended): one redraw of
+        # 2,000 rows apiece kept the page a minute behind the tunnel. (A busy page
+        # also answers each look late, so the wait alone would not notice.)
+        WebDriverWait(driver, WAIT_S).until(lambda d: newest_row(d) == BUSY_ROWS + BURST)
+        assert time.monotonic() - sent < WAIT_S
+        assert len(rows(driver)) == BUSY_ROWS
+        method, target = rows(driver)[0].text.split()[1:3]
+        assert (method, target.startswith("/n/")) == ("GET", True)
+    finally:
+        driver.quit()
+
+
+async def test_the_page_keeps_up_with_a_burst_over_thousands_of_rows(tmp_path: Path) -> None:
+    assert shutil.which(CHROMIUM), ".ci/run installs chromium"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream_port = await nursery.start(serve_on_loopback, serve_showcase)
+            _, status, _ = await start_agent(
+                nursery,
+                running,
+                {"app": upstream_port},
+                admin=AdminConfig(port=0),
+                inspect=InspectConfig(enabled=True, max_requests=BUSY_ROWS),
+            )
+            assert status.admin is not None
+            page = f"http://127.0.0.1:{status.admin[1]}/inspect"
+            await trio.to_thread.run_sync(busy_session, page, running.port, tmp_path / "profile")
             nursery.cancel_scope.cancel()
