@@ -399,3 +399,71 @@ async def test_the_page_keeps_up_with_a_burst_over_thousands_of_rows(tmp_path: P
             page = f"http://127.0.0.1:{status.admin[1]}/inspect"
             await trio.to_thread.run_sync(busy_session, page, running.port, tmp_path / "profile")
             nursery.cancel_scope.cancel()
+
+
+# Would set window.pwned or the title if any of it ran or rendered as markup.
+RUN = "window.pwned=1;document.title='pwned'"
+MARKUP = f'<img src=x onerror="{RUN}"><script>{RUN}</script>'
+SVG = f'<svg xmlns="http://www.w3.org/2000/svg" onload="{RUN}"><script>{RUN}</script></svg>'
+HOSTILE = [
+    # (target, content type, body); the showcase's /echo answers the body with its type
+    (f"/echo?q=<img/src=x/onerror={RUN}>", "text/html", f"<html><title>pwned</title>{MARKUP}"),
+    ("/echo", "image/svg+xml", SVG),
+    ("/echo", "application/json", json.dumps({"a": f"</script>{MARKUP}"})),
+    ("/echo", "text/plain", f"javascript:{RUN}"),
+    ("/echo", "text/plain", "invoice \u202egnp.exe\u202c and \u2067isolated\u2069 ok"),
+]
+
+
+def hostile_session(page: str, tunnel_port: int, profile: Path) -> list[str]:
+    """Open every hostile exchange; returns the request bodies as the page shows them."""
+    driver = open_browser(profile)
+    wait = WebDriverWait(driver, WAIT_S)
+    try:
+        driver.get(page)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+        for target, content_type, body in HOSTILE:
+            send(
+                tunnel_port,
+                "POST",
+                target,
+                body.encode(),
+                **{"Content-Type": content_type, "X-Markup": MARKUP, "Cookie": MARKUP},
+            )
+        wait.until(lambda d: len(rows(d)) == len(HOSTILE))
+        shown = []
+        for number in range(1, len(HOSTILE) + 1):
+            rows(driver)[len(HOSTILE) - number].click()
+            wait.until(ec.text_to_be_present_in_element((By.ID, "detail-title"), f"#{number} "))
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#response-body pre"))
+            head = driver.find_element(By.ID, "request-head")
+            head.find_element(By.CSS_SELECTOR, ".masked").click()  # the Cookie, revealed
+            assert head.text.count(MARKUP) == 2
+            shown.append(driver.find_element(By.CSS_SELECTOR, "#request-body pre").text)
+        assert driver.execute_script("return window.pwned") is None
+        assert driver.title == "pvtunnel inspector"
+        assert (
+            driver.find_elements(By.CSS_SELECTOR, "#detail img, #detail svg, #detail script") == []
+        )
+        return shown
+    finally:
+        driver.quit()
+
+
+async def test_hostile_captures_are_shown_as_text_and_never_run(tmp_path: Path) -> None:
+    """Markup in a target, headers and bodies (HTML, SVG, JSON holding </script>) is
+    shown as text and runs nothing. Bidi controls in a body were applied, so it read
+    "invoice exe.png": they are now shown as marks."""
+    assert shutil.which(CHROMIUM), ".ci/run installs chromium"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            page, tunnel_port = await start_inspected_tunnel(nursery)
+            shown = await trio.to_thread.run_sync(
+                hostile_session, page, tunnel_port, tmp_path / "profile"
+            )
+            assert shown[0] == f"<html><title>pwned</title>{MARKUP}"
+            assert shown[1] == SVG
+            assert json.loads(shown[2]) == {"a": f"</script>{MARKUP}"}
+            assert shown[3] == f"javascript:{RUN}"
+            assert shown[4] == "invoice <U+202E>gnp.exe<U+202C> and <U+2067>isolated<U+2069> ok"
+            nursery.cancel_scope.cancel()

@@ -20,6 +20,25 @@ function el(tag, text, className) {
   return node;
 }
 
+// Characters that reorder the text around them (Unicode bidi controls): a body
+// holding them could show "exe.png" for "gnp.exe". They are drawn as a visible
+// mark, not applied.
+const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+function plainText(tag, text, className) {
+  const node = el(tag, undefined, className);
+  let at = 0;
+  for (const found of text.matchAll(BIDI_CONTROLS)) {
+    const code = found[0].codePointAt(0).toString(16).toUpperCase().padStart(4, "0");
+    const mark = el("span", `<U+${code}>`, "control");
+    mark.title = "a bidirectional-text control character, shown rather than applied";
+    node.append(text.slice(at, found.index), mark);
+    at = found.index + found[0].length;
+  }
+  node.append(text.slice(at));
+  return node;
+}
+
 function bytes(n) {
   if (n < 1024) return `${n} B`;
   if (n < 1048576) return `${(n / 1024).toFixed(1)} KiB`;
@@ -235,7 +254,7 @@ function drawBody(target, body, headers, kind) {
         // not whole JSON (cut, or not JSON at all): shown as it came
       }
     }
-    box.append(el("pre", text, "text"));
+    box.append(plainText("pre", text, "text"));
   } else {
     box.append(el("pre", hexdump(data), "hex"));
   }
