@@ -467,3 +467,58 @@ async def test_hostile_captures_are_shown_as_text_and_never_run(tmp_path: Path) 
             assert shown[3] == f"javascript:{RUN}"
             assert shown[4] == "invoice <U+202E>gnp.exe<U+202C> and <U+2067>isolated<U+2069> ok"
             nursery.cancel_scope.cancel()
+
+
+LARGE = 1024 * 1024  # a binary body, recorded whole (max_body_bytes)
+
+
+def hex_lines(driver: webdriver.Chrome, box: str) -> int:
+    lines: int = driver.execute_script(
+        f"return document.querySelector('#{box} pre.hex').textContent.split('\\n').length"
+    )
+    return lines
+
+
+def large_session(page: str, tunnel_port: int, profile: Path) -> None:
+    driver = open_browser(profile)
+    wait = WebDriverWait(driver, WAIT_S)
+    try:
+        driver.get(page)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+        body = bytes(range(256)) * (LARGE // 256)
+        send(tunnel_port, "POST", "/echo", body, **{"Content-Type": "application/octet-stream"})
+        wait.until(lambda d: len(rows(d)) == 1)
+        rows(driver)[0].click()
+        # 4,096 lines of hex are drawn, not 65,536 (which held the page for seconds).
+        note = wait.until(
+            ec.visibility_of_element_located((By.CSS_SELECTOR, "#request-body .drawn"))
+        )
+        assert note.text == "the first 65,536 of 1,048,576 bytes are drawn draw all"
+        assert hex_lines(driver, "request-body") == 4096
+        assert hex_lines(driver, "response-body") == 4096
+        # The rest on request.
+        note.find_element(By.CSS_SELECTOR, "button").click()
+        wait.until(lambda d: hex_lines(d, "request-body") == LARGE // 16)
+        assert driver.find_elements(By.CSS_SELECTOR, "#request-body .drawn") == []
+        assert hex_lines(driver, "response-body") == 4096
+    finally:
+        driver.quit()
+
+
+async def test_a_large_body_is_drawn_in_part_until_asked_for_all(tmp_path: Path) -> None:
+    assert shutil.which(CHROMIUM), ".ci/run installs chromium"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            running = await start_server(nursery)
+            upstream_port = await nursery.start(serve_on_loopback, serve_showcase)
+            _, status, _ = await start_agent(
+                nursery,
+                running,
+                {"app": upstream_port},
+                admin=AdminConfig(port=0),
+                inspect=InspectConfig(enabled=True, max_body_bytes=LARGE),
+            )
+            assert status.admin is not None
+            page = f"http://127.0.0.1:{status.admin[1]}/inspect"
+            await trio.to_thread.run_sync(large_session, page, running.port, tmp_path / "profile")
+            nursery.cancel_scope.cancel()

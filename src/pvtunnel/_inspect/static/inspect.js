@@ -227,11 +227,17 @@ function drawHead(target, line, headers) {
   }
 }
 
-function drawBody(target, body, headers, kind) {
+// How much of a body is drawn until asked for all of it: a preview may hold up to
+// 16 MiB (max_body_bytes), which drawn whole, as text or as a hex dump, held the
+// page for seconds each time the exchange was opened.
+const DRAWN_TEXT = 256 * 1024; // characters
+const DRAWN_HEX = 64 * 1024; // bytes: 4,096 lines
+
+function drawBody(target, body, headers, kind, whole = false) {
   const box = $(target);
   box.replaceChildren();
   if (body.omitted) {
-    box.append(el("p", `${bytes(body.size)} passed; a ${kind} stream's bytes are not recorded.`, "hint"));
+    box.append(el("p", `${bytes(body.size)} passed, not recorded (${kind} stream)`, "hint"));
     return;
   }
   if (body.size === 0) {
@@ -240,6 +246,7 @@ function drawBody(target, body, headers, kind) {
   }
   const data = decode(body.base64);
   const type = header(headers, "content-type").toLowerCase();
+  let drawn = null; // [what is drawn, of how much, the unit], when not all is
   if (type.startsWith("image/") && !body.cut && !type.includes("svg")) {
     const img = el("img");
     img.alt = "image body";
@@ -254,11 +261,26 @@ function drawBody(target, body, headers, kind) {
         // not whole JSON (cut, or not JSON at all): shown as it came
       }
     }
+    if (!whole && text.length > DRAWN_TEXT) {
+      drawn = [DRAWN_TEXT, text.length, "characters"];
+      text = text.slice(0, DRAWN_TEXT);
+    }
     box.append(plainText("pre", text, "text"));
   } else {
-    box.append(el("pre", hexdump(data), "hex"));
+    const some = !whole && data.length > DRAWN_HEX;
+    if (some) drawn = [DRAWN_HEX, data.length, "bytes"];
+    box.append(el("pre", hexdump(some ? data.subarray(0, DRAWN_HEX) : data), "hex"));
   }
-  if (body.cut) box.append(el("p", `cut: the first ${bytes(data.length)} of ${bytes(body.size)} are shown`, "hint"));
+  if (drawn) {
+    const [count, total, unit] = drawn;
+    const note = el("p", `the first ${count.toLocaleString("en")} of ${total.toLocaleString("en")} ${unit} are drawn `, "hint drawn");
+    const all = el("button", "draw all", "more");
+    all.type = "button";
+    all.addEventListener("click", () => drawBody(target, body, headers, kind, true));
+    note.append(all);
+    box.append(note);
+  }
+  if (body.cut) box.append(el("p", `cut: the first ${bytes(data.length)} of ${bytes(body.size)} were recorded`, "hint"));
 }
 
 async function select(id) {
