@@ -16,6 +16,7 @@ screenshot the test takes (README's ``docs/inspector.png`` comes from it).
 from __future__ import annotations
 
 import base64
+import gzip
 import http.client
 import json
 import os
@@ -521,4 +522,68 @@ async def test_a_large_body_is_drawn_in_part_until_asked_for_all(tmp_path: Path)
             assert status.admin is not None
             page = f"http://127.0.0.1:{status.admin[1]}/inspect"
             await trio.to_thread.run_sync(large_session, page, running.port, tmp_path / "profile")
+            nursery.cancel_scope.cancel()
+
+
+def gzip_session(page: str, tunnel_port: int, profile: Path) -> list[list[str]]:
+    """Send gzip-encoded bodies; returns each one's texts as the page draws them."""
+    driver = open_browser(profile)
+    wait = WebDriverWait(driver, WAIT_S)
+    try:
+        driver.get(page)
+        wait.until(ec.text_to_be_present_in_element((By.ID, "live"), "live"))
+        encoded = {"Content-Encoding": "gzip"}
+        document = gzip.compress(json.dumps({"order": 9, "items": ["tea"] * 40}).encode())
+        send(
+            tunnel_port,
+            "POST",
+            "/echo",
+            document,
+            **encoded,
+            **{"Content-Type": "application/json"},
+        )
+        # 32 MiB of text in 32 KiB: its decoding stops at 4 MiB.
+        bomb = gzip.compress(b"A" * (32 * 1024 * 1024), 9)
+        send(tunnel_port, "POST", "/echo", bomb, **encoded, **{"Content-Type": "text/plain"})
+        send(tunnel_port, "POST", "/echo", b"not gzip at all", **encoded)
+        wait.until(lambda d: len(rows(d)) == 3)
+        drawn = []
+        for number in (1, 2, 3):
+            rows(driver)[3 - number].click()
+            wait.until(ec.text_to_be_present_in_element((By.ID, "detail-title"), f"#{number} "))
+            wait.until(
+                lambda d: (
+                    d.find_elements(By.CSS_SELECTOR, "#request-body pre")
+                    and not d.find_elements(By.CSS_SELECTOR, "#request-body .decoding")
+                )
+            )
+            box = driver.find_element(By.ID, "request-body")
+            texts = [part.text for part in box.find_elements(By.CSS_SELECTOR, "pre, p")]
+            drawn.append([texts[0][:40], *texts[1:]])
+        return drawn
+    finally:
+        driver.quit()
+
+
+async def test_gzip_bodies_are_drawn_decoded_and_bounded(tmp_path: Path) -> None:
+    """A gzip-encoded body was drawn as a hex dump of its compressed bytes; it is
+    now decoded, at most 4 MiB of it (a 32 KiB preview may inflate to gigabytes)."""
+    assert shutil.which(CHROMIUM), ".ci/run installs chromium"
+    with trio.fail_after(LIMIT_S):
+        async with trio.open_nursery() as nursery:
+            page, tunnel_port = await start_inspected_tunnel(nursery)
+            document, bomb, broken = await trio.to_thread.run_sync(
+                gzip_session, page, tunnel_port, tmp_path / "profile"
+            )
+            assert document[0] == '{\n  "order": 9,\n  "items": [\n    "tea",\n'
+            assert document[1].startswith("gzip: ")
+            assert document[1].endswith(" decoded to 303 B")  # the JSON as sent
+            assert bomb == [
+                "A" * 40,
+                "the first 262,144 of 4,194,304 characters are drawn draw all",
+                bomb[2],
+            ]
+            assert bomb[2].startswith("gzip: ")
+            assert bomb[2].endswith(" decoded to 4.0 MiB (decoding stops at 4.0 MiB)")
+            assert broken == ["not gzip at all", "not valid gzip: drawn as it came"]
             nursery.cancel_scope.cancel()

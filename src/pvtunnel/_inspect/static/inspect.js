@@ -233,8 +233,47 @@ function drawHead(target, line, headers) {
 const DRAWN_TEXT = 256 * 1024; // characters
 const DRAWN_HEX = 64 * 1024; // bytes: 4,096 lines
 
+// A body sent with one of these codings is drawn decoded (where the browser can),
+// at most INFLATED bytes of it: a preview of 64 KiB may inflate to gigabytes.
+const CODINGS = { gzip: "gzip", "x-gzip": "gzip", deflate: "deflate" };
+const INFLATED = 4 * 1024 * 1024;
+
+async function inflate(data, format) {
+  const reader = new Blob([data]).stream().pipeThrough(new DecompressionStream(format)).getReader();
+  const parts = [];
+  let size = 0;
+  let ended = false;
+  try {
+    while (size < INFLATED) {
+      const { done, value } = await reader.read();
+      if (done) {
+        ended = true;
+        break;
+      }
+      parts.push(value);
+      size += value.length;
+    }
+  } catch {
+    // broken off (a cut preview) or not that coding at all: what came so far
+  }
+  if (!ended) reader.cancel().catch(() => {});
+  const out = new Uint8Array(Math.min(size, INFLATED));
+  let at = 0;
+  for (const part of parts) {
+    if (at >= out.length) break;
+    const taken = part.subarray(0, out.length - at);
+    out.set(taken, at);
+    at += taken.length;
+  }
+  return [out, ended];
+}
+
 function drawBody(target, body, headers, kind, whole = false) {
   const box = $(target);
+  // Each draw has a number: a decoding that ends after another body was drawn here
+  // (another exchange opened meanwhile) draws nothing.
+  const draw = String(Number(box.dataset.draw || 0) + 1);
+  box.dataset.draw = draw;
   box.replaceChildren();
   if (body.omitted) {
     box.append(el("p", `${bytes(body.size)} passed, not recorded (${kind} stream)`, "hint"));
@@ -246,13 +285,42 @@ function drawBody(target, body, headers, kind, whole = false) {
   }
   const data = decode(body.base64);
   const type = header(headers, "content-type").toLowerCase();
-  let drawn = null; // [what is drawn, of how much, the unit], when not all is
-  if (type.startsWith("image/") && !body.cut && !type.includes("svg")) {
+  const coding = header(headers, "content-encoding").trim().toLowerCase();
+  const redraw = () => drawBody(target, body, headers, kind, true);
+  const cut = body.cut ? `cut: the first ${bytes(data.length)} of ${bytes(body.size)} were recorded` : null;
+  if (CODINGS[coding] && typeof DecompressionStream === "function") {
+    box.append(el("p", `decoding ${coding}…`, "hint decoding"));
+    inflate(data, CODINGS[coding]).then(([plain, ended]) => {
+      if (box.dataset.draw !== draw) return;
+      box.replaceChildren();
+      if (plain.length === 0 && !ended) {
+        drawData(box, data, type, whole, redraw);
+        box.append(el("p", `not valid ${coding}: drawn as it came`, "hint"));
+      } else {
+        drawData(box, plain, type, whole, redraw);
+        let note = `${coding}: ${bytes(data.length)} decoded to ${bytes(plain.length)}`;
+        if (plain.length >= INFLATED) note += ` (decoding stops at ${bytes(INFLATED)})`;
+        else if (!ended) note += " (the rest could not be decoded)";
+        box.append(el("p", note, "hint"));
+      }
+      if (cut) box.append(el("p", cut, "hint"));
+    });
+    return;
+  }
+  if (type.startsWith("image/") && !body.cut && !type.includes("svg") && !coding) {
     const img = el("img");
     img.alt = "image body";
     img.src = `data:${type.split(";")[0]};base64,${body.base64}`;
     box.append(img);
-  } else if (looksLikeText(data)) {
+  } else {
+    drawData(box, data, type, whole, redraw);
+  }
+  if (cut) box.append(el("p", cut, "hint"));
+}
+
+function drawData(box, data, type, whole, redraw) {
+  let drawn = null; // [what is drawn, of how much, the unit], when not all is
+  if (looksLikeText(data)) {
     let text = new TextDecoder().decode(data);
     if (type.includes("json") || /^\s*[[{]/.test(text)) {
       try {
@@ -276,11 +344,10 @@ function drawBody(target, body, headers, kind, whole = false) {
     const note = el("p", `the first ${count.toLocaleString("en")} of ${total.toLocaleString("en")} ${unit} are drawn `, "hint drawn");
     const all = el("button", "draw all", "more");
     all.type = "button";
-    all.addEventListener("click", () => drawBody(target, body, headers, kind, true));
+    all.addEventListener("click", redraw);
     note.append(all);
     box.append(note);
   }
-  if (body.cut) box.append(el("p", `cut: the first ${bytes(data.length)} of ${bytes(body.size)} were recorded`, "hint"));
 }
 
 async function select(id) {
