@@ -562,8 +562,13 @@ async def test_two_urls_that_resolve_to_one_address_make_one_link_to_it(
             assert [(link.url, link.address) for link in agent.links] == [(first_url, "127.0.0.1")]
             assert (await get(replica, b"/")).status == 200
             nursery.cancel_scope.cancel()
-    overlaps = [r.getMessage() for r in caplog.records if "as " + first_url in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records]
+    overlaps = [line for line in said if f"as {first_url} does" in line]
     assert len(overlaps) == 1, overlaps
+    # Where the other URL's link got to the server first, it heard the same server id
+    # there, and said so once: no loop of these either.
+    same_server = [line for line in said if f"reaches the same server as {first_url}" in line]
+    assert len(same_server) <= 1, same_server
 
 
 async def test_a_link_left_to_an_earlier_url_tells_its_server_so() -> None:
