@@ -82,8 +82,11 @@ def send(port: int, method: str, target: str, body: bytes | None = None, **heade
         connection.close()
 
 
-async def start_inspected_tunnel(nursery: trio.Nursery) -> tuple[str, int]:
-    """A server and an agent with the inspector on, serving `serve_showcase` as "app".
+async def start_inspected_tunnel(
+    nursery: trio.Nursery, inspect: InspectConfig | None = None
+) -> tuple[str, int]:
+    """A server and an agent with the inspector on (``inspect``, else its defaults),
+    serving `serve_showcase` as "app".
 
     Returns the inspector page's URL and the tunnel's external port.
     """
@@ -94,7 +97,7 @@ async def start_inspected_tunnel(nursery: trio.Nursery) -> tuple[str, int]:
         running,
         {"app": upstream_port},
         admin=AdminConfig(port=0),
-        inspect=InspectConfig(enabled=True),
+        inspect=inspect or InspectConfig(enabled=True),
     )
     assert status.admin is not None
     return f"http://127.0.0.1:{status.admin[1]}/inspect", running.port

@@ -36,11 +36,9 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from pvtunnel._config import AdminConfig, InspectConfig
+from pvtunnel._config import InspectConfig
 from pvtunnel._trio.inspect_http import MAX_EVENT_STREAMS, answer_inspect
-from tests.integration.harness import start_agent, start_server
-from tests.integration.listen import serve_on_loopback
-from tests.integration.showcase import WAIT_S, send, serve_showcase, start_inspected_tunnel
+from tests.integration.showcase import WAIT_S, send, start_inspected_tunnel
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -387,18 +385,10 @@ async def test_the_page_keeps_up_with_a_burst_over_thousands_of_rows(tmp_path: P
     assert shutil.which(CHROMIUM), ".ci/run installs chromium"
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream_port = await nursery.start(serve_on_loopback, serve_showcase)
-            _, status, _ = await start_agent(
-                nursery,
-                running,
-                {"app": upstream_port},
-                admin=AdminConfig(port=0),
-                inspect=InspectConfig(enabled=True, max_requests=BUSY_ROWS),
+            page, port = await start_inspected_tunnel(
+                nursery, InspectConfig(enabled=True, max_requests=BUSY_ROWS)
             )
-            assert status.admin is not None
-            page = f"http://127.0.0.1:{status.admin[1]}/inspect"
-            await trio.to_thread.run_sync(busy_session, page, running.port, tmp_path / "profile")
+            await trio.to_thread.run_sync(busy_session, page, port, tmp_path / "profile")
             nursery.cancel_scope.cancel()
 
 
@@ -510,18 +500,10 @@ async def test_a_large_body_is_drawn_in_part_until_asked_for_all(tmp_path: Path)
     assert shutil.which(CHROMIUM), ".ci/run installs chromium"
     with trio.fail_after(LIMIT_S):
         async with trio.open_nursery() as nursery:
-            running = await start_server(nursery)
-            upstream_port = await nursery.start(serve_on_loopback, serve_showcase)
-            _, status, _ = await start_agent(
-                nursery,
-                running,
-                {"app": upstream_port},
-                admin=AdminConfig(port=0),
-                inspect=InspectConfig(enabled=True, max_body_bytes=LARGE),
+            page, port = await start_inspected_tunnel(
+                nursery, InspectConfig(enabled=True, max_body_bytes=LARGE)
             )
-            assert status.admin is not None
-            page = f"http://127.0.0.1:{status.admin[1]}/inspect"
-            await trio.to_thread.run_sync(large_session, page, running.port, tmp_path / "profile")
+            await trio.to_thread.run_sync(large_session, page, port, tmp_path / "profile")
             nursery.cancel_scope.cancel()
 
 
