@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import pytest
 from hypothesis import example, given, strategies as st
@@ -85,6 +85,13 @@ def test_decoding_inverts_encoding(frame: fr.Frame) -> None:
     assert decoder.buffered_bytes == 0
 
 
+# Fields of 256 bytes and more: a length's high byte is not 0 (the strategy draws
+# short fields only, and a search of few examples would not go there).
+_LONG_FIELDS: Final = fr.Head(
+    stream_id=S1, fields=(b"n" * 256, b"v" * 0x1FF, b"", b"x" * 4097), is_informational=False
+)
+
+
 @given(
     st.lists(sts.frames(), max_size=8).flatmap(
         lambda frames: st.tuples(
@@ -92,6 +99,7 @@ def test_decoding_inverts_encoding(frame: fr.Frame) -> None:
         )
     )
 )
+@example(([_LONG_FIELDS], [fr.encode(_LONG_FIELDS)]))
 def test_any_split_or_coalescing_decodes_to_the_same_frames(
     case: tuple[list[fr.Frame], list[bytes]],
 ) -> None:
