@@ -26,7 +26,6 @@ import trio.testing
 from pvtunnel._config import AdminConfig
 from pvtunnel._trio.listeners import ACCEPT_RETRY_S, SHORTAGE_LOG_EVERY_S
 from pvtunnel._trio.server import TunnelServer
-from pvtunnel._trio.upstream import SHORTAGE_LOG_EVERY_S as DIAL_SHORTAGE_LOG_EVERY_S
 from tests.integration.client import Client
 from tests.integration.harness import server_config, start_tunnel
 
@@ -147,7 +146,7 @@ async def test_upstream_dials_out_of_descriptors_are_logged_now_and_then(
         caplog.clear()
         with descriptors_used_up():
             burst = [(await client.request(b"GET", b"/")).status for client in clients[:4]]
-            await trio.sleep(DIAL_SHORTAGE_LOG_EVERY_S)
+            await trio.sleep(SHORTAGE_LOG_EVERY_S)
             later = (await clients[4].request(b"GET", b"/")).status
         after = (await clients[5].request(b"GET", b"/")).status
         for client in clients:

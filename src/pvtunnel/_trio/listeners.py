@@ -88,6 +88,8 @@ async def _on_one_port(
 # system's), of memory, of buffer space. The connection waits in the backlog.
 _SHORTAGES: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_S: Final = 0.1
+# The least time between two lines about one shortage: the listeners', and the
+# agent's upstream dials'.
 SHORTAGE_LOG_EVERY_S: Final = 10.0
 
 

@@ -33,6 +33,7 @@ from pvtunnel._logs import LogThrottle
 from pvtunnel._metrics import AgentMetrics
 from pvtunnel._trio.groups import first_error
 from pvtunnel._trio.http11 import H11Stream
+from pvtunnel._trio.listeners import SHORTAGE_LOG_EVERY_S
 from pvtunnel._trio.pipe import run_pipe
 from pvtunnel._trio.sockio import BROKEN, out_of_descriptors, why_connect_failed
 from pvtunnel._trio.stream import END
@@ -55,8 +56,6 @@ REAP_EVERY_S: Final = 5.0
 # ...but never more often than this, however short `upstream_idle_s` is (the config
 # takes any positive value; a reaper at 1 us would spin).
 REAP_AT_MOST_EVERY_S: Final = 0.5
-# The least time between two lines about dials that failed for want of descriptors.
-SHORTAGE_LOG_EVERY_S: Final = 10.0
 
 
 class UpstreamConnection(H11Stream[trio.SocketStream]):
